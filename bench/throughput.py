@@ -1,0 +1,112 @@
+"""One throughput run: drive a load at a server, time acceptance, then wait
+for delivery into the Maildir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from servers import BENCH, RECIPIENT, Server
+
+SENDER = "from@localhost"
+POLL_INTERVAL = 0.01
+
+
+class RunFailed(Exception):
+    """The load generator failed or timed out."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """``messages`` messages of ``size`` payload bytes over ``sessions`` sessions."""
+
+    sessions: int
+    messages: int
+    size: int
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Messages per second accepted, and accepted and delivered (None if
+    delivery did not complete in time)."""
+
+    accepted: float
+    delivered: float | None
+
+
+def smtp_source() -> str | None:
+    """The path of Postfix's smtp-source, if installed."""
+    return shutil.which("smtp-source",
+                        path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+
+
+def _run_smtp_source(port: int, load: Load, timeout: float) -> tuple[float, float]:
+    argv = [smtp_source() or "smtp-source", "-d", "-s", str(load.sessions),
+            "-m", str(load.messages), "-l", str(load.size), "-f", SENDER,
+            "-t", RECIPIENT, "-M", "loadgen.localhost", f"127.0.0.1:{port}"]
+    start = time.monotonic()
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True,
+                                timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise RunFailed(f"smtp-source timed out after {timeout:.0f}s") from e
+    if result.returncode != 0:
+        raise RunFailed(f"smtp-source: {result.stderr.strip()}")
+    return start, time.monotonic() - start
+
+
+def _run_asyncio(port: int, load: Load, timeout: float) -> tuple[float, float]:
+    argv = [sys.executable, str(BENCH / "loadgen.py"), "-s", str(load.sessions),
+            "-m", str(load.messages), "-l", str(load.size), "-f", SENDER,
+            "-t", RECIPIENT, f"127.0.0.1:{port}"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "start": the process is up, the clock starts
+        start = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            proc.kill()
+            raise RunFailed(f"loadgen timed out after {timeout:.0f}s") from e
+    if proc.returncode != 0 or not out.startswith("elapsed "):
+        raise RunFailed(err.strip() or f"loadgen exited with {proc.returncode}")
+    return start, float(out.split()[1])
+
+
+GENERATORS = {"smtp-source": _run_smtp_source, "asyncio": _run_asyncio}
+
+
+def _count(directory: Path) -> int:
+    try:
+        return len(os.listdir(directory))
+    except FileNotFoundError:
+        return 0
+
+
+def _clear(directory: Path) -> None:
+    for name in os.listdir(directory):
+        os.unlink(directory / name)
+
+
+def run_once(server: Server, generator: str, load: Load, timeout: float) -> RunResult:
+    """Send ``load`` to ``server``; wait (bounded) until it is all in new/.
+
+    Delivered mail is removed afterwards so the next run starts empty.
+    """
+    new = server.maildir_new()
+    target = _count(new) + load.messages
+    start, accept_seconds = GENERATORS[generator](server.port, load, timeout)
+    deadline = time.monotonic() + timeout
+    while (count := _count(new)) < target and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+    done = time.monotonic()
+    if count < target:
+        return RunResult(load.messages / accept_seconds, None)
+    _clear(new)
+    return RunResult(load.messages / accept_seconds, load.messages / (done - start))

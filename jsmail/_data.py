@@ -1,0 +1,192 @@
+"""Strict readers for message content: DATA (dot-terminated) and BDAT (counted chunks).
+
+Both are small state machines fed with whatever bytes arrive, writing content straight
+to a sink (the queue file) as it comes, so no message is ever held whole in memory.
+
+The rules, and why:
+
+- Only CR LF . CR LF ends DATA (RFC 5321 sections 3.3 and 4.1.1.4).  A bare LF or bare
+  CR never ends the message and never lets what follows be read as a command: that is
+  the "SMTP smuggling" family (CVE-2023-51764 and kin), where two servers disagree on
+  where a message ends.
+- A bare CR or LF in content is either refused (the default: the whole message is read
+  to its real end and then refused, so the session stays in step) or normalised to
+  CR LF.  When normalising, a bare LF ends a *line* (so a leading dot after it is
+  unstuffed, as a client that thinks in LF would have stuffed it) but a dot line after
+  it still does not end the *message*: only a dot line that follows a real CR LF does.
+  The same rule holds for BDAT content, so what leaves jsmail later is clean either way.
+- Dot-unstuffing (RFC 5321 section 4.5.2), the line-length limit (section 4.5.3.1.6,
+  counted on the wire including CR LF) and the size budget apply as bytes arrive.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+# Where the next byte stands relative to a line start.
+_MID_LINE = 0
+_AFTER_BARE_LF = 1  # a line start, but one a dot line cannot end the message from
+_AFTER_CRLF = 2
+
+
+class ContentProblems:
+    """What was wrong with the content; the reader goes on reading regardless."""
+
+    def __init__(self) -> None:
+        self.bareLineEnding = False
+        self.longLine = False
+
+    def __bool__(self) -> bool:
+        return self.bareLineEnding or self.longLine
+
+
+class ContentScanner:
+    """Checks line endings and lengths of content and passes it on, normalised or not."""
+
+    def __init__(self, sink: Callable[[bytes], None], maxLine: int, normalise: bool) -> None:
+        self.sink = sink
+        self.maxLine = maxLine
+        self.normalise = normalise
+        self.problems = ContentProblems()
+        self.lineStart = _AFTER_CRLF
+        self._lineLength = 0
+        self._held = b""
+
+    def scanLine(self, data: bytes, start: int, end: int, ending: int) -> None:
+        """Pass on ``data[start:end]``, one line ending in LF (``ending`` is the state that
+        LF gives) or, with ``ending`` = ``_MID_LINE``, a piece with no LF in it."""
+        self._lineLength += end - start
+        if self._lineLength > self.maxLine:
+            self.problems.longLine = True
+        bodyEnd = end - 2 if ending == _AFTER_CRLF else end - (ending == _AFTER_BARE_LF)
+        if data.find(b"\r", start, bodyEnd) >= 0 or ending == _AFTER_BARE_LF:
+            self.problems.bareLineEnding = True
+            if self.normalise:
+                piece = data[start:bodyEnd].replace(b"\r", b"\r\n")
+                self.sink(piece + b"\r\n" if ending != _MID_LINE else piece)
+                self._endLine(ending)
+                return
+        self.sink(data[start:end])
+        self._endLine(ending)
+
+    def feed(self, chunk: bytes) -> None:
+        """Scan content that has no dot-stuffing (BDAT); a CR at the end waits for its LF."""
+        data = self._held + chunk if self._held else chunk
+        self._held = b""
+        pos, size = 0, len(data)
+        while pos < size:
+            lf = data.find(b"\n", pos)
+            if lf < 0:
+                end = size - 1 if data.endswith(b"\r") else size
+                self._held = data[end:]
+                if end > pos:
+                    self.scanLine(data, pos, end, _MID_LINE)
+                return
+            crlf = lf > 0 and data[lf - 1] == 0x0D
+            self.scanLine(data, pos, lf + 1, _AFTER_CRLF if crlf else _AFTER_BARE_LF)
+            pos = lf + 1
+
+    def finish(self) -> None:
+        """The content has ended: a CR still waiting for its LF was a bare CR."""
+        if self._held:
+            held, self._held = self._held, b""
+            self.scanLine(held, 0, len(held), _MID_LINE)
+
+    def _endLine(self, ending: int) -> None:
+        self.lineStart = ending
+        if ending != _MID_LINE:
+            self._lineLength = 0
+
+
+class DataReader:
+    """Reads DATA content up to CR LF . CR LF.
+
+    :meth:`feed` returns ``None`` while the message goes on, and the bytes that followed
+    the terminator once it is found (pipelined commands, to be read as such).
+    """
+
+    def __init__(self, sink: Callable[[bytes], None], maxLine: int = 1000, normalise: bool = False) -> None:
+        self._scanner = ContentScanner(sink, maxLine, normalise)
+        self._held = b""
+
+    @property
+    def problems(self) -> ContentProblems:
+        return self._scanner.problems
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        scanner = self._scanner
+        data = self._held + chunk if self._held else chunk
+        self._held = b""
+        pos, size = 0, len(data)
+        while pos < size:
+            if scanner.lineStart != _MID_LINE and data[pos] == 0x2E:  # "."
+                if scanner.lineStart == _AFTER_CRLF:
+                    if data.startswith(b".\r\n", pos):
+                        return data[pos + 3 :]
+                    if size - pos < 3 and b".\r\n".startswith(data[pos:]):
+                        self._held = data[pos:]  # cannot tell yet: wait for more bytes
+                        return None
+                pos += 1  # dot-unstuffing: drop the leading dot
+                scanner.lineStart = _MID_LINE
+                continue
+            lf = data.find(b"\n", pos)
+            if lf < 0:
+                end = size - 1 if data.endswith(b"\r") else size  # a CR that may precede LF
+                self._held = data[end:]
+                if end > pos:
+                    scanner.scanLine(data, pos, end, _MID_LINE)
+                return None
+            crlf = lf > 0 and data[lf - 1] == 0x0D
+            scanner.scanLine(data, pos, lf + 1, _AFTER_CRLF if crlf else _AFTER_BARE_LF)
+            pos = lf + 1
+        return None
+
+
+class ChunkReader:
+    """Reads exactly ``size`` octets of one BDAT chunk (RFC 3030) into a scanner that
+    the chunks of one message share, since a line (or a CR LF) may span chunks."""
+
+    def __init__(self, scanner: ContentScanner, size: int) -> None:
+        self._scanner = scanner
+        self.remaining = size
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        """Take this chunk's bytes; return the rest once the chunk is complete."""
+        take = chunk[: self.remaining]
+        self.remaining -= len(take)
+        self._scanner.feed(take)
+        return chunk[len(take) :] if self.remaining == 0 else None
+
+
+class HopCounter:
+    """Counts ``Received:`` fields in the header section, to stop mail loops
+    (RFC 5321 section 6.3).  Fed the content as it streams; a field name may be split
+    across feeds."""
+
+    _FIELD = b"received:"
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._inHeader = True
+        self._lineHead: bytes | None = b""  # the first bytes of the current line, or None mid-line
+
+    def feed(self, data: bytes) -> None:
+        pos, size = 0, len(data)
+        while self._inHeader and pos < size:
+            if self._lineHead is None:
+                lf = data.find(b"\n", pos)
+                if lf < 0:
+                    return
+                pos, self._lineHead = lf + 1, b""
+                continue
+            piece = data[pos : pos + len(self._FIELD) - len(self._lineHead)]
+            lf = piece.find(b"\n")
+            if lf >= 0:
+                piece = piece[: lf + 1]
+            pos += len(piece)
+            head = self._lineHead = self._lineHead + piece
+            if head in (b"\n", b"\r\n"):
+                self._inHeader = False  # the empty line ending the header section
+            elif lf >= 0 or len(head) == len(self._FIELD):
+                self.count += head.lower() == self._FIELD
+                self._lineHead = b"" if lf >= 0 else None

@@ -1,0 +1,237 @@
+"""One frozen, validated configuration, from a TOML file and command-line overrides.
+
+Every option is declared once in :data:`OPTIONS` (its TOML place, its default and how
+it is checked); ``etc/jsmail.toml`` documents each one.  Configuration is checked once,
+at start: a bad value raises :class:`ConfigError`, whose one-line message names where
+the value came from, the key and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+from twisted.internet.endpoints import serverFromString
+
+from jsmail.address import normaliseDomain
+from jsmail.error import SMTPReplyError
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong: ``source`` (a file, or "command line"), ``key``."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+        self.source, self.key, self.problem = source, key, problem
+
+
+# -- value checkers: each takes the raw value and returns it typed, or raises ValueError --
+
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not seconds > 0:
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _factor(value: Any) -> float:
+    factor = _seconds(value)
+    if factor < 1:
+        raise ValueError(f"must be at least 1, got {value!r}")
+    return factor
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _hostname(value: Any) -> str:
+    try:
+        return normaliseDomain(_string(value))
+    except SMTPReplyError as e:
+        raise ValueError(e.reply.text) from None
+
+
+def _listOf(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    def check(value: Any) -> tuple[Any, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, got {value!r}")
+        return tuple(item(v) for v in value)
+
+    return check
+
+
+def _endpoint(value: Any) -> str:
+    description = _string(value)
+    try:
+        serverFromString(None, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"bad endpoint {description!r}: {e}") from None
+    return description
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(_string(value), strict=False)
+    except ValueError as e:
+        raise ValueError(f"bad network {value!r}: {e}") from None
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+
+    return check
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: ``field`` of :class:`Config`, found at ``section.key`` in TOML."""
+
+    field: str
+    section: str
+    key: str
+    check: Callable[[Any], Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("hostname", "server", "hostname", _hostname),
+    Option("dataDir", "server", "data", _string),
+    Option("domains", "server", "domains", _listOf(_hostname)),
+    Option("trustedNetworks", "server", "trusted_networks", _listOf(_network)),
+    Option("smtpListeners", "smtp", "listen", _listOf(_endpoint)),
+    Option("maxMessageSize", "smtp", "max_message_size", _integer(1)),
+    Option("maxCommandLine", "smtp", "max_command_line", _integer(512)),
+    Option("maxTextLine", "smtp", "max_text_line", _integer(1000)),
+    Option("maxRecipients", "smtp", "max_recipients", _integer(1)),
+    Option("maxErrors", "smtp", "max_errors", _integer(1)),
+    Option("idleTimeout", "smtp", "idle_timeout", _seconds),
+    Option("maxConnections", "smtp", "max_connections", _integer(1)),
+    Option("maxConnectionsPerClient", "smtp", "max_connections_per_client", _integer(1)),
+    Option("bareLineEndings", "smtp", "bare_line_endings", _choice("reject", "normalise")),
+    Option("maxReceivedHeaders", "smtp", "max_received_headers", _integer(1)),
+    Option("retryFirst", "queue", "retry_first", _seconds),
+    Option("retryFactor", "queue", "retry_factor", _factor),
+    Option("retryMaximum", "queue", "retry_max", _seconds),
+    Option("giveUp", "queue", "give_up", _seconds),
+    Option("deliveryConcurrency", "queue", "concurrency", _integer(1)),
+    Option("diskThreads", "queue", "disk_threads", _integer(1)),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the gateway needs to start.  Defaults are the embedded default:
+    SMTP on 127.0.0.1:2525, data in ./jsmail-data, mail for ``localhost``."""
+
+    hostname: str = "localhost"
+    dataDir: str = "jsmail-data"
+    domains: tuple[str, ...] = ("localhost",)
+    trustedNetworks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    smtpListeners: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
+    maxMessageSize: int = 25 * 1024 * 1024
+    maxCommandLine: int = 512
+    maxTextLine: int = 1000
+    maxRecipients: int = 100
+    maxErrors: int = 20
+    idleTimeout: float = 300.0
+    maxConnections: int = 1000
+    maxConnectionsPerClient: int = 20
+    bareLineEndings: str = "reject"
+    maxReceivedHeaders: int = 100
+    retryFirst: float = 300.0
+    retryFactor: float = 2.0
+    retryMaximum: float = 4 * 3600.0
+    giveUp: float = 5 * 86400.0
+    deliveryConcurrency: int = 20
+    diskThreads: int = 32
+
+    @property
+    def queueDir(self) -> str:
+        return os.path.join(self.dataDir, "queue")
+
+    @property
+    def mailDir(self) -> str:
+        return os.path.join(self.dataDir, "mail")
+
+
+def defaultHostname() -> str:
+    """This host's name, if it is a usable domain name, else ``localhost``."""
+    try:
+        return _hostname(socket.getfqdn())
+    except ValueError:
+        return "localhost"
+
+
+def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the configuration: defaults, then the TOML file at ``path``, then
+    ``overrides`` (keyed by :class:`Config` field, from the command line)."""
+    values: dict[str, Any] = {"hostname": defaultHostname()}
+    if path is not None:
+        values.update(_readFile(path))
+    byField = {option.field: option for option in OPTIONS}
+    for fieldName, raw in (overrides or {}).items():
+        option = byField[fieldName]
+        try:
+            values[fieldName] = option.check(raw)
+        except ValueError as e:
+            raise ConfigError("command line", option.name, str(e)) from None
+    return Config(**values)
+
+
+def _readFile(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read the file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    known = {(o.section, o.key): o for o in OPTIONS}
+    values: dict[str, Any] = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise ConfigError(path, section, "expected a [section] table")
+        for key, raw in table.items():
+            option = known.get((section, key))
+            if option is None:
+                raise ConfigError(path, f"{section}.{key}", "unknown setting")
+            try:
+                values[option.field] = option.check(raw)
+            except ValueError as e:
+                raise ConfigError(path, option.name, str(e)) from None
+    return values
+
+
+assert {o.field for o in OPTIONS} == {f.name for f in fields(Config)}, "every Config field is an option"

@@ -1,0 +1,97 @@
+"""The envelope of a message, and its versioned on-disk form.
+
+An envelope is what SMTP carried beside the message: the reverse-path, the recipients,
+their ESMTP parameters and who sent it.  The queue keeps it next to the message bytes as
+one JSON object, so an operator can read it with ``head -1`` (see ``docs/queue.rst``).
+Per-recipient delivery state lives in :class:`Recipient`, so a message to several
+recipients is retried only for those still pending.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+FORMAT_VERSION = 1
+
+
+class EnvelopeFormatError(ValueError):
+    """The bytes are not an envelope this version of jsmail can read."""
+
+
+class RecipientState(str, Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One envelope recipient and where its delivery stands."""
+
+    address: str
+    params: dict[str, str | None] = field(default_factory=dict)
+    state: RecipientState = RecipientState.PENDING
+    lastReply: str | None = None
+
+    @property
+    def isDone(self) -> bool:
+        return self.state is not RecipientState.PENDING
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Sender, recipients and how the message arrived.
+
+    ``sender`` is ``""`` for the null reverse-path (a bounce).  ``mailParams`` are the
+    MAIL FROM parameters (SIZE, BODY, SMTPUTF8, ...).  ``attempts`` and ``nextAttempt``
+    belong to the scheduler; the queue only stores them.
+    """
+
+    sender: str
+    recipients: tuple[Recipient, ...]
+    mailParams: dict[str, str | None] = field(default_factory=dict)
+    arrival: float = 0.0
+    clientAddress: str = ""
+    helo: str = ""
+    protocol: str = "ESMTP"
+    attempts: int = 0
+    nextAttempt: float = 0.0
+
+    @property
+    def pending(self) -> tuple[Recipient, ...]:
+        return tuple(r for r in self.recipients if not r.isDone)
+
+    @property
+    def isBounce(self) -> bool:
+        return self.sender == ""
+
+    def withRecipients(self, recipients: tuple[Recipient, ...]) -> Envelope:
+        return replace(self, recipients=recipients)
+
+    def toBytes(self) -> bytes:
+        """One line of JSON (no newline inside), starting with the format version."""
+        data: dict[str, Any] = {"version": FORMAT_VERSION, **asdict(self)}
+        data["recipients"] = [
+            {**asdict(r), "state": r.state.value} for r in self.recipients
+        ]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def fromBytes(cls, raw: bytes) -> Envelope:
+        try:
+            data = json.loads(raw)
+            version = data.pop("version")
+        except (ValueError, KeyError, AttributeError, TypeError) as e:
+            raise EnvelopeFormatError(f"not a jsmail envelope: {e}") from None
+        if version != FORMAT_VERSION:
+            raise EnvelopeFormatError(f"envelope format version {version!r} is not {FORMAT_VERSION}")
+        try:
+            recipients = tuple(
+                Recipient(**{**r, "state": RecipientState(r["state"])}) for r in data.pop("recipients")
+            )
+            return cls(recipients=recipients, **data)
+        except (TypeError, ValueError, KeyError) as e:
+            raise EnvelopeFormatError(f"bad envelope field: {e}") from None

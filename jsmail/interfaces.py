@@ -1,0 +1,121 @@
+"""The seams between jsmail's parts.
+
+smtpd writes into an :class:`IQueue`; the scheduler reads from it and hands each message
+to the :class:`IDeliveryAgent` that an :class:`IRouter` picks.  Each seam is small enough
+to replace on its own: a memory queue in tests, another agent for a new kind of delivery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, BinaryIO, Callable, Sequence
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from jsmail.envelope import Envelope, Recipient
+
+
+class IIncomingMessage(Interface):
+    """A message being received: bytes stream in, then it is committed or aborted."""
+
+    queueId = Attribute("The id the message will have in the queue.")
+    size = Attribute("Octets written so far.")
+
+    def write(data: bytes) -> None:
+        """Append message bytes (buffered; durable only after commit)."""
+
+    def commit() -> Deferred[str]:
+        """Make the message durable; fires with its queue id once it is safely on disk."""
+
+    def abort() -> None:
+        """Throw away what was written; the message never enters the queue."""
+
+
+class IMessageSink(Interface):
+    """Where smtpd puts what it receives: the queue, or the funnel in front of it."""
+
+    def newMessage(envelope: Envelope) -> IIncomingMessage:
+        """Start receiving a message with this envelope."""
+
+
+class IQueue(IMessageSink):
+    """A durable store of messages and their envelopes.  It stores and lists; it does
+    not schedule (that is :mod:`jsmail.send`)."""
+
+    def recover() -> Deferred[list[tuple[str, Envelope]]]:
+        """Sweep half-written entries; fire with every queued message and its envelope."""
+
+    def openMessage(queueId: str) -> BinaryIO:
+        """Open the message bytes for reading (blocking I/O: call from a thread)."""
+
+    def update(queueId: str, envelope: Envelope) -> Deferred[None]:
+        """Durably replace the envelope (per-recipient state, attempts, next attempt)."""
+
+    def remove(queueId: str) -> Deferred[None]:
+        """Remove a message whose every recipient is done."""
+
+
+class DeliveryStatus(Enum):
+    DELIVERED = "delivered"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What happened to one recipient: delivered, or failed temporarily or for good,
+    with the text to show (a peer's reply, or a local reason)."""
+
+    recipient: str
+    status: DeliveryStatus
+    detail: str
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message handed to a delivery agent: its id, envelope and a way to read it."""
+
+    queueId: str
+    envelope: Envelope
+    open: Callable[[], BinaryIO]
+
+
+class IDeliveryAgent(Interface):
+    """Delivers one message to some of its recipients (qmail-local, qmail-remote)."""
+
+    def deliver(message: QueuedMessage, recipients: Sequence[Recipient]) -> Deferred[list[DeliveryResult]]:
+        """Fire with one result per recipient, never with a failure."""
+
+
+class IPolicy(Interface):
+    """Checks run at each SMTP phase, in order, before smtpd says yes.
+
+    Each method returns ``None`` (no objection, decided now) or a Deferred that fires
+    when the check is done.  To refuse, raise (or fail the Deferred with)
+    :class:`jsmail.error.SMTPReplyError`; any other exception becomes a temporary
+    failure (451 4.3.0), never a dropped session.  ``session`` is
+    :class:`jsmail.smtpd.Session`.
+    """
+
+    def checkConnect(session: object) -> Deferred[None] | None:
+        """A client has connected."""
+
+    def checkHelo(session: object, name: str) -> Deferred[None] | None:
+        """The client said EHLO or HELO ``name``."""
+
+    def checkSender(session: object, address: object, params: dict) -> Deferred[None] | None:
+        """MAIL FROM with a :class:`jsmail.address.Address` and its parameters."""
+
+    def checkRecipient(session: object, address: object, params: dict) -> Deferred[None] | None:
+        """RCPT TO with a :class:`jsmail.address.Address` and its parameters."""
+
+
+class IRouter(Interface):
+    """Decides which agent delivers to a recipient."""
+
+    def agentFor(recipient: str) -> IDeliveryAgent:
+        """The agent responsible for this recipient address."""

@@ -1,0 +1,55 @@
+"""The operator log: a short, fixed set of events, each keyed by queue id.
+
+Every event is one line through :mod:`twisted.logger` in the ``jsmail.maillog``
+namespace, written as ``event key=value ...`` so that ``grep id=QUEUEID`` follows one
+message from arrival to its end.  Debug detail belongs elsewhere, not here.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+_log = Logger(namespace="jsmail.maillog")
+
+
+def connect(client: str, listener: str) -> None:
+    _log.info("connect client={client} listener={listener}", client=client, listener=listener)
+
+
+def reject(client: str, command: str, reply: object, reason: str, queueId: str = "-") -> None:
+    """A refusal: ``reply`` is what the client saw, ``reason`` the private why."""
+    _log.info(
+        "reject id={queueId} client={client} command={command!r} reply={reply!r} reason={reason!r}",
+        queueId=queueId, client=client, command=command, reply=str(reply), reason=reason,
+    )
+
+
+def queued(queueId: str, sender: str, recipients: int, size: int, client: str) -> None:
+    _log.info(
+        "queued id={queueId} from=<{sender}> nrcpt={recipients} size={size} client={client}",
+        queueId=queueId, sender=sender, recipients=recipients, size=size, client=client,
+    )
+
+
+def delivered(queueId: str, recipient: str, detail: str) -> None:
+    _log.info("delivered id={queueId} to=<{recipient}> detail={detail!r}",
+              queueId=queueId, recipient=recipient, detail=detail)
+
+
+def deferred(queueId: str, recipient: str, detail: str, retryIn: float) -> None:
+    _log.info("deferred id={queueId} to=<{recipient}> detail={detail!r} retry_in={retryIn:.0f}s",
+              queueId=queueId, recipient=recipient, detail=detail, retryIn=retryIn)
+
+
+def failed(queueId: str, recipient: str, detail: str) -> None:
+    _log.info("failed id={queueId} to=<{recipient}> detail={detail!r}",
+              queueId=queueId, recipient=recipient, detail=detail)
+
+
+def bounced(queueId: str, sender: str, bounceId: str) -> None:
+    _log.info("bounced id={queueId} to=<{sender}> bounce_id={bounceId}",
+              queueId=queueId, sender=sender, bounceId=bounceId)
+
+
+def removed(queueId: str) -> None:
+    _log.info("removed id={queueId}", queueId=queueId)

@@ -1,0 +1,176 @@
+"""The scheduler (qmail-send's job): when to try each queued message, and what then.
+
+It keeps its plan in memory, rebuilt from the queue at start; the queue only stores.
+Each attempt hands the message's pending recipients to the agent the router picks,
+takes back one result per recipient (delivered, temporary or permanent failure) and
+records them in the envelope.  A message leaves the queue when no recipient is
+pending; failed recipients then get one bounce (never for a bounce).  Temporary
+failures are retried after :func:`retryDelay`, until the message is older than the
+give-up age.  Time comes from an injected clock, so tests can walk a message through
+its whole life in an instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from jsmail import maillog
+from jsmail._disk import RunInThread
+from jsmail.bounce import makeBounce, readHeaders
+from jsmail.envelope import Envelope, Recipient, RecipientState
+from jsmail.inject import Funnel
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, QueuedMessage
+
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """When to try again: ``first`` seconds after the first failure, growing by
+    ``factor`` each time up to ``maximum``; give up ``giveUp`` seconds after arrival.
+    The defaults follow RFC 5321 section 4.5.4.1 in spirit (retry within minutes, at
+    growing intervals, for 4-5 days)."""
+
+    first: float = 300.0
+    factor: float = 2.0
+    maximum: float = 4 * 3600.0
+    giveUp: float = 5 * 86400.0
+
+
+def retryDelay(attempts: int, schedule: RetrySchedule) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (1 for the first)."""
+    return float(min(schedule.first * schedule.factor ** max(attempts - 1, 0), schedule.maximum))
+
+
+class Scheduler(Service):
+    """Delivers queued messages, at most ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        queue: IQueue,
+        router: IRouter,
+        clock: IReactorTime,
+        runInThread: RunInThread,
+        hostname: str,
+        retry: RetrySchedule = RetrySchedule(),
+        concurrency: int = 20,
+    ) -> None:
+        self.queue = queue
+        self.router = router
+        self.clock = clock
+        self.runInThread = runInThread
+        self.hostname = hostname
+        self.retry = retry
+        self.funnel = Funnel(queue, self.schedule)
+        self._semaphore = defer.DeferredSemaphore(concurrency)
+        self._envelopes: dict[str, Envelope] = {}
+        self._timers: dict[str, IDelayedCall] = {}
+        self._inFlight: set[defer.Deferred[None]] = set()
+
+    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        super().startService()
+
+        def scheduleAll(found: list[tuple[str, Envelope]]) -> None:
+            if found:
+                _log.info("Found {count} message(s) in the queue", count=len(found))
+            for queueId, envelope in found:
+                self.schedule(queueId, envelope)
+
+        return self.queue.recover().addCallback(scheduleAll)
+
+    def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
+        super().stopService()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        return defer.DeferredList(list(self._inFlight))
+
+    @property
+    def queued(self) -> int:
+        """How many messages the scheduler is looking after."""
+        return len(self._envelopes)
+
+    def schedule(self, queueId: str, envelope: Envelope) -> None:
+        """Plan the next attempt for a message: now, or at its ``nextAttempt``."""
+        self._envelopes[queueId] = envelope
+        if not self.running:
+            return
+        delay = max(0.0, envelope.nextAttempt - self.clock.seconds())
+        self._timers[queueId] = self.clock.callLater(delay, self._due, queueId)
+
+    def _due(self, queueId: str) -> None:
+        del self._timers[queueId]
+        d = self._semaphore.run(self._attempt, queueId)
+        d.addErrback(lambda f: _log.failure("Delivery attempt for {queueId} failed", f, queueId=queueId))
+        self._inFlight.add(d)
+        d.addBoth(lambda _: self._inFlight.discard(d))
+
+    @defer.inlineCallbacks
+    def _attempt(self, queueId: str) -> Any:
+        envelope = self._envelopes[queueId]
+        message = QueuedMessage(queueId, envelope, lambda: self.queue.openMessage(queueId))
+        byAgent: dict[Any, list[Recipient]] = {}
+        for recipient in envelope.pending:
+            byAgent.setdefault(self.router.agentFor(recipient.address), []).append(recipient)
+        results: dict[str, DeliveryResult] = {}
+        outcomes = yield defer.gatherResults([agent.deliver(message, rcpts) for agent, rcpts in byAgent.items()])
+        for agentResults in outcomes:
+            for result in agentResults:
+                results[result.recipient] = result
+        yield self._record(queueId, envelope, results)
+
+    @defer.inlineCallbacks
+    def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> Any:
+        now = self.clock.seconds()
+        attempts = envelope.attempts + 1
+        retryIn = retryDelay(attempts, self.retry)
+        givingUp = now + retryIn > envelope.arrival + self.retry.giveUp
+        recipients = []
+        for r in envelope.recipients:
+            result = results.get(r.address)
+            if r.isDone or result is None:
+                recipients.append(r)
+            elif result.status is DeliveryStatus.DELIVERED:
+                maillog.delivered(queueId, r.address, result.detail)
+                recipients.append(replace(r, state=RecipientState.DELIVERED, lastReply=result.detail))
+            elif result.status is DeliveryStatus.PERMANENT or givingUp:
+                detail = result.detail if result.status is DeliveryStatus.PERMANENT else (
+                    f"{result.detail} (gave up: in the queue for too long)")
+                maillog.failed(queueId, r.address, detail)
+                recipients.append(replace(r, state=RecipientState.FAILED, lastReply=detail))
+            else:
+                maillog.deferred(queueId, r.address, result.detail, retryIn)
+                recipients.append(replace(r, lastReply=result.detail))
+        envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
+        if envelope.pending:
+            yield self.queue.update(queueId, envelope)
+            self.schedule(queueId, envelope)
+            return
+        failed = [r for r in envelope.recipients if r.state is RecipientState.FAILED]
+        if failed and not envelope.isBounce:
+            yield self._bounce(queueId, envelope, failed)
+        yield self.queue.remove(queueId)
+        del self._envelopes[queueId]
+        maillog.removed(queueId)
+
+    @defer.inlineCallbacks
+    def _bounce(self, queueId: str, envelope: Envelope, failed: list[Recipient]) -> Any:
+        """Queue the bounce before the original goes: a crash may send two, never none."""
+
+        def headers() -> bytes:
+            with self.queue.openMessage(queueId) as f:
+                return readHeaders(f)
+
+        original = yield self.runInThread(headers)
+        now = self.clock.seconds()
+        data = makeBounce(queueId, envelope, failed, original, self.hostname, now)
+        bounce = Envelope(sender="", recipients=(Recipient(envelope.sender),), arrival=now,
+                          clientAddress="127.0.0.1", helo=self.hostname, protocol="local")
+        bounceId = yield self.funnel.enqueue(bounce, data)
+        maillog.bounced(queueId, envelope.sender, bounceId)

@@ -1,0 +1,158 @@
+"""The whole gateway as one :class:`MultiService`: what twistd and embedders start.
+
+Children start in order: the disk thread pool, the scheduler (which rebuilds its plan
+from the queue), then one listener per SMTP endpoint.  Listeners bind in
+``privilegedStartService``, so ``twistd --uid`` can drop root right after binding port 25.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from jsmail import __version__
+from jsmail.config import Config
+from jsmail.local import MaildirDelivery
+from jsmail.policy import RelayControl
+from jsmail.queue import MaildirQueue
+from jsmail.route import Router
+from jsmail.send import RetrySchedule, Scheduler
+from jsmail.smtpd import ESMTPServerFactory, ServerSettings
+
+_log = Logger()
+
+
+class ThreadPoolService(Service):
+    """A thread pool for blocking disk work, started and stopped with the gateway."""
+
+    def __init__(self, reactor: Any, size: int, name: str) -> None:
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
+
+    def runInThread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class ListenerService(Service):
+    """Listens on one endpoint; :meth:`whenListening` gives the bound port."""
+
+    def __init__(self, reactor: Any, description: str, factory: Factory) -> None:
+        self.description = description
+        self.endpoint = serverFromString(reactor, description)
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._listening: defer.Deferred[IListeningPort] | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listening = self.endpoint.listen(self.factory)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            host = port.getHost()
+            where = f"{host.host}:{host.port}" if hasattr(host, "port") else getattr(host, "name", host)
+            _log.info("Listening for SMTP on {where} ({description})", where=where, description=self.description)
+            return port
+
+        self._listening.addCallback(listening)
+        self._listening.addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        _log.failure("Cannot listen on {description}", failure, description=self.description)
+        from twisted.internet import reactor
+
+        reactor.stop()  # type: ignore[attr-defined]
+
+    def startService(self) -> None:
+        if self._listening is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def whenListening(self) -> defer.Deferred[IListeningPort]:
+        assert self._listening is not None, "not started"
+        d: defer.Deferred[IListeningPort] = defer.Deferred()
+        self._listening.addCallback(lambda port: (d.callback(port), port)[1])
+        return d
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+
+def serverSettings(config: Config) -> ServerSettings:
+    return ServerSettings(
+        hostname=config.hostname,
+        maxMessageSize=config.maxMessageSize,
+        maxCommandLine=config.maxCommandLine,
+        maxTextLine=config.maxTextLine,
+        maxRecipients=config.maxRecipients,
+        maxErrors=config.maxErrors,
+        idleTimeout=config.idleTimeout,
+        maxConnections=config.maxConnections,
+        maxConnectionsPerClient=config.maxConnectionsPerClient,
+        normaliseLineEndings=config.bareLineEndings == "normalise",
+        maxReceivedHeaders=config.maxReceivedHeaders,
+    )
+
+
+class MailGateway(MultiService):
+    """smtpd, queue, scheduler and local delivery, wired from one :class:`Config`.
+
+    ``reactor`` defaults to the global one; pass another (or a clock) to embed or test.
+    """
+
+    def __init__(self, config: Config, reactor: IReactorTime | None = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor  # type: ignore[assignment]
+        self.config = config
+        self.dataDir = os.path.abspath(config.dataDir)
+        threads = ThreadPoolService(reactor, config.diskThreads, "jsmail-disk")
+        threads.setServiceParent(self)
+        self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), threads.runInThread)
+        self.mailRoot = os.path.join(self.dataDir, "mail")
+        self.local = MaildirDelivery(self.mailRoot, threads.runInThread, config.hostname)
+        self.router = Router(config.domains, self.local)
+        retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
+        self.scheduler = Scheduler(self.queue, self.router, reactor, threads.runInThread, config.hostname,
+                                   retry, config.deliveryConcurrency)
+        self.scheduler.setServiceParent(self)
+        policies = [RelayControl(self.router.isLocal, config.trustedNetworks)]
+        self.smtpFactory = ESMTPServerFactory(serverSettings(config), self.scheduler.funnel, reactor, policies)
+        self.listeners = []
+        for description in config.smtpListeners:
+            listener = ListenerService(reactor, description, self.smtpFactory)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    def privilegedStartService(self) -> None:
+        _log.info(
+            "jsmail {version}: host name {hostname}; data under {data}; queue in {data}{sep}queue; "
+            "mail for {domains} is delivered to the Maildirs {mail}{sep}<domain>{sep}<local-part>{sep}",
+            version=__version__, hostname=self.config.hostname, data=self.dataDir, sep=os.sep,
+            domains=", ".join(self.config.domains), mail=self.mailRoot,
+        )
+        super().privilegedStartService()

@@ -1,0 +1,601 @@
+"""The ESMTP server (qmail-smtpd's job): RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+SMTPUTF8, ENHANCEDSTATUSCODES and CHUNKING.
+
+One :class:`ESMTPServer` per connection reads commands, asks its checks
+(:class:`jsmail.interfaces.IPolicy`), and streams message content into the queue.
+
+Why not :mod:`twisted.mail.smtp`: it answers pipelined commands out of order when a
+check is asynchronous (Twisted ticket 8126), ignores MAIL/RCPT parameters and never makes
+the queue durable before saying 250.  Here every command is answered in order: while a
+reply is pending (a check or the queue commit returned an unfired Deferred) the
+transport is paused and later commands wait in the buffer, so a pipelining client sees
+its replies in the order of its commands (RFC 2920 section 3.1).
+
+Commands end in CR LF; a bare LF is tolerated there (as qmail and Postfix do), because
+a command line cannot smuggle anything.  Message content is stricter: see
+:mod:`jsmail._data`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+from twisted.internet import defer, interfaces as iinternet
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from jsmail import maillog, reply
+from jsmail._data import ChunkReader, ContentProblems, ContentScanner, DataReader, HopCounter
+from jsmail.address import Address, parsePath
+from jsmail.envelope import Envelope, Recipient
+from jsmail.error import SMTPReplyError
+from jsmail.interfaces import IIncomingMessage, IMessageSink, IPolicy
+from jsmail.reply import Reply
+
+_log = Logger()
+
+_BODY_TYPES = ("7BIT", "8BITMIME")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What one SMTP listener enforces.  Every limit is here, so every limit is
+    configurable (see ``etc/jsmail.toml`` for each one's meaning)."""
+
+    hostname: str = "localhost"
+    maxMessageSize: int = 25 * 1024 * 1024
+    maxCommandLine: int = 512  # RFC 5321 4.5.3.1.4, including CR LF
+    maxTextLine: int = 1000  # RFC 5321 4.5.3.1.6, including CR LF
+    maxRecipients: int = 100  # RFC 5321 4.5.3.1.8 says at least 100
+    maxErrors: int = 20
+    idleTimeout: float = 300.0  # RFC 5321 4.5.3.2.7
+    maxConnections: int = 1000
+    maxConnectionsPerClient: int = 20
+    normaliseLineEndings: bool = False
+    maxReceivedHeaders: int = 100  # loop detection, RFC 5321 6.3
+
+
+@dataclass
+class Session:
+    """What is known about the client; checks read it, smtpd keeps it up to date."""
+
+    clientAddress: str
+    clientPort: int = 0
+    listener: str = "smtp"
+    helo: str | None = None
+    esmtp: bool = False
+    sender: Address | None = None
+    mailParams: dict[str, str | None] = field(default_factory=dict)
+    recipients: list[Recipient] = field(default_factory=list)
+
+    @property
+    def client(self) -> str:
+        return f"[{self.clientAddress}]:{self.clientPort}"
+
+    def resetTransaction(self) -> None:
+        self.sender = None
+        self.mailParams = {}
+        self.recipients = []
+
+
+Result = Reply | defer.Deferred[Reply]
+
+
+class ESMTPServer(Protocol, TimeoutMixin):
+    """One SMTP session.  See the module docstring for the rules it keeps."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        queue: IMessageSink,
+        clock: iinternet.IReactorTime,
+        policies: Sequence[IPolicy] = (),
+        listener: str = "smtp",
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.policies = tuple(policies)
+        self.listener = listener
+        self.callLater = clock.callLater
+        self.clock = clock
+        self.session: Session = Session("unknown")
+        self._buffer = b""
+        self._discardingLongLine = False
+        self._waiting = False
+        self._errors = 0
+        self._reader: DataReader | ChunkReader | None = None
+        self._message: IIncomingMessage | None = None
+        self._scanner: ContentScanner | None = None
+        self._messageTooBig = False
+        self._contentSize = 0
+        self._hops = HopCounter()
+        self._usedBDAT = False
+        self._closing = False
+
+    # -- connection -----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.session = Session(
+            clientAddress=getattr(peer, "host", "unknown"),
+            clientPort=getattr(peer, "port", 0),
+            listener=self.listener,
+        )
+        maillog.connect(self.session.client, self.listener)
+        self.setTimeout(self.settings.idleTimeout)
+        self._runCommand(lambda: self._checked("checkConnect", self._greeting))
+
+    def _greeting(self) -> Reply:
+        return reply.SERVICE_READY.withText(reply.SERVICE_READY.text.format(self.settings.hostname))
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.setTimeout(None)
+        self._abortMessage()
+
+    def timeoutConnection(self) -> None:
+        self._sendReply(reply.IDLE_TIMEOUT)
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._abortMessage()
+        self.transport.loseConnection()
+
+    # -- input ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        """Handle buffered input until it runs out or a reply must be waited for."""
+        while self._buffer and not self._waiting and not self._closing:
+            if self._reader is not None:
+                rest = self._reader.feed(self._buffer)
+                self._buffer = b""
+                if rest is None:
+                    return
+                self._buffer = rest
+                self._runCommand(self._contentEnded)
+                continue
+            lf = self._buffer.find(b"\n")
+            if lf < 0:
+                if len(self._buffer) > self.settings.maxCommandLine:
+                    self._buffer = b""
+                    if not self._discardingLongLine:
+                        self._discardingLongLine = True
+                        self._sendReply(reply.LINE_TOO_LONG)
+                return
+            line, self._buffer = self._buffer[:lf], self._buffer[lf + 1 :]
+            if self._discardingLongLine:
+                self._discardingLongLine = False
+                continue
+            if len(line) + 1 > self.settings.maxCommandLine:
+                self._sendReply(reply.LINE_TOO_LONG)
+                continue
+            self._runCommand(lambda line=line: self._dispatch(line.removesuffix(b"\r")))
+
+    def _runCommand(self, command: Callable[[], Result]) -> None:
+        """Run one command; if its reply is not ready, hold all later input until it is."""
+        try:
+            result = command()
+        except SMTPReplyError as e:
+            result = self._refused(e)
+        except Exception:
+            _log.failure("Unexpected error handling a command from {client}", client=self.session.client)
+            result = reply.CHECK_FAILED
+        if isinstance(result, defer.Deferred):
+            self._waiting = True
+            self.setTimeout(None)
+            self.transport.pauseProducing()
+            result.addErrback(self._commandFailed)
+            result.addCallback(self._commandDone)
+        else:
+            self._sendReply(result)
+
+    def _commandFailed(self, failure: Failure) -> Reply:
+        if failure.check(SMTPReplyError):
+            return self._refused(failure.value)
+        _log.failure("Unexpected error handling a command from {client}", failure, client=self.session.client)
+        return reply.CHECK_FAILED
+
+    def _commandDone(self, result: Reply) -> None:
+        self._waiting = False
+        if self.transport is None or not self.connected:
+            return
+        self._sendReply(result)
+        if self._closing:
+            return
+        self.setTimeout(self.settings.idleTimeout)
+        self.transport.resumeProducing()
+        self._process()
+
+    def _refused(self, error: SMTPReplyError) -> Reply:
+        maillog.reject(self.session.client, self._currentCommand, error.reply, error.reason,
+                       self._message.queueId if self._message else "-")
+        return error.reply
+
+    def _sendReply(self, result: Reply) -> None:
+        if result is _NO_REPLY:
+            return
+        if result.code >= 400 and result.code != 421:
+            self._errors += 1
+        self.transport.write(b"".join(result.lines()))
+        if result.code == 421 or (self._currentCommand == "CONNECT" and result.code >= 400):
+            self._close()
+        elif self._errors >= self.settings.maxErrors:
+            self.transport.write(b"".join(reply.TOO_MANY_ERRORS.lines()))
+            self._close()
+
+    # -- commands ---------------------------------------------------------------------
+
+    _currentCommand = "CONNECT"
+
+    def _dispatch(self, line: bytes) -> Result:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return reply.NOT_UTF8
+        verb, _, argument = text.partition(" ")
+        verb = verb.upper()
+        self._currentCommand = verb
+        handler = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
+        if handler is None:
+            return reply.NOT_IMPLEMENTED if verb in ("EXPN", "TURN", "ETRN") else reply.UNKNOWN_COMMAND
+        result: Result = handler(argument)
+        return result
+
+    def smtp_EHLO(self, argument: str) -> Result:
+        return self._hello(argument, esmtp=True)
+
+    def smtp_HELO(self, argument: str) -> Result:
+        return self._hello(argument, esmtp=False)
+
+    def _hello(self, argument: str, esmtp: bool) -> Result:
+        name = argument.strip()
+        if not name or " " in name or any(ord(c) < 32 for c in name):
+            return reply.HELO_SYNTAX
+        self._resetTransaction()
+
+        def accept() -> Reply:
+            self.session.helo, self.session.esmtp = name, esmtp
+            greets = reply.GREETS.text.format(self.settings.hostname, name)
+            if not esmtp:
+                return reply.GREETS.withText(greets)
+            return reply.GREETS.withText("\n".join([greets, *self.extensions()]))
+
+        return self._checked("checkHelo", accept, name)
+
+    def extensions(self) -> list[str]:
+        """The EHLO keywords this session offers."""
+        return [
+            "PIPELINING",
+            f"SIZE {self.settings.maxMessageSize}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+        ]
+
+    def smtp_MAIL(self, argument: str) -> Result:
+        if self.session.helo is None:
+            return reply.HELO_FIRST
+        if self.session.sender is not None:
+            return reply.NESTED_MAIL
+        if argument[:5].upper() != "FROM:":
+            return reply.BAD_SYNTAX.withText("Syntax: MAIL FROM:<address> [parameters]")
+        address, params = parsePath(argument[5:], allowNull=True, utf8=True)
+        self._checkMailParams(params)
+        if "SMTPUTF8" not in params and not argument.isascii():
+            return reply.SMTPUTF8_REQUIRED
+
+        def accept() -> Reply:
+            self.session.sender, self.session.mailParams = address, params
+            return reply.SENDER_OK
+
+        return self._checked("checkSender", accept, address, params)
+
+    def _checkMailParams(self, params: dict[str, str | None]) -> None:
+        for key, value in params.items():
+            if not self.session.esmtp or key not in ("SIZE", "BODY", "SMTPUTF8"):
+                raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    raise SMTPReplyError(reply.BAD_PARAMETER.withText("SIZE needs a number of octets"))
+                if int(value) > self.settings.maxMessageSize:
+                    raise SMTPReplyError(self._tooBig())
+            elif key == "BODY" and (value or "").upper() not in _BODY_TYPES:
+                raise SMTPReplyError(reply.BAD_PARAMETER.withText("BODY must be 7BIT or 8BITMIME"))
+            elif key == "SMTPUTF8" and value is not None:
+                raise SMTPReplyError(reply.BAD_PARAMETER.withText("SMTPUTF8 takes no value"))
+
+    def _tooBig(self) -> Reply:
+        return reply.MESSAGE_TOO_BIG.withText(reply.MESSAGE_TOO_BIG.text.format(self.settings.maxMessageSize))
+
+    def smtp_RCPT(self, argument: str) -> Result:
+        if self.session.sender is None:
+            return reply.MAIL_FIRST
+        if argument[:3].upper() != "TO:":
+            return reply.BAD_SYNTAX.withText("Syntax: RCPT TO:<address> [parameters]")
+        if len(self.session.recipients) >= self.settings.maxRecipients:
+            return reply.TOO_MANY_RECIPIENTS
+        utf8 = "SMTPUTF8" in self.session.mailParams
+        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.hostname)
+        if params:
+            key = next(iter(params))
+            return reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}")
+
+        def accept() -> Reply:
+            self.session.recipients.append(Recipient(str(address), params))
+            return reply.RECIPIENT_OK
+
+        return self._checked("checkRecipient", accept, address, params)
+
+    def _checked(self, phase: str, accept: Callable[[], Reply], *args: Any) -> Result:
+        """Run every policy's check for ``phase`` in order, then ``accept``.
+
+        Checks that return None decide at once; a Deferred makes the reply wait.  The
+        first refusal (an :class:`SMTPReplyError`) wins; any other exception is a
+        temporary failure, never a dropped session.
+        """
+        return self._runChecks([getattr(p, phase) for p in self.policies], accept, args)
+
+    def _runChecks(self, pending: list[Callable[..., Any]], accept: Callable[[], Reply], args: tuple[Any, ...]) -> Result:
+        while pending:
+            result = pending.pop(0)(self.session, *args)
+            if isinstance(result, defer.Deferred):
+                return result.addCallback(lambda _: self._runChecks(pending, accept, args))
+        return accept()
+
+    def smtp_DATA(self, argument: str) -> Result:
+        if argument:
+            return reply.BAD_SYNTAX.withText("DATA takes no argument")
+        problem = self._transactionProblem()
+        if problem is not None:
+            return problem
+        if self._usedBDAT:
+            return reply.BDAT_MIXED
+        self._startMessage()
+        self._reader = DataReader(self._writeContent, self.settings.maxTextLine, self.settings.normaliseLineEndings)
+        return reply.START_DATA
+
+    def smtp_BDAT(self, argument: str) -> Result:
+        words = argument.split()
+        last = len(words) == 2 and words[1].upper() == "LAST"
+        if not words or len(words) > 2 or (len(words) == 2 and not last) or not words[0].isdigit():
+            return reply.BAD_SYNTAX.withText("Syntax: BDAT <size> [LAST]")
+        size = int(words[0])
+        problem = self._transactionProblem()
+        if problem is None and self._message is None:
+            self._startMessage()
+            self._usedBDAT = True
+            self._scanner = ContentScanner(self._writeContent, self.settings.maxTextLine,
+                                           self.settings.normaliseLineEndings)
+        # The chunk's octets are read even when the command is refused, so they are
+        # never taken for commands (RFC 3030 section 3).
+        scanner = self._scanner if problem is None else ContentScanner(lambda _: None, 0, False)
+        self._reader = ChunkReader(scanner, size)
+        self._chunk = (size, last, problem)
+        if size == 0:
+            return self._contentEnded()
+        return _NO_REPLY  # the reply comes once the chunk's octets are in
+
+    def _transactionProblem(self) -> Reply | None:
+        if self.session.sender is None:
+            return reply.MAIL_FIRST
+        if not self.session.recipients:
+            return reply.RCPT_FIRST.withText("No valid recipients")
+        return None
+
+    def _startMessage(self) -> None:
+        session = self.session
+        envelope = Envelope(
+            sender=str(session.sender),
+            recipients=tuple(session.recipients),
+            mailParams=dict(session.mailParams),
+            arrival=self.clock.seconds(),
+            clientAddress=session.clientAddress,
+            helo=session.helo or "",
+            protocol=self._withProtocol(),
+        )
+        self._message = self.queue.newMessage(envelope)
+        self._messageTooBig = False
+        self._contentSize = 0
+        self._hops = HopCounter()
+        self._message.write(self._receivedHeader(self._message.queueId))
+
+    def _writeContent(self, data: bytes) -> None:
+        message = self._message
+        if message is None or self._messageTooBig:
+            return
+        self._contentSize += len(data)
+        if self._contentSize > self.settings.maxMessageSize:
+            self._messageTooBig = True
+            return
+        self._hops.feed(data)
+        message.write(data)
+
+    def _contentEnded(self) -> Result:
+        """The final dot, or the end of a BDAT chunk, has arrived."""
+        if isinstance(self._reader, ChunkReader):
+            size, last, problem = self._chunk
+            self._reader = None
+            if problem is not None:
+                return problem
+            if not last:
+                return reply.CHUNK_OK.withText(reply.CHUNK_OK.text.format(size))
+            assert self._scanner is not None
+            self._scanner.finish()
+            problems = self._scanner.problems
+        else:
+            assert isinstance(self._reader, DataReader)
+            problems = self._reader.problems
+            self._reader = None
+        return self._finishMessage(problems)
+
+    def _finishMessage(self, problems: ContentProblems) -> Result:
+        message = self._message
+        assert message is not None
+        refusal = None
+        if self._messageTooBig:
+            refusal = self._tooBig()
+        elif problems.bareLineEnding and not self.settings.normaliseLineEndings:
+            refusal = reply.BARE_LINE_ENDING
+        elif problems.longLine:
+            refusal = reply.TEXT_LINE_TOO_LONG.withText(reply.TEXT_LINE_TOO_LONG.text.format(self.settings.maxTextLine))
+        elif self._hops.count > self.settings.maxReceivedHeaders:
+            refusal = reply.TOO_MANY_HOPS
+        sender, count = str(self.session.sender), len(self.session.recipients)
+        self._message = None
+        self._resetTransaction()
+        if refusal is not None:
+            message.abort()
+            raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
+        size = message.size
+        d = message.commit()
+
+        def queued(queueId: str) -> Reply:
+            maillog.queued(queueId, sender, count, size, self.session.client)
+            return reply.QUEUED.withText(reply.QUEUED.text.format(queueId))
+
+        def notQueued(failure: Failure) -> Reply:
+            _log.failure("Could not queue message {queueId}", failure, queueId=message.queueId)
+            return reply.QUEUE_FAILED
+
+        return d.addCallbacks(queued, notQueued)
+
+    def smtp_RSET(self, argument: str) -> Result:
+        self._resetTransaction()
+        return reply.RESET_OK
+
+    def smtp_NOOP(self, argument: str) -> Result:
+        return reply.OK
+
+    def smtp_VRFY(self, argument: str) -> Result:
+        if not argument.strip():
+            return reply.BAD_SYNTAX.withText("Syntax: VRFY <address>")
+        return reply.CANNOT_VRFY
+
+    def smtp_HELP(self, argument: str) -> Result:
+        return reply.HELP
+
+    def smtp_QUIT(self, argument: str) -> Result:
+        self.transport.write(b"".join(reply.CLOSING.lines()))
+        self._close()
+        return _NO_REPLY
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _resetTransaction(self) -> None:
+        self._abortMessage()
+        self.session.resetTransaction()
+        self._usedBDAT = False
+        self._scanner = None
+
+    def _abortMessage(self) -> None:
+        if self._message is not None:
+            self._message.abort()
+            self._message = None
+
+    def _withProtocol(self) -> str:
+        """The RFC 3848 / RFC 6531 "with" keyword for the Received header."""
+        if not self.session.esmtp:
+            return "SMTP"
+        return "UTF8SMTP" if "SMTPUTF8" in self.session.mailParams else "ESMTP"
+
+    def _receivedHeader(self, queueId: str) -> bytes:
+        """The trace header of RFC 5321 section 4.4, written before the content."""
+        session = self.session
+        stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), timezone.utc))
+        forClause = f"\r\n\tfor <{session.recipients[0].address}>" if len(session.recipients) == 1 else ""
+        header = (
+            f"Received: from {_sanitise(session.helo or 'unknown')} ([{session.clientAddress}])\r\n"
+            f"\tby {self.settings.hostname} (jsmail) with {self._withProtocol()} id {queueId}"
+            f"{forClause};\r\n\t{stamp}\r\n"
+        ).encode("utf-8")
+        return header
+
+
+def _sanitise(text: str) -> str:
+    """Keep a client-supplied name from breaking the header it is put in."""
+    return "".join(c if c.isprintable() and c not in "()\\;" else "?" for c in text)
+
+
+_NO_REPLY = Reply(0, "", "")
+
+
+class _Refuse(Protocol):
+    """Says one 421 reply and hangs up: used when connection limits are reached."""
+
+    def __init__(self, refusal: Reply) -> None:
+        self.refusal = refusal
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"".join(self.refusal.lines()))
+        self.transport.loseConnection()
+
+
+class ESMTPServerFactory(Factory):
+    """Builds :class:`ESMTPServer` sessions for one listener, enforcing the limits on
+    connections in total and per client address."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        queue: IMessageSink,
+        clock: iinternet.IReactorTime,
+        policies: Sequence[IPolicy] = (),
+        listener: str = "smtp",
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.clock = clock
+        self.policies = tuple(policies)
+        self.listener = listener
+        self.connections = 0
+        self.perClient: dict[str, int] = {}
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        host = getattr(addr, "host", "unknown")
+        if self.connections >= self.settings.maxConnections:
+            maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_CONNECTIONS, "connection limit reached")
+            return _Refuse(reply.TOO_MANY_CONNECTIONS)
+        if self.perClient.get(host, 0) >= self.settings.maxConnectionsPerClient:
+            maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_FROM_ADDRESS, "per-client connection limit reached")
+            return _Refuse(reply.TOO_MANY_FROM_ADDRESS)
+        self.connections += 1
+        self.perClient[host] = self.perClient.get(host, 0) + 1
+        protocol = _CountedServer(self.settings, self.queue, self.clock, self.policies, self.listener)
+        protocol.factory = self
+        protocol.countedHost = host
+        return protocol
+
+    def released(self, host: str) -> None:
+        self.connections -= 1
+        left = self.perClient[host] - 1
+        if left:
+            self.perClient[host] = left
+        else:
+            del self.perClient[host]
+
+
+class _CountedServer(ESMTPServer):
+    """A session that gives its connection slot back when it ends."""
+
+    countedHost = ""
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        super().connectionLost(reason)
+        self.factory.released(self.countedHost)
