@@ -1,0 +1,72 @@
+"""Fakes for tests, shipped so that embedders can test code built on jsmail too.
+
+- :class:`MemoryQueue` (re-exported): the queue interface in memory.
+- :class:`RecordingAgent`: a delivery agent that records what it was given and answers
+  with results you choose.
+- :class:`Dialog`: drives an :class:`~jsmail.smtpd.ESMTPServer` over a
+  :class:`~twisted.internet.testing.StringTransport`, returning exact reply bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from jsmail.envelope import Recipient
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IPolicy, QueuedMessage
+from jsmail.queue import MemoryQueue
+from jsmail.smtpd import ESMTPServer, ServerSettings
+
+__all__ = ["Dialog", "MemoryQueue", "RecordingAgent"]
+
+
+@implementer(IDeliveryAgent)
+class RecordingAgent:
+    """Records each delivery as (queue id, recipients, message bytes) and answers with
+    ``answer(recipient)``: by default every recipient is delivered."""
+
+    def __init__(self, answer: Callable[[str], tuple[DeliveryStatus, str]] | None = None) -> None:
+        self.deliveries: list[tuple[str, list[str], bytes]] = []
+        self.answer = answer or (lambda recipient: (DeliveryStatus.DELIVERED, "250 2.0.0 recorded"))
+
+    def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
+        with message.open() as f:
+            self.deliveries.append((message.queueId, [r.address for r in recipients], f.read()))
+        return defer.succeed([DeliveryResult(r.address, *self.answer(r.address)) for r in recipients])
+
+
+class Dialog:
+    """An SMTP session in memory: ``send(b"...")`` returns the reply bytes it caused."""
+
+    def __init__(
+        self,
+        settings: ServerSettings | None = None,
+        sink: IMessageSink | None = None,
+        policies: Sequence[IPolicy] = (),
+        clientAddress: str = "192.0.2.1",
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock = clock or Clock()
+        self.sink = sink if sink is not None else MemoryQueue()
+        self.server = ESMTPServer(settings or ServerSettings(hostname="mx.test"), self.sink, self.clock, policies)
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", clientAddress, 40000))
+        self.server.makeConnection(self.transport)
+
+    def read(self) -> bytes:
+        """Reply bytes written since the last read."""
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    def send(self, data: bytes) -> bytes:
+        self.server.dataReceived(data)
+        return self.read()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)
