@@ -119,11 +119,20 @@ class Scheduler(Service):
         for recipient in envelope.pending:
             byAgent.setdefault(self.router.agentFor(recipient.address), []).append(recipient)
         results: dict[str, DeliveryResult] = {}
-        outcomes = yield defer.gatherResults([agent.deliver(message, rcpts) for agent, rcpts in byAgent.items()])
+        outcomes = yield defer.gatherResults([
+            defer.maybeDeferred(agent.deliver, message, rcpts).addErrback(self._agentFailed, rcpts)
+            for agent, rcpts in byAgent.items()
+        ])
         for agentResults in outcomes:
             for result in agentResults:
                 results[result.recipient] = result
         yield self._record(queueId, envelope, results)
+
+    def _agentFailed(self, failure: Any, recipients: list[Recipient]) -> list[DeliveryResult]:
+        """An agent must report, not fail; if it fails anyway, nothing is lost: retry."""
+        _log.failure("Delivery agent failed", failure)
+        detail = f"451 4.3.0 Local delivery error: {failure.getErrorMessage()}"
+        return [DeliveryResult(r.address, DeliveryStatus.TEMPORARY, detail) for r in recipients]
 
     @defer.inlineCallbacks
     def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> Any:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from twisted.internet import defer
@@ -17,26 +18,36 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from jsmail.envelope import Recipient
+from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IPolicy, QueuedMessage
 from jsmail.queue import MemoryQueue
 from jsmail.smtpd import ESMTPServer, ServerSettings
 
-__all__ = ["Dialog", "MemoryQueue", "RecordingAgent"]
+__all__ = ["Delivery", "Dialog", "MemoryQueue", "RecordingAgent"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One call of :meth:`RecordingAgent.deliver`."""
+
+    queueId: str
+    envelope: Envelope
+    recipients: list[str]
+    data: bytes
 
 
 @implementer(IDeliveryAgent)
 class RecordingAgent:
-    """Records each delivery as (queue id, recipients, message bytes) and answers with
-    ``answer(recipient)``: by default every recipient is delivered."""
+    """Records each :class:`Delivery` and answers with ``answer(recipient)``: by
+    default every recipient is delivered."""
 
     def __init__(self, answer: Callable[[str], tuple[DeliveryStatus, str]] | None = None) -> None:
-        self.deliveries: list[tuple[str, list[str], bytes]] = []
+        self.deliveries: list[Delivery] = []
         self.answer = answer or (lambda recipient: (DeliveryStatus.DELIVERED, "250 2.0.0 recorded"))
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
         with message.open() as f:
-            self.deliveries.append((message.queueId, [r.address for r in recipients], f.read()))
+            self.deliveries.append(Delivery(message.queueId, message.envelope, [r.address for r in recipients], f.read()))
         return defer.succeed([DeliveryResult(r.address, *self.answer(r.address)) for r in recipients])
 
 

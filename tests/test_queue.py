@@ -1,0 +1,142 @@
+"""Both queue stores against one contract, and the disk store's crash recovery."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from jsmail.envelope import Envelope, Recipient, RecipientState
+from jsmail.interfaces import IQueue
+from jsmail.queue import MaildirQueue, MemoryQueue
+
+
+def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run "in a thread" synchronously: the same code path, deterministic."""
+    return defer.maybeDeferred(f, *args, **kwargs)
+
+
+ENVELOPE = Envelope(sender="a@b.example", recipients=(Recipient("x@localhost"), Recipient("y@localhost")),
+                    mailParams={"BODY": "8BITMIME"}, arrival=1000.0, clientAddress="192.0.2.1", helo="c")
+
+
+class QueueContract:
+    """What every IQueue does; mixed into one TestCase per store."""
+
+    def makeQueue(self) -> IQueue:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.queue = self.makeQueue()
+
+    def test_interface(self) -> None:
+        verifyObject(IQueue, self.queue)
+
+    @defer.inlineCallbacks
+    def test_commit_then_read_back(self):  # type: ignore[no-untyped-def]
+        incoming = self.queue.newMessage(ENVELOPE)
+        incoming.write(b"Subject: x\r\n\r\n")
+        incoming.write(b"body \xe9\r\n")
+        self.assertEqual(incoming.size, 22)
+        queueId = yield incoming.commit()
+        self.assertEqual(queueId, incoming.queueId)
+        with self.queue.openMessage(queueId) as f:
+            self.assertEqual(f.read(), b"Subject: x\r\n\r\nbody \xe9\r\n")
+        found = yield self.queue.recover()
+        self.assertEqual(found, [(queueId, ENVELOPE)])
+
+    @defer.inlineCallbacks
+    def test_abort_leaves_nothing(self):  # type: ignore[no-untyped-def]
+        incoming = self.queue.newMessage(ENVELOPE)
+        incoming.write(b"x")
+        incoming.abort()
+        found = yield self.queue.recover()
+        self.assertEqual(found, [])
+
+    @defer.inlineCallbacks
+    def test_update_and_remove(self):  # type: ignore[no-untyped-def]
+        incoming = self.queue.newMessage(ENVELOPE)
+        queueId = yield incoming.commit()
+        updated = ENVELOPE.withRecipients(
+            (Recipient("x@localhost", state=RecipientState.DELIVERED, lastReply="ok"), Recipient("y@localhost"))
+        )
+        yield self.queue.update(queueId, updated)
+        found = yield self.queue.recover()
+        self.assertEqual(found, [(queueId, updated)])
+        yield self.queue.remove(queueId)
+        found = yield self.queue.recover()
+        self.assertEqual(found, [])
+
+    @defer.inlineCallbacks
+    def test_ids_sort_by_arrival(self):  # type: ignore[no-untyped-def]
+        ids = []
+        for _ in range(5):
+            ids.append((yield self.queue.newMessage(ENVELOPE).commit()))
+        self.assertEqual(sorted(ids), ids)
+        self.assertEqual(len(set(ids)), 5)
+
+
+class MemoryQueueTests(QueueContract, TestCase):
+    def makeQueue(self) -> IQueue:
+        return MemoryQueue()
+
+
+class MaildirQueueTests(QueueContract, TestCase):
+    def makeQueue(self) -> IQueue:
+        self.directory = self.mktemp()
+        return MaildirQueue(self.directory, runNow)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.directory, *parts)
+
+    @defer.inlineCallbacks
+    def test_on_disk_format(self):  # type: ignore[no-untyped-def]
+        """An operator can read the envelope with head -1 and the message after it."""
+        incoming = self.queue.newMessage(ENVELOPE)
+        incoming.write(b"hi\r\n")
+        self.assertEqual(os.listdir(self.path("tmp")), [incoming.queueId])
+        self.assertEqual(os.listdir(self.path("active")), [])
+        queueId = yield incoming.commit()
+        self.assertEqual(os.listdir(self.path("tmp")), [])
+        with open(self.path("active", queueId), "rb") as f:
+            first, rest = f.read().split(b"\n", 1)
+        self.assertEqual(Envelope.fromBytes(first), ENVELOPE)
+        self.assertIn(b'"version":1', first)
+        self.assertEqual(rest, b"hi\r\n")
+
+    @defer.inlineCallbacks
+    def test_recovery_of_each_state(self):  # type: ignore[no-untyped-def]
+        """A crash at any step leaves a queue that recovers: unfinished receptions and
+        half-removed entries are swept, queued and in-delivery ones come back."""
+        queued = yield self.queue.newMessage(ENVELOPE).commit()
+        inDelivery = yield self.queue.newMessage(ENVELOPE).commit()
+        updated = ENVELOPE.withRecipients((Recipient("x@localhost", state=RecipientState.FAILED), Recipient("y@localhost")))
+        yield self.queue.update(inDelivery, updated)
+        receiving = self.queue.newMessage(ENVELOPE)
+        receiving.write(b"half")
+        with open(self.path("tmp", "X.env"), "wb") as f:
+            f.write(b"half-written update")
+        with open(self.path("active", "GONE.env"), "wb") as f:
+            f.write(updated.toBytes())
+        with open(self.path("active", "BROKEN"), "wb") as f:
+            f.write(b"not json\nbody")
+        restarted = MaildirQueue(self.directory, runNow)
+        found = yield restarted.recover()
+        self.assertEqual(found, [(queued, ENVELOPE), (inDelivery, updated)])
+        self.assertEqual(os.listdir(self.path("tmp")), [])
+        self.assertEqual(sorted(os.listdir(self.path("active"))), sorted([queued, inDelivery, inDelivery + ".env"]))
+        self.assertEqual(os.listdir(self.path("corrupt")), ["BROKEN"])
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_fsync_failure_is_not_acknowledged(self):  # type: ignore[no-untyped-def]
+        def failingThread(f, *a, **kw):  # type: ignore[no-untyped-def]
+            return defer.fail(OSError(5, "Input/output error"))
+
+        queue = MaildirQueue(self.directory, failingThread)
+        incoming = queue.newMessage(ENVELOPE)
+        incoming.write(b"x")
+        yield self.assertFailure(incoming.commit(), OSError)
+        self.assertEqual(os.listdir(self.path("active")), [])

@@ -1,0 +1,148 @@
+"""The scheduler on an injected clock: retries, give-up, bounces, restart."""
+
+from __future__ import annotations
+
+import email
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from jsmail.envelope import Envelope, Recipient, RecipientState
+from jsmail.interfaces import DeliveryStatus
+from jsmail.route import Router
+from jsmail.send import RetrySchedule, Scheduler, retryDelay
+from jsmail.testing import MemoryQueue, RecordingAgent
+
+DAY = 86400.0
+
+
+def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+    return defer.maybeDeferred(f, *args, **kwargs)
+
+
+class RetryDelayTests(TestCase):
+    def test_grows_then_caps(self) -> None:
+        schedule = RetrySchedule(first=300, factor=2, maximum=3600)
+        self.assertEqual([retryDelay(n, schedule) for n in range(1, 7)], [300, 600, 1200, 2400, 3600, 3600])
+
+
+class SchedulerTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.queue = MemoryQueue()
+        self.answers: dict[str, DeliveryStatus] = {}
+        self.agent = RecordingAgent(lambda rcpt: (self.answers.get(rcpt, DeliveryStatus.DELIVERED), f"reply for {rcpt}"))
+        self.router = Router(["localhost"], self.agent, self.agent)
+        self.scheduler = Scheduler(self.queue, self.router, self.clock, runNow, "mx.test",
+                                   RetrySchedule(first=300, factor=2, maximum=3600, giveUp=DAY))
+
+    def enqueue(self, sender: str, *recipients: str, body: bytes = b"Subject: hello\r\n\r\nbody\r\n") -> str:
+        envelope = Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=self.clock.seconds())
+        return self.successResultOf(self.scheduler.funnel.enqueue(envelope, body))
+
+    def bounces(self) -> list[tuple[Envelope, bytes]]:
+        """Bounces delivered so far, with their envelopes."""
+        return [(d.envelope, d.data) for d in self.agent.deliveries if d.envelope.isBounce]
+
+    def test_delivered_and_removed(self) -> None:
+        self.scheduler.startService()
+        queueId = self.enqueue("a@localhost", "x@localhost", "y@localhost")
+        self.clock.advance(0)
+        [delivery] = self.agent.deliveries
+        self.assertEqual((delivery.queueId, delivery.recipients, delivery.data),
+                         (queueId, ["x@localhost", "y@localhost"], b"Subject: hello\r\n\r\nbody\r\n"))
+        self.assertEqual(self.queue.messages, {})
+        self.assertEqual(self.scheduler.queued, 0)
+
+    def test_retries_then_exactly_one_bounce(self) -> None:
+        """Temporary failures are retried on schedule; at the give-up age the sender
+        gets one bounce naming the recipient and the last error."""
+        self.answers["x@localhost"] = DeliveryStatus.TEMPORARY
+        self.scheduler.startService()
+        queueId = self.enqueue("a@localhost", "x@localhost", "ok@localhost")
+        self.clock.advance(0)
+        attemptTimes = [self.clock.seconds()]
+        for _ in range(40):
+            if queueId not in self.queue.messages:
+                break
+            envelope = self.queue.messages[queueId][0]
+            self.assertEqual([r.state for r in envelope.recipients], [RecipientState.PENDING, RecipientState.DELIVERED])
+            self.clock.advance(envelope.nextAttempt - self.clock.seconds())
+            attemptTimes.append(self.clock.seconds())
+        gaps = [b - a for a, b in zip(attemptTimes, attemptTimes[1:])]
+        self.assertEqual(gaps[:5], [300, 600, 1200, 2400, 3600])
+        self.assertLessEqual(attemptTimes[-1] - attemptTimes[0], DAY)
+        self.assertNotIn(queueId, self.queue.messages)
+        [(bounce, body)] = self.bounces()
+        self.assertEqual((bounce.sender, [r.address for r in bounce.recipients]), ("", ["a@localhost"]))
+        report = email.message_from_bytes(body)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        status = report.get_payload()[1].get_payload()
+        self.assertEqual(status[1]["Final-Recipient"], "rfc822; x@localhost")
+        self.assertEqual(status[1]["Action"], "failed")
+        self.assertIn("gave up", status[1]["Diagnostic-Code"])
+        self.assertIn(b"Subject: hello", body)
+        # Each recipient was delivered to once: ok@localhost on the first attempt only.
+        self.assertEqual(sum(d.recipients.count("ok@localhost") for d in self.agent.deliveries), 1)
+
+    def test_permanent_failure_bounces_at_once(self) -> None:
+        self.answers["bad@localhost"] = DeliveryStatus.PERMANENT
+        self.scheduler.startService()
+        self.enqueue("a@localhost", "bad@localhost")
+        self.clock.advance(0)
+        [(bounce, body)] = self.bounces()
+        self.assertIn(b"Final-Recipient: rfc822; bad@localhost", body)
+        self.assertIn(b"Diagnostic-Code: smtp; reply for bad@localhost", body)
+
+    def test_never_bounce_a_bounce(self) -> None:
+        self.answers["a@localhost"] = DeliveryStatus.PERMANENT
+        self.scheduler.startService()
+        self.enqueue("", "a@localhost")
+        self.clock.advance(0)
+        self.assertEqual(self.queue.messages, {})
+        self.assertEqual(len(self.agent.deliveries), 1)
+
+    def test_bounce_to_failing_sender_is_dropped(self) -> None:
+        """A bounce that cannot be delivered is not bounced again (null sender)."""
+        self.answers["bad@localhost"] = DeliveryStatus.PERMANENT
+        self.answers["a@localhost"] = DeliveryStatus.PERMANENT
+        self.scheduler.startService()
+        self.enqueue("a@localhost", "bad@localhost")
+        self.clock.advance(0)
+        self.assertEqual(self.queue.messages, {})
+        self.assertEqual([d.recipients for d in self.agent.deliveries], [["bad@localhost"], ["a@localhost"]])
+
+    def test_restart_picks_up_the_plan(self) -> None:
+        """A new scheduler on the same store finds the message and tries it on time."""
+        self.answers["x@localhost"] = DeliveryStatus.TEMPORARY
+        self.scheduler.startService()
+        queueId = self.enqueue("a@localhost", "x@localhost")
+        self.clock.advance(0)
+        self.successResultOf(self.scheduler.stopService())
+        self.answers.clear()
+        restarted = Scheduler(self.queue, self.router, self.clock, runNow, "mx.test")
+        restarted.startService()
+        self.clock.advance(299)
+        self.assertIn(queueId, self.queue.messages)
+        self.clock.advance(1)
+        self.assertNotIn(queueId, self.queue.messages)
+
+    def test_agent_failure_is_a_temporary_failure(self) -> None:
+        """An agent that breaks its promise (fails instead of reporting) defers the
+        message rather than losing it."""
+
+        class Broken(RecordingAgent):
+            def deliver(self, message, recipients):  # type: ignore[no-untyped-def]
+                return defer.fail(RuntimeError("agent bug"))
+
+        scheduler = Scheduler(self.queue, Router(["localhost"], Broken()), self.clock, runNow, "mx.test")
+        scheduler.startService()
+        envelope = Envelope("a@localhost", (Recipient("x@localhost"),), arrival=self.clock.seconds())
+        queueId = self.successResultOf(scheduler.funnel.enqueue(envelope, b"x\r\n"))
+        self.clock.advance(0)
+        [recipient] = self.queue.messages[queueId][0].recipients
+        self.assertEqual(recipient.state, RecipientState.PENDING)
+        self.assertIn("agent bug", recipient.lastReply)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
