@@ -25,6 +25,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 
+from loadgen import SMTPReplyError
 from memory import MemoryResult, measure_idle_sessions
 from report import Cell, Rates, rate_table, memory_table
 from servers import SERVERS, Server, ServerUnavailable, free_port
@@ -92,13 +93,13 @@ def running(names: list[str], workdir: Path, label: str, max_sessions: int,
             root.mkdir()
             server = SERVERS[name](root, free_port(), max_sessions)
             log(f"starting {name} on 127.0.0.1:{server.port}")
+            stack.callback(server.stop)
             try:
                 server.start()
             except ServerUnavailable as e:
                 skipped[name] = str(e)
                 log(f"{name}: skipped ({e})")
                 continue
-            stack.callback(server.stop)
             try:
                 run_once(server, args.loadgen, WARM_UP, args.timeout)
             except RunFailed as e:
@@ -164,7 +165,7 @@ def measure_memory(args: argparse.Namespace, workdir: Path,
                 try:
                     results[name] = measure_idle_sessions(
                         server.port, args.idle, server.memory_pids, args.timeout)
-                except (OSError, TimeoutError, EOFError) as e:
+                except (OSError, TimeoutError, SMTPReplyError) as e:
                     log(f"memory: {name} failed: {e!r}")
                     continue
                 log(f"memory: {name}: {results[name].rss_per_session:.1f} KiB/session")

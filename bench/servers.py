@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from memory import process_tree
@@ -45,7 +46,7 @@ def accepts_connections(port: int) -> bool:
     return True
 
 
-class Server:
+class Server(ABC):
     """A server under test on 127.0.0.1:``port`` with its data in ``root``,
     to be able to hold ``max_sessions`` sessions at once."""
 
@@ -56,22 +57,23 @@ class Server:
     def __init__(self, root: Path, port: int, max_sessions: int) -> None:
         self.root = root
         self.port = port
+        self.max_sessions = max_sessions
 
+    @abstractmethod
     def start(self) -> None:
         """Start and return once the port accepts connections."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stop(self) -> None:
         """Stop everything started; safe to call more than once."""
-        raise NotImplementedError
 
+    @abstractmethod
     def maildir_new(self) -> Path:
         """The new/ directory that mail for RECIPIENT lands in."""
-        raise NotImplementedError
 
+    @abstractmethod
     def memory_pids(self) -> list[int]:
         """The processes whose memory grows with the number of sessions."""
-        raise NotImplementedError
 
 
 class SubprocessServer(Server):
@@ -82,9 +84,9 @@ class SubprocessServer(Server):
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "server.log"
 
+    @abstractmethod
     def argv(self) -> list[str]:
         """The command line that runs the server in the foreground."""
-        raise NotImplementedError
 
     def env(self) -> dict[str, str]:
         """The environment for the server process."""
@@ -128,9 +130,17 @@ class SubprocessServer(Server):
 
 
 class JSMail(SubprocessServer):
-    """jsmail run by twistd from the repository root."""
+    """jsmail run by twistd from the repository root, its connection limits
+    (total and per client address) raised to ``max_sessions``."""
 
     name = "jsmail"
+
+    def start(self) -> None:
+        limit = self.max_sessions + 100
+        (self.root / "jsmail.toml").write_text(
+            f"[smtp]\nmax_connections = {limit}\n"
+            f"max_connections_per_client = {limit}\n")
+        super().start()
 
     def argv(self) -> list[str]:
         twistd = Path(sys.executable).with_name("twistd")
@@ -138,7 +148,9 @@ class JSMail(SubprocessServer):
             command = [str(twistd)]
         else:
             command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-        return command + ["-n", "--pidfile=", "jsmail", "--data", str(self.root / "data"),
+        return command + ["-n", "--pidfile=", "jsmail",
+                          "--config", str(self.root / "jsmail.toml"),
+                          "--data", str(self.root / "data"),
                           "--smtp", f"tcp:{self.port}:interface=127.0.0.1",
                           "--domain", "localhost"]
 

@@ -1,0 +1,88 @@
+"""Configuration: defaults, the TOML file, overrides, and one exact error per mistake."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+
+from twisted.trial.unittest import TestCase
+
+from jsmail.config import OPTIONS, Config, ConfigError, loadConfig
+
+
+class ConfigTests(TestCase):
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def assertError(self, text: str, message: str) -> None:
+        path = self.write(text)
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path)
+        self.assertEqual(str(caught.exception), f"{path}: {message}")
+
+    def test_embedded_default(self) -> None:
+        config = loadConfig()
+        self.assertEqual(config.smtpListeners, ("tcp:2525:interface=127.0.0.1",))
+        self.assertEqual((config.dataDir, config.domains, config.trustedNetworks), ("jsmail-data", ("localhost",), ()))
+
+    def test_example_file_is_the_defaults(self) -> None:
+        """etc/jsmail.toml documents every option with its default."""
+        example = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "jsmail.toml")
+        with open(example) as f:
+            text = f.read()
+        settings = re.findall(r"^# ([a-z_]+) = ", text, re.M)
+        self.assertEqual(sorted(settings), sorted(o.key for o in OPTIONS))
+        uncommented = re.sub(r"^# ([a-z_]+ = )", r"\1", text, flags=re.M)
+        config = loadConfig(self.write(uncommented.replace('hostname = "mail.example.org"', "")))
+        self.assertEqual(config, Config(hostname=config.hostname))
+
+    def test_file_and_overrides(self) -> None:
+        path = self.write('[server]\ndomains = ["Example.ORG"]\ntrusted_networks = ["10.0.0.0/8"]\n'
+                          '[smtp]\nmax_message_size = 1000\n')
+        config = loadConfig(path, {"maxMessageSize": "2000", "smtpListeners": ["tcp6:25"]})
+        self.assertEqual(config.domains, ("example.org",))
+        self.assertEqual(config.trustedNetworks, (ipaddress.ip_network("10.0.0.0/8"),))
+        self.assertEqual(config.maxMessageSize, 2000)
+        self.assertEqual(config.smtpListeners, ("tcp6:25",))
+
+    def test_wrong_type(self) -> None:
+        self.assertError('[smtp]\nmax_message_size = "big"\n', "smtp.max_message_size: expected a whole number, got 'big'")
+
+    def test_too_small(self) -> None:
+        self.assertError("[smtp]\nmax_command_line = 100\n", "smtp.max_command_line: must be at least 512, got 100")
+
+    def test_unknown_key(self) -> None:
+        self.assertError("[smtp]\nmax_mesage_size = 1\n", "smtp.max_mesage_size: unknown setting")
+
+    def test_bad_endpoint(self) -> None:
+        self.assertError('[smtp]\nlisten = ["bogus:1"]\n', "smtp.listen: bad endpoint 'bogus:1': Unknown endpoint type: 'bogus'")
+
+    def test_bad_network(self) -> None:
+        self.assertError('[server]\ntrusted_networks = ["10.0.0.300/8"]\n',
+                         "server.trusted_networks: bad network '10.0.0.300/8': '10.0.0.300/8' does not appear to be an IPv4 or IPv6 network")
+
+    def test_bad_choice(self) -> None:
+        self.assertError('[smtp]\nbare_line_endings = "fix"\n', "smtp.bare_line_endings: must be one of reject, normalise; got 'fix'")
+
+    def test_bad_domain(self) -> None:
+        self.assertError('[server]\ndomains = ["not a domain"]\n', "server.domains: Bad domain name 'not a domain'")
+
+    def test_not_toml(self) -> None:
+        path = self.write("[smtp\n")
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path)
+        self.assertTrue(str(caught.exception).startswith(f"{path}: not valid TOML: "))
+
+    def test_missing_file(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig("/nonexistent/jsmail.toml")
+        self.assertEqual(str(caught.exception), "/nonexistent/jsmail.toml: cannot read the file: No such file or directory")
+
+    def test_command_line_error(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(None, {"maxMessageSize": "lots"})
+        self.assertEqual(str(caught.exception), "command line: smtp.max_message_size: expected a whole number, got 'lots'")
