@@ -41,105 +41,92 @@ class ContentProblems:
 
 
 class ContentScanner:
-    """Checks line endings and lengths of content and passes it on, normalised or not."""
+    """Checks line endings and line lengths of content as it streams to ``sink``.
 
-    def __init__(self, sink: Callable[[bytes], None], maxLine: int, normalise: bool) -> None:
+    Clean content is passed on in runs as long as the bytes that came in (one slice per
+    read, not one per line); only a dot to unstuff or a line to normalise splits a run.
+    With ``dotStuffed`` (DATA), :meth:`feed` also finds the terminator.
+    """
+
+    def __init__(self, sink: Callable[[bytes], None], maxLine: int = 1000, normalise: bool = False,
+                 dotStuffed: bool = False) -> None:
         self.sink = sink
         self.maxLine = maxLine
         self.normalise = normalise
+        self.dotStuffed = dotStuffed
         self.problems = ContentProblems()
         self.lineStart = _AFTER_CRLF
         self._lineLength = 0
-        self._held = b""
-
-    def scanLine(self, data: bytes, start: int, end: int, ending: int) -> None:
-        """Pass on ``data[start:end]``, one line ending in LF (``ending`` is the state that
-        LF gives) or, with ``ending`` = ``_MID_LINE``, a piece with no LF in it."""
-        self._lineLength += end - start
-        if self._lineLength > self.maxLine:
-            self.problems.longLine = True
-        bodyEnd = end - 2 if ending == _AFTER_CRLF else end - (ending == _AFTER_BARE_LF)
-        if data.find(b"\r", start, bodyEnd) >= 0 or ending == _AFTER_BARE_LF:
-            self.problems.bareLineEnding = True
-            if self.normalise:
-                piece = data[start:bodyEnd].replace(b"\r", b"\r\n")
-                self.sink(piece + b"\r\n" if ending != _MID_LINE else piece)
-                self._endLine(ending)
-                return
-        self.sink(data[start:end])
-        self._endLine(ending)
-
-    def feed(self, chunk: bytes) -> None:
-        """Scan content that has no dot-stuffing (BDAT); a CR at the end waits for its LF."""
-        data = self._held + chunk if self._held else chunk
-        self._held = b""
-        pos, size = 0, len(data)
-        while pos < size:
-            lf = data.find(b"\n", pos)
-            if lf < 0:
-                end = size - 1 if data.endswith(b"\r") else size
-                self._held = data[end:]
-                if end > pos:
-                    self.scanLine(data, pos, end, _MID_LINE)
-                return
-            crlf = lf > 0 and data[lf - 1] == 0x0D
-            self.scanLine(data, pos, lf + 1, _AFTER_CRLF if crlf else _AFTER_BARE_LF)
-            pos = lf + 1
-
-    def finish(self) -> None:
-        """The content has ended: a CR still waiting for its LF was a bare CR."""
-        if self._held:
-            held, self._held = self._held, b""
-            self.scanLine(held, 0, len(held), _MID_LINE)
-
-    def _endLine(self, ending: int) -> None:
-        self.lineStart = ending
-        if ending != _MID_LINE:
-            self._lineLength = 0
-
-
-class DataReader:
-    """Reads DATA content up to CR LF . CR LF.
-
-    :meth:`feed` returns ``None`` while the message goes on, and the bytes that followed
-    the terminator once it is found (pipelined commands, to be read as such).
-    """
-
-    def __init__(self, sink: Callable[[bytes], None], maxLine: int = 1000, normalise: bool = False) -> None:
-        self._scanner = ContentScanner(sink, maxLine, normalise)
-        self._held = b""
-
-    @property
-    def problems(self) -> ContentProblems:
-        return self._scanner.problems
+        self._held = b""  # a CR waiting for its LF, or the start of a possible ".\r\n"
 
     def feed(self, chunk: bytes) -> bytes | None:
-        scanner = self._scanner
+        """Scan ``chunk``; for DATA, return what follows the terminator once it is found."""
         data = self._held + chunk if self._held else chunk
         self._held = b""
-        pos, size = 0, len(data)
+        pos, size, run = 0, len(data), 0  # run: where the bytes not yet passed on start
         while pos < size:
-            if scanner.lineStart != _MID_LINE and data[pos] == 0x2E:  # "."
-                if scanner.lineStart == _AFTER_CRLF:
+            if self.dotStuffed and self.lineStart != _MID_LINE and data[pos] == 0x2E:  # "."
+                self._pass(data, run, pos)
+                if self.lineStart == _AFTER_CRLF:
                     if data.startswith(b".\r\n", pos):
                         return data[pos + 3 :]
                     if size - pos < 3 and b".\r\n".startswith(data[pos:]):
                         self._held = data[pos:]  # cannot tell yet: wait for more bytes
                         return None
-                pos += 1  # dot-unstuffing: drop the leading dot
-                scanner.lineStart = _MID_LINE
+                pos = run = pos + 1  # dot-unstuffing: drop the leading dot
+                self.lineStart = _MID_LINE
                 continue
             lf = data.find(b"\n", pos)
             if lf < 0:
-                end = size - 1 if data.endswith(b"\r") else size  # a CR that may precede LF
+                end = size - 1 if data[-1] == 0x0D else size  # a CR that may precede an LF
                 self._held = data[end:]
                 if end > pos:
-                    scanner.scanLine(data, pos, end, _MID_LINE)
+                    run = self._scan(data, run, pos, end, _MID_LINE)
+                self._pass(data, run, end)
                 return None
-            crlf = lf > 0 and data[lf - 1] == 0x0D
-            scanner.scanLine(data, pos, lf + 1, _AFTER_CRLF if crlf else _AFTER_BARE_LF)
+            ending = _AFTER_CRLF if lf > 0 and data[lf - 1] == 0x0D else _AFTER_BARE_LF
+            run = self._scan(data, run, pos, lf + 1, ending)
             pos = lf + 1
+        self._pass(data, run, size)
         return None
+
+    def finish(self) -> None:
+        """The content has ended (BDAT LAST): a CR still waiting for its LF was bare."""
+        if self._held:
+            held, self._held = self._held, b""
+            self._pass(held, self._scan(held, 0, 0, len(held), _MID_LINE), len(held))
+
+    def _pass(self, data: bytes, start: int, end: int) -> None:
+        if end > start:
+            self.sink(data[start:end] if start or end < len(data) else data)
+
+    def _scan(self, data: bytes, run: int, start: int, end: int, ending: int) -> int:
+        """Check ``data[start:end]`` (a line up to its LF, or a piece with no LF when
+        ``ending`` is ``_MID_LINE``); return where the pending run now starts."""
+        self._lineLength += end - start
+        if self._lineLength > self.maxLine:
+            self.problems.longLine = True
+        self.lineStart = ending
+        if ending != _MID_LINE:
+            self._lineLength = 0
+        bodyEnd = end - 2 if ending == _AFTER_CRLF else end - (ending == _AFTER_BARE_LF)
+        if ending != _AFTER_BARE_LF and data.find(b"\r", start, bodyEnd) < 0:
+            return run
+        self.problems.bareLineEnding = True
+        if not self.normalise:
+            return run
+        self._pass(data, run, start)
+        piece = data[start:bodyEnd].replace(b"\r", b"\r\n")
+        self.sink(piece + b"\r\n" if ending != _MID_LINE else piece)
+        return end
+
+
+class DataReader(ContentScanner):
+    """Reads DATA content up to CR LF . CR LF: :meth:`feed` returns ``None`` while the
+    message goes on, then the bytes after the terminator (pipelined commands)."""
+
+    def __init__(self, sink: Callable[[bytes], None], maxLine: int = 1000, normalise: bool = False) -> None:
+        super().__init__(sink, maxLine, normalise, dotStuffed=True)
 
 
 class ChunkReader:
