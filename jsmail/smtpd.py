@@ -136,6 +136,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         return reply.SERVICE_READY.withText(reply.SERVICE_READY.text.format(self.settings.hostname))
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self._closing = True
         self.setTimeout(None)
         self._abortMessage()
 
@@ -211,8 +212,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def _commandDone(self, result: Reply) -> None:
         self._waiting = False
-        if self.transport is None or not self.connected:
-            return
+        if self._closing:
+            return  # the client went away while its reply was pending
         self._sendReply(result)
         if self._closing:
             return
