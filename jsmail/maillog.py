@@ -16,6 +16,19 @@ def connect(client: str, listener: str) -> None:
     _log.info("connect client={client} listener={listener}", client=client, listener=listener)
 
 
+def tls(client: str, info: str) -> None:
+    _log.info("tls client={client} {info}", client=client, info=info)
+
+
+def tlsFailed(client: str, error: str) -> None:
+    _log.info("tls-failed client={client} error={error!r}", client=client, error=error)
+
+
+def auth(client: str, user: str, outcome: str) -> None:
+    """An AUTH attempt: the identity goes to the log, not into message headers."""
+    _log.info("auth client={client} user={user!r} outcome={outcome}", client=client, user=user, outcome=outcome)
+
+
 def reject(client: str, command: str, reply: object, reason: str, queueId: str = "-") -> None:
     """A refusal: ``reply`` is what the client saw, ``reason`` the private why."""
     _log.info(

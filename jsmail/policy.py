@@ -49,7 +49,8 @@ def isTrusted(clientAddress: str, networks: Iterable[Network]) -> bool:
 
 
 class RelayControl(Policy):
-    """Local domains take mail from anyone; other domains only from trusted networks.
+    """Local domains take mail from anyone; other domains only from trusted networks
+    and from authenticated users allowed to relay.
 
     A recipient in a local domain must also be a possible mailbox name, so a path trick
     in a local part is refused at RCPT rather than failing later.
@@ -65,6 +66,9 @@ class RelayControl(Policy):
                 mailboxName(address.local)
             except BadMailbox as e:
                 raise SMTPReplyError(reply.BAD_MAILBOX.withText(f"No such mailbox: {address.local}"), str(e)) from None
+            return None
+        user = getattr(session, "user", None)
+        if user is not None and user.mayRelay:
             return None
         clientAddress = getattr(session, "clientAddress", "")
         if not isTrusted(clientAddress, self.trustedNetworks):

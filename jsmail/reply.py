@@ -99,6 +99,27 @@ BARE_LINE_ENDING = Reply(
 TEXT_LINE_TOO_LONG = Reply(550, "5.6.0", "Message has a line longer than {} octets")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many Received headers; the message is looping")
 
+# TLS and AUTH (RFC 3207, RFC 4954).
+TLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
+TLS_UNAVAILABLE = Reply(502, "5.5.1", "STARTTLS is not available")
+TLS_ACTIVE = Reply(503, "5.5.1", "TLS is already active")
+TLS_IN_TRANSACTION = Reply(503, "5.5.1", "STARTTLS is not allowed inside a mail transaction")
+STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_CHALLENGE = Reply(334, "", "")
+AUTH_UNAVAILABLE = Reply(502, "5.5.1", "AUTH is not available")
+AUTH_ALREADY = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not allowed inside a mail transaction")
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognised authentication mechanism")
+AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode the response as base64")
+AUTH_BAD_CREDENTIALS = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
+AUTH_ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not allowed for this user")
+
 # Local failures.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing; the message was not queued")
 CHECK_FAILED = Reply(451, "4.3.0", "Temporary local problem, try again later")

@@ -24,7 +24,12 @@ from email.utils import format_datetime
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
+from OpenSSL import SSL
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
 from twisted.internet import defer, interfaces as iinternet
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -34,6 +39,7 @@ from zope.interface import implementer
 from jsmail import maillog, reply
 from jsmail._data import ChunkReader, ContentProblems, ContentScanner, DataReader, HopCounter
 from jsmail.address import Address, parsePath
+from jsmail.auth import MECHANISMS, IMailUser, LoginMechanism, PlainMechanism, TemporaryAuthFailure
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage, IMessageSink, IPolicy
@@ -60,6 +66,13 @@ class ServerSettings:
     maxConnectionsPerClient: int = 20
     normaliseLineEndings: bool = False
     maxReceivedHeaders: int = 100  # loop detection, RFC 5321 6.3
+    requireTLS: bool = False  # submission (RFC 6409 + RFC 3207): STARTTLS before AUTH and MAIL
+    requireAuth: bool = False  # submission: AUTH before MAIL
+    allowPlaintextAuth: bool = False  # offer AUTH without TLS (RFC 4954 section 4 advises not to)
+    allowProxyAuth: bool = False  # PLAIN authzid may differ from authcid
+    maxAuthFailures: int = 3  # failures answered with 535; the next one closes with 421
+    authFailureDelay: float = 1.0  # seconds before the first 535, doubling each time
+    showAuthInReceived: bool = False
 
 
 @dataclass
@@ -71,6 +84,9 @@ class Session:
     listener: str = "smtp"
     helo: str | None = None
     esmtp: bool = False
+    tls: bool = False
+    tlsInfo: str = ""  # e.g. "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384", once the handshake is done
+    user: IMailUser | None = None
     sender: Address | None = None
     mailParams: dict[str, str | None] = field(default_factory=dict)
     recipients: list[Recipient] = field(default_factory=list)
@@ -88,8 +104,13 @@ class Session:
 Result = Reply | defer.Deferred[Reply]
 
 
+@implementer(IHandshakeListener)
 class ESMTPServer(Protocol, TimeoutMixin):
-    """One SMTP session.  See the module docstring for the rules it keeps."""
+    """One SMTP session.  See the module docstring for the rules it keeps.
+
+    ``tls`` (a context factory) enables STARTTLS, or with ``implicitTLS`` says the
+    transport is TLS from the first byte (port 465).  ``portal`` enables AUTH.
+    """
 
     def __init__(
         self,
@@ -98,11 +119,17 @@ class ESMTPServer(Protocol, TimeoutMixin):
         clock: iinternet.IReactorTime,
         policies: Sequence[IPolicy] = (),
         listener: str = "smtp",
+        tls: Any = None,
+        portal: Portal | None = None,
+        implicitTLS: bool = False,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.policies = tuple(policies)
         self.listener = listener
+        self.tls = tls
+        self.portal = portal
+        self.implicitTLS = implicitTLS
         self.callLater = clock.callLater
         self.clock = clock
         self.session: Session = Session("unknown")
@@ -118,6 +145,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._hops = HopCounter()
         self._usedBDAT = False
         self._closing = False
+        self._sasl: PlainMechanism | LoginMechanism | None = None
+        self._authFailures = 0
 
     # -- connection -----------------------------------------------------------------
 
@@ -127,6 +156,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             clientAddress=getattr(peer, "host", "unknown"),
             clientPort=getattr(peer, "port", 0),
             listener=self.listener,
+            tls=self.implicitTLS,
         )
         maillog.connect(self.session.client, self.listener)
         self.setTimeout(self.settings.idleTimeout)
@@ -135,7 +165,14 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def _greeting(self) -> Reply:
         return reply.SERVICE_READY.withText(reply.SERVICE_READY.text.format(self.settings.hostname))
 
+    def handshakeCompleted(self) -> None:
+        connection = self.transport.getHandle()
+        self.session.tlsInfo = f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()}"
+        maillog.tls(self.session.client, self.session.tlsInfo)
+
     def connectionLost(self, reason: Failure = None) -> None:
+        if reason is not None and reason.check(SSL.Error) and not self.session.tlsInfo:
+            maillog.tlsFailed(self.session.client, reason.getErrorMessage())
         self._closing = True
         self.setTimeout(None)
         self._abortMessage()
@@ -180,6 +217,9 @@ class ESMTPServer(Protocol, TimeoutMixin):
             line, self._buffer = self._buffer[:lf], self._buffer[lf + 1 :]
             if self._discardingLongLine:
                 self._discardingLongLine = False
+                continue
+            if self._sasl is not None:
+                self._runCommand(lambda line=line: self._saslResponse(line.removesuffix(b"\r")))
                 continue
             if len(line) + 1 > self.settings.maxCommandLine:
                 self._sendReply(reply.LINE_TOO_LONG)
@@ -279,7 +319,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def extensions(self) -> list[str]:
         """The EHLO keywords this session offers."""
-        return [
+        keywords = [
             "PIPELINING",
             f"SIZE {self.settings.maxMessageSize}",
             "8BITMIME",
@@ -287,18 +327,35 @@ class ESMTPServer(Protocol, TimeoutMixin):
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
         ]
+        if self.tls is not None and not self.session.tls:
+            keywords.append("STARTTLS")
+        if self._authOffered():
+            keywords.append("AUTH " + " ".join(MECHANISMS))
+        return keywords
+
+    def _authOffered(self) -> bool:
+        return (self.portal is not None and self.session.user is None
+                and (self.session.tls or self.settings.allowPlaintextAuth))
 
     def smtp_MAIL(self, argument: str) -> Result:
         if self.session.helo is None:
             return reply.HELO_FIRST
         if self.session.sender is not None:
             return reply.NESTED_MAIL
+        if self.settings.requireTLS and not self.session.tls:
+            return reply.STARTTLS_FIRST
+        if self.settings.requireAuth and self.session.user is None:
+            return reply.AUTH_REQUIRED
         if argument[:5].upper() != "FROM:":
             return reply.BAD_SYNTAX.withText("Syntax: MAIL FROM:<address> [parameters]")
         address, params = parsePath(argument[5:], allowNull=True, utf8=True)
         self._checkMailParams(params)
         if "SMTPUTF8" not in params and not argument.isascii():
             return reply.SMTPUTF8_REQUIRED
+        user = self.session.user
+        if user is not None and not user.maySendAs(str(address)):
+            raise SMTPReplyError(reply.SENDER_NOT_OWNED.withText(f"Sender <{address}> not allowed for user {user.name}"),
+                                 f"user {user.name} tried sender <{address}>")
 
         def accept() -> Reply:
             self.session.sender, self.session.mailParams = address, params
@@ -308,6 +365,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def _checkMailParams(self, params: dict[str, str | None]) -> None:
         for key, value in params.items():
+            if key == "AUTH" and self.portal is not None:
+                continue  # RFC 4954 section 5: accepted; jsmail trusts no client's claim
             if not self.session.esmtp or key not in ("SIZE", "BODY", "SMTPUTF8"):
                 raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))
             if key == "SIZE":
@@ -475,6 +534,80 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
         return d.addCallbacks(queued, notQueued)
 
+    def smtp_STARTTLS(self, argument: str) -> Result:
+        if argument:
+            return reply.BAD_SYNTAX.withText("STARTTLS takes no argument")
+        if self.session.tls:
+            return reply.TLS_ACTIVE
+        if self.tls is None:
+            return reply.TLS_UNAVAILABLE
+        if self.session.sender is not None:
+            return reply.TLS_IN_TRANSACTION
+        self.transport.write(b"".join(reply.TLS_READY.lines()))
+        # RFC 3207 section 4.2 and CVE-2011-0411: anything the client sent after
+        # STARTTLS in plaintext is dropped, and all that was learnt before is forgotten.
+        self._buffer = b""
+        self._resetTransaction()
+        self.session.helo, self.session.esmtp, self.session.tls = None, False, True
+        self.transport.startTLS(self.tls)
+        return _NO_REPLY
+
+    def smtp_AUTH(self, argument: str) -> Result:
+        if self.portal is None:
+            return reply.AUTH_UNAVAILABLE
+        if self.settings.requireTLS and not self.session.tls:
+            return reply.STARTTLS_FIRST
+        if not self._authOffered():
+            return reply.AUTH_ALREADY if self.session.user is not None else reply.AUTH_ENCRYPTION_REQUIRED
+        if self.session.helo is None:
+            return reply.HELO_FIRST
+        if self.session.sender is not None:
+            return reply.AUTH_IN_TRANSACTION
+        name, _, initial = argument.strip().partition(" ")
+        mechanism = MECHANISMS.get(name.upper())
+        if mechanism is None:
+            return reply.AUTH_UNKNOWN_MECHANISM
+        self._sasl = PlainMechanism(self.settings.allowProxyAuth) if mechanism is PlainMechanism else mechanism()
+        if not initial:
+            return reply.AUTH_CHALLENGE.withText(self._sasl.challenge())
+        return self._saslResponse((b"" if initial == "=" else initial.encode("utf-8")))
+
+    def _saslResponse(self, line: bytes) -> Result:
+        """One client line of a SASL exchange: a challenge back, or a login attempt."""
+        mechanism = self._sasl
+        assert mechanism is not None
+        try:
+            answer = mechanism.respond(line.decode("ascii", "replace"))
+        except SMTPReplyError:
+            self._sasl = None
+            raise
+        if isinstance(answer, str):
+            return reply.AUTH_CHALLENGE.withText(answer)
+        self._sasl = None
+        d = self.portal.login(answer, None, IMailUser)  # type: ignore[union-attr]
+        return d.addCallbacks(self._authenticated, self._authFailed, errbackArgs=(answer.username,))
+
+    def _authenticated(self, result: tuple[Any, IMailUser, Any]) -> Reply:
+        _, user, _ = result
+        self.session.user = user
+        maillog.auth(self.session.client, user.name, "ok")
+        return reply.AUTH_OK
+
+    def _authFailed(self, failure: Failure, username: bytes) -> Result:
+        name = username.decode("utf-8", "replace")
+        if failure.check(TemporaryAuthFailure):
+            maillog.auth(self.session.client, name, f"temporary failure: {failure.getErrorMessage()}")
+            return reply.AUTH_TEMPORARY
+        if not failure.check(UnauthorizedLogin):
+            _log.failure("Authentication of {name} failed", failure, name=name)
+            return reply.AUTH_TEMPORARY
+        self._authFailures += 1
+        maillog.auth(self.session.client, name, f"bad credentials (failure {self._authFailures})")
+        if self._authFailures > self.settings.maxAuthFailures:
+            return reply.AUTH_TOO_MANY_FAILURES
+        delay = self.settings.authFailureDelay * 2 ** (self._authFailures - 1)
+        return deferLater(self.clock, delay, lambda: reply.AUTH_BAD_CREDENTIALS)
+
     def smtp_RSET(self, argument: str) -> Result:
         self._resetTransaction()
         return reply.RESET_OK
@@ -509,18 +642,24 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self._message = None
 
     def _withProtocol(self) -> str:
-        """The RFC 3848 / RFC 6531 "with" keyword for the Received header."""
+        """The RFC 3848 / RFC 6531 "with" keyword: ESMTP, ESMTPS, ESMTPA, ESMTPSA, ..."""
         if not self.session.esmtp:
             return "SMTP"
-        return "UTF8SMTP" if "SMTPUTF8" in self.session.mailParams else "ESMTP"
+        base = "UTF8SMTP" if "SMTPUTF8" in self.session.mailParams else "ESMTP"
+        return base + ("S" if self.session.tls else "") + ("A" if self.session.user is not None else "")
 
     def _receivedHeader(self, queueId: str) -> bytes:
         """The trace header of RFC 5321 section 4.4, written before the content."""
         session = self.session
         stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), timezone.utc))
         forClause = f"\r\n\tfor <{session.recipients[0].address}>" if len(session.recipients) == 1 else ""
+        comments = ""
+        if session.tlsInfo:
+            comments += f"\r\n\t(using {session.tlsInfo})"
+        if session.user is not None and self.settings.showAuthInReceived:
+            comments += f"\r\n\t(authenticated as {_sanitise(session.user.name)})"
         header = (
-            f"Received: from {_sanitise(session.helo or 'unknown')} ([{session.clientAddress}])\r\n"
+            f"Received: from {_sanitise(session.helo or 'unknown')} ([{session.clientAddress}]){comments}\r\n"
             f"\tby {self.settings.hostname} (jsmail) with {self._withProtocol()} id {queueId}"
             f"{forClause};\r\n\t{stamp}\r\n"
         ).encode("utf-8")
@@ -559,12 +698,18 @@ class ESMTPServerFactory(Factory):
         clock: iinternet.IReactorTime,
         policies: Sequence[IPolicy] = (),
         listener: str = "smtp",
+        tls: Any = None,
+        portal: Portal | None = None,
+        implicitTLS: bool = False,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.clock = clock
         self.policies = tuple(policies)
         self.listener = listener
+        self.tls = tls
+        self.portal = portal
+        self.implicitTLS = implicitTLS
         self.connections = 0
         self.perClient: dict[str, int] = {}
 
@@ -578,7 +723,8 @@ class ESMTPServerFactory(Factory):
             return _Refuse(reply.TOO_MANY_FROM_ADDRESS)
         self.connections += 1
         self.perClient[host] = self.perClient.get(host, 0) + 1
-        protocol = _CountedServer(self.settings, self.queue, self.clock, self.policies, self.listener)
+        protocol = _CountedServer(self.settings, self.queue, self.clock, self.policies, self.listener,
+                                  self.tls, self.portal, self.implicitTLS)
         protocol.factory = self
         protocol.countedHost = host
         return protocol

@@ -1,0 +1,319 @@
+"""SMTP AUTH (RFC 4954) over twisted.cred: SASL mechanisms, the mail-user realm, and
+jsmail's own checkers.
+
+- :class:`PlainMechanism` (RFC 4616) and :class:`LoginMechanism` turn client lines
+  into :class:`~twisted.cred.credentials.UsernamePassword` credentials.
+- :class:`MailRealm` gives each authenticated user an :class:`IMailUser` avatar that
+  says whether the user may relay and which sender addresses the user may use.
+- :class:`HashedPasswordFile` checks bcrypt hashes from a ``user:hash`` file (see the
+  ``jsmail passwd`` command); :class:`CheckpasswordChecker` runs a program speaking
+  the checkpassword interface (https://cr.yp.to/checkpwd/interface.html): it reads
+  ``user\\0password\\0timestamp\\0`` on fd 3 and exits 0 (good), 1 (bad) or
+  111 (temporary trouble).  Both are also twisted.cred checker plugins (``--auth
+  hashed:FILE``, ``--auth checkpassword:PROGRAM``), beside Twisted's own
+  (``memory:``, ``file:``, ``unix``).
+"""
+
+from __future__ import annotations
+
+import binascii
+import functools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from twisted.cred import credentials, error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import IRealm
+from twisted.cred.strcred import ICheckerFactory
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import Attribute, Interface, implementer
+
+from jsmail import reply
+from jsmail.error import SMTPReplyError
+
+_log = Logger()
+
+
+class TemporaryAuthFailure(Exception):
+    """The checker could not decide now (checkpassword exit 111): 454 4.7.0."""
+
+
+class IMailUser(Interface):
+    """What an authenticated client may do."""
+
+    name = Attribute("The authentication identity.")
+    mayRelay = Attribute("Whether the user may send to non-local domains.")
+
+    def maySendAs(sender: str) -> bool:
+        """Whether the user may use ``sender`` as the MAIL FROM address."""
+
+
+@implementer(IMailUser)
+@dataclass(frozen=True)
+class MailUser:
+    """A user of the submission service.  ``senderRule`` is ``"any"`` (any address)
+    or ``"own"`` (only the user's own address: the name itself when it is an address,
+    else ``name@domain`` for a local domain)."""
+
+    name: str
+    localDomains: frozenset[str] = frozenset()
+    senderRule: str = "any"
+    mayRelay: bool = True
+
+    def maySendAs(self, sender: str) -> bool:
+        if self.senderRule == "any":
+            return True
+        own = {self.name.lower()} if "@" in self.name else {f"{self.name}@{d}".lower() for d in self.localDomains}
+        return sender.lower() in own
+
+
+@implementer(IRealm)
+class MailRealm:
+    """Makes :class:`MailUser` avatars with the configured sender rule."""
+
+    def __init__(self, localDomains: Iterable[str] = (), senderRule: str = "any") -> None:
+        self.localDomains = frozenset(d.lower() for d in localDomains)
+        self.senderRule = senderRule
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, MailUser, Any]:
+        if IMailUser not in interfaces:
+            raise NotImplementedError("jsmail's realm only makes IMailUser avatars")
+        name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        return IMailUser, MailUser(name, self.localDomains, self.senderRule), lambda: None
+
+
+# -- SASL mechanisms -----------------------------------------------------------------
+
+
+def _decode(line: str) -> bytes:
+    if line.strip() == "*":
+        raise SMTPReplyError(reply.AUTH_CANCELLED)
+    try:
+        return binascii.a2b_base64(line.strip().encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise SMTPReplyError(reply.AUTH_BAD_BASE64) from None
+
+
+def _text(value: bytes) -> str:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SMTPReplyError(reply.AUTH_BAD_BASE64.withText("Credentials are not UTF-8")) from None
+    if any(c in text for c in "\r\n\x00"):
+        raise SMTPReplyError(reply.AUTH_BAD_BASE64.withText("Credentials contain CR, LF or NUL"))
+    return text
+
+
+class PlainMechanism:
+    """SASL PLAIN (RFC 4616): ``authzid NUL authcid NUL passwd`` in one response.
+
+    The authorisation identity must be empty or equal the authentication identity
+    unless ``allowProxy`` (acting for another user is not something jsmail grants).
+    """
+
+    name = "PLAIN"
+
+    def __init__(self, allowProxy: bool = False) -> None:
+        self.allowProxy = allowProxy
+
+    def challenge(self) -> str:
+        return ""
+
+    def respond(self, line: str) -> credentials.UsernamePassword | str:
+        parts = _decode(line).split(b"\x00")
+        if len(parts) != 3 or not parts[1]:
+            raise SMTPReplyError(reply.AUTH_BAD_BASE64.withText("PLAIN needs authzid NUL authcid NUL password"))
+        authzid, authcid, password = (_text(p) for p in parts)
+        if authzid and authzid != authcid and not self.allowProxy:
+            raise SMTPReplyError(reply.AUTH_BAD_CREDENTIALS, f"{authcid} asked to act as {authzid}")
+        return credentials.UsernamePassword(authcid.encode("utf-8"), password.encode("utf-8"))
+
+
+class LoginMechanism:
+    """The LOGIN mechanism (draft-murchison-sasl-login): user name, then password."""
+
+    name = "LOGIN"
+
+    def __init__(self) -> None:
+        self._username: bytes | None = None
+
+    def challenge(self) -> str:
+        return "VXNlcm5hbWU6"  # "Username:"
+
+    def respond(self, line: str) -> credentials.UsernamePassword | str:
+        value = _text(_decode(line)).encode("utf-8")
+        if self._username is None:
+            self._username = value
+            return "UGFzc3dvcmQ6"  # "Password:"
+        return credentials.UsernamePassword(self._username, value)
+
+
+MECHANISMS = {"PLAIN": PlainMechanism, "LOGIN": LoginMechanism}
+
+
+# -- checkers ---------------------------------------------------------------------------
+
+
+@implementer(ICredentialsChecker)
+class HashedPasswordFile:
+    """``user:bcrypt-hash`` lines; the file is read again when it changes.  Hash checks
+    run in a thread (bcrypt is slow on purpose)."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[float, int] | None = None
+        self._hashes: dict[bytes, bytes] = {}
+
+    def _current(self) -> dict[bytes, bytes]:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return {}  # no users yet: "jsmail passwd" makes the file
+        if (stat.st_mtime, stat.st_size) != self._stamp:
+            self._hashes = readPasswordFile(self.path)
+            self._stamp = (stat.st_mtime, stat.st_size)
+        return self._hashes
+
+    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
+        import bcrypt
+        from twisted.internet.threads import deferToThread
+
+        try:
+            hashed = self._current().get(creds.username)
+        except OSError as e:
+            return defer.fail(TemporaryAuthFailure(f"cannot read {self.path}: {e.strerror}"))
+        # Check unknown users against a dummy hash, so timing does not tell them apart.
+        d = deferToThread(bcrypt.checkpw, creds.password, hashed or _dummyHash())
+
+        def checked(ok: bool) -> bytes:
+            if ok and hashed is not None:
+                return creds.username  # type: ignore[no-any-return]
+            raise error.UnauthorizedLogin()
+
+        return d.addCallback(checked)
+
+
+@functools.cache
+def _dummyHash() -> bytes:
+    import bcrypt
+
+    return bcrypt.hashpw(b"no such user", bcrypt.gensalt())
+
+
+def readPasswordFile(path: str) -> dict[bytes, bytes]:
+    hashes = {}
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith(b"#"):
+                user, _, hashed = line.partition(b":")
+                hashes[user] = hashed
+    return hashes
+
+
+def setPassword(path: str, user: str, password: str) -> None:
+    """Add or replace ``user`` in a hashed password file (written atomically)."""
+    import bcrypt
+
+    if ":" in user or not user or any(c.isspace() for c in user):
+        raise ValueError(f"bad user name {user!r}: no colon or white space")
+    hashes = readPasswordFile(path) if os.path.exists(path) else {}
+    hashes[user.encode("utf-8")] = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt())
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"".join(u + b":" + h + b"\n" for u, h in sorted(hashes.items())))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _CheckpasswordProcess(protocol.ProcessProtocol):
+    def __init__(self, payload: bytes, done: defer.Deferred[int]) -> None:
+        self.payload = payload
+        self.done = done
+
+    def connectionMade(self) -> None:
+        self.transport.writeToChild(3, self.payload)
+        self.transport.closeChildFD(3)
+
+    def processEnded(self, reason: Any) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        if not self.done.called:
+            self.done.callback(code if code is not None else 111)
+
+
+@implementer(ICredentialsChecker)
+class CheckpasswordChecker:
+    """Runs ``program /bin/true`` per attempt (the checkpassword interface)."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, program: str, reactor: Any = None, timeout: float = 30.0) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self.program = program
+        self.reactor: IReactorProcess | IReactorTime = reactor
+        self.timeout = timeout
+
+    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
+        payload = b"%s\x00%s\x00%d\x00" % (creds.username, creds.password, int(time.time()))
+        done: defer.Deferred[int] = defer.Deferred()
+        process = self.reactor.spawnProcess(  # type: ignore[union-attr]
+            _CheckpasswordProcess(payload, done),
+            self.program,
+            [self.program, "/bin/true"],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            childFDs={0: "w", 1: "r", 2: 2, 3: "w"},
+        )
+        done.addTimeout(self.timeout, self.reactor)  # type: ignore[arg-type]
+
+        def decided(code: int) -> bytes:
+            if code == 0:
+                return creds.username  # type: ignore[no-any-return]
+            if code == 1:
+                raise error.UnauthorizedLogin()
+            raise TemporaryAuthFailure(f"{self.program} exited with {code}")
+
+        def timedOut(failure: Any) -> None:
+            failure.trap(defer.TimeoutError)
+            try:
+                process.signalProcess("KILL")
+            except Exception:
+                pass
+            raise TemporaryAuthFailure(f"{self.program} took longer than {self.timeout:g} s")
+
+        return done.addErrback(timedOut).addCallback(decided)
+
+
+@implementer(ICheckerFactory, IPlugin)
+class HashedPasswordFileFactory:
+    authType = "hashed"
+    authHelp = "A file of user:bcrypt-hash lines, as written by 'jsmail passwd'; re-read when it changes."
+    argStringFormat = "The path of the file."
+    credentialInterfaces = HashedPasswordFile.credentialInterfaces
+
+    def generateChecker(self, argstring: str) -> HashedPasswordFile:
+        return HashedPasswordFile(argstring)
+
+
+@implementer(ICheckerFactory, IPlugin)
+class CheckpasswordFactory:
+    authType = "checkpassword"
+    authHelp = "Run a checkpassword-interface program (user, password on fd 3; exit 0 ok, 1 bad, 111 retry)."
+    argStringFormat = "The path of the program."
+    credentialInterfaces = CheckpasswordChecker.credentialInterfaces
+
+    def generateChecker(self, argstring: str) -> CheckpasswordChecker:
+        if not os.access(argstring, os.X_OK):
+            raise ValueError(f"{argstring!r} is not an executable program")
+        return CheckpasswordChecker(argstring)
