@@ -160,6 +160,31 @@ MECHANISMS = {"PLAIN": PlainMechanism, "LOGIN": LoginMechanism}
 
 
 @implementer(ICredentialsChecker)
+class AnyOfCheckers:
+    """Tries several checkers in order; the first to accept wins.  (A Portal keeps one
+    checker per credentials interface, so several user databases need this.)  When all
+    refuse, a temporary failure among them makes the answer temporary."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, checkers: Iterable[ICredentialsChecker]) -> None:
+        self.checkers = tuple(checkers)
+
+    @defer.inlineCallbacks
+    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> Any:
+        temporary = None
+        for checker in self.checkers:
+            try:
+                return (yield defer.maybeDeferred(checker.requestAvatarId, creds))
+            except TemporaryAuthFailure as e:
+                temporary = e
+            except (error.UnauthorizedLogin, error.UnhandledCredentials):
+                pass
+        raise temporary if temporary is not None else error.UnauthorizedLogin()
+
+
+
+@implementer(ICredentialsChecker)
 class HashedPasswordFile:
     """``user:bcrypt-hash`` lines; the file is read again when it changes.  Hash checks
     run in a thread (bcrypt is slow on purpose)."""

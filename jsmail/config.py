@@ -55,6 +55,12 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
+def _nonNegativeSeconds(value: Any) -> float:
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return _seconds(value)
+
+
 def _factor(value: Any) -> float:
     factor = _seconds(value)
     if factor < 1:
@@ -102,6 +108,38 @@ def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise ValueError(f"bad network {value!r}: {e}") from None
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a file path, got {value!r}")
+    return value
+
+
+def _listeners(value: Any) -> tuple[str, ...]:
+    """Endpoints to listen on; ``"none"`` (or an empty list) turns the listener off."""
+    if value in ("none", ["none"], ("none",)):
+        return ()
+    return _listOf(_endpoint)(value)
+
+
+def _checker(value: Any) -> str:
+    from twisted.cred import strcred
+
+    description = _string(value)
+    try:
+        strcred.makeChecker(description)
+    except strcred.InvalidAuthType as e:
+        raise ValueError(f"unknown checker type {str(e)!r} (twistd jsmail --help-auth lists them)") from None
+    except (strcred.InvalidAuthArgumentString, ValueError) as e:
+        raise ValueError(f"bad checker {description!r}: {e}") from None
+    return description
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -127,10 +165,14 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("hostname", "server", "hostname", _hostname),
+    Option("tlsCertificate", "server", "tls_certificate", _path),
+    Option("tlsKey", "server", "tls_key", _path),
     Option("dataDir", "server", "data", _string),
     Option("domains", "server", "domains", _listOf(_hostname)),
     Option("trustedNetworks", "server", "trusted_networks", _listOf(_network)),
-    Option("smtpListeners", "smtp", "listen", _listOf(_endpoint)),
+    Option("smtpListeners", "smtp", "listen", _listeners),
+    Option("submissionListeners", "smtp", "submission", _listeners),
+    Option("smtpsListeners", "smtp", "smtps", _listeners),
     Option("maxMessageSize", "smtp", "max_message_size", _integer(1)),
     Option("maxCommandLine", "smtp", "max_command_line", _integer(512)),
     Option("maxTextLine", "smtp", "max_text_line", _integer(1000)),
@@ -141,6 +183,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("maxConnectionsPerClient", "smtp", "max_connections_per_client", _integer(1)),
     Option("bareLineEndings", "smtp", "bare_line_endings", _choice("reject", "normalise")),
     Option("maxReceivedHeaders", "smtp", "max_received_headers", _integer(1)),
+    Option("passwordFile", "auth", "password_file", _path),
+    Option("authCheckers", "auth", "checkers", _listOf(_checker)),
+    Option("senderRule", "auth", "sender_rule", _choice("any", "own")),
+    Option("maxAuthFailures", "auth", "max_failures", _integer(0)),
+    Option("authFailureDelay", "auth", "failure_delay", _nonNegativeSeconds),
+    Option("allowPlaintextAuth", "auth", "allow_plaintext", _boolean),
+    Option("allowProxyAuth", "auth", "allow_proxy", _boolean),
+    Option("showAuthInReceived", "auth", "show_in_received", _boolean),
     Option("retryFirst", "queue", "retry_first", _seconds),
     Option("retryFactor", "queue", "retry_factor", _factor),
     Option("retryMaximum", "queue", "retry_max", _seconds),
@@ -156,10 +206,14 @@ class Config:
     SMTP on 127.0.0.1:2525, data in ./jsmail-data, mail for ``localhost``."""
 
     hostname: str = "localhost"
+    tlsCertificate: str = ""  # empty: a self-signed certificate made under the data directory
+    tlsKey: str = ""
     dataDir: str = "jsmail-data"
     domains: tuple[str, ...] = ("localhost",)
     trustedNetworks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     smtpListeners: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
+    submissionListeners: tuple[str, ...] = ("tcp:2587:interface=127.0.0.1",)
+    smtpsListeners: tuple[str, ...] = ("tcp:2465:interface=127.0.0.1",)
     maxMessageSize: int = 25 * 1024 * 1024
     maxCommandLine: int = 512
     maxTextLine: int = 1000
@@ -170,6 +224,14 @@ class Config:
     maxConnectionsPerClient: int = 20
     bareLineEndings: str = "reject"
     maxReceivedHeaders: int = 100
+    passwordFile: str = ""  # empty: DATA/passwd
+    authCheckers: tuple[str, ...] = ()
+    senderRule: str = "any"
+    maxAuthFailures: int = 3
+    authFailureDelay: float = 1.0
+    allowPlaintextAuth: bool = False
+    allowProxyAuth: bool = False
+    showAuthInReceived: bool = False
     retryFirst: float = 300.0
     retryFactor: float = 2.0
     retryMaximum: float = 4 * 3600.0
@@ -184,6 +246,10 @@ class Config:
     @property
     def mailDir(self) -> str:
         return os.path.join(self.dataDir, "mail")
+
+    @property
+    def passwordPath(self) -> str:
+        return self.passwordFile or os.path.join(self.dataDir, "passwd")
 
 
 def defaultHostname() -> str:

@@ -5,38 +5,67 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from jsmail.config import Config, ConfigError, loadConfig
 from jsmail.service import MailGateway
+from jsmail.tls import TLSError
 
 
-class Options(usage.Options):
+class Options(usage.Options, AuthOptionMixin):
     synopsis = "[options]"
     longdesc = (
-        "Run the jsmail mail gateway. With no options: SMTP on 127.0.0.1:2525, data under "
+        "Run the jsmail mail gateway. With no options: SMTP on 127.0.0.1:2525, submission "
+        "(STARTTLS + AUTH) on 127.0.0.1:2587, implicit TLS on 127.0.0.1:2465, data under "
         "./jsmail-data, mail for any local part @localhost delivered to "
         "jsmail-data/mail/localhost/<local-part>/. Options override the --config file."
     )
     optParameters = [
         ["config", "c", None, "Read settings from this TOML file (see etc/jsmail.toml)."],
-        ["data", "d", None, "Data directory (queue and mail) [default: ./jsmail-data]."],
+        ["data", "d", None, "Data directory (queue, mail, TLS, passwd) [default: ./jsmail-data]."],
         ["hostname", None, None, "This server's host name, used in greetings and headers."],
         ["max-message-size", None, None, "Largest message accepted, in octets."],
+        ["tls-certificate", None, None, "PEM certificate (chain allowed) [default: self-signed, made at start]."],
+        ["tls-key", None, None, "PEM private key for --tls-certificate [default: in the certificate file]."],
     ]
     optFlags = [["check-config", None, "Check the configuration, report, and exit."]]
 
+    _repeatable = {
+        "smtp": "smtpListeners",
+        "submission": "submissionListeners",
+        "smtps": "smtpsListeners",
+        "domain": "domains",
+        "trusted-network": "trustedNetworks",
+    }
+    _single = {
+        "data": "dataDir",
+        "hostname": "hostname",
+        "max-message-size": "maxMessageSize",
+        "tls-certificate": "tlsCertificate",
+        "tls-key": "tlsKey",
+    }
+
     def __init__(self) -> None:
         super().__init__()
-        self["smtp"] = []
-        self["domain"] = []
-        self["trusted-network"] = []
+        for option in self._repeatable:
+            self[option] = []
         self.config: Config | None = None
 
     def opt_smtp(self, description: str) -> None:
-        """Listen for SMTP on this endpoint, e.g. tcp:25 or tcp6:2525:interface=\\:\\:1
-        (repeatable) [default: tcp:2525:interface=127.0.0.1]."""
+        """Listen for SMTP (port 25 rules) on this endpoint, e.g. tcp:25 or
+        tcp6:25:interface=\\:\\: (repeatable; "none" turns it off) [default: tcp:2525:interface=127.0.0.1]."""
         self["smtp"].append(description)
+
+    def opt_submission(self, description: str) -> None:
+        """Listen for submission (STARTTLS and AUTH required) on this endpoint
+        (repeatable; "none" turns it off) [default: tcp:2587:interface=127.0.0.1]."""
+        self["submission"].append(description)
+
+    def opt_smtps(self, description: str) -> None:
+        """Listen for submission over implicit TLS on this plain tcp:/tcp6: endpoint
+        (repeatable; "none" turns it off) [default: tcp:2465:interface=127.0.0.1]."""
+        self["smtps"].append(description)
 
     def opt_domain(self, name: str) -> None:
         """Accept and deliver locally mail for this domain (repeatable) [default: localhost]."""
@@ -48,12 +77,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         overrides: dict[str, Any] = {}
-        for option, field in (("data", "dataDir"), ("hostname", "hostname"),
-                              ("max-message-size", "maxMessageSize")):
+        for option, field in self._single.items():
             if self[option] is not None:
                 overrides[field] = self[option]
-        for option, field in (("smtp", "smtpListeners"), ("domain", "domains"),
-                              ("trusted-network", "trustedNetworks")):
+        for option, field in self._repeatable.items():
             if self[option]:
                 overrides[field] = self[option]
         try:
@@ -68,4 +95,8 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> MailGateway:
     assert options.config is not None
-    return MailGateway(options.config)
+    try:
+        return MailGateway(options.config, extraCheckers=options.get("credCheckers", []), handleSignals=True)
+    except TLSError as e:
+        sys.stderr.write(f"jsmail: TLS configuration error: {e}\n")
+        sys.exit(2)
