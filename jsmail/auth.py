@@ -28,7 +28,6 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
@@ -261,23 +260,24 @@ def setPassword(path: str, user: str, password: str) -> None:
 
 
 class _CheckpasswordProcess(protocol.ProcessProtocol):
-    def __init__(self, payload: bytes, done: defer.Deferred[int]) -> None:
+    """Writes the credentials to the child's fd 3; ``ended`` fires with its exit code."""
+
+    def __init__(self, payload: bytes) -> None:
         self.payload = payload
-        self.done = done
+        self.ended: defer.Deferred[int | None] = defer.Deferred()
 
     def connectionMade(self) -> None:
         self.transport.writeToChild(3, self.payload)
         self.transport.closeChildFD(3)
 
     def processEnded(self, reason: Any) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        if not self.done.called:
-            self.done.callback(code if code is not None else 111)
+        self.ended.callback(getattr(reason.value, "exitCode", None))
 
 
 @implementer(ICredentialsChecker)
 class CheckpasswordChecker:
-    """Runs ``program /bin/true`` per attempt (the checkpassword interface)."""
+    """Runs ``program /bin/true`` per attempt (the checkpassword interface); a program
+    that takes longer than ``timeout`` seconds is killed: a temporary failure."""
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
@@ -287,37 +287,38 @@ class CheckpasswordChecker:
 
             reactor = globalReactor
         self.program = program
-        self.reactor: IReactorProcess | IReactorTime = reactor
+        self.reactor = reactor
         self.timeout = timeout
 
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
         payload = b"%s\x00%s\x00%d\x00" % (creds.username, creds.password, int(time.time()))
-        done: defer.Deferred[int] = defer.Deferred()
-        process = self.reactor.spawnProcess(  # type: ignore[union-attr]
-            _CheckpasswordProcess(payload, done),
-            self.program,
-            [self.program, "/bin/true"],
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            childFDs={0: "w", 1: "r", 2: 2, 3: "w"},
-        )
-        done.addTimeout(self.timeout, self.reactor)  # type: ignore[arg-type]
+        child = _CheckpasswordProcess(payload)
+        # Only fd 3 is a pipe: a program that leaves children behind holding its stdout
+        # cannot keep the check waiting.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            process = self.reactor.spawnProcess(
+                child,
+                self.program,
+                [self.program, "/bin/true"],
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                childFDs={0: devnull, 1: devnull, 2: 2, 3: "w"},
+            )
+        finally:
+            os.close(devnull)
+        killer = self.reactor.callLater(self.timeout, process.signalProcess, "KILL")
 
-        def decided(code: int) -> bytes:
+        def decided(code: int | None) -> bytes:
+            if not killer.active():
+                raise TemporaryAuthFailure(f"{self.program} took longer than {self.timeout:g} s")
+            killer.cancel()
             if code == 0:
                 return creds.username  # type: ignore[no-any-return]
             if code == 1:
                 raise error.UnauthorizedLogin()
             raise TemporaryAuthFailure(f"{self.program} exited with {code}")
 
-        def timedOut(failure: Any) -> None:
-            failure.trap(defer.TimeoutError)
-            try:
-                process.signalProcess("KILL")
-            except Exception:
-                pass
-            raise TemporaryAuthFailure(f"{self.program} took longer than {self.timeout:g} s")
-
-        return done.addErrback(timedOut).addCallback(decided)
+        return child.ended.addCallback(decided)
 
 
 @implementer(ICheckerFactory, IPlugin)

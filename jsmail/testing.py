@@ -4,14 +4,16 @@
 - :class:`RecordingAgent`: a delivery agent that records what it was given and answers
   with results you choose.
 - :class:`Dialog`: drives an :class:`~jsmail.smtpd.ESMTPServer` over a
-  :class:`~twisted.internet.testing.StringTransport`, returning exact reply bytes.
+  :class:`~twisted.internet.testing.StringTransport`, returning exact reply bytes;
+  STARTTLS is recorded, not performed (test real handshakes over loopback).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -51,6 +53,15 @@ class RecordingAgent:
         return defer.succeed([DeliveryResult(r.address, *self.answer(r.address)) for r in recipients])
 
 
+class _TLSRecordingTransport(StringTransport):
+    """A StringTransport that records STARTTLS instead of doing a handshake."""
+
+    tlsStarted: Any = None
+
+    def startTLS(self, contextFactory: Any) -> None:
+        self.tlsStarted = contextFactory
+
+
 class Dialog:
     """An SMTP session in memory: ``send(b"...")`` returns the reply bytes it caused."""
 
@@ -61,11 +72,15 @@ class Dialog:
         policies: Sequence[IPolicy] = (),
         clientAddress: str = "192.0.2.1",
         clock: Clock | None = None,
+        tls: Any = None,
+        portal: Portal | None = None,
+        implicitTLS: bool = False,
     ) -> None:
         self.clock = clock or Clock()
         self.sink = sink if sink is not None else MemoryQueue()
-        self.server = ESMTPServer(settings or ServerSettings(hostname="mx.test"), self.sink, self.clock, policies)
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", clientAddress, 40000))
+        self.server = ESMTPServer(settings or ServerSettings(hostname="mx.test"), self.sink, self.clock, policies,
+                                  "smtp", tls, portal, implicitTLS)
+        self.transport = _TLSRecordingTransport(peerAddress=IPv4Address("TCP", clientAddress, 40000))
         self.server.makeConnection(self.transport)
 
     def read(self) -> bytes:
@@ -77,6 +92,11 @@ class Dialog:
     def send(self, data: bytes) -> bytes:
         self.server.dataReceived(data)
         return self.read()
+
+    @property
+    def tlsStarted(self) -> bool:
+        """Whether the server asked its transport to start TLS."""
+        return self.transport.tlsStarted is not None
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,278 @@
+"""STARTTLS rules and SMTP AUTH dialogs in memory; jsmail's checkers for real."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import textwrap
+
+from twisted.cred import error
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jsmail.auth import (
+    AnyOfCheckers,
+    CheckpasswordChecker,
+    HashedPasswordFile,
+    MailRealm,
+    MailUser,
+    TemporaryAuthFailure,
+    setPassword,
+)
+from jsmail.policy import RelayControl
+from jsmail.queue import MemoryQueue
+from jsmail.smtpd import ServerSettings
+from jsmail.testing import Dialog
+
+AUTH_OK = b"235 2.7.0 Authentication successful\r\n"
+BAD_CREDENTIALS = b"535 5.7.8 Authentication credentials invalid\r\n"
+
+
+def b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+class _TemporaryChecker:
+    credentialInterfaces = InMemoryUsernamePasswordDatabaseDontUse.credentialInterfaces
+
+    def requestAvatarId(self, creds: object) -> defer.Deferred[bytes]:
+        return defer.fail(TemporaryAuthFailure("database down"))
+
+
+def portal(*checkers: object, senderRule: str = "any") -> Portal:
+    users = InMemoryUsernamePasswordDatabaseDontUse(u=b"p", **{"ann@example.org": b"pw"})
+    return Portal(MailRealm(["localhost"], senderRule), [AnyOfCheckers([users, *checkers])])
+
+
+class StartTLSTests(SynchronousTestCase):
+    def dialog(self, **kw: object) -> Dialog:
+        kw.setdefault("hostname", "mx.test")
+        d = Dialog(ServerSettings(**kw), MemoryQueue(), tls=object(), portal=portal())  # type: ignore[arg-type]
+        d.read()
+        return d
+
+    def test_offered_before_tls_with_auth_hidden(self) -> None:
+        d = self.dialog()
+        out = d.send(b"EHLO c\r\n")
+        self.assertIn(b"250 STARTTLS\r\n", out)
+        self.assertNotIn(b"AUTH", out)
+
+    def test_injection_is_discarded(self) -> None:
+        """CVE-2011-0411: commands pipelined after STARTTLS in plaintext are dropped,
+        and after the handshake the session starts over (EHLO again, no STARTTLS)."""
+        d = self.dialog()
+        d.send(b"EHLO c\r\n")
+        self.assertEqual(d.send(b"STARTTLS\r\nRSET\r\nMAIL FROM:<a@b.example>\r\n"), b"220 2.0.0 Ready to start TLS\r\n")
+        self.assertTrue(d.tlsStarted)
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.example>\r\n"), b"503 5.5.1 Send EHLO or HELO first\r\n")
+        out = d.send(b"EHLO c\r\n")
+        self.assertNotIn(b"STARTTLS", out)
+        self.assertIn(b"250 AUTH PLAIN LOGIN\r\n", out)
+        self.assertEqual(d.send(b"STARTTLS\r\n"), b"503 5.5.1 TLS is already active\r\n")
+
+    def test_not_inside_a_transaction(self) -> None:
+        d = self.dialog()
+        d.send(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(d.send(b"STARTTLS\r\n"), b"503 5.5.1 STARTTLS is not allowed inside a mail transaction\r\n")
+        self.assertFalse(d.tlsStarted)
+
+    def test_unavailable_without_certificate(self) -> None:
+        d = Dialog(ServerSettings(hostname="mx.test"), MemoryQueue())
+        d.read()
+        self.assertNotIn(b"STARTTLS", d.send(b"EHLO c\r\n"))
+        self.assertEqual(d.send(b"STARTTLS\r\n"), b"502 5.5.1 STARTTLS is not available\r\n")
+
+    def test_submission_requires_tls_then_auth(self) -> None:
+        d = self.dialog(requireTLS=True, requireAuth=True)
+        self.assertNotIn(b"AUTH", d.send(b"EHLO c\r\n"))
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.example>\r\n"), b"530 5.7.0 Must issue a STARTTLS command first\r\n")
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0p") + b"\r\n"), b"530 5.7.0 Must issue a STARTTLS command first\r\n")
+        d.send(b"STARTTLS\r\n")
+        d.send(b"EHLO c\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.example>\r\n"), b"530 5.7.0 Authentication required\r\n")
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0p") + b"\r\n"), AUTH_OK)
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.example>\r\n"), b"250 2.1.0 Sender OK\r\n")
+
+    def test_port_25_auth_without_tls(self) -> None:
+        d = self.dialog()
+        d.send(b"EHLO c\r\n")
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0p") + b"\r\n"),
+                         b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
+
+
+class AuthDialogTests(SynchronousTestCase):
+    """AUTH over a transport that is TLS from the start (as on port 465)."""
+
+    def dialog(self, senderRule: str = "any", checkers: tuple = (), **kw: object) -> Dialog:
+        kw.setdefault("hostname", "mx.test")
+        self.queue = MemoryQueue()
+        relay = RelayControl(lambda domain: domain == "localhost")
+        d = Dialog(ServerSettings(**kw), self.queue, policies=(relay,),  # type: ignore[arg-type]
+                   portal=portal(*checkers, senderRule=senderRule), implicitTLS=True)
+        d.read()
+        self.assertIn(b"250 AUTH PLAIN LOGIN\r\n", d.send(b"EHLO c\r\n"))
+        return d
+
+    def test_plain_initial_response(self) -> None:
+        d = self.dialog()
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0p") + b"\r\n"), AUTH_OK)
+        self.assertNotIn(b"AUTH", d.send(b"EHLO c\r\n"))
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0p") + b"\r\n"), b"503 5.5.1 Already authenticated\r\n")
+
+    def test_plain_with_challenge(self) -> None:
+        d = self.dialog()
+        self.assertEqual(d.send(b"AUTH PLAIN\r\n"), b"334 \r\n")
+        self.assertEqual(d.send(b64("u\0u\0p") + b"\r\n"), AUTH_OK)
+
+    def test_login(self) -> None:
+        d = self.dialog()
+        self.assertEqual(d.send(b"AUTH LOGIN\r\n"), b"334 VXNlcm5hbWU6\r\n")
+        self.assertEqual(d.send(b64("u") + b"\r\n"), b"334 UGFzc3dvcmQ6\r\n")
+        self.assertEqual(d.send(b64("p") + b"\r\n"), AUTH_OK)
+
+    def test_login_initial_response(self) -> None:
+        d = self.dialog()
+        self.assertEqual(d.send(b"AUTH LOGIN " + b64("u") + b"\r\n"), b"334 UGFzc3dvcmQ6\r\n")
+        self.assertEqual(d.send(b64("p") + b"\r\n"), AUTH_OK)
+
+    def test_bad_credentials(self) -> None:
+        d = self.dialog()
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0wrong") + b"\r\n"), b"")
+        d.clock.advance(1)
+        self.assertEqual(d.read(), BAD_CREDENTIALS)
+
+    def test_malformed_base64(self) -> None:
+        d = self.dialog()
+        self.assertEqual(d.send(b"AUTH PLAIN !!!\r\n"), b"501 5.5.2 Cannot decode the response as base64\r\n")
+        self.assertEqual(d.send(b"AUTH LOGIN\r\n"), b"334 VXNlcm5hbWU6\r\n")
+        self.assertEqual(d.send(b"not base64\r\n"), b"501 5.5.2 Cannot decode the response as base64\r\n")
+        self.assertEqual(d.send(b"NOOP\r\n"), b"250 2.0.0 OK\r\n", "the exchange is over")
+
+    def test_cancel(self) -> None:
+        d = self.dialog()
+        d.send(b"AUTH LOGIN\r\n")
+        self.assertEqual(d.send(b"*\r\n"), b"501 5.0.0 Authentication cancelled\r\n")
+
+    def test_unknown_mechanism(self) -> None:
+        d = self.dialog()
+        self.assertEqual(d.send(b"AUTH CRAM-MD5\r\n"), b"504 5.5.4 Unrecognised authentication mechanism\r\n")
+
+    def test_authorisation_identity_must_match(self) -> None:
+        d = self.dialog()
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("admin\0u\0p") + b"\r\n"), BAD_CREDENTIALS)
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("u\0u\0p") + b"\r\n"), AUTH_OK)
+
+    def test_proxy_allowed_when_configured(self) -> None:
+        d = self.dialog(allowProxyAuth=True)
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("admin\0u\0p") + b"\r\n"), AUTH_OK)
+
+    def test_temporary_failure(self) -> None:
+        d = self.dialog(checkers=(_TemporaryChecker(),))
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0x\0y") + b"\r\n"),
+                         b"454 4.7.0 Temporary authentication failure, try again later\r\n")
+
+    def test_failures_slowed_then_closed(self) -> None:
+        """Each failure waits twice as long as the one before; past the limit, 421."""
+        d = self.dialog(maxAuthFailures=2, authFailureDelay=1.0)
+        for delay in (1.0, 2.0):
+            self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0bad") + b"\r\n"), b"")
+            d.clock.advance(delay - 0.01)
+            self.assertEqual(d.read(), b"")
+            d.clock.advance(0.01)
+            self.assertEqual(d.read(), BAD_CREDENTIALS)
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0bad") + b"\r\n"),
+                         b"421 4.7.0 Too many authentication failures, closing connection\r\n")
+        self.assertTrue(d.closed)
+
+    def test_relay_only_when_authenticated(self) -> None:
+        d = self.dialog()
+        d.send(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<x@example.org>\r\n")[:10], b"550 5.7.1 ")
+        d.send(b"RSET\r\nAUTH PLAIN " + b64("\0u\0p") + b"\r\n")
+        d.send(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<x@example.org>\r\n"), b"250 2.1.5 Recipient OK\r\n")
+        d.send(b"DATA\r\nhi\r\n.\r\n")
+        [(envelope, body)] = self.queue.messages.values()
+        self.assertEqual(envelope.recipients[0].address, "x@example.org")
+        self.assertIn(b"with ESMTPSA id", body)
+        self.assertNotIn(b"authenticated as", body)
+
+    def test_sender_rule_own(self) -> None:
+        d = self.dialog(senderRule="own")
+        d.send(b"AUTH PLAIN " + b64("\0ann@example.org\0pw") + b"\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<bob@example.org>\r\n"),
+                         b"553 5.7.1 Sender <bob@example.org> not allowed for user ann@example.org\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<Ann@Example.org>\r\n"), b"250 2.1.0 Sender OK\r\n")
+
+    def test_auth_shown_in_received_when_configured(self) -> None:
+        d = self.dialog(showAuthInReceived=True)
+        d.send(b"AUTH PLAIN " + b64("\0u\0p") + b"\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\r\n.\r\n")
+        [(_, body)] = self.queue.messages.values()
+        self.assertIn(b"\t(authenticated as u)\r\n", body)
+
+
+class MailUserTests(SynchronousTestCase):
+    def test_own_sender_for_plain_user_name(self) -> None:
+        user = MailUser("u", frozenset({"localhost", "example.org"}), "own")
+        self.assertTrue(user.maySendAs("u@example.org"))
+        self.assertFalse(user.maySendAs("v@example.org"))
+        self.assertFalse(user.maySendAs(""))
+
+
+class CheckerTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_hashed_password_file(self):  # type: ignore[no-untyped-def]
+        path = self.mktemp()
+        checker = HashedPasswordFile(path)
+        yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"u", b"p")), error.UnauthorizedLogin)
+        setPassword(path, "u", "p")
+        self.assertRegex(open(path).read(), r"^u:\$2b\$12\$.{53}\n$")
+        self.assertEqual((yield checker.requestAvatarId(UsernamePassword(b"u", b"p"))), b"u")
+        yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"u", b"x")), error.UnauthorizedLogin)
+        yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"v", b"p")), error.UnauthorizedLogin)
+
+    def program(self) -> str:
+        """A checkpassword program: u/p is good, "temp" is a temporary failure."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                #!{sys.executable}
+                import os, sys
+                data = b""
+                while True:
+                    chunk = os.read(3, 512)
+                    if not chunk:
+                        break
+                    data += chunk
+                user, password, timestamp, end = data.split(b"\\0")
+                assert timestamp.isdigit() and end == b"", data
+                if user == b"temp":
+                    sys.exit(111)
+                if (user, password) != (b"u", b"p"):
+                    sys.exit(1)
+                os.execv(sys.argv[1], sys.argv[1:])
+                """))
+        os.chmod(path, 0o755)
+        return path
+
+    @defer.inlineCallbacks
+    def test_checkpassword(self):  # type: ignore[no-untyped-def]
+        checker = CheckpasswordChecker(self.program())
+        self.assertEqual((yield checker.requestAvatarId(UsernamePassword(b"u", b"p"))), b"u")
+        yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"u", b"x")), error.UnauthorizedLogin)
+        yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"temp", b"p")), TemporaryAuthFailure)
+
+    @defer.inlineCallbacks
+    def test_checkpassword_timeout(self):  # type: ignore[no-untyped-def]
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\nsleep 30\n")
+        os.chmod(path, 0o755)
+        checker = CheckpasswordChecker(path, timeout=0.5)
+        yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"u", b"p")), TemporaryAuthFailure)
