@@ -1,7 +1,9 @@
 """The whole gateway as one :class:`MultiService`: what twistd and embedders start.
 
-Children start in order: the disk thread pool, the scheduler (which rebuilds its plan
-from the queue), then one listener per SMTP endpoint.  Listeners bind in
+A thread pool for blocking disk work starts first and stops last, once every child has
+finished (the scheduler waits for deliveries in progress, and those need the pool).
+Children start in order: the scheduler (which rebuilds its plan from the queue), then
+one listener per SMTP endpoint.  Listeners bind in
 ``privilegedStartService``, so ``twistd --uid`` can drop root right after binding port 25.
 """
 
@@ -36,25 +38,6 @@ from jsmail.smtpd import ESMTPServerFactory, ServerSettings
 from jsmail.tls import ServerTLS, ensureSelfSigned
 
 _log = Logger()
-
-
-class ThreadPoolService(Service):
-    """A thread pool for blocking disk work, started and stopped with the gateway."""
-
-    def __init__(self, reactor: Any, size: int, name: str) -> None:
-        self.reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
-
-    def runInThread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.pool.stop()
 
 
 class ListenerService(Service):
@@ -173,14 +156,14 @@ class MailGateway(MultiService):
             reactor = globalReactor  # type: ignore[assignment]
         self.config = config
         self.dataDir = os.path.abspath(config.dataDir)
-        threads = ThreadPoolService(reactor, config.diskThreads, "jsmail-disk")
-        threads.setServiceParent(self)
-        self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), threads.runInThread)
+        self.reactor = reactor
+        self.diskThreads = ThreadPool(minthreads=0, maxthreads=config.diskThreads, name="jsmail-disk")
+        self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), self.runInThread)
         self.mailRoot = os.path.join(self.dataDir, "mail")
-        self.local = MaildirDelivery(self.mailRoot, threads.runInThread, config.hostname)
+        self.local = MaildirDelivery(self.mailRoot, self.runInThread, config.hostname)
         self.router = Router(config.domains, self.local)
         retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
-        self.scheduler = Scheduler(self.queue, self.router, reactor, threads.runInThread, config.hostname,
+        self.scheduler = Scheduler(self.queue, self.router, reactor, self.runInThread, config.hostname,
                                    retry, config.deliveryConcurrency)
         self.scheduler.setServiceParent(self)
         self.handleSignals = handleSignals
@@ -211,7 +194,12 @@ class MailGateway(MultiService):
         """Read the TLS certificate again; sessions in progress keep theirs."""
         self.tls.reload()
 
+    def runInThread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        """Run blocking disk work in the gateway's thread pool."""
+        return deferToThreadPool(self.reactor, self.diskThreads, f, *args, **kwargs)
+
     def startService(self) -> None:
+        self.diskThreads.start()
         super().startService()
         if self.handleSignals:
             from twisted.internet import reactor
@@ -228,3 +216,8 @@ class MailGateway(MultiService):
             passwd=os.path.abspath(self.config.passwordPath),
         )
         super().privilegedStartService()
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda result: (self.diskThreads.stop(), result)[1])
+        return d

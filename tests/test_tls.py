@@ -1,0 +1,226 @@
+"""Real TLS over loopback: STARTTLS on port 25 and submission, implicit TLS, AUTH with
+stdlib smtplib, the STARTTLS injection against a running gateway, certificate reload."""
+
+from __future__ import annotations
+
+import glob
+import os
+import smtplib
+import socket
+import ssl
+
+import trustme
+from twisted.internet import defer, task
+from twisted.internet import reactor as _reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from jsmail.auth import setPassword
+from jsmail.config import Config
+from jsmail.service import MailGateway
+
+CLIENT_TIMEOUT = 10
+
+
+class GatewayTestCase(TestCase):
+    """A gateway on ephemeral loopback ports with a trustme certificate for mx.test."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.ca = trustme.CA()
+        self.data = os.path.abspath(self.mktemp())
+        os.makedirs(self.data)
+        certificate = self.ca.issue_cert("mx.test", "127.0.0.1")
+        self.certPath = os.path.join(self.data, "cert.pem")
+        self.keyPath = os.path.join(self.data, "key.pem")
+        certificate.private_key_and_cert_chain_pem.write_to_path(self.certPath)
+        certificate.private_key_pem.write_to_path(self.keyPath)
+        setPassword(os.path.join(self.data, "passwd"), "u", "secret")
+        ephemeral = ("tcp:0:interface=127.0.0.1",)
+        config = Config(hostname="mx.test", dataDir=self.data, tlsCertificate=self.certPath,
+                        smtpListeners=ephemeral, submissionListeners=ephemeral, smtpsListeners=ephemeral,
+                        authFailureDelay=0.0)
+        self.gateway = MailGateway(config)
+        self.gateway.privilegedStartService()
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.ports = {}
+        for listener in self.gateway.listeners:
+            port = yield listener.whenListening()
+            self.ports[listener.kind] = port.getHost().port
+
+    def clientContext(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+    def smtp(self, kind: str) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.ports[kind], local_hostname="client.test", timeout=CLIENT_TIMEOUT)
+
+    @defer.inlineCallbacks
+    def delivered(self, domain: str, local: str, count: int = 1):  # type: ignore[no-untyped-def]
+        """The delivered files for a mailbox, waiting (bounded) for ``count`` of them."""
+        pattern = os.path.join(self.data, "mail", domain, local, "new", "*")
+        for _ in range(200):
+            files = glob.glob(pattern)
+            if len(files) >= count:
+                contents = []
+                for name in sorted(files):
+                    with open(name, "rb") as f:
+                        contents.append(f.read())
+                return contents
+            yield task.deferLater(_reactor, 0.05, lambda: None)
+        self.fail(f"no delivery to {local}@{domain}")
+
+
+class StartTLSTests(GatewayTestCase):
+    @defer.inlineCallbacks
+    def test_starttls_on_port_25_records_tls_in_received(self):  # type: ignore[no-untyped-def]
+        def send() -> set[str]:
+            with self.smtp("smtp") as client:
+                client.ehlo()
+                self.assertTrue(client.has_extn("starttls"))
+                self.assertFalse(client.has_extn("auth"))
+                client.starttls(context=self.clientContext())
+                client.ehlo()
+                self.assertFalse(client.has_extn("starttls"))
+                client.sendmail("a@example.org", ["x@localhost"], b"Subject: tls\r\n\r\nhello\r\n")
+                return set(client.esmtp_features)
+
+        yield deferToThread(send)
+        [message] = yield self.delivered("localhost", "x")
+        self.assertRegex(message, rb"\(using TLSv1\.[23] with cipher [A-Z0-9_-]+\)\n\tby mx\.test \(jsmail\) with ESMTPS id ")
+
+    @defer.inlineCallbacks
+    def test_submission_login_and_relay(self):  # type: ignore[no-untyped-def]
+        """The issue's "done when": TLS, AUTH, then a foreign recipient is accepted."""
+
+        def send() -> dict:
+            with self.smtp("submission") as client:
+                client.ehlo()
+                self.assertFalse(client.has_extn("auth"), "AUTH is not offered before TLS")
+                client.starttls(context=self.clientContext())
+                client.login("u", "secret")
+                return client.sendmail("u@localhost", ["someone@example.org"], b"Subject: out\r\n\r\nhi\r\n")
+
+        refused = yield deferToThread(send)
+        self.assertEqual(refused, {})
+
+    @defer.inlineCallbacks
+    def test_submission_without_tls_refused(self):  # type: ignore[no-untyped-def]
+        def send() -> tuple[int, bytes]:
+            with self.smtp("submission") as client:
+                client.ehlo()
+                return client.mail("u@localhost")
+
+        self.assertEqual((yield deferToThread(send)), (530, b"5.7.0 Must issue a STARTTLS command first"))
+
+    @defer.inlineCallbacks
+    def test_unauthenticated_relay_refused(self):  # type: ignore[no-untyped-def]
+        def send() -> tuple[int, bytes]:
+            with self.smtp("smtp") as client:
+                client.starttls(context=self.clientContext())
+                client.ehlo()
+                client.mail("a@example.org")
+                return client.rcpt("someone@example.org")
+
+        code, text = yield deferToThread(send)
+        self.assertEqual((code, text[:5]), (550, b"5.7.1"))
+
+    @defer.inlineCallbacks
+    def test_bad_password(self):  # type: ignore[no-untyped-def]
+        def send() -> None:
+            with self.smtp("submission") as client:
+                client.starttls(context=self.clientContext())
+                client.login("u", "wrong")
+
+        failure = yield self.assertFailure(deferToThread(send), smtplib.SMTPAuthenticationError)
+        self.assertEqual((failure.smtp_code, failure.smtp_error), (535, b"5.7.8 Authentication credentials invalid"))
+
+    @defer.inlineCallbacks
+    def test_injection_against_running_gateway(self):  # type: ignore[no-untyped-def]
+        """STARTTLS and RSET in one write: after the handshake nothing answers the RSET;
+        the first reply over TLS is the one to our EHLO."""
+
+        def inject() -> bytes:
+            with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=CLIENT_TIMEOUT) as raw:
+                reader = raw.makefile("rb")
+                reader.readline()
+                raw.sendall(b"EHLO client.test\r\n")
+                while not reader.readline().startswith(b"250 "):
+                    pass
+                raw.sendall(b"STARTTLS\r\nRSET\r\n")
+                self.assertEqual(reader.readline(), b"220 2.0.0 Ready to start TLS\r\n")
+                with self.clientContext().wrap_socket(raw, server_hostname="mx.test") as secure:
+                    secure.sendall(b"EHLO client.test\r\n")
+                    return secure.recv(4096)
+
+        first = yield deferToThread(inject)
+        self.assertTrue(first.startswith(b"250-mx.test greets client.test\r\n"), first)
+
+    @defer.inlineCallbacks
+    def test_failed_handshake_closes_cleanly(self):  # type: ignore[no-untyped-def]
+        def garbage() -> bytes:
+            with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=CLIENT_TIMEOUT) as raw:
+                raw.makefile("rb").readline()
+                raw.sendall(b"STARTTLS\r\n")
+                raw.recv(100)
+                raw.sendall(b"this is not a TLS client hello\r\n" * 4)
+                return raw.recv(100)
+
+        self.assertEqual((yield deferToThread(garbage)), b"")
+
+
+class ImplicitTLSTests(GatewayTestCase):
+    @defer.inlineCallbacks
+    def test_smtp_ssl_login_and_send(self):  # type: ignore[no-untyped-def]
+        def send() -> dict:
+            with smtplib.SMTP_SSL("127.0.0.1", self.ports["smtps"], local_hostname="client.test",
+                                  context=self.clientContext(), timeout=CLIENT_TIMEOUT) as client:
+                client.ehlo()
+                self.assertFalse(client.has_extn("starttls"))
+                client.login("u", "secret")
+                return client.sendmail("u@localhost", ["someone@localhost"], b"Subject: 465\r\n\r\nhi\r\n")
+
+        self.assertEqual((yield deferToThread(send)), {})
+        [message] = yield self.delivered("localhost", "someone")
+        self.assertIn(b"with ESMTPSA id", message)
+
+    @defer.inlineCallbacks
+    def test_auth_required_before_mail(self):  # type: ignore[no-untyped-def]
+        def send() -> tuple[int, bytes]:
+            with smtplib.SMTP_SSL("127.0.0.1", self.ports["smtps"], context=self.clientContext(),
+                                  timeout=CLIENT_TIMEOUT) as client:
+                client.ehlo()
+                return client.mail("u@localhost")
+
+        self.assertEqual((yield deferToThread(send)), (530, b"5.7.0 Authentication required"))
+
+    @defer.inlineCallbacks
+    def test_reload_serves_the_new_certificate(self):  # type: ignore[no-untyped-def]
+        """A new certificate in place plus reload (SIGHUP): new handshakes get it, and an
+        open session is not dropped."""
+        def openSession() -> smtplib.SMTP_SSL:
+            client = smtplib.SMTP_SSL("127.0.0.1", self.ports["smtps"], context=self.clientContext(), timeout=CLIENT_TIMEOUT)
+            client.ehlo()
+            return client
+
+        session = yield deferToThread(openSession)
+        self.addCleanup(session.close)
+        otherCA = trustme.CA()
+        renewed = otherCA.issue_cert("mx.test", "127.0.0.1")
+        renewed.private_key_and_cert_chain_pem.write_to_path(self.certPath)
+        renewed.private_key_pem.write_to_path(self.keyPath)
+        self.gateway.reload()
+
+        def handshake(ca: trustme.CA) -> None:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            with smtplib.SMTP_SSL("127.0.0.1", self.ports["smtps"], context=context, timeout=CLIENT_TIMEOUT):
+                pass
+
+        yield deferToThread(handshake, otherCA)
+        yield self.assertFailure(deferToThread(handshake, self.ca), ssl.SSLCertVerificationError)
+        self.assertEqual((yield deferToThread(session.noop))[0], 250)
