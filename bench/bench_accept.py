@@ -79,6 +79,7 @@ def raise_file_limit(needed: int) -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    log("terminated: stopping the servers")
     raise SystemExit(128 + signum)
 
 
@@ -97,14 +98,14 @@ def running(names: list[str], workdir: Path, label: str, max_sessions: int,
             try:
                 server.start()
             except ServerUnavailable as e:
-                skipped[name] = str(e)
+                skipped[name] = f"{label}: {e}"
                 log(f"{name}: skipped ({e})")
                 continue
             try:
                 run_once(server, args.loadgen, WARM_UP, args.timeout)
             except RunFailed as e:
                 server.stop()
-                skipped[name] = f"warm-up failed: {e}"
+                skipped[name] = f"{label}: warm-up failed: {e}"
                 log(f"{name}: skipped (warm-up failed: {e})")
                 continue
             servers.append(server)
@@ -113,12 +114,11 @@ def running(names: list[str], workdir: Path, label: str, max_sessions: int,
 
 def measure_throughput(args: argparse.Namespace, workdir: Path,
                        skipped: dict[str, str]) -> tuple[Rates, Rates, set[str]]:
-    """Median accepted and delivered rates per server and cell."""
+    """Median accepted and delivered rates per server and cell, and the
+    names of the servers that deliver before accepting."""
     runs: dict[str, dict[Cell, list[RunResult]]] = {}
     with running(args.servers, workdir, "throughput", max(SESSIONS), args,
                  skipped) as servers:
-        for server in servers:
-            runs[server.name] = {}
         synchronous = {s.name for s in servers if s.delivers_synchronously}
         for size in SIZES:
             for sessions in SESSIONS:
@@ -132,10 +132,11 @@ def measure_throughput(args: argparse.Namespace, workdir: Path,
                         except RunFailed as e:
                             log(f"{label}: failed: {e}")
                             continue
-                        runs[server.name].setdefault((size, sessions), []).append(result)
-                        delivered = ("not all delivered in time" if result.delivered is None
-                                     else f"{result.delivered:.0f} delivered/s")
-                        log(f"{label}: {result.accepted:.0f} accepted/s, {delivered}")
+                        cell_runs = runs.setdefault(server.name, {})
+                        cell_runs.setdefault((size, sessions), []).append(result)
+                        note = ("not all delivered in time" if result.delivered is None
+                                else f"{result.delivered:.0f} delivered/s")
+                        log(f"{label}: {result.accepted:.0f} accepted/s, {note}")
     accepted = {name: {cell: _median([r.accepted for r in results])
                        for cell, results in cells.items()}
                 for name, cells in runs.items()}
@@ -147,9 +148,10 @@ def measure_throughput(args: argparse.Namespace, workdir: Path,
 
 def _median(values: list[float | None]) -> float | None:
     """Median of the runs; None if any run's value is missing."""
-    if not values or any(v is None for v in values):
+    present = [v for v in values if v is not None]
+    if not values or len(present) < len(values):
         return None
-    return statistics.median(values)
+    return statistics.median(present)
 
 
 def measure_memory(args: argparse.Namespace, workdir: Path,
@@ -163,17 +165,20 @@ def measure_memory(args: argparse.Namespace, workdir: Path,
             for server in servers:
                 log(f"memory: {args.idle} idle sessions on {name}")
                 try:
-                    results[name] = measure_idle_sessions(
+                    result = measure_idle_sessions(
                         server.port, args.idle, server.memory_pids, args.timeout)
                 except (OSError, TimeoutError, SMTPReplyError) as e:
+                    skipped[name] = f"memory: {e!r}"
                     log(f"memory: {name} failed: {e!r}")
-                    continue
-                log(f"memory: {name}: {results[name].rss_per_session:.1f} KiB/session")
+                else:
+                    results[name] = result
+                    log(f"memory: {name}: {result.rss_per_session:.1f} KiB/session")
     return results
 
 
 def main() -> None:
     args = parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     raise_file_limit(2 * args.idle + 1024)
     skipped: dict[str, str] = {}
@@ -207,4 +212,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted: servers stopped")

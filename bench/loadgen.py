@@ -9,7 +9,7 @@ Usage: loadgen.py [-s SESSIONS] [-m MESSAGES] [-l SIZE] [-f FROM] [-t TO]
                   HOST:PORT
 
 Prints ``start`` once ready to connect and, at the end, ``elapsed SECONDS``
-(from the first connection attempt to the last final-dot reply).
+(from the first connection attempt until every session has quit).
 """
 
 from __future__ import annotations

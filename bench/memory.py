@@ -55,10 +55,13 @@ def rss_kib(pids: list[int]) -> int:
 
 def pss_kib(pids: list[int]) -> int | None:
     """Summed proportional set size of ``pids``, or None without smaps_rollup."""
-    values = [_proc_field(Path(f"/proc/{pid}/smaps_rollup"), "Pss:") for pid in pids]
-    if any(v is None for v in values):
-        return None
-    return sum(values)
+    total = 0
+    for pid in pids:
+        pss = _proc_field(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+        if pss is None:
+            return None
+        total += pss
+    return total
 
 
 def parent_pid(pid: int) -> int | None:

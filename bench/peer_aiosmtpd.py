@@ -36,6 +36,7 @@ class MaildirHandler:
                           envelope: Envelope) -> str:
         loop = asyncio.get_running_loop()
         data = envelope.original_content
+        assert data is not None
         await asyncio.gather(*(
             loop.run_in_executor(None, deliver, maildir_for(self.base, rcpt), data)
             for rcpt in envelope.rcpt_tos))

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from twisted.internet import defer, endpoints, reactor
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.task import react
 from twisted.internet.threads import deferToThread
 from twisted.mail import smtp
 from zope.interface import implementer
@@ -86,12 +88,12 @@ class MaildirFactory(smtp.SMTPFactory):
         return p
 
 
-def main(port: int, base: Path) -> None:
+def main(reactor: IReactorTCP, port: str, base: str) -> defer.Deferred[object]:
     """Listen on 127.0.0.1:``port`` until killed."""
-    endpoint = endpoints.TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
-    endpoint.listen(MaildirFactory(MaildirDelivery(base)))
-    reactor.run()
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, int(port), interface="127.0.0.1")
+    listening = endpoint.listen(MaildirFactory(MaildirDelivery(Path(base))))
+    return listening.addCallback(lambda _: defer.Deferred())
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]))
+    react(main, sys.argv[1:3])

@@ -81,7 +81,7 @@ class PostfixInstance:
     """Create, start and stop a private Postfix under ``root``."""
 
     def __init__(self, root: Path, port: int, locals_: list[str],
-                 process_limit: int = 1100) -> None:
+                 process_limit: int) -> None:
         self.root = root
         self.port = port
         self.locals = locals_
@@ -124,8 +124,6 @@ class PostfixInstance:
             f"{local}@localhost localhost/{local}/\n" for local in self.locals))
         postfix = pwd.getpwnam("postfix")
         os.chown(self.root / "data", postfix.pw_uid, postfix.pw_gid)
-        self._postfix("check")
-        self._postfix("set-permissions")
 
     def start(self) -> None:
         """Configure and start the master; returns once it is running."""
@@ -155,9 +153,10 @@ class PostfixInstance:
         return pids
 
     def stop(self) -> None:
-        """Stop the master and kill any process it leaves behind."""
+        """Stop the master, then kill whatever is left of its process group."""
         try:
             master = self.master_pid()
+            group = os.getpgid(master)
         except (OSError, ValueError):
             return
         subprocess.run([POSTFIX, "-c", str(self.conf), "stop"],
@@ -165,8 +164,11 @@ class PostfixInstance:
         deadline = time.monotonic() + 10
         while _alive(master) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(master):
-            os.killpg(os.getpgid(master), signal.SIGKILL)
+        if group != os.getpgrp():
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of this instance's mail log, for error messages."""

@@ -37,9 +37,10 @@ def _number(value: float | None, digits: int = 0) -> str:
 
 
 def _ratio(value: float | None, reference: float | None) -> str:
-    if value is None or reference is None or value == 0:
+    if value is None or reference is None or value <= 0:
         return "-"
-    return f"{reference / value:.2f}"
+    ratio = reference / value
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.1g}"
 
 
 def _peers(names: list[str]) -> list[str]:
@@ -78,6 +79,7 @@ def memory_table(results: dict[str, MemoryResult]) -> str:
                _number(r.rss_after / 1024, 1), _number(r.rss_per_session, 1),
                _number(r.pss_per_session, 1)]
         if reference:
-            row.append(_ratio(r.rss_per_session, reference.rss_per_session))
+            row.append("-" if name == REFERENCE
+                       else _ratio(r.rss_per_session, reference.rss_per_session))
         rows.append(row)
     return table(headers, rows)

@@ -34,7 +34,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def accepts_connections(port: int) -> bool:
@@ -131,7 +132,7 @@ class SubprocessServer(Server):
 
 class JSMail(SubprocessServer):
     """jsmail run by twistd from the repository root, its connection limits
-    (total and per client address) raised to ``max_sessions``."""
+    (total and per client address) raised above ``max_sessions``."""
 
     name = "jsmail"
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import smtplib
 import socket
 import ssl
 
 import trustme
-from twisted.internet import defer, task
+from twisted.internet import defer, task, utils
 from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from jsmail.auth import setPassword
 from jsmail.config import Config
@@ -224,3 +225,34 @@ class ImplicitTLSTests(GatewayTestCase):
         yield deferToThread(handshake, otherCA)
         yield self.assertFailure(deferToThread(handshake, self.ca), ssl.SSLCertVerificationError)
         self.assertEqual((yield deferToThread(session.noop))[0], 250)
+
+
+class SwaksTests(GatewayTestCase):
+    """Interop with swaks, a real SMTP client (installed by .ci/run)."""
+
+    def setUp(self):  # type: ignore[no-untyped-def]
+        if shutil.which("swaks") is None:
+            raise SkipTest("swaks is not installed (apt-get install swaks)")
+        return super().setUp()
+
+    def swaks(self, *arguments: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
+        return utils.getProcessOutputAndValue(
+            shutil.which("swaks"), ["--timeout", "10", "--helo", "client.test", *arguments], env=os.environ
+        )
+
+    @defer.inlineCallbacks
+    def test_submission_with_tls_and_auth(self):  # type: ignore[no-untyped-def]
+        out, err, code = yield self.swaks("--server", f"127.0.0.1:{self.ports['submission']}", "--tls",
+                                          "--to", "someone@example.org", "--from", "u@localhost",
+                                          "--auth-user", "u", "--auth-password", "secret")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn(b"<~  235 2.7.0 Authentication successful", out)
+        self.assertRegex(out, rb"<~  250 2\.0\.0 Queued as [0-9A-F]{21}")
+
+    @defer.inlineCallbacks
+    def test_port_25_to_local_mailbox(self):  # type: ignore[no-untyped-def]
+        out, err, code = yield self.swaks("--server", f"127.0.0.1:{self.ports['smtp']}", "--tls",
+                                          "--to", "someone@localhost", "--from", "a@example.org")
+        self.assertEqual(code, 0, out + err)
+        [message] = yield self.delivered("localhost", "someone")
+        self.assertIn(b"with ESMTPS id", message)
