@@ -2,9 +2,10 @@
 
 Each local recipient ``local@domain`` owns the Maildir ``<root>/<domain>/<local>/``,
 made on first delivery.  A delivery follows the Maildir protocol
-(https://cr.yp.to/proto/maildir.html): write ``tmp/<unique>``, fsync, rename into
-``new/``, and fsync ``new/`` (grouped across deliveries) before saying "delivered", so
-the queue forgets a message only once its copy is safe.
+(https://cr.yp.to/proto/maildir.html): write ``tmp/<unique>``, rename it into ``new/``,
+and sync the file system (a group commit shared across deliveries and the queue, see
+:mod:`jsmail._disk`) before saying "delivered", so the queue forgets a message only
+once its copy is safe.
 
 The delivered file starts with ``Return-Path:`` and ``Delivered-To:`` (RFC 5321
 section 4.4; qmail-local's order) and has LF line ends, as Maildir readers (mutt,
@@ -22,7 +23,7 @@ from typing import BinaryIO, Sequence
 from twisted.internet import defer
 from zope.interface import implementer
 
-from jsmail._disk import DirectorySyncer, RunInThread
+from jsmail._disk import GroupSync, RunInThread
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, QueuedMessage
 
@@ -60,7 +61,8 @@ def copyAsLF(source: BinaryIO, target: BinaryIO) -> None:
 
 
 def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname: str) -> str:
-    """Deliver into ``maildir`` (made if missing); return the path in ``new/``.  Blocking."""
+    """Deliver into ``maildir`` (made if missing); return the path in ``new/``.  Blocking;
+    durable only after a sync."""
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
     name = _uniqueName(hostname)
@@ -69,8 +71,6 @@ def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname
         try:
             f.write(headers)
             copyAsLF(source, f)
-            f.flush()
-            os.fsync(f.fileno())
         except BaseException:
             os.unlink(tmpPath)
             raise
@@ -83,10 +83,11 @@ def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname
 class MaildirDelivery:
     """Delivers local recipients to ``<root>/<domain>/<local-part>/`` Maildirs."""
 
-    def __init__(self, root: str, runInThread: RunInThread, hostname: str | None = None) -> None:
+    def __init__(self, root: str, runInThread: RunInThread, hostname: str | None = None,
+                 syncer: GroupSync | None = None) -> None:
         self.root = root
         self.runInThread = runInThread
-        self.syncer = DirectorySyncer(runInThread)
+        self.syncer = syncer if syncer is not None else GroupSync(runInThread)
         self.hostname = hostname or socket.gethostname()
 
     def maildirFor(self, recipient: str) -> str:

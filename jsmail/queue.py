@@ -1,31 +1,34 @@
 """The durable message store (qmail-queue and qmail-clean's job).
 
 A message is acknowledged (250) only after :meth:`IIncomingMessage.commit` fires, and
-that happens only once its file is fsync'd, renamed into ``active/`` and ``active/``
-itself is fsync'd.  The on-disk layout (documented for operators in ``docs/queue.rst``)::
+that happens only once its file is renamed into ``active/`` and a sync of the file
+system that started after the rename has finished (a group commit, see
+:mod:`jsmail._disk`), so the file's bytes and its name in ``active/`` are both on disk.  The on-disk layout (documented for operators in ``docs/queue.rst``)::
 
-    queue/tmp/ID         being received, or an envelope update being written
+    queue/tmp/NAME       a spare file made ahead of time, a message being received, or
+                         an envelope update being written
     queue/active/ID      a queued message: one line of JSON envelope, LF, then the
                          message exactly as received (CR LF line ends, dot-unstuffed)
     queue/active/ID.env  the current envelope once delivery has changed it (per-recipient
                          state, attempts, next attempt); overrides the first line of ID
     queue/corrupt/       entries recovery could not read, set aside for a person
 
-States and transitions (each arrow is one fsync'd write or one atomic rename/unlink):
+States and transitions (each one an atomic rename or unlink, made durable by a sync):
 
 =====================  =========================  ====================================
 state                  on disk                    recovery at start
 =====================  =========================  ====================================
-receiving              tmp/ID                     deleted: never acknowledged
+receiving              tmp/NAME                   deleted: never acknowledged
 queued                 active/ID                  delivered from its first line
 in delivery            active/ID + active/ID.env  delivered from ID.env
 done                   (nothing)                  --
 half-removed           active/ID.env only         ID.env deleted
 =====================  =========================  ====================================
 
-receiving -> queued: fsync tmp/ID, rename to active/ID, fsync active/ (then 250).
-queued -> in delivery: write tmp/ID.env, fsync, rename to active/ID.env, fsync active/.
--> done: unlink active/ID, then active/ID.env, fsync active/.
+receiving -> queued: close tmp/NAME, rename it to active/ID, sync (then 250).
+queued -> in delivery: write tmp/ID.env, rename it to active/ID.env, sync.
+-> done: unlink active/ID, then active/ID.env (not synced: a crash that undoes a
+removal only delivers the message again).
 
 Delivery is at-least-once: a crash between a delivery and the envelope update that
 records it delivers that recipient again.
@@ -43,7 +46,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jsmail._disk import DirectorySyncer, RunInThread, writeDurably
+from jsmail._disk import GroupSync, RunInThread, writeAndRename
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import IIncomingMessage, IQueue
 
@@ -65,8 +68,7 @@ class _IncomingFile:
         self._queue = queue
         self.queueId = queueId
         self.size = 0
-        self._tmpPath = os.path.join(queue.tmpDir, queueId)
-        self._file: BinaryIO | None = open(self._tmpPath, "xb", buffering=65536)
+        self._tmpPath, self._file = queue.spares.take()
         self._file.write(envelope.toBytes() + b"\n")
 
     def write(self, data: bytes) -> None:
@@ -74,34 +76,72 @@ class _IncomingFile:
         self.size += len(data)
         self._file.write(data)
 
+    _file: BinaryIO | None
+
     def commit(self) -> defer.Deferred[str]:
         f, self._file = self._file, None
         assert f is not None, "commit after commit or abort"
         queue = self._queue
         finalPath = os.path.join(queue.activeDir, self.queueId)
-
-        def makeDurable() -> None:
-            try:
-                f.flush()
-                os.fsync(f.fileno())
-            finally:
-                f.close()
+        try:
+            f.close()  # writes what is still buffered: page cache, not disk
             os.rename(self._tmpPath, finalPath)
+        except OSError:
+            _unlinkQuietly(self._tmpPath)
+            return defer.fail()
 
         def failed(failure: object) -> object:
-            _unlinkQuietly(self._tmpPath)
+            _unlinkQuietly(finalPath)  # not known to be durable: the client will retry
             return failure
 
-        d = queue.runInThread(makeDurable)
-        d.addCallback(lambda _: queue.syncer.sync(queue.activeDir))
-        d.addCallbacks(lambda _: self.queueId, failed)
-        return d
+        return queue.syncer.sync(queue.activeDir).addCallbacks(lambda _: self.queueId, failed)
 
     def abort(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
             _unlinkQuietly(self._tmpPath)
+
+
+class _SpareFiles:
+    """Empty files made in ``tmp/`` ahead of need, by a thread.
+
+    Creating a file can block for a while when the file system is busy syncing (a
+    journal commit holds the directory); taking a ready file keeps that off the reactor
+    thread.  When none is ready (a burst), one is made on the spot.
+    """
+
+    def __init__(self, directory: str, runInThread: RunInThread, target: int = 32) -> None:
+        self.directory = directory
+        self.runInThread = runInThread
+        self.target = target
+        self._ready: list[tuple[str, BinaryIO]] = []
+        self._making = False
+
+    def take(self) -> tuple[str, BinaryIO]:
+        spare = self._ready.pop() if self._ready else self._make()
+        if len(self._ready) < self.target // 2 and not self._making:
+            self._making = True
+            self.runInThread(self._makeMany, self.target - len(self._ready)).addCallbacks(
+                self._made, lambda f: _log.failure("Cannot make spare queue files", f))
+        return spare
+
+    def _make(self) -> tuple[str, BinaryIO]:
+        path = os.path.join(self.directory, f"spare.{newQueueId()}")
+        return path, open(path, "xb", buffering=65536)
+
+    def _makeMany(self, count: int) -> list[tuple[str, BinaryIO]]:
+        return [self._make() for _ in range(count)]
+
+    def _made(self, spares: list[tuple[str, BinaryIO]]) -> None:
+        self._making = False
+        self._ready.extend(spares)
+
+    def close(self) -> None:
+        for path, f in self._ready:
+            f.close()
+            _unlinkQuietly(path)
+        self._ready.clear()
 
 
 def _unlinkQuietly(path: str) -> None:
@@ -121,9 +161,11 @@ class MaildirQueue:
         self.activeDir = os.path.join(directory, "active")
         self.corruptDir = os.path.join(directory, "corrupt")
         self.runInThread = runInThread
-        self.syncer = DirectorySyncer(runInThread)
+        self.syncer = GroupSync(runInThread)
         for d in (self.tmpDir, self.activeDir, self.corruptDir):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        self._sweepTmp()
+        self.spares = _SpareFiles(self.tmpDir, runInThread)
 
     def newMessage(self, envelope: Envelope) -> IIncomingMessage:
         return _IncomingFile(self, newQueueId(), envelope)
@@ -131,10 +173,15 @@ class MaildirQueue:
     def recover(self) -> defer.Deferred[list[tuple[str, Envelope]]]:
         return self.runInThread(self._recover)
 
-    def _recover(self) -> list[tuple[str, Envelope]]:
+    def _sweepTmp(self) -> None:
+        """Nothing in tmp/ was ever acknowledged: a crash left it; remove it.  Done when
+        the queue is made, before any listener can start a new message there."""
         for name in os.listdir(self.tmpDir):
-            _log.info("queue recovery: removing unfinished {name}", name=name)
+            if not name.startswith("spare."):
+                _log.info("queue recovery: removing unfinished {name}", name=name)
             _unlinkQuietly(os.path.join(self.tmpDir, name))
+
+    def _recover(self) -> list[tuple[str, Envelope]]:
         names = set(os.listdir(self.activeDir))
         found = []
         for name in sorted(names):
@@ -169,7 +216,7 @@ class MaildirQueue:
     def update(self, queueId: str, envelope: Envelope) -> defer.Deferred[None]:
         data = envelope.toBytes()
         d = self.runInThread(
-            writeDurably,
+            writeAndRename,
             os.path.join(self.tmpDir, queueId + ".env"),
             os.path.join(self.activeDir, queueId + ".env"),
             data,
@@ -182,7 +229,7 @@ class MaildirQueue:
             os.unlink(base)
             _unlinkQuietly(base + ".env")
 
-        return self.runInThread(unlink).addCallback(lambda _: self.syncer.sync(self.activeDir))
+        return self.runInThread(unlink)
 
 
 @implementer(IIncomingMessage)

@@ -160,7 +160,7 @@ class MailGateway(MultiService):
         self.diskThreads = ThreadPool(minthreads=0, maxthreads=config.diskThreads, name="jsmail-disk")
         self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), self.runInThread)
         self.mailRoot = os.path.join(self.dataDir, "mail")
-        self.local = MaildirDelivery(self.mailRoot, self.runInThread, config.hostname)
+        self.local = MaildirDelivery(self.mailRoot, self.runInThread, config.hostname, self.queue.syncer)
         self.router = Router(config.domains, self.local)
         retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
         self.scheduler = Scheduler(self.queue, self.router, reactor, self.runInThread, config.hostname,
