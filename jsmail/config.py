@@ -9,6 +9,7 @@ the value came from, the key and what is wrong with it.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import tomllib
@@ -197,6 +198,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("giveUp", "queue", "give_up", _seconds),
     Option("deliveryConcurrency", "queue", "concurrency", _integer(1)),
     Option("diskThreads", "queue", "disk_threads", _integer(1)),
+    Option("deliveryProcess", "queue", "delivery_process", _boolean),
 )
 
 
@@ -237,7 +239,8 @@ class Config:
     retryMaximum: float = 4 * 3600.0
     giveUp: float = 5 * 86400.0
     deliveryConcurrency: int = 20
-    diskThreads: int = 32
+    diskThreads: int = 8
+    deliveryProcess: bool = True
 
     @property
     def queueDir(self) -> str:
@@ -250,6 +253,18 @@ class Config:
     @property
     def passwordPath(self) -> str:
         return self.passwordFile or os.path.join(self.dataDir, "passwd")
+
+
+def toJSON(config: Config) -> str:
+    """The configuration as JSON that :func:`fromJSON` reads back (for a child process)."""
+    values = {f.name: getattr(config, f.name) for f in fields(Config)}
+    values["dataDir"] = os.path.abspath(config.dataDir)
+    values["trustedNetworks"] = [str(n) for n in config.trustedNetworks]
+    return json.dumps(values)
+
+
+def fromJSON(text: str) -> Config:
+    return loadConfig(None, json.loads(text))
 
 
 def defaultHostname() -> str:

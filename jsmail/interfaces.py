@@ -49,6 +49,9 @@ class IQueue(IMessageSink):
     def recover() -> Deferred[list[tuple[str, Envelope]]]:
         """Sweep half-written entries; fire with every queued message and its envelope."""
 
+    def loadEnvelope(queueId: str) -> Deferred[Envelope]:
+        """The current envelope of a queued message."""
+
     def openMessage(queueId: str) -> BinaryIO:
         """Open the message bytes for reading (blocking I/O: call from a thread)."""
 

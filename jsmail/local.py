@@ -60,11 +60,14 @@ def copyAsLF(source: BinaryIO, target: BinaryIO) -> None:
     target.write(held)
 
 
-def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname: str) -> str:
-    """Deliver into ``maildir`` (made if missing); return the path in ``new/``.  Blocking;
-    durable only after a sync."""
+def makeMaildir(maildir: str) -> None:
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
+
+
+def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname: str) -> str:
+    """Deliver into an existing ``maildir``; return the path in ``new/``.  Blocking;
+    durable only after a sync."""
     name = _uniqueName(hostname)
     tmpPath = os.path.join(maildir, "tmp", name)
     with open(tmpPath, "xb") as f:
@@ -88,6 +91,7 @@ class MaildirDelivery:
         self.root = root
         self.runInThread = runInThread
         self.syncer = syncer if syncer is not None else GroupSync(runInThread)
+        self._made: set[str] = set()  # Maildirs known to exist (one that is removed is made again on failure)
         self.hostname = hostname or socket.gethostname()
 
     def maildirFor(self, recipient: str) -> str:
@@ -107,6 +111,9 @@ class MaildirDelivery:
         )
 
         def write() -> str:
+            if maildir not in self._made:
+                makeMaildir(maildir)
+                self._made.add(maildir)
             with message.open() as source:
                 return writeMaildirMessage(maildir, headers, source, self.hostname)
 
@@ -117,6 +124,7 @@ class MaildirDelivery:
             )
 
         def failed(failure: object) -> DeliveryResult:
+            self._made.discard(maildir)
             error = getattr(failure, "value", failure)
             return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, f"451 4.3.0 maildir delivery failed: {error}")
 

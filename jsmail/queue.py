@@ -117,6 +117,7 @@ class _SpareFiles:
         self.target = target
         self._ready: list[tuple[str, BinaryIO]] = []
         self._making = False
+        self._closed = False
 
     def take(self) -> tuple[str, BinaryIO]:
         spare = self._ready.pop() if self._ready else self._make()
@@ -136,8 +137,12 @@ class _SpareFiles:
     def _made(self, spares: list[tuple[str, BinaryIO]]) -> None:
         self._making = False
         self._ready.extend(spares)
+        if self._closed:
+            self.close()
 
     def close(self) -> None:
+        """Remove the spare files (and any still being made, once they arrive)."""
+        self._closed = True
         for path, f in self._ready:
             f.close()
             _unlinkQuietly(path)
@@ -155,7 +160,9 @@ def _unlinkQuietly(path: str) -> None:
 class MaildirQueue:
     """The queue on disk under ``directory`` (see the module docstring)."""
 
-    def __init__(self, directory: str, runInThread: RunInThread) -> None:
+    def __init__(self, directory: str, runInThread: RunInThread, sweep: bool = True) -> None:
+        """``sweep``: clear ``tmp/`` of what a crash left.  Only the process that
+        receives mail sweeps; a delivery process beside it must not."""
         self.directory = directory
         self.tmpDir = os.path.join(directory, "tmp")
         self.activeDir = os.path.join(directory, "active")
@@ -164,11 +171,16 @@ class MaildirQueue:
         self.syncer = GroupSync(runInThread)
         for d in (self.tmpDir, self.activeDir, self.corruptDir):
             os.makedirs(d, mode=0o700, exist_ok=True)
-        self._sweepTmp()
+        if sweep:
+            self._sweepTmp()
         self.spares = _SpareFiles(self.tmpDir, runInThread)
 
     def newMessage(self, envelope: Envelope) -> IIncomingMessage:
         return _IncomingFile(self, newQueueId(), envelope)
+
+    def close(self) -> None:
+        """Let go of the files kept ready for new messages."""
+        self.spares.close()
 
     def recover(self) -> defer.Deferred[list[tuple[str, Envelope]]]:
         return self.runInThread(self._recover)
@@ -207,6 +219,9 @@ class MaildirQueue:
         except FileNotFoundError:
             with open(path, "rb") as f:
                 return Envelope.fromBytes(f.readline())
+
+    def loadEnvelope(self, queueId: str) -> defer.Deferred[Envelope]:
+        return self.runInThread(self._readEnvelope, queueId)
 
     def openMessage(self, queueId: str) -> BinaryIO:
         f = open(os.path.join(self.activeDir, queueId), "rb")
@@ -274,6 +289,9 @@ class MemoryQueue:
 
     def recover(self) -> defer.Deferred[list[tuple[str, Envelope]]]:
         return defer.succeed([(k, env) for k, (env, _) in sorted(self.messages.items())])
+
+    def loadEnvelope(self, queueId: str) -> defer.Deferred[Envelope]:
+        return defer.succeed(self.messages[queueId][0])
 
     def openMessage(self, queueId: str) -> BinaryIO:
         return io.BytesIO(self.messages[queueId][1])

@@ -29,6 +29,8 @@ from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, Q
 
 _log = Logger()
 
+FINISHED_MEMORY = 100_000  # ids of removed messages kept, to ignore stale mentions
+
 
 @dataclass(frozen=True)
 class RetrySchedule:
@@ -71,7 +73,10 @@ class Scheduler(Service):
         self._semaphore = defer.DeferredSemaphore(concurrency)
         self._envelopes: dict[str, Envelope] = {}
         self._timers: dict[str, IDelayedCall] = {}
+        self._attempting: set[str] = set()
         self._inFlight: set[defer.Deferred[None]] = set()
+        # Ids removed lately: recovery (or a late notice) may still name them.
+        self._finished: dict[str, None] = {}
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         super().startService()
@@ -79,8 +84,14 @@ class Scheduler(Service):
         def scheduleAll(found: list[tuple[str, Envelope]]) -> None:
             if found:
                 _log.info("Found {count} message(s) in the queue", count=len(found))
+            # Mail may have been queued, and even delivered, while the queue was being
+            # listed: what the scheduler already knows of wins over the listing.
             for queueId, envelope in found:
-                self.schedule(queueId, envelope)
+                if queueId not in self._finished:
+                    self._envelopes.setdefault(queueId, envelope)
+            for queueId, envelope in list(self._envelopes.items()):
+                if queueId not in self._timers and queueId not in self._attempting:
+                    self._plan(queueId, envelope)
 
         return self.queue.recover().addCallback(scheduleAll)
 
@@ -97,19 +108,39 @@ class Scheduler(Service):
         return len(self._envelopes)
 
     def schedule(self, queueId: str, envelope: Envelope) -> None:
-        """Plan the next attempt for a message: now, or at its ``nextAttempt``."""
-        self._envelopes[queueId] = envelope
-        if not self.running:
+        """A message is in the queue: plan its first attempt (now, or at its
+        ``nextAttempt``).  A message already planned is left as it is, so hearing of
+        one twice (from recovery and from a notice) delivers it once."""
+        if queueId in self._envelopes or queueId in self._finished:
             return
+        self._envelopes[queueId] = envelope
+        if self.running:
+            self._plan(queueId, envelope)
+
+    def scheduleFromQueue(self, queueId: str) -> defer.Deferred[None]:
+        """Like :meth:`schedule`, reading the envelope from the queue (a notice from
+        another process names only the id)."""
+        if queueId in self._envelopes or queueId in self._finished:
+            return defer.succeed(None)
+        return self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope))
+
+    def _plan(self, queueId: str, envelope: Envelope) -> None:
+        self._envelopes[queueId] = envelope
         delay = max(0.0, envelope.nextAttempt - self.clock.seconds())
         self._timers[queueId] = self.clock.callLater(delay, self._due, queueId)
 
     def _due(self, queueId: str) -> None:
         del self._timers[queueId]
+        self._attempting.add(queueId)
         d = self._semaphore.run(self._attempt, queueId)
         d.addErrback(lambda f: _log.failure("Delivery attempt for {queueId} failed", f, queueId=queueId))
         self._inFlight.add(d)
-        d.addBoth(lambda _: self._inFlight.discard(d))
+
+        def ended(_: object) -> None:
+            self._inFlight.discard(d)
+            self._attempting.discard(queueId)
+
+        d.addBoth(ended)
 
     @defer.inlineCallbacks
     def _attempt(self, queueId: str) -> Any:
@@ -159,13 +190,19 @@ class Scheduler(Service):
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
         if envelope.pending:
             yield self.queue.update(queueId, envelope)
-            self.schedule(queueId, envelope)
+            if self.running:
+                self._plan(queueId, envelope)
+            else:
+                self._envelopes[queueId] = envelope
             return
         failed = [r for r in envelope.recipients if r.state is RecipientState.FAILED]
         if failed and not envelope.isBounce:
             yield self._bounce(queueId, envelope, failed)
         yield self.queue.remove(queueId)
         del self._envelopes[queueId]
+        self._finished[queueId] = None
+        if len(self._finished) > FINISHED_MEMORY:
+            del self._finished[next(iter(self._finished))]
         maillog.removed(queueId)
 
     @defer.inlineCallbacks

@@ -1,14 +1,16 @@
 """The whole gateway as one :class:`MultiService`: what twistd and embedders start.
 
-A thread pool for blocking disk work starts first and stops last, once every child has
-finished (the scheduler waits for deliveries in progress, and those need the pool).
-Children start in order: the scheduler (which rebuilds its plan from the queue), then
-one listener per SMTP endpoint.  Listeners bind in
+:class:`MailGateway` receives: the SMTP listeners and the queue's incoming side.
+:class:`DeliveryService` delivers: the scheduler and its agents (qmail-send and
+qmail-local).  By default the delivery side runs in a child process of its own
+(:mod:`jsmail.sendprocess`), as qmail runs qmail-send beside qmail-smtpd: each gets a
+core and a GIL, and the queue on disk is all they share.  Listeners bind in
 ``privilegedStartService``, so ``twistd --uid`` can drop root right after binding port 25.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 from typing import Any, Sequence
@@ -16,7 +18,7 @@ from typing import Any, Sequence
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
@@ -24,24 +26,36 @@ from twisted.cred.portal import Portal
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from jsmail import __version__
 from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm
 from jsmail.config import Config
+from jsmail.inject import Funnel
 from jsmail.local import MaildirDelivery
 from jsmail.policy import RelayControl
 from jsmail.queue import MaildirQueue
 from jsmail.route import Router
 from jsmail.send import RetrySchedule, Scheduler
+from jsmail.sendprocess import SendProcess
 from jsmail.smtpd import ESMTPServerFactory, ServerSettings
 from jsmail.tls import ServerTLS, ensureSelfSigned
 
 _log = Logger()
 
 
+class ListeningError(Exception):
+    """A listener could not listen: the message names the endpoint and the reason."""
+
+
 class ListenerService(Service):
-    """Listens on one endpoint; :meth:`whenListening` gives the bound port."""
+    """Listens on one endpoint; :meth:`whenListening` gives the bound port.
+
+    TCP and UNIX endpoints listen at once: if the port is taken, starting raises
+    :class:`ListeningError` (so twistd stops with the reason rather than run deaf).
+    An endpoint that fails later reports to :meth:`whenListening` and to the log.
+    """
 
     def __init__(self, reactor: Any, description: str, factory: Factory, kind: str = "smtp") -> None:
         self.kind = kind
@@ -49,38 +63,46 @@ class ListenerService(Service):
         self.endpoint = serverFromString(reactor, description)
         self.factory = factory
         self.port: IListeningPort | None = None
-        self._listening: defer.Deferred[IListeningPort] | None = None
+        self._result: IListeningPort | Failure | None = None
+        self._waiting: list[defer.Deferred[IListeningPort]] = []
+        self._asked = False
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._listening = self.endpoint.listen(self.factory)
+        self._asked = True
+        self.endpoint.listen(self.factory).addBoth(self._listened)
+        if isinstance(self._result, Failure):
+            raise ListeningError(f"cannot listen for {self.kind} on {self.description}: "
+                                 f"{self._result.getErrorMessage()}")
 
-        def listening(port: IListeningPort) -> IListeningPort:
-            self.port = port
-            host = port.getHost()
+    def _listened(self, result: IListeningPort | Failure) -> None:
+        self._result = result
+        if isinstance(result, Failure):
+            if self._waiting or self.running:
+                _log.failure("Cannot listen on {description}", result, description=self.description)
+        else:
+            self.port = result
+            host = result.getHost()
             where = f"{host.host}:{host.port}" if hasattr(host, "port") else getattr(host, "name", host)
             _log.info("Listening for {kind} on {where} ({description})", kind=self.kind, where=where,
                       description=self.description)
-            return port
-
-        self._listening.addCallback(listening)
-        self._listening.addErrback(self._failed)
-
-    def _failed(self, failure: Any) -> None:
-        _log.failure("Cannot listen on {description}", failure, description=self.description)
-        from twisted.internet import reactor
-
-        reactor.stop()  # type: ignore[attr-defined]
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(result) if isinstance(result, Failure) else d.callback(result)
 
     def startService(self) -> None:
-        if self._listening is None:
+        if not self._asked:
             self.privilegedStartService()
         super().startService()
 
     def whenListening(self) -> defer.Deferred[IListeningPort]:
-        assert self._listening is not None, "not started"
+        """Fires with the port once listening, or fails if listening failed."""
+        if isinstance(self._result, Failure):
+            return defer.fail(self._result)
+        if self._result is not None:
+            return defer.succeed(self._result)
         d: defer.Deferred[IListeningPort] = defer.Deferred()
-        self._listening.addCallback(lambda port: (d.callback(port), port)[1])
+        self._waiting.append(d)
         return d
 
     def stopService(self) -> defer.Deferred[None] | None:
@@ -130,14 +152,130 @@ def makeTLS(config: Config, dataDir: str) -> ServerTLS:
     return ServerTLS(*ensureSelfSigned(os.path.join(dataDir, "tls"), config.hostname))
 
 
-class MailGateway(MultiService):
-    """smtpd, queue, scheduler and local delivery, wired from one :class:`Config`.
+class _DiskWork(MultiService):
+    """A MultiService with a queue and a thread pool for blocking disk work; the pool
+    starts before the children and stops after them (deliveries in progress need it),
+    and the queue is closed then."""
+
+    def __init__(self, reactor: Any, threads: int) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.diskThreads = ThreadPool(minthreads=0, maxthreads=threads, name="jsmail-disk")
+
+    queue: MaildirQueue
+
+    def runInThread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        """Run blocking disk work in the thread pool."""
+        return deferToThreadPool(self.reactor, self.diskThreads, f, *args, **kwargs)
+
+    def startService(self) -> None:
+        self.diskThreads.start()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        if not self.running:
+            return defer.succeed(None)
+        d = defer.maybeDeferred(super().stopService)
+
+        def stopped(result: object) -> object:
+            self.queue.close()
+            self.diskThreads.stop()
+            return result
+
+        return d.addBoth(stopped)
+
+
+def _globalReactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class DeliveryService(_DiskWork):
+    """The scheduler and local delivery over the queue on disk.
+
+    Only one may run per queue: it takes ``queue/send.lock`` before starting (a new
+    delivery process waits for an old one to finish its deliveries in progress).
+    """
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        super().__init__(reactor or _globalReactor(), config.diskThreads)
+        dataDir = os.path.abspath(config.dataDir)
+        self.queue = MaildirQueue(os.path.join(dataDir, "queue"), self.runInThread, sweep=False)
+        self.local = MaildirDelivery(os.path.join(dataDir, "mail"), self.runInThread, config.hostname,
+                                     self.queue.syncer)
+        retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
+        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local), self.reactor, self.runInThread,
+                                   config.hostname, retry, config.deliveryConcurrency)
+        self.scheduler.setServiceParent(self)
+        self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
+
+    def startService(self) -> None:
+        self.diskThreads.start()
+        Service.startService(self)
+        self._lock.acquire().addCallback(self._locked)
+
+    def _locked(self, _: object) -> None:
+        if self.running:
+            for service in self:
+                service.startService()
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        self._lock.cancel()
+        return super().stopService().addBoth(lambda result: (self._lock.release(), result)[1])
+
+
+class SendLock:
+    """An exclusive ``flock`` on a file, tried without blocking every 0.2 s, so that
+    waiting for it never ties up a thread and can be called off."""
+
+    def __init__(self, path: str, clock: Any) -> None:
+        self.path = path
+        self.clock = clock
+        self.held = False
+        self._fd: int | None = None
+        self._retry: Any = None
+        self._waited = False
+
+    def acquire(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self._try(d)
+        return d
+
+    def _try(self, d: defer.Deferred[None]) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not self._waited:
+                _log.info("Waiting for the delivery process before to finish ({path} is locked)", path=self.path)
+                self._waited = True
+            self._retry = self.clock.callLater(0.2, self._try, d)
+            return
+        self.held = True
+        d.callback(None)
+
+    def cancel(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd, self.held = None, False
+
+
+class MailGateway(_DiskWork):
+    """The gateway, wired from one :class:`Config`.
 
     Listeners: ``smtp`` (port 25 style: STARTTLS offered, AUTH after it), ``submission``
     (RFC 6409: STARTTLS, then AUTH, before MAIL) and ``smtps`` (RFC 8314: implicit TLS,
-    AUTH before MAIL).  ``reactor`` defaults to the global one.  ``extraCheckers`` adds
-    twisted.cred checkers for AUTH.  With ``handleSignals``, SIGHUP reloads the TLS
-    certificate (twistd sets this; an embedding application may call :meth:`reload`).
+    AUTH before MAIL).  Delivery runs in a child process when ``config.deliveryProcess``
+    (the default), else in this process as :attr:`delivery`.  ``reactor`` defaults to
+    the global one.  ``extraCheckers`` adds twisted.cred checkers for AUTH.  With
+    ``handleSignals``, SIGHUP reloads the TLS certificate (twistd sets this; an
+    embedding application may call :meth:`reload`).
 
     Raises :class:`jsmail.tls.TLSError` when the certificate cannot be used.
     """
@@ -145,32 +283,28 @@ class MailGateway(MultiService):
     def __init__(
         self,
         config: Config,
-        reactor: IReactorTime | None = None,
+        reactor: Any = None,
         extraCheckers: Sequence[ICredentialsChecker] = (),
         handleSignals: bool = False,
     ) -> None:
-        super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor  # type: ignore[assignment]
+        super().__init__(reactor or _globalReactor(), config.diskThreads)
         self.config = config
         self.dataDir = os.path.abspath(config.dataDir)
-        self.reactor = reactor
-        self.diskThreads = ThreadPool(minthreads=0, maxthreads=config.diskThreads, name="jsmail-disk")
-        self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), self.runInThread)
         self.mailRoot = os.path.join(self.dataDir, "mail")
-        self.local = MaildirDelivery(self.mailRoot, self.runInThread, config.hostname, self.queue.syncer)
-        self.router = Router(config.domains, self.local)
-        retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
-        self.scheduler = Scheduler(self.queue, self.router, reactor, self.runInThread, config.hostname,
-                                   retry, config.deliveryConcurrency)
-        self.scheduler.setServiceParent(self)
+        self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), self.runInThread)
+        self.delivery: DeliveryService | SendProcess
+        if config.deliveryProcess:
+            self.delivery = SendProcess(config, self.reactor)
+            funnel = Funnel(self.queue, lambda queueId, envelope: self.delivery.notify(queueId))
+        else:
+            self.delivery = DeliveryService(config, self.reactor)
+            funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
+        self.delivery.setServiceParent(self)
         self.handleSignals = handleSignals
         self.tls = makeTLS(config, self.dataDir)
         portal = makePortal(config, extraCheckers)
-        policies = [RelayControl(self.router.isLocal, config.trustedNetworks)]
-        funnel = self.scheduler.funnel
+        localDomains = frozenset(config.domains)
+        policies = [RelayControl(localDomains.__contains__, config.trustedNetworks)]
         self.listeners: list[ListenerService] = []
         kinds = (
             ("smtp", config.smtpListeners, serverSettings(config), False),
@@ -178,11 +312,12 @@ class MailGateway(MultiService):
             ("smtps", config.smtpsListeners, serverSettings(config, requireAuth=True), True),
         )
         for kind, descriptions, settings, implicitTLS in kinds:
-            factory: Factory = ESMTPServerFactory(settings, funnel, reactor, policies, kind, self.tls, portal, implicitTLS)
+            factory: Factory = ESMTPServerFactory(settings, funnel, self.reactor, policies, kind, self.tls, portal,
+                                                  implicitTLS)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)
             for description in descriptions:
-                listener = ListenerService(reactor, description, factory, kind)
+                listener = ListenerService(self.reactor, description, factory, kind)
                 listener.setServiceParent(self)
                 self.listeners.append(listener)
 
@@ -194,17 +329,10 @@ class MailGateway(MultiService):
         """Read the TLS certificate again; sessions in progress keep theirs."""
         self.tls.reload()
 
-    def runInThread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
-        """Run blocking disk work in the gateway's thread pool."""
-        return deferToThreadPool(self.reactor, self.diskThreads, f, *args, **kwargs)
-
     def startService(self) -> None:
-        self.diskThreads.start()
         super().startService()
         if self.handleSignals:
-            from twisted.internet import reactor
-
-            signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(self.reload))  # type: ignore[attr-defined]
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     def privilegedStartService(self) -> None:
         _log.info(
@@ -216,8 +344,3 @@ class MailGateway(MultiService):
             passwd=os.path.abspath(self.config.passwordPath),
         )
         super().privilegedStartService()
-
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
-        d = defer.maybeDeferred(super().stopService)
-        d.addBoth(lambda result: (self.diskThreads.stop(), result)[1])
-        return d

@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+from zope.interface import implementer
 
 _log = Logger()
 
@@ -109,9 +111,12 @@ def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
     return certificatePath, keyPath
 
 
+@implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """The current server context for one certificate/key pair; :meth:`reload` reads
-    the files again (on SIGHUP) and keeps the old context if the new files are bad."""
+    the files again (on SIGHUP) and keeps the old context if the new files are bad.
+
+    It is what listeners and STARTTLS are given, so a reload reaches new handshakes."""
 
     def __init__(self, certificatePath: str, keyPath: str) -> None:
         self.certificatePath = certificatePath
@@ -119,9 +124,12 @@ class ServerTLS:
         self.options = loadServerContext(certificatePath, keyPath)
 
     def getContext(self) -> SSL.Context:
-        """The current context: ServerTLS stands in for a context factory, so listeners
-        and STARTTLS pick up a reload."""
+        """The current context (for ``ITLSTransport.startTLS``)."""
         return self.options.getContext()
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        """A connection on the current context (for ``TLSMemoryBIOFactory``)."""
+        return SSL.Connection(self.options.getContext(), None)
 
     def reload(self) -> bool:
         try:

@@ -109,13 +109,15 @@ class GatewayTestCase(unittest.TestCase):
     @defer.inlineCallbacks
     def startGateway(self, **settings: Any) -> Any:
         config = Config(dataDir=self.dataDir, smtpListeners=("tcp:0:interface=127.0.0.1",),
-                        hostname="mx.test", domains=("localhost",), **settings)
+                        submissionListeners=(), smtpsListeners=(), hostname="mx.test",
+                        domains=("localhost",), **settings)
         gateway = MailGateway(config)
         gateway.privilegedStartService()
         gateway.startService()
-        self.addCleanup(gateway.stopService)
+        self.addCleanup(lambda: gateway.stopService() if gateway.running else None)
         port = yield gateway.listeners[0].whenListening()
         self.port = port.getHost().port
+        return gateway
 
     def send(self, *transactions: Transaction) -> defer.Deferred[list[list[Reply]]]:
         return deferToThread(smtpSession, self.port, transactions)
@@ -268,7 +270,7 @@ class RecoveryTests(GatewayTestCase):
     def test_queuedBeforeStart(self) -> Any:
         """A message left in the queue by an earlier run is delivered once the gateway
         starts; one left half-received (never acknowledged) is discarded."""
-        queue = MaildirQueue(os.path.join(self.dataDir, "queue"), deferToThread)
+        queue = MaildirQueue(os.path.join(self.dataDir, "queue"), defer.maybeDeferred)
         envelope = Envelope(sender="a@example.org", recipients=(Recipient("later@localhost"),), arrival=time.time())
         message = queue.newMessage(envelope)
         content = b"Subject: waiting\r\n\r\nStill here.\r\n"
@@ -282,4 +284,30 @@ class RecoveryTests(GatewayTestCase):
         yield self.queueDrained()
         self.assertEqual(self.mailbox("later@localhost"),
                          [b"Return-Path: <a@example.org>\nDelivered-To: later@localhost\n" + content.replace(b"\r\n", b"\n")])
-        self.assertEqual((self.mailbox("lost@localhost"), os.listdir(queue.tmpDir)), ([], []))
+        self.assertEqual(self.mailbox("lost@localhost"), [])
+        self.assertNotIn("unfinished", os.listdir(queue.tmpDir))
+
+
+def openFilesUnder(directory: str) -> list[str]:
+    """The files under ``directory`` this process has open (Linux: from /proc)."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return sorted(p for p in paths if p.startswith(directory + os.sep))
+
+
+class ShutdownTests(GatewayTestCase):
+    @defer.inlineCallbacks
+    def test_stopReleasesFiles(self) -> Any:
+        """Once stopped, the gateway holds no file open under its data directory."""
+        if not os.path.isdir("/proc/self/fd"):
+            raise unittest.SkipTest("needs /proc/self/fd")
+        gateway = yield self.startGateway()
+        [replies] = yield self.send(("a@example.org", ["u@localhost"], b"Subject: x\r\n\r\nx\r\n", []))
+        self.assertEqual(replies[-1][0], 250)
+        yield self.queueDrained()
+        yield gateway.stopService()
+        self.assertEqual(openFilesUnder(self.dataDir), [])

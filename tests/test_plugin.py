@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -33,9 +34,9 @@ def twistdEnvironment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
-def runTwistd(*args: str) -> subprocess.CompletedProcess[str]:
+def runTwistd(*args: str, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(twistd(*args), env=twistdEnvironment(), capture_output=True, text=True,
-                          timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 class PluginTests(unittest.TestCase):
@@ -100,3 +101,20 @@ class CheckConfigTests(unittest.TestCase):
         result = runTwistd("jsmail", "--smtp", "bogus:1", "--data", data)
         self.assertRefused(result, "command line", "smtp.listen", "bogus:1")
         self.assertFalse(os.path.exists(data))
+
+
+class StartTests(unittest.TestCase):
+    def test_portTaken(self) -> None:
+        """If its port is taken, ``twistd jsmail`` says which and exits non-zero,
+        rather than running without listening."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+            try:
+                result = runTwistd("-n", "--pidfile=", "jsmail", "--data", os.path.abspath(self.mktemp()),
+                                   "--smtp", endpoint, "--submission", "none", "--smtps", "none", timeout=10)
+            except subprocess.TimeoutExpired:
+                self.fail(f"twistd still running 10 s after failing to listen on {endpoint}")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(endpoint, result.stdout + result.stderr)

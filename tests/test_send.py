@@ -146,3 +146,72 @@ class SchedulerTests(TestCase):
         self.assertEqual(recipient.state, RecipientState.PENDING)
         self.assertIn("agent bug", recipient.lastReply)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class NoticeTests(TestCase):
+    """Hearing of a message twice (recovery and a notice) delivers it once."""
+
+    def test_schedule_twice_delivers_once(self) -> None:
+        clock = Clock()
+        queue = MemoryQueue()
+        agent = RecordingAgent()
+        scheduler = Scheduler(queue, Router(["localhost"], agent), clock, runNow, "mx.test")
+        envelope = Envelope("a@localhost", (Recipient("x@localhost"),))
+        incoming = queue.newMessage(envelope)
+        queueId = self.successResultOf(incoming.commit())
+        scheduler.schedule(queueId, envelope)
+        scheduler.startService()  # recovery finds the same message
+        self.successResultOf(scheduler.scheduleFromQueue(queueId))
+        clock.advance(0)
+        self.assertEqual(len(agent.deliveries), 1)
+        self.assertEqual(queue.messages, {})
+
+    def test_accepted_while_recovering(self) -> None:
+        """A message queued (and being delivered) while recovery lists the queue is
+        delivered once, not again when the listing arrives."""
+        from zope.interface import implementer
+
+        from jsmail.interfaces import IDeliveryAgent
+
+        class SlowRecoveryQueue(MemoryQueue):
+            def recover(self):  # type: ignore[no-untyped-def]
+                self.listNow: defer.Deferred[None] = defer.Deferred()
+                return self.listNow.addCallback(lambda _: MemoryQueue.recover(self))
+
+        @implementer(IDeliveryAgent)
+        class HeldAgent:
+            calls = 0
+
+            def deliver(self, message, recipients):  # type: ignore[no-untyped-def]
+                self.calls += 1
+                return defer.Deferred()
+
+        queue, agent, clock = SlowRecoveryQueue(), HeldAgent(), Clock()
+        scheduler = Scheduler(queue, Router(["localhost"], agent), clock, runNow, "mx.test")
+        scheduler.startService()
+        incoming = scheduler.funnel.newMessage(Envelope("a@example.org", (Recipient("u@localhost"),)))
+        incoming.write(b"Subject: x\r\n\r\nx\r\n")
+        incoming.commit()
+        clock.advance(0)  # its attempt is in progress
+        queue.listNow.callback(None)  # recovery now finds the message
+        clock.advance(0)
+        self.assertEqual(agent.calls, 1)
+
+    def test_listing_of_a_delivered_message_is_ignored(self) -> None:
+        class SlowRecoveryQueue(MemoryQueue):
+            def recover(self):  # type: ignore[no-untyped-def]
+                snapshot = MemoryQueue.recover(self)
+                self.listNow: defer.Deferred[None] = defer.Deferred()
+                return self.listNow.addCallback(lambda _: snapshot).addCallback(lambda d: d)
+
+        queue, agent, clock = SlowRecoveryQueue(), RecordingAgent(), Clock()
+        envelope = Envelope("a@example.org", (Recipient("u@localhost"),))
+        queueId = self.successResultOf(queue.newMessage(envelope).commit())
+        scheduler = Scheduler(queue, Router(["localhost"], agent), clock, runNow, "mx.test")
+        scheduler.startService()
+        self.successResultOf(scheduler.scheduleFromQueue(queueId))  # a notice, before the listing
+        clock.advance(0)
+        self.assertEqual(queue.messages, {})
+        queue.listNow.callback(None)  # the listing still names it
+        clock.advance(0)
+        self.assertEqual(len(agent.deliveries), 1)

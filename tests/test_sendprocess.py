@@ -1,0 +1,112 @@
+"""Delivery in its own process: notices, restarts, shutdown, and the one-sender lock."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import smtplib
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jsmail.config import Config
+from jsmail.service import MailGateway, SendLock
+
+
+class SendProcessTests(TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.data = os.path.abspath(self.mktemp())
+        none: tuple[str, ...] = ()
+        config = Config(hostname="mx.test", dataDir=self.data, smtpListeners=("tcp:0:interface=127.0.0.1",),
+                        submissionListeners=none, smtpsListeners=none, deliveryProcess=True)
+        self.gateway = MailGateway(config)
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.gateway.privilegedStartService()
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        port = yield self.gateway.listeners[0].whenListening()
+        self.port = port.getHost().port
+
+    def send(self, recipient: str) -> defer.Deferred[dict]:
+        def sendmail() -> dict:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as client:
+                return client.sendmail("a@example.org", [recipient], b"Subject: x\r\n\r\nhi\r\n")
+
+        return deferToThread(sendmail)
+
+    @defer.inlineCallbacks
+    def waitFor(self, predicate, what: str):  # type: ignore[no-untyped-def]
+        for _ in range(300):
+            if predicate():
+                return
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"timed out waiting for {what}")
+
+    def delivered(self, local: str) -> int:
+        return len(glob.glob(os.path.join(self.data, "mail", "localhost", local, "new", "*")))
+
+    def childPid(self) -> int:
+        return self.gateway.delivery.child.transport.pid  # type: ignore[union-attr]
+
+    @defer.inlineCallbacks
+    def test_delivers_and_logs_through_the_parent(self):  # type: ignore[no-untyped-def]
+        yield self.send("x@localhost")
+        yield self.waitFor(lambda: self.delivered("x") == 1, "the delivery")
+        yield self.waitFor(
+            lambda: any(e.get("log_namespace") == "jsmail.maillog" and e.get("log_format", "").startswith("delivered")
+                        for e in self.events),
+            "the child's delivered event in the parent's log",
+        )
+
+    @defer.inlineCallbacks
+    def test_restarted_after_a_crash_and_catches_up(self):  # type: ignore[no-untyped-def]
+        """Mail queued while the delivery process is down is found when it is back."""
+        yield self.waitFor(lambda: self.gateway.delivery.child is not None, "the child")
+        first = self.childPid()
+        os.kill(first, signal.SIGKILL)
+        yield self.waitFor(lambda: self.gateway.delivery.child is None, "the crash to be noticed")
+        yield self.send("y@localhost")
+        yield self.waitFor(lambda: self.delivered("y") == 1, "the delivery after the restart")
+        self.assertNotEqual(self.childPid(), first)
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_stopping_the_gateway_stops_the_child(self):  # type: ignore[no-untyped-def]
+        yield self.waitFor(lambda: self.gateway.delivery.child is not None, "the child")
+        pid = self.childPid()
+        yield self.gateway.stopService()
+        self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+
+class SendLockTests(SynchronousTestCase):
+    def test_second_waits_for_first(self) -> None:
+        path = self.mktemp()
+        clock = task.Clock()
+        first, second = SendLock(path, clock), SendLock(path, clock)
+        self.successResultOf(first.acquire())
+        waiting = second.acquire()
+        clock.advance(1)
+        self.assertNoResult(waiting)
+        first.release()
+        clock.advance(0.2)
+        self.successResultOf(waiting)
+        second.release()
+
+    def test_cancel_stops_waiting(self) -> None:
+        path = self.mktemp()
+        clock = task.Clock()
+        first, second = SendLock(path, clock), SendLock(path, clock)
+        self.successResultOf(first.acquire())
+        second.acquire()
+        second.cancel()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        first.release()
+        second.release()
