@@ -48,19 +48,8 @@ class Address:
     def isNull(self) -> bool:
         return not self.local and not self.domain
 
-    @property
-    def needsSMTPUTF8(self) -> bool:
-        """Whether sending this address on needs the SMTPUTF8 extension."""
-        return not self.local.isascii()
-
     def __str__(self) -> str:
         return f"{self.local}@{self.domain}" if not self.isNull else ""
-
-    @classmethod
-    def fromString(cls, text: str, *, utf8: bool = True) -> Address:
-        """Parse a bare ``local@domain`` (no angle brackets), as found in configuration."""
-        return parseMailbox(text, utf8=utf8)
-
 
 NULL = Address("", "")
 

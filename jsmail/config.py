@@ -243,14 +243,6 @@ class Config:
     deliveryProcess: bool = True
 
     @property
-    def queueDir(self) -> str:
-        return os.path.join(self.dataDir, "queue")
-
-    @property
-    def mailDir(self) -> str:
-        return os.path.join(self.dataDir, "mail")
-
-    @property
     def passwordPath(self) -> str:
         return self.passwordFile or os.path.join(self.dataDir, "passwd")
 

@@ -10,7 +10,7 @@ recipients is retried only for those still pending.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -67,9 +67,6 @@ class Envelope:
     @property
     def isBounce(self) -> bool:
         return self.sender == ""
-
-    def withRecipients(self, recipients: tuple[Recipient, ...]) -> Envelope:
-        return replace(self, recipients=recipients)
 
     def toBytes(self) -> bytes:
         """One line of JSON (no newline inside), starting with the format version."""

@@ -27,14 +27,6 @@ class Reply:
         """The same codes with another text."""
         return replace(self, text=text)
 
-    @property
-    def isPositive(self) -> bool:
-        return self.code < 400
-
-    @property
-    def isTemporary(self) -> bool:
-        return 400 <= self.code < 500
-
     def lines(self) -> list[bytes]:
         """The reply as wire lines (CRLF-terminated), multi-line when the text has newlines."""
         texts = self.text.split("\n")
@@ -58,7 +50,6 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again late
 TOO_MANY_FROM_ADDRESS = Reply(421, "4.7.0", "Too many connections from your address, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle for too long, closing connection")
-SHUTTING_DOWN = Reply(421, "4.3.0", "Service shutting down, try again later")
 
 # Generic successes.
 OK = Reply(250, "2.0.0", "OK")
@@ -78,7 +69,6 @@ BAD_SYNTAX = Reply(501, "5.5.2", "Syntax error")
 BAD_ADDRESS_SYNTAX = Reply(501, "5.1.7", "Bad address syntax")
 HELO_SYNTAX = Reply(501, "5.5.4", "Syntax: EHLO hostname")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
-BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
 HELO_FIRST = Reply(503, "5.5.1", "Send EHLO or HELO first")
 MAIL_FIRST = Reply(503, "5.5.1", "Send MAIL first")
 RCPT_FIRST = Reply(503, "5.5.1", "Send RCPT first")

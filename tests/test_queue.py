@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -59,8 +60,8 @@ class QueueContract:
     def test_update_and_remove(self):  # type: ignore[no-untyped-def]
         incoming = self.queue.newMessage(ENVELOPE)
         queueId = yield incoming.commit()
-        updated = ENVELOPE.withRecipients(
-            (Recipient("x@localhost", state=RecipientState.DELIVERED, lastReply="ok"), Recipient("y@localhost"))
+        updated = replace(
+            ENVELOPE, recipients=(Recipient("x@localhost", state=RecipientState.DELIVERED, lastReply="ok"), Recipient("y@localhost"))
         )
         yield self.queue.update(queueId, updated)
         found = yield self.queue.recover()
@@ -111,7 +112,7 @@ class MaildirQueueTests(QueueContract, TestCase):
         half-removed entries are swept, queued and in-delivery ones come back."""
         queued = yield self.queue.newMessage(ENVELOPE).commit()
         inDelivery = yield self.queue.newMessage(ENVELOPE).commit()
-        updated = ENVELOPE.withRecipients((Recipient("x@localhost", state=RecipientState.FAILED), Recipient("y@localhost")))
+        updated = replace(ENVELOPE, recipients=(Recipient("x@localhost", state=RecipientState.FAILED), Recipient("y@localhost")))
         yield self.queue.update(inDelivery, updated)
         receiving = self.queue.newMessage(ENVELOPE)
         receiving.write(b"half")
