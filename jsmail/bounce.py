@@ -2,9 +2,11 @@
 
 A bounce is a ``multipart/report; report-type=delivery-status`` (RFC 6522) with a
 human-readable part, a ``message/delivery-status`` part (one per-recipient group for
-each failed recipient) and the original message's header section
-(``text/rfc822-headers``).  It is sent from the null reverse-path so that it can never
-cause another bounce (RFC 5321 section 4.5.5).
+each failed recipient, RFC 3464) and the original: its header section
+(``text/rfc822-headers``), or all of it (``message/rfc822``) when the sender asked
+with RET=FULL (RFC 3461).  Recipients whose NOTIFY leaves out FAILURE get none.  It is
+sent from the null reverse-path so that it can never cause another bounce (RFC 5321
+section 4.5.5); a bounce that cannot be delivered goes, once, to the postmaster.
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from email.utils import format_datetime
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 from jsmail.envelope import Envelope, Recipient
 
 MAX_RETURNED_HEADERS = 64 * 1024
-_ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
+_ENHANCED = re.compile(r"\b([45]\.\d{1,3}\.\d{1,3})\b")
 
 
 def statusOf(detail: str) -> str:
-    """The enhanced status code in a reply text, or 5.0.0 when it has none."""
+    """The enhanced status code in the last reply, or 5.0.0 when it has none.  A
+    message given up on after temporary failures keeps its 4.x.x code, as Postfix
+    reports it: the reader learns it was a time-out, not a refusal."""
     match = _ENHANCED.search(detail)
-    return match.group(1) if match and match.group(1).startswith("5") else "5.0.0"
+    return match.group(1) if match and match.group(1)[0] in "45" else "5.0.0"
 
 
 def readHeaders(message: BinaryIO, limit: int = MAX_RETURNED_HEADERS) -> bytes:
@@ -38,25 +42,47 @@ def readHeaders(message: BinaryIO, limit: int = MAX_RETURNED_HEADERS) -> bytes:
     return b"".join(lines)
 
 
-def makeBounce(
-    queueId: str, envelope: Envelope, failed: Sequence[Recipient], headers: bytes, hostname: str, now: float
-) -> bytes:
-    """The whole bounce message, CR LF line ends, ready for the queue."""
+def wantsFailureNotice(recipient: Recipient) -> bool:
+    """RFC 3461 section 4.1: no NOTIFY means "failures"; NOTIFY without FAILURE, none."""
+    notify = recipient.params.get("NOTIFY")
+    return notify is None or "FAILURE" in notify.upper().split(",")
+
+
+def _xtextDecode(value: str) -> str:
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+def writeBounce(
+    write: Callable[[bytes], None],
+    original: BinaryIO,
+    queueId: str,
+    envelope: Envelope,
+    failed: Sequence[Recipient],
+    hostname: str,
+    now: float,
+    toPostmaster: bool = False,
+) -> None:
+    """Write the whole bounce, CR LF line ends, through ``write``; the original is
+    read from ``original`` (its header section, or all of it with RET=FULL or for the
+    postmaster).  Blocking: run it in a thread."""
+    full = toPostmaster or (envelope.mailParams.get("RET") or "").upper() == "FULL"
     boundary = f"{queueId}.{int(now)}/{hostname}"
     date = format_datetime(datetime.fromtimestamp(now, timezone.utc))
     arrival = format_datetime(datetime.fromtimestamp(envelope.arrival, timezone.utc))
+    envid = envelope.mailParams.get("ENVID")
     explanation = "\n".join(f"<{r.address}>: {r.lastReply or 'delivery failed'}" for r in failed)
-    groups = "\n\n".join(
-        f"Final-Recipient: rfc822; {r.address}\nAction: failed\nStatus: {statusOf(r.lastReply or '')}\n"
-        f"Diagnostic-Code: smtp; {r.lastReply or 'delivery failed'}"
-        for r in failed
-    )
-    text = f"""\
+    groups = "\n\n".join(_recipientGroup(r) for r in failed)
+    recipient = f"postmaster@{hostname}" if toPostmaster else envelope.sender
+    about = ("A bounce from this server could not be delivered to its recipient, "
+             f"<{envelope.recipients[0].address}>." if toPostmaster else
+             f"Your message (queue id {queueId}) could not be delivered to one or more\n"
+             "recipients. It has not been delivered to these recipients, and will not be:")
+    head = f"""\
 From: Mail Delivery System <MAILER-DAEMON@{hostname}>
-To: <{envelope.sender}>
-Subject: Undelivered Mail Returned to Sender
+To: <{recipient}>
+Subject: {"Undeliverable bounce" if toPostmaster else "Undelivered Mail Returned to Sender"}
 Date: {date}
-Message-ID: <{queueId}.bounce@{hostname}>
+Message-ID: <{queueId}.bounce.{int(now)}@{hostname}>
 Auto-Submitted: auto-replied
 MIME-Version: 1.0
 Content-Type: multipart/report; report-type=delivery-status;
@@ -70,8 +96,7 @@ Content-Transfer-Encoding: 8bit
 
 This is the mail system at {hostname}.
 
-Your message (queue id {queueId}) could not be delivered to one or more
-recipients. It has not been delivered to these recipients, and will not be:
+{about}
 
 {explanation}
 
@@ -79,14 +104,32 @@ recipients. It has not been delivered to these recipients, and will not be:
 Content-Type: message/delivery-status
 
 Reporting-MTA: dns; {hostname}
-X-Jsmail-Queue-ID: {queueId}
+{f"Original-Envelope-Id: {_xtextDecode(envid)}{chr(10)}" if envid else ""}X-Jsmail-Queue-ID: {queueId}
 Arrival-Date: {arrival}
 
 {groups}
 
 --{boundary}
-Content-Type: text/rfc822-headers
+Content-Type: {"message/rfc822" if full else "text/rfc822-headers"}
 
 """
-    body = text.replace("\n", "\r\n").encode("utf-8")
-    return body + headers + f"\r\n--{boundary}--\r\n".encode("ascii")
+    write(head.replace("\n", "\r\n").encode("utf-8"))
+    if full:
+        while chunk := original.read(65536):
+            write(chunk)
+    else:
+        write(readHeaders(original))
+    write(f"\r\n--{boundary}--\r\n".encode("ascii"))
+
+
+def _recipientGroup(r: Recipient) -> str:
+    """One per-recipient group of the delivery-status part (RFC 3464 section 2.3)."""
+    lines = []
+    if r.params.get("ORCPT"):
+        addressType, _, address = (r.params["ORCPT"] or "").partition(";")
+        lines.append(f"Original-Recipient: {addressType}; {_xtextDecode(address)}")
+    lines += [f"Final-Recipient: rfc822; {r.address}", "Action: failed", f"Status: {statusOf(r.lastReply or '')}"]
+    if r.remoteMTA:
+        lines.append(f"Remote-MTA: {r.remoteMTA}")
+    lines.append(f"Diagnostic-Code: smtp; {r.lastReply or 'delivery failed'}")
+    return "\n".join(lines)

@@ -13,13 +13,14 @@ import json
 import os
 import socket
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Mapping
 
 from twisted.internet.endpoints import serverFromString
 
 from jsmail.address import normaliseDomain
 from jsmail.error import SMTPReplyError
+from jsmail.route import Route
 
 
 class ConfigError(Exception):
@@ -141,6 +142,43 @@ def _checker(value: Any) -> str:
     return description
 
 
+TLS_MODES = ("none", "opportunistic", "verify", "implicit")
+
+
+def hostPort(text: str, defaultPort: int = 25) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPV6]:PORT`` or a bare IPv6 address, split."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else str(defaultPort)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(defaultPort)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST or HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _optionalHostPort(value: Any) -> str:
+    if value == "":
+        return ""
+    hostPort(_string(value))
+    return str(value)
+
+
+def _route(value: Any) -> Route:
+    """One route: a table with domain, host and optionally port, tls, username, password."""
+    if not isinstance(value, dict) or set(value) - {"domain", "host", "port", "tls", "username", "password"}:
+        raise ValueError(f"a route is a table of domain, host, port, tls, username, password; got {value!r}")
+    try:
+        return Route(host=_string(value["host"]), port=_integer(1)(value.get("port", 25)),
+                     tls=_choice(*TLS_MODES)(value.get("tls", "opportunistic")),
+                     username=value.get("username"), password=value.get("password"),
+                     domain=_hostname(value["domain"]))
+    except KeyError as e:
+        raise ValueError(f"a route needs {e.args[0]!r}") from None
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -171,6 +209,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dataDir", "server", "data", _string),
     Option("domains", "server", "domains", _listOf(_hostname)),
     Option("trustedNetworks", "server", "trusted_networks", _listOf(_network)),
+    Option("postmaster", "server", "postmaster", _path),
     Option("smtpListeners", "smtp", "listen", _listeners),
     Option("submissionListeners", "smtp", "submission", _listeners),
     Option("smtpsListeners", "smtp", "smtps", _listeners),
@@ -192,6 +231,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("allowPlaintextAuth", "auth", "allow_plaintext", _boolean),
     Option("allowProxyAuth", "auth", "allow_proxy", _boolean),
     Option("showAuthInReceived", "auth", "show_in_received", _boolean),
+    Option("dnsServer", "remote", "dns_server", _optionalHostPort),
+    Option("remotePort", "remote", "port", _integer(1)),
+    Option("remoteTLS", "remote", "tls", _choice(*TLS_MODES)),
+    Option("smarthost", "remote", "smarthost", _optionalHostPort),
+    Option("smarthostTLS", "remote", "smarthost_tls", _choice(*TLS_MODES)),
+    Option("smarthostUsername", "remote", "smarthost_username", _path),
+    Option("smarthostPassword", "remote", "smarthost_password", _path),
+    Option("routes", "remote", "routes", _listOf(_route)),
+    Option("perHost", "remote", "per_host", _integer(1)),
+    Option("idleTimeoutRemote", "remote", "idle_timeout", _seconds),
+    Option("connectTimeout", "remote", "connect_timeout", _seconds),
     Option("retryFirst", "queue", "retry_first", _seconds),
     Option("retryFactor", "queue", "retry_factor", _factor),
     Option("retryMaximum", "queue", "retry_max", _seconds),
@@ -213,6 +263,7 @@ class Config:
     dataDir: str = "jsmail-data"
     domains: tuple[str, ...] = ("localhost",)
     trustedNetworks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    postmaster: str = ""  # where undeliverable bounces go; empty: postmaster@ the first domain
     smtpListeners: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
     submissionListeners: tuple[str, ...] = ("tcp:2587:interface=127.0.0.1",)
     smtpsListeners: tuple[str, ...] = ("tcp:2465:interface=127.0.0.1",)
@@ -234,6 +285,17 @@ class Config:
     allowPlaintextAuth: bool = False
     allowProxyAuth: bool = False
     showAuthInReceived: bool = False
+    dnsServer: str = ""  # HOST:PORT; empty: /etc/resolv.conf
+    remotePort: int = 25
+    remoteTLS: str = "opportunistic"
+    smarthost: str = ""  # HOST[:PORT]; empty: deliver to each domain's MX
+    smarthostTLS: str = "opportunistic"
+    smarthostUsername: str = ""
+    smarthostPassword: str = ""
+    routes: tuple[Route, ...] = ()
+    perHost: int = 5
+    idleTimeoutRemote: float = 10.0
+    connectTimeout: float = 60.0
     retryFirst: float = 300.0
     retryFactor: float = 2.0
     retryMaximum: float = 4 * 3600.0
@@ -241,6 +303,13 @@ class Config:
     deliveryConcurrency: int = 20
     diskThreads: int = 8
     deliveryProcess: bool = True
+
+    @property
+    def smarthostRoute(self) -> Route | None:
+        if not self.smarthost:
+            return None
+        host, port = hostPort(self.smarthost)
+        return Route(host, port, self.smarthostTLS, self.smarthostUsername or None, self.smarthostPassword or None)
 
     @property
     def passwordPath(self) -> str:
@@ -252,6 +321,7 @@ def toJSON(config: Config) -> str:
     values = {f.name: getattr(config, f.name) for f in fields(Config)}
     values["dataDir"] = os.path.abspath(config.dataDir)
     values["trustedNetworks"] = [str(n) for n in config.trustedNetworks]
+    values["routes"] = [asdict(r) for r in config.routes]
     return json.dumps(values)
 
 

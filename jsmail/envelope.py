@@ -35,6 +35,7 @@ class Recipient:
     params: dict[str, str | None] = field(default_factory=dict)
     state: RecipientState = RecipientState.PENDING
     lastReply: str | None = None
+    remoteMTA: str | None = None
 
     @property
     def isDone(self) -> bool:

@@ -76,6 +76,7 @@ class DeliveryResult:
     recipient: str
     status: DeliveryStatus
     detail: str
+    remoteMTA: str = ""  # "dns; mx.example.org" when a remote server gave the answer
 
 
 @dataclass(frozen=True)

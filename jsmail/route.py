@@ -1,12 +1,14 @@
-"""Which agent delivers to a recipient: local domains go to local delivery.
+"""Which agent delivers to a recipient: local domains go to local delivery, the rest
+to remote delivery (:mod:`jsmail.remote`), along a :class:`Route` where one is set.
 
-Remote delivery (qmail-remote's job) is not part of jsmail yet; until it is, mail for
-other domains (accepted only from trusted networks, or bounces to remote senders) fails
-permanently with a reply that says so, rather than waiting in the queue for days.
+An embedder may leave remote delivery out: mail for other domains then fails
+permanently with a reply that says so (:class:`NoRemoteDelivery`), rather than waiting
+in the queue for days.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from twisted.internet import defer
@@ -14,6 +16,19 @@ from zope.interface import implementer
 
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IRouter, QueuedMessage
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where to send mail for a domain instead of its MX (like qmail's smtproutes), or
+    for every domain (a smarthost): a host, a port, TLS mode and credentials."""
+
+    host: str
+    port: int = 25
+    tls: str = "opportunistic"  # "none" | "opportunistic" | "verify" | "implicit"
+    username: str | None = None
+    password: str | None = None
+    domain: str = ""  # the domain it is for; "" for a smarthost
 
 
 @implementer(IDeliveryAgent)

@@ -22,13 +22,14 @@ from twisted.logger import Logger
 
 from jsmail import maillog
 from jsmail._disk import RunInThread
-from jsmail.bounce import makeBounce, readHeaders
+from jsmail.bounce import wantsFailureNotice, writeBounce
 from jsmail.envelope import Envelope, Recipient, RecipientState
 from jsmail.inject import Funnel
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, QueuedMessage
 
 _log = Logger()
 
+DOUBLE_BOUNCE = "double-bounce"  # Envelope.protocol of a bounce sent to the postmaster
 FINISHED_MEMORY = 100_000  # ids of removed messages kept, to ignore stale mentions
 
 
@@ -62,6 +63,7 @@ class Scheduler(Service):
         hostname: str,
         retry: RetrySchedule = RetrySchedule(),
         concurrency: int = 20,
+        postmaster: str = "",
     ) -> None:
         self.queue = queue
         self.router = router
@@ -69,6 +71,7 @@ class Scheduler(Service):
         self.runInThread = runInThread
         self.hostname = hostname
         self.retry = retry
+        self.postmaster = postmaster
         self.funnel = Funnel(queue, self.schedule)
         self._semaphore = defer.DeferredSemaphore(concurrency)
         self._envelopes: dict[str, Envelope] = {}
@@ -183,10 +186,11 @@ class Scheduler(Service):
                 detail = result.detail if result.status is DeliveryStatus.PERMANENT else (
                     f"{result.detail} (gave up: in the queue for too long)")
                 maillog.failed(queueId, r.address, detail)
-                recipients.append(replace(r, state=RecipientState.FAILED, lastReply=detail))
+                recipients.append(replace(r, state=RecipientState.FAILED, lastReply=detail,
+                                          remoteMTA=result.remoteMTA or None))
             else:
                 maillog.deferred(queueId, r.address, result.detail, retryIn)
-                recipients.append(replace(r, lastReply=result.detail))
+                recipients.append(replace(r, lastReply=result.detail, remoteMTA=result.remoteMTA or None))
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
         if envelope.pending:
             yield self.queue.update(queueId, envelope)
@@ -197,7 +201,11 @@ class Scheduler(Service):
             return
         failed = [r for r in envelope.recipients if r.state is RecipientState.FAILED]
         if failed and not envelope.isBounce:
-            yield self._bounce(queueId, envelope, failed)
+            notify = [r for r in failed if wantsFailureNotice(r)]
+            if notify:
+                yield self._bounce(queueId, envelope, notify, envelope.sender)
+        elif failed and envelope.protocol != DOUBLE_BOUNCE and self.postmaster:
+            yield self._bounce(queueId, envelope, failed, self.postmaster)
         yield self.queue.remove(queueId)
         del self._envelopes[queueId]
         self._finished[queueId] = None
@@ -206,17 +214,23 @@ class Scheduler(Service):
         maillog.removed(queueId)
 
     @defer.inlineCallbacks
-    def _bounce(self, queueId: str, envelope: Envelope, failed: list[Recipient]) -> Any:
-        """Queue the bounce before the original goes: a crash may send two, never none."""
-
-        def headers() -> bytes:
-            with self.queue.openMessage(queueId) as f:
-                return readHeaders(f)
-
-        original = yield self.runInThread(headers)
+    def _bounce(self, queueId: str, envelope: Envelope, failed: list[Recipient], to: str) -> Any:
+        """Queue the bounce (to the sender; or, for a bounce that failed, to the
+        postmaster) before the original goes: a crash may send two, never none."""
         now = self.clock.seconds()
-        data = makeBounce(queueId, envelope, failed, original, self.hostname, now)
-        bounce = Envelope(sender="", recipients=(Recipient(envelope.sender),), arrival=now,
-                          clientAddress="127.0.0.1", helo=self.hostname, protocol="local")
-        bounceId = yield self.funnel.enqueue(bounce, data)
-        maillog.bounced(queueId, envelope.sender, bounceId)
+        toPostmaster = envelope.isBounce
+        bounce = Envelope(sender="", recipients=(Recipient(to),), arrival=now, clientAddress="127.0.0.1",
+                          helo=self.hostname, protocol=DOUBLE_BOUNCE if toPostmaster else "local")
+        incoming = self.funnel.newMessage(bounce)
+
+        def write() -> None:
+            with self.queue.openMessage(queueId) as original:
+                writeBounce(incoming.write, original, queueId, envelope, failed, self.hostname, now, toPostmaster)
+
+        try:
+            yield self.runInThread(write)
+        except Exception:
+            incoming.abort()
+            raise
+        bounceId = yield incoming.commit()
+        maillog.bounced(queueId, to, bounceId)

@@ -36,6 +36,7 @@ from jsmail.inject import Funnel
 from jsmail.local import MaildirDelivery
 from jsmail.policy import RelayControl
 from jsmail.queue import MaildirQueue
+from jsmail.remote import RemoteDelivery, makeResolver
 from jsmail.route import Router
 from jsmail.send import RetrySchedule, Scheduler
 from jsmail.sendprocess import SendProcess
@@ -204,9 +205,16 @@ class DeliveryService(_DiskWork):
         self.queue = MaildirQueue(os.path.join(dataDir, "queue"), self.runInThread, sweep=False)
         self.local = MaildirDelivery(os.path.join(dataDir, "mail"), self.runInThread, config.hostname,
                                      self.queue.syncer)
+        self.remote = RemoteDelivery(
+            self.reactor, self.runInThread, makeResolver(config.dnsServer, self.reactor), config.hostname,
+            routes={route.domain: route for route in config.routes}, smarthost=config.smarthostRoute,
+            port=config.remotePort, tls=config.remoteTLS, perHost=config.perHost,
+            idleTimeout=config.idleTimeoutRemote, connectTimeout=config.connectTimeout,
+        )
         retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
-        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local), self.reactor, self.runInThread,
-                                   config.hostname, retry, config.deliveryConcurrency)
+        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote), self.reactor,
+                                   self.runInThread, config.hostname, retry, config.deliveryConcurrency,
+                                   config.postmaster or f"postmaster@{config.domains[0]}")
         self.scheduler.setServiceParent(self)
         self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
 
@@ -222,7 +230,9 @@ class DeliveryService(_DiskWork):
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         self._lock.cancel()
-        return super().stopService().addBoth(lambda result: (self._lock.release(), result)[1])
+        d = super().stopService()
+        d.addBoth(lambda result: self.remote.close().addCallback(lambda _: result))
+        return d.addBoth(lambda result: (self._lock.release(), result)[1])
 
 
 class SendLock:

@@ -18,7 +18,7 @@ a command line cannot smuggle anything.  Message content is stricter: see
 
 from __future__ import annotations
 
-import ipaddress
+import re
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from datetime import datetime, timezone
@@ -326,6 +326,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
+            "DSN",
         ]
         if self.tls is not None and not self.session.tls:
             keywords.append("STARTTLS")
@@ -367,7 +368,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         for key, value in params.items():
             if key == "AUTH" and self.portal is not None:
                 continue  # RFC 4954 section 5: accepted; jsmail trusts no client's claim
-            if not self.session.esmtp or key not in ("SIZE", "BODY", "SMTPUTF8"):
+            if not self.session.esmtp or key not in ("SIZE", "BODY", "SMTPUTF8", "RET", "ENVID"):
                 raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))
             if key == "SIZE":
                 if value is None or not value.isdigit() or len(value) > 20:
@@ -378,6 +379,25 @@ class ESMTPServer(Protocol, TimeoutMixin):
                 raise SMTPReplyError(reply.BAD_PARAMETER.withText("BODY must be 7BIT or 8BITMIME"))
             elif key == "SMTPUTF8" and value is not None:
                 raise SMTPReplyError(reply.BAD_PARAMETER.withText("SMTPUTF8 takes no value"))
+            elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
+                raise SMTPReplyError(reply.BAD_PARAMETER.withText("RET must be FULL or HDRS (RFC 3461)"))
+            elif key == "ENVID" and not _isXtext(value, 100):
+                raise SMTPReplyError(reply.BAD_PARAMETER.withText("ENVID must be xtext of at most 100 octets"))
+
+    def _checkRcptParams(self, params: dict[str, str | None]) -> None:
+        """DSN's RCPT parameters (RFC 3461 section 4): NOTIFY and ORCPT."""
+        for key, value in params.items():
+            if key == "NOTIFY":
+                words = (value or "").upper().split(",")
+                if not value or not (words == ["NEVER"] or set(words) <= {"SUCCESS", "FAILURE", "DELAY"}):
+                    raise SMTPReplyError(reply.BAD_PARAMETER.withText(
+                        "NOTIFY must be NEVER, or one or more of SUCCESS, FAILURE, DELAY"))
+            elif key == "ORCPT":
+                addressType, semicolon, address = (value or "").partition(";")
+                if not semicolon or not addressType or not _isXtext(address, 500):
+                    raise SMTPReplyError(reply.BAD_PARAMETER.withText("ORCPT must be addr-type;xtext"))
+            else:
+                raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))
 
     def _tooBig(self) -> Reply:
         return reply.MESSAGE_TOO_BIG.withText(reply.MESSAGE_TOO_BIG.text.format(self.settings.maxMessageSize))
@@ -391,9 +411,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             return reply.TOO_MANY_RECIPIENTS
         utf8 = "SMTPUTF8" in self.session.mailParams
         address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.hostname)
-        if params:
-            key = next(iter(params))
-            return reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}")
+        self._checkRcptParams(params)
 
         def accept() -> Reply:
             self.session.recipients.append(Recipient(str(address), params))
@@ -664,6 +682,13 @@ class ESMTPServer(Protocol, TimeoutMixin):
             f"{forClause};\r\n\t{stamp}\r\n"
         ).encode("utf-8")
         return header
+
+
+def _isXtext(value: str | None, limit: int) -> bool:
+    """RFC 3461 section 4: printable ASCII but "+" and "=", or "+XX" hex escapes."""
+    if not value or len(value) > limit:
+        return False
+    return re.fullmatch(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+", value) is not None
 
 
 def _sanitise(text: str) -> str:

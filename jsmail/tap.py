@@ -28,6 +28,8 @@ class Options(usage.Options, AuthOptionMixin):
         ["max-message-size", None, None, "Largest message accepted, in octets."],
         ["tls-certificate", None, None, "PEM certificate (chain allowed) [default: self-signed, made at start]."],
         ["tls-key", None, None, "PEM private key for --tls-certificate [default: in the certificate file]."],
+        ["smarthost", None, None, "Send all non-local mail to HOST[:PORT] (TLS and AUTH: see the config file)."],
+        ["dns-server", None, None, "Resolve MX and addresses with this DNS server, HOST:PORT [default: resolv.conf]."],
     ]
     optFlags = [["check-config", None, "Check the configuration, report, and exit."]]
 
@@ -44,6 +46,8 @@ class Options(usage.Options, AuthOptionMixin):
         "max-message-size": "maxMessageSize",
         "tls-certificate": "tlsCertificate",
         "tls-key": "tlsKey",
+        "smarthost": "smarthost",
+        "dns-server": "dnsServer",
     }
 
     def __init__(self) -> None:

@@ -3,6 +3,7 @@
 - :class:`MemoryQueue` (re-exported): the queue interface in memory.
 - :class:`RecordingAgent`: a delivery agent that records what it was given and answers
   with results you choose.
+- :class:`DNSServer`: a real DNS server on loopback serving test zones.
 - :class:`Dialog`: drives an :class:`~jsmail.smtpd.ESMTPServer` over a
   :class:`~twisted.internet.testing.StringTransport`, returning exact reply bytes;
   STARTTLS is recorded, not performed (test real handshakes over loopback).
@@ -18,6 +19,10 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.names import dns
+from twisted.names.authority import FileAuthority
+from twisted.names.dns import DNSDatagramProtocol
+from twisted.names.server import DNSServerFactory
 from zope.interface import implementer
 
 from jsmail.envelope import Envelope, Recipient
@@ -25,7 +30,7 @@ from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IM
 from jsmail.queue import MemoryQueue
 from jsmail.smtpd import ESMTPServer, ServerSettings
 
-__all__ = ["Delivery", "Dialog", "MemoryQueue", "RecordingAgent"]
+__all__ = ["Delivery", "Dialog", "DNSServer", "MemoryQueue", "RecordingAgent"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,52 @@ class Dialog:
     @property
     def closed(self) -> bool:
         return bool(self.transport.disconnecting)
+
+
+class _Zone(FileAuthority):
+    """An authority for one zone, from (name, record) pairs given in code."""
+
+    def __init__(self, origin: str, records: Sequence[tuple[str, Any]]) -> None:
+        self._origin, self._given = origin, records
+        super().__init__(origin)
+
+    def loadFile(self, filename: object) -> None:
+        origin = self._origin.encode("idna")
+        soa = dns.Record_SOA(mname=b"ns." + origin, rname=b"hostmaster." + origin, serial=1,
+                             refresh=60, retry=60, expire=60, minimum=1, ttl=1)
+        self.soa = (origin, soa)
+        self.records = {origin.lower(): [soa]}
+        for name, record in self._given:
+            self.records.setdefault(name.lower().encode("idna"), []).append(record)
+
+
+class DNSServer:
+    """A real DNS server on 127.0.0.1 (UDP and TCP, one ephemeral port) serving test
+    zones, for MX, SPF, DKIM and DMARC lookups that go through the real resolver path.
+
+    ``zones`` maps an origin ("example.test") to (name, record) pairs, e.g.
+    ``("example.test", dns.Record_MX(10, b"mx.example.test"))``.  Call :meth:`start`
+    (a Deferred-free, immediate listen) and :meth:`stop` (returns a Deferred).
+    """
+
+    def __init__(self, zones: dict[str, Sequence[tuple[str, Any]]], reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self.reactor = reactor
+        self.factory = DNSServerFactory(authorities=[_Zone(o, r) for o, r in zones.items()])
+        self.factory.noisy = False
+        self.port = 0
+        self._ports: list[Any] = []
+
+    def start(self) -> str:
+        """Listen; return "127.0.0.1:PORT" (what ``--dns-server`` takes)."""
+        udp = self.reactor.listenUDP(0, DNSDatagramProtocol(self.factory), interface="127.0.0.1")
+        self.port = udp.getHost().port
+        tcp = self.reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+        self._ports = [udp, tcp]
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> defer.Deferred[Any]:
+        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self._ports])

@@ -18,12 +18,14 @@ from typing import Any, Iterable, Sequence
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
+from twisted.names import dns
 from twisted.trial import unittest
 
 from jsmail.config import Config
 from jsmail.envelope import Envelope, Recipient
 from jsmail.queue import MaildirQueue
 from jsmail.service import MailGateway
+from jsmail.testing import DNSServer
 
 CLIENT_TIMEOUT = 10.0
 DELIVERY_TIMEOUT = 10.0
@@ -205,8 +207,8 @@ class DeliveryTests(GatewayTestCase):
 
 
 class RelayTests(GatewayTestCase):
-    """No open relay; a trusted client may relay, and (without remote delivery yet) its
-    sender is told the message could not be delivered."""
+    """No open relay; a trusted client may relay, and when the destination takes no
+    mail its sender is told so."""
 
     @defer.inlineCallbacks
     def test_refused(self) -> Any:
@@ -220,9 +222,12 @@ class RelayTests(GatewayTestCase):
 
     @defer.inlineCallbacks
     def test_trustedBounces(self) -> Any:
-        """A trusted client's relayed message is accepted, then bounced: the local
-        sender receives one multipart/report saying 5.4.4."""
-        yield self.startGateway(trustedNetworks=(ipaddress.ip_network("127.0.0.0/8"),))
+        """A trusted client's relayed message is accepted, then bounced (the domain
+        publishes a null MX, on a loopback DNS server): the local sender receives one
+        multipart/report saying 5.1.10."""
+        dnsServer = DNSServer({"example.org": [("example.org", dns.Record_MX(0, b""))]})
+        self.addCleanup(dnsServer.stop)
+        yield self.startGateway(trustedNetworks=(ipaddress.ip_network("127.0.0.0/8"),), dnsServer=dnsServer.start())
         message = b"From: s@localhost\r\nSubject: to the world\r\n\r\nHello.\r\n"
         [replies] = yield self.send(("s@localhost", ["x@example.org"], message, []))
         self.assertEqual([code for code, _ in replies], [250, 250, 250])
@@ -237,7 +242,7 @@ class RelayTests(GatewayTestCase):
         perMessage, *perRecipient = status.get_payload()
         self.assertEqual(perMessage["X-Jsmail-Queue-ID"], queueId)
         self.assertEqual([(g["Final-Recipient"], g["Action"], g["Status"]) for g in perRecipient],
-                         [("rfc822; x@example.org", "failed", "5.4.4")])
+                         [("rfc822; x@example.org", "failed", "5.1.10")])
         [headers] = [p for p in report.walk() if p.get_content_type() == "text/rfc822-headers"]
         self.assertIn(b"Subject: to the world", headers.get_payload(decode=True))
 

@@ -215,3 +215,54 @@ class NoticeTests(TestCase):
         queue.listNow.callback(None)  # the listing still names it
         clock.advance(0)
         self.assertEqual(len(agent.deliveries), 1)
+
+
+class BounceTests(TestCase):
+    """RFC 3461/3464 details of the bounce, and the one double bounce."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.queue = MemoryQueue()
+        self.agent = RecordingAgent(lambda rcpt: (
+            DeliveryStatus.PERMANENT if rcpt.startswith("bad") else DeliveryStatus.DELIVERED, f"550 5.1.1 {rcpt} unknown"))
+        self.scheduler = Scheduler(self.queue, Router(["localhost"], self.agent), self.clock, runNow, "mx.test",
+                                   postmaster="postmaster@localhost")
+        self.scheduler.startService()
+
+    def deliver(self, envelope: Envelope, body: bytes = b"Subject: s\r\n\r\nthe body\r\n") -> list:
+        self.successResultOf(self.scheduler.funnel.enqueue(envelope, body))
+        self.clock.advance(0)
+        return [d for d in self.agent.deliveries if d.envelope.isBounce]
+
+    def test_ret_full_envid_orcpt(self) -> None:
+        [bounce] = self.deliver(Envelope("a@localhost", (Recipient("bad@localhost", {"ORCPT": "rfc822;bad+2Bx@localhost"}),),
+                                     mailParams={"RET": "FULL", "ENVID": "ID+2B1"}))
+        report = email.message_from_bytes(bounce.data)
+        status = report.get_payload()[1].get_payload()
+        self.assertEqual(status[0]["Original-Envelope-Id"], "ID+1")
+        self.assertEqual(status[1]["Original-Recipient"], "rfc822; bad+x@localhost")
+        returned = report.get_payload()[2]
+        self.assertEqual(returned.get_content_type(), "message/rfc822")
+        self.assertIn(b"the body", bounce.data)
+
+    def test_headers_only_by_default(self) -> None:
+        [bounce] = self.deliver(Envelope("a@localhost", (Recipient("bad@localhost"),)))
+        self.assertIn(b"Content-Type: text/rfc822-headers", bounce.data)
+        self.assertNotIn(b"the body", bounce.data)
+
+    def test_notify_never_means_no_bounce(self) -> None:
+        self.assertEqual(self.deliver(Envelope("a@localhost", (Recipient("bad@localhost", {"NOTIFY": "NEVER"}),))), [])
+        self.assertEqual(self.queue.messages, {})
+
+    def test_undeliverable_bounce_goes_to_postmaster_once(self) -> None:
+        bounces = self.deliver(Envelope("bad@localhost", (Recipient("bad2@localhost"),)))
+        self.assertEqual([(b.envelope.recipients[0].address, b.envelope.protocol) for b in bounces],
+                         [("bad@localhost", "local"), ("postmaster@localhost", "double-bounce")])
+        self.assertIn(b"Subject: Undeliverable bounce", bounces[1].data)
+        self.assertEqual(self.queue.messages, {})
+
+    def test_failed_double_bounce_is_dropped(self) -> None:
+        self.scheduler.postmaster = "bad-postmaster@localhost"
+        bounces = self.deliver(Envelope("bad@localhost", (Recipient("bad2@localhost"),)))
+        self.assertEqual(len(bounces), 2)
+        self.assertEqual(self.queue.messages, {})

@@ -19,7 +19,8 @@ EHLO_REPLY = (
     b"250-8BITMIME\r\n"
     b"250-SMTPUTF8\r\n"
     b"250-ENHANCEDSTATUSCODES\r\n"
-    b"250 CHUNKING\r\n"
+    b"250-CHUNKING\r\n"
+    b"250 DSN\r\n"
 )
 SENDER_OK = b"250 2.1.0 Sender OK\r\n"
 RCPT_OK = b"250 2.1.5 Recipient OK\r\n"
@@ -161,9 +162,28 @@ class ParameterTests(DialogTestCase):
 
     def test_unknown_parameters(self) -> None:
         d = self.ehlo()
-        self.assertEqual(d.send(b"MAIL FROM:<a@b.example> RET=HDRS\r\n"), b"555 5.5.4 Unsupported parameter RET\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.example> MT-PRIORITY=3\r\n"),
+                         b"555 5.5.4 Unsupported parameter MT-PRIORITY\r\n")
         d.send(b"MAIL FROM:<a@b.example>\r\n")
-        self.assertEqual(d.send(b"RCPT TO:<x@localhost> NOTIFY=NEVER\r\n"), b"555 5.5.4 Unsupported parameter NOTIFY\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<x@localhost> FOO=BAR\r\n"), b"555 5.5.4 Unsupported parameter FOO\r\n")
+
+    def test_dsn_parameters_kept(self) -> None:
+        """RFC 3461: RET and ENVID on MAIL, NOTIFY and ORCPT on RCPT, kept on the envelope."""
+        d = self.ehlo()
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.example> RET=HDRS ENVID=QQ+2B1\r\n"), SENDER_OK)
+        self.assertEqual(d.send(b"RCPT TO:<x@localhost> NOTIFY=FAILURE,DELAY ORCPT=rfc822;x+40localhost\r\n"), RCPT_OK)
+        d.send(b"DATA\r\nhi\r\n.\r\n")
+        [(envelope, _)] = self.queue.messages.values()
+        self.assertEqual(envelope.mailParams, {"RET": "HDRS", "ENVID": "QQ+2B1"})
+        self.assertEqual(envelope.recipients[0].params, {"NOTIFY": "FAILURE,DELAY", "ORCPT": "rfc822;x+40localhost"})
+
+    def test_bad_dsn_parameters(self) -> None:
+        d = self.ehlo()
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.example> RET=ALL\r\n"), b"501 5.5.4 RET must be FULL or HDRS (RFC 3461)\r\n")
+        d.send(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<x@localhost> NOTIFY=NEVER,SUCCESS\r\n"),
+                         b"501 5.5.4 NOTIFY must be NEVER, or one or more of SUCCESS, FAILURE, DELAY\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<x@localhost> ORCPT=x@localhost\r\n"), b"501 5.5.4 ORCPT must be addr-type;xtext\r\n")
 
     def test_smtputf8(self) -> None:
         d = self.ehlo()

@@ -14,11 +14,13 @@ import trustme
 from twisted.internet import defer, task, utils
 from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
+from twisted.names import dns
 from twisted.trial.unittest import SkipTest, TestCase
 
 from jsmail.auth import setPassword
 from jsmail.config import Config
 from jsmail.service import MailGateway
+from jsmail.testing import DNSServer
 
 CLIENT_TIMEOUT = 10
 
@@ -40,9 +42,12 @@ class GatewayTestCase(TestCase):
         certificate.private_key_pem.write_to_path(self.keyPath)
         setPassword(os.path.join(self.data, "passwd"), "u", "secret")
         ephemeral = ("tcp:0:interface=127.0.0.1",)
+        # Relayed test mail meets a null MX on a loopback DNS server: no lookup leaves the machine.
+        dnsServer = DNSServer({"example.org": [("example.org", dns.Record_MX(0, b""))]})
+        self.addCleanup(dnsServer.stop)
         config = Config(hostname="mx.test", dataDir=self.data, tlsCertificate=self.certPath,
                         smtpListeners=ephemeral, submissionListeners=ephemeral, smtpsListeners=ephemeral,
-                        authFailureDelay=0.0)
+                        authFailureDelay=0.0, dnsServer=dnsServer.start())
         self.gateway = MailGateway(config)
         self.gateway.privilegedStartService()
         self.gateway.startService()

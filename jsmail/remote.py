@@ -1,0 +1,283 @@
+"""Remote delivery (qmail-remote's job): where mail for a domain goes, and taking it there.
+
+For each recipient domain the destination is, in order: a per-domain route (like
+qmail's ``smtproutes``), the smarthost, or the domain's mail exchangers.  MX records
+come from twisted.names (RFC 5321 section 5.1): tried in preference order, equal
+preferences in random order; no MX means the domain itself (implicit MX); a null MX
+(RFC 7505) fails at once with 556 5.1.10; a domain that does not exist fails with
+550 5.1.2.  Each host's IPv6 and IPv4 addresses are tried in turn.  Only a failure to
+set up a session (no connection, a 4xx/5xx greeting, a TLS failure) moves on to the
+next address or MX; once a host has answered for the recipients, its answers stand.
+
+TLS, per destination (``tls``): ``none``; ``opportunistic`` (STARTTLS when offered; a
+failed handshake is retried once in plaintext on the same host, and logged);
+``verify`` (STARTTLS required, certificate checked against the host name with
+service_identity; a failure is temporary); ``implicit`` (TLS from the first byte, as on
+port 465).  What ``verify`` trusts: the platform's CA store (or the configured trust
+root), checked against the name we connected to: for MX delivery that is the MX host
+name as the DNS gave it, which an attacker who can forge DNS answers also controls;
+only DNSSEC (DANE) or MTA-STS close that gap, and neither is built yet.
+
+Connections are reused: a session that delivered stays open for the next message to
+the same host (up to ``idleTimeout`` seconds), and each host gets at most
+``perHost`` sessions at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import replace
+from typing import Any, Sequence
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.names import dns, error as dnserror
+from twisted.names.client import Resolver
+from zope.interface import implementer
+
+from jsmail._disk import RunInThread
+from jsmail.config import hostPort
+from jsmail.envelope import Recipient
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, QueuedMessage
+from jsmail.route import Route
+from jsmail.smtpclient import ClientSettings, ESMTPClient, OutgoingMessage, SMTPClientError
+
+_log = Logger()
+
+
+class DestinationError(Exception):
+    """Mail for the domain cannot be routed: ``reply`` says why, with its codes."""
+
+    def __init__(self, reply: str, permanent: bool) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.permanent = permanent
+
+
+def makeResolver(server: str | None, reactor: Any) -> Resolver:
+    """A twisted.names resolver: ``HOST:PORT`` of one DNS server, or the system's
+    resolv.conf when ``server`` is empty."""
+    if not server:
+        return Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+    return Resolver(servers=[hostPort(server, 53)], reactor=reactor)
+
+
+class MailExchangers:
+    """MX and address lookups through a twisted.names resolver."""
+
+    def __init__(self, resolver: Any) -> None:
+        self.resolver = resolver
+
+    @defer.inlineCallbacks
+    def hostsFor(self, domain: str) -> Any:
+        """The hosts to try for ``domain``, best first (RFC 5321 section 5.1)."""
+        if domain.startswith("["):
+            return [domain]
+        try:
+            answers, _, _ = yield self.resolver.lookupMailExchange(domain)
+        except dnserror.DomainError:
+            raise DestinationError(f"550 5.1.2 Domain {domain} does not exist", permanent=True) from None
+        except (dnserror.DNSNameError, dnserror.DNSServerError, dnserror.DNSQueryTimeoutError,
+                defer.TimeoutError, dnserror.DNSUnknownError) as e:
+            raise DestinationError(f"451 4.4.3 DNS lookup of MX for {domain} failed: {type(e).__name__}",
+                                   permanent=False) from None
+        exchangers = [(a.payload.preference, str(a.payload.name)) for a in answers
+                      if a.type == dns.MX and str(a.name).lower() == domain.lower()]
+        if not exchangers:
+            return [domain]  # implicit MX (RFC 5321 section 5.1)
+        if any(name in ("", ".") for _, name in exchangers):
+            raise DestinationError(f"556 5.1.10 Domain {domain} accepts no mail (null MX, RFC 7505)",
+                                   permanent=True)
+        random.shuffle(exchangers)
+        return [name for _, name in sorted(exchangers, key=lambda e: e[0])]
+
+    @defer.inlineCallbacks
+    def addressesOf(self, host: str) -> Any:
+        """IPv6 then IPv4 addresses of ``host`` (an address, or address literal, is its own)."""
+        if host.startswith("["):
+            literal = host[1:-1]
+            return [literal[5:]] if literal[:5].lower() == "ipv6:" else [literal]
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        lookups = yield defer.DeferredList(
+            [self.resolver.lookupIPV6Address(host), self.resolver.lookupAddress(host)], consumeErrors=True
+        )
+        addresses = []
+        for ok, result in lookups:
+            if ok:
+                answers = result[0]
+                addresses += [a.payload.dottedQuad() if a.type == dns.A else _ipv6(a.payload)
+                              for a in answers if a.type in (dns.A, dns.AAAA)]
+        if not addresses:
+            raise DestinationError(f"451 4.4.4 Host {host} has no address", permanent=False)
+        return addresses
+
+
+def _ipv6(record: Any) -> str:
+    import socket
+
+    return socket.inet_ntop(socket.AF_INET6, record.address)
+
+
+@implementer(IDeliveryAgent)
+class RemoteDelivery:
+    """Delivers to other domains over ESMTP (see the module docstring)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        runInThread: RunInThread,
+        resolver: Any,
+        heloName: str,
+        routes: dict[str, Route] | None = None,
+        smarthost: Route | None = None,
+        port: int = 25,
+        tls: str = "opportunistic",
+        trustRoot: Any = None,
+        perHost: int = 5,
+        idleTimeout: float = 10.0,
+        connectTimeout: float = 60.0,
+    ) -> None:
+        self.reactor = reactor
+        self.runInThread = runInThread
+        self.exchangers = MailExchangers(resolver)
+        self.heloName = heloName
+        self.routes = {d.lower(): r for d, r in (routes or {}).items()}
+        self.smarthost = smarthost
+        self.port = port
+        self.tls = tls
+        self.trustRoot = trustRoot
+        self.perHost = perHost
+        self.idleTimeout = idleTimeout
+        self.connectTimeout = connectTimeout
+        self._slots: dict[str, defer.DeferredSemaphore] = {}
+        self._idle: dict[tuple[str, int, str], list[tuple[ESMTPClient, Any]]] = {}
+
+    def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
+        byDomain: dict[str, list[Recipient]] = {}
+        for recipient in recipients:
+            byDomain.setdefault(recipient.address.rpartition("@")[2].lower(), []).append(recipient)
+        d = defer.gatherResults([self._deliverDomain(domain, message, rcpts) for domain, rcpts in byDomain.items()])
+        return d.addCallback(lambda groups: [result for group in groups for result in group])
+
+    @defer.inlineCallbacks
+    def _deliverDomain(self, domain: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
+        route = self.routes.get(domain) or self.smarthost
+        try:
+            hosts = [route.host] if route else (yield self.exchangers.hostsFor(domain))
+        except DestinationError as e:
+            return _all(recipients, e.reply, e.permanent)
+        route = route or Route(host="", port=self.port, tls=self.tls)
+        lastError = f"451 4.4.1 No mail exchanger for {domain} could be reached"
+        for host in hosts:
+            try:
+                addresses = yield self.exchangers.addressesOf(host)
+            except DestinationError as e:
+                lastError = e.reply
+                continue
+            for address in addresses:
+                outcome = yield self._deliverHost(replace(route, host=host), address, message, recipients)
+                if isinstance(outcome, list):
+                    return outcome
+                lastError = outcome
+        return _all(recipients, lastError, permanent=False)
+
+    def _deliverHost(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
+        """Results for the recipients, or a string saying why this host could not be tried."""
+        slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.perHost))
+        return slots.run(self._session, route, address, message, recipients)
+
+    @defer.inlineCallbacks
+    def _session(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
+        client = self._takeIdle(route, address)
+        if client is None:
+            try:
+                client = yield self._open(route, address)
+            except SMTPClientError as e:
+                return f"{e} ({route.host} [{address}])"
+        outgoing = OutgoingMessage(
+            sender=message.envelope.sender,
+            recipients=tuple(recipients),
+            mailParams=message.envelope.mailParams,
+            size=(yield self.runInThread(_measure, message)),
+            open=message.open,
+        )
+        results = yield client.send(outgoing)
+        self._keepIdle(route, address, client)
+        remote = f"dns; {route.host}" if route.host else f"dns; [{address}]"
+        return [replace(r, remoteMTA=remote) for r in results]
+
+    @defer.inlineCallbacks
+    def _open(self, route: Route, address: str) -> Any:
+        """A session ready for mail; with opportunistic TLS, a failed handshake is tried
+        once more without TLS.  Fails with SMTPClientError."""
+        client = yield self._connect(route, address, route.tls)
+        try:
+            yield client.ready
+            return client
+        except SMTPClientError as e:
+            if route.tls != "opportunistic" or not client.tlsFailed:
+                raise
+            _log.warn("TLS with {host} [{address}] failed ({error}); trying again without TLS",
+                      host=route.host, address=address, error=str(e))
+        client = yield self._connect(route, address, "none")
+        yield client.ready
+        return client
+
+    def _connect(self, route: Route, address: str, tls: str) -> defer.Deferred[ESMTPClient]:
+        endpointType = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint: Any = endpointType(self.reactor, address, route.port, timeout=self.connectTimeout)
+        tlsHostname = route.host if tls in ("verify", "implicit") else None
+        if tls == "implicit":
+            endpoint = wrapClientTLS(optionsForClientTLS(route.host, trustRoot=self.trustRoot), endpoint)
+        settings = ClientSettings(heloName=self.heloName, tls=tls, tlsHostname=tlsHostname, trustRoot=self.trustRoot,
+                                  username=route.username, password=route.password)
+        def refused(failure: Any) -> None:
+            raise SMTPClientError(f"451 4.4.1 Cannot connect: {failure.getErrorMessage()}", permanent=False)
+
+        return connectProtocol(endpoint, ESMTPClient(settings, self.reactor)).addErrback(refused)
+
+    def _takeIdle(self, route: Route, address: str) -> ESMTPClient | None:
+        pool = self._idle.get((address, route.port, route.tls), [])
+        while pool:
+            client, timer = pool.pop()
+            timer.cancel()
+            if not client.closed:
+                return client
+        return None
+
+    def _keepIdle(self, route: Route, address: str, client: ESMTPClient) -> None:
+        pool = self._idle.setdefault((address, route.port, route.tls), [])
+
+        def expire() -> None:
+            pool[:] = [(c, t) for c, t in pool if c is not client]
+            client.quit()
+
+        pool.append((client, self.reactor.callLater(self.idleTimeout, expire)))
+
+    def close(self) -> defer.Deferred[Any]:
+        """Say QUIT on every idle session."""
+        quits = []
+        for pool in self._idle.values():
+            for client, timer in pool:
+                timer.cancel()
+                quits.append(defer.maybeDeferred(client.quit))
+            pool.clear()
+        return defer.DeferredList(quits)
+
+
+def _measure(message: QueuedMessage) -> int:
+    """The message's size in octets (blocking: run in a thread)."""
+    with message.open() as f:
+        start = f.tell()
+        return f.seek(0, 2) - start
+
+
+def _all(recipients: Sequence[Recipient], reply: str, permanent: bool) -> list[DeliveryResult]:
+    status = DeliveryStatus.PERMANENT if permanent else DeliveryStatus.TEMPORARY
+    return [DeliveryResult(r.address, status, reply) for r in recipients]

@@ -1,0 +1,236 @@
+"""Remote delivery end to end: a real DNS server on loopback answers MX and address
+queries; real peers (aiosmtpd, and jsmail itself over STARTTLS) receive."""
+
+from __future__ import annotations
+
+import email
+import glob
+import ipaddress
+import os
+import smtplib
+import socket
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from twisted.internet import defer, reactor, task
+from twisted.internet.threads import deferToThread
+from twisted.names import dns
+from twisted.trial.unittest import TestCase
+
+from jsmail.config import Config
+from jsmail.remote import DestinationError, MailExchangers, makeResolver
+from jsmail.service import MailGateway
+from jsmail.testing import DNSServer
+
+NONE: tuple[str, ...] = ()
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def zone(port: int) -> dict[str, list[tuple[str, Any]]]:
+    return {"example.test": [
+        ("example.test", dns.Record_MX(10, b"mx1.example.test")),
+        ("mx1.example.test", dns.Record_A("127.0.0.1")),
+        ("backup.example.test", dns.Record_MX(10, b"down.example.test")),
+        ("backup.example.test", dns.Record_MX(20, b"mx1.example.test")),
+        ("down.example.test", dns.Record_A("127.0.0.2")),
+        ("nomx.example.test", dns.Record_A("127.0.0.1")),
+        ("null.example.test", dns.Record_MX(0, b"")),
+    ]}
+
+
+class Sink:
+    """aiosmtpd handler: keeps what it receives; refuses recipients starting "bad"
+    with 550 and those starting "later" with 451."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.sessions = 0
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str, responses: list) -> list:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list) -> str:
+        if address.startswith("bad"):
+            return "550 5.1.1 No such user here"
+        if address.startswith("later"):
+            return "451 4.2.0 Mailbox busy, try later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 Received"
+
+
+class RemoteTestCase(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.peerPort = freePort()
+        self.sink = Sink()
+        self.controller = Controller(self.sink, hostname="127.0.0.1", port=self.peerPort, decode_data=False)
+        self.controller.start()
+        self.addCleanup(self.controller.stop)
+        self.dns = DNSServer(zone(self.peerPort))
+        self.dnsAddress = self.dns.start()
+        self.addCleanup(self.dns.stop)
+
+    @defer.inlineCallbacks
+    def gateway(self, **overrides: Any):  # type: ignore[no-untyped-def]
+        """A started gateway whose remote deliveries go to the sink's port."""
+        data = os.path.abspath(self.mktemp())
+        settings: dict[str, Any] = dict(
+            hostname="a.test", dataDir=data, smtpListeners=("tcp:0:interface=127.0.0.1",),
+            submissionListeners=NONE, smtpsListeners=NONE, trustedNetworks=LOOPBACK,
+            dnsServer=self.dnsAddress, remotePort=self.peerPort, deliveryProcess=False,
+            connectTimeout=5.0,
+        )
+        settings.update(overrides)
+        gateway = MailGateway(Config(**settings))
+        gateway.privilegedStartService()
+        gateway.startService()
+        self.addCleanup(gateway.stopService)
+        port = yield gateway.listeners[0].whenListening()
+        gateway.smtpPort = port.getHost().port
+        gateway.data = data
+        return gateway
+
+    def send(self, gateway: Any, recipients: list[str], body: bytes, sender: str = "a@localhost") -> defer.Deferred:
+        def sendmail() -> dict:
+            with smtplib.SMTP("127.0.0.1", gateway.smtpPort, timeout=10) as client:
+                return client.sendmail(sender, recipients, body)
+
+        return deferToThread(sendmail)
+
+    @defer.inlineCallbacks
+    def waitFor(self, predicate: Any, what: str, seconds: float = 20):  # type: ignore[no-untyped-def]
+        for _ in range(int(seconds / 0.05)):
+            if predicate():
+                return
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"timed out waiting for {what}")
+
+    def mailbox(self, gateway: Any, local: str, domain: str = "localhost") -> list[bytes]:
+        contents = []
+        for name in sorted(glob.glob(os.path.join(gateway.data, "mail", domain, local, "new", "*"))):
+            with open(name, "rb") as f:
+                contents.append(f.read())
+        return contents
+
+    @defer.inlineCallbacks
+    def bounceFor(self, gateway: Any, local: str = "a"):  # type: ignore[no-untyped-def]
+        yield self.waitFor(lambda: self.mailbox(gateway, local), "the bounce")
+        [bounce] = self.mailbox(gateway, local)
+        report = email.message_from_bytes(bounce)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        return report, report.get_payload()[1].get_payload()
+
+
+class MailExchangerTests(RemoteTestCase):
+    @defer.inlineCallbacks
+    def test_lookups(self):  # type: ignore[no-untyped-def]
+        mx = MailExchangers(makeResolver(self.dnsAddress, reactor))
+        self.assertEqual((yield mx.hostsFor("backup.example.test")), ["down.example.test", "mx1.example.test"])
+        self.assertEqual((yield mx.hostsFor("nomx.example.test")), ["nomx.example.test"])
+        self.assertEqual((yield mx.addressesOf("mx1.example.test")), ["127.0.0.1"])
+        null = yield self.assertFailure(mx.hostsFor("null.example.test"), DestinationError)
+        self.assertEqual((null.reply[:10], null.permanent), ("556 5.1.10", True))
+        missing = yield self.assertFailure(mx.hostsFor("missing.example.test"), DestinationError)
+        self.assertEqual((missing.reply[:9], missing.permanent), ("550 5.1.2", True))
+
+
+class DeliveryTests(RemoteTestCase):
+    BODY = b"Subject: remote\r\n\r\nline one\r\n.leading dot\r\n"
+
+    @defer.inlineCallbacks
+    def test_mx_delivery_body_intact(self):  # type: ignore[no-untyped-def]
+        gateway = yield self.gateway()
+        yield self.send(gateway, ["bob@example.test"], self.BODY)
+        yield self.waitFor(lambda: self.sink.received, "the sink")
+        [(sender, recipients, content)] = self.sink.received
+        self.assertEqual((sender, recipients), ("a@localhost", ["bob@example.test"]))
+        received, rest = content.split(b"\r\n\t", 1)
+        self.assertTrue(received.startswith(b"Received: from "))
+        self.assertTrue(content.endswith(b"\r\n" + self.BODY), content)
+
+    @defer.inlineCallbacks
+    def test_next_mx_when_first_is_down(self):  # type: ignore[no-untyped-def]
+        gateway = yield self.gateway()
+        yield self.send(gateway, ["bob@backup.example.test"], self.BODY)
+        yield self.waitFor(lambda: self.sink.received, "the sink")
+        self.assertEqual(self.sink.received[0][1], ["bob@backup.example.test"])
+
+    @defer.inlineCallbacks
+    def test_null_mx_bounces_at_once(self):  # type: ignore[no-untyped-def]
+        gateway = yield self.gateway()
+        yield self.send(gateway, ["bob@null.example.test"], self.BODY)
+        _, status = yield self.bounceFor(gateway)
+        self.assertEqual(status[1]["Status"], "5.1.10")
+        self.assertEqual(status[1]["Final-Recipient"], "rfc822; bob@null.example.test")
+
+    @defer.inlineCallbacks
+    def test_refused_recipient_bounces_with_remote_mta(self):  # type: ignore[no-untyped-def]
+        gateway = yield self.gateway()
+        yield self.send(gateway, ["good@example.test", "bad@example.test"], self.BODY)
+        report, status = yield self.bounceFor(gateway)
+        self.assertEqual([r for _, r, _ in self.sink.received], [["good@example.test"]])
+        group = status[1]
+        self.assertEqual((group["Final-Recipient"], group["Action"], group["Status"]),
+                         ("rfc822; bad@example.test", "failed", "5.1.1"))
+        self.assertEqual(group["Remote-MTA"], "dns; mx1.example.test")
+        self.assertIn("550 5.1.1 No such user here", group["Diagnostic-Code"])
+        self.assertEqual(status[0]["Reporting-MTA"], "dns; a.test")
+        self.assertIn(b"Subject: remote", report.get_payload()[2].as_bytes())
+
+    @defer.inlineCallbacks
+    def test_smarthost_down_retried_then_one_bounce(self):  # type: ignore[no-untyped-def]
+        """The issue's "done when": with the sink stopped the message is retried, and
+        after the give-up age the sender gets one RFC 3464 bounce in its Maildir."""
+        closed = freePort()
+        gateway = yield self.gateway(smarthost=f"127.0.0.1:{closed}", retryFirst=0.2, retryFactor=1.0, giveUp=1.5)
+        yield self.send(gateway, ["someone@example.org"], self.BODY)
+        _, status = yield self.bounceFor(gateway)
+        self.assertEqual(status[1]["Action"], "failed")
+        self.assertTrue(status[1]["Status"].startswith("4.4."), status[1]["Status"])
+        self.assertIn("gave up", status[1]["Diagnostic-Code"])
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(len(self.mailbox(gateway, "a")), 1, "exactly one bounce")
+
+    @defer.inlineCallbacks
+    def test_smarthost_delivery(self):  # type: ignore[no-untyped-def]
+        gateway = yield self.gateway(smarthost=f"127.0.0.1:{self.peerPort}", dnsServer="127.0.0.1:9")
+        yield self.send(gateway, ["someone@example.org"], self.BODY)
+        yield self.waitFor(lambda: self.sink.received, "the smarthost")
+        self.assertTrue(self.sink.received[0][2].endswith(self.BODY))
+
+    @defer.inlineCallbacks
+    def test_connection_reused_for_the_next_message(self):  # type: ignore[no-untyped-def]
+        gateway = yield self.gateway()
+        for n in range(3):
+            yield self.send(gateway, [f"r{n}@example.test"], self.BODY)
+            yield self.waitFor(lambda: len(self.sink.received) == n + 1, "a delivery")
+        self.assertEqual(self.sink.sessions, 1, "all three messages in one SMTP session")
+
+
+class TwoGatewaysTests(RemoteTestCase):
+    @defer.inlineCallbacks
+    def test_relay_between_gateways_over_starttls(self):  # type: ignore[no-untyped-def]
+        """Two jsmail gateways: A relays to B (its MX) over STARTTLS; B's Maildir holds
+        the body byte for byte."""
+        receiver = yield self.gateway(hostname="b.test", domains=("example.test",))
+        sender = yield self.gateway(remotePort=receiver.smtpPort, remoteTLS="opportunistic")
+        body = b"Subject: relay\r\n\r\n" + bytes(range(32, 127)) + b"\r\n\xc3\xa9t\xc3\xa9\r\n"
+        yield self.send(sender, ["bob@example.test"], body)
+        yield self.waitFor(lambda: self.mailbox(receiver, "bob", "example.test"), "the relayed message")
+        [delivered] = self.mailbox(receiver, "bob", "example.test")
+        self.assertTrue(delivered.endswith(body.replace(b"\r\n", b"\n")), delivered)
+        self.assertRegex(delivered, rb"\(using TLSv1\.[23] with cipher \S+\)\n\tby b\.test \(jsmail\) with ESMTPS id ")
+        self.assertEqual(delivered.count(b"Received: "), 2)
