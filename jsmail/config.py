@@ -242,6 +242,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("perHost", "remote", "per_host", _integer(1)),
     Option("idleTimeoutRemote", "remote", "idle_timeout", _seconds),
     Option("connectTimeout", "remote", "connect_timeout", _seconds),
+    Option("hostBackoff", "remote", "host_backoff", _seconds),
+    Option("hostBackoffMaximum", "remote", "host_backoff_max", _seconds),
     Option("retryFirst", "queue", "retry_first", _seconds),
     Option("retryFactor", "queue", "retry_factor", _factor),
     Option("retryMaximum", "queue", "retry_max", _seconds),
@@ -296,6 +298,8 @@ class Config:
     perHost: int = 5
     idleTimeoutRemote: float = 10.0
     connectTimeout: float = 60.0
+    hostBackoff: float = 60.0
+    hostBackoffMaximum: float = 3600.0
     retryFirst: float = 300.0
     retryFactor: float = 2.0
     retryMaximum: float = 4 * 3600.0

@@ -20,7 +20,10 @@ only DNSSEC (DANE) or MTA-STS close that gap, and neither is built yet.
 
 Connections are reused: a session that delivered stays open for the next message to
 the same host (up to ``idleTimeout`` seconds), and each host gets at most
-``perHost`` sessions at once.
+``perHost`` sessions at once.  A host address that could not be reached is backed off
+as a whole (like qmail's ``tcpto``): for ``backoff`` seconds, doubling with each
+further failure up to ``backoffMaximum``, mail for it is deferred without trying, so a
+dead MX does not cost every queued message a connection timeout.
 """
 
 from __future__ import annotations
@@ -142,6 +145,8 @@ class RemoteDelivery:
         perHost: int = 5,
         idleTimeout: float = 10.0,
         connectTimeout: float = 60.0,
+        backoff: float = 60.0,
+        backoffMaximum: float = 3600.0,
     ) -> None:
         self.reactor = reactor
         self.runInThread = runInThread
@@ -155,6 +160,9 @@ class RemoteDelivery:
         self.perHost = perHost
         self.idleTimeout = idleTimeout
         self.connectTimeout = connectTimeout
+        self.backoff = backoff
+        self.backoffMaximum = backoffMaximum
+        self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
         self._slots: dict[str, defer.DeferredSemaphore] = {}
         self._idle: dict[tuple[str, int, str], list[tuple[ESMTPClient, Any]]] = {}
 
@@ -196,10 +204,18 @@ class RemoteDelivery:
     def _session(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
         client = self._takeIdle(route, address)
         if client is None:
+            now = self.reactor.seconds()
+            until, failures, why = self._down.get(address, (0.0, 0, ""))
+            if until > now:
+                return f"{why} (not tried again for {until - now:.0f} s)"
             try:
                 client = yield self._open(route, address)
             except SMTPClientError as e:
-                return f"{e} ({route.host} [{address}])"
+                why = f"{e} ({route.host} [{address}])"
+                delay = min(self.backoff * 2 ** failures, self.backoffMaximum)
+                self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
+                return why
+            self._down.pop(address, None)
         outgoing = OutgoingMessage(
             sender=message.envelope.sender,
             recipients=tuple(recipients),

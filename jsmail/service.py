@@ -25,13 +25,15 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from jsmail import __version__
 from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm
 from jsmail.config import Config
+from jsmail.envelope import Envelope, Recipient
+from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.inject import Funnel
 from jsmail.local import MaildirDelivery
 from jsmail.policy import RelayControl
@@ -210,6 +212,7 @@ class DeliveryService(_DiskWork):
             routes={route.domain: route for route in config.routes}, smarthost=config.smarthostRoute,
             port=config.remotePort, tls=config.remoteTLS, perHost=config.perHost,
             idleTimeout=config.idleTimeoutRemote, connectTimeout=config.connectTimeout,
+            backoff=config.hostBackoff, backoffMaximum=config.hostBackoffMaximum,
         )
         retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
         self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote), self.reactor,
@@ -276,6 +279,43 @@ class SendLock:
             self._fd, self.held = None, False
 
 
+class Outcomes:
+    """Waits for the operator log's events about queued messages, to tell an embedder
+    how each of its messages ended.  The log is the one channel that reports from the
+    delivery process as well as from within this one."""
+
+    def __init__(self, publisher: Any = None) -> None:
+        self.publisher = publisher if publisher is not None else globalLogPublisher
+        self._waiting: dict[str, tuple[defer.Deferred[list[DeliveryResult]], list[DeliveryResult]]] = {}
+
+    def watch(self, queueId: str) -> defer.Deferred[list[DeliveryResult]]:
+        """Fires with one result per recipient once the message has left the queue."""
+        if not self._waiting:
+            self.publisher.addObserver(self._observe)
+        d: defer.Deferred[list[DeliveryResult]] = defer.Deferred()
+        self._waiting[queueId] = (d, [])
+        return d
+
+    def forget(self, queueId: str) -> None:
+        self._waiting.pop(queueId, None)
+        if not self._waiting:
+            self.publisher.removeObserver(self._observe)
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        if event.get("log_namespace") != "jsmail.maillog" or event.get("queueId") not in self._waiting:
+            return
+        d, results = self._waiting[event["queueId"]]
+        kind = event.get("event")
+        if kind in ("delivered", "failed"):
+            status = DeliveryStatus.DELIVERED if kind == "delivered" else DeliveryStatus.PERMANENT
+            results.append(DeliveryResult(event["recipient"], status, event["detail"]))
+        elif kind == "removed":
+            del self._waiting[event["queueId"]]
+            if not self._waiting:
+                self.publisher.removeObserver(self._observe)
+            d.callback(results)
+
+
 class MailGateway(_DiskWork):
     """The gateway, wired from one :class:`Config`.
 
@@ -305,10 +345,12 @@ class MailGateway(_DiskWork):
         self.delivery: DeliveryService | SendProcess
         if config.deliveryProcess:
             self.delivery = SendProcess(config, self.reactor)
-            funnel = Funnel(self.queue, lambda queueId, envelope: self.delivery.notify(queueId))
+            self.funnel = Funnel(self.queue, lambda queueId, envelope: self.delivery.notify(queueId))
         else:
             self.delivery = DeliveryService(config, self.reactor)
-            funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
+            self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
+        self.outcomes = Outcomes()
+        funnel = self.funnel
         self.delivery.setServiceParent(self)
         self.handleSignals = handleSignals
         self.tls = makeTLS(config, self.dataDir)
@@ -330,6 +372,23 @@ class MailGateway(_DiskWork):
                 listener = ListenerService(self.reactor, description, factory, kind)
                 listener.setServiceParent(self)
                 self.listeners.append(listener)
+
+    @defer.inlineCallbacks
+    def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:
+        """Queue ``message`` (CR LF lines) for delivery, as if received by SMTP, and fire
+        with one :class:`DeliveryResult` per recipient once it has left the queue:
+        delivered, or failed for good (after the retries; the sender got a bounce)."""
+        envelope = Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=self.reactor.seconds(),
+                            clientAddress="127.0.0.1", helo=self.config.hostname, protocol="local")
+        incoming = self.funnel.newMessage(envelope)
+        incoming.write(message)
+        outcome = self.outcomes.watch(incoming.queueId)
+        try:
+            yield incoming.commit()
+        except Exception:
+            self.outcomes.forget(incoming.queueId)
+            raise
+        return (yield outcome)
 
     def listenersOf(self, kind: str) -> list[ListenerService]:
         """The listeners of one kind: ``smtp``, ``submission`` or ``smtps``."""

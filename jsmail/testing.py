@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import dns
@@ -147,11 +148,17 @@ class DNSServer:
 
     def start(self) -> str:
         """Listen; return "127.0.0.1:PORT" (what ``--dns-server`` takes)."""
-        udp = self.reactor.listenUDP(0, DNSDatagramProtocol(self.factory), interface="127.0.0.1")
-        self.port = udp.getHost().port
-        tcp = self.reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
-        self._ports = [udp, tcp]
-        return f"127.0.0.1:{self.port}"
+        for _ in range(10):  # the UDP port's number may be taken for TCP: pick another
+            udp = self.reactor.listenUDP(0, DNSDatagramProtocol(self.factory), interface="127.0.0.1")
+            try:
+                tcp = self.reactor.listenTCP(udp.getHost().port, self.factory, interface="127.0.0.1")
+            except CannotListenError:
+                udp.stopListening()
+                continue
+            self.port = udp.getHost().port
+            self._ports = [udp, tcp]
+            return f"127.0.0.1:{self.port}"
+        raise CannotListenError("127.0.0.1", 0, "no port free for both UDP and TCP")
 
     def stop(self) -> defer.Deferred[Any]:
         return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self._ports])

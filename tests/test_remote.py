@@ -234,3 +234,51 @@ class TwoGatewaysTests(RemoteTestCase):
         self.assertTrue(delivered.endswith(body.replace(b"\r\n", b"\n")), delivered)
         self.assertRegex(delivered, rb"\(using TLSv1\.[23] with cipher \S+\)\n\tby b\.test \(jsmail\) with ESMTPS id ")
         self.assertEqual(delivered.count(b"Received: "), 2)
+
+
+class SubmitTests(RemoteTestCase):
+    """The embedding API: queue a message, get each recipient's final outcome."""
+
+    @defer.inlineCallbacks
+    def check(self, deliveryProcess: bool):  # type: ignore[no-untyped-def]
+        gateway = yield self.gateway(deliveryProcess=deliveryProcess)
+        results = yield gateway.submit("a@localhost", ["good@example.test", "bad@example.test", "me@localhost"],
+                                       b"Subject: api\r\n\r\nfrom an application\r\n")
+        outcome = {r.recipient: (r.status.value, r.detail[:9]) for r in results}
+        self.assertEqual(outcome["good@example.test"][0], "delivered")
+        self.assertEqual(outcome["bad@example.test"], ("permanent", "550 5.1.1"))
+        self.assertEqual(outcome["me@localhost"][0], "delivered")
+        self.assertEqual([r for _, r, _ in self.sink.received], [["good@example.test"]])
+
+    def test_in_process(self):  # type: ignore[no-untyped-def]
+        return self.check(deliveryProcess=False)
+
+    def test_with_delivery_process(self):  # type: ignore[no-untyped-def]
+        return self.check(deliveryProcess=True)
+
+
+class BackoffTests(RemoteTestCase):
+    @defer.inlineCallbacks
+    def test_unreachable_host_is_backed_off(self):  # type: ignore[no-untyped-def]
+        """A host that drops connections is tried once; within its back-off the next
+        messages wait without a new connection."""
+        from twisted.internet.protocol import Factory, Protocol
+
+        attempts = []
+
+        class Drop(Protocol):
+            def connectionMade(self) -> None:
+                attempts.append(1)
+                self.transport.loseConnection()
+
+        listening = reactor.listenTCP(0, Factory.forProtocol(Drop), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        gateway = yield self.gateway(smarthost=f"127.0.0.1:{listening.getHost().port}", hostBackoff=30.0)
+        for n in range(3):
+            yield self.send(gateway, [f"r{n}@example.org"], b"Subject: x\r\n\r\nx\r\n")
+        queue = gateway.delivery.scheduler
+        yield self.waitFor(lambda: all(e.attempts for e in queue._envelopes.values()) and len(queue._envelopes) == 3,
+                           "three deferred messages")
+        self.assertEqual(len(attempts), 1)
+        details = [e.recipients[0].lastReply for e in queue._envelopes.values()]
+        self.assertEqual(sum("not tried again" in d for d in details), 2, details)
