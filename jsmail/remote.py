@@ -253,6 +253,7 @@ class RemoteDelivery:
             endpoint = wrapClientTLS(optionsForClientTLS(route.host, trustRoot=self.trustRoot), endpoint)
         settings = ClientSettings(heloName=self.heloName, tls=tls, tlsHostname=tlsHostname, trustRoot=self.trustRoot,
                                   username=route.username, password=route.password)
+
         def refused(failure: Any) -> None:
             raise SMTPClientError(f"451 4.4.1 Cannot connect: {failure.getErrorMessage()}", permanent=False)
 
