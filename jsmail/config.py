@@ -242,6 +242,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("perHost", "remote", "per_host", _integer(1)),
     Option("idleTimeoutRemote", "remote", "idle_timeout", _seconds),
     Option("connectTimeout", "remote", "connect_timeout", _seconds),
+    Option("mtaSts", "remote", "mta_sts", _boolean),
     Option("hostBackoff", "remote", "host_backoff", _seconds),
     Option("hostBackoffMaximum", "remote", "host_backoff_max", _seconds),
     Option("retryFirst", "queue", "retry_first", _seconds),
@@ -298,6 +299,7 @@ class Config:
     perHost: int = 5
     idleTimeoutRemote: float = 10.0
     connectTimeout: float = 60.0
+    mtaSts: bool = True
     hostBackoff: float = 60.0
     hostBackoffMaximum: float = 3600.0
     retryFirst: float = 300.0

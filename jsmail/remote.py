@@ -15,8 +15,12 @@ failed handshake is retried once in plaintext on the same host, and logged);
 service_identity; a failure is temporary); ``implicit`` (TLS from the first byte, as on
 port 465).  What ``verify`` trusts: the platform's CA store (or the configured trust
 root), checked against the name we connected to: for MX delivery that is the MX host
-name as the DNS gave it, which an attacker who can forge DNS answers also controls;
-only DNSSEC (DANE) or MTA-STS close that gap, and neither is built yet.
+name as the DNS gave it, which an attacker who can forge DNS answers also controls.
+MTA-STS (RFC 8461, :mod:`jsmail.mtasts`) closes that gap for domains that publish a
+policy: the policy, fetched over HTTPS from the domain's own web name and checked
+against the CA store, lists the MX names allowed, and in ``enforce`` mode only those
+are used, each with ``verify``.  DANE (:mod:`jsmail.dane`) is not wired in yet: it needs
+DNSSEC-validated answers, which twisted.names does not check.
 
 Connections are reused: a session that delivered stays open for the next message to
 the same host (up to ``idleTimeout`` seconds), and each host gets at most
@@ -45,6 +49,7 @@ from jsmail._disk import RunInThread
 from jsmail.config import hostPort
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, QueuedMessage
+from jsmail.mtasts import NoMatchingHost, PolicyFetcher, applyPolicy
 from jsmail.route import Route
 from jsmail.smtpclient import ClientSettings, ESMTPClient, OutgoingMessage, SMTPClientError
 
@@ -147,6 +152,7 @@ class RemoteDelivery:
         connectTimeout: float = 60.0,
         backoff: float = 60.0,
         backoffMaximum: float = 3600.0,
+        mtaSts: PolicyFetcher | None = None,
     ) -> None:
         self.reactor = reactor
         self.runInThread = runInThread
@@ -162,9 +168,10 @@ class RemoteDelivery:
         self.connectTimeout = connectTimeout
         self.backoff = backoff
         self.backoffMaximum = backoffMaximum
+        self.mtaSts = mtaSts
         self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
         self._slots: dict[str, defer.DeferredSemaphore] = {}
-        self._idle: dict[tuple[str, int, str], list[tuple[ESMTPClient, Any]]] = {}
+        self._idle: dict[tuple[str, int, str, str], list[tuple[ESMTPClient, Any]]] = {}
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
         byDomain: dict[str, list[Recipient]] = {}
@@ -180,16 +187,26 @@ class RemoteDelivery:
             hosts = [route.host] if route else (yield self.exchangers.hostsFor(domain))
         except DestinationError as e:
             return _all(recipients, e.reply, e.permanent)
-        route = route or Route(host="", port=self.port, tls=self.tls)
+        if route:  # a route or smarthost is the operator's choice: MTA-STS is about MX hosts
+            plan = [(host, route.tls) for host in hosts]
+        else:
+            route = Route(host="", port=self.port, tls=self.tls)
+            policy = None
+            if self.mtaSts is not None and not domain.startswith("["):
+                policy = yield self.mtaSts.policyFor(domain)
+            try:
+                plan = applyPolicy(policy, domain, hosts, self.tls)
+            except NoMatchingHost as e:
+                return _all(recipients, e.reply, e.permanent)
         lastError = f"451 4.4.1 No mail exchanger for {domain} could be reached"
-        for host in hosts:
+        for host, tls in plan:
             try:
                 addresses = yield self.exchangers.addressesOf(host)
             except DestinationError as e:
                 lastError = e.reply
                 continue
             for address in addresses:
-                outcome = yield self._deliverHost(replace(route, host=host), address, message, recipients)
+                outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients)
                 if isinstance(outcome, list):
                     return outcome
                 lastError = outcome
@@ -259,8 +276,14 @@ class RemoteDelivery:
 
         return connectProtocol(endpoint, ESMTPClient(settings, self.reactor)).addErrback(refused)
 
+    @staticmethod
+    def _poolKey(route: Route, address: str) -> tuple[str, int, str, str]:
+        """Sessions are shared only where they are equally trusted: a session verified
+        for one name is not reused for another name at the same address."""
+        return address, route.port, route.tls, route.host if route.tls in ("verify", "implicit") else ""
+
     def _takeIdle(self, route: Route, address: str) -> ESMTPClient | None:
-        pool = self._idle.get((address, route.port, route.tls), [])
+        pool = self._idle.get(self._poolKey(route, address), [])
         while pool:
             client, timer = pool.pop()
             timer.cancel()
@@ -269,7 +292,7 @@ class RemoteDelivery:
         return None
 
     def _keepIdle(self, route: Route, address: str, client: ESMTPClient) -> None:
-        pool = self._idle.setdefault((address, route.port, route.tls), [])
+        pool = self._idle.setdefault(self._poolKey(route, address), [])
 
         def expire() -> None:
             pool[:] = [(c, t) for c, t in pool if c is not client]

@@ -38,6 +38,7 @@ from jsmail.inject import Funnel
 from jsmail.local import MaildirDelivery
 from jsmail.policy import RelayControl
 from jsmail.queue import MaildirQueue
+from jsmail.mtasts import PolicyFetcher
 from jsmail.remote import RemoteDelivery, makeResolver
 from jsmail.route import Router
 from jsmail.send import RetrySchedule, Scheduler
@@ -207,12 +208,14 @@ class DeliveryService(_DiskWork):
         self.queue = MaildirQueue(os.path.join(dataDir, "queue"), self.runInThread, sweep=False)
         self.local = MaildirDelivery(os.path.join(dataDir, "mail"), self.runInThread, config.hostname,
                                      self.queue.syncer)
+        resolver = makeResolver(config.dnsServer, self.reactor)
         self.remote = RemoteDelivery(
-            self.reactor, self.runInThread, makeResolver(config.dnsServer, self.reactor), config.hostname,
+            self.reactor, self.runInThread, resolver, config.hostname,
             routes={route.domain: route for route in config.routes}, smarthost=config.smarthostRoute,
             port=config.remotePort, tls=config.remoteTLS, perHost=config.perHost,
             idleTimeout=config.idleTimeoutRemote, connectTimeout=config.connectTimeout,
             backoff=config.hostBackoff, backoffMaximum=config.hostBackoffMaximum,
+            mtaSts=PolicyFetcher(self.reactor, resolver) if config.mtaSts else None,
         )
         retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
         self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote), self.reactor,

@@ -4,6 +4,7 @@ queries; real peers (aiosmtpd, and jsmail itself over STARTTLS) receive."""
 from __future__ import annotations
 
 import email
+import io
 import glob
 import ipaddress
 import os
@@ -11,6 +12,7 @@ import smtplib
 import socket
 from typing import Any
 
+import trustme
 from aiosmtpd.controller import Controller
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
@@ -18,7 +20,10 @@ from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
 from jsmail.config import Config
-from jsmail.remote import DestinationError, MailExchangers, makeResolver
+from jsmail.envelope import Envelope, Recipient
+from jsmail.interfaces import DeliveryStatus, QueuedMessage
+from jsmail.mtasts import PolicyFetcher
+from jsmail.remote import DestinationError, MailExchangers, RemoteDelivery, makeResolver
 from jsmail.service import MailGateway
 from jsmail.testing import DNSServer
 
@@ -41,6 +46,9 @@ def zone(port: int) -> dict[str, list[tuple[str, Any]]]:
         ("down.example.test", dns.Record_A("127.0.0.2")),
         ("nomx.example.test", dns.Record_A("127.0.0.1")),
         ("null.example.test", dns.Record_MX(0, b"")),
+        ("sts.example.test", dns.Record_MX(10, b"mx1.example.test")),
+        ("_mta-sts.sts.example.test", dns.Record_TXT(b"v=STSv1; id=1")),
+        ("mta-sts.sts.example.test", dns.Record_A("127.0.0.1")),
     ]}
 
 
@@ -282,3 +290,48 @@ class BackoffTests(RemoteTestCase):
         self.assertEqual(len(attempts), 1)
         details = [e.recipients[0].lastReply for e in queue._envelopes.values()]
         self.assertEqual(sum("not tried again" in d for d in details), 2, details)
+
+
+class MTASTSTests(RemoteTestCase):
+    """RFC 8461 in delivery: an enforced policy that does not list the MX defers the
+    mail; a policy in testing mode only logs."""
+
+    def remote(self, mode: bytes) -> RemoteDelivery:
+        from twisted.internet.ssl import Certificate, PrivateCertificate
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+        from twisted.web.static import Data
+
+        ca = trustme.CA()
+        certificate = ca.issue_cert("mta-sts.sts.example.test")
+        wellKnown = Resource()
+        wellKnown.putChild(b"mta-sts.txt", Data(b"version: STSv1\nmode: " + mode +
+                                                 b"\nmx: elsewhere.example.test\nmax_age: 86400\n", "text/plain"))
+        root = Resource()
+        root.putChild(b".well-known", wellKnown)
+        tls = PrivateCertificate.loadPEM(certificate.private_key_and_cert_chain_pem.bytes()).options()
+        https = reactor.listenSSL(0, Site(root), tls, interface="127.0.0.1")
+        self.addCleanup(https.stopListening)
+        resolver = makeResolver(self.dnsAddress, reactor)
+        fetcher = PolicyFetcher(reactor, resolver, trustRoot=Certificate.loadPEM(ca.cert_pem.bytes()),
+                                httpsPort=https.getHost().port, timeout=5.0)
+        return RemoteDelivery(reactor, deferToThread, resolver, "a.test", port=self.peerPort, mtaSts=fetcher)
+
+    def deliver(self, remote: RemoteDelivery) -> defer.Deferred:
+        envelope = Envelope("a@a.test", (Recipient("bob@sts.example.test"),))
+        data = b"Subject: sts\r\n\r\nx\r\n"
+        return remote.deliver(QueuedMessage("Q1", envelope, lambda: io.BytesIO(data)), envelope.recipients)
+
+    @defer.inlineCallbacks
+    def test_enforce_defers_when_no_mx_matches(self):  # type: ignore[no-untyped-def]
+        [result] = yield self.deliver(self.remote(b"enforce"))
+        self.assertEqual((result.status, result.detail),
+                         (DeliveryStatus.TEMPORARY, "451 4.7.5 No MX host of sts.example.test matches its MTA-STS policy"))
+        self.assertEqual(self.sink.received, [])
+
+    @defer.inlineCallbacks
+    def test_testing_mode_delivers(self):  # type: ignore[no-untyped-def]
+        remote = self.remote(b"testing")
+        [result] = yield self.deliver(remote)
+        yield remote.close()
+        self.assertEqual(result.status, DeliveryStatus.DELIVERED)

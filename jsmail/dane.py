@@ -1,0 +1,227 @@
+"""DANE for SMTP (RFC 7672): an MX host's TLSA records, and whether a certificate
+chain matches them.
+
+DANE is only as good as the DNSSEC behind it, and twisted.names does not validate
+DNSSEC.  So :func:`lookupTLSA` believes TLSA records only when a validating resolver
+says it validated them (the AD bit, RFC 4035 section 3.2.3), and only a resolver on
+loopback, since nothing protects the AD bit on the way from anywhere else (RFC 4035
+section 4.9.3).  Anything less is "no usable DANE", and remote delivery falls back to
+MTA-STS or its configured TLS mode.
+
+Decisions, and why:
+
+- The query is made here rather than with the resolver's ``queryUDP``, which would
+  return the dns.Message (and so its AD bit) but asks without setting AD: validating
+  resolvers (BIND, Unbound) then leave AD clear (RFC 6840 section 5.7), and DANE would
+  never apply.  A truncated answer is asked again over TCP.
+- A failed lookup is also "no usable DANE".  RFC 7672 (section 2.1) defers delivery
+  instead when the MX host's address records were DNSSEC-secure; twisted.names' address
+  lookups do not say whether they were, so that rule is not applied.
+- Only DANE-TA(2) and DANE-EE(3) count (RFC 7672 section 3.1.3).  A DANE-EE match
+  ignores names and dates (section 3.1.1).  A DANE-TA match needs the server to send
+  the trust anchor in its chain (section 3.1.2); the chain must then pass OpenSSL's
+  check with that anchor (signatures, dates, CA flags; the anchor need not be
+  self-signed) and the leaf must name the MX host (sections 3.2.2 and 3.2.3), as with
+  an MTA built on OpenSSL.  ``cryptography``'s verifier is not used: its web PKI
+  profile refuses certificates RFC 5280 allows (trustme's among them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import crypto
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_hostname
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.logger import Logger
+from twisted.names import dns
+
+__all__ = ["DANE_EE", "DANE_TA", "TLSA", "TLSARecord", "lookupTLSA", "matchesTLSA"]
+
+_log = Logger()
+
+TLSA = 52  # the record type (RFC 6698 section 7.1)
+DANE_TA = 2
+DANE_EE = 3
+_DIGESTS = {0: None, 1: hashlib.sha256, 2: hashlib.sha512}  # matching types (RFC 6698 section 2.1.3)
+
+
+@dataclass(frozen=True)
+class TLSARecord:
+    """One TLSA record (RFC 6698 section 2.1)."""
+
+    usage: int
+    selector: int  # 0: the whole certificate, 1: its SubjectPublicKeyInfo
+    matchingType: int  # 0: exact, 1: SHA-256, 2: SHA-512
+    data: bytes
+
+    @classmethod
+    def fromRDATA(cls, rdata: bytes) -> TLSARecord:
+        """Parse the wire form (RFC 6698 section 2.1); ValueError if it is too short."""
+        if len(rdata) < 4:
+            raise ValueError(f"TLSA RDATA of {len(rdata)} octets: it needs at least 4")
+        return cls(rdata[0], rdata[1], rdata[2], bytes(rdata[3:]))
+
+    @property
+    def usable(self) -> bool:
+        """Whether SMTP may use it (RFC 7672 section 3.1.3): DANE-TA or DANE-EE, a known
+        selector and matching type, and a digest of the right length."""
+        if self.usage not in (DANE_TA, DANE_EE) or self.selector not in (0, 1) or self.matchingType not in _DIGESTS:
+            return False
+        digest = _DIGESTS[self.matchingType]
+        return digest is None or len(self.data) == digest().digest_size
+
+    def associates(self, certificate: x509.Certificate) -> bool:
+        """Whether the record's data is this certificate's (RFC 6698 section 2.1)."""
+        content = certificate.public_bytes(Encoding.DER) if self.selector == 0 else _spki(certificate)
+        digest = _DIGESTS.get(self.matchingType)
+        return (digest(content).digest() if digest else content) == self.data
+
+
+def lookupTLSA(reactor: Any, resolver: Any, host: str, port: int = 25,
+               timeout: float = 10.0) -> Deferred[list[TLSARecord] | None]:
+    """The TLSA records of ``_PORT._tcp.HOST`` (RFC 7672 section 2.3), or None when
+    there are none that a loopback validating resolver vouched for (see the module
+    docstring).  ``resolver`` is a ``twisted.names.client.Resolver``: its servers are
+    asked in turn.  Never fails."""
+    name = f"_{port}._tcp.{host.rstrip('.')}"
+    return Deferred.fromCoroutine(_lookup(reactor, [*resolver.servers, *resolver.dynServers], name, timeout))
+
+
+async def _lookup(reactor: Any, servers: Sequence[tuple[str, int]], name: str,
+                  timeout: float) -> list[TLSARecord] | None:
+    trusted = [server for server in servers if _isLoopback(server[0])]
+    if not trusted:
+        _log.info("DANE: not asking for {name}: no resolver on loopback to trust the AD bit of", name=name)
+        return None
+    message = None
+    for server in trusted:
+        try:
+            message = await _ask(reactor, server, dns.Query(name, TLSA, dns.IN), timeout)
+            break
+        except Exception as e:
+            _log.info("DANE: asking {server} for {name} failed: {error}", server=server, name=name,
+                      error=str(e) or type(e).__name__)
+    if message is None or message.rCode != dns.OK or not message.authenticData:
+        return None
+    records = []
+    for answer in message.answers:
+        if answer.type == TLSA:
+            try:
+                records.append(TLSARecord.fromRDATA(answer.payload.data))
+            except ValueError as e:
+                _log.info("DANE: ignoring a TLSA record of {name}: {error}", name=name, error=e)
+    return records or None
+
+
+async def _ask(reactor: Any, server: tuple[str, int], query: dns.Query, timeout: float) -> dns.Message:
+    """Ask ``server`` over UDP, then TCP if the answer was truncated, with AD set."""
+    udp = _AuthenticatedDataDatagram(_Controller(), reactor=reactor)
+    port = reactor.listenUDP(0, udp, interface="::1" if ":" in server[0] else "127.0.0.1")
+    try:
+        message: dns.Message = await udp.query(server, [query], timeout)
+    finally:
+        port.stopListening()
+    if not message.trunc:
+        return message
+    endpointType = TCP6ClientEndpoint if ":" in server[0] else TCP4ClientEndpoint
+    endpoint = endpointType(reactor, server[0], server[1], timeout=timeout)
+    tcp = await connectProtocol(endpoint, _AuthenticatedDataStream(_Controller(), reactor=reactor))
+    try:
+        return await tcp.query([query], timeout)
+    finally:
+        tcp.transport.loseConnection()
+
+
+class _Controller:
+    """What twisted.names' protocols report to; one query each, nothing to track."""
+
+    def messageReceived(self, message: dns.Message, protocol: Any, address: Any = None) -> None:
+        _log.debug("DANE: unexpected DNS message from {address}", address=address)
+
+    def connectionMade(self, protocol: Any) -> None:
+        pass
+
+    def connectionLost(self, protocol: Any) -> None:
+        pass
+
+
+class _AuthenticatedDataDatagram(dns.DNSDatagramProtocol):
+    """Queries with the AD bit set (RFC 6840 section 5.7), over UDP."""
+
+    def writeMessage(self, message: dns.Message, address: Any) -> None:
+        message.authenticData = 1
+        super().writeMessage(message, address)
+
+
+class _AuthenticatedDataStream(dns.DNSProtocol):
+    """Queries with the AD bit set (RFC 6840 section 5.7), over TCP."""
+
+    def writeMessage(self, message: dns.Message) -> None:
+        message.authenticData = 1
+        super().writeMessage(message)
+
+
+def matchesTLSA(records: Sequence[TLSARecord], certificateChainDER: Sequence[bytes], hostname: str) -> bool:
+    """Whether the server's chain (leaf first, as sent) satisfies one usable record.
+
+    DANE-EE: the leaf matches.  DANE-TA: a certificate the server sent after the leaf
+    matches, and the leaf chains to it and names ``hostname`` (the MX host name)."""
+    usable = [record for record in records if record.usable]
+    if not usable or not certificateChainDER:
+        return False
+    chain = [x509.load_der_x509_certificate(der) for der in certificateChainDER]
+    leaf, sent = chain[0], chain[1:]
+    if any(r.usage == DANE_EE and r.associates(leaf) for r in usable):
+        return True
+    anchors = [c for c in sent if any(r.usage == DANE_TA and r.associates(c) for r in usable)]
+    if not anchors:
+        return False
+    store = crypto.X509Store()
+    for anchor in anchors:
+        store.add_cert(crypto.X509.from_cryptography(anchor))
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)  # the anchor need not be self-signed
+    intermediates = [crypto.X509.from_cryptography(c) for c in sent]
+    try:
+        crypto.X509StoreContext(store, crypto.X509.from_cryptography(leaf), intermediates).verify_certificate()
+        verify_certificate_hostname(leaf, hostname.rstrip("."))
+    except (crypto.X509StoreContextError, VerificationError, CertificateError) as e:
+        _log.info("DANE-TA: the chain of {hostname} does not verify: {error}", hostname=hostname, error=e)
+        return False
+    return True
+
+
+def _spki(certificate: x509.Certificate) -> bytes:
+    """The SubjectPublicKeyInfo as encoded in the certificate (RFC 6698 section 2.1.2),
+    not re-encoded: the seventh element of the TBSCertificate, or the sixth without the
+    optional version (RFC 5280 section 4.1)."""
+    tbs = certificate.tbs_certificate_bytes
+    offset, _ = _derElement(tbs, 0)  # into the TBSCertificate SEQUENCE
+    if tbs[offset] == 0xA0:  # [0] version
+        offset = _derElement(tbs, offset)[1]
+    for _ in range(5):  # serialNumber, signature, issuer, validity, subject
+        offset = _derElement(tbs, offset)[1]
+    return tbs[offset:_derElement(tbs, offset)[1]]
+
+
+def _derElement(data: bytes, offset: int) -> tuple[int, int]:
+    """Where the DER element at ``offset`` has its contents, and where it ends."""
+    length, start = data[offset + 1], offset + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, start = int.from_bytes(data[start:start + count], "big"), start + count
+    return start, start + length
+
+
+def _isLoopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
