@@ -19,8 +19,13 @@ name as the DNS gave it, which an attacker who can forge DNS answers also contro
 MTA-STS (RFC 8461, :mod:`jsmail.mtasts`) closes that gap for domains that publish a
 policy: the policy, fetched over HTTPS from the domain's own web name and checked
 against the CA store, lists the MX names allowed, and in ``enforce`` mode only those
-are used, each with ``verify``.  DANE (:mod:`jsmail.dane`) is not wired in yet: it needs
-DNSSEC-validated answers, which twisted.names does not check.
+are used, each with ``verify``.  DANE (RFC 7672, :mod:`jsmail.dane`) closes it for MX
+hosts whose TLSA records a validating resolver on loopback vouches for: such a host is
+tried with STARTTLS required and its certificate matched against the records instead of
+the CA store, whatever MTA-STS said (DANE's DNSSEC is the stronger proof).  Not for
+routes and the smarthost (the operator's choice), nor with ``none`` or ``implicit``
+(DANE for SMTP is about STARTTLS).  TLSA records are looked up for every delivery, not
+cached.
 
 Connections are reused: a session that delivered stays open for the next message to
 the same host (up to ``idleTimeout`` seconds), and each host gets at most
@@ -47,6 +52,7 @@ from zope.interface import implementer
 
 from jsmail._disk import RunInThread
 from jsmail.config import hostPort
+from jsmail.dane import TLSARecord, lookupTLSA
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, QueuedMessage
 from jsmail.mtasts import NoMatchingHost, PolicyFetcher, applyPolicy
@@ -54,6 +60,9 @@ from jsmail.route import Route
 from jsmail.smtpclient import ClientSettings, ESMTPClient, OutgoingMessage, SMTPClientError
 
 _log = Logger()
+
+# address, port, TLS mode, the name the certificate was checked for, the TLSA records it matched
+_PoolKey = tuple[str, int, str, str, tuple[TLSARecord, ...]]
 
 
 class DestinationError(Exception):
@@ -171,7 +180,7 @@ class RemoteDelivery:
         self.mtaSts = mtaSts
         self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
         self._slots: dict[str, defer.DeferredSemaphore] = {}
-        self._idle: dict[tuple[str, int, str, str], list[tuple[ESMTPClient, Any]]] = {}
+        self._idle: dict[_PoolKey, list[tuple[ESMTPClient, Any]]] = {}
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
         byDomain: dict[str, list[Recipient]] = {}
@@ -187,7 +196,8 @@ class RemoteDelivery:
             hosts = [route.host] if route else (yield self.exchangers.hostsFor(domain))
         except DestinationError as e:
             return _all(recipients, e.reply, e.permanent)
-        if route:  # a route or smarthost is the operator's choice: MTA-STS is about MX hosts
+        dane = not route and not domain.startswith("[")
+        if route:  # a route or smarthost is the operator's choice: MTA-STS and DANE are about MX hosts
             plan = [(host, route.tls) for host in hosts]
         else:
             route = Route(host="", port=self.port, tls=self.tls)
@@ -200,33 +210,43 @@ class RemoteDelivery:
                 return _all(recipients, e.reply, e.permanent)
         lastError = f"451 4.4.1 No mail exchanger for {domain} could be reached"
         for host, tls in plan:
+            tlsa: tuple[TLSARecord, ...] = ()
+            if dane and tls in ("opportunistic", "verify"):
+                records = yield lookupTLSA(self.reactor, self.exchangers.resolver, host, route.port)
+                if records:
+                    _log.info("DANE: {host} has TLSA records; its certificate must match them", host=host)
+                    tls, tlsa = "opportunistic", tuple(records)
             try:
                 addresses = yield self.exchangers.addressesOf(host)
             except DestinationError as e:
                 lastError = e.reply
                 continue
             for address in addresses:
-                outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients)
+                outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients,
+                                                  tlsa)
                 if isinstance(outcome, list):
                     return outcome
                 lastError = outcome
         return _all(recipients, lastError, permanent=False)
 
-    def _deliverHost(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
-        """Results for the recipients, or a string saying why this host could not be tried."""
+    def _deliverHost(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
+                     tlsa: tuple[TLSARecord, ...]) -> Any:
+        """Results for the recipients, or a string saying why this host could not be
+        tried.  ``tlsa``: the host's validated TLSA records, if any (DANE)."""
         slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.perHost))
-        return slots.run(self._session, route, address, message, recipients)
+        return slots.run(self._session, route, address, message, recipients, tlsa)
 
     @defer.inlineCallbacks
-    def _session(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
-        client = self._takeIdle(route, address)
+    def _session(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
+                 tlsa: tuple[TLSARecord, ...]) -> Any:
+        client = self._takeIdle(route, address, tlsa)
         if client is None:
             now = self.reactor.seconds()
             until, failures, why = self._down.get(address, (0.0, 0, ""))
             if until > now:
                 return f"{why} (not tried again for {until - now:.0f} s)"
             try:
-                client = yield self._open(route, address)
+                client = yield self._open(route, address, tlsa)
             except SMTPClientError as e:
                 why = f"{e} ({route.host} [{address}])"
                 delay = min(self.backoff * 2 ** failures, self.backoffMaximum)
@@ -241,15 +261,16 @@ class RemoteDelivery:
             open=message.open,
         )
         results = yield client.send(outgoing)
-        self._keepIdle(route, address, client)
+        self._keepIdle(route, address, tlsa, client)
         remote = f"dns; {route.host}" if route.host else f"dns; [{address}]"
         return [replace(r, remoteMTA=remote) for r in results]
 
     @defer.inlineCallbacks
-    def _open(self, route: Route, address: str) -> Any:
+    def _open(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> Any:
         """A session ready for mail; with opportunistic TLS, a failed handshake is tried
-        once more without TLS.  Fails with SMTPClientError."""
-        client = yield self._connect(route, address, route.tls)
+        once more without TLS (never with TLSA records: the client does not report
+        ``tlsFailed`` then).  Fails with SMTPClientError."""
+        client = yield self._connect(route, address, route.tls, tlsa)
         try:
             yield client.ready
             return client
@@ -258,18 +279,19 @@ class RemoteDelivery:
                 raise
             _log.warn("TLS with {host} [{address}] failed ({error}); trying again without TLS",
                       host=route.host, address=address, error=str(e))
-        client = yield self._connect(route, address, "none")
+        client = yield self._connect(route, address, "none", ())
         yield client.ready
         return client
 
-    def _connect(self, route: Route, address: str, tls: str) -> defer.Deferred[ESMTPClient]:
+    def _connect(self, route: Route, address: str, tls: str,
+                 tlsa: tuple[TLSARecord, ...]) -> defer.Deferred[ESMTPClient]:
         endpointType = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         endpoint: Any = endpointType(self.reactor, address, route.port, timeout=self.connectTimeout)
-        tlsHostname = route.host if tls in ("verify", "implicit") else None
+        tlsHostname = route.host if tls in ("verify", "implicit") or tlsa else None
         if tls == "implicit":
             endpoint = wrapClientTLS(optionsForClientTLS(route.host, trustRoot=self.trustRoot), endpoint)
         settings = ClientSettings(heloName=self.heloName, tls=tls, tlsHostname=tlsHostname, trustRoot=self.trustRoot,
-                                  username=route.username, password=route.password)
+                                  tlsa=tlsa, username=route.username, password=route.password)
 
         def refused(failure: Any) -> None:
             raise SMTPClientError(f"451 4.4.1 Cannot connect: {failure.getErrorMessage()}", permanent=False)
@@ -277,13 +299,15 @@ class RemoteDelivery:
         return connectProtocol(endpoint, ESMTPClient(settings, self.reactor)).addErrback(refused)
 
     @staticmethod
-    def _poolKey(route: Route, address: str) -> tuple[str, int, str, str]:
+    def _poolKey(route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> _PoolKey:
         """Sessions are shared only where they are equally trusted: a session verified
-        for one name is not reused for another name at the same address."""
-        return address, route.port, route.tls, route.host if route.tls in ("verify", "implicit") else ""
+        for one name, or against one set of TLSA records, is not reused for another
+        name or other records (or none) at the same address."""
+        checked = route.tls in ("verify", "implicit") or tlsa
+        return address, route.port, route.tls, route.host if checked else "", tlsa
 
-    def _takeIdle(self, route: Route, address: str) -> ESMTPClient | None:
-        pool = self._idle.get(self._poolKey(route, address), [])
+    def _takeIdle(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> ESMTPClient | None:
+        pool = self._idle.get(self._poolKey(route, address, tlsa), [])
         while pool:
             client, timer = pool.pop()
             timer.cancel()
@@ -291,8 +315,8 @@ class RemoteDelivery:
                 return client
         return None
 
-    def _keepIdle(self, route: Route, address: str, client: ESMTPClient) -> None:
-        pool = self._idle.setdefault(self._poolKey(route, address), [])
+    def _keepIdle(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...], client: ESMTPClient) -> None:
+        pool = self._idle.setdefault(self._poolKey(route, address, tlsa), [])
 
         def expire() -> None:
             pool[:] = [(c, t) for c, t in pool if c is not client]

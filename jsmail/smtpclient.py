@@ -27,6 +27,11 @@ Decisions, and why:
 - After STARTTLS's 220, bytes already read in plaintext are thrown away (RFC 3207
   section 4.2; CVE-2011-0411 seen from the client side), and EHLO is said again.
 - Credentials go only over TLS, unless the settings say ``tls="none"``.
+- With TLSA records (DANE, RFC 7672) STARTTLS is required and the records, not the CA
+  store, say which certificate is right: the handshake checks nothing, and the chain is
+  matched against the records afterwards (:func:`jsmail.dane.matchesTLSA`).  No usable
+  record still means TLS is required, unauthenticated (section 2.2).  Nothing about a
+  DANE session falls back to plaintext: ``tlsFailed`` stays false.
 - RSET goes before every transaction but the first on a connection (it also checks that
   a reused connection still works), and at once after a transaction that ended before
   its final dot, since the server still holds that transaction.
@@ -40,15 +45,19 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IPullProducer, IReactorTime
+from twisted.internet.interfaces import (IDelayedCall, IHandshakeListener, IOpenSSLClientConnectionCreator,
+                                         IPullProducer, IReactorTime)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from jsmail.dane import TLSARecord, matchesTLSA
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 
@@ -70,6 +79,8 @@ class ClientSettings:
     without checking the certificate (RFC 7435); ``"verify"`` requires STARTTLS and a
     certificate valid for ``tlsHostname`` under ``trustRoot`` (platform trust when
     ``None``); ``"implicit"`` means the caller made the transport TLS already (port 465).
+    ``tlsa``: the DNSSEC-validated TLSA records of ``tlsHostname`` (DANE, RFC 7672);
+    when given they replace ``tls``'s certificate check and require STARTTLS.
     With ``username`` set, AUTH is required.  The timeouts are RFC 5321 section
     4.5.3.2's; ``commandTimeout`` covers the replies it gives no figure for (EHLO,
     STARTTLS and the handshake, AUTH, RSET, QUIT), ``connectTimeout`` the connection
@@ -80,6 +91,7 @@ class ClientSettings:
     tls: str = "opportunistic"
     tlsHostname: str | None = None
     trustRoot: Any = None
+    tlsa: tuple[TLSARecord, ...] = ()
     username: str | None = None
     password: str | None = None
     maxRecipients: int = 100
@@ -97,6 +109,8 @@ class ClientSettings:
             raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {self.tls!r}")
         if self.maxRecipients < 1:
             raise ValueError("maxRecipients must be at least 1")
+        if self.tlsa and self.tls not in ("opportunistic", "verify"):
+            raise ValueError(f'TLSA records are checked after STARTTLS: not with tls="{self.tls}"')
 
 
 @dataclass(frozen=True)
@@ -156,11 +170,31 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # could end a command line early: neve
 
 
 def clientTLS(settings: ClientSettings) -> Any:
-    """The client TLS options for ``settings``: verifying ``tlsHostname`` when set (for
-    ``"verify"`` and ``"implicit"``), else encrypting without checking the certificate."""
+    """The client TLS options for ``settings``: with TLSA records, naming ``tlsHostname``
+    but checking nothing (the records are matched after the handshake); verifying
+    ``tlsHostname`` when set (for ``"verify"`` and ``"implicit"``); else encrypting
+    without checking the certificate."""
+    if settings.tlsa and settings.tlsHostname is not None:
+        return _UncheckedWithServerName(settings.tlsHostname)
     if settings.tls in ("verify", "implicit") and settings.tlsHostname is not None:
         return ssl.optionsForClientTLS(settings.tlsHostname, trustRoot=settings.trustRoot)
     return ssl.CertificateOptions()
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UncheckedWithServerName:
+    """TLS that checks no certificate but still sends the host name (SNI, RFC 6066), so
+    a server with several certificates shows the one its TLSA records are for (RFC 7672
+    section 8.1)."""
+
+    def __init__(self, hostname: str) -> None:
+        self._options = ssl.CertificateOptions()
+        self._hostname = hostname.rstrip(".").encode("idna")
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = self._options.clientConnectionForTLS(tlsProtocol)
+        connection.set_tlsext_host_name(self._hostname)
+        return connection
 
 
 class DotStuffer:
@@ -237,13 +271,16 @@ class ESMTPClient(Protocol):
     :meth:`send` calls one at a time until :meth:`quit`.
 
     ``tlsFailed`` becomes true when the connection broke while TLS was being set up,
-    so the caller may try again without TLS.  ``peerExtensions`` maps the EHLO keywords
+    so the caller may try again without TLS (never with TLSA records: RFC 7672
+    section 2.2 forbids it).  ``peerExtensions`` maps the EHLO keywords
     the peer offered (upper case) to their parameters.
     """
 
     def __init__(self, settings: ClientSettings, reactor: IReactorTime) -> None:
         if settings.tls == "verify" and settings.tlsHostname is None:
             raise ValueError('tls="verify" needs a tlsHostname to verify the certificate against')
+        if settings.tlsa and settings.tlsHostname is None:
+            raise ValueError("TLSA records need the tlsHostname they are for")
         if (settings.username is None) != (settings.password is None):
             raise ValueError("username and password go together")
         self.settings = settings
@@ -416,7 +453,7 @@ class ESMTPClient(Protocol):
         """The session cannot go on: answer every waiting command with ``reason``."""
         if self._broken is not None:
             return
-        self.tlsFailed = self.tlsFailed or self._tlsPhase
+        self.tlsFailed = self.tlsFailed or (self._tlsPhase and not self.settings.tlsa)
         self._broken = reason
         self._cancelTimer()
         waiters, self._waiters = self._waiters, deque()
@@ -480,7 +517,7 @@ class ESMTPClient(Protocol):
             return False
         if "STARTTLS" in self.peerExtensions:
             return True
-        if self.settings.tls == "verify":
+        if self.settings.tls == "verify" or self.settings.tlsa:
             required = _local(454, "4.7.5", f"TLS is required but {self._peer} does not offer STARTTLS")
             raise SMTPClientError(str(required), permanent=False)
         return False
@@ -488,7 +525,7 @@ class ESMTPClient(Protocol):
     async def _startTLS(self) -> None:
         reply = await self._command("STARTTLS", self.settings.commandTimeout, discardRest=True)
         if reply.code != 220:
-            if self._broken is None and self.settings.tls == "opportunistic":
+            if self._broken is None and self.settings.tls == "opportunistic" and not self.settings.tlsa:
                 return  # refused: go on in plaintext on this connection
             raise SMTPClientError(str(_local(454, "4.7.5", f"STARTTLS failed: {reply}")), permanent=False)
         self._tlsPhase = self._handshaking = True
@@ -497,8 +534,19 @@ class ESMTPClient(Protocol):
         reply = await handshake
         if reply.code != 220:
             raise SMTPClientError(str(reply), permanent=False)
+        if any(record.usable for record in self.settings.tlsa) and not self._matchesTLSA():
+            host = self.settings.tlsHostname
+            mismatch = _local(454, "4.7.5", f"certificate of {host} does not match its TLSA records")
+            self._hangUp(mismatch)  # not even QUIT to a server that may be an impostor
+            raise SMTPClientError(str(mismatch), permanent=False)
         self._secure = True
         await self._hello()
+
+    def _matchesTLSA(self) -> bool:
+        """Whether the chain the server sent satisfies the settings' TLSA records."""
+        chain = self.transport.getHandle().get_peer_cert_chain(as_cryptography=True) or []
+        return matchesTLSA(self.settings.tlsa, [c.public_bytes(Encoding.DER) for c in chain],
+                           self.settings.tlsHostname or "")
 
     async def _authenticate(self) -> None:
         """AUTH PLAIN, else LOGIN (RFC 4954); refusing to send credentials in the clear."""

@@ -15,17 +15,24 @@ from typing import Any
 import trustme
 from aiosmtpd.controller import Controller
 from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.threads import deferToThread
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
 from jsmail.config import Config
+from jsmail.dane import DANE_EE, TLSA, TLSARecord
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
 from jsmail.mtasts import PolicyFetcher
+from jsmail.queue import MemoryQueue
 from jsmail.remote import DestinationError, MailExchangers, RemoteDelivery, makeResolver
+from jsmail.route import Route
 from jsmail.service import MailGateway
+from jsmail.smtpd import ESMTPServerFactory, ServerSettings
 from jsmail.testing import DNSServer
+from jsmail.tls import ServerTLS
+from tests.test_dane import tlsa
 
 NONE: tuple[str, ...] = ()
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -335,3 +342,85 @@ class MTASTSTests(RemoteTestCase):
         [result] = yield self.deliver(remote)
         yield remote.close()
         self.assertEqual(result.status, DeliveryStatus.DELIVERED)
+
+
+class SignedZone(DatagramProtocol):
+    """A validating resolver on loopback as far as these tests need: answers from
+    ``records`` (name and type to payloads) over UDP, every one with the AD bit set."""
+
+    def __init__(self, records: dict[tuple[bytes, int], list[Any]]) -> None:
+        self.records = records
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:
+        query = dns.Message()
+        query.fromStr(data)
+        response = dns.Message(id=query.id, answer=1, recDes=query.recDes, recAv=1, authenticData=1)
+        response.queries = query.queries
+        response.answers = [dns.RRHeader(q.name.name, q.type, dns.IN, 300, payload)
+                            for q in query.queries for payload in self.records.get((q.name.name, q.type), [])]
+        self.transport.write(response.toStr(), address)
+
+
+class DANETests(TestCase):
+    """RFC 7672 in delivery, end to end: a resolver that vouches for the records, and
+    jsmail's server with a certificate from a CA nobody trusts."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.leaf = trustme.CA().issue_cert("mx1.dane.test")
+        certPath, keyPath = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        self.leaf.private_key_and_cert_chain_pem.write_to_path(certPath)
+        self.leaf.private_key_pem.write_to_path(keyPath)
+        self.queue = MemoryQueue()
+        factory = ESMTPServerFactory(ServerSettings(hostname="mx1.dane.test"), self.queue, reactor,
+                                     tls=ServerTLS(certPath, keyPath))
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.port = listening.getHost().port
+
+    def remote(self, *records: TLSARecord, tls: str = "opportunistic") -> RemoteDelivery:
+        tlsa = [dns.UnknownRecord(bytes([r.usage, r.selector, r.matchingType]) + r.data) for r in records]
+        zone = SignedZone({
+            (b"dane.test", dns.MX): [dns.Record_MX(10, b"mx1.dane.test")],
+            (b"mx1.dane.test", dns.A): [dns.Record_A("127.0.0.1")],
+            (f"_{self.port}._tcp.mx1.dane.test".encode(), TLSA): tlsa,
+        })
+        udp = reactor.listenUDP(0, zone, interface="127.0.0.1")
+        self.addCleanup(udp.stopListening)
+        resolver = makeResolver(f"127.0.0.1:{udp.getHost().port}", reactor)
+        remote = RemoteDelivery(reactor, deferToThread, resolver, "a.test", port=self.port, tls=tls)
+        self.addCleanup(remote.close)
+        return remote
+
+    def deliver(self, remote: RemoteDelivery) -> defer.Deferred:
+        envelope = Envelope("a@a.test", (Recipient("bob@dane.test"),))
+        data = b"Subject: dane\r\n\r\nx\r\n"
+        return remote.deliver(QueuedMessage("Q1", envelope, lambda: io.BytesIO(data)), envelope.recipients)
+
+    @defer.inlineCallbacks
+    def test_matching_records_replace_the_ca_store(self):  # type: ignore[no-untyped-def]
+        """``verify`` would refuse this CA; the TLSA records vouch for the key instead."""
+        [result] = yield self.deliver(self.remote(tlsa(DANE_EE, 1, 1, self.leaf.cert_chain_pems[0]), tls="verify"))
+        self.assertEqual((result.status, result.remoteMTA), (DeliveryStatus.DELIVERED, "dns; mx1.dane.test"))
+        [(_, body)] = self.queue.messages.values()
+        self.assertIn(b" with ESMTPS id ", body)
+
+    @defer.inlineCallbacks
+    def test_other_records_defer_without_plaintext(self):  # type: ignore[no-untyped-def]
+        """Opportunistic TLS would try again in plaintext after a TLS failure; DANE never does."""
+        other = trustme.CA().issue_cert("mx1.dane.test")
+        [result] = yield self.deliver(self.remote(tlsa(DANE_EE, 1, 1, other.cert_chain_pems[0])))
+        self.assertEqual(result.status, DeliveryStatus.TEMPORARY)
+        self.assertEqual(result.detail, "454 4.7.5 certificate of mx1.dane.test does not match its TLSA records "
+                                        "(mx1.dane.test [127.0.0.1])")
+        self.assertEqual(self.queue.messages, {})
+
+    def test_pool_keeps_dane_sessions_apart(self) -> None:
+        route = Route("mx1.dane.test")
+        record = tlsa(DANE_EE, 1, 1, self.leaf.cert_chain_pems[0])
+        keys = {RemoteDelivery._poolKey(route, "127.0.0.1", records) for records in [(), (record,)]}
+        keys.add(RemoteDelivery._poolKey(Route("mx2.dane.test"), "127.0.0.1", (record,)))
+        self.assertEqual(len(keys), 3)

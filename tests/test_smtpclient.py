@@ -15,19 +15,22 @@ from twisted.internet import defer, ssl, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.auth import MailRealm
+from jsmail.dane import DANE_EE, TLSARecord
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.queue import MemoryQueue
-from jsmail.smtpclient import CHUNK, ClientSettings, DotStuffer, ESMTPClient, OutgoingMessage, SMTPClientError, sendmail
+from jsmail.smtpclient import (CHUNK, ClientSettings, DotStuffer, ESMTPClient, OutgoingMessage, SMTPClientError,
+                               clientTLS, sendmail)
 from jsmail.smtpd import ESMTPServerFactory, ServerSettings
 from jsmail.tls import ServerTLS
+from tests.test_dane import tlsa
 
 DELIVERED = DeliveryStatus.DELIVERED
 TEMPORARY = DeliveryStatus.TEMPORARY
@@ -178,6 +181,12 @@ class SetupTests(SynchronousTestCase):
     def test_verify_needs_a_name(self) -> None:
         self.assertRaises(ValueError, ESMTPClient, ClientSettings(tls="verify"), task.Clock())
         self.assertRaises(ValueError, ClientSettings, tls="sometimes")
+
+    def test_tlsa_needs_starttls_and_a_name(self) -> None:
+        record = TLSARecord(DANE_EE, 1, 1, b"x" * 32)
+        for tls in ("none", "implicit"):
+            self.assertRaises(ValueError, ClientSettings, tls=tls, tlsHostname="mx.test", tlsa=(record,))
+        self.assertRaises(ValueError, ESMTPClient, ClientSettings(tlsa=(record,)), task.Clock())
 
 
 class TransactionTests(SynchronousTestCase):
@@ -625,6 +634,31 @@ class StartTLSTests(SynchronousTestCase):
         s = Session(tls="none")
         s.greet("STARTTLS")
 
+    def test_tlsa_requires_starttls(self) -> None:
+        s = Session(tls="opportunistic", tlsHostname="mx.test", tlsa=(TLSARecord(DANE_EE, 1, 1, b"x" * 32),))
+        s.reply(GREETING)
+        s.reply(b"250-mx.test\r\n250 STARTTLS\r\n")
+        s.reply(b"454 4.7.0 not now\r\n")
+        self.assertEqual(s.readyResult[0].value.reply, "454 4.7.5 STARTTLS failed: 454 4.7.0 not now")
+
+    def test_tlsa_handshake_failure_is_no_reason_for_plaintext(self) -> None:
+        """RFC 7672 section 2.2: a DANE session never falls back to plaintext."""
+        s = Session(tls="opportunistic", tlsHostname="mx.test", tlsa=(TLSARecord(DANE_EE, 1, 1, b"x" * 32),))
+        s.reply(GREETING)
+        s.reply(b"250-mx.test\r\n250 STARTTLS\r\n")
+        s.reply(b"220 go ahead\r\n")
+        s.lose(ConnectionLost("handshake failure"))
+        self.assertFalse(s.client.tlsFailed)
+        self.assertTrue(s.readyResult[0].value.reply.startswith("454 4.7.5 TLS with 192.0.2.25 failed"))
+
+    def test_tlsa_server_name_sent(self) -> None:
+        """SNI, though the certificate is not checked in the handshake."""
+        options = clientTLS(ClientSettings(tlsHostname="mx.test", tlsa=(TLSARecord(DANE_EE, 1, 1, b"x" * 32),)))
+        protocol = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Protocol)).buildProtocol(None)
+        connection = options.clientConnectionForTLS(protocol)
+        self.assertEqual(connection.get_servername(), b"mx.test")
+        self.assertEqual(connection.get_context().get_verify_mode(), 0)
+
 
 class AuthTests(SynchronousTestCase):
     def session(self, *extensions: bytes, tls: str = "implicit") -> Session:
@@ -722,7 +756,7 @@ class LoopbackTests(TestCase):
         self.ca = trustme.CA()
         directory = self.mktemp()
         os.makedirs(directory)
-        certificate = self.ca.issue_cert("mx.test")
+        certificate = self.leaf = self.ca.issue_cert("mx.test")
         self.certPath, self.keyPath = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
         certificate.private_key_and_cert_chain_pem.write_to_path(self.certPath)
         certificate.private_key_pem.write_to_path(self.keyPath)
@@ -826,6 +860,42 @@ class LoopbackTests(TestCase):
         result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"))
         self.assertEqual(result[0].status, DELIVERED)
         self.assertIn(b" with ESMTP id ", self.received()[0])
+
+    @defer.inlineCallbacks
+    def test_dane_ee_without_a_trusted_ca(self) -> Any:
+        """DANE replaces PKIX: the records vouch for the key, the CA is trusted by nobody."""
+        port = self.jsmail()
+        record = tlsa(DANE_EE, 1, 1, self.leaf.cert_chain_pems[0])
+        result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"), tlsHostname="mx.test", tlsa=(record,))
+        self.assertEqual(result[0].status, DELIVERED)
+        self.assertIn(b" with ESMTPS id ", self.received()[0])
+
+    @defer.inlineCallbacks
+    def test_dane_other_certificate_is_temporary(self) -> Any:
+        port = self.jsmail()
+        record = tlsa(DANE_EE, 1, 1, trustme.CA().issue_cert("mx.test").cert_chain_pems[0])
+        result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"), tlsHostname="mx.test", tlsa=(record,))
+        self.assertEqual(result, [DeliveryResult("x@localhost", TEMPORARY,
+                                                 "454 4.7.5 certificate of mx.test does not match its TLSA records")])
+        self.assertEqual(self.queue.messages, {})
+
+    @defer.inlineCallbacks
+    def test_dane_without_starttls_is_temporary(self) -> Any:
+        port = self.jsmail(tls=None)
+        record = tlsa(DANE_EE, 1, 1, self.leaf.cert_chain_pems[0])
+        result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"), tlsHostname="mx.test", tlsa=(record,))
+        self.assertEqual(result, [DeliveryResult("x@localhost", TEMPORARY,
+                                                 "454 4.7.5 TLS is required but 127.0.0.1 does not offer STARTTLS")])
+        self.assertEqual(self.queue.messages, {})
+
+    @defer.inlineCallbacks
+    def test_dane_no_usable_record_is_tls_unchecked(self) -> Any:
+        """RFC 7672 section 2.2: TLS still required, the certificate not authenticated."""
+        port = self.jsmail()
+        pkix = tlsa(1, 1, 1, trustme.CA().issue_cert("mx.test").cert_chain_pems[0])  # PKIX-EE: unusable
+        result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"), tlsHostname="mx.test", tlsa=(pkix,))
+        self.assertEqual(result[0].status, DELIVERED)
+        self.assertIn(b" with ESMTPS id ", self.received()[0])
 
     @defer.inlineCallbacks
     def test_auth_after_starttls(self) -> Any:
