@@ -231,7 +231,7 @@ class DeliveryTests(RemoteTestCase):
         gateway = yield self.gateway()
         for n in range(3):
             yield self.send(gateway, [f"r{n}@example.test"], self.BODY)
-            yield self.waitFor(lambda: len(self.sink.received) == n + 1, "a delivery")
+            yield self.waitFor(lambda n=n: len(self.sink.received) == n + 1, "a delivery")
         self.assertEqual(self.sink.sessions, 1, "all three messages in one SMTP session")
 
 
