@@ -340,6 +340,11 @@ class ESMTPClient(Protocol):
 
     def connectionMade(self) -> None:
         self._peer = getattr(self.transport.getPeer(), "host", self._peer)
+        # SMTP is a dialogue of small writes: with Nagle's algorithm the final "." after
+        # the body waits for the peer's delayed ACK (~40 ms a message).
+        setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setTcpNoDelay is not None:
+            setTcpNoDelay(True)
         Deferred.fromCoroutine(self._setUp())
 
     def handshakeCompleted(self) -> None:
