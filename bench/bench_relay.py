@@ -422,8 +422,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds per mode (default 3)")
     parser.add_argument("--size", type=int, default=1024,
                         help="message payload octets (default 1024)")
-    parser.add_argument("--no-reuse-idle", type=float, default=0.001, metavar="SECONDS",
-                        help="[remote] idle_timeout of the no-reuse mode (default 0.001)")
+    parser.add_argument("--no-reuse-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="[remote] idle_timeout of the no-reuse mode (default 0: a session per message)")
     parser.add_argument("--concurrency", type=int, default=concurrency,
                         help=f"[queue] concurrency (default {concurrency}, jsmail's)")
     parser.add_argument("--per-host", type=int, default=per_host,

@@ -240,7 +240,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("smarthostPassword", "remote", "smarthost_password", _path),
     Option("routes", "remote", "routes", _listOf(_route)),
     Option("perHost", "remote", "per_host", _integer(1)),
-    Option("idleTimeoutRemote", "remote", "idle_timeout", _seconds),
+    Option("idleTimeoutRemote", "remote", "idle_timeout", _nonNegativeSeconds),
     Option("connectTimeout", "remote", "connect_timeout", _seconds),
     Option("mtaSts", "remote", "mta_sts", _boolean),
     Option("hostBackoff", "remote", "host_backoff", _seconds),

@@ -261,7 +261,10 @@ class RemoteDelivery:
             open=message.open,
         )
         results = yield client.send(outgoing)
-        self._keepIdle(route, address, tlsa, client)
+        if self.idleTimeout > 0:
+            self._keepIdle(route, address, tlsa, client)
+        else:
+            client.quit()  # reuse turned off: one session per message
         remote = f"dns; {route.host}" if route.host else f"dns; [{address}]"
         return [replace(r, remoteMTA=remote) for r in results]
 
