@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sys
 from typing import Any, Sequence
 
 from twisted.application.service import MultiService, Service
@@ -327,8 +328,9 @@ class MailGateway(_DiskWork):
     AUTH before MAIL).  Delivery runs in a child process when ``config.deliveryProcess``
     (the default), else in this process as :attr:`delivery`.  ``reactor`` defaults to
     the global one.  ``extraCheckers`` adds twisted.cred checkers for AUTH.  With
-    ``handleSignals``, SIGHUP reloads the TLS certificate (twistd sets this; an
-    embedding application may call :meth:`reload`).
+    ``standalone`` (set by twistd), SIGHUP reloads the TLS certificate and a port that
+    cannot be bound stops start-up with one line; an embedding application gets
+    :class:`ListeningError` instead, and may call :meth:`reload` itself.
 
     Raises :class:`jsmail.tls.TLSError` when the certificate cannot be used.
     """
@@ -338,7 +340,7 @@ class MailGateway(_DiskWork):
         config: Config,
         reactor: Any = None,
         extraCheckers: Sequence[ICredentialsChecker] = (),
-        handleSignals: bool = False,
+        standalone: bool = False,
     ) -> None:
         super().__init__(reactor or _globalReactor(), config.diskThreads)
         self.config = config
@@ -355,7 +357,7 @@ class MailGateway(_DiskWork):
         self.outcomes = Outcomes()
         funnel = self.funnel
         self.delivery.setServiceParent(self)
-        self.handleSignals = handleSignals
+        self.standalone = standalone
         self.tls = makeTLS(config, self.dataDir)
         portal = makePortal(config, extraCheckers)
         localDomains = frozenset(config.domains)
@@ -403,7 +405,7 @@ class MailGateway(_DiskWork):
 
     def startService(self) -> None:
         super().startService()
-        if self.handleSignals:
+        if self.standalone:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     def privilegedStartService(self) -> None:
@@ -415,4 +417,10 @@ class MailGateway(_DiskWork):
             domains=", ".join(self.config.domains), mail=self.mailRoot, certificate=self.tls.certificatePath,
             passwd=os.path.abspath(self.config.passwordPath),
         )
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except ListeningError as e:
+            if not self.standalone:
+                raise
+            sys.stderr.write(f"jsmail: {e}\n")
+            raise SystemExit(2) from None

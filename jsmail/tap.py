@@ -100,7 +100,7 @@ class Options(usage.Options, AuthOptionMixin):
 def makeService(options: Options) -> MailGateway:
     assert options.config is not None
     try:
-        return MailGateway(options.config, extraCheckers=options.get("credCheckers", []), handleSignals=True)
+        return MailGateway(options.config, extraCheckers=options.get("credCheckers", []), standalone=True)
     except TLSError as e:
         sys.stderr.write(f"jsmail: TLS configuration error: {e}\n")
         sys.exit(2)
