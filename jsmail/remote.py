@@ -253,12 +253,14 @@ class RemoteDelivery:
                 self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
                 return why
             self._down.pop(address, None)
+        size, eightBit = yield self.runInThread(_measure, message)
         outgoing = OutgoingMessage(
             sender=message.envelope.sender,
             recipients=tuple(recipients),
             mailParams=message.envelope.mailParams,
-            size=(yield self.runInThread(_measure, message)),
+            size=size,
             open=message.open,
+            eightBit=eightBit,
         )
         results = yield client.send(outgoing)
         if self.idleTimeout > 0:
@@ -338,11 +340,15 @@ class RemoteDelivery:
         return defer.DeferredList(quits)
 
 
-def _measure(message: QueuedMessage) -> int:
-    """The message's size in octets (blocking: run in a thread)."""
+def _measure(message: QueuedMessage) -> tuple[int, bool]:
+    """The message's size in octets, and whether it has 8-bit octets (blocking: run in
+    a thread; the client needs both before MAIL)."""
     with message.open() as f:
         start = f.tell()
-        return f.seek(0, 2) - start
+        eightBit = False
+        while not eightBit and (chunk := f.read(65536)):
+            eightBit = not chunk.isascii()
+        return f.seek(0, 2) - start, eightBit
 
 
 def _all(recipients: Sequence[Recipient], reply: str, permanent: bool) -> list[DeliveryResult]:

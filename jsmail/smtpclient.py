@@ -116,13 +116,17 @@ class ClientSettings:
 @dataclass(frozen=True)
 class OutgoingMessage:
     """One message to deliver: ``open`` gives its bytes (CR LF lines, not dot-stuffed).
-    ``mailParams`` are as received; a SIZE among them is ignored (``size`` is sent)."""
+    ``mailParams`` are as received; a SIZE among them is ignored (``size`` is sent).
+    ``eightBit`` says whether the content has octets above 127; left None, the client
+    reads the message to find out (on the reactor thread: a caller that can, should
+    find out in a thread, as remote delivery does)."""
 
     sender: str
     recipients: Sequence[Recipient]
     mailParams: Mapping[str, str | None]
     size: int
     open: Callable[[], BinaryIO]
+    eightBit: bool | None = None
 
 
 class SMTPClientError(Exception):
@@ -637,9 +641,10 @@ class ESMTPClient(Protocol):
         if utf8 and "SMTPUTF8" not in extensions:
             return _local(553, "5.6.7", f"the message needs SMTPUTF8, which {peer} does not offer")
         declared8 = (params.get("BODY") or "").upper() == "8BITMIME"
+        has8bit = message.eightBit if message.eightBit is not None else _has8bit(file, start)
         if "8BITMIME" in extensions:
-            body8 = declared8 or _has8bit(file, start)
-        elif _has8bit(file, start):
+            body8 = declared8 or has8bit
+        elif has8bit:
             return _local(554, "5.6.3", f"the message has 8-bit data and {peer} does not offer 8BITMIME")
         else:
             body8 = False
