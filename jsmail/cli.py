@@ -1,7 +1,13 @@
 """The ``jsmail`` command: administration beside the daemon.
 
-``jsmail passwd USER`` adds or changes an AUTH user in the hashed password file
-(``DATA/passwd`` by default, which the running daemon re-reads when it changes).
+- ``jsmail passwd USER`` adds or changes an AUTH user in the hashed password file
+  (``DATA/passwd`` by default, which the running daemon re-reads when it changes).
+- ``jsmail queue list`` shows each queued message like ``mailq``: id, age, size,
+  sender, and each recipient with its state and last error; ``jsmail queue show ID``
+  adds the header section; ``--json`` gives the same as JSON.
+- ``jsmail queue flush`` asks the running delivery process to retry everything now,
+  by sending SIGALRM to the pid in ``DATA/queue/send.pid`` (as qmail-send takes it).
+
 The data directory comes from ``--data``, else ``$JSMAIL_DATA``, else ``./jsmail-data``.
 """
 
@@ -9,10 +15,15 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
+import signal
 import sys
+import time
 
 from jsmail.auth import setPassword
+from jsmail.bounce import readHeaders
+from jsmail.queue import QueueEntry, listQueue, readQueueEntry
 
 
 def _dataDir(arguments: argparse.Namespace) -> str:
@@ -44,6 +55,79 @@ def passwd(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _entryAsDict(entry: QueueEntry, now: float) -> dict[str, object]:
+    envelope = entry.envelope
+    return {
+        "id": entry.queueId,
+        "arrival": envelope.arrival,
+        "age": round(now - envelope.arrival, 1),
+        "size": entry.size,
+        "sender": envelope.sender,
+        "attempts": envelope.attempts,
+        "nextAttempt": envelope.nextAttempt or None,
+        "recipients": [{"address": r.address, "state": r.state.value, "lastReply": r.lastReply}
+                       for r in envelope.recipients],
+    }
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _printEntry(entry: QueueEntry, now: float) -> None:
+    envelope = entry.envelope
+    print(f"{entry.queueId}  {_age(now - envelope.arrival):>4}  {entry.size:>8}  <{envelope.sender}>")
+    for r in envelope.recipients:
+        print(f"    {r.state.value:<9} <{r.address}>" + (f"  {r.lastReply}" if r.lastReply else ""))
+
+
+def queueList(arguments: argparse.Namespace) -> int:
+    now = time.time()
+    entries = listQueue(os.path.join(_dataDir(arguments), "queue"))
+    if arguments.json:
+        print(json.dumps([_entryAsDict(e, now) for e in entries], indent=2, ensure_ascii=False))
+        return 0
+    for entry in entries:
+        _printEntry(entry, now)
+    print(f"-- {len(entries)} message(s) in the queue")
+    return 0
+
+
+def queueShow(arguments: argparse.Namespace) -> int:
+    directory = os.path.join(_dataDir(arguments), "queue")
+    try:
+        entry = readQueueEntry(directory, arguments.id)
+    except (FileNotFoundError, ValueError):
+        print(f"jsmail queue: no message {arguments.id} in {directory}", file=sys.stderr)
+        return 1
+    with open(os.path.join(directory, "active", entry.queueId), "rb") as f:
+        f.readline()
+        headers = readHeaders(f).decode("utf-8", "replace")
+    if arguments.json:
+        print(json.dumps({**_entryAsDict(entry, time.time()), "headers": headers}, indent=2, ensure_ascii=False))
+    else:
+        _printEntry(entry, time.time())
+        print()
+        print(headers.replace("\r\n", "\n"), end="")
+    return 0
+
+
+def queueFlush(arguments: argparse.Namespace) -> int:
+    pidPath = os.path.join(_dataDir(arguments), "queue", "send.pid")
+    try:
+        with open(pidPath) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGALRM)
+    except (OSError, ValueError) as e:
+        print(f"jsmail queue flush: no running delivery process ({pidPath}: {e})", file=sys.stderr)
+        return 1
+    print(f"jsmail queue flush: asked process {pid} to retry every queued message now")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jsmail", description="Administer a jsmail gateway.")
     parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
@@ -53,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--file", help="password file [default: DATA/passwd]")
     p.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
     p.set_defaults(run=passwd)
+    queue = commands.add_parser("queue", help="look at the queue, or have it retried now").add_subparsers(
+        dest="action", required=True)
+    for name, run, help in (("list", queueList, "every queued message, like mailq"),
+                            ("show", queueShow, "one message: envelope, recipients and headers"),
+                            ("flush", queueFlush, "ask the running gateway to retry everything now")):
+        q = queue.add_parser(name, help=help)
+        q.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
+        if name == "show":
+            q.add_argument("id")
+        if name != "flush":
+            q.add_argument("--json", action="store_true", help="print JSON")
+        q.set_defaults(run=run)
     arguments = parser.parse_args(argv)
     return int(arguments.run(arguments))
 

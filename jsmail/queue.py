@@ -40,6 +40,7 @@ import io
 import itertools
 import os
 import time
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from twisted.internet import defer
@@ -245,6 +246,45 @@ class MaildirQueue:
             _unlinkQuietly(base + ".env")
 
         return self.runInThread(unlink)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """What an operator sees of one queued message."""
+
+    queueId: str
+    envelope: Envelope
+    size: int  # octets of the message, as queued
+
+
+def listQueue(directory: str) -> list[QueueEntry]:
+    """The messages queued under ``directory``, oldest first, read without changing
+    anything (for ``jsmail queue``; a running gateway may be working on them).
+    Blocking."""
+    active = os.path.join(directory, "active")
+    entries = []
+    for name in sorted(os.listdir(active)):
+        if name.endswith(".env"):
+            continue
+        try:
+            entries.append(readQueueEntry(directory, name))
+        except (FileNotFoundError, EnvelopeFormatError):
+            continue  # finished (or set aside) while we looked
+    return entries
+
+
+def readQueueEntry(directory: str, queueId: str) -> QueueEntry:
+    """One queued message's envelope (the current one) and size.  Blocking."""
+    path = os.path.join(directory, "active", queueId)
+    with open(path, "rb") as f:
+        envelope = Envelope.fromBytes(f.readline())
+        size = os.fstat(f.fileno()).st_size - f.tell()
+    try:
+        with open(path + ".env", "rb") as f:
+            envelope = Envelope.fromBytes(f.read())
+    except FileNotFoundError:
+        pass
+    return QueueEntry(queueId, envelope, size)
 
 
 @implementer(IIncomingMessage)

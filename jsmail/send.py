@@ -127,6 +127,13 @@ class Scheduler(Service):
             return defer.succeed(None)
         return self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope))
 
+    def flush(self) -> None:
+        """Make every planned attempt due now (``jsmail queue flush``; qmail-send does
+        the same on SIGALRM)."""
+        for queueId, timer in list(self._timers.items()):
+            timer.reset(0)
+        _log.info("Flush: {count} message(s) due now", count=len(self._timers))
+
     def _plan(self, queueId: str, envelope: Envelope) -> None:
         self._envelopes[queueId] = envelope
         delay = max(0.0, envelope.nextAttempt - self.clock.seconds())

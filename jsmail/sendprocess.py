@@ -137,7 +137,7 @@ def main() -> None:
     from jsmail.service import DeliveryService
 
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
-    delivery = DeliveryService(fromJSON(os.environ["JSMAIL_CONFIG"]), reactor)
+    delivery = DeliveryService(fromJSON(os.environ["JSMAIL_CONFIG"]), reactor, flushOnSignal=True)
     delivery.startService()
     reactor.addSystemEventTrigger("before", "shutdown", delivery.stopService)
     stdio.StandardIO(_Notices(delivery, reactor), stdout=os.open(os.devnull, os.O_WRONLY))

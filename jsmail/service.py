@@ -200,10 +200,13 @@ class DeliveryService(_DiskWork):
     """The scheduler and local delivery over the queue on disk.
 
     Only one may run per queue: it takes ``queue/send.lock`` before starting (a new
-    delivery process waits for an old one to finish its deliveries in progress).
+    delivery process waits for an old one to finish its deliveries in progress).  With
+    ``flushOnSignal`` it also answers SIGALRM by making every retry due now (as
+    qmail-send does), and writes its pid to ``queue/send.pid`` for ``jsmail queue
+    flush`` to signal.
     """
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(self, config: Config, reactor: Any = None, flushOnSignal: bool = False) -> None:
         super().__init__(reactor or _globalReactor(), config.diskThreads)
         dataDir = os.path.abspath(config.dataDir)
         self.queue = MaildirQueue(os.path.join(dataDir, "queue"), self.runInThread, sweep=False)
@@ -224,6 +227,8 @@ class DeliveryService(_DiskWork):
                                    config.postmaster or f"postmaster@{config.domains[0]}")
         self.scheduler.setServiceParent(self)
         self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
+        self.flushOnSignal = flushOnSignal
+        self.pidPath = os.path.join(dataDir, "queue", "send.pid")
 
     def startService(self) -> None:
         self.diskThreads.start()
@@ -231,15 +236,33 @@ class DeliveryService(_DiskWork):
         self._lock.acquire().addCallback(self._locked)
 
     def _locked(self, _: object) -> None:
-        if self.running:
-            for service in self:
-                service.startService()
+        if not self.running:
+            return
+        if self.flushOnSignal:
+            signal.signal(signal.SIGALRM, lambda *_: self.reactor.callFromThread(self.scheduler.flush))
+            with open(self.pidPath, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        for service in self:
+            service.startService()
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         self._lock.cancel()
         d = super().stopService()
         d.addBoth(lambda result: self.remote.close().addCallback(lambda _: result))
-        return d.addBoth(lambda result: (self._lock.release(), result)[1])
+        return d.addBoth(self._released)
+
+    def _released(self, result: object) -> object:
+        if self._lock.held and self.flushOnSignal:
+            _unlinkQuietly(self.pidPath)
+        self._lock.release()
+        return result
+
+
+def _unlinkQuietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class SendLock:
@@ -352,7 +375,7 @@ class MailGateway(_DiskWork):
             self.delivery = SendProcess(config, self.reactor)
             self.funnel = Funnel(self.queue, lambda queueId, envelope: self.delivery.notify(queueId))
         else:
-            self.delivery = DeliveryService(config, self.reactor)
+            self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone)
             self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
         self.outcomes = Outcomes()
         funnel = self.funnel

@@ -266,3 +266,20 @@ class BounceTests(TestCase):
         bounces = self.deliver(Envelope("bad@localhost", (Recipient("bad2@localhost"),)))
         self.assertEqual(len(bounces), 2)
         self.assertEqual(self.queue.messages, {})
+
+
+class FlushTests(TestCase):
+    def test_flush_makes_retries_due_now(self) -> None:
+        clock = Clock()
+        queue = MemoryQueue()
+        answers = [DeliveryStatus.TEMPORARY, DeliveryStatus.DELIVERED]
+        agent = RecordingAgent(lambda rcpt: (answers.pop(0), "451 4.4.1 later"))
+        scheduler = Scheduler(queue, Router(["localhost"], agent), clock, runNow, "mx.test")
+        scheduler.startService()
+        self.successResultOf(scheduler.funnel.enqueue(Envelope("a@localhost", (Recipient("x@localhost"),)), b"x\r\n"))
+        clock.advance(0)
+        self.assertEqual(len(agent.deliveries), 1)
+        scheduler.flush()
+        clock.advance(0)
+        self.assertEqual(len(agent.deliveries), 2)
+        self.assertEqual(queue.messages, {})

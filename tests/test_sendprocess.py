@@ -79,6 +79,17 @@ class SendProcessTests(TestCase):
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
+    def test_child_answers_flush(self):  # type: ignore[no-untyped-def]
+        """``jsmail queue flush`` signals the pid the delivery process wrote."""
+        pidPath = os.path.join(self.data, "queue", "send.pid")
+        yield self.waitFor(lambda: os.path.exists(pidPath) and self.gateway.delivery.child is not None, "send.pid")
+        with open(pidPath) as f:
+            self.assertEqual(int(f.read()), self.childPid())
+        os.kill(self.childPid(), signal.SIGALRM)  # handled (a flush), not fatal
+        yield self.waitFor(lambda: any(e.get("log_format", "").startswith("Flush:") for e in self.events), "the flush")
+        self.assertIsNotNone(self.gateway.delivery.child)
+
+    @defer.inlineCallbacks
     def test_stopping_the_gateway_stops_the_child(self):  # type: ignore[no-untyped-def]
         yield self.waitFor(lambda: self.gateway.delivery.child is not None, "the child")
         pid = self.childPid()
