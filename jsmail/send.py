@@ -83,20 +83,26 @@ class Scheduler(Service):
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         super().startService()
+        return self.rescan()
 
-        def scheduleAll(found: list[tuple[str, Envelope]]) -> None:
-            if found:
-                _log.info("Found {count} message(s) in the queue", count=len(found))
+    def rescan(self) -> defer.Deferred[None]:
+        """Plan every message in the queue not yet planned: at start, and when another
+        program (``jsmail-queue``) has queued mail and says so (SIGALRM)."""
+
+        def adopt(found: list[tuple[str, Envelope]]) -> None:
+            new = [(queueId, envelope) for queueId, envelope in found
+                   if queueId not in self._envelopes and queueId not in self._finished]
+            if new:
+                _log.info("Found {count} new message(s) in the queue", count=len(new))
             # Mail may have been queued, and even delivered, while the queue was being
             # listed: what the scheduler already knows of wins over the listing.
-            for queueId, envelope in found:
-                if queueId not in self._finished:
-                    self._envelopes.setdefault(queueId, envelope)
+            for queueId, envelope in new:
+                self._envelopes[queueId] = envelope
             for queueId, envelope in list(self._envelopes.items()):
-                if queueId not in self._timers and queueId not in self._attempting:
+                if self.running and queueId not in self._timers and queueId not in self._attempting:
                     self._plan(queueId, envelope)
 
-        return self.queue.recover().addCallback(scheduleAll)
+        return self.queue.recover().addCallback(adopt)
 
     def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
         super().stopService()

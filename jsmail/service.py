@@ -239,11 +239,16 @@ class DeliveryService(_DiskWork):
         if not self.running:
             return
         if self.flushOnSignal:
-            signal.signal(signal.SIGALRM, lambda *_: self.reactor.callFromThread(self.scheduler.flush))
+            signal.signal(signal.SIGALRM, lambda *_: self.reactor.callFromThread(self._flush))
             with open(self.pidPath, "w") as f:
                 f.write(f"{os.getpid()}\n")
         for service in self:
             service.startService()
+
+    def _flush(self) -> None:
+        """SIGALRM: retry everything now, and take up what other programs queued."""
+        self.scheduler.flush()
+        self.scheduler.rescan().addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         self._lock.cancel()

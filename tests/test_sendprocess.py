@@ -6,6 +6,8 @@ import glob
 import os
 import signal
 import smtplib
+import subprocess
+import sys
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
@@ -88,6 +90,23 @@ class SendProcessTests(TestCase):
         os.kill(self.childPid(), signal.SIGALRM)  # handled (a flush), not fatal
         yield self.waitFor(lambda: any(e.get("log_format", "").startswith("Flush:") for e in self.events), "the flush")
         self.assertIsNotNone(self.gateway.delivery.child)
+
+    @defer.inlineCallbacks
+    def test_mail_queued_by_jsmail_queue_is_delivered(self):  # type: ignore[no-untyped-def]
+        """A message another program queues (qmail-queue style) is taken up at once."""
+        pidPath = os.path.join(self.data, "queue", "send.pid")
+        yield self.waitFor(lambda: os.path.exists(pidPath), "send.pid")
+        envelopeRead, envelopeWrite = os.pipe()
+        os.write(envelopeWrite, b"Fa@example.org\x00Tqq@localhost\x00\x00")
+        os.close(envelopeWrite)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = yield deferToThread(
+            subprocess.run, [sys.executable, "-m", "jsmail.qmailqueue", "--data", self.data],
+            input=b"Subject: via qmail-queue\n\nhi\n", stdout=envelopeRead, timeout=30,
+            env={**os.environ, "PYTHONPATH": root})
+        os.close(envelopeRead)
+        self.assertEqual(result.returncode, 0)
+        yield self.waitFor(lambda: self.delivered("qq") == 1, "the delivery")
 
     @defer.inlineCallbacks
     def test_stopping_the_gateway_stops_the_child(self):  # type: ignore[no-untyped-def]
