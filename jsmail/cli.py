@@ -7,6 +7,8 @@
   adds the header section; ``--json`` gives the same as JSON.
 - ``jsmail queue flush`` asks the running delivery process to retry everything now,
   by sending SIGALRM to the pid in ``DATA/queue/send.pid`` (as qmail-send takes it).
+- ``jsmail queue hold|release|delete ID`` move a message to ``queue/hold/`` and back,
+  or remove it; the scheduler reads each message afresh before every attempt.
 
 The data directory comes from ``--data``, else ``$JSMAIL_DATA``, else ``./jsmail-data``.
 """
@@ -17,13 +19,13 @@ import argparse
 import getpass
 import json
 import os
-import signal
 import sys
 import time
 
 from jsmail.auth import setPassword
 from jsmail.bounce import readHeaders
-from jsmail.queue import QueueEntry, listQueue, readQueueEntry
+from jsmail.interfaces import NotQueued
+from jsmail.queue import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, wakeDelivery
 
 
 def _dataDir(arguments: argparse.Namespace) -> str:
@@ -64,6 +66,7 @@ def _entryAsDict(entry: QueueEntry, now: float) -> dict[str, object]:
         "size": entry.size,
         "sender": envelope.sender,
         "attempts": envelope.attempts,
+        "held": entry.held,
         "nextAttempt": envelope.nextAttempt or None,
         "recipients": [{"address": r.address, "state": r.state.value, "lastReply": r.lastReply}
                        for r in envelope.recipients],
@@ -79,7 +82,8 @@ def _age(seconds: float) -> str:
 
 def _printEntry(entry: QueueEntry, now: float) -> None:
     envelope = entry.envelope
-    print(f"{entry.queueId}  {_age(now - envelope.arrival):>4}  {entry.size:>8}  <{envelope.sender}>")
+    held = "  (held)" if entry.held else ""
+    print(f"{entry.queueId}  {_age(now - envelope.arrival):>4}  {entry.size:>8}  <{envelope.sender}>{held}")
     for r in envelope.recipients:
         print(f"    {r.state.value:<9} <{r.address}>" + (f"  {r.lastReply}" if r.lastReply else ""))
 
@@ -100,12 +104,11 @@ def queueShow(arguments: argparse.Namespace) -> int:
     directory = os.path.join(_dataDir(arguments), "queue")
     try:
         entry = readQueueEntry(directory, arguments.id)
-    except (FileNotFoundError, ValueError):
+        with openEntry(directory, entry.queueId) as f:
+            headers = readHeaders(f).decode("utf-8", "replace")
+    except (NotQueued, FileNotFoundError, ValueError):
         print(f"jsmail queue: no message {arguments.id} in {directory}", file=sys.stderr)
         return 1
-    with open(os.path.join(directory, "active", entry.queueId), "rb") as f:
-        f.readline()
-        headers = readHeaders(f).decode("utf-8", "replace")
     if arguments.json:
         print(json.dumps({**_entryAsDict(entry, time.time()), "headers": headers}, indent=2, ensure_ascii=False))
     else:
@@ -115,14 +118,27 @@ def queueShow(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def queueFlush(arguments: argparse.Namespace) -> int:
-    pidPath = os.path.join(_dataDir(arguments), "queue", "send.pid")
+def queueMove(arguments: argparse.Namespace) -> int:
+    """delete, hold and release: then wake the gateway (a released message is taken up
+    at once; a deleted or held one is dropped when its next attempt comes)."""
+    directory = os.path.join(_dataDir(arguments), "queue")
+    to = {"delete": "delete", "hold": "hold", "release": "active"}[arguments.action]
     try:
-        with open(pidPath) as f:
-            pid = int(f.read().strip())
-        os.kill(pid, signal.SIGALRM)
-    except (OSError, ValueError) as e:
-        print(f"jsmail queue flush: no running delivery process ({pidPath}: {e})", file=sys.stderr)
+        moveEntry(directory, arguments.id, to)
+    except (NotQueued, FileNotFoundError):
+        print(f"jsmail queue: no message {arguments.id} in {directory}", file=sys.stderr)
+        return 1
+    done = {"delete": "deleted", "hold": "held", "release": "released"}[arguments.action]
+    print(f"jsmail queue: {arguments.id} {done}")
+    wakeDelivery(directory)
+    return 0
+
+
+def queueFlush(arguments: argparse.Namespace) -> int:
+    directory = os.path.join(_dataDir(arguments), "queue")
+    pid = wakeDelivery(directory)
+    if pid is None:
+        print(f"jsmail queue flush: no running delivery process (see {directory}/send.pid)", file=sys.stderr)
         return 1
     print(f"jsmail queue flush: asked process {pid} to retry every queued message now")
     return 0
@@ -141,10 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="action", required=True)
     for name, run, help in (("list", queueList, "every queued message, like mailq"),
                             ("show", queueShow, "one message: envelope, recipients and headers"),
-                            ("flush", queueFlush, "ask the running gateway to retry everything now")):
+                            ("flush", queueFlush, "ask the running gateway to retry everything now"),
+                            ("delete", queueMove, "remove a message from the queue, unsent"),
+                            ("hold", queueMove, "keep a message from being delivered until released"),
+                            ("release", queueMove, "let a held message be delivered again")):
         q = queue.add_parser(name, help=help)
         q.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
-        if name == "show":
+        if name in ("show", "delete", "hold", "release"):
             q.add_argument("id")
         if name != "flush":
             q.add_argument("--json", action="store_true", help="print JSON")

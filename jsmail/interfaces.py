@@ -35,6 +35,10 @@ class IIncomingMessage(Interface):
         """Throw away what was written; the message never enters the queue."""
 
 
+class NotQueued(LookupError):
+    """The message is not (or no longer) in the queue."""
+
+
 class IMessageSink(Interface):
     """Where smtpd puts what it receives: the queue, or the funnel in front of it."""
 
@@ -50,7 +54,8 @@ class IQueue(IMessageSink):
         """Sweep half-written entries; fire with every queued message and its envelope."""
 
     def loadEnvelope(queueId: str) -> Deferred[Envelope]:
-        """The current envelope of a queued message."""
+        """The current envelope of a queued message; fails with :class:`NotQueued` if
+        the message is no longer there (an operator deleted or held it)."""
 
     def openMessage(queueId: str) -> BinaryIO:
         """Open the message bytes for reading (blocking I/O: call from a thread)."""

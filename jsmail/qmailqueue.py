@@ -17,7 +17,6 @@ jsmail's; CR LF already there is kept.  The data directory comes from ``--data``
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from twisted.internet import defer
 
 from jsmail._disk import syncFileSystem
 from jsmail.envelope import Envelope, Recipient
-from jsmail.queue import MaildirQueue
+from jsmail.queue import MaildirQueue, wakeDelivery
 
 MAX_ADDRESS = 1002  # octets, as qmail-queue
 SPOOL_IN_MEMORY = 1 << 20  # larger messages wait in a temporary file, not in memory
@@ -102,15 +101,6 @@ def enqueue(dataDir: str, message: BinaryIO, envelope: bytes) -> str:
     return result[0]
 
 
-def _wake(dataDir: str) -> None:
-    """Tell a running jsmail to take the new message up (it would at its next start)."""
-    try:
-        with open(os.path.join(dataDir, "queue", "send.pid")) as f:
-            os.kill(int(f.read().strip()), signal.SIGALRM)
-    except (OSError, ValueError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     dataDir = os.environ.get("JSMAIL_DATA") or "jsmail-data"
@@ -132,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except Exception:
         return BUG
-    _wake(dataDir)
+    wakeDelivery(os.path.join(dataDir, "queue"))  # else a jsmail takes it up when it starts
     return QUEUED
 
 

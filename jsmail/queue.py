@@ -39,6 +39,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -47,9 +48,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jsmail._disk import GroupSync, RunInThread, writeAndRename
+from jsmail._disk import GroupSync, RunInThread, syncFileSystem, writeAndRename
 from jsmail.envelope import Envelope, EnvelopeFormatError
-from jsmail.interfaces import IIncomingMessage, IQueue
+from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
 
 _log = Logger()
 _counter = itertools.count()
@@ -222,7 +223,13 @@ class MaildirQueue:
                 return Envelope.fromBytes(f.readline())
 
     def loadEnvelope(self, queueId: str) -> defer.Deferred[Envelope]:
-        return self.runInThread(self._readEnvelope, queueId)
+        def read() -> Envelope:
+            try:
+                return self._readEnvelope(queueId)
+            except FileNotFoundError:
+                raise NotQueued(queueId) from None
+
+        return self.runInThread(read)
 
     def openMessage(self, queueId: str) -> BinaryIO:
         f = open(os.path.join(self.activeDir, queueId), "rb")
@@ -255,27 +262,44 @@ class QueueEntry:
     queueId: str
     envelope: Envelope
     size: int  # octets of the message, as queued
+    held: bool = False
+
+
+# The operator's side (``jsmail queue``): blocking functions on the directories, safe
+# beside a running gateway, whose scheduler checks a message is still in active/
+# before each attempt.  A held message waits in hold/ (same layout) until released.
 
 
 def listQueue(directory: str) -> list[QueueEntry]:
-    """The messages queued under ``directory``, oldest first, read without changing
-    anything (for ``jsmail queue``; a running gateway may be working on them).
-    Blocking."""
-    active = os.path.join(directory, "active")
+    """The messages queued (and held) under ``directory``, oldest first, read without
+    changing anything.  Blocking."""
     entries = []
-    for name in sorted(os.listdir(active)):
-        if name.endswith(".env"):
-            continue
-        try:
-            entries.append(readQueueEntry(directory, name))
-        except (FileNotFoundError, EnvelopeFormatError):
-            continue  # finished (or set aside) while we looked
-    return entries
+    for place in ("active", "hold"):
+        folder = os.path.join(directory, place)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith(".env"):
+                continue
+            try:
+                entries.append(readQueueEntry(directory, name))
+            except (FileNotFoundError, EnvelopeFormatError):
+                continue  # finished (or set aside) while we looked
+    return sorted(entries, key=lambda e: e.queueId)
+
+
+def _entryPlace(directory: str, queueId: str) -> str:
+    """Where a message is: "active" or "hold" (NotQueued if nowhere, or not an id)."""
+    if "/" in queueId or queueId.startswith(".") or queueId.endswith(".env"):
+        raise NotQueued(queueId)
+    for place in ("active", "hold"):
+        if os.path.exists(os.path.join(directory, place, queueId)):
+            return place
+    raise NotQueued(queueId)
 
 
 def readQueueEntry(directory: str, queueId: str) -> QueueEntry:
-    """One queued message's envelope (the current one) and size.  Blocking."""
-    path = os.path.join(directory, "active", queueId)
+    """One queued (or held) message's envelope (the current one) and size.  Blocking."""
+    place = _entryPlace(directory, queueId)
+    path = os.path.join(directory, place, queueId)
     with open(path, "rb") as f:
         envelope = Envelope.fromBytes(f.readline())
         size = os.fstat(f.fileno()).st_size - f.tell()
@@ -284,7 +308,47 @@ def readQueueEntry(directory: str, queueId: str) -> QueueEntry:
             envelope = Envelope.fromBytes(f.read())
     except FileNotFoundError:
         pass
-    return QueueEntry(queueId, envelope, size)
+    return QueueEntry(queueId, envelope, size, held=place == "hold")
+
+
+def wakeDelivery(directory: str) -> int | None:
+    """Tell the running delivery process to retry now and take up new or released
+    mail: SIGALRM to the pid in ``send.pid`` (as qmail-send takes it).  Return that
+    pid, or None when no delivery process is running."""
+    try:
+        with open(os.path.join(directory, "send.pid")) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGALRM)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def openEntry(directory: str, queueId: str) -> BinaryIO:
+    """A queued (or held) message's bytes, past its envelope line.  Blocking."""
+    f = open(os.path.join(directory, _entryPlace(directory, queueId), queueId), "rb")
+    f.readline()
+    return f
+
+
+def moveEntry(directory: str, queueId: str, to: str) -> None:
+    """Move a message to "hold" or back to "active" (release), or "delete" it.  The
+    message file goes first and its envelope after, so a crash in between leaves what
+    recovery already handles (a lone .env is swept).  Blocking."""
+    place = _entryPlace(directory, queueId)
+    if place == to:
+        return
+    source = os.path.join(directory, place, queueId)
+    if to == "delete":
+        os.unlink(source)
+        _unlinkQuietly(source + ".env")
+        return
+    os.makedirs(os.path.join(directory, to), mode=0o700, exist_ok=True)
+    target = os.path.join(directory, to, queueId)
+    os.rename(source, target)
+    if os.path.exists(source + ".env"):
+        os.rename(source + ".env", target + ".env")
+    syncFileSystem(directory)
 
 
 @implementer(IIncomingMessage)
@@ -331,6 +395,8 @@ class MemoryQueue:
         return defer.succeed([(k, env) for k, (env, _) in sorted(self.messages.items())])
 
     def loadEnvelope(self, queueId: str) -> defer.Deferred[Envelope]:
+        if queueId not in self.messages:
+            return defer.fail(NotQueued(queueId))
         return defer.succeed(self.messages[queueId][0])
 
     def openMessage(self, queueId: str) -> BinaryIO:

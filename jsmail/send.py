@@ -25,7 +25,7 @@ from jsmail._disk import RunInThread
 from jsmail.bounce import wantsFailureNotice, writeBounce
 from jsmail.envelope import Envelope, Recipient, RecipientState
 from jsmail.inject import Funnel
-from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, QueuedMessage
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, NotQueued, QueuedMessage
 
 _log = Logger()
 
@@ -160,7 +160,14 @@ class Scheduler(Service):
 
     @defer.inlineCallbacks
     def _attempt(self, queueId: str) -> Any:
-        envelope = self._envelopes[queueId]
+        try:
+            # Read afresh: an operator may have held or deleted the message meanwhile.
+            envelope = yield self.queue.loadEnvelope(queueId)
+        except NotQueued:
+            del self._envelopes[queueId]
+            self._finished[queueId] = None
+            maillog.removed(queueId)
+            return
         message = QueuedMessage(queueId, envelope, lambda: self.queue.openMessage(queueId))
         byAgent: dict[Any, list[Recipient]] = {}
         for recipient in envelope.pending:

@@ -91,3 +91,24 @@ class CommandTests(TestCase):
         code, _, err = self.run_("queue", "flush")
         self.assertEqual(code, 1)
         self.assertIn("no running delivery process", err)
+
+
+class MoveTests(CommandTests):
+    def test_hold_release_delete(self) -> None:
+        queueId = self.enqueue(Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0), b"S: x\r\n\r\nb\r\n")
+        self.assertEqual(self.run_("queue", "hold", queueId)[:2], (0, f"jsmail queue: {queueId} held\n"))
+        self.assertEqual(os.listdir(os.path.join(self.data, "queue", "active")), [])
+        code, out, _ = self.run_("queue", "list")
+        self.assertIn("(held)", out)
+        self.assertEqual(json.loads(self.run_("queue", "show", queueId, "--json")[1])["held"], True)
+        self.assertEqual(self.run_("queue", "release", queueId)[0], 0)
+        self.assertEqual(os.listdir(os.path.join(self.data, "queue", "active")), [queueId])
+        self.assertEqual(self.run_("queue", "delete", queueId)[:2], (0, f"jsmail queue: {queueId} deleted\n"))
+        self.assertEqual(self.run_("queue", "list", "--json")[1].strip(), "[]")
+        code, _, err = self.run_("queue", "delete", queueId)
+        self.assertEqual(code, 1)
+        self.assertIn("no message", err)
+
+    def test_ids_cannot_name_other_files(self) -> None:
+        self.assertEqual(self.run_("queue", "delete", "../../passwd")[0], 1)
+        self.assertEqual(self.run_("queue", "show", "x.env")[0], 1)

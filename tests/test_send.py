@@ -283,3 +283,21 @@ class FlushTests(TestCase):
         clock.advance(0)
         self.assertEqual(len(agent.deliveries), 2)
         self.assertEqual(queue.messages, {})
+
+
+class OperatorTests(TestCase):
+    def test_message_deleted_by_an_operator_is_dropped(self) -> None:
+        """The scheduler reads the envelope afresh before each attempt: a message an
+        operator deleted (or held) meanwhile is dropped from the plan, not delivered."""
+        clock = Clock()
+        queue = MemoryQueue()
+        agent = RecordingAgent(lambda rcpt: (DeliveryStatus.TEMPORARY, "451 4.4.1 later"))
+        scheduler = Scheduler(queue, Router(["localhost"], agent), clock, runNow, "mx.test")
+        scheduler.startService()
+        queueId = self.successResultOf(scheduler.funnel.enqueue(Envelope("a@localhost", (Recipient("x@localhost"),)), b"x\r\n"))
+        clock.advance(0)
+        del queue.messages[queueId]  # jsmail queue delete
+        scheduler.flush()
+        clock.advance(0)
+        self.assertEqual(len(agent.deliveries), 1)
+        self.assertEqual(scheduler.queued, 0)
