@@ -11,6 +11,7 @@ system that started after the rename has finished (a group commit, see
                          message exactly as received (CR LF line ends, dot-unstuffed)
     queue/active/ID.env  the current envelope once delivery has changed it (per-recipient
                          state, attempts, next attempt); overrides the first line of ID
+    queue/hold/ID[.env]  a message an operator held (``jsmail queue hold``)
     queue/corrupt/       entries recovery could not read, set aside for a person
 
 States and transitions (each one an atomic rename or unlink, made durable by a sync):
