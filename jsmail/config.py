@@ -252,6 +252,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("deliveryConcurrency", "queue", "concurrency", _integer(1)),
     Option("diskThreads", "queue", "disk_threads", _integer(1)),
     Option("deliveryProcess", "queue", "delivery_process", _boolean),
+    Option("queueProgram", "queue", "program", _path),
 )
 
 
@@ -309,6 +310,7 @@ class Config:
     deliveryConcurrency: int = 20
     diskThreads: int = 8
     deliveryProcess: bool = True
+    queueProgram: str = ""  # a qmail-queue-compatible program to hand mail to, instead of jsmail's queue
 
     @property
     def smarthostRoute(self) -> Route | None:

@@ -40,6 +40,7 @@ from jsmail.local import MaildirDelivery
 from jsmail.policy import RelayControl
 from jsmail.queue import MaildirQueue
 from jsmail.mtasts import PolicyFetcher
+from jsmail.programqueue import ProgramQueue
 from jsmail.remote import RemoteDelivery, makeResolver
 from jsmail.route import Router
 from jsmail.send import RetrySchedule, Scheduler
@@ -383,7 +384,7 @@ class MailGateway(_DiskWork):
             self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone)
             self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
         self.outcomes = Outcomes()
-        funnel = self.funnel
+        sink: Any = ProgramQueue(config.queueProgram, self.reactor) if config.queueProgram else self.funnel
         self.delivery.setServiceParent(self)
         self.standalone = standalone
         self.tls = makeTLS(config, self.dataDir)
@@ -397,7 +398,7 @@ class MailGateway(_DiskWork):
             ("smtps", config.smtpsListeners, serverSettings(config, requireAuth=True), True),
         )
         for kind, descriptions, settings, implicitTLS in kinds:
-            factory: Factory = ESMTPServerFactory(settings, funnel, self.reactor, policies, kind, self.tls, portal,
+            factory: Factory = ESMTPServerFactory(settings, sink, self.reactor, policies, kind, self.tls, portal,
                                                   implicitTLS)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)

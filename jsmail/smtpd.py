@@ -547,6 +547,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
             return reply.QUEUED.withText(reply.QUEUED.text.format(queueId))
 
         def notQueued(failure: Failure) -> Reply:
+            if failure.check(SMTPReplyError):  # the queue said why (e.g. a qmail-queue program)
+                return self._refused(failure.value)
             _log.failure("Could not queue message {queueId}", failure, queueId=message.queueId)
             return reply.QUEUE_FAILED
 
