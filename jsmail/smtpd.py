@@ -151,16 +151,18 @@ class ESMTPServer(Protocol, TimeoutMixin):
     # -- connection -----------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.session = Session(
-            clientAddress=getattr(peer, "host", "unknown"),
-            clientPort=getattr(peer, "port", 0),
-            listener=self.listener,
-            tls=self.implicitTLS,
-        )
+        clientAddress, clientPort = self.clientOf(self.transport)
+        self.session = Session(clientAddress=clientAddress, clientPort=clientPort, listener=self.listener,
+                               tls=self.implicitTLS)
         maillog.connect(self.session.client, self.listener)
         self.setTimeout(self.settings.idleTimeout)
         self._runCommand(lambda: self._checked("checkConnect", self._greeting))
+
+    def clientOf(self, transport: Any) -> tuple[str, int]:
+        """The client's address and port (a UCSPI server takes them from tcpserver's
+        environment instead)."""
+        peer = transport.getPeer()
+        return getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
 
     def _greeting(self) -> Reply:
         return reply.SERVICE_READY.withText(reply.SERVICE_READY.text.format(self.settings.hostname))

@@ -1,0 +1,97 @@
+"""jsmail-smtpd under a real tcpserver (ucspi-tcp), as qmail-smtpd runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from jsmail.queue import listQueue
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class UCSPITests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        if shutil.which("tcpserver") is None:
+            raise SkipTest("tcpserver is not installed (apt-get install ucspi-tcp)")
+        self.data = os.path.abspath(self.mktemp())
+
+    def serve(self, **environment: str) -> int:
+        """tcpserver on a free loopback port running jsmail-smtpd with ``environment``."""
+        port = freePort()
+        server = subprocess.Popen(
+            ["tcpserver", "-q", "-R", "-H", "127.0.0.1", str(port),
+             sys.executable, "-m", "jsmail.ucspi", "--data", self.data],
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": ROOT, **environment},
+        )
+        self.addCleanup(server.wait, 10)
+        self.addCleanup(server.kill)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return port
+            time.sleep(0.05)
+        self.fail("tcpserver did not listen")
+
+    def transaction(self, port: int, recipient: str) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=15) as client:
+            client.ehlo()
+            client.mail("a@example.org")
+            code, text = client.rcpt(recipient)
+            if code == 250:
+                client.data(b"Subject: via tcpserver\r\n\r\nhello\r\n")
+            return code, text
+
+    def test_local_recipient_queued_and_relay_refused(self) -> None:
+        port = self.serve()
+        self.assertEqual(self.transaction(port, "x@localhost")[0], 250)
+        code, text = self.transaction(port, "x@example.net")
+        self.assertEqual((code, text[:5]), (550, b"5.7.1"))
+        [entry] = listQueue(os.path.join(self.data, "queue"))
+        self.assertEqual(entry.envelope.clientAddress, "127.0.0.1", "from tcpserver's TCPREMOTEIP")
+
+    def test_relayclient_allows_relay(self) -> None:
+        port = self.serve(RELAYCLIENT="")
+        self.assertEqual(self.transaction(port, "x@example.net")[0], 250)
+        [entry] = listQueue(os.path.join(self.data, "queue"))
+        self.assertEqual([r.address for r in entry.envelope.recipients], ["x@example.net"])
+
+    def test_relayclient_suffix(self) -> None:
+        port = self.serve(RELAYCLIENT=".relay.test")
+        self.assertEqual(self.transaction(port, "x@example")[0], 250)
+        [entry] = listQueue(os.path.join(self.data, "queue"))
+        self.assertEqual(entry.envelope.recipients[0].address, "x@example.relay.test")
+
+    def test_rblsmtpd(self) -> None:
+        port = self.serve(RBLSMTPD="-listed at dnsbl.example")
+        self.assertEqual(self.transaction(port, "x@localhost"), (553, b"5.7.1 listed at dnsbl.example"))
+
+    def test_qmailqueue_program(self) -> None:
+        saved = os.path.abspath(self.mktemp())
+        program = os.path.abspath(self.mktemp())
+        with open(program, "w") as f:
+            f.write(f"#!{sys.executable}\nimport os, sys\n"
+                    f"open({saved!r}, 'wb').write(sys.stdin.buffer.read() + b'|' + os.read(1, 4096))\n")
+        os.chmod(program, 0o755)
+        port = self.serve(QMAILQUEUE=program)
+        self.assertEqual(self.transaction(port, "x@localhost")[0], 250)
+        with open(saved, "rb") as f:
+            message, envelope = f.read().split(b"|")
+        self.assertIn(b"Subject: via tcpserver", message)
+        self.assertEqual(envelope, b"Fa@example.org\x00Tx@localhost\x00\x00")
