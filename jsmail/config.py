@@ -210,6 +210,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("domains", "server", "domains", _listOf(_hostname)),
     Option("trustedNetworks", "server", "trusted_networks", _listOf(_network)),
     Option("postmaster", "server", "postmaster", _path),
+    Option("controlDir", "server", "control_dir", _path),
     Option("smtpListeners", "smtp", "listen", _listeners),
     Option("submissionListeners", "smtp", "submission", _listeners),
     Option("smtpsListeners", "smtp", "smtps", _listeners),
@@ -268,6 +269,7 @@ class Config:
     domains: tuple[str, ...] = ("localhost",)
     trustedNetworks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     postmaster: str = ""  # where undeliverable bounces go; empty: postmaster@ the first domain
+    controlDir: str = ""  # a qmail control directory read as well (see jsmail.control)
     smtpListeners: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
     submissionListeners: tuple[str, ...] = ("tcp:2587:interface=127.0.0.1",)
     smtpsListeners: tuple[str, ...] = ("tcp:2465:interface=127.0.0.1",)
@@ -346,12 +348,28 @@ def defaultHostname() -> str:
 
 
 def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build the configuration: defaults, then the TOML file at ``path``, then
-    ``overrides`` (keyed by :class:`Config` field, from the command line)."""
+    """Build the configuration: defaults, then the TOML file at ``path`` and a qmail
+    control directory (``server.control_dir`` or the ``controlDir`` override; a setting
+    in both is an error), then ``overrides`` (keyed by :class:`Config` field, from the
+    command line)."""
     values: dict[str, Any] = {"hostname": defaultHostname()}
-    if path is not None:
-        values.update(_readFile(path))
+    fromFile = _readFile(path) if path is not None else {}
+    values.update(fromFile)
     byField = {option.field: option for option in OPTIONS}
+    controlDir = (overrides or {}).get("controlDir") or fromFile.get("controlDir")
+    if controlDir:
+        from jsmail.control import readControlDirectory
+
+        if not os.path.isdir(controlDir):
+            raise ConfigError(path or "command line", "server.control_dir", f"{controlDir} is not a directory")
+        for fieldName, (raw, source) in readControlDirectory(controlDir).items():
+            option = byField[fieldName]
+            if fieldName in fromFile:
+                raise ConfigError(str(path), option.name, f"also set by the control file {source}; set it in one place")
+            try:
+                values[fieldName] = option.check(raw)
+            except ValueError as e:
+                raise ConfigError(source, option.name, str(e)) from None
     for fieldName, raw in (overrides or {}).items():
         option = byField[fieldName]
         try:

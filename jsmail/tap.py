@@ -30,6 +30,7 @@ class Options(usage.Options, AuthOptionMixin):
         ["tls-key", None, None, "PEM private key for --tls-certificate [default: in the certificate file]."],
         ["smarthost", None, None, "Send all non-local mail to HOST[:PORT] (TLS and AUTH: see the config file)."],
         ["dns-server", None, None, "Resolve MX and addresses with this DNS server, HOST:PORT [default: resolv.conf]."],
+        ["control-dir", None, None, "Read qmail control files (me, locals, smtproutes, ...) from this directory."],
     ]
     optFlags = [["check-config", None, "Check the configuration, report, and exit."]]
 
@@ -48,6 +49,7 @@ class Options(usage.Options, AuthOptionMixin):
         "tls-key": "tlsKey",
         "smarthost": "smarthost",
         "dns-server": "dnsServer",
+        "control-dir": "controlDir",
     }
 
     def __init__(self) -> None:

@@ -86,3 +86,47 @@ class ConfigTests(TestCase):
         with self.assertRaises(ConfigError) as caught:
             loadConfig(None, {"maxMessageSize": "lots"})
         self.assertEqual(str(caught.exception), "command line: smtp.max_message_size: expected a whole number, got 'lots'")
+
+
+class ControlDirectoryTests(TestCase):
+    """qmail control files read with qmail's rules into the one Config."""
+
+    def control(self, **files: str) -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        for name, text in files.items():
+            with open(os.path.join(directory, name), "w") as f:
+                f.write(text)
+        return directory
+
+    def test_files_map_onto_settings(self) -> None:
+        directory = self.control(
+            me="mx.example.org  \n", locals="# ours\nexample.org\n\nEXAMPLE.net\n", databytes="1000000 bytes\n",
+            timeoutsmtpd="0\n", queuelifetime="86400\n", concurrencyremote="x10\n",
+            smtproutes=":relay.example.org:587\nlist.example.org:lists.internal\nnocolon\n",
+        )
+        config = loadConfig(None, {"controlDir": directory})
+        self.assertEqual((config.hostname, config.domains), ("mx.example.org", ("example.org", "example.net")))
+        self.assertEqual((config.maxMessageSize, config.idleTimeout, config.giveUp), (1000000, 1.0, 86400.0))
+        self.assertEqual(config.deliveryConcurrency, Config().deliveryConcurrency, "not a number: the default stays")
+        self.assertEqual(config.smarthost, "relay.example.org:587")
+        self.assertEqual([(r.domain, r.host, r.port) for r in config.routes], [("list.example.org", "lists.internal", 25)])
+
+    def test_me_is_the_default_local_domain(self) -> None:
+        config = loadConfig(None, {"controlDir": self.control(me="host.example.org\n")})
+        self.assertEqual(config.domains, ("host.example.org",))
+
+    def test_conflict_names_both_places(self) -> None:
+        directory = self.control(databytes="5000\n")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f'[server]\ncontrol_dir = "{directory}"\n[smtp]\nmax_message_size = 1000\n')
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path)
+        self.assertEqual(str(caught.exception), f"{path}: smtp.max_message_size: also set by the control file "
+                                                f"{directory}/databytes; set it in one place")
+
+    def test_missing_directory(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(None, {"controlDir": "/nonexistent/control"})
+        self.assertEqual(str(caught.exception), "command line: server.control_dir: /nonexistent/control is not a directory")
