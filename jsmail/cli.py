@@ -9,6 +9,8 @@
   by sending SIGALRM to the pid in ``DATA/queue/send.pid`` (as qmail-send takes it).
 - ``jsmail queue hold|release|delete ID`` move a message to ``queue/hold/`` and back,
   or remove it; the scheduler reads each message afresh before every attempt.
+- ``jsmail queue requeue [ID...]`` starts the retry schedule of messages afresh (all,
+  by default) and flushes.
 
 The data directory comes from ``--data``, else ``$JSMAIL_DATA``, else ``./jsmail-data``.
 """
@@ -25,7 +27,7 @@ import time
 from jsmail.auth import setPassword
 from jsmail.bounce import readHeaders
 from jsmail.interfaces import NotQueued
-from jsmail.queue import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, wakeDelivery
+from jsmail.queue import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
 
 
 def _dataDir(arguments: argparse.Namespace) -> str:
@@ -134,6 +136,21 @@ def queueMove(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def queueRequeue(arguments: argparse.Namespace) -> int:
+    """Start the retry schedule of the given messages (or all) afresh, then flush."""
+    directory = os.path.join(_dataDir(arguments), "queue")
+    ids = arguments.ids or [entry.queueId for entry in listQueue(directory) if not entry.held]
+    for queueId in ids:
+        try:
+            requeueEntry(directory, queueId)
+        except (NotQueued, FileNotFoundError):
+            print(f"jsmail queue: no message {queueId} in {directory}", file=sys.stderr)
+            return 1
+    print(f"jsmail queue: {len(ids)} message(s) requeued")
+    wakeDelivery(directory)
+    return 0
+
+
 def queueFlush(arguments: argparse.Namespace) -> int:
     directory = os.path.join(_dataDir(arguments), "queue")
     pid = wakeDelivery(directory)
@@ -160,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
                             ("flush", queueFlush, "ask the running gateway to retry everything now"),
                             ("delete", queueMove, "remove a message from the queue, unsent"),
                             ("hold", queueMove, "keep a message from being delivered until released"),
-                            ("release", queueMove, "let a held message be delivered again")):
+                            ("release", queueMove, "let a held message be delivered again"),
+                            ("requeue", queueRequeue, "start the retry schedule afresh, for IDs or all")):
         q = queue.add_parser(name, help=help)
         q.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
         if name in ("show", "delete", "hold", "release"):
             q.add_argument("id")
+        if name == "requeue":
+            q.add_argument("ids", nargs="*", metavar="ID")
         if name != "flush":
             q.add_argument("--json", action="store_true", help="print JSON")
         q.set_defaults(run=run)

@@ -42,7 +42,7 @@ import itertools
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from twisted.internet import defer
@@ -323,6 +323,18 @@ def wakeDelivery(directory: str) -> int | None:
     except (OSError, ValueError):
         return None
     return pid
+
+
+def requeueEntry(directory: str, queueId: str) -> None:
+    """Start a queued message's retry schedule afresh: attempts 0, due now (recipient
+    states are kept).  Blocking; the running gateway sees it at the next attempt."""
+    entry = readQueueEntry(directory, queueId)
+    if entry.held:
+        return
+    envelope = replace(entry.envelope, attempts=0, nextAttempt=0.0)
+    writeAndRename(os.path.join(directory, "tmp", queueId + ".env"),
+                   os.path.join(directory, "active", queueId + ".env"), envelope.toBytes())
+    syncFileSystem(directory)
 
 
 def openEntry(directory: str, queueId: str) -> BinaryIO:

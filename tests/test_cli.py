@@ -112,3 +112,13 @@ class MoveTests(CommandTests):
     def test_ids_cannot_name_other_files(self) -> None:
         self.assertEqual(self.run_("queue", "delete", "../../passwd")[0], 1)
         self.assertEqual(self.run_("queue", "show", "x.env")[0], 1)
+
+
+class RequeueTests(CommandTests):
+    def test_requeue_resets_the_schedule(self) -> None:
+        envelope = Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0, attempts=4, nextAttempt=9e9)
+        queueId = self.enqueue(envelope, b"S: x\r\n\r\nb\r\n")
+        self.assertEqual(self.run_("queue", "requeue")[:2], (0, "jsmail queue: 1 message(s) requeued\n"))
+        [listed] = json.loads(self.run_("queue", "list", "--json")[1])
+        self.assertEqual((listed["id"], listed["attempts"], listed["nextAttempt"]), (queueId, 0, None))
+        self.assertEqual(self.run_("queue", "requeue", "NOSUCHID")[0], 1)
