@@ -116,9 +116,10 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def _path(value: Any) -> str:
+def _optionalString(value: Any) -> str:
+    """A string that may be empty (empty: the setting's default behaviour)."""
     if not isinstance(value, str):
-        raise ValueError(f"expected a file path, got {value!r}")
+        raise ValueError(f"expected a string, got {value!r}")
     return value
 
 
@@ -204,13 +205,13 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("hostname", "server", "hostname", _hostname),
-    Option("tlsCertificate", "server", "tls_certificate", _path),
-    Option("tlsKey", "server", "tls_key", _path),
+    Option("tlsCertificate", "server", "tls_certificate", _optionalString),
+    Option("tlsKey", "server", "tls_key", _optionalString),
     Option("dataDir", "server", "data", _string),
     Option("domains", "server", "domains", _listOf(_hostname)),
     Option("trustedNetworks", "server", "trusted_networks", _listOf(_network)),
-    Option("postmaster", "server", "postmaster", _path),
-    Option("controlDir", "server", "control_dir", _path),
+    Option("postmaster", "server", "postmaster", _optionalString),
+    Option("controlDir", "server", "control_dir", _optionalString),
     Option("smtpListeners", "smtp", "listen", _listeners),
     Option("submissionListeners", "smtp", "submission", _listeners),
     Option("smtpsListeners", "smtp", "smtps", _listeners),
@@ -224,7 +225,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("maxConnectionsPerClient", "smtp", "max_connections_per_client", _integer(1)),
     Option("bareLineEndings", "smtp", "bare_line_endings", _choice("reject", "normalise")),
     Option("maxReceivedHeaders", "smtp", "max_received_headers", _integer(1)),
-    Option("passwordFile", "auth", "password_file", _path),
+    Option("passwordFile", "auth", "password_file", _optionalString),
     Option("authCheckers", "auth", "checkers", _listOf(_checker)),
     Option("senderRule", "auth", "sender_rule", _choice("any", "own")),
     Option("maxAuthFailures", "auth", "max_failures", _integer(0)),
@@ -237,8 +238,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("remoteTLS", "remote", "tls", _choice(*TLS_MODES)),
     Option("smarthost", "remote", "smarthost", _optionalHostPort),
     Option("smarthostTLS", "remote", "smarthost_tls", _choice(*TLS_MODES)),
-    Option("smarthostUsername", "remote", "smarthost_username", _path),
-    Option("smarthostPassword", "remote", "smarthost_password", _path),
+    Option("smarthostUsername", "remote", "smarthost_username", _optionalString),
+    Option("smarthostPassword", "remote", "smarthost_password", _optionalString),
     Option("routes", "remote", "routes", _listOf(_route)),
     Option("perHost", "remote", "per_host", _integer(1)),
     Option("idleTimeoutRemote", "remote", "idle_timeout", _nonNegativeSeconds),
@@ -253,7 +254,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("deliveryConcurrency", "queue", "concurrency", _integer(1)),
     Option("diskThreads", "queue", "disk_threads", _integer(1)),
     Option("deliveryProcess", "queue", "delivery_process", _boolean),
-    Option("queueProgram", "queue", "program", _path),
+    Option("queueProgram", "queue", "program", _optionalString),
 )
 
 

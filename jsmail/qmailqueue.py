@@ -80,7 +80,7 @@ def enqueue(dataDir: str, message: BinaryIO, envelope: bytes) -> str:
     """Queue the message durably; return its queue id (or raise QueueRefusal)."""
     sender, recipients = parseEnvelope(envelope)
     queueDir = os.path.join(dataDir, "queue")
-    queue = MaildirQueue(queueDir, defer.maybeDeferred, sweep=False)
+    queue = MaildirQueue(queueDir, defer.maybeDeferred, sweep=False, spares=0)
     now = time.time()
     incoming = queue.newMessage(Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=now,
                                          clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local"))

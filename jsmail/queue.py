@@ -124,7 +124,7 @@ class _SpareFiles:
 
     def take(self) -> tuple[str, BinaryIO]:
         spare = self._ready.pop() if self._ready else self._make()
-        if len(self._ready) < self.target // 2 and not self._making:
+        if self.target and len(self._ready) < self.target // 2 and not self._making:
             self._making = True
             self.runInThread(self._makeMany, self.target - len(self._ready)).addCallbacks(
                 self._made, lambda f: _log.failure("Cannot make spare queue files", f))
@@ -163,9 +163,10 @@ def _unlinkQuietly(path: str) -> None:
 class MaildirQueue:
     """The queue on disk under ``directory`` (see the module docstring)."""
 
-    def __init__(self, directory: str, runInThread: RunInThread, sweep: bool = True) -> None:
+    def __init__(self, directory: str, runInThread: RunInThread, sweep: bool = True, spares: int = 32) -> None:
         """``sweep``: clear ``tmp/`` of what a crash left.  Only the process that
-        receives mail sweeps; a delivery process beside it must not."""
+        receives mail sweeps; a delivery process beside it must not.  ``spares``: how
+        many files to keep ready for new messages (0 for a program that queues one)."""
         self.directory = directory
         self.tmpDir = os.path.join(directory, "tmp")
         self.activeDir = os.path.join(directory, "active")
@@ -176,7 +177,7 @@ class MaildirQueue:
             os.makedirs(d, mode=0o700, exist_ok=True)
         if sweep:
             self._sweepTmp()
-        self.spares = _SpareFiles(self.tmpDir, runInThread)
+        self.spares = _SpareFiles(self.tmpDir, runInThread, spares)
 
     def newMessage(self, envelope: Envelope) -> IIncomingMessage:
         return _IncomingFile(self, newQueueId(), envelope)

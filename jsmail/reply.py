@@ -27,6 +27,10 @@ class Reply:
         """The same codes with another text."""
         return replace(self, text=text)
 
+    def format(self, *values: object) -> Reply:
+        """The same codes, with ``values`` filled into the text's ``{}`` places."""
+        return replace(self, text=self.text.format(*values))
+
     def lines(self) -> list[bytes]:
         """The reply as wire lines (CRLF-terminated), multi-line when the text has newlines."""
         texts = self.text.split("\n")

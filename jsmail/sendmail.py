@@ -191,7 +191,7 @@ def _smtpOnStdio(dataDir: str, hostname: str) -> int:
     from jsmail.smtpd import ESMTPServer, ServerSettings
 
     queueDir = os.path.join(dataDir, "queue")
-    queue = MaildirQueue(queueDir, maybeDeferred, sweep=False)
+    queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
     funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
 
     class _Session(ESMTPServer):

@@ -210,7 +210,8 @@ class DeliveryService(_DiskWork):
     def __init__(self, config: Config, reactor: Any = None, flushOnSignal: bool = False) -> None:
         super().__init__(reactor or _globalReactor(), config.diskThreads)
         dataDir = os.path.abspath(config.dataDir)
-        self.queue = MaildirQueue(os.path.join(dataDir, "queue"), self.runInThread, sweep=False)
+        # Delivery queues only bounces: a couple of spare files is plenty.
+        self.queue = MaildirQueue(os.path.join(dataDir, "queue"), self.runInThread, sweep=False, spares=2)
         self.local = MaildirDelivery(os.path.join(dataDir, "mail"), self.runInThread, config.hostname,
                                      self.queue.syncer)
         resolver = makeResolver(config.dnsServer, self.reactor)
@@ -423,10 +424,6 @@ class MailGateway(_DiskWork):
             self.outcomes.forget(incoming.queueId)
             raise
         return (yield outcome)
-
-    def listenersOf(self, kind: str) -> list[ListenerService]:
-        """The listeners of one kind: ``smtp``, ``submission`` or ``smtps``."""
-        return [listener for listener in self.listeners if listener.kind == kind]
 
     def reload(self) -> None:
         """Read the TLS certificate again; sessions in progress keep theirs."""

@@ -143,7 +143,6 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._messageTooBig = False
         self._contentSize = 0
         self._hops = HopCounter()
-        self._usedBDAT = False
         self._closing = False
         self._sasl: PlainMechanism | LoginMechanism | None = None
         self._authFailures = 0
@@ -165,7 +164,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         return getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
 
     def _greeting(self) -> Reply:
-        return reply.SERVICE_READY.withText(reply.SERVICE_READY.text.format(self.settings.hostname))
+        return reply.SERVICE_READY.format(self.settings.hostname)
 
     def handshakeCompleted(self) -> None:
         connection = self.transport.getHandle()
@@ -312,10 +311,10 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
         def accept() -> Reply:
             self.session.helo, self.session.esmtp = name, esmtp
-            greets = reply.GREETS.text.format(self.settings.hostname, name)
+            greets = reply.GREETS.format(self.settings.hostname, name)
             if not esmtp:
-                return reply.GREETS.withText(greets)
-            return reply.GREETS.withText("\n".join([greets, *self.extensions()]))
+                return greets
+            return greets.withText("\n".join([greets.text, *self.extensions()]))
 
         return self._checked("checkHelo", accept, name)
 
@@ -402,7 +401,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
                 raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))
 
     def _tooBig(self) -> Reply:
-        return reply.MESSAGE_TOO_BIG.withText(reply.MESSAGE_TOO_BIG.text.format(self.settings.maxMessageSize))
+        return reply.MESSAGE_TOO_BIG.format(self.settings.maxMessageSize)
 
     def smtp_RCPT(self, argument: str) -> Result:
         if self.session.sender is None:
@@ -443,7 +442,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         problem = self._transactionProblem()
         if problem is not None:
             return problem
-        if self._usedBDAT:
+        if self._scanner is not None:  # this transaction's content came by BDAT
             return reply.BDAT_MIXED
         self._startMessage()
         self._reader = DataReader(self._writeContent, self.settings.maxTextLine, self.settings.normaliseLineEndings)
@@ -458,7 +457,6 @@ class ESMTPServer(Protocol, TimeoutMixin):
         problem = self._transactionProblem()
         if problem is None and self._message is None:
             self._startMessage()
-            self._usedBDAT = True
             self._scanner = ContentScanner(self._writeContent, self.settings.maxTextLine,
                                            self.settings.normaliseLineEndings)
         # The chunk's octets are read even when the command is refused, so they are
@@ -513,7 +511,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             if problem is not None:
                 return problem
             if not last:
-                return reply.CHUNK_OK.withText(reply.CHUNK_OK.text.format(size))
+                return reply.CHUNK_OK.format(size)
             assert self._scanner is not None
             self._scanner.finish()
             problems = self._scanner.problems
@@ -532,7 +530,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         elif problems.bareLineEnding and not self.settings.normaliseLineEndings:
             refusal = reply.BARE_LINE_ENDING
         elif problems.longLine:
-            refusal = reply.TEXT_LINE_TOO_LONG.withText(reply.TEXT_LINE_TOO_LONG.text.format(self.settings.maxTextLine))
+            refusal = reply.TEXT_LINE_TOO_LONG.format(self.settings.maxTextLine)
         elif self._hops.count > self.settings.maxReceivedHeaders:
             refusal = reply.TOO_MANY_HOPS
         sender, count = str(self.session.sender), len(self.session.recipients)
@@ -546,7 +544,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
         def queued(queueId: str) -> Reply:
             maillog.queued(queueId, sender, count, size, self.session.client)
-            return reply.QUEUED.withText(reply.QUEUED.text.format(queueId))
+            return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:
             if failure.check(SMTPReplyError):  # the queue said why (e.g. a qmail-queue program)
@@ -655,7 +653,6 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def _resetTransaction(self) -> None:
         self._abortMessage()
         self.session.resetTransaction()
-        self._usedBDAT = False
         self._scanner = None
 
     def _abortMessage(self) -> None:

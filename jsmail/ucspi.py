@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("QMAILQUEUE"):
         sink = ProgramQueue(os.environ["QMAILQUEUE"], reactor)
     else:
-        queue = MaildirQueue(queueDir, maybeDeferred, sweep=False)
+        queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
         sink = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
     session = UCSPISession(serverSettings(config), sink, reactor, policies, "ucspi")
     session.relaySuffix = relayClient
