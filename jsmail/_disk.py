@@ -39,6 +39,14 @@ def syncFileSystem(path: str) -> None:
         os.close(fd)
 
 
+def unlinkQuietly(path: str) -> None:
+    """Remove ``path`` if it is there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def writeAndRename(tmpPath: str, finalPath: str, data: bytes) -> None:
     """Write ``data`` to ``tmpPath`` and rename it to ``finalPath`` (blocking; not yet
     durable: follow with :meth:`GroupSync.sync`)."""

@@ -49,7 +49,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jsmail._disk import GroupSync, RunInThread, syncFileSystem, writeAndRename
+from jsmail._disk import GroupSync, RunInThread, syncFileSystem, unlinkQuietly, writeAndRename
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
 
@@ -90,11 +90,11 @@ class _IncomingFile:
             f.close()  # writes what is still buffered: page cache, not disk
             os.rename(self._tmpPath, finalPath)
         except OSError:
-            _unlinkQuietly(self._tmpPath)
+            unlinkQuietly(self._tmpPath)
             return defer.fail()
 
         def failed(failure: object) -> object:
-            _unlinkQuietly(finalPath)  # not known to be durable: the client will retry
+            unlinkQuietly(finalPath)  # not known to be durable: the client will retry
             return failure
 
         return queue.syncer.sync(queue.activeDir).addCallbacks(lambda _: self.queueId, failed)
@@ -103,7 +103,7 @@ class _IncomingFile:
         if self._file is not None:
             self._file.close()
             self._file = None
-            _unlinkQuietly(self._tmpPath)
+            unlinkQuietly(self._tmpPath)
 
 
 class _SpareFiles:
@@ -148,15 +148,8 @@ class _SpareFiles:
         self._closed = True
         for path, f in self._ready:
             f.close()
-            _unlinkQuietly(path)
+            unlinkQuietly(path)
         self._ready.clear()
-
-
-def _unlinkQuietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 @implementer(IQueue)
@@ -195,7 +188,7 @@ class MaildirQueue:
         for name in os.listdir(self.tmpDir):
             if not name.startswith("spare."):
                 _log.info("queue recovery: removing unfinished {name}", name=name)
-            _unlinkQuietly(os.path.join(self.tmpDir, name))
+            unlinkQuietly(os.path.join(self.tmpDir, name))
 
     def _recover(self) -> list[tuple[str, Envelope]]:
         names = set(os.listdir(self.activeDir))
@@ -204,7 +197,7 @@ class MaildirQueue:
             path = os.path.join(self.activeDir, name)
             if name.endswith(".env"):
                 if name[:-4] not in names:
-                    _unlinkQuietly(path)  # half-removed
+                    unlinkQuietly(path)  # half-removed
                 continue
             try:
                 found.append((name, self._readEnvelope(name)))
@@ -252,7 +245,7 @@ class MaildirQueue:
         def unlink() -> None:
             base = os.path.join(self.activeDir, queueId)
             os.unlink(base)
-            _unlinkQuietly(base + ".env")
+            unlinkQuietly(base + ".env")
 
         return self.runInThread(unlink)
 
@@ -355,7 +348,7 @@ def moveEntry(directory: str, queueId: str, to: str) -> None:
     source = os.path.join(directory, place, queueId)
     if to == "delete":
         os.unlink(source)
-        _unlinkQuietly(source + ".env")
+        unlinkQuietly(source + ".env")
         return
     os.makedirs(os.path.join(directory, to), mode=0o700, exist_ok=True)
     target = os.path.join(directory, to, queueId)

@@ -164,9 +164,7 @@ class Scheduler(Service):
             # Read afresh: an operator may have held or deleted the message meanwhile.
             envelope = yield self.queue.loadEnvelope(queueId)
         except NotQueued:
-            del self._envelopes[queueId]
-            self._finished[queueId] = None
-            maillog.removed(queueId)
+            self._forget(queueId)
             return
         message = QueuedMessage(queueId, envelope, lambda: self.queue.openMessage(queueId))
         byAgent: dict[Any, list[Recipient]] = {}
@@ -185,7 +183,7 @@ class Scheduler(Service):
     def _agentFailed(self, failure: Any, recipients: list[Recipient]) -> list[DeliveryResult]:
         """An agent must report, not fail; if it fails anyway, nothing is lost: retry."""
         _log.failure("Delivery agent failed", failure)
-        detail = f"451 4.3.0 Local delivery error: {failure.getErrorMessage()}"
+        detail = f"451 4.3.0 Delivery error: {failure.getErrorMessage()}"
         return [DeliveryResult(r.address, DeliveryStatus.TEMPORARY, detail) for r in recipients]
 
     @defer.inlineCallbacks
@@ -227,6 +225,11 @@ class Scheduler(Service):
         elif failed and envelope.protocol != DOUBLE_BOUNCE and self.postmaster:
             yield self._bounce(queueId, envelope, failed, self.postmaster)
         yield self.queue.remove(queueId)
+        self._forget(queueId)
+
+    def _forget(self, queueId: str) -> None:
+        """The message has left the queue: drop it from the plan, and remember the id
+        for a while so a stale listing or notice cannot bring it back."""
         del self._envelopes[queueId]
         self._finished[queueId] = None
         if len(self._finished) > FINISHED_MEMORY:

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from jsmail import __version__
+from jsmail._disk import unlinkQuietly
 from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm
 from jsmail.config import Config
 from jsmail.envelope import Envelope, Recipient
@@ -260,16 +261,9 @@ class DeliveryService(_DiskWork):
 
     def _released(self, result: object) -> object:
         if self._lock.held and self.flushOnSignal:
-            _unlinkQuietly(self.pidPath)
+            unlinkQuietly(self.pidPath)
         self._lock.release()
         return result
-
-
-def _unlinkQuietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class SendLock:
