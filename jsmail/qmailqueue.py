@@ -26,7 +26,6 @@ from typing import BinaryIO, Callable
 
 from twisted.internet import defer
 
-from jsmail._disk import syncFileSystem
 from jsmail.envelope import Envelope, Recipient
 from jsmail.queue import MaildirQueue, wakeDelivery
 
@@ -93,11 +92,10 @@ def enqueue(dataDir: str, message: BinaryIO, envelope: bytes) -> str:
         incoming.abort()
         raise QueueRefusal(WRITE_ERROR, str(e)) from None
     result: list[object] = []
-    incoming.commit().addBoth(result.append)  # runs synchronously: maybeDeferred
+    incoming.commit().addBoth(result.append)  # synchronous: the queue runs its sync in this thread
     queue.close()
-    if not isinstance(result[0], str):
+    if not isinstance(result[0], str):  # the commit (rename, then sync) failed
         raise QueueRefusal(WRITE_ERROR, str(getattr(result[0], "value", result[0])))
-    syncFileSystem(queueDir)
     return result[0]
 
 

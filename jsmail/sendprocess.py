@@ -23,6 +23,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.protocols.basic import LineOnlyReceiver
 
 from jsmail.config import Config, toJSON
 
@@ -108,21 +109,20 @@ class SendProcess(Service):
         return child.ended.addCallback(lambda _: timer.cancel() if timer.active() else None)
 
 
-class _Notices(protocol.Protocol):
+class _Notices(LineOnlyReceiver):
     """The child's stdin: one queue id per line; end of input means stop."""
+
+    delimiter = b"\n"
 
     def __init__(self, delivery: Any, reactor: Any) -> None:
         self.delivery = delivery
         self.reactor = reactor
-        self._partial = b""
 
-    def dataReceived(self, data: bytes) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            queueId = line.strip().decode("ascii", "replace")
-            if queueId:
-                self.delivery.scheduler.scheduleFromQueue(queueId).addErrback(
-                    lambda f, queueId=queueId: _log.failure("Cannot schedule {queueId}", f, queueId=queueId))
+    def lineReceived(self, line: bytes) -> None:
+        queueId = line.strip().decode("ascii", "replace")
+        if queueId:
+            self.delivery.scheduler.scheduleFromQueue(queueId).addErrback(
+                lambda f: _log.failure("Cannot schedule {queueId}", f, queueId=queueId))
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.reactor.running:
