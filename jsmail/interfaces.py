@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from jsmail.envelope import Envelope, Recipient
+    from jsmail.verdict import Verdict
 
 
 class IIncomingMessage(Interface):
@@ -103,24 +104,46 @@ class IDeliveryAgent(Interface):
 class IPolicy(Interface):
     """Checks run at each SMTP phase, in order, before smtpd says yes.
 
-    Each method returns ``None`` (no objection, decided now) or a Deferred that fires
-    when the check is done.  To refuse, raise (or fail the Deferred with)
-    :class:`jsmail.error.SMTPReplyError`; any other exception becomes a temporary
-    failure (451 4.3.0), never a dropped session.  ``session`` is
-    :class:`jsmail.smtpd.Session`.
+    Each method answers ``None`` (no objection), a :class:`jsmail.verdict.Verdict`
+    (accept with header fields or Authentication-Results entries to add, or refuse), or
+    a Deferred firing with either when the check is done.  Raising (or failing the
+    Deferred with) :class:`jsmail.error.SMTPReplyError` refuses too; any other exception
+    is a temporary failure (451 4.3.0) and is logged, never a dropped session.
+    ``session`` is :class:`jsmail.smtpd.Session`; a check may keep what later phases
+    need in ``session.notes`` (the whole connection) or ``session.transactionNotes``
+    (one message).
     """
 
-    def checkConnect(session: object) -> Deferred[None] | None:
+    def checkConnect(session: object) -> Deferred[Verdict | None] | Verdict | None:
         """A client has connected."""
 
-    def checkHelo(session: object, name: str) -> Deferred[None] | None:
+    def checkHelo(session: object, name: str) -> Deferred[Verdict | None] | Verdict | None:
         """The client said EHLO or HELO ``name``."""
 
-    def checkSender(session: object, address: object, params: dict) -> Deferred[None] | None:
+    def checkSender(session: object, address: object, params: dict) -> Deferred[Verdict | None] | Verdict | None:
         """MAIL FROM with a :class:`jsmail.address.Address` and its parameters."""
 
-    def checkRecipient(session: object, address: object, params: dict) -> Deferred[None] | None:
+    def checkRecipient(session: object, address: object, params: dict) -> Deferred[Verdict | None] | Verdict | None:
         """RCPT TO with a :class:`jsmail.address.Address` and its parameters."""
+
+
+class IMessagePolicy(Interface):
+    """A check of the whole message once its last octet is in (end of DATA or of the
+    last BDAT chunk), run in order after every :class:`IPolicy` phase has passed."""
+
+    def checkMessage(session: object, content: object) -> Deferred[Verdict | None] | Verdict | None:
+        """``content`` is a :class:`jsmail.content.Spool`: ``content.read()`` fires with
+        the message bytes as received, smtpd's Received field first."""
+
+
+class IModifier(Interface):
+    """Changes an accepted message before it is queued (DKIM signing, ARC sealing), by
+    adding header fields above it.  Modifiers run after every check has said yes."""
+
+    def modify(session: object, message: bytes) -> Deferred[Sequence[str]] | Sequence[str]:
+        """``message`` is the message as it will be queued, with the header fields the
+        checks added (Authentication-Results among them) on top.  Answer the header
+        fields (no CR LF) to put above it."""
 
 
 class IRouter(Interface):

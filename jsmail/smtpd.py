@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from OpenSSL import SSL
 from twisted.cred.error import UnauthorizedLogin
@@ -37,13 +37,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsmail import maillog, reply
+from jsmail._disk import RunInThread
 from jsmail._data import ChunkReader, ContentProblems, ContentScanner, DataReader, HopCounter
 from jsmail.address import Address, parsePath
 from jsmail.auth import MECHANISMS, IMailUser, LoginMechanism, PlainMechanism, TemporaryAuthFailure
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
-from jsmail.interfaces import IIncomingMessage, IMessageSink, IPolicy
+from jsmail.authresults import authResultsField, claimsAuthservId
+from jsmail.content import Spool, dropFields, transfer
+from jsmail.interfaces import IIncomingMessage, IMessagePolicy, IMessageSink, IModifier, IPolicy
 from jsmail.reply import Reply
+from jsmail.verdict import Verdict, asVerdict
 
 _log = Logger()
 
@@ -73,6 +77,10 @@ class ServerSettings:
     maxAuthFailures: int = 3  # failures answered with 535; the next one closes with 421
     authFailureDelay: float = 1.0  # seconds before the first 535, doubling each time
     showAuthInReceived: bool = False
+    authservId: str = ""  # Authentication-Results authserv-id (RFC 8601 section 2.5); empty: hostname
+
+
+_TRANSACTION_PHASES = ("checkSender", "checkRecipient", "checkMessage")
 
 
 @dataclass
@@ -90,6 +98,9 @@ class Session:
     sender: Address | None = None
     mailParams: dict[str, str | None] = field(default_factory=dict)
     recipients: list[Recipient] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)  # what checks learnt about the connection
+    transactionNotes: dict[str, Any] = field(default_factory=dict)  # ... and about this message
+    added: dict[str, list[Verdict]] = field(default_factory=dict)  # accepting verdicts with additions, by phase
 
     @property
     def client(self) -> str:
@@ -99,6 +110,13 @@ class Session:
         self.sender = None
         self.mailParams = {}
         self.recipients = []
+        self.transactionNotes = {}
+        for phase in _TRANSACTION_PHASES:
+            self.added.pop(phase, None)
+
+    def additions(self) -> list[Verdict]:
+        """Every accepting verdict that adds something, in phase order."""
+        return [v for phase in ("checkConnect", "checkHelo", *_TRANSACTION_PHASES) for v in self.added.get(phase, ())]
 
 
 Result = Reply | defer.Deferred[Reply]
@@ -122,10 +140,15 @@ class ESMTPServer(Protocol, TimeoutMixin):
         tls: Any = None,
         portal: Portal | None = None,
         implicitTLS: bool = False,
+        modifiers: Sequence[IModifier] = (),
+        runInThread: RunInThread | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.policies = tuple(policies)
+        self.messagePolicies = tuple(p for p in self.policies if IMessagePolicy.providedBy(p))
+        self.modifiers = tuple(modifiers)
+        self.runInThread = runInThread if runInThread is not None else _inline
         self.listener = listener
         self.tls = tls
         self.portal = portal
@@ -140,6 +163,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._reader: DataReader | ChunkReader | None = None
         self._message: IIncomingMessage | None = None
         self._scanner: ContentScanner | None = None
+        self._spool: Spool | None = None
         self._messageTooBig = False
         self._contentSize = 0
         self._hops = HopCounter()
@@ -423,18 +447,36 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def _checked(self, phase: str, accept: Callable[[], Reply], *args: Any) -> Result:
         """Run every policy's check for ``phase`` in order, then ``accept``.
 
-        Checks that return None decide at once; a Deferred makes the reply wait.  The
-        first refusal (an :class:`SMTPReplyError`) wins; any other exception is a
-        temporary failure, never a dropped session.
+        Checks that answer at once decide at once; a Deferred makes the reply wait.
+        The first refusal wins; any other exception is a temporary failure, never a
+        dropped session.  What accepting verdicts add is kept for the message only
+        once the whole phase has said yes.
         """
-        return self._runChecks([getattr(p, phase) for p in self.policies], accept, args)
+        policies = self.messagePolicies if phase == "checkMessage" else self.policies
+        kept: list[Verdict] = []
 
-    def _runChecks(self, pending: list[Callable[..., Any]], accept: Callable[[], Reply], args: tuple[Any, ...]) -> Result:
+        def accepted() -> Reply:
+            self.session.added[phase] = self.session.added.get(phase, []) + kept if phase != "checkHelo" else kept
+            return accept()
+
+        return self._runChecks([getattr(p, phase) for p in policies], kept, accepted, args)
+
+    def _runChecks(self, pending: list[Callable[..., Any]], kept: list[Verdict], accept: Callable[[], Reply],
+                   args: tuple[Any, ...]) -> Result:
         while pending:
-            result = pending.pop(0)(self.session, *args)
-            if isinstance(result, defer.Deferred):
-                return result.addCallback(lambda _: self._runChecks(pending, accept, args))
+            answer = pending.pop(0)(self.session, *args)
+            if isinstance(answer, defer.Deferred):
+                return answer.addCallback(self._keep, kept).addCallback(
+                    lambda _: self._runChecks(pending, kept, accept, args))
+            self._keep(answer, kept)
         return accept()
+
+    @staticmethod
+    def _keep(answer: object, kept: list[Verdict]) -> None:
+        verdict = asVerdict(answer)
+        verdict.raiseIfRefused()
+        if verdict.headers or verdict.results:
+            kept.append(verdict)
 
     def smtp_DATA(self, argument: str) -> Result:
         if argument:
@@ -490,7 +532,15 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._messageTooBig = False
         self._contentSize = 0
         self._hops = HopCounter()
-        self._message.write(self._receivedHeader(self._message.queueId))
+        received = self._receivedHeader(self._message.queueId)
+        additions = session.additions()
+        if self.messagePolicies or self.modifiers or any(v.results for v in additions):
+            # Held back: fields go on top once every check is done, and forged
+            # Authentication-Results fields come out (see jsmail.content).
+            self._spool = Spool(self.runInThread)
+            self._spool.write(received)
+        else:
+            self._message.write(_fields(h for v in additions for h in v.headers) + received)
 
     def _writeContent(self, data: bytes) -> None:
         message = self._message
@@ -501,7 +551,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self._messageTooBig = True
             return
         self._hops.feed(data)
-        message.write(data)
+        (self._spool or message).write(data)
 
     def _contentEnded(self) -> Result:
         """The final dot, or the end of a BDAT chunk, has arrived."""
@@ -533,12 +583,61 @@ class ESMTPServer(Protocol, TimeoutMixin):
             refusal = reply.TEXT_LINE_TOO_LONG.format(self.settings.maxTextLine)
         elif self._hops.count > self.settings.maxReceivedHeaders:
             refusal = reply.TOO_MANY_HOPS
+        if refusal is not None:
+            self._resetTransaction()
+            raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
+        if self._spool is None:
+            return self._commit(message)
+        spool = self._spool
+
+        def checked(_: object) -> Result:
+            if self._message is not message:
+                return reply.CHECK_FAILED  # the client went away meanwhile; nobody hears this
+            return self._commit(message)
+
+        def failed(failure: Failure) -> Failure | Reply:
+            self._resetTransaction()
+            return reply.CHECK_FAILED if self._closing else failure
+
+        d = defer.succeed(None)
+        if self.messagePolicies:
+            d = defer.maybeDeferred(self._checked, "checkMessage", lambda: _NO_REPLY, spool)
+        d.addCallback(lambda _: self._completeMessage(message, spool))
+        return d.addCallbacks(checked, failed)
+
+    def _completeMessage(self, message: IIncomingMessage, spool: Spool) -> defer.Deferred[None]:
+        """Put the checks' fields and the modifiers' on top of the spooled message and
+        write it all into the queue file (see :mod:`jsmail.content`)."""
+        additions = self.session.additions()
+        authservId = self.settings.authservId or self.settings.hostname
+        fields = [h for v in additions for h in v.headers]
+        results = [r for v in additions for r in v.results]
+        if results:
+            fields.insert(0, authResultsField(authservId, results))
+        prefix = _fields(fields)
+
+        def forged(field: bytes) -> bool:
+            return claimsAuthservId(field, authservId)
+
+        if self.modifiers:
+            d: defer.Deferred[bytes] = spool.read().addCallback(lambda data: self._modify(prefix + dropFields(data, forged)))
+        else:
+            d = defer.succeed(b"")
+        return d.addCallback(lambda added: transfer(spool, message, added + prefix, forged, self.clock))
+
+    @defer.inlineCallbacks
+    def _modify(self, message: bytes) -> Any:
+        """Run the modifiers in order; each sees the fields earlier ones added on top."""
+        added = b""
+        for modifier in self.modifiers:
+            fields = yield defer.maybeDeferred(modifier.modify, self.session, added + message)
+            added = _fields(fields) + added
+        return added
+
+    def _commit(self, message: IIncomingMessage) -> Result:
         sender, count = str(self.session.sender), len(self.session.recipients)
         self._message = None
         self._resetTransaction()
-        if refusal is not None:
-            message.abort()
-            raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
         size = message.size
         d = message.commit()
 
@@ -659,6 +758,9 @@ class ESMTPServer(Protocol, TimeoutMixin):
         if self._message is not None:
             self._message.abort()
             self._message = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     def _withProtocol(self) -> str:
         """The RFC 3848 / RFC 6531 "with" keyword: ESMTP, ESMTPS, ESMTPA, ESMTPSA, ..."""
@@ -700,6 +802,15 @@ def _sanitise(text: str) -> str:
 _NO_REPLY = Reply(0, "", "")
 
 
+def _fields(fields: Iterable[str]) -> bytes:
+    return "".join(f + "\r\n" for f in fields).encode("utf-8")
+
+
+def _inline(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    """Run ``f`` now: for embedders and tests that give no thread pool."""
+    return defer.maybeDeferred(f, *args)
+
+
 class _Refuse(Protocol):
     """Says one 421 reply and hangs up: used when connection limits are reached."""
 
@@ -727,11 +838,15 @@ class ESMTPServerFactory(Factory):
         tls: Any = None,
         portal: Portal | None = None,
         implicitTLS: bool = False,
+        modifiers: Sequence[IModifier] = (),
+        runInThread: RunInThread | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.clock = clock
         self.policies = tuple(policies)
+        self.modifiers = tuple(modifiers)
+        self.runInThread = runInThread
         self.listener = listener
         self.tls = tls
         self.portal = portal
@@ -750,7 +865,7 @@ class ESMTPServerFactory(Factory):
         self.connections += 1
         self.perClient[host] = self.perClient.get(host, 0) + 1
         protocol = _CountedServer(self.settings, self.queue, self.clock, self.policies, self.listener,
-                                  self.tls, self.portal, self.implicitTLS)
+                                  self.tls, self.portal, self.implicitTLS, self.modifiers, self.runInThread)
         protocol.factory = self
         protocol.countedHost = host
         return protocol

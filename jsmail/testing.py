@@ -27,7 +27,7 @@ from twisted.names.server import DNSServerFactory
 from zope.interface import implementer
 
 from jsmail.envelope import Envelope, Recipient
-from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IPolicy, QueuedMessage
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IModifier, IPolicy, QueuedMessage
 from jsmail.queue import MemoryQueue
 from jsmail.smtpd import ESMTPServer, ServerSettings
 
@@ -81,11 +81,12 @@ class Dialog:
         tls: Any = None,
         portal: Portal | None = None,
         implicitTLS: bool = False,
+        modifiers: Sequence[IModifier] = (),
     ) -> None:
         self.clock = clock or Clock()
         self.sink = sink if sink is not None else MemoryQueue()
         self.server = ESMTPServer(settings or ServerSettings(hostname="mx.test"), self.sink, self.clock, policies,
-                                  "smtp", tls, portal, implicitTLS)
+                                  "smtp", tls, portal, implicitTLS, modifiers)
         self.transport = _TLSRecordingTransport(peerAddress=IPv4Address("TCP", clientAddress, 40000))
         self.server.makeConnection(self.transport)
 
