@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from twisted.internet.endpoints import serverFromString
@@ -189,6 +189,13 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+def _pluginTables(value: Any) -> dict[str, dict[str, Any]]:
+    """``[plugins.NAME]`` tables: each plugin checks its own table when it is built."""
+    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+        raise ValueError(f"expected [plugins.NAME] tables, got {value!r}")
+    return {str(name): dict(table) for name, table in value.items()}
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: ``field`` of :class:`Config`, found at ``section.key`` in TOML."""
@@ -255,6 +262,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("diskThreads", "queue", "disk_threads", _integer(1)),
     Option("deliveryProcess", "queue", "delivery_process", _boolean),
     Option("queueProgram", "queue", "program", _optionalString),
+    Option("smtpChecks", "policy", "smtp", _listOf(_string)),
+    Option("submissionChecks", "policy", "submission", _listOf(_string)),
+    Option("smtpsChecks", "policy", "smtps", _listOf(_string)),
+    Option("authservId", "policy", "authserv_id", _optionalString),
+    Option("pluginOptions", "plugins", "*", _pluginTables),  # the whole [plugins] table
 )
 
 
@@ -314,6 +326,11 @@ class Config:
     diskThreads: int = 8
     deliveryProcess: bool = True
     queueProgram: str = ""  # a qmail-queue-compatible program to hand mail to, instead of jsmail's queue
+    smtpChecks: tuple[str, ...] = ()  # policy plugins by name, in order (see jsmail.plugin)
+    submissionChecks: tuple[str, ...] = ()
+    smtpsChecks: tuple[str, ...] = ()
+    authservId: str = ""  # empty: the host name
+    pluginOptions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def smarthostRoute(self) -> Route | None:
@@ -393,6 +410,13 @@ def _readFile(path: str) -> dict[str, Any]:
     for section, table in document.items():
         if not isinstance(table, dict):
             raise ConfigError(path, section, "expected a [section] table")
+        whole = known.get((section, "*"))
+        if whole is not None:
+            try:
+                values[whole.field] = whole.check(table)
+            except ValueError as e:
+                raise ConfigError(path, section, str(e)) from None
+            continue
         for key, raw in table.items():
             option = known.get((section, key))
             if option is None:

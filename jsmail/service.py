@@ -31,9 +31,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from jsmail import __version__
-from jsmail._disk import unlinkQuietly
+from jsmail._disk import RunInThread, unlinkQuietly
 from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm
-from jsmail.config import Config
+from jsmail.config import Config, ConfigError
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.inject import Funnel
@@ -41,6 +41,7 @@ from jsmail.local import MaildirDelivery
 from jsmail.policy import RelayControl
 from jsmail.queue import MaildirQueue
 from jsmail.mtasts import PolicyFetcher
+from jsmail.plugin import Chain, PluginError, PolicyContext, buildChain
 from jsmail.programqueue import ProgramQueue
 from jsmail.remote import RemoteDelivery, makeResolver
 from jsmail.route import Router
@@ -139,8 +140,37 @@ def serverSettings(config: Config, **listenerRules: Any) -> ServerSettings:
         maxAuthFailures=config.maxAuthFailures,
         authFailureDelay=config.authFailureDelay,
         showAuthInReceived=config.showAuthInReceived,
+        authservId=config.authservId,
         **listenerRules,
     )
+
+
+def checkPolicies(config: Config) -> None:
+    """Build every listener's checks once and throw them away, so ``--check-config``
+    finds an unknown plugin or a bad plugin option."""
+    from twisted.internet.threads import deferToThread
+
+    policyChains(config, _globalReactor(), deferToThread)
+
+
+def policyChains(config: Config, reactor: Any, runInThread: RunInThread) -> dict[str, Chain]:
+    """Each listener's policy checks, built from their plugins (see :mod:`jsmail.plugin`).
+
+    Raises :class:`ConfigError` for an unknown plugin or a bad plugin option."""
+    names = {"smtp": config.smtpChecks, "submission": config.submissionChecks, "smtps": config.smtpsChecks}
+    chains = {kind: Chain() for kind in names}
+    if not any(names.values()):
+        return chains  # no resolver either: it would watch resolv.conf for nothing
+    context = PolicyContext(reactor, makeResolver(config.dnsServer, reactor), runInThread, config.hostname,
+                            config.authservId or config.hostname, os.path.abspath(config.dataDir),
+                            frozenset(config.domains))
+    for kind, plugins in names.items():
+        try:
+            chains[kind] = buildChain(plugins, config.pluginOptions, context)
+        except PluginError as e:
+            key = f"policy.{kind}" if e.key == "policy" else e.key
+            raise ConfigError("configuration", key, str(e)) from None
+    return chains
 
 
 def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = ()) -> Portal:
@@ -385,7 +415,8 @@ class MailGateway(_DiskWork):
         self.tls = makeTLS(config, self.dataDir)
         portal = makePortal(config, extraCheckers)
         localDomains = frozenset(config.domains)
-        policies = [RelayControl(localDomains.__contains__, config.trustedNetworks)]
+        relayControl = RelayControl(localDomains.__contains__, config.trustedNetworks)
+        self.chains = policyChains(config, self.reactor, self.runInThread)
         self.listeners: list[ListenerService] = []
         kinds = (
             ("smtp", config.smtpListeners, serverSettings(config), False),
@@ -393,8 +424,9 @@ class MailGateway(_DiskWork):
             ("smtps", config.smtpsListeners, serverSettings(config, requireAuth=True), True),
         )
         for kind, descriptions, settings, implicitTLS in kinds:
-            factory: Factory = ESMTPServerFactory(settings, sink, self.reactor, policies, kind, self.tls, portal,
-                                                  implicitTLS)
+            chain = self.chains[kind]
+            factory: Factory = ESMTPServerFactory(settings, sink, self.reactor, [relayControl, *chain.policies], kind,
+                                                  self.tls, portal, implicitTLS, chain.modifiers, self.runInThread)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)
             for description in descriptions:
@@ -420,8 +452,13 @@ class MailGateway(_DiskWork):
         return (yield outcome)
 
     def reload(self) -> None:
-        """Read the TLS certificate again; sessions in progress keep theirs."""
+        """Read the TLS certificate and the checks' list files again; sessions in
+        progress keep their certificate."""
         self.tls.reload()
+        for chain in self.chains.values():
+            for check in chain.policies:
+                if hasattr(check, "reload"):
+                    check.reload()
 
     def startService(self) -> None:
         super().startService()

@@ -9,7 +9,7 @@ from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from jsmail.config import Config, ConfigError, loadConfig
-from jsmail.service import MailGateway
+from jsmail.service import MailGateway, checkPolicies
 from jsmail.tls import TLSError
 
 
@@ -95,6 +95,11 @@ class Options(usage.Options, AuthOptionMixin):
             sys.stderr.write(f"jsmail: configuration error: {e}\n")
             sys.exit(2)
         if self["check-config"]:
+            try:
+                checkPolicies(self.config)
+            except ConfigError as e:
+                sys.stderr.write(f"jsmail: configuration error: {e}\n")
+                sys.exit(2)
             sys.stdout.write(f"jsmail: configuration OK ({self['config'] or 'built-in defaults'})\n")
             sys.exit(0)
 
@@ -105,4 +110,7 @@ def makeService(options: Options) -> MailGateway:
         return MailGateway(options.config, extraCheckers=options.get("credCheckers", []), standalone=True)
     except TLSError as e:
         sys.stderr.write(f"jsmail: TLS configuration error: {e}\n")
+        sys.exit(2)
+    except ConfigError as e:
+        sys.stderr.write(f"jsmail: configuration error: {e}\n")
         sys.exit(2)

@@ -1,0 +1,151 @@
+"""Program hooks, for administrators who script their checks the qmail way.
+
+- A recipient check program runs at each RCPT with ``helo\\0sender\\0recipient\\0\\0``
+  on its descriptor 3 (the shape of checkpassword's input).
+- A content filter program runs at the end of the message with the message on its
+  standard input; what it prints on standard output, if anything, is header fields to
+  add above the message.
+
+Both answer by exit code: 0 accept, 100 reject (550 5.7.1), 111 or anything else try
+again later (451 4.3.0).  A first line on standard error becomes the reply's text.
+Each runs with ``/bin/sh -c`` and the variables ``TCPREMOTEIP``, ``SMTPHELO``,
+``SMTPSENDER``, ``SMTPRECIPIENTS`` (one per line) and ``SMTPAUTHUSER``, and is killed
+after ``timeout`` seconds, which counts as a temporary failure.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+
+from zope.interface import implementer
+
+from jsmail import reply
+from jsmail.address import Address
+from jsmail.interfaces import IMessagePolicy
+from jsmail.plugin import Options, PolicyContext
+from jsmail.policy import Policy
+from jsmail.verdict import Verdict
+
+_log = Logger()
+
+HOOK_REJECTED = reply.Reply(550, "5.7.1", "Refused by local policy")
+HOOK_TEMPORARY = reply.Reply(451, "4.3.0", "Temporary local problem, try again later")
+_OUTPUT_LIMIT = 64 * 1024
+
+
+class _Run(protocol.ProcessProtocol):
+    def __init__(self, inputs: Mapping[int, bytes]) -> None:
+        self.inputs = inputs
+        self.output = {1: b"", 2: b""}
+        self.ended: defer.Deferred[int | None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        for fd, data in self.inputs.items():
+            self.transport.writeToChild(fd, data)
+            self.transport.closeChildFD(fd)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if len(self.output.get(childFD, b"")) < _OUTPUT_LIMIT:
+            self.output[childFD] = self.output.get(childFD, b"") + data
+
+    def processEnded(self, reason: Any) -> None:
+        code = reason.value.exitCode if isinstance(reason.value, (error.ProcessDone, error.ProcessTerminated)) else None
+        self.ended.callback(code)
+
+
+class Program:
+    """Runs one command with inputs on given descriptors, bounded by ``timeout``."""
+
+    def __init__(self, reactor: Any, command: str, timeout: float) -> None:
+        self.reactor, self.command, self.timeout = reactor, command, timeout
+
+    def run(self, session: Any, inputs: Mapping[int, bytes]) -> defer.Deferred[tuple[int | None, bytes, bytes]]:
+        run = _Run(inputs)
+        env = dict(os.environ)
+        env.update(TCPREMOTEIP=session.clientAddress, SMTPHELO=session.helo or "",
+                   SMTPSENDER=str(session.sender or ""),
+                   SMTPRECIPIENTS="\n".join(r.address for r in session.recipients),
+                   SMTPAUTHUSER=getattr(session.user, "name", "") if session.user is not None else "")
+        childFDs: dict[int, Any] = {fd: "w" for fd in inputs}
+        childFDs.update({1: "r", 2: "r"})
+        process = self.reactor.spawnProcess(run, "/bin/sh", ["/bin/sh", "-c", self.command], env=env,
+                                            childFDs=childFDs)
+        timer = self.reactor.callLater(self.timeout, _kill, process)
+        return run.ended.addCallback(lambda code: (timer.active() and timer.cancel(), code)[1]).addCallback(
+            lambda code: (code, run.output[1], run.output[2]))
+
+
+def _kill(process: Any) -> None:
+    try:
+        process.signalProcess("KILL")
+    except error.ProcessExitedAlready:
+        pass
+
+
+def verdictFor(command: str, code: int | None, stderr: bytes, accepted: Verdict | None = None) -> Verdict | None:
+    text = stderr.decode("utf-8", "replace").strip().splitlines()[:1]
+    if code == 0:
+        return accepted
+    if code == 100:
+        refusal = HOOK_REJECTED.withText(text[0]) if text else HOOK_REJECTED
+        return Verdict.reject(refusal, f"{command} exited 100")
+    reason = f"{command} was killed after its time-out" if code is None else f"{command} exited {code}"
+    refusal = HOOK_TEMPORARY.withText(text[0]) if text and code is not None else HOOK_TEMPORARY
+    return Verdict.tempfail(refusal, reason)
+
+
+class RecipientCheck(Policy):
+    """The recipient check program (see the module docstring)."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+
+    def checkRecipient(self, session: Any, address: Address, params: dict) -> defer.Deferred[Verdict | None]:
+        fields = (session.helo or "", str(session.sender or ""), str(address))
+        data = b"".join(f.encode("utf-8") + b"\0" for f in fields) + b"\0"
+        return self.program.run(session, {3: data}).addCallback(
+            lambda result: verdictFor(self.program.command, result[0], result[2]))
+
+
+@implementer(IMessagePolicy)
+class ContentFilter(Policy):
+    """The content filter program (see the module docstring)."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+
+    @defer.inlineCallbacks
+    def checkMessage(self, session: Any, content: Any) -> Any:
+        message = yield content.read()
+        code, stdout, stderr = yield self.program.run(session, {0: message})
+        added: list[str] = []
+        for line in stdout.decode("utf-8", "replace").splitlines():
+            if line[:1] in (" ", "\t") and added:
+                added[-1] += "\r\n" + line  # a folded field goes on
+            elif ":" in line:
+                added.append(line)
+        return verdictFor(self.program.command, code, stderr, Verdict.accept(added) if added else None)
+
+
+def _program(options: Mapping[str, Any], context: PolicyContext) -> tuple[Options, Program]:
+    o = Options(options)
+    command = o.get("command", "")
+    if not command:
+        raise ValueError("command: give the program to run")
+    return o, Program(context.reactor, command, o.get("timeout", 30.0))
+
+
+def buildRecipientCheck(options: Mapping[str, Any], context: PolicyContext) -> RecipientCheck:
+    o, program = _program(options, context)
+    o.done()
+    return RecipientCheck(program)
+
+
+def buildContentFilter(options: Mapping[str, Any], context: PolicyContext) -> ContentFilter:
+    o, program = _program(options, context)
+    o.done()
+    return ContentFilter(program)
