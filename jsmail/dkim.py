@@ -140,7 +140,9 @@ class KeyLookup:
 
     def _lookup(self, name: str) -> Deferred[object]:
         """In the reactor: the TXT record, None, or a DnsTimeoutError (never fails)."""
-        tries = (self.timeout / 6, self.timeout / 3, self.timeout / 2)  # twisted.names resends, then gives up
+        # twisted.names resends, then gives up before the hard bound (cancelling a
+        # query leaves its own timer pending).
+        tries = (self.timeout * 0.1, self.timeout * 0.3, self.timeout * 0.4)
         d = defer.maybeDeferred(self.resolver.lookupText, name, timeout=tries)
         d.addTimeout(self.timeout, self.reactor)
 
