@@ -14,7 +14,7 @@ from jsmail.arc import ARCResult, ARCSealer, ARCVerifier
 from jsmail.dkim import SigningError, SigningKey, keyRecord, zoneEntry
 from jsmail.remote import makeResolver
 from jsmail.testing import DNSServer
-from tests.test_dkim import MESSAGE, keyData, served, writeKey
+from tests.test_dkim import MESSAGE, dkimpyCommand, keyData, served, writeKey
 
 
 def unfolded(fields: bytes) -> bytes:
@@ -65,6 +65,16 @@ class ARCTests(TestCase):
         self.assertRegex(unfolded(twice), rb"^ARC-Seal: i=2; cv=pass; a=rsa-sha256; d=list.test;")
         result = yield self.verifier.verify(twice)
         self.assertEqual(result, ARCResult("pass", "", 2))
+
+    @defer.inlineCallbacks
+    def test_dkimpy_arcverify_passes(self) -> Any:
+        """dkimpy's own arcverify command, with dnspython for DNS, agrees."""
+        once = yield self.hop(self.first, MESSAGE, "mx.forwarder.test", "none")
+        twice = yield self.hop(self.second, once, "mx.list.test", "pass")
+        out, err, code = yield dkimpyCommand(self, "dkim.arcverify", self.dns.port, twice)
+        self.assertEqual((out, code), (b"arc verification: cv=b'pass' success\n", 0), err)
+        out, err, code = yield dkimpyCommand(self, "dkim.arcverify", self.dns.port, twice.replace(b"see", b"saw"))
+        self.assertEqual(out, b"arc verification: cv=b'fail' Most recent ARC-Message-Signature did not validate\n")
 
     @defer.inlineCallbacks
     def test_tampered_body_fails(self) -> Any:

@@ -316,17 +316,25 @@ class VerifyTests(DNSTestCase):
         self.assertEqual(str(failure.value), "no DKIM key for example.net")
 
 
-# dkimpy's own dkimverify command, its DNS (dnspython) pointed at the loopback server.
-DKIMVERIFY = """
-import sys, dns.resolver
+# dkimpy's own commands (dkim.dkimverify, dkim.arcverify), run as python -c: SCRIPT PORT
+# FILE MODULE, with their DNS (dnspython's default resolver) pointed at the loopback server.
+DKIMPY_COMMAND = """
+import importlib, sys, dns.resolver
 resolver = dns.resolver.Resolver(configure=False)
 resolver.nameservers, resolver.port = ["127.0.0.1"], int(sys.argv[1])
 dns.resolver.default_resolver = resolver
 sys.stdin = open(sys.argv[2])
-sys.argv = ["dkimverify"]
-from dkim.dkimverify import main
-main()
+module = importlib.import_module(sys.argv[3])
+sys.argv = [sys.argv[3]]
+module.main()
 """
+
+
+def dkimpyCommand(testCase: SynchronousTestCase, module: str, port: int,
+                  message: bytes) -> defer.Deferred[tuple[bytes, bytes, int]]:
+    """Run dkimpy's command ``module`` on ``message``: stdout, stderr, exit status."""
+    path = writeKey(testCase, message)
+    return getProcessOutputAndValue(sys.executable, ["-c", DKIMPY_COMMAND, str(port), path, module], env=os.environ)
 
 
 class DkimverifyTests(DNSTestCase):
@@ -334,8 +342,7 @@ class DkimverifyTests(DNSTestCase):
     dnspython's default resolver, not twisted.names, fetches the key."""
 
     def dkimverify(self, message: bytes) -> defer.Deferred[tuple[bytes, bytes, int]]:
-        path = writeKey(self, message)
-        return getProcessOutputAndValue(sys.executable, ["-c", DKIMVERIFY, str(self.dns.port), path], env=os.environ)
+        return dkimpyCommand(self, "dkim.dkimverify", self.dns.port, message)
 
     @defer.inlineCallbacks
     def test_dkimverify_passes(self) -> Any:
