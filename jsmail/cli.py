@@ -11,6 +11,8 @@
   or remove it; the scheduler reads each message afresh before every attempt.
 - ``jsmail queue requeue [ID...]`` starts the retry schedule of messages afresh (all,
   by default) and flushes.
+- ``jsmail dkim keygen --domain D --selector S`` writes a new DKIM private key
+  (``DIR/D.S.key``, mode 0600) and prints the TXT record that publishes it.
 
 The data directory comes from ``--data``, else ``$JSMAIL_DATA``, else ``./jsmail-data``.
 """
@@ -26,6 +28,7 @@ import time
 
 from jsmail.auth import setPassword
 from jsmail.bounce import readHeaders
+from jsmail.dkim import generateKey, keyRecord, zoneEntry
 from jsmail.interfaces import NotQueued
 from jsmail.queue import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
 
@@ -161,6 +164,28 @@ def queueFlush(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def dkimKeygen(arguments: argparse.Namespace) -> int:
+    """Write a new private key (never over an existing file) and print its key record
+    as a zone file line (RFC 6376 section 3.6.2.1)."""
+    domain = arguments.domain.rstrip(".").lower()
+    path = os.path.join(arguments.out, f"{domain}.{arguments.selector}.key")
+    try:
+        key = generateKey(arguments.type, arguments.bits)
+        os.makedirs(arguments.out, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except ValueError as e:
+        print(f"jsmail dkim keygen: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"jsmail dkim keygen: {e.filename or arguments.out}: {e.strerror}; no key written", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    print(f"jsmail dkim keygen: private key written to {path}", file=sys.stderr)
+    print(zoneEntry(arguments.selector, domain, keyRecord(key)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jsmail", description="Administer a jsmail gateway.")
     parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
@@ -188,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         if name != "flush":
             q.add_argument("--json", action="store_true", help="print JSON")
         q.set_defaults(run=run)
+    dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(dest="action", required=True)
+    k = dkim.add_parser("keygen", help="make a signing key; print the DNS TXT record that publishes it")
+    k.add_argument("--domain", required=True, help="the signing domain (d=)")
+    k.add_argument("--selector", required=True, help="the selector (s=)")
+    k.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="key type [default: rsa]")
+    k.add_argument("--bits", type=int, default=2048, help="RSA key length, 1024 to 4096 [default: 2048]")
+    k.add_argument("--out", default=".", help="directory for DOMAIN.SELECTOR.key [default: .]")
+    k.set_defaults(run=dkimKeygen)
     arguments = parser.parse_args(argv)
     return int(arguments.run(arguments))
 
