@@ -116,6 +116,13 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _separator(value: Any) -> str:
+    """One character between a user name and an extension, not a mail address's own."""
+    if not isinstance(value, str) or len(value) != 1 or value in "@.\"<>()[]\\,;: \t":
+        raise ValueError(f"expected one character such as \"-\", got {value!r}")
+    return value
+
+
 def _optionalString(value: Any) -> str:
     """A string that may be empty (empty: the setting's default behaviour)."""
     if not isinstance(value, str):
@@ -255,6 +262,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("diskThreads", "queue", "disk_threads", _integer(1)),
     Option("deliveryProcess", "queue", "delivery_process", _boolean),
     Option("queueProgram", "queue", "program", _optionalString),
+    Option("usersDir", "local", "users_dir", _optionalString),
+    Option("homeDotQmail", "local", "home_dotqmail", _boolean),
+    Option("extensionSeparator", "local", "extension_separator", _separator),
+    Option("plusExtensions", "local", "plus_extensions", _boolean),
+    Option("aliasesFile", "local", "aliases", _optionalString),
+    Option("programTimeout", "local", "program_timeout", _seconds),
+    Option("localConcurrency", "local", "concurrency", _integer(1)),
 )
 
 
@@ -314,6 +328,13 @@ class Config:
     diskThreads: int = 8
     deliveryProcess: bool = True
     queueProgram: str = ""  # a qmail-queue-compatible program to hand mail to, instead of jsmail's queue
+    usersDir: str = ""  # virtual users' .qmail files: <dir>/<domain>/<user>/; empty: DATA/users
+    homeDotQmail: bool = False  # system users' ~/.qmail files
+    extensionSeparator: str = "-"
+    plusExtensions: bool = True
+    aliasesFile: str = ""  # an /etc/aliases-style file; empty: none
+    programTimeout: float = 3600.0
+    localConcurrency: int = 10
 
     @property
     def smarthostRoute(self) -> Route | None:
@@ -321,6 +342,10 @@ class Config:
             return None
         host, port = hostPort(self.smarthost)
         return Route(host, port, self.smarthostTLS, self.smarthostUsername or None, self.smarthostPassword or None)
+
+    @property
+    def usersPath(self) -> str:
+        return self.usersDir or os.path.join(self.dataDir, "users")
 
     @property
     def passwordPath(self) -> str:

@@ -37,7 +37,7 @@ from jsmail.config import Config
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.inject import Funnel
-from jsmail.local import MaildirDelivery
+from jsmail.local import LocalDelivery, LocalSettings
 from jsmail.policy import RelayControl
 from jsmail.queue import MaildirQueue
 from jsmail.mtasts import PolicyFetcher
@@ -213,8 +213,14 @@ class DeliveryService(_DiskWork):
         dataDir = os.path.abspath(config.dataDir)
         # Delivery queues only bounces: a couple of spare files is plenty.
         self.queue = MaildirQueue(os.path.join(dataDir, "queue"), self.runInThread, sweep=False, spares=2)
-        self.local = MaildirDelivery(os.path.join(dataDir, "mail"), self.runInThread, config.hostname,
-                                     self.queue.syncer)
+        self.local = LocalDelivery(
+            os.path.join(dataDir, "mail"), self.runInThread, config.hostname, self.queue.syncer, reactor=self.reactor,
+            settings=LocalSettings(
+                usersDir=os.path.abspath(config.usersPath), homeDotQmail=config.homeDotQmail,
+                separator=config.extensionSeparator, plusExtensions=config.plusExtensions,
+                aliases=config.aliasesFile and os.path.abspath(config.aliasesFile),
+                programTimeout=config.programTimeout, concurrency=config.localConcurrency),
+            newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.dnsServer, self.reactor)
         self.remote = RemoteDelivery(
             self.reactor, self.runInThread, resolver, config.hostname,
