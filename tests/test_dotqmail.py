@@ -21,6 +21,7 @@ from jsmail.interfaces import DeliveryStatus, QueuedMessage
 from jsmail.local import LocalDelivery, LocalSettings
 from jsmail.mbox import fromLine
 from jsmail.testing import MemoryQueue
+from tests.test_integration import GatewayTestCase
 
 MESSAGE = b"Subject: hi\r\n\r\nFrom the start\r\n>From quoted\r\nbody\r\n"
 
@@ -424,3 +425,28 @@ class ConfigTests(TestCase):
         e = self.assertRaises(ConfigError, loadConfig, path)
         self.assertIn("local.extension_separator: expected one character", str(e))
         self.assertEqual(Config(dataDir="/d").usersPath, "/d/users")
+
+
+class GatewayTests(GatewayTestCase):
+    """Through the running gateway: SMTP in, the delivery process reads a .qmail."""
+
+    @defer.inlineCallbacks
+    def test_dotqmail_end_to_end(self) -> Any:
+        users = os.path.join(self.dataDir, "users")
+        home = os.path.join(users, "localhost", "joe")
+        os.makedirs(home)
+        with open(os.path.join(home, ".qmail-list"), "w") as f:
+            f.write("# a list\n./list.mbox\n&member@localhost\n")
+        yield self.startGateway(usersDir=users)
+        message = b"Subject: to the list\r\n\r\nFrom me\r\n"
+        yield self.send(("a@example.net", ["joe-list@localhost"], message, []))
+        yield self.queueDrained()
+        with open(os.path.join(home, "list.mbox"), "rb") as f:
+            mbox = f.read()
+        self.assertRegex(mbox, rb"^From a@example\.net \w{3} \w{3} \d\d \d\d:\d\d:\d\d \d{4}\n"
+                               rb"Return-Path: <a@example\.net>\nDelivered-To: joe-list@localhost\nReceived: ")
+        self.assertTrue(mbox.endswith(b"\nSubject: to the list\n\n>From me\n\n"), mbox)
+        [forwarded] = self.mailbox("member@localhost")
+        self.assertTrue(forwarded.startswith(b"Return-Path: <a@example.net>\nDelivered-To: member@localhost\n"),
+                        forwarded)
+        self.assertIn(b"\nDelivered-To: joe-list@localhost\n", forwarded)
