@@ -81,6 +81,7 @@ class Session:
 
     clientAddress: str
     clientPort: int = 0
+    clientHost: str = ""  # the client's name where known (tcpserver's TCPREMOTEHOST), for Received
     listener: str = "smtp"
     helo: str | None = None
     esmtp: bool = False
@@ -673,12 +674,13 @@ class ESMTPServer(Protocol, TimeoutMixin):
         stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), timezone.utc))
         forClause = f"\r\n\tfor <{session.recipients[0].address}>" if len(session.recipients) == 1 else ""
         comments = ""
+        tcpInfo = f"{session.clientHost} " if session.clientHost else ""  # RFC 5321 4.4 TCP-info
         if session.tlsInfo:
             comments += f"\r\n\t(using {session.tlsInfo})"
         if session.user is not None and self.settings.showAuthInReceived:
             comments += f"\r\n\t(authenticated as {_sanitise(session.user.name)})"
         header = (
-            f"Received: from {_sanitise(session.helo or 'unknown')} ([{session.clientAddress}]){comments}\r\n"
+            f"Received: from {_sanitise(session.helo or 'unknown')} ({tcpInfo}[{session.clientAddress}]){comments}\r\n"
             f"\tby {self.settings.hostname} (jsmail) with {self._withProtocol()} id {queueId}"
             f"{forClause};\r\n\t{stamp}\r\n"
         ).encode("utf-8")
