@@ -123,6 +123,15 @@ def _separator(value: Any) -> str:
     return value
 
 
+def _virtualDomain(value: Any) -> str:
+    """A qmail virtualdomains line, ``key:prepend`` (key: a domain, ``.suffix``, an
+    address or empty; an empty prepend excepts the key)."""
+    line = _string(value)
+    if ":" not in line:
+        raise ValueError(f"expected 'domain:prepend', got {line!r}")
+    return line
+
+
 def _optionalString(value: Any) -> str:
     """A string that may be empty (empty: the setting's default behaviour)."""
     if not isinstance(value, str):
@@ -269,6 +278,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("aliasesFile", "local", "aliases", _optionalString),
     Option("programTimeout", "local", "program_timeout", _seconds),
     Option("localConcurrency", "local", "concurrency", _integer(1)),
+    Option("virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
+    Option("envNoAtHost", "local", "noathost", _optionalString),
+    Option("percentHack", "local", "percent_hack", _listOf(_string)),
+    Option("smtpGreeting", "smtp", "greeting", _optionalString),
+    Option("rcptHosts", "smtp", "rcpt_hosts", _listOf(_string)),
+    Option("moreRcptHosts", "smtp", "more_rcpt_hosts", _optionalString),
+    Option("badMailFrom", "smtp", "bad_mail_from", _listOf(_string)),
+    Option("heloHost", "remote", "helo_host", _optionalString),
+    Option("replyTimeout", "remote", "reply_timeout", _nonNegativeSeconds),
+    Option("bounceFrom", "queue", "bounce_from", _string),
+    Option("bounceHost", "queue", "bounce_host", _optionalString),
+    Option("defaultDomain", "inject", "default_domain", _optionalString),
+    Option("defaultHost", "inject", "default_host", _optionalString),
+    Option("plusDomain", "inject", "plus_domain", _optionalString),
+    Option("idHost", "inject", "id_host", _optionalString),
 )
 
 
@@ -335,6 +359,21 @@ class Config:
     aliasesFile: str = ""  # an /etc/aliases-style file; empty: none
     programTimeout: float = 3600.0
     localConcurrency: int = 10
+    virtualDomains: tuple[str, ...] = ()  # qmail's "domain:prepend" lines
+    envNoAtHost: str = ""  # empty: the host name
+    percentHack: tuple[str, ...] = ()
+    smtpGreeting: str = ""  # empty: "<hostname> ESMTP jsmail ready"
+    rcptHosts: tuple[str, ...] = ()  # more domains taken at RCPT (qmail's rcpthosts)
+    moreRcptHosts: str = ""  # a morercpthosts.cdb
+    badMailFrom: tuple[str, ...] = ()  # qmail's badmailfrom entries, "@domain" kept as written
+    heloHost: str = ""  # empty: the host name
+    replyTimeout: float = 0.0  # 0: RFC 5321's timeout for each phase
+    bounceFrom: str = "MAILER-DAEMON"
+    bounceHost: str = ""  # empty: the host name
+    defaultDomain: str = ""  # qmail-inject's controls; empty: the host name
+    defaultHost: str = ""
+    plusDomain: str = ""
+    idHost: str = ""
 
     @property
     def smarthostRoute(self) -> Route | None:

@@ -28,7 +28,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable, Sequence
 
 from twisted.internet import defer
@@ -42,6 +42,7 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IIncomingMessage, QueuedMessage
 from jsmail.mbox import MboxError, appendMbox, fromLine
 from jsmail.program import runProgram
+from jsmail.route import VirtualDomains
 
 _COPY_CHUNK = 65536
 _deliveries = itertools.count()
@@ -111,6 +112,8 @@ class LocalSettings:
     programTimeout: float = 3600.0  # seconds a |program may run
     noAtHost: str = ""  # added to forward addresses without "@" (qmail's envnoathost)
     concurrency: int = 10  # recipients delivered at once (qmail's concurrencylocal)
+    virtualDomains: tuple[str, ...] = ()  # qmail's virtualdomains lines, "key:prepend"
+    localDomains: tuple[str, ...] = ()  # the first one holds virtual domains' users
 
     @property
     def separators(self) -> str:
@@ -177,6 +180,20 @@ class LocalDelivery:
         self.newMessage = newMessage
         self.aliases = AliasesFile(settings.aliases, settings.noAtHost or self.hostname) if settings.aliases else None
         self._semaphore = defer.DeferredSemaphore(settings.concurrency)
+        self.virtual = VirtualDomains(settings.virtualDomains)
+        self._locals = frozenset(d.lower() for d in settings.localDomains)
+
+    def localAddress(self, recipient: str) -> tuple[str, str]:
+        """(the address delivered to, the domain whose users directory holds its
+        instructions).  A virtual domain's ``user@domain`` with prepend P is delivered
+        to ``P-user@domain``, P being a user of the first local domain (qmail-send,
+        section 5.1)."""
+        local, _, domain = recipient.rpartition("@")
+        if self.settings.localDomains and domain.lower() not in self._locals:
+            prepend = self.virtual.prepend(recipient)
+            if prepend is not None:
+                return f"{prepend}-{local}@{domain}", self.settings.localDomains[0]
+        return recipient, domain
 
     def maildirFor(self, recipient: str) -> str:
         local, _, domain = recipient.rpartition("@")
@@ -188,14 +205,15 @@ class LocalDelivery:
     @defer.inlineCallbacks
     def _deliverOne(self, message: QueuedMessage, recipient: str) -> Any:
         sender = message.envelope.sender
-        dtline = _line(f"Delivered-To: {recipient}")
+        address, usersDomain = self.localAddress(recipient)
+        dtline = _line(f"Delivered-To: {address}")
         rpline = _line(f"Return-Path: <{sender}>")
         try:
-            plan = yield self.runInThread(self._plan, message, recipient, dtline)
+            plan = yield self.runInThread(self._plan, message, address, usersDomain, dtline)
             if plan.instructions is None:
-                result = yield self._deliverDefault(message, recipient, rpline + dtline)
-                return result
-            detail = yield self._follow(message, recipient, plan, rpline, dtline)
+                result = yield self._deliverDefault(message, address, rpline + dtline)
+                return replace(result, recipient=recipient)
+            detail = yield self._follow(message, address, plan, rpline, dtline)
         except _Outcome as e:
             return DeliveryResult(recipient, e.status, e.detail)
         except InstructionError as e:
@@ -205,7 +223,7 @@ class LocalDelivery:
             return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, f"451 4.3.0 local delivery failed: {e}")
         return DeliveryResult(recipient, DeliveryStatus.DELIVERED, detail)
 
-    def _plan(self, message: QueuedMessage, recipient: str, dtline: bytes) -> _Plan:
+    def _plan(self, message: QueuedMessage, recipient: str, usersDomain: str, dtline: bytes) -> _Plan:
         """Loop check and the instructions to follow (blocking)."""
         with message.open() as source:
             if isLooping(source, dtline):
@@ -219,7 +237,8 @@ class LocalDelivery:
             mailbox = Mailbox(local, domain, local, None)
             return _Plan(mailbox, Instructions(targets, source=self.settings.aliases), None, sender,
                          os.path.dirname(os.path.abspath(self.settings.aliases)))
-        mailbox = findMailbox(local, domain, self.settings.usersDir, self.settings.homeDotQmail, separators)
+        mailbox = findMailbox(local, usersDomain, self.settings.usersDir, self.settings.homeDotQmail, separators)
+        mailbox = replace(mailbox, domain=domain)
         found = readInstructions(mailbox, separators)
         return _Plan(mailbox, found.instructions, found.default, newSender(mailbox, sender),
                      mailbox.home or self.root)

@@ -40,6 +40,7 @@ from jsmail.inject import Funnel
 from jsmail.local import LocalDelivery, LocalSettings
 from jsmail.policy import RelayControl
 from jsmail.queue import MaildirQueue
+from jsmail.rcpthosts import RcptHosts
 from jsmail.mtasts import PolicyFetcher
 from jsmail.programqueue import ProgramQueue
 from jsmail.remote import RemoteDelivery, makeResolver
@@ -124,6 +125,7 @@ def serverSettings(config: Config, **listenerRules: Any) -> ServerSettings:
     """The settings for one listener: the shared limits plus ``listenerRules``."""
     return ServerSettings(
         hostname=config.hostname,
+        greeting=config.smtpGreeting,
         maxMessageSize=config.maxMessageSize,
         maxCommandLine=config.maxCommandLine,
         maxTextLine=config.maxTextLine,
@@ -141,6 +143,13 @@ def serverSettings(config: Config, **listenerRules: Any) -> ServerSettings:
         showAuthInReceived=config.showAuthInReceived,
         **listenerRules,
     )
+
+
+def rcptHostsOf(config: Config) -> RcptHosts | None:
+    """The extra domains taken at RCPT (qmail's rcpthosts), if any are configured."""
+    if not config.rcptHosts and not config.moreRcptHosts:
+        return None
+    return RcptHosts(config.rcptHosts, config.moreRcptHosts)
 
 
 def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = ()) -> Portal:
@@ -219,21 +228,24 @@ class DeliveryService(_DiskWork):
                 usersDir=os.path.abspath(config.usersPath), homeDotQmail=config.homeDotQmail,
                 separator=config.extensionSeparator, plusExtensions=config.plusExtensions,
                 aliases=config.aliasesFile and os.path.abspath(config.aliasesFile),
-                programTimeout=config.programTimeout, concurrency=config.localConcurrency),
+                programTimeout=config.programTimeout, concurrency=config.localConcurrency,
+                noAtHost=config.envNoAtHost, virtualDomains=config.virtualDomains, localDomains=config.domains),
             newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.dnsServer, self.reactor)
         self.remote = RemoteDelivery(
-            self.reactor, self.runInThread, resolver, config.hostname,
+            self.reactor, self.runInThread, resolver, config.heloHost or config.hostname,
             routes={route.domain: route for route in config.routes}, smarthost=config.smarthostRoute,
             port=config.remotePort, tls=config.remoteTLS, perHost=config.perHost,
             idleTimeout=config.idleTimeoutRemote, connectTimeout=config.connectTimeout,
             backoff=config.hostBackoff, backoffMaximum=config.hostBackoffMaximum,
             mtaSts=PolicyFetcher(self.reactor, resolver) if config.mtaSts else None,
+            replyTimeout=config.replyTimeout,
         )
         retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
-        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote), self.reactor,
-                                   self.runInThread, config.hostname, retry, config.deliveryConcurrency,
-                                   config.postmaster or f"postmaster@{config.domains[0]}")
+        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote, config.virtualDomains), self.reactor,
+                                   self.runInThread, config.bounceHost or config.hostname, retry,
+                                   config.deliveryConcurrency, config.postmaster or f"postmaster@{config.domains[0]}",
+                                   bounceFrom=config.bounceFrom)
         self.scheduler.setServiceParent(self)
         self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
         self.flushOnSignal = flushOnSignal
@@ -391,7 +403,7 @@ class MailGateway(_DiskWork):
         self.tls = makeTLS(config, self.dataDir)
         portal = makePortal(config, extraCheckers)
         localDomains = frozenset(config.domains)
-        policies = [RelayControl(localDomains.__contains__, config.trustedNetworks)]
+        policies = [RelayControl(localDomains.__contains__, config.trustedNetworks, rcptHostsOf(config))]
         self.listeners: list[ListenerService] = []
         kinds = (
             ("smtp", config.smtpListeners, serverSettings(config), False),

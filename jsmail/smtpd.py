@@ -56,6 +56,7 @@ class ServerSettings:
     configurable (see ``etc/jsmail.toml`` for each one's meaning)."""
 
     hostname: str = "localhost"
+    greeting: str = ""  # the 220 text before " ESMTP" (qmail's smtpgreeting); empty: jsmail's own
     maxMessageSize: int = 25 * 1024 * 1024
     maxCommandLine: int = 512  # RFC 5321 4.5.3.1.4, including CR LF
     maxTextLine: int = 1000  # RFC 5321 4.5.3.1.6, including CR LF
@@ -165,6 +166,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
         return getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
 
     def _greeting(self) -> Reply:
+        if self.settings.greeting:
+            return Reply(220, "", f"{self.settings.greeting} ESMTP")
         return reply.SERVICE_READY.format(self.settings.hostname)
 
     def handshakeCompleted(self) -> None:

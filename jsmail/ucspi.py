@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from jsmail.inject import Funnel
     from jsmail.programqueue import ProgramQueue
     from jsmail.queue import MaildirQueue, wakeDelivery
-    from jsmail.service import serverSettings
+    from jsmail.service import rcptHostsOf, serverSettings
 
     parser = argparse.ArgumentParser(prog="jsmail-smtpd", description="jsmail's SMTP server under tcpserver.")
     parser.add_argument("--config", help="TOML configuration (domains, limits, data directory)")
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RBLSMTPD"):
         policies.append(RBLRefusal(os.environ["RBLSMTPD"]))
     if relayClient is None:
-        policies.append(RelayControl(frozenset(config.domains).__contains__, config.trustedNetworks))
+        policies.append(RelayControl(frozenset(config.domains).__contains__, config.trustedNetworks,
+                                     rcptHostsOf(config)))
     queueDir = os.path.join(config.dataDir, "queue")
     sink: Any
     queue = None
