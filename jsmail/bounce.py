@@ -61,6 +61,7 @@ def writeBounce(
     hostname: str,
     now: float,
     toPostmaster: bool = False,
+    fromLocal: str = "MAILER-DAEMON",
 ) -> None:
     """Write the whole bounce, CR LF line ends, through ``write``; the original is
     read from ``original`` (its header section, or all of it with RET=FULL or for the
@@ -78,7 +79,7 @@ def writeBounce(
              f"Your message (queue id {queueId}) could not be delivered to one or more\n"
              "recipients. It has not been delivered to these recipients, and will not be:")
     head = f"""\
-From: Mail Delivery System <MAILER-DAEMON@{hostname}>
+From: Mail Delivery System <{fromLocal}@{hostname}>
 To: <{recipient}>
 Subject: {"Undeliverable bounce" if toPostmaster else "Undelivered Mail Returned to Sender"}
 Date: {date}

@@ -116,6 +116,22 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _separator(value: Any) -> str:
+    """One character between a user name and an extension, not a mail address's own."""
+    if not isinstance(value, str) or len(value) != 1 or value in "@.\"<>()[]\\,;: \t":
+        raise ValueError(f"expected one character such as \"-\", got {value!r}")
+    return value
+
+
+def _virtualDomain(value: Any) -> str:
+    """A qmail virtualdomains line, ``key:prepend`` (key: a domain, ``.suffix``, an
+    address or empty; an empty prepend excepts the key)."""
+    line = _string(value)
+    if ":" not in line:
+        raise ValueError(f"expected 'domain:prepend', got {line!r}")
+    return line
+
+
 def _optionalString(value: Any) -> str:
     """A string that may be empty (empty: the setting's default behaviour)."""
     if not isinstance(value, str):
@@ -267,6 +283,28 @@ OPTIONS: tuple[Option, ...] = (
     Option("smtpsChecks", "policy", "smtps", _listOf(_string)),
     Option("authservId", "policy", "authserv_id", _optionalString),
     Option("pluginOptions", "plugins", "*", _pluginTables),  # the whole [plugins] table
+    Option("usersDir", "local", "users_dir", _optionalString),
+    Option("homeDotQmail", "local", "home_dotqmail", _boolean),
+    Option("extensionSeparator", "local", "extension_separator", _separator),
+    Option("plusExtensions", "local", "plus_extensions", _boolean),
+    Option("aliasesFile", "local", "aliases", _optionalString),
+    Option("programTimeout", "local", "program_timeout", _seconds),
+    Option("localConcurrency", "local", "concurrency", _integer(1)),
+    Option("virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
+    Option("envNoAtHost", "local", "noathost", _optionalString),
+    Option("percentHack", "local", "percent_hack", _listOf(_string)),
+    Option("smtpGreeting", "smtp", "greeting", _optionalString),
+    Option("rcptHosts", "smtp", "rcpt_hosts", _listOf(_string)),
+    Option("moreRcptHosts", "smtp", "more_rcpt_hosts", _optionalString),
+    Option("badMailFrom", "smtp", "bad_mail_from", _listOf(_string)),
+    Option("heloHost", "remote", "helo_host", _optionalString),
+    Option("replyTimeout", "remote", "reply_timeout", _nonNegativeSeconds),
+    Option("bounceFrom", "queue", "bounce_from", _string),
+    Option("bounceHost", "queue", "bounce_host", _optionalString),
+    Option("defaultDomain", "inject", "default_domain", _optionalString),
+    Option("defaultHost", "inject", "default_host", _optionalString),
+    Option("plusDomain", "inject", "plus_domain", _optionalString),
+    Option("idHost", "inject", "id_host", _optionalString),
 )
 
 
@@ -331,6 +369,28 @@ class Config:
     smtpsChecks: tuple[str, ...] = ()
     authservId: str = ""  # empty: the host name
     pluginOptions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    usersDir: str = ""  # virtual users' .qmail files: <dir>/<domain>/<user>/; empty: DATA/users
+    homeDotQmail: bool = False  # system users' ~/.qmail files
+    extensionSeparator: str = "-"
+    plusExtensions: bool = True
+    aliasesFile: str = ""  # an /etc/aliases-style file; empty: none
+    programTimeout: float = 3600.0
+    localConcurrency: int = 10
+    virtualDomains: tuple[str, ...] = ()  # qmail's "domain:prepend" lines
+    envNoAtHost: str = ""  # empty: the host name
+    percentHack: tuple[str, ...] = ()
+    smtpGreeting: str = ""  # empty: "<hostname> ESMTP jsmail ready"
+    rcptHosts: tuple[str, ...] = ()  # more domains taken at RCPT (qmail's rcpthosts)
+    moreRcptHosts: str = ""  # a morercpthosts.cdb
+    badMailFrom: tuple[str, ...] = ()  # qmail's badmailfrom entries, "@domain" kept as written
+    heloHost: str = ""  # empty: the host name
+    replyTimeout: float = 0.0  # 0: RFC 5321's timeout for each phase
+    bounceFrom: str = "MAILER-DAEMON"
+    bounceHost: str = ""  # empty: the host name
+    defaultDomain: str = ""  # qmail-inject's controls; empty: the host name
+    defaultHost: str = ""
+    plusDomain: str = ""
+    idHost: str = ""
 
     @property
     def smarthostRoute(self) -> Route | None:
@@ -338,6 +398,10 @@ class Config:
             return None
         host, port = hostPort(self.smarthost)
         return Route(host, port, self.smarthostTLS, self.smarthostUsername or None, self.smarthostPassword or None)
+
+    @property
+    def usersPath(self) -> str:
+        return self.usersDir or os.path.join(self.dataDir, "users")
 
     @property
     def passwordPath(self) -> str:

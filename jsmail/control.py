@@ -6,24 +6,48 @@ space stripped; number files keep the default unless the first line starts with 
 digit; list files skip empty lines and ``#`` comments.  Each file maps onto one
 :class:`jsmail.config.Config` field:
 
-================  ===========================  =========================================
-file              setting                      how
-================  ===========================  =========================================
-me                server.hostname              the host name (and the default of locals)
-locals            server.domains               domains delivered here (default: me)
-databytes         smtp.max_message_size        0 means no limit of qmail's own: jsmail's
-                                               default stays
-timeoutsmtpd      smtp.idle_timeout            seconds (values below 1 become 1)
-timeoutconnect    remote.connect_timeout       seconds
-queuelifetime     queue.give_up                seconds
-concurrencyremote queue.concurrency            deliveries at once
-smtproutes        remote.routes / smarthost    ``domain:relay[:port]``; an empty domain is
-                                               the smarthost
-================  ===========================  =========================================
+=================  ============================  =====================================
+file               setting                       how
+=================  ============================  =====================================
+me                 server.hostname               the host name (and the default of the
+                                                 host-name files below)
+locals             server.domains                domains delivered here (default: me)
+rcpthosts          smtp.rcpt_hosts               more domains taken at RCPT (an entry
+                                                 ``.d`` takes every subdomain of d)
+morercpthosts.cdb  smtp.more_rcpt_hosts          the same, from the CDB qmail-newmrh
+                                                 makes; only read if rcpthosts exists
+badmailfrom        smtp.bad_mail_from            senders refused (``@domain`` kept)
+smtpgreeting       smtp.greeting                 the 220 greeting's text
+databytes          smtp.max_message_size         0 means no limit of qmail's own:
+                                                 jsmail's default stays
+timeoutsmtpd       smtp.idle_timeout             seconds (values below 1 become 1)
+helohost           remote.helo_host              the EHLO name (default: me)
+timeoutconnect     remote.connect_timeout        seconds
+timeoutremote      remote.reply_timeout          seconds to wait for each reply
+smtproutes         remote.routes / smarthost     ``domain:relay[:port]``; an empty
+                                                 domain is the smarthost
+queuelifetime      queue.give_up                 seconds
+concurrencyremote  queue.concurrency             deliveries at once
+concurrencylocal   local.concurrency             local deliveries at once (0, qmail's
+                                                 "hold", is not supported: ignored)
+bouncefrom         queue.bounce_from             local part of the bounce From:
+bouncehost         queue.bounce_host             host of the bounce From: (default: me)
+doublebounceto,    server.postmaster             ``<doublebounceto>@<doublebouncehost>``
+doublebouncehost                                 (defaults postmaster, me)
+virtualdomains     local.virtual_domains         ``domain:prepend``: user@domain is
+                                                 delivered as local ``prepend-user``
+envnoathost        local.noathost                host added to forward and alias
+                                                 targets without ``@`` (default: me)
+percenthack        local.percent_hack            domains whose ``user%host@domain``
+                                                 becomes ``user@host``
+defaultdomain,     inject.default_domain, ...    for jsmail-sendmail's header
+defaulthost,                                     completion (default: me)
+plusdomain, idhost
+=================  ============================  =====================================
 
-Other qmail control files (rcpthosts, virtualdomains, badmailfrom, ...) have no jsmail
-setting yet and are ignored.  A setting given both here and in the TOML file is an
-error naming both places.
+A host-name file that is absent falls back to ``me`` where qmail's does, which here
+means the setting keeps its default (which is the host name).  A setting given both
+here and in the TOML file is an error naming both places.
 """
 
 from __future__ import annotations
@@ -86,6 +110,29 @@ def readControlDirectory(directory: str) -> dict[str, tuple[Any, str]]:
     put("giveUp", None if lifetime is None else float(max(lifetime, 1)), "queuelifetime")
     concurrency = readInt(directory, "concurrencyremote")
     put("deliveryConcurrency", concurrency or None, "concurrencyremote")
+    for name, fieldName in (("smtpgreeting", "smtpGreeting"), ("helohost", "heloHost"),
+                            ("bouncefrom", "bounceFrom"), ("bouncehost", "bounceHost"),
+                            ("envnoathost", "envNoAtHost"), ("defaultdomain", "defaultDomain"),
+                            ("defaulthost", "defaultHost"), ("plusdomain", "plusDomain"), ("idhost", "idHost")):
+        put(fieldName, readLine(directory, name) or None, name)
+    for name, fieldName in (("badmailfrom", "badMailFrom"), ("percenthack", "percentHack"),
+                            ("virtualdomains", "virtualDomains")):
+        entries = readList(directory, name)
+        if name == "virtualdomains" and entries is not None:
+            entries = [line for line in entries if ":" in line]  # qmail ignores lines without a colon
+        put(fieldName, entries, name)
+    rcpthosts = readList(directory, "rcpthosts")
+    put("rcptHosts", rcpthosts, "rcpthosts")
+    if rcpthosts is not None and os.path.exists(os.path.join(directory, "morercpthosts.cdb")):
+        put("moreRcptHosts", os.path.join(directory, "morercpthosts.cdb"), "morercpthosts.cdb")
+    remote = readInt(directory, "timeoutremote")
+    put("replyTimeout", None if remote is None else float(max(remote, 1)), "timeoutremote")
+    local = readInt(directory, "concurrencylocal")
+    put("localConcurrency", local or None, "concurrencylocal")
+    bounceTo, bounceHost = readLine(directory, "doublebounceto"), readLine(directory, "doublebouncehost")
+    if bounceTo or bounceHost:
+        put("postmaster", f"{bounceTo or 'postmaster'}@{bounceHost or me or 'localhost'}",
+            "doublebounceto" if bounceTo else "doublebouncehost")
     routes = readList(directory, "smtproutes")
     if routes is not None:
         byDomain: dict[str, Route] = {}

@@ -53,12 +53,16 @@ class RelayControl(Policy):
     and from authenticated users allowed to relay.
 
     A recipient in a local domain must also be a possible mailbox name, so a path trick
-    in a local part is refused at RCPT rather than failing later.
+    in a local part is refused at RCPT rather than failing later.  ``rcptHosts`` (qmail's
+    rcpthosts, :class:`jsmail.rcpthosts.RcptHosts`) names more domains taken from anyone,
+    such as those this server is a backup MX for.
     """
 
-    def __init__(self, isLocalDomain: Callable[[str], bool], trustedNetworks: Iterable[Network] = ()) -> None:
+    def __init__(self, isLocalDomain: Callable[[str], bool], trustedNetworks: Iterable[Network] = (),
+                 rcptHosts: Callable[[str], bool] | None = None) -> None:
         self.isLocalDomain = isLocalDomain
         self.trustedNetworks = tuple(trustedNetworks)
+        self.rcptHosts = rcptHosts
 
     def checkRecipient(self, session: object, address: Address, params: dict) -> None:
         if self.isLocalDomain(address.domain):
@@ -66,6 +70,8 @@ class RelayControl(Policy):
                 mailboxName(address.local)
             except BadMailbox as e:
                 raise SMTPReplyError(reply.BAD_MAILBOX.withText(f"No such mailbox: {address.local}"), str(e)) from None
+            return None
+        if self.rcptHosts is not None and self.rcptHosts(address.domain):
             return None
         user = getattr(session, "user", None)
         if user is not None and user.mayRelay:

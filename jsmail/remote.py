@@ -162,11 +162,15 @@ class RemoteDelivery:
         backoff: float = 60.0,
         backoffMaximum: float = 3600.0,
         mtaSts: PolicyFetcher | None = None,
+        replyTimeout: float = 0.0,
     ) -> None:
         self.reactor = reactor
         self.runInThread = runInThread
         self.exchangers = MailExchangers(resolver)
         self.heloName = heloName
+        # qmail's timeoutremote: one limit for every reply, in place of RFC 5321's per phase
+        self.timeouts = {name: replyTimeout for name in ("greetingTimeout", "mailTimeout", "rcptTimeout",
+                         "dataTimeout", "dataBlockTimeout", "finalDotTimeout", "commandTimeout")} if replyTimeout else {}
         self.routes = {d.lower(): r for d, r in (routes or {}).items()}
         self.smarthost = smarthost
         self.port = port
@@ -296,7 +300,7 @@ class RemoteDelivery:
         if tls == "implicit":
             endpoint = wrapClientTLS(optionsForClientTLS(route.host, trustRoot=self.trustRoot), endpoint)
         settings = ClientSettings(heloName=self.heloName, tls=tls, tlsHostname=tlsHostname, trustRoot=self.trustRoot,
-                                  tlsa=tlsa, username=route.username, password=route.password)
+                                  tlsa=tlsa, username=route.username, password=route.password, **self.timeouts)
 
         def refused(failure: Any) -> None:
             raise SMTPClientError(f"451 4.4.1 Cannot connect: {failure.getErrorMessage()}", permanent=False)

@@ -40,17 +40,44 @@ class NoRemoteDelivery:
         return defer.succeed([DeliveryResult(r.address, DeliveryStatus.PERMANENT, text) for r in recipients])
 
 
+class VirtualDomains:
+    """qmail's virtualdomains (qmail-interfaces reference, section 5.1): lines
+    ``key:prepend``; the later of two equal keys wins, keys compared without case."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.table: dict[str, str] = {}
+        for line in lines:
+            key, _, prepend = line.partition(":")
+            self.table[key.lower()] = prepend
+
+    def prepend(self, address: str) -> str | None:
+        """The prepend for ``address``, trying the whole address, the domain, each
+        dotted suffix longest first, then the catch-all ``""``; None if the first
+        hit is empty or nothing matches (not virtual)."""
+        domain = address.rpartition("@")[2].lower()
+        keys = [address.lower(), domain, *(domain[i:] for i, c in enumerate(domain) if c == "."), ""]
+        for key in keys:
+            if key in self.table:
+                return self.table[key] or None
+        return None
+
+
 @implementer(IRouter)
 class Router:
-    """Routes by domain: ``localDomains`` to ``local``, everything else to ``remote``."""
+    """Routes by domain: ``localDomains`` and virtual domains (qmail's
+    virtualdomains lines, consulted only for other domains) to ``local``,
+    everything else to ``remote``."""
 
-    def __init__(self, localDomains: Iterable[str], local: IDeliveryAgent, remote: IDeliveryAgent | None = None) -> None:
+    def __init__(self, localDomains: Iterable[str], local: IDeliveryAgent, remote: IDeliveryAgent | None = None,
+                 virtualDomains: Iterable[str] = ()) -> None:
         self.localDomains = frozenset(d.lower() for d in localDomains)
         self.local = local
         self.remote = remote if remote is not None else NoRemoteDelivery()
+        self.virtual = VirtualDomains(virtualDomains)
 
     def isLocal(self, domain: str) -> bool:
         return domain.lower() in self.localDomains
 
     def agentFor(self, recipient: str) -> IDeliveryAgent:
-        return self.local if self.isLocal(recipient.rpartition("@")[2]) else self.remote
+        local = self.isLocal(recipient.rpartition("@")[2]) or self.virtual.prepend(recipient) is not None
+        return self.local if local else self.remote

@@ -64,6 +64,7 @@ class Scheduler(Service):
         retry: RetrySchedule = RetrySchedule(),
         concurrency: int = 20,
         postmaster: str = "",
+        bounceFrom: str = "MAILER-DAEMON",
     ) -> None:
         self.queue = queue
         self.router = router
@@ -72,6 +73,7 @@ class Scheduler(Service):
         self.hostname = hostname
         self.retry = retry
         self.postmaster = postmaster
+        self.bounceFrom = bounceFrom
         self.funnel = Funnel(queue, self.schedule)
         self._semaphore = defer.DeferredSemaphore(concurrency)
         self._envelopes: dict[str, Envelope] = {}
@@ -248,7 +250,8 @@ class Scheduler(Service):
 
         def write() -> None:
             with self.queue.openMessage(queueId) as original:
-                writeBounce(incoming.write, original, queueId, envelope, failed, self.hostname, now, toPostmaster)
+                writeBounce(incoming.write, original, queueId, envelope, failed, self.hostname, now, toPostmaster,
+                            self.bounceFrom)
 
         try:
             yield self.runInThread(write)

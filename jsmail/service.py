@@ -37,9 +37,10 @@ from jsmail.config import Config, ConfigError
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.inject import Funnel
-from jsmail.local import MaildirDelivery
+from jsmail.local import LocalDelivery, LocalSettings
 from jsmail.policy import RelayControl
 from jsmail.queue import MaildirQueue
+from jsmail.rcpthosts import RcptHosts
 from jsmail.mtasts import PolicyFetcher
 from jsmail.plugin import Chain, PluginError, PolicyContext, buildChain
 from jsmail.programqueue import ProgramQueue
@@ -125,6 +126,7 @@ def serverSettings(config: Config, **listenerRules: Any) -> ServerSettings:
     """The settings for one listener: the shared limits plus ``listenerRules``."""
     return ServerSettings(
         hostname=config.hostname,
+        greeting=config.smtpGreeting,
         maxMessageSize=config.maxMessageSize,
         maxCommandLine=config.maxCommandLine,
         maxTextLine=config.maxTextLine,
@@ -143,6 +145,13 @@ def serverSettings(config: Config, **listenerRules: Any) -> ServerSettings:
         authservId=config.authservId,
         **listenerRules,
     )
+
+
+def rcptHostsOf(config: Config) -> RcptHosts | None:
+    """The extra domains taken at RCPT (qmail's rcpthosts), if any are configured."""
+    if not config.rcptHosts and not config.moreRcptHosts:
+        return None
+    return RcptHosts(config.rcptHosts, config.moreRcptHosts)
 
 
 def checkPolicies(config: Config) -> None:
@@ -243,21 +252,30 @@ class DeliveryService(_DiskWork):
         dataDir = os.path.abspath(config.dataDir)
         # Delivery queues only bounces: a couple of spare files is plenty.
         self.queue = MaildirQueue(os.path.join(dataDir, "queue"), self.runInThread, sweep=False, spares=2)
-        self.local = MaildirDelivery(os.path.join(dataDir, "mail"), self.runInThread, config.hostname,
-                                     self.queue.syncer)
+        self.local = LocalDelivery(
+            os.path.join(dataDir, "mail"), self.runInThread, config.hostname, self.queue.syncer, reactor=self.reactor,
+            settings=LocalSettings(
+                usersDir=os.path.abspath(config.usersPath), homeDotQmail=config.homeDotQmail,
+                separator=config.extensionSeparator, plusExtensions=config.plusExtensions,
+                aliases=config.aliasesFile and os.path.abspath(config.aliasesFile),
+                programTimeout=config.programTimeout, concurrency=config.localConcurrency,
+                noAtHost=config.envNoAtHost, virtualDomains=config.virtualDomains, localDomains=config.domains),
+            newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.dnsServer, self.reactor)
         self.remote = RemoteDelivery(
-            self.reactor, self.runInThread, resolver, config.hostname,
+            self.reactor, self.runInThread, resolver, config.heloHost or config.hostname,
             routes={route.domain: route for route in config.routes}, smarthost=config.smarthostRoute,
             port=config.remotePort, tls=config.remoteTLS, perHost=config.perHost,
             idleTimeout=config.idleTimeoutRemote, connectTimeout=config.connectTimeout,
             backoff=config.hostBackoff, backoffMaximum=config.hostBackoffMaximum,
             mtaSts=PolicyFetcher(self.reactor, resolver) if config.mtaSts else None,
+            replyTimeout=config.replyTimeout,
         )
         retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
-        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote), self.reactor,
-                                   self.runInThread, config.hostname, retry, config.deliveryConcurrency,
-                                   config.postmaster or f"postmaster@{config.domains[0]}")
+        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote, config.virtualDomains), self.reactor,
+                                   self.runInThread, config.bounceHost or config.hostname, retry,
+                                   config.deliveryConcurrency, config.postmaster or f"postmaster@{config.domains[0]}",
+                                   bounceFrom=config.bounceFrom)
         self.scheduler.setServiceParent(self)
         self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
         self.flushOnSignal = flushOnSignal
@@ -415,7 +433,7 @@ class MailGateway(_DiskWork):
         self.tls = makeTLS(config, self.dataDir)
         portal = makePortal(config, extraCheckers)
         localDomains = frozenset(config.domains)
-        relayControl = RelayControl(localDomains.__contains__, config.trustedNetworks)
+        relayControl = RelayControl(localDomains.__contains__, config.trustedNetworks, rcptHostsOf(config))
         self.chains = policyChains(config, self.reactor, self.runInThread)
         self.listeners: list[ListenerService] = []
         kinds = (

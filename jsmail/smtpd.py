@@ -60,6 +60,7 @@ class ServerSettings:
     configurable (see ``etc/jsmail.toml`` for each one's meaning)."""
 
     hostname: str = "localhost"
+    greeting: str = ""  # the 220 text before " ESMTP" (qmail's smtpgreeting); empty: jsmail's own
     maxMessageSize: int = 25 * 1024 * 1024
     maxCommandLine: int = 512  # RFC 5321 4.5.3.1.4, including CR LF
     maxTextLine: int = 1000  # RFC 5321 4.5.3.1.6, including CR LF
@@ -89,6 +90,7 @@ class Session:
 
     clientAddress: str
     clientPort: int = 0
+    clientHost: str = ""  # the client's name where known (tcpserver's TCPREMOTEHOST), for Received
     listener: str = "smtp"
     helo: str | None = None
     esmtp: bool = False
@@ -188,6 +190,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
         return getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
 
     def _greeting(self) -> Reply:
+        if self.settings.greeting:
+            return Reply(220, "", f"{self.settings.greeting} ESMTP")
         return reply.SERVICE_READY.format(self.settings.hostname)
 
     def handshakeCompleted(self) -> None:
@@ -775,12 +779,13 @@ class ESMTPServer(Protocol, TimeoutMixin):
         stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), timezone.utc))
         forClause = f"\r\n\tfor <{session.recipients[0].address}>" if len(session.recipients) == 1 else ""
         comments = ""
+        tcpInfo = f"{session.clientHost} " if session.clientHost else ""  # RFC 5321 4.4 TCP-info
         if session.tlsInfo:
             comments += f"\r\n\t(using {session.tlsInfo})"
         if session.user is not None and self.settings.showAuthInReceived:
             comments += f"\r\n\t(authenticated as {_sanitise(session.user.name)})"
         header = (
-            f"Received: from {_sanitise(session.helo or 'unknown')} ([{session.clientAddress}]){comments}\r\n"
+            f"Received: from {_sanitise(session.helo or 'unknown')} ({tcpInfo}[{session.clientAddress}]){comments}\r\n"
             f"\tby {self.settings.hostname} (jsmail) with {self._withProtocol()} id {queueId}"
             f"{forClause};\r\n\t{stamp}\r\n"
         ).encode("utf-8")

@@ -4,7 +4,10 @@ drop in for qmail-smtpd in an existing run script::
     tcpserver -v -R -x tcp.cdb 0 25 jsmail-smtpd --config /etc/jsmail.toml
 
 It reads tcpserver's environment (qmail-interfaces reference, sections 11.1 and 13):
-``TCPREMOTEIP`` and ``TCPREMOTEPORT`` name the client; ``RELAYCLIENT``, if set (even
+``TCPREMOTEIP`` and ``TCPREMOTEPORT`` name the client, and ``TCPREMOTEHOST`` (its
+name, if tcpserver looked it up or a tcprules line set it) goes into the Received
+header as ``from <helo> (<host> [<ip>])``, sanitised as qmail-smtpd does (section
+11.5: letters, digits and ``. @ % + / = : - [ ]``; anything else becomes ``?``); ``RELAYCLIENT``, if set (even
 empty), lets the client relay and is appended to every RCPT address (qmail-smtpd's
 suffix rule); ``RBLSMTPD``, if set and not empty, refuses every recipient with its text
 (553 if it starts with "-", else 451, as rblsmtpd).  Without relaying, recipients must
@@ -40,6 +43,11 @@ class RBLRefusal(Policy):
         raise SMTPReplyError(self.refusal, "RBLSMTPD is set")
 
 
+def remoteHostName(name: str) -> str:
+    """TCPREMOTEHOST made safe for a header, as qmail-smtpd does (section 11.5)."""
+    return re.sub(r"[^A-Za-z0-9.@%+/=:\[\]-]", "?", name[:255])
+
+
 class UCSPISession(ESMTPServer):
     """A session whose client is the one tcpserver names, with RELAYCLIENT's suffix."""
 
@@ -48,6 +56,10 @@ class UCSPISession(ESMTPServer):
     def clientOf(self, transport: Any) -> tuple[str, int]:
         port = os.environ.get("TCPREMOTEPORT", "0")
         return os.environ.get("TCPREMOTEIP", "unknown"), int(port) if port.isdigit() else 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.session.clientHost = remoteHostName(os.environ.get("TCPREMOTEHOST", ""))
 
     def smtp_RCPT(self, argument: str) -> Any:
         if self.relaySuffix:
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from jsmail.inject import Funnel
     from jsmail.programqueue import ProgramQueue
     from jsmail.queue import MaildirQueue, wakeDelivery
-    from jsmail.service import serverSettings
+    from jsmail.service import rcptHostsOf, serverSettings
 
     parser = argparse.ArgumentParser(prog="jsmail-smtpd", description="jsmail's SMTP server under tcpserver.")
     parser.add_argument("--config", help="TOML configuration (domains, limits, data directory)")
@@ -90,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RBLSMTPD"):
         policies.append(RBLRefusal(os.environ["RBLSMTPD"]))
     if relayClient is None:
-        policies.append(RelayControl(frozenset(config.domains).__contains__, config.trustedNetworks))
+        policies.append(RelayControl(frozenset(config.domains).__contains__, config.trustedNetworks,
+                                     rcptHostsOf(config)))
     queueDir = os.path.join(config.dataDir, "queue")
     sink: Any
     queue = None

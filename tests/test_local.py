@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
-from jsmail.local import MaildirDelivery, copyAsLF
+from jsmail.local import LocalDelivery, copyAsLF
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -29,7 +29,7 @@ class CopyAsLFTests(TestCase):
 class MaildirDeliveryTests(TestCase):
     def setUp(self) -> None:
         self.root = self.mktemp()
-        self.agent = MaildirDelivery(self.root, runNow, "mx.test")
+        self.agent = LocalDelivery(self.root, runNow, "mx.test")
 
     def deliver(self, *recipients: str, data: bytes = b"Subject: x\r\n\r\nbody\r\n"):  # type: ignore[no-untyped-def]
         envelope = Envelope("a@b.example", tuple(Recipient(r) for r in recipients))

@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jsmail.queue import listQueue
+from jsmail.queue import listQueue, openEntry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,11 +31,17 @@ class UCSPITests(TestCase):
             raise SkipTest("tcpserver is not installed (apt-get install ucspi-tcp)")
         self.data = os.path.abspath(self.mktemp())
 
-    def serve(self, **environment: str) -> int:
-        """tcpserver on a free loopback port running jsmail-smtpd with ``environment``."""
+    def serve(self, rules: str = "", **environment: str) -> int:
+        """tcpserver on a free loopback port running jsmail-smtpd with ``environment``
+        (and tcprules ``rules``, if given)."""
         port = freePort()
+        options = []
+        if rules:
+            cdb = os.path.abspath(self.mktemp())
+            subprocess.run(["tcprules", cdb, cdb + ".tmp"], input=rules.encode(), check=True, timeout=10)
+            options = ["-x", cdb]
         server = subprocess.Popen(
-            ["tcpserver", "-q", "-R", "-H", "127.0.0.1", str(port),
+            ["tcpserver", "-q", "-R", "-H", *options, "127.0.0.1", str(port),
              sys.executable, "-m", "jsmail.ucspi", "--data", self.data],
             env={"PATH": os.environ["PATH"], "PYTHONPATH": ROOT, **environment},
         )
@@ -65,6 +71,17 @@ class UCSPITests(TestCase):
         self.assertEqual((code, text[:5]), (550, b"5.7.1"))
         [entry] = listQueue(os.path.join(self.data, "queue"))
         self.assertEqual(entry.envelope.clientAddress, "127.0.0.1", "from tcpserver's TCPREMOTEIP")
+
+    def test_tcpremotehost_in_received(self) -> None:
+        """A name tcpserver gives (here from a tcprules line) is in the Received header,
+        with unsafe characters replaced as qmail-smtpd replaces them."""
+        port = self.serve(rules='127.0.0.1:allow,TCPREMOTEHOST="mail.client.test;x"\n')
+        self.assertEqual(self.transaction(port, "x@localhost")[0], 250)
+        [entry] = listQueue(os.path.join(self.data, "queue"))
+        with openEntry(os.path.join(self.data, "queue"), entry.queueId) as f:
+            received = f.readline()
+        self.assertTrue(received.startswith(b"Received: from client.test (mail.client.test?x [127.0.0.1])\r\n"),
+                        received)
 
     def test_relayclient_allows_relay(self) -> None:
         port = self.serve(RELAYCLIENT="")
