@@ -69,7 +69,7 @@ class AccessList:
         else:
             lines = (line.split(b"#", 1)[0].strip().decode("utf-8", "replace").lower() for line in data.splitlines())
             self._entries = {line for line in lines if line}
-            self._networks = [_network(e) for e in self._entries if "/" in e and _network(e) is not None]
+            self._networks = [n for n in map(_network, self._entries) if n is not None]  # any IPv6 spelling
             self._cdb = None
         self._stamp = stamp
 
@@ -92,12 +92,19 @@ def _network(entry: str) -> Any:
         return None
 
 
-def _inNetworks(value: str, networks: list[Any]) -> bool:
+def _clientIP(value: str) -> Any:
+    """The address, an IPv4-mapped IPv6 one (a dual-stack listener's view of an IPv4
+    client) as IPv4; None for a value that is no address."""
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
-        return False
-    return any(ip in n for n in networks)
+        return None
+    return ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None else ip
+
+
+def _inNetworks(value: str, networks: list[Any]) -> bool:
+    ip = _clientIP(value)
+    return ip is not None and any(ip in n for n in networks)
 
 
 def addressKeys(address: str) -> Iterator[str]:
@@ -108,7 +115,7 @@ def addressKeys(address: str) -> Iterator[str]:
     local, _, domain = address.rpartition("@")
     yield "@" + domain
     labels = domain.split(".")
-    for i in range(len(labels)):
+    for i in range(1, len(labels)):  # domains above it, as for HELO names
         yield "." + ".".join(labels[i:])
     yield local + "@"
 
@@ -122,6 +129,8 @@ def heloKeys(name: str) -> Iterator[str]:
 
 def clientKeys(clientAddress: str) -> Iterator[str]:
     """The address, then tcprules-style prefixes ``a.b.c.``, ``a.b.``, ``a.``."""
+    ip = _clientIP(clientAddress)
+    clientAddress = str(ip) if ip is not None else clientAddress
     yield clientAddress
     if "." in clientAddress and ":" not in clientAddress:
         parts = clientAddress.split(".")

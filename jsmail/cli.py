@@ -28,7 +28,7 @@ import time
 
 from jsmail.auth import setPassword
 from jsmail.bounce import readHeaders
-from jsmail.dkim import generateKey, keyRecord, zoneEntry
+from jsmail.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
 from jsmail.queue import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
 
@@ -170,17 +170,13 @@ def dkimKeygen(arguments: argparse.Namespace) -> int:
     domain = arguments.domain.rstrip(".").lower()
     path = os.path.join(arguments.out, f"{domain}.{arguments.selector}.key")
     try:
-        key = generateKey(arguments.type, arguments.bits)
-        os.makedirs(arguments.out, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        key = writeNewKey(path, arguments.type, arguments.bits)
     except ValueError as e:
         print(f"jsmail dkim keygen: {e}", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"jsmail dkim keygen: {e.filename or arguments.out}: {e.strerror}; no key written", file=sys.stderr)
         return 1
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
     print(f"jsmail dkim keygen: private key written to {path}", file=sys.stderr)
     print(zoneEntry(arguments.selector, domain, keyRecord(key)))
     return 0

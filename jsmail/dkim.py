@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import os
 import queue
 import re
 from dataclasses import dataclass, field
@@ -333,6 +334,17 @@ def generateKey(keyType: str = "rsa", bits: int = 2048) -> bytes:
         raise ValueError(f"{bits} bits: RSA keys for DKIM have 1024 to 4096 bits (RFC 8301 section 3.2)")
     return rsa.generate_private_key(public_exponent=65537, key_size=bits).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+
+
+def writeNewKey(path: str, keyType: str = "rsa", bits: int = 2048) -> bytes:
+    """Make a key and write it to ``path`` with mode 0600, never over an existing file
+    (OSError then); return the key file's contents."""
+    key = generateKey(keyType, bits)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
 
 
 def keyRecord(keyFileData: bytes) -> str:
