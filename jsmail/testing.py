@@ -127,22 +127,42 @@ class _Zone(FileAuthority):
             self.records.setdefault(name.lower().encode("idna"), []).append(record)
 
 
+class _ServerFactory(DNSServerFactory):
+    """A DNS server factory that leaves some questions unanswered, as a broken or
+    unreachable server does."""
+
+    def __init__(self, zones: Sequence[_Zone], silent: set[bytes]) -> None:
+        super().__init__(authorities=list(zones))
+        self.zones, self.silent = zones, silent
+
+    def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> Any:
+        query = message.queries[0]
+        name = query.name.name.lower()
+        if name in self.silent and not any(r.TYPE == query.type for z in self.zones for r in z.records.get(name, ())):
+            return None
+        return super().handleQuery(message, protocol, address)
+
+
 class DNSServer:
     """A real DNS server on 127.0.0.1 (UDP and TCP, one ephemeral port) serving test
     zones, for MX, SPF, DKIM and DMARC lookups that go through the real resolver path.
 
-    ``zones`` maps an origin ("example.test") to (name, record) pairs, e.g.
-    ``("example.test", dns.Record_MX(10, b"mx.example.test"))``.  Call :meth:`start`
-    (a Deferred-free, immediate listen) and :meth:`stop` (returns a Deferred).
+    ``zones`` maps an origin ("example.test"; "" for the root, serving every name) to
+    (name, record) pairs, e.g. ``("example.test", dns.Record_MX(10, b"mx.example.test"))``.
+    Questions about a name in ``silent`` get no answer at all (the client times out)
+    unless the name has records of the type asked.  Call :meth:`start` (a Deferred-free,
+    immediate listen) and :meth:`stop` (returns a Deferred).
     """
 
-    def __init__(self, zones: dict[str, Sequence[tuple[str, Any]]], reactor: Any = None) -> None:
+    def __init__(self, zones: dict[str, Sequence[tuple[str, Any]]], reactor: Any = None,
+                 silent: Sequence[str] = ()) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
             reactor = globalReactor
         self.reactor = reactor
-        self.factory = DNSServerFactory(authorities=[_Zone(o, r) for o, r in zones.items()])
+        self.factory = _ServerFactory([_Zone(o, r) for o, r in zones.items()],
+                                      {name.lower().encode("idna") for name in silent})
         self.factory.noisy = False
         self.port = 0
         self._ports: list[Any] = []
