@@ -123,6 +123,11 @@ class ClientEntryTests(ListTestCase):
         self.assertNotIn("2001:db8:2::1", clients)
         self.assertIn("2001:db8:9::9", clients)
 
+    def test_an_ipv6_address_matches_however_it_is_written(self) -> None:
+        clients = self.clients("2001:DB8:0:0:0:0:0:7\n")
+        self.assertIn("2001:db8::7", clients)
+        self.assertNotIn("2001:db8::8", clients)
+
     def test_a_network_written_loosely_still_counts(self) -> None:
         self.assertIn("192.0.2.99", self.clients("192.0.2.1/24\n"))
 
@@ -256,6 +261,11 @@ class DialogTests(ListTestCase):
         d = self.start({"deny_clients": "badclients"}, clientAddress="198.51.100.1")
         self.assertEqual(d.read(), b"220 mx.test ESMTP jsmail ready\r\n")
 
+    def test_ipv4_client_on_a_dual_stack_listener(self) -> None:
+        self.writeText("badclients", "192.0.2.0/24\n")
+        d = self.start({"deny_clients": "badclients"}, clientAddress="::ffff:192.0.2.1")
+        self.assertEqual(d.read(), b"554 5.7.1 Access denied for ::ffff:192.0.2.1\r\n")
+
     def test_client_in_a_tcprules_cdb(self) -> None:
         self.writeCDB("tcp.cdb", ["203.0.113."])
         d = self.start({"deny_clients": "tcp.cdb"}, clientAddress="203.0.113.50")
@@ -380,7 +390,7 @@ class BuildTests(ListTestCase):
         self.assertEqual(policy.lists, {})
         self.assertIsNone(policy.checkConnect(type("S", (), {"clientAddress": "192.0.2.1"})()))
 
-    def test_enabled_by_name_as_a_plugin(self) -> None:
+    def test_built_by_name_in_a_policy_chain(self) -> None:
         self.writeText("badhelo", "bad.example\n")
         chain = buildChain(["access"], {"access": {"deny_helo": "badhelo"}}, self.context(), PLUGINS)
         [policy] = chain.policies
