@@ -83,3 +83,19 @@ class RelayControl(Policy):
                 f"relay attempt from untrusted {clientAddress} to {address}",
             )
         return None
+
+
+class BadMailFrom(Policy):
+    """qmail-smtpd's badmailfrom (qmail-interfaces reference, section 11.3): a sender
+    listed exactly, or whose domain is listed as ``@domain``, is refused at MAIL."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.entries = frozenset(e.strip().lower() for e in entries if e.strip())
+
+    def checkSender(self, session: object, address: Address, params: dict) -> None:
+        sender = str(address).lower()
+        if sender and (sender in self.entries or "@" + sender.rpartition("@")[2] in self.entries):
+            raise SMTPReplyError(reply.SENDER_REFUSED.withText(f"Sender address <{address}> refused"),
+                                 "sender in badmailfrom")
+        return None
+

@@ -112,6 +112,7 @@ AUTH_BAD_CREDENTIALS = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
 AUTH_ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
+SENDER_REFUSED = Reply(553, "5.7.1", "Sender address refused")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not allowed for this user")
 
 # Local failures.

@@ -38,7 +38,7 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.inject import Funnel
 from jsmail.local import LocalDelivery, LocalSettings
-from jsmail.policy import RelayControl
+from jsmail.policy import BadMailFrom, RelayControl
 from jsmail.queue import MaildirQueue
 from jsmail.rcpthosts import RcptHosts
 from jsmail.mtasts import PolicyFetcher
@@ -434,6 +434,7 @@ class MailGateway(_DiskWork):
         portal = makePortal(config, extraCheckers)
         localDomains = frozenset(config.domains)
         relayControl = RelayControl(localDomains.__contains__, config.trustedNetworks, rcptHostsOf(config))
+        always = [relayControl, BadMailFrom(config.badMailFrom)] if config.badMailFrom else [relayControl]
         self.chains = policyChains(config, self.reactor, self.runInThread)
         self.listeners: list[ListenerService] = []
         kinds = (
@@ -443,7 +444,7 @@ class MailGateway(_DiskWork):
         )
         for kind, descriptions, settings, implicitTLS in kinds:
             chain = self.chains[kind]
-            factory: Factory = ESMTPServerFactory(settings, sink, self.reactor, [relayControl, *chain.policies], kind,
+            factory: Factory = ESMTPServerFactory(settings, sink, self.reactor, [*always, *chain.policies], kind,
                                                   self.tls, portal, implicitTLS, chain.modifiers, self.runInThread)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)

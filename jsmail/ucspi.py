@@ -26,7 +26,7 @@ from typing import Any
 
 from jsmail.address import Address
 from jsmail.error import SMTPReplyError
-from jsmail.policy import Policy, RelayControl
+from jsmail.policy import BadMailFrom, Policy, RelayControl
 from jsmail.reply import Reply
 from jsmail.smtpd import ESMTPServer
 
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if relayClient is None:
         policies.append(RelayControl(frozenset(config.domains).__contains__, config.trustedNetworks,
                                      rcptHostsOf(config)))
+    if config.badMailFrom:
+        policies.append(BadMailFrom(config.badMailFrom))
     queueDir = os.path.join(config.dataDir, "queue")
     sink: Any
     queue = None

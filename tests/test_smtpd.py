@@ -516,3 +516,20 @@ class ReplyTableTests(SynchronousTestCase):
             else:
                 # RFC 2034 exempts the greeting and EHLO; a 334 carries base64 (RFC 4954).
                 self.assertIn(r, (reply.SERVICE_READY, reply.GREETS, reply.AUTH_CHALLENGE))
+
+
+class BadMailFromTests(DialogTestCase):
+    """qmail's badmailfrom, exact addresses and @domain entries, on every listener."""
+
+    def test_listed_senders_are_refused(self) -> None:
+        from jsmail.policy import BadMailFrom
+
+        d = self.dialog((BadMailFrom(["spam@Example.COM", "@bad.example", "# not a comment in qmail"]),))
+        d.send(b"EHLO client.example\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<SPAM@example.com>\r\n"),
+                         b"553 5.7.1 Sender address <SPAM@example.com> refused\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<anyone@bad.example>\r\n"),
+                         b"553 5.7.1 Sender address <anyone@bad.example> refused\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<anyone@sub.bad.example>\r\n"), SENDER_OK)
+        d.send(b"RSET\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<>\r\n"), SENDER_OK)
