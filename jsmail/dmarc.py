@@ -59,8 +59,8 @@ def parseRecord(text: str) -> Record | None:
         name, sep, value = part.partition("=")
         if sep:
             tags.setdefault(name.strip().lower(), value.strip())
-    if not text.lstrip().startswith("v") or tags.get("v") != "DMARC1":
-        return None
+    if text.partition("=")[0].strip().lower() != "v" or tags.get("v") != "DMARC1":
+        return None  # v=DMARC1 must be the first tag (section 6.3)
     policy = tags.get("p", "").lower()
     if policy not in ("none", "quarantine", "reject"):
         if "rua" not in tags:
@@ -114,18 +114,23 @@ def fetchRecord(resolver: Any, authorDomain: str, timeout: float = 5.0) -> Any:
 
 
 def authorDomain(message: bytes) -> str | None:
-    """The domain of the From field's one address, or None when there is not exactly
-    one From field with exactly one address (section 6.6.1)."""
-    header = message.split(b"\r\n\r\n", 1)[0]
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header + b"\r\n\r\n")
+    """The domain of the From field's one address (as an A-label, RFC 5890), or None
+    when there is not exactly one From field with exactly one address, or its domain is
+    no usable domain name (section 6.6.1)."""
+    header = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")  # RFC 6532 allows UTF-8
+    parsed = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(header + "\r\n\r\n")
     fields = parsed.get_all("From") or []
     if len(fields) != 1:
         return None
     addresses = email.utils.getaddresses([str(fields[0])])
     if len(addresses) != 1 or "@" not in addresses[0][1]:
         return None
-    domain = addresses[0][1].rpartition("@")[2].strip().lower().rstrip(".")
-    return domain or None
+    domain = addresses[0][1].rpartition("@")[2].strip().rstrip(".")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:  # octets that are not UTF-8, an empty or over-long label: no domain to look up
+        return None
+    return domain.lower() or None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ SPF_PERMERROR = reply.Reply(550, "5.7.24", "SPF validation error: {}")
 _log = Logger()
 
 DMARC_REJECTED = reply.Reply(550, "5.7.1", "Message rejected by the DMARC policy of {}")
-DMARC_TEMPORARY = reply.Reply(451, "4.7.1", "DMARC policy of {} unavailable, try again later")
 
 
 def _isTrusted(session: Any) -> bool:
@@ -146,7 +145,7 @@ class DMARCCheck(Policy):
     def _evaluate(self, message: bytes, session: Any) -> Any:
         author = authorDomain(message)
         if author is None:
-            return None, "permerror", "not exactly one author address in From"
+            return None, "permerror", "not exactly one usable author address in From"
         try:
             found = yield fetchRecord(self.resolver, author, self.timeout)
         except DMARCTemporaryError as e:
