@@ -184,6 +184,10 @@ def build(options: Mapping[str, Any], context: PolicyContext) -> AccessLists:
         for which in ("allow", "deny"):
             path = o.get(f"{which}_{kind}", "")
             if path:
-                lists[f"{which}_{kind}"] = AccessList(os.path.join(context.dataDir, path), keys)
+                path = os.path.join(context.dataDir, path)
+                try:
+                    lists[f"{which}_{kind}"] = AccessList(path, keys)
+                except OSError as e:  # unreadable, or not a CDB: say so at start, not in a traceback
+                    raise ValueError(f"{which}_{kind}: cannot read {path}: {e.strerror or e}") from None
     o.done()
     return AccessLists(lists)

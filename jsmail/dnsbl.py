@@ -41,7 +41,7 @@ def reversedName(clientAddress: str, zone: str) -> str | None:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    labels = str(ip).split(".") if ip.version == 4 else list(ip.exploded.replace(":", ""))
+    labels = str(ip).split(".") if ip.version == 4 else list(ip.packed.hex())  # packed: no "%scope" suffix
     return ".".join(reversed(labels)) + "." + zone
 
 
@@ -75,7 +75,8 @@ class DNSBL(Policy):
         session.notes["dnsbl"] = listing
         if listing is None or self.action != "tag":
             return None
-        return Verdict.accept([f"X-DNSBL: {session.clientAddress} listed in {listing.zone}: {_printable(listing.text)}"])
+        text = _printable(listing.text)
+        return Verdict.accept([f"X-DNSBL: {session.clientAddress} listed in {listing.zone}: {text}"])
 
     def checkRecipient(self, session: Any, address: Address, params: dict) -> Verdict | None:
         found = session.notes.get("dnsbl")
@@ -106,10 +107,9 @@ class DNSBL(Policy):
             return False
         try:
             answers, _, _ = yield self.resolver.lookupAddress(name, timeout=(self.timeout,))
-        except dnserror.DomainError:
-            return False
-        except (dnserror.DNSNameError, dnserror.DNSServerError, dnserror.DNSQueryTimeoutError,
-                dnserror.DNSUnknownError, defer.TimeoutError) as e:
+        except dnserror.DNSNameError:
+            return False  # NXDOMAIN: not listed
+        except (dnserror.DomainError, defer.TimeoutError) as e:  # SERVFAIL, REFUSED, ... are DomainErrors too
             raise _LookupFailed(f"{name}: {type(e).__name__}") from None
         for answer in answers:
             if answer.type == dns.A:

@@ -7,7 +7,8 @@
   add above the message.
 
 Both answer by exit code: 0 accept, 100 reject (550 5.7.1), 111 or anything else try
-again later (451 4.3.0).  A first line on standard error becomes the reply's text.
+again later (451 4.3.0).  After 100 or 111, a first line on standard error becomes the
+reply's text; after anything else (a shell's "not found", a crash) it goes to the log only.
 Each runs with ``/bin/sh -c`` and the variables ``TCPREMOTEIP``, ``SMTPHELO``,
 ``SMTPSENDER``, ``SMTPRECIPIENTS`` (one per line) and ``SMTPAUTHUSER``, and is killed
 after ``timeout`` seconds, which counts as a temporary failure.
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from zope.interface import implementer
 
@@ -74,28 +76,42 @@ class Program:
         childFDs.update({1: "r", 2: "r"})
         process = self.reactor.spawnProcess(run, "/bin/sh", ["/bin/sh", "-c", self.command], env=env,
                                             childFDs=childFDs)
-        timer = self.reactor.callLater(self.timeout, _kill, process)
-        return run.ended.addCallback(lambda code: (timer.active() and timer.cancel(), code)[1]).addCallback(
-            lambda code: (code, run.output[1], run.output[2]))
+        timer = self.reactor.callLater(self.timeout, _stop, process)
+
+        def ended(code: int | None) -> tuple[int | None, bytes, bytes]:
+            if not timer.active():
+                code = None  # stopped at its time-out, whatever its exit status
+            else:
+                timer.cancel()
+            return code, run.output[1], run.output[2]
+
+        return run.ended.addCallback(ended)
 
 
-def _kill(process: Any) -> None:
+def _stop(process: Any) -> None:
+    """Kill the program and close our ends of its pipes: a child it started (``sleep``
+    in ``sleep 60; exit 0``, or one left running in the background) outlives the KILL
+    and keeps the pipes open, and the process only counts as ended once they close."""
     try:
         process.signalProcess("KILL")
     except error.ProcessExitedAlready:
         pass
+    for pipe in list(process.pipes.values()):
+        pipe.connectionLost(Failure(error.ConnectionDone("the program's time-out")))
 
 
 def verdictFor(command: str, code: int | None, stderr: bytes, accepted: Verdict | None = None) -> Verdict | None:
-    text = stderr.decode("utf-8", "replace").strip().splitlines()[:1]
     if code == 0:
         return accepted
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    # Printable ASCII and short enough for a reply line (RFC 5321 section 4.5.3.1.5).
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in lines[0])[:400] if lines else ""
     if code == 100:
-        refusal = HOOK_REJECTED.withText(text[0]) if text else HOOK_REJECTED
+        refusal = HOOK_REJECTED.withText(text) if text else HOOK_REJECTED
         return Verdict.reject(refusal, f"{command} exited 100")
     reason = f"{command} was killed after its time-out" if code is None else f"{command} exited {code}"
-    refusal = HOOK_TEMPORARY.withText(text[0]) if text and code is not None else HOOK_TEMPORARY
-    return Verdict.tempfail(refusal, reason)
+    refusal = HOOK_TEMPORARY.withText(text) if text and code == 111 else HOOK_TEMPORARY
+    return Verdict.tempfail(refusal, reason + (f": {text}" if text else ""))
 
 
 class RecipientCheck(Policy):

@@ -233,8 +233,10 @@ class RereadTests(ListTestCase):
         self.assertNotIn("192.0.2.1", clients)
 
     def test_policy_reload_reads_every_list(self) -> None:
-        lists = {"deny_senders": access.AccessList(self.writeText("s", "a@x.example\n"), access.addressKeys, self.clock),
-                 "deny_helo": access.AccessList(self.writeText("h", "one.example\n"), access.heloKeys, self.clock)}
+        lists = {
+            "deny_senders": access.AccessList(self.writeText("s", "a@x.example\n"), access.addressKeys, self.clock),
+            "deny_helo": access.AccessList(self.writeText("h", "one.example\n"), access.heloKeys, self.clock),
+        }
         policy = access.AccessLists(lists)
         self.writeText("s", "b@x.example\n")
         self.writeText("h", "two.example\n")
@@ -255,6 +257,7 @@ class DialogTests(ListTestCase):
         self.writeText("badclients", "192.0.2.0/24\n")
         d = self.start({"deny_clients": "badclients"})
         self.assertEqual(d.read(), b"554 5.7.1 Access denied for 192.0.2.1\r\n")
+        self.assertTrue(d.closed)
 
     def test_other_clients_are_greeted(self) -> None:
         self.writeText("badclients", "192.0.2.0/24\n")
@@ -384,6 +387,14 @@ class BuildTests(ListTestCase):
     def test_a_path_must_be_a_string(self) -> None:
         e = self.assertRaises(ValueError, access.build, {"deny_clients": ["a", "b"]}, self.context())
         self.assertIn("deny_clients", str(e))
+
+    def test_a_list_that_cannot_be_read_is_an_option_error(self) -> None:
+        with open(self.path("broken.cdb"), "wb") as f:
+            f.write(b"not a cdb")
+        os.makedirs(self.path("adirectory"))
+        for option, name in [("deny_clients", "broken.cdb"), ("allow_senders", "adirectory")]:
+            e = self.assertRaises(ValueError, access.build, {option: name}, self.context())
+            self.assertTrue(str(e).startswith(f"{option}: cannot read {self.path(name)}: "), str(e))
 
     def test_no_lists_is_a_check_that_refuses_nothing(self) -> None:
         policy = access.build({}, self.context())
