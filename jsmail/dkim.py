@@ -47,8 +47,9 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
 
+from jsmail._dns import isNonexistent
 from jsmail._disk import RunInThread
 
 __all__ = ["DEFAULT_SIGNED_HEADERS", "DKIMResult", "DKIMSigner", "DKIMVerifier", "KeyLookup", "SigningError",
@@ -153,7 +154,7 @@ class KeyLookup:
             return records[0] if records else None
 
         def failed(reason: Any) -> dkim.DnsTimeoutError | None:
-            if reason.check(dnserror.DNSNameError, dnserror.DomainError):
+            if isNonexistent(reason):
                 return None  # NXDOMAIN: no key (RFC 6376 section 6.1.2)
             return dkim.DnsTimeoutError(type(reason.value).__name__)
 

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from publicsuffixlist import PublicSuffixList
 from twisted.internet import defer
 from twisted.names import dns, error as dnserror
+from jsmail._dns import isNonexistent
 
 _suffixes: PublicSuffixList | None = None
 
@@ -89,10 +90,10 @@ def _txtStrings(answers: Iterable[Any]) -> list[str]:
 def _recordAt(resolver: Any, domain: str, timeout: float) -> Any:
     try:
         answers, _, _ = yield resolver.lookupText(f"_dmarc.{domain}", timeout=(timeout,))
-    except (dnserror.DomainError, dnserror.AuthoritativeDomainError):
-        return None
-    except (dnserror.DNSNameError, dnserror.DNSServerError, dnserror.DNSQueryTimeoutError,
-            dnserror.DNSUnknownError, defer.TimeoutError) as e:
+    except (dnserror.DomainError, dnserror.AuthoritativeDomainError, dnserror.DNSQueryTimeoutError,
+            defer.TimeoutError) as e:
+        if isNonexistent(e):
+            return None
         raise DMARCTemporaryError(f"_dmarc.{domain}: {type(e).__name__}") from None
     records = [r for r in (parseRecord(t) for t in _txtStrings(answers)) if r is not None]
     return records[0] if len(records) == 1 else None  # several records: none (section 6.6.3)

@@ -19,6 +19,7 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.names import dns
 from twisted.names import error as dnserror
 from twisted.python.failure import Failure
+from jsmail._dns import isNonexistent
 
 __all__ = ["DNSLookupError", "ThreadResolver", "wireName"]
 
@@ -91,7 +92,7 @@ class ThreadResolver:
             return list(result[0])
 
         def failed(failure: Failure) -> list[dns.RRHeader]:
-            if failure.check(dnserror.DNSNameError, dnserror.DomainError):
+            if isNonexistent(failure):
                 return []  # NXDOMAIN (DomainError: from an in-process authority)
             if failure.check(dnserror.DNSQueryTimeoutError, defer.TimeoutError):
                 raise DNSLookupError(f"{label}: no answer in {left:.1f}s")

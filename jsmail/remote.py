@@ -50,6 +50,7 @@ from twisted.names import dns, error as dnserror
 from twisted.names.client import Resolver
 from zope.interface import implementer
 
+from jsmail._dns import isNonexistent
 from jsmail._disk import RunInThread
 from jsmail.config import hostPort
 from jsmail.dane import TLSARecord, lookupTLSA
@@ -95,10 +96,10 @@ class MailExchangers:
             return [domain]
         try:
             answers, _, _ = yield self.resolver.lookupMailExchange(domain)
-        except dnserror.DomainError:
-            raise DestinationError(f"550 5.1.2 Domain {domain} does not exist", permanent=True) from None
-        except (dnserror.DNSNameError, dnserror.DNSServerError, dnserror.DNSQueryTimeoutError,
-                defer.TimeoutError, dnserror.DNSUnknownError) as e:
+        except (dnserror.DomainError, dnserror.AuthoritativeDomainError, dnserror.DNSQueryTimeoutError,
+                defer.TimeoutError) as e:
+            if isNonexistent(e):
+                raise DestinationError(f"550 5.1.2 Domain {domain} does not exist", permanent=True) from None
             raise DestinationError(f"451 4.4.3 DNS lookup of MX for {domain} failed: {type(e).__name__}",
                                    permanent=False) from None
         exchangers = [(a.payload.preference, str(a.payload.name)) for a in answers

@@ -17,8 +17,10 @@ from aiosmtpd.controller import Controller
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.threads import deferToThread
-from twisted.names import dns
+from twisted.names import dns, error as dnserror
 from twisted.trial.unittest import TestCase
+
+from jsmail._dns import isNonexistent
 
 from jsmail.config import Config
 from jsmail.dane import DANE_EE, TLSA, TLSARecord
@@ -424,3 +426,24 @@ class DANETests(TestCase):
         keys = {RemoteDelivery._poolKey(route, "127.0.0.1", records) for records in [(), (record,)]}
         keys.add(RemoteDelivery._poolKey(Route("mx2.dane.test"), "127.0.0.1", (record,)))
         self.assertEqual(len(keys), 3)
+
+
+class ServerFailureTests(TestCase):
+    """SERVFAIL is a DomainError subclass in twisted.names, but it is no NXDOMAIN: the
+    MX lookup must fail temporarily, not bounce."""
+
+    def test_servfail_is_temporary(self) -> None:
+        self.assertFalse(isNonexistent(dnserror.DNSServerError("servfail")))
+        self.assertFalse(isNonexistent(dnserror.DNSQueryRefusedError("refused")))
+        self.assertTrue(isNonexistent(dnserror.DNSNameError("nxdomain")))
+        self.assertTrue(isNonexistent(dnserror.DomainError("not here")))
+
+    def test_mx_lookup_servfail_is_temporary(self) -> Any:
+        class Failing:
+            def lookupMailExchange(self, name: str) -> Any:
+                return defer.fail(dnserror.DNSServerError("servfail"))
+
+        d = MailExchangers(Failing()).hostsFor("example.org")
+        failure = self.failureResultOf(d, DestinationError)
+        self.assertFalse(failure.value.permanent)
+        self.assertIn("451 4.4.3", str(failure.value))
