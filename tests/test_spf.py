@@ -45,6 +45,7 @@ ZONE = [
     ("helo.test", txt("v=spf1 a -all")),
     ("helo.test", dns.Record_A("198.51.100.7")),
     ("cname.test", dns.Record_CNAME(b"pass.test")),
+    ("xn--bcher-kva.test", txt("v=spf1 ip4:192.0.2.0/24 -all")),
 ]
 
 
@@ -82,6 +83,10 @@ class ResultTests(CheckerTestCase):
 
     def test_failIPv6(self) -> Any:
         return self.assertResult("fail", "2001:db9::1", "alice@pass.test")
+
+    def test_passInternationalDomain(self) -> Any:
+        """A U-label sender domain (SMTPUTF8) is asked for as its A-label."""
+        return self.assertResult("pass", "192.0.2.44", "alice@b\u00fccher.test")
 
     def test_passThroughCNAME(self) -> Any:
         return self.assertResult("pass", "192.0.2.44", "alice@cname.test")
