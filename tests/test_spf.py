@@ -177,6 +177,14 @@ class ResultTests(CheckerTestCase):
         self.assertEqual(result.explanation, "not an IP address: 'not-an-ip'")
 
     @defer.inlineCallbacks
+    def test_oddSendersAreNone(self) -> Any:
+        """Senders no domain can be looked up for give none, not a traceback."""
+        for sender, helo in [("", ""), ("a@", "h"), ("@", "@"), ("a@" + "y" * 64 + ".test", "h"),
+                             ("a@[192.0.2.1]", "h"), ("a@\udcff.test", "h"), ("a@%{l}.test", "h")]:
+            result = yield self.checker.check("192.0.2.1", sender, helo)
+            self.assertEqual((result.result, result.explanation), ("none", ""), sender)
+
+    @defer.inlineCallbacks
     def test_concurrentChecks(self) -> Any:
         """Checks running at once in several threads each use their own lookups."""
         cases = [("192.0.2.44", "a@pass.test", "pass"), ("203.0.113.5", "b@fail.test", "fail"),
