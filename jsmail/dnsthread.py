@@ -3,19 +3,24 @@ reactor's twisted.names resolver.
 
 Such libraries would otherwise open sockets to a resolver of their own, bypassing the one
 the gateway was configured with (``dns_server``) and blocking in ways the gateway cannot
-bound.  Instead, the worker thread hands each question to the reactor
-(``blockingCallFromThread``) and waits for the answer.  The reactor bounds every question
-by what is left of a time budget, so the thread never waits forever: a question asked
-once the budget is spent fails at once.
+bound.  Instead, the worker thread hands each question to the reactor and waits for the
+answer.  The reactor bounds every question by what is left of a time budget, so a
+question asked once the budget is spent fails at once.
+
+Decision: this is ``twisted.internet.threads.blockingCallFromThread`` with a bounded
+wait.  That function waits for the reactor without limit, and at shutdown the reactor
+joins its thread pool on the reactor thread: a worker waiting for a DNS answer then waits
+for a reactor that waits for it, for ever.  Here the worker gives up after the budget
+(plus a grace period) and makes no more questions.
 """
 
 from __future__ import annotations
 
+import queue
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IResolver
-from twisted.internet.threads import blockingCallFromThread
 from twisted.names import dns
 from twisted.names import error as dnserror
 from twisted.python.failure import Failure
@@ -63,6 +68,7 @@ class ThreadResolver:
         self._resolver = resolver
         self._timeout = timeout
         self._deadline: float | None = None
+        self._reactorGone = False
 
     def lookup(self, name: str, qtype: int) -> list[dns.RRHeader]:
         """The answer section for ``name`` and ``qtype`` (a twisted.names type such as
@@ -74,10 +80,23 @@ class ThreadResolver:
         raw = wireName(name)
         if raw is None:
             return []
-        return blockingCallFromThread(self._reactor, self._ask, raw, qtype)
+        if self._reactorGone:
+            raise DNSLookupError("the reactor is not answering (shutting down?)")
+        answers: queue.Queue[Any] = queue.Queue()
+        self._reactor.callFromThread(lambda: defer.maybeDeferred(self._ask, raw, qtype).addBoth(answers.put))
+        try:
+            result = answers.get(timeout=self._timeout + 2 * _GRACE)
+        except queue.Empty:
+            self._reactorGone = True
+            raise DNSLookupError("the reactor is not answering (shutting down?)") from None
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
 
     def _ask(self, name: bytes, qtype: int) -> defer.Deferred[list[dns.RRHeader]]:
         """On the reactor: ask the resolver, bounded by the rest of the budget."""
+        if self._reactorGone:  # the worker stopped waiting for this question
+            return defer.fail(DNSLookupError("asked too late"))
         now = self._reactor.seconds()
         if self._deadline is None:
             self._deadline = now + self._timeout

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.names import dns
 from twisted.python import log
 
-from jsmail.dnsthread import DNSLookupError, ThreadResolver
+from jsmail.dnsthread import DNSLookupError, ThreadResolver, wireName
 
 __all__ = ["RESULTS", "SPFChecker", "SPFResult"]
 
@@ -43,17 +43,14 @@ _local = threading.local()
 
 
 def _nameText(name: dns.Name) -> str:
-    """A name from an answer as pyspf keeps names: text, IDNA decoded where it can be."""
-    try:
-        return name.name.decode("idna")
-    except UnicodeError:
-        return name.name.decode("utf-8", "replace")
+    """A name from an answer as text; pyspf keeps A-labels ("xn--...") as they are."""
+    return name.name.decode("utf-8", "replace")
 
 
-def _forPyspf(record: dns.RRHeader) -> tuple[tuple[str, str], Any]:
-    """One answer record in the form pyspf's DNS hook returns: ((name, type), value)."""
+def _forPyspf(record: dns.RRHeader, asked: str) -> tuple[tuple[str, str], Any]:
+    """One answer record in the form pyspf's DNS hook returns: ((name, type), value),
+    named as pyspf asked if it answers that name (so a U-label question finds its answer)."""
     payload: Any = record.payload
-    qtype = dns.QUERY_TYPES.get(record.type, "")
     if record.type == dns.A:
         value: Any = payload.dottedQuad()
     elif record.type == dns.AAAA:
@@ -64,7 +61,8 @@ def _forPyspf(record: dns.RRHeader) -> tuple[tuple[str, str], Any]:
         value = _nameText(payload.name)
     else:  # TXT, SPF: the character-strings, still bytes (pyspf checks them for ASCII)
         value = tuple(payload.data)
-    return (_nameText(record.name), qtype), value
+    name = asked if record.name.name.lower() == (wireName(asked) or b"").lower() else _nameText(record.name)
+    return (name, dns.QUERY_TYPES[record.type]), value
 
 
 def _lookup(name: str, qtype: str, strict: object = True, timeout: object = None) -> list[tuple[tuple[str, str], Any]]:
@@ -76,7 +74,7 @@ def _lookup(name: str, qtype: str, strict: object = True, timeout: object = None
         records = resolver.lookup(name, _QTYPES[qtype])
     except DNSLookupError as e:
         raise pyspf.TempError(f"DNS {e}") from None
-    return [_forPyspf(r) for r in records if r.type in _QTYPES.values()]
+    return [_forPyspf(r, name) for r in records if r.type in _QTYPES.values()]
 
 
 pyspf.DNSLookup = _lookup
