@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import authres
 
-_NAME = b"authentication-results:"
+_NAME = re.compile(rb"(?i)^authentication-results[ \t]*:")  # obsolete space before the colon too
 _COMMENT = re.compile(r"\([^()]*\)")
 
 
@@ -25,9 +25,13 @@ def authResultsField(authservId: str, results: Sequence[Any]) -> str:
 def claimsAuthservId(field: bytes, authservId: str) -> bool:
     """Whether a raw header field is an Authentication-Results field for ``authservId``
     (compared without case, comments and the optional version, section 2.2)."""
-    if field[: len(_NAME)].lower() != _NAME:
+    name = _NAME.match(field)
+    if name is None:
         return False
-    value = field[len(_NAME):].decode("utf-8", "replace").replace("\r\n", " ")
-    value = _COMMENT.sub(" ", value).split(";", 1)[0]
-    words = value.split()
-    return bool(words) and words[0].lower() == authservId.lower()
+    value = field[name.end():].decode("utf-8", "replace").replace("\r\n", " ")
+    while True:  # comments nest (RFC 5322 section 3.2.2)
+        value, removed = _COMMENT.subn(" ", value)
+        if not removed:
+            break
+    words = value.split(";", 1)[0].split()
+    return bool(words) and words[0].strip('"').lower() == authservId.lower()

@@ -66,25 +66,26 @@ class Spool:
 
 def headerFields(block: bytes) -> list[bytes]:
     """Split a header block (CR LF lines) into whole fields, folded lines included."""
-    fields: list[bytes] = []
+    fields: list[list[bytes]] = []
     for line in block.split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += b"\r\n" + line
+            fields[-1].append(line)  # joined once below: a field folded many times stays linear
         elif line:
-            fields.append(line)
-    return fields
+            fields.append([line])
+    return [b"\r\n".join(parts) for parts in fields]
 
 
 def _splitHeader(chunks: Iterator[bytes]) -> tuple[bytes, bytes]:
     """Read chunks until the empty line that ends the header (RFC 5322 section 2.1);
     return (header block without its final CR LF CR LF, everything read after it)."""
-    held = b""
+    held = bytearray()
     for chunk in chunks:
+        start = max(0, len(held) - 3)  # the empty line may straddle two chunks
         held += chunk
-        end = held.find(b"\r\n\r\n")
+        end = held.find(b"\r\n\r\n", start)
         if end >= 0:
-            return held[: end + 2], held[end + 2:]
-    return held, b""
+            return bytes(held[: end + 2]), bytes(held[end + 2:])
+    return bytes(held), b""
 
 
 def dropFields(message: bytes, dropField: Callable[[bytes], bool]) -> bytes:

@@ -599,14 +599,20 @@ class ESMTPServer(Protocol, TimeoutMixin):
                 return reply.CHECK_FAILED  # the client went away meanwhile; nobody hears this
             return self._commit(message)
 
-        def failed(failure: Failure) -> Failure | Reply:
+        def failed(failure: Failure) -> Reply:
+            result = reply.CHECK_FAILED if self._closing else self._commandFailed(failure)  # logs the queue id
             self._resetTransaction()
-            return reply.CHECK_FAILED if self._closing else failure
+            return result
+
+        def complete(_: object) -> object:
+            if self._message is not message:
+                return None  # the client went away during the checks: sign and copy nothing
+            return self._completeMessage(message, spool)
 
         d = defer.succeed(None)
         if self.messagePolicies:
             d = defer.maybeDeferred(self._checked, "checkMessage", lambda: _NO_REPLY, spool)
-        d.addCallback(lambda _: self._completeMessage(message, spool))
+        d.addCallback(complete)
         return d.addCallbacks(checked, failed)
 
     def _completeMessage(self, message: IIncomingMessage, spool: Spool) -> defer.Deferred[None]:

@@ -281,3 +281,24 @@ class ModifierTests(ChainTestCase):
         self.transaction(d, b"Authentication-Results: mx.test; dkim=pass\r\n\r\nhi\r\n")
         self.assertNotIn(b"dkim=pass", stamp.shown)
         self.assertNotIn(b"dkim=pass", self.queued())
+
+
+class ForgeryTests(SynchronousTestCase):
+    def test_forms_of_our_authserv_id(self) -> None:
+        from jsmail.authresults import claimsAuthservId
+
+        for field in (b"Authentication-Results: mx.test; dkim=pass",
+                      b'Authentication-Results: "mx.test"; dkim=pass',
+                      b"Authentication-Results: (a (b) c) MX.test 1; dkim=pass",
+                      b"Authentication-Results : mx.test; dkim=pass",
+                      b"authentication-results:\r\n mx.test;\r\n dkim=pass"):
+            self.assertTrue(claimsAuthservId(field, "mx.test"), field)
+        for field in (b"Authentication-Results: mx.test.evil; dkim=pass", b"X-Authentication-Results: mx.test; a=b",
+                      b"Authentication-Results: other.test; x=(mx.test)"):
+            self.assertFalse(claimsAuthservId(field, "mx.test"), field)
+
+    def test_a_header_folded_many_times_is_kept_whole(self) -> None:
+        from jsmail.content import headerFields
+
+        folded = b"X-Long: a" + b"\r\n b" * 50000
+        self.assertEqual(headerFields(folded + b"\r\nSubject: s\r\n"), [folded, b"Subject: s"])
