@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.names import dns, error as dnserror
 
 from jsmail import reply
+from jsmail._dns import isNonexistent
 from jsmail.address import Address
 from jsmail.plugin import Options, PolicyContext
 from jsmail.policy import Policy
@@ -107,9 +108,9 @@ class DNSBL(Policy):
             return False
         try:
             answers, _, _ = yield self.resolver.lookupAddress(name, timeout=(self.timeout,))
-        except dnserror.DNSNameError:
-            return False  # NXDOMAIN: not listed
-        except (dnserror.DomainError, defer.TimeoutError) as e:  # SERVFAIL, REFUSED, ... are DomainErrors too
+        except (dnserror.DomainError, dnserror.AuthoritativeDomainError, defer.TimeoutError) as e:
+            if isNonexistent(e):
+                return False  # NXDOMAIN: not listed
             raise _LookupFailed(f"{name}: {type(e).__name__}") from None
         for answer in answers:
             if answer.type == dns.A:
