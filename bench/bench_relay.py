@@ -258,11 +258,11 @@ class RelayGateway(JSMail):
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 except OSError:
                     continue
-                if b"jsmail.sendprocess" in cmdline and self._ready(pid, deadline):
+                if b"jsmail.send.process" in cmdline and self._ready(pid, deadline):
                     return pid
             time.sleep(0.05)
         self.stop()
-        raise ServerUnavailable("no delivery process (python -m jsmail.sendprocess) got ready; "
+        raise ServerUnavailable("no delivery process (python -m jsmail.send.process) got ready; "
                                 "this benchmark needs [queue] delivery_process = true")
 
     def _ready(self, pid: int, deadline: float) -> bool:

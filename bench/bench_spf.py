@@ -22,8 +22,8 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThread
 from twisted.names import dns as tdns
 
-from jsmail.remote import makeResolver
-from jsmail.spf import SPFChecker
+from jsmail._dns import makeResolver
+from jsmail.policy.spf import SPFChecker
 from jsmail.testing import DNSServer
 
 

@@ -11,10 +11,11 @@ Install it by copying this file into a ``jsmail/plugins/`` directory on ``sys.pa
     [plugins.sender-domain]
     timeout = 5.0
 
-Everything a plugin needs is in three places: :class:`jsmail.plugin.PolicyPlugin` (a
-name, a description and a factory), :class:`jsmail.policy.Policy` (a base whose phases
-all say yes; override the ones you need) and :class:`jsmail.verdict.Verdict` (accept,
-perhaps adding header fields or Authentication-Results entries, or refuse with a reply).
+Everything a plugin needs is in :mod:`jsmail.policy`: :class:`~jsmail.policy.PolicyPlugin`
+(a name, a description and a factory), :class:`~jsmail.policy.Policy` (a base whose
+phases all say yes; override the ones you need) and :class:`~jsmail.policy.Verdict`
+(accept, perhaps adding header fields or Authentication-Results entries, or refuse with
+a reply).
 A check that raises anything but :class:`jsmail.error.SMTPReplyError` gives the client
 451 4.3.0 and is logged; it never takes the session down.
 """
@@ -26,10 +27,8 @@ from typing import Any, Mapping
 from twisted.names import error as dnserror
 
 from jsmail.address import Address
-from jsmail.plugin import Options, PolicyContext, PolicyPlugin
-from jsmail.policy import Policy
+from jsmail.policy import Options, Policy, PolicyContext, PolicyPlugin, Verdict
 from jsmail.reply import Reply
-from jsmail.verdict import Verdict
 
 NO_SUCH_DOMAIN = Reply(550, "5.1.8", "Sender domain {} does not accept mail")  # RFC 3463: bad sender's system address
 

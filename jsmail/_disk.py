@@ -14,12 +14,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-RunInThread = Callable[..., "Deferred[Any]"]
+from jsmail._threads import RunInThread
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)

@@ -1,4 +1,5 @@
-"""Telling "no such domain" from "the lookup failed" in twisted.names errors.
+"""The gateway's DNS: one way to make a twisted.names resolver, and telling "no such
+domain" from "the lookup failed" in its errors.
 
 twisted.names raises :class:`~twisted.names.error.DNSNameError` for NXDOMAIN, but
 SERVFAIL, REFUSED and the other error codes are subclasses of the same
@@ -10,7 +11,12 @@ have.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.names import error
+from twisted.names.client import Resolver
+
+from jsmail.address import hostPort
 
 
 def isNonexistent(failure: object) -> bool:
@@ -19,3 +25,11 @@ def isNonexistent(failure: object) -> bool:
     if isinstance(value, error.DNSNameError):
         return True
     return type(value) in (error.DomainError, error.AuthoritativeDomainError)
+
+
+def makeResolver(server: str | None, reactor: Any) -> Resolver:
+    """A twisted.names resolver: ``HOST:PORT`` of one DNS server, or the system's
+    resolv.conf when ``server`` is empty."""
+    if not server:
+        return Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+    return Resolver(servers=[hostPort(server, 53)], reactor=reactor)

@@ -174,3 +174,29 @@ def parseParameters(text: str) -> dict[str, str | None]:
             raise SMTPReplyError(reply.BAD_PARAMETER.withText(f"Parameter {key} given twice"))
         params[key] = value if eq else None
     return params
+
+
+class BadMailbox(ValueError):
+    """The local part cannot name a mailbox directory (it could escape the root)."""
+
+
+def mailboxName(localPart: str) -> str:
+    """The directory name for a local part: lower-cased, and never a path trick."""
+    name = localPart.lower()
+    if not name or name.startswith(".") or "/" in name or "\x00" in name:
+        raise BadMailbox(f"{localPart!r} cannot be a mailbox name")
+    return name
+
+
+def hostPort(text: str, defaultPort: int = 25) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPV6]:PORT`` or a bare IPv6 address, split."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else str(defaultPort)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(defaultPort)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST or HOST:PORT, got {text!r}")
+    return host, int(port)

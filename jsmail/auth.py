@@ -1,8 +1,7 @@
-"""SMTP AUTH (RFC 4954) over twisted.cred: SASL mechanisms, the mail-user realm, and
-jsmail's own checkers.
+"""Who may authenticate (twisted.cred's side of SMTP AUTH, RFC 4954): the mail-user
+realm, jsmail's own checkers, and the portal the listeners share.  The SASL exchange on
+the wire is :mod:`jsmail.smtp.sasl`.
 
-- :class:`PlainMechanism` (RFC 4616) and :class:`LoginMechanism` turn client lines
-  into :class:`~twisted.cred.credentials.UsernamePassword` credentials.
 - :class:`MailRealm` gives each authenticated user an :class:`IMailUser` avatar that
   says whether the user may relay and which sender addresses the user may use.
 - :class:`HashedPasswordFile` checks bcrypt hashes from a ``user:hash`` file (see the
@@ -16,24 +15,27 @@ jsmail's own checkers.
 
 from __future__ import annotations
 
-import binascii
 import functools
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.portal import IRealm
+from twisted.cred import strcred
+from twisted.cred.portal import IRealm, Portal
 from twisted.cred.strcred import ICheckerFactory
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
 
-from jsmail import reply
-from jsmail.error import SMTPReplyError
+from jsmail._threads import RunInThread, reactorThreads
+
+
+if TYPE_CHECKING:
+    from jsmail.config import Config
 
 _log = Logger()
 
@@ -86,75 +88,6 @@ class MailRealm:
         return IMailUser, MailUser(name, self.localDomains, self.senderRule), lambda: None
 
 
-# -- SASL mechanisms -----------------------------------------------------------------
-
-
-def _decode(line: str) -> bytes:
-    if line.strip() == "*":
-        raise SMTPReplyError(reply.AUTH_CANCELLED)
-    try:
-        return binascii.a2b_base64(line.strip().encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise SMTPReplyError(reply.AUTH_BAD_BASE64) from None
-
-
-def _text(value: bytes) -> str:
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SMTPReplyError(reply.AUTH_BAD_BASE64.withText("Credentials are not UTF-8")) from None
-    if any(c in text for c in "\r\n\x00"):
-        raise SMTPReplyError(reply.AUTH_BAD_BASE64.withText("Credentials contain CR, LF or NUL"))
-    return text
-
-
-class PlainMechanism:
-    """SASL PLAIN (RFC 4616): ``authzid NUL authcid NUL passwd`` in one response.
-
-    The authorisation identity must be empty or equal the authentication identity
-    unless ``allowProxy`` (acting for another user is not something jsmail grants).
-    """
-
-    name = "PLAIN"
-
-    def __init__(self, allowProxy: bool = False) -> None:
-        self.allowProxy = allowProxy
-
-    def challenge(self) -> str:
-        return ""
-
-    def respond(self, line: str) -> credentials.UsernamePassword | str:
-        parts = _decode(line).split(b"\x00")
-        if len(parts) != 3 or not parts[1]:
-            raise SMTPReplyError(reply.AUTH_BAD_BASE64.withText("PLAIN needs authzid NUL authcid NUL password"))
-        authzid, authcid, password = (_text(p) for p in parts)
-        if authzid and authzid != authcid and not self.allowProxy:
-            raise SMTPReplyError(reply.AUTH_BAD_CREDENTIALS, f"{authcid} asked to act as {authzid}")
-        return credentials.UsernamePassword(authcid.encode("utf-8"), password.encode("utf-8"))
-
-
-class LoginMechanism:
-    """The LOGIN mechanism (draft-murchison-sasl-login): user name, then password."""
-
-    name = "LOGIN"
-
-    def __init__(self) -> None:
-        self._username: bytes | None = None
-
-    def challenge(self) -> str:
-        return "VXNlcm5hbWU6"  # "Username:"
-
-    def respond(self, line: str) -> credentials.UsernamePassword | str:
-        value = _text(_decode(line)).encode("utf-8")
-        if self._username is None:
-            self._username = value
-            return "UGFzc3dvcmQ6"  # "Password:"
-        return credentials.UsernamePassword(self._username, value)
-
-
-MECHANISMS = {"PLAIN": PlainMechanism, "LOGIN": LoginMechanism}
-
-
 # -- checkers ---------------------------------------------------------------------------
 
 
@@ -190,8 +123,9 @@ class HashedPasswordFile:
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, runInThread: RunInThread | None = None) -> None:
         self.path = path
+        self._runInThread = runInThread
         self._stamp: tuple[float, int] | None = None
         self._hashes: dict[bytes, bytes] = {}
 
@@ -207,14 +141,18 @@ class HashedPasswordFile:
 
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
         import bcrypt
-        from twisted.internet.threads import deferToThread
 
         try:
             hashed = self._current().get(creds.username)
         except OSError as e:
             return defer.fail(TemporaryAuthFailure(f"cannot read {self.path}: {e.strerror}"))
         # Check unknown users against a dummy hash, so timing does not tell them apart.
-        d = deferToThread(bcrypt.checkpw, creds.password, hashed or _dummyHash())
+        runInThread = self._runInThread
+        if runInThread is None:
+            from twisted.internet import reactor
+
+            runInThread = reactorThreads(reactor)
+        d = runInThread(bcrypt.checkpw, creds.password, hashed or _dummyHash())
 
         def checked(ok: bool) -> bytes:
             if ok and hashed is not None:
@@ -343,3 +281,14 @@ class CheckpasswordFactory:
         if not os.access(argstring, os.X_OK):
             raise ValueError(f"{argstring!r} is not an executable program")
         return CheckpasswordChecker(argstring)
+
+
+def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = (),
+               runInThread: RunInThread | None = None) -> Portal:
+    """AUTH users: the password file under the data directory (``jsmail passwd``), then
+    the configured checkers, then any given on the command line (``--auth``).  Password
+    hashes are checked with ``runInThread``."""
+    checkers: list[ICredentialsChecker] = [HashedPasswordFile(os.path.abspath(config.passwordPath), runInThread)]
+    checkers += [strcred.makeChecker(description) for description in config.authCheckers]
+    checkers += list(extraCheckers)
+    return Portal(MailRealm(config.domains, config.senderRule), [AnyOfCheckers(checkers)])

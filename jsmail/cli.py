@@ -27,10 +27,10 @@ import sys
 import time
 
 from jsmail.auth import setPassword
-from jsmail.bounce import readHeaders
-from jsmail.dkim import keyRecord, writeNewKey, zoneEntry
+from jsmail.send.bounce import readHeaders
+from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
-from jsmail.queue import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
+from jsmail.queue.store import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
 
 
 def _dataDir(arguments: argparse.Namespace) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from twisted.internet.endpoints import serverFromString
 
-from jsmail.address import normaliseDomain
+from jsmail.address import hostPort, normaliseDomain
 from jsmail.error import SMTPReplyError
 from jsmail.route import Route
 
@@ -160,20 +160,6 @@ def _checker(value: Any) -> str:
 
 
 TLS_MODES = ("none", "opportunistic", "verify", "implicit")
-
-
-def hostPort(text: str, defaultPort: int = 25) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT``, ``[IPV6]:PORT`` or a bare IPv6 address, split."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else str(defaultPort)
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, str(defaultPort)
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST or HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def _optionalHostPort(value: Any) -> str:
@@ -320,7 +306,7 @@ class Config:
     domains: tuple[str, ...] = ("localhost",)
     trustedNetworks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     postmaster: str = ""  # where undeliverable bounces go; empty: postmaster@ the first domain
-    controlDir: str = ""  # a qmail control directory read as well (see jsmail.control)
+    controlDir: str = ""  # a qmail control directory read as well (see jsmail.qmail.control)
     smtpListeners: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
     submissionListeners: tuple[str, ...] = ("tcp:2587:interface=127.0.0.1",)
     smtpsListeners: tuple[str, ...] = ("tcp:2465:interface=127.0.0.1",)
@@ -364,7 +350,7 @@ class Config:
     diskThreads: int = 8
     deliveryProcess: bool = True
     queueProgram: str = ""  # a qmail-queue-compatible program to hand mail to, instead of jsmail's queue
-    smtpChecks: tuple[str, ...] = ()  # policy plugins by name, in order (see jsmail.plugin)
+    smtpChecks: tuple[str, ...] = ()  # policy plugins by name, in order (see jsmail.policy.plugin)
     submissionChecks: tuple[str, ...] = ()
     smtpsChecks: tuple[str, ...] = ()
     authservId: str = ""  # empty: the host name
@@ -440,7 +426,7 @@ def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = No
     byField = {option.field: option for option in OPTIONS}
     controlDir = (overrides or {}).get("controlDir") or fromFile.get("controlDir")
     if controlDir:
-        from jsmail.control import readControlDirectory
+        from jsmail.qmail.control import readControlDirectory
 
         if not os.path.isdir(controlDir):
             raise ConfigError(path or "command line", "server.control_dir", f"{controlDir} is not a directory")

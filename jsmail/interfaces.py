@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from jsmail.envelope import Envelope, Recipient
-    from jsmail.verdict import Verdict
+    from jsmail.policy.verdict import Verdict
 
 
 class IIncomingMessage(Interface):
@@ -49,7 +49,7 @@ class IMessageSink(Interface):
 
 class IQueue(IMessageSink):
     """A durable store of messages and their envelopes.  It stores and lists; it does
-    not schedule (that is :mod:`jsmail.send`)."""
+    not schedule (that is :mod:`jsmail.send.scheduler`)."""
 
     def recover() -> Deferred[list[tuple[str, Envelope]]]:
         """Sweep half-written entries; fire with every queued message and its envelope."""
@@ -104,12 +104,12 @@ class IDeliveryAgent(Interface):
 class IPolicy(Interface):
     """Checks run at each SMTP phase, in order, before smtpd says yes.
 
-    Each method answers ``None`` (no objection), a :class:`jsmail.verdict.Verdict`
+    Each method answers ``None`` (no objection), a :class:`jsmail.policy.verdict.Verdict`
     (accept with header fields or Authentication-Results entries to add, or refuse), or
     a Deferred firing with either when the check is done.  Raising (or failing the
     Deferred with) :class:`jsmail.error.SMTPReplyError` refuses too; any other exception
     is a temporary failure (451 4.3.0) and is logged, never a dropped session.
-    ``session`` is :class:`jsmail.smtpd.Session`; a check may keep what later phases
+    ``session`` is :class:`jsmail.smtp.server.Session`; a check may keep what later phases
     need in ``session.notes`` (the whole connection) or ``session.transactionNotes``
     (one message).
     """
@@ -132,7 +132,7 @@ class IMessagePolicy(Interface):
     last BDAT chunk), run in order after every :class:`IPolicy` phase has passed."""
 
     def checkMessage(session: object, content: object) -> Deferred[Verdict | None] | Verdict | None:
-        """``content`` is a :class:`jsmail.content.Spool`: ``content.read()`` fires with
+        """``content`` is a :class:`jsmail.smtp.assembly.Spool`: ``content.read()`` fires with
         the message bytes as received, smtpd's Received field first."""
 
 

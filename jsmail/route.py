@@ -1,5 +1,5 @@
 """Which agent delivers to a recipient: local domains go to local delivery, the rest
-to remote delivery (:mod:`jsmail.remote`), along a :class:`Route` where one is set.
+to remote delivery (:mod:`jsmail.remote.agent`), along a :class:`Route` where one is set.
 
 An embedder may leave remote delivery out: mail for other domains then fails
 permanently with a reply that says so (:class:`NoRemoteDelivery`), rather than waiting

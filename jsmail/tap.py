@@ -9,8 +9,9 @@ from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from jsmail.config import Config, ConfigError, loadConfig
-from jsmail.service import MailGateway, checkPolicies
-from jsmail.tls import TLSError
+from jsmail.service import MailGateway
+from jsmail.policy.chain import checkPolicies
+from jsmail.smtp.tls import TLSError
 
 
 class Options(usage.Options, AuthOptionMixin):
@@ -96,7 +97,9 @@ class Options(usage.Options, AuthOptionMixin):
             sys.exit(2)
         if self["check-config"]:
             try:
-                checkPolicies(self.config)
+                from twisted.internet import reactor
+
+                checkPolicies(self.config, reactor)
             except ConfigError as e:
                 sys.stderr.write(f"jsmail: configuration error: {e}\n")
                 sys.exit(2)

@@ -4,7 +4,7 @@
 - :class:`RecordingAgent`: a delivery agent that records what it was given and answers
   with results you choose.
 - :class:`DNSServer`: a real DNS server on loopback serving test zones.
-- :class:`Dialog`: drives an :class:`~jsmail.smtpd.ESMTPServer` over a
+- :class:`Dialog`: drives an :class:`~jsmail.smtp.server.ESMTPServer` over a
   :class:`~twisted.internet.testing.StringTransport`, returning exact reply bytes;
   STARTTLS is recorded, not performed (test real handshakes over loopback).
 """
@@ -28,8 +28,8 @@ from zope.interface import implementer
 
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IModifier, IPolicy, QueuedMessage
-from jsmail.queue import MemoryQueue
-from jsmail.smtpd import ESMTPServer, ServerSettings
+from jsmail.queue.store import MemoryQueue
+from jsmail.smtp.server import ESMTPServer, ServerSettings
 
 __all__ = ["Delivery", "Dialog", "DNSServer", "MemoryQueue", "RecordingAgent"]
 

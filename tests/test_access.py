@@ -1,4 +1,4 @@
-"""Allow and deny lists (jsmail.access): every kind of entry in text and CDB files,
+"""Allow and deny lists (jsmail.policy.access): every kind of entry in text and CDB files,
 allow beating deny, re-reading changed files, and the replies a client sees."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import cdblib
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail import access
-from jsmail.plugin import PluginError, PolicyContext, PolicyPlugin, buildChain
-from jsmail.queue import MemoryQueue
-from jsmail.smtpd import ServerSettings
+from jsmail.policy import access
+from jsmail.policy.plugin import PluginError, PolicyContext, PolicyPlugin
+from jsmail.policy.chain import buildChain
+from jsmail.queue.store import MemoryQueue
+from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
 
 PLUGINS = {"access": PolicyPlugin("access", "allow and deny lists", access.build)}

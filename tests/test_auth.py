@@ -14,18 +14,10 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.auth import (
-    AnyOfCheckers,
-    CheckpasswordChecker,
-    HashedPasswordFile,
-    MailRealm,
-    MailUser,
-    TemporaryAuthFailure,
-    setPassword,
-)
-from jsmail.policy import RelayControl
-from jsmail.queue import MemoryQueue
-from jsmail.smtpd import ServerSettings
+from jsmail.auth import AnyOfCheckers, CheckpasswordChecker, HashedPasswordFile, MailRealm, MailUser, TemporaryAuthFailure, setPassword
+from jsmail.policy.relay import RelayControl
+from jsmail.queue.store import MemoryQueue
+from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
 
 AUTH_OK = b"235 2.7.0 Authentication successful\r\n"

@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from jsmail.cli import main
 from jsmail.envelope import Envelope, Recipient
-from jsmail.queue import MaildirQueue
+from jsmail.queue.store import MaildirQueue
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]

@@ -13,9 +13,9 @@ from twisted.trial.unittest import TestCase
 from jsmail.config import Config, ConfigError, loadConfig
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
-from jsmail.local import LocalDelivery, LocalSettings
-from jsmail.policy import RelayControl
-from jsmail.rcpthosts import RcptHosts
+from jsmail.local.agent import LocalDelivery, LocalSettings
+from jsmail.policy.relay import RelayControl
+from jsmail.policy.relay import RcptHosts
 from jsmail.route import Router, VirtualDomains
 from jsmail.service import serverSettings
 from jsmail.testing import Dialog, RecordingAgent
@@ -115,7 +115,7 @@ class RcptHostsTests(ControlTestCase):
     def test_enforced_at_rcpt(self) -> None:
         """A domain in rcpthosts is taken from anyone; others still need relay rights."""
         config = self.load(rcpthosts="backup.example\n")
-        from jsmail.service import rcptHostsOf
+        from jsmail.policy.relay import rcptHostsOf
 
         policy = RelayControl(frozenset({"localhost"}).__contains__, (), rcptHostsOf(config))
         dialog = Dialog(policies=(policy,))

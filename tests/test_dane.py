@@ -17,7 +17,7 @@ from twisted.names import client, dns
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.dane import DANE_EE, DANE_TA, TLSA, TLSARecord, _spki, lookupTLSA, matchesTLSA
+from jsmail.remote.dane import DANE_EE, DANE_TA, TLSA, TLSARecord, _spki, lookupTLSA, matchesTLSA
 from jsmail.testing import DNSServer
 
 NAME = b"_25._tcp.mx.example.test"
@@ -32,7 +32,7 @@ def der(pem: Any) -> bytes:
 
 
 def tlsa(usage: int, selector: int, matchingType: int, pem: Any) -> TLSARecord:
-    """A record for the certificate in ``pem``, computed apart from jsmail.dane."""
+    """A record for the certificate in ``pem``, computed apart from jsmail.remote.dane."""
     cert = certificate(pem)
     content = (cert.public_bytes(Encoding.DER) if selector == 0
                else cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))

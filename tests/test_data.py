@@ -6,7 +6,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail._data import ChunkReader, ContentScanner, DataReader, HopCounter
+from jsmail.smtp.data import ChunkReader, ContentScanner, DataReader, HopCounter
 
 
 def dotStuff(content: bytes) -> bytes:

@@ -18,9 +18,10 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.dkim import (DKIMResult, DKIMSigner, DKIMVerifier, SigningError, SigningKey,
-                         generateKey, inThreadPool, keyRecord, oversigned, zoneEntry)
-from jsmail.remote import makeResolver
+from jsmail._threads import reactorThreads
+from jsmail.policy.dkim import (DKIMResult, DKIMSigner, DKIMVerifier, SigningError, SigningKey,
+                         generateKey, keyRecord, oversigned, zoneEntry)
+from jsmail._dns import makeResolver
 from jsmail.testing import DNSServer
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
@@ -296,7 +297,7 @@ class VerifyTests(DNSTestCase):
             def recorded(*args: Any) -> Any:
                 ran.append(threading.current_thread())
                 return f(*args)
-            return inThreadPool(reactor)(recorded, *args)
+            return reactorThreads(reactor)(recorded, *args)
 
         signing = DKIMSigner(reactor, [self.rsa]).sign(large, "example.test")
         self.assertFalse(signing.called)

@@ -11,9 +11,9 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.dmarc import (DMARCTemporaryError, Evaluation, Record, aligned, authorDomain, evaluate, fetchRecord,
+from jsmail.policy.dmarc import (DMARCTemporaryError, Evaluation, Record, aligned, authorDomain, evaluate, fetchRecord,
                           organizationalDomain, parseRecord)
-from jsmail.remote import makeResolver
+from jsmail._dns import makeResolver
 from jsmail.testing import DNSServer
 
 

@@ -1,4 +1,4 @@
-"""DNS block and allow lists (jsmail.dnsbl, RFC 5782) against a real loopback DNS
+"""DNS block and allow lists (jsmail.policy.dnsbl, RFC 5782) against a real loopback DNS
 server through the real twisted.names resolver."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from twisted.names import dns
 from twisted.names.server import DNSServerFactory
 from twisted.trial import unittest
 
-from jsmail import dnsbl
+from jsmail.policy import dnsbl
 from jsmail.address import parsePath
-from jsmail.plugin import PolicyContext
-from jsmail.queue import MemoryQueue
-from jsmail.remote import makeResolver
-from jsmail.smtpd import ServerSettings, Session
+from jsmail.policy.plugin import PolicyContext
+from jsmail.queue.store import MemoryQueue
+from jsmail._dns import makeResolver
+from jsmail.smtp.server import ServerSettings, Session
 from jsmail.testing import Dialog, DNSServer
-from jsmail.verdict import Verdict
+from jsmail.policy.verdict import Verdict
 
 QUEUED = rb"^250 2\.0\.0 Queued as [0-9A-F]{21}\r\n$"
 V6_CLIENT = "2001:db8:1:2:3:4:567:89ab"  # RFC 5782 section 2.4's example

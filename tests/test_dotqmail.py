@@ -12,14 +12,14 @@ from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from jsmail.aliases import AliasesError, parseAliases
+from jsmail.local.aliases import AliasesError, parseAliases
 from jsmail.config import Config
-from jsmail.dotqmail import (Forward, InstructionError, Maildir, Mbox, Program, extParts, fileCandidates,
+from jsmail.local.dotqmail import (Forward, InstructionError, Maildir, Mbox, Program, extParts, fileCandidates,
                              hostParts, localCandidates, parseInstructions)
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
-from jsmail.local import LocalDelivery, LocalSettings
-from jsmail.mbox import fromLine
+from jsmail.local.agent import LocalDelivery, LocalSettings
+from jsmail.local.mbox import fromLine
 from jsmail.testing import MemoryQueue
 from tests.test_integration import GatewayTestCase
 
@@ -366,7 +366,7 @@ class AliasDeliveryTests(DeliveryTestCase):
 
 WRITER = """
 import io, sys
-from jsmail.mbox import appendMbox
+from jsmail.local.mbox import appendMbox
 path, tag = sys.argv[1], sys.argv[2]
 body = b"".join(b"%s line %d\\n" % (tag.encode(), i) for i in range(2000))
 for n in range(20):
@@ -403,7 +403,7 @@ class MboxLockTests(TestCase):
     def test_held_lock_times_out_temporarily(self) -> Any:
         import fcntl
 
-        from jsmail.mbox import MboxError, appendMbox
+        from jsmail.local.mbox import MboxError, appendMbox
 
         path = os.path.abspath(self.mktemp())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)

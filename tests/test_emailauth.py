@@ -24,8 +24,8 @@ from twisted.trial.unittest import TestCase
 
 from jsmail.auth import setPassword
 from jsmail.config import Config
-from jsmail.dkim import DKIMSigner, DKIMVerifier, SigningKey, generateKey, keyRecord
-from jsmail.remote import makeResolver
+from jsmail.policy.dkim import DKIMSigner, DKIMVerifier, SigningKey, generateKey, keyRecord
+from jsmail._dns import makeResolver
 from jsmail.service import MailGateway
 from jsmail.testing import DNSServer
 

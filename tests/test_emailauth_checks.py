@@ -1,5 +1,5 @@
 """The SPF, DKIM, DMARC and ARC checks and the DKIM signing and ARC sealing modifiers
-of :mod:`jsmail.emailauth`, each driven directly with a session and a spooled message,
+of :mod:`jsmail.policy.emailauth`, each driven directly with a session and a spooled message,
 against a real DNS server on loopback; and their plugin factories.
 
 (tests/test_emailauth.py runs them end to end through the gateway.)
@@ -17,18 +17,20 @@ from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
 from jsmail.address import NULL, Address
-from jsmail.arc import ARCResult, ARCSealer, ARCVerifier
+from jsmail.policy.arc import ARCResult, ARCSealer, ARCVerifier
 from jsmail.auth import MailUser
-from jsmail.authresults import authResultsField
-from jsmail.content import Spool
-from jsmail.dkim import DKIMSigner, DKIMVerifier, SigningKey, generateKey, inThreadPool, keyRecord, zoneEntry
-from jsmail.emailauth import ARCCheck, ARCSeal, DKIMCheck, DKIMSign, DMARCCheck, SPFCheck
+from jsmail.policy.authresults import authResultsField
+from jsmail.smtp.assembly import Spool
+from jsmail._threads import reactorThreads
+from jsmail.policy.dkim import DKIMSigner, DKIMVerifier, SigningKey, generateKey, keyRecord, zoneEntry
+from jsmail.policy.emailauth import ARCCheck, ARCSeal, DKIMCheck, DKIMSign, DMARCCheck, SPFCheck
 from jsmail.error import SMTPReplyError
-from jsmail.plugin import PluginError, PolicyContext, buildChain
+from jsmail.policy.plugin import PluginError, PolicyContext
+from jsmail.policy.chain import buildChain
 from jsmail.plugins import jsmail_builtin
-from jsmail.remote import makeResolver
-from jsmail.smtpd import Session
-from jsmail.spf import SPFChecker
+from jsmail._dns import makeResolver
+from jsmail.smtp.server import Session
+from jsmail.policy.spf import SPFChecker
 from jsmail.testing import DNSServer
 
 AUTHSERV = "mx.test"
@@ -49,7 +51,7 @@ def message(author: str = "a@example.test", *extra: str) -> bytes:
 
 
 def spooled(data: bytes) -> Spool:
-    spool = Spool(inThreadPool(reactor))
+    spool = Spool(reactorThreads(reactor))
     spool.write(data)
     return spool
 
@@ -419,7 +421,7 @@ class FactoryTests(TestCase):
         self.keyPath = os.path.join(self.data, "rsa.key")
         with open(self.keyPath, "wb") as f:
             f.write(KEY_PEM)
-        self.context = PolicyContext(reactor, makeResolver("127.0.0.1:53", reactor), inThreadPool(reactor),
+        self.context = PolicyContext(reactor, makeResolver("127.0.0.1:53", reactor), reactorThreads(reactor),
                                      "mx.test", "auth.mx.test", self.data)
         self.plugins = {p.name: p for p in (jsmail_builtin.spf, jsmail_builtin.dkim, jsmail_builtin.arc,
                                             jsmail_builtin.dmarc, jsmail_builtin.dkimSign, jsmail_builtin.arcSeal)}

@@ -23,7 +23,7 @@ from twisted.trial import unittest
 
 from jsmail.config import Config
 from jsmail.envelope import Envelope, Recipient
-from jsmail.queue import MaildirQueue
+from jsmail.queue.store import MaildirQueue
 from jsmail.service import MailGateway
 from jsmail.testing import DNSServer
 

@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
-from jsmail.local import LocalDelivery, copyAsLF
+from jsmail.local.agent import LocalDelivery, copyAsLF
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from jsmail.mtasts import MAX_AGE, NoMatchingHost, Policy, PolicyFetcher, applyPolicy, parsePolicy, parseTXT
+from jsmail.remote.mtasts import MAX_AGE, NoMatchingHost, Policy, PolicyFetcher, applyPolicy, parsePolicy, parseTXT
 from jsmail.testing import DNSServer
 
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: *.mx.example.test\r\nmax_age: 86400\r\n"

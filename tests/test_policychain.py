@@ -12,11 +12,11 @@ from zope.interface import implementer
 
 from jsmail import reply
 from jsmail.interfaces import IMessagePolicy, IModifier
-from jsmail.policy import Policy
-from jsmail.queue import MemoryQueue
-from jsmail.smtpd import ServerSettings
+from jsmail.policy.base import Policy
+from jsmail.queue.store import MemoryQueue
+from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
-from jsmail.verdict import Verdict
+from jsmail.policy.verdict import Verdict
 
 QUEUED = rb"^250 2\.0\.0 Queued as [0-9A-F]{21}\r\n$"
 
@@ -285,7 +285,7 @@ class ModifierTests(ChainTestCase):
 
 class ForgeryTests(SynchronousTestCase):
     def test_forms_of_our_authserv_id(self) -> None:
-        from jsmail.authresults import claimsAuthservId
+        from jsmail.policy.authresults import claimsAuthservId
 
         for field in (b"Authentication-Results: mx.test; dkim=pass",
                       b'Authentication-Results: "mx.test"; dkim=pass',
@@ -298,7 +298,7 @@ class ForgeryTests(SynchronousTestCase):
             self.assertFalse(claimsAuthservId(field, "mx.test"), field)
 
     def test_a_header_folded_many_times_is_kept_whole(self) -> None:
-        from jsmail.content import headerFields
+        from jsmail.smtp.assembly import headerFields
 
         folded = b"X-Long: a" + b"\r\n b" * 50000
         self.assertEqual(headerFields(folded + b"\r\nSubject: s\r\n"), [folded, b"Subject: s"])

@@ -13,10 +13,10 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from jsmail.config import Config, ConfigError, loadConfig
-from jsmail.dnsbl import DNSBL
-from jsmail.emailauth import DKIMCheck, DMARCCheck, SPFCheck
-from jsmail.plugin import availablePlugins
-from jsmail.service import policyChains
+from jsmail.policy.dnsbl import DNSBL
+from jsmail.policy.emailauth import DKIMCheck, DMARCCheck, SPFCheck
+from jsmail.policy.chain import availablePlugins
+from jsmail.policy.chain import policyChains
 from tests.test_plugin import twistd, twistdEnvironment
 
 HERE = os.path.dirname(os.path.abspath(__file__))

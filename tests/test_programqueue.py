@@ -9,8 +9,8 @@ import textwrap
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.programqueue import ProgramQueue, replyFor
-from jsmail.smtpd import ServerSettings
+from jsmail.qmail.queuesink import ProgramQueue, replyFor
+from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
 
 

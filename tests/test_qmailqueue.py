@@ -8,7 +8,7 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
-from jsmail.queue import listQueue
+from jsmail.queue.store import listQueue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ class QmailQueueTests(TestCase):
         os.write(envelopeWrite, envelope)
         os.close(envelopeWrite)
         try:
-            result = subprocess.run([sys.executable, "-m", "jsmail.qmailqueue", "--data", self.data],
+            result = subprocess.run([sys.executable, "-m", "jsmail.qmail.queueprogram", "--data", self.data],
                                     input=message, stdout=envelopeRead, stderr=subprocess.PIPE, timeout=30,
                                     env={**os.environ, "PYTHONPATH": ROOT})
         finally:

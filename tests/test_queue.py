@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 
 from jsmail.envelope import Envelope, Recipient, RecipientState
 from jsmail.interfaces import IQueue
-from jsmail.queue import MaildirQueue, MemoryQueue
+from jsmail.queue.store import MaildirQueue, MemoryQueue
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]

@@ -23,17 +23,18 @@ from twisted.trial.unittest import TestCase
 from jsmail._dns import isNonexistent
 
 from jsmail.config import Config
-from jsmail.dane import DANE_EE, TLSA, TLSARecord
+from jsmail.remote.dane import DANE_EE, TLSA, TLSARecord
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
-from jsmail.mtasts import PolicyFetcher
-from jsmail.queue import MemoryQueue
-from jsmail.remote import DestinationError, MailExchangers, RemoteDelivery, makeResolver
+from jsmail.remote.mtasts import PolicyFetcher
+from jsmail.queue.store import MemoryQueue
+from jsmail._dns import makeResolver
+from jsmail.remote.agent import DestinationError, MailExchangers, RemoteDelivery
 from jsmail.route import Route
 from jsmail.service import MailGateway
-from jsmail.smtpd import ESMTPServerFactory, ServerSettings
+from jsmail.smtp.server import ESMTPServerFactory, ServerSettings
 from jsmail.testing import DNSServer
-from jsmail.tls import ServerTLS
+from jsmail.smtp.tls import ServerTLS
 from tests.test_dane import tlsa
 
 NONE: tuple[str, ...] = ()

@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 from jsmail.envelope import Envelope, Recipient, RecipientState
 from jsmail.interfaces import DeliveryStatus
 from jsmail.route import Router
-from jsmail.send import RetrySchedule, Scheduler, retryDelay
+from jsmail.send.scheduler import RetrySchedule, Scheduler, retryDelay
 from jsmail.testing import MemoryQueue, RecordingAgent
 
 DAY = 86400.0

@@ -8,7 +8,7 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
-from jsmail.queue import listQueue, openEntry
+from jsmail.queue.store import listQueue, openEntry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +18,7 @@ class SendmailTests(TestCase):
         self.data = os.path.abspath(self.mktemp())
 
     def sendmail(self, *arguments: str, stdin: bytes) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "jsmail.sendmail", "--data", self.data, *arguments],
+        return subprocess.run([sys.executable, "-m", "jsmail.qmail.sendmail", "--data", self.data, *arguments],
                               input=stdin, capture_output=True, timeout=30,
                               env={**os.environ, "PYTHONPATH": ROOT, "USER": "alice"})
 

@@ -15,7 +15,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.config import Config
-from jsmail.service import MailGateway, SendLock
+from jsmail.service import MailGateway
+from jsmail.send.service import SendLock
 
 
 class SendProcessTests(TestCase):
@@ -101,7 +102,7 @@ class SendProcessTests(TestCase):
         os.close(envelopeWrite)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         result = yield deferToThread(
-            subprocess.run, [sys.executable, "-m", "jsmail.qmailqueue", "--data", self.data],
+            subprocess.run, [sys.executable, "-m", "jsmail.qmail.queueprogram", "--data", self.data],
             input=b"Subject: via qmail-queue\n\nhi\n", stdout=envelopeRead, timeout=30,
             env={**os.environ, "PYTHONPATH": root})
         os.close(envelopeRead)

@@ -22,14 +22,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.auth import MailRealm
-from jsmail.dane import DANE_EE, TLSARecord
+from jsmail.remote.dane import DANE_EE, TLSARecord
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
-from jsmail.queue import MemoryQueue
-from jsmail.smtpclient import (CHUNK, ClientSettings, DotStuffer, ESMTPClient, OutgoingMessage, SMTPClientError,
+from jsmail.queue.store import MemoryQueue
+from jsmail.smtp.client import (CHUNK, ClientSettings, DotStuffer, ESMTPClient, OutgoingMessage, SMTPClientError,
                                clientTLS, sendmail)
-from jsmail.smtpd import ESMTPServerFactory, ServerSettings
-from jsmail.tls import ServerTLS
+from jsmail.smtp.server import ESMTPServerFactory, ServerSettings
+from jsmail.smtp.tls import ServerTLS
 from tests.test_dane import tlsa
 
 DELIVERED = DeliveryStatus.DELIVERED

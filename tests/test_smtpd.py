@@ -7,9 +7,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail import reply
 from jsmail.error import SMTPReplyError
-from jsmail.policy import Policy, RelayControl
-from jsmail.queue import MemoryQueue
-from jsmail.smtpd import ServerSettings
+from jsmail.policy.base import Policy
+from jsmail.policy.relay import RelayControl
+from jsmail.queue.store import MemoryQueue
+from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
 
 EHLO_REPLY = (
@@ -483,7 +484,7 @@ class ConnectionLimitTests(SynchronousTestCase):
         from twisted.internet.task import Clock
         from twisted.internet.testing import StringTransport
 
-        from jsmail.smtpd import ESMTPServerFactory
+        from jsmail.smtp.server import ESMTPServerFactory
 
         factory = ESMTPServerFactory(settings(maxConnections=3, maxConnectionsPerClient=2), MemoryQueue(), Clock())
 
@@ -522,7 +523,7 @@ class BadMailFromTests(DialogTestCase):
     """qmail's badmailfrom, exact addresses and @domain entries, on every listener."""
 
     def test_listed_senders_are_refused(self) -> None:
-        from jsmail.policy import BadMailFrom
+        from jsmail.policy.relay import BadMailFrom
 
         d = self.dialog((BadMailFrom(["spam@Example.COM", "@bad.example", "# not a comment in qmail"]),))
         d.send(b"EHLO client.example\r\n")

@@ -14,8 +14,8 @@ from twisted.internet.threads import deferToThread
 from twisted.names import dns
 from twisted.trial import unittest
 
-from jsmail.remote import makeResolver
-from jsmail.spf import SPFChecker, SPFResult
+from jsmail._dns import makeResolver
+from jsmail.policy.spf import SPFChecker, SPFResult
 from jsmail.testing import DNSServer
 
 SUITE = os.path.join(os.path.dirname(__file__), "data", "rfc7208-tests.yml")
@@ -235,7 +235,7 @@ class IsolationTests(unittest.TestCase):
         lookups are refused (temperror) instead of reaching some DNS server."""
         result = yield deferToThread(lambda: pyspf.query(i="192.0.2.1", s="a@example.com", h="h.test").check())
         self.assertEqual(result[0], "temperror")
-        self.assertIn("only made for jsmail.spf.SPFChecker", result[2])
+        self.assertIn("only made for jsmail.policy.spf.SPFChecker", result[2])
 
 
 def suiteRecords(rtype: str, value: Any, servedAsTXT: bool) -> list[Any]:

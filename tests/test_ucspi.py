@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jsmail.queue import listQueue, openEntry
+from jsmail.queue.store import listQueue, openEntry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ class UCSPITests(TestCase):
             options = ["-x", cdb]
         server = subprocess.Popen(
             ["tcpserver", "-q", "-R", "-H", *options, "127.0.0.1", str(port),
-             sys.executable, "-m", "jsmail.ucspi", "--data", self.data],
+             sys.executable, "-m", "jsmail.qmail.tcpserver", "--data", self.data],
             env={"PATH": os.environ["PATH"], "PYTHONPATH": ROOT, **environment},
         )
         self.addCleanup(server.wait, 10)

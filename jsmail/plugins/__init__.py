@@ -1,4 +1,4 @@
-"""Where policy plugins live (see :mod:`jsmail.plugin`).
+"""Where policy plugins live (see :mod:`jsmail.policy.plugin`).
 
 Like ``twisted.plugins``, this package gathers every ``jsmail/plugins/`` directory on
 ``sys.path``, so a third party adds a check by installing a module there.

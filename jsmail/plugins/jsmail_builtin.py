@@ -1,7 +1,10 @@
-"""The policy plugins jsmail ships (see :mod:`jsmail.plugin`)."""
+"""The policy plugins jsmail ships (see :mod:`jsmail.policy.plugin`)."""
 
-from jsmail import access, dnsbl, emailauth, hooks
-from jsmail.plugin import PolicyPlugin
+from jsmail.policy import access
+from jsmail.policy import dnsbl
+from jsmail.policy import emailauth
+from jsmail.policy import programs as hooks
+from jsmail.policy.plugin import PolicyPlugin
 
 accessLists = PolicyPlugin("access", "allow and deny lists of clients, HELO names, senders and recipients",
                            access.build)

@@ -1,0 +1,72 @@
+"""The one source of threads: blocking work (disk, bcrypt, pyspf, dkimpy) runs in a
+pool, never on the reactor thread.
+
+Parts take a :data:`RunInThread` (``runInThread(f, *args) -> Deferred``) and never
+create threads themselves.  :class:`ThreadPoolService` owns the gateway's pools, one per
+kind of work, so that slow work of one kind (a DNS-bound check waiting on a slow server)
+cannot starve another (a disk sync, a password check).  :func:`runNow` runs the work on
+the spot, for embedders and tests that want no threads; :func:`reactorThreads` uses the
+reactor's own pool, for a part used on its own outside a gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+RunInThread = Callable[..., "defer.Deferred[Any]"]
+
+
+def runNow(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+    """A :data:`RunInThread` that runs ``f`` at once, on the calling thread."""
+    return defer.maybeDeferred(f, *args, **kwargs)
+
+
+def reactorThreads(reactor: Any) -> RunInThread:
+    """A :data:`RunInThread` on the reactor's own thread pool."""
+    return lambda f, *args, **kwargs: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
+
+
+class ThreadPoolService(MultiService):
+    """A MultiService whose children share named thread pools: the pools start before
+    the children and stop after them (work in progress needs them to finish)."""
+
+    def __init__(self, reactor: Any, sizes: Mapping[str, int]) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.pools = {name: ThreadPool(minthreads=0, maxthreads=size, name=f"jsmail-{name}")
+                      for name, size in sizes.items()}
+
+    def threads(self, kind: str) -> RunInThread:
+        """Run blocking work of ``kind`` (a name given at construction) in its pool."""
+        pool = self.pools[kind]
+        return lambda f, *args, **kwargs: deferToThreadPool(self.reactor, pool, f, *args, **kwargs)
+
+    def startService(self) -> None:
+        self.startPools()
+        super().startService()
+
+    def startPools(self) -> None:
+        for pool in self.pools.values():
+            if not pool.started:
+                pool.start()
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        if not self.running:
+            return defer.succeed(None)
+        d = defer.maybeDeferred(super().stopService)
+
+        def stopped(result: object) -> object:
+            self.childrenStopped()
+            for pool in self.pools.values():
+                pool.stop()
+            return result
+
+        return d.addBoth(stopped)
+
+    def childrenStopped(self) -> None:
+        """Called once every child has stopped, before the pools stop."""

@@ -1,0 +1,90 @@
+"""Listening on one endpoint, bound early enough for ``twistd --uid`` to drop root after.
+
+Why not :class:`twisted.application.internet.StreamServerEndpointService`: it reports a
+port that cannot be bound only to the log, and says nothing to whoever waits for the
+port.  Here a TCP or UNIX endpoint that cannot listen makes ``privilegedStartService``
+raise :class:`ListeningError` (so twistd stops with the reason rather than run deaf),
+and :meth:`ListenerService.whenListening` gives the bound port (tests listen on port 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+_log = Logger()
+
+
+class ListeningError(Exception):
+    """A listener could not listen: the message names the endpoint and the reason."""
+
+
+class ListenerService(Service):
+    """Listens on one endpoint; :meth:`whenListening` gives the bound port.
+
+    TCP and UNIX endpoints listen at once: if the port is taken, starting raises
+    :class:`ListeningError` (so twistd stops with the reason rather than run deaf).
+    An endpoint that fails later reports to :meth:`whenListening` and to the log.
+    """
+
+    def __init__(self, reactor: Any, description: str, factory: Factory, kind: str = "smtp") -> None:
+        self.kind = kind
+        self.description = description
+        self.endpoint = serverFromString(reactor, description)
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._result: IListeningPort | Failure | None = None
+        self._waiting: list[defer.Deferred[IListeningPort]] = []
+        self._asked = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._asked = True
+        self.endpoint.listen(self.factory).addBoth(self._listened)
+        if isinstance(self._result, Failure):
+            raise ListeningError(f"cannot listen for {self.kind} on {self.description}: "
+                                 f"{self._result.getErrorMessage()}")
+
+    def _listened(self, result: IListeningPort | Failure) -> None:
+        self._result = result
+        if isinstance(result, Failure):
+            if self._waiting or self.running:
+                _log.failure("Cannot listen on {description}", result, description=self.description)
+        else:
+            self.port = result
+            host = result.getHost()
+            where = f"{host.host}:{host.port}" if hasattr(host, "port") else getattr(host, "name", host)
+            _log.info("Listening for {kind} on {where} ({description})", kind=self.kind, where=where,
+                      description=self.description)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(result) if isinstance(result, Failure) else d.callback(result)
+
+    def startService(self) -> None:
+        if not self._asked:
+            self.privilegedStartService()
+        super().startService()
+
+    def whenListening(self) -> defer.Deferred[IListeningPort]:
+        """Fires with the port once listening, or fails if listening failed."""
+        if isinstance(self._result, Failure):
+            return defer.fail(self._result)
+        if self._result is not None:
+            return defer.succeed(self._result)
+        d: defer.Deferred[IListeningPort] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+        return None

@@ -1,0 +1,158 @@
+"""An aliases file in ``/etc/aliases`` syntax (aliases(5) of sendmail and Postfix).
+
+::
+
+    # comment
+    postmaster: root
+    staff:      alice@example.org, bob,
+                "|/usr/local/bin/archive --list staff"
+    log:        /var/mail/log, /srv/mail/log/Maildir/
+    team:       :include:/etc/mail/team.list
+
+A line ``name: target, target, ...`` defines an alias; a line starting with a space or
+tab continues the one before; ``#`` lines and empty lines are ignored.  Names are
+matched without regard to case.  Targets are separated by commas (a target in double
+quotes may hold commas and spaces): ``|command`` runs a program, ``/path`` appends to
+an mbox and ``/path/`` delivers into a Maildir, ``:include:/file`` reads more targets
+from a file (one or more a line, the same syntax), anything else is an address to
+forward to (one without ``@`` gets the local host's name added, as qmail's
+envnoathost does).  Targets become the same instructions a ``.qmail`` line gives
+(:mod:`jsmail.local.dotqmail`), so they are delivered the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from jsmail.local.dotqmail import Forward, Instruction, InstructionError, Maildir, Mbox, Program
+
+
+class AliasesError(ValueError):
+    """The file cannot be used: the message names the file, the line and the fault."""
+
+
+def splitTargets(text: str) -> list[str]:
+    """Comma-separated targets; double quotes keep commas and spaces together."""
+    targets, current, quoted = [], "", False
+    for c in text:
+        if c == '"':
+            quoted = not quoted
+        elif c == "," and not quoted:
+            targets.append(current.strip())
+            current = ""
+            continue
+        current += c
+    if quoted:
+        raise ValueError("a double quote is not closed")
+    targets.append(current.strip())
+    return [t for t in targets if t]
+
+
+def targetInstruction(target: str, noAtHost: str) -> Instruction:
+    """One target as a delivery instruction."""
+    if target.startswith('"') and target.endswith('"') and len(target) >= 2:
+        target = target[1:-1]
+    if target.startswith("|"):
+        return Program(target[1:].strip())
+    if target.startswith("/"):
+        return Maildir(target) if target.endswith("/") else Mbox(target)
+    if any(c in target for c in " \t<>()\"\\;"):
+        raise ValueError(f"{target!r} is not a bare address")
+    return Forward(target if "@" in target else f"{target}@{noAtHost}")
+
+
+def parseAliases(text: str, source: str, noAtHost: str,
+                 readInclude: Callable[[str], str] | None = None) -> dict[str, tuple[Instruction, ...]]:
+    """Alias name (lower case) -> its instructions.  ``readInclude`` reads an
+    ``:include:`` file (None: ``:include:`` is refused)."""
+    entries: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line[0] in " \t":
+            if not entries:
+                raise AliasesError(f"{source}:{number}: a continuation line with no alias before it")
+            first, previous = entries[-1]
+            entries[-1] = (first, previous + " " + line.strip())
+        else:
+            entries.append((number, line))
+    aliases: dict[str, tuple[Instruction, ...]] = {}
+    for number, entry in entries:
+        name, colon, rest = entry.partition(":")
+        name = name.strip().lower()
+        if not colon or not name or any(c in name for c in " \t"):
+            raise AliasesError(f"{source}:{number}: expected 'name: target, ...', got {entry!r}")
+        try:
+            aliases[name] = tuple(_expand(splitTargets(rest), noAtHost, readInclude, depth=0))
+        except (ValueError, OSError) as e:
+            raise AliasesError(f"{source}:{number}: alias {name!r}: {e}") from None
+        if not aliases[name]:
+            raise AliasesError(f"{source}:{number}: alias {name!r} has no targets")
+    return aliases
+
+
+def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str] | None,
+            depth: int) -> list[Instruction]:
+    out: list[Instruction] = []
+    for target in targets:
+        if target.startswith(":include:"):
+            path = target[len(":include:"):].strip()
+            if readInclude is None:
+                raise ValueError(f":include: is not allowed here ({path})")
+            if depth >= 10:
+                raise ValueError(f":include: nested too deeply at {path}")
+            lines = [line for line in readInclude(path).splitlines() if line.strip() and not line.startswith("#")]
+            out += _expand(splitTargets(",".join(lines)), noAtHost, readInclude, depth + 1)
+        else:
+            out.append(targetInstruction(target, noAtHost))
+    return out
+
+
+def _readText(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+class AliasesFile:
+    """The aliases at ``path``, read again whenever the file changes (blocking: call
+    :meth:`lookup` from a thread)."""
+
+    def __init__(self, path: str, noAtHost: str, allowInclude: bool = True) -> None:
+        self.path = path
+        self.noAtHost = noAtHost
+        self.allowInclude = allowInclude
+        self._stamp: tuple[float, int, int] | None = None
+        self._aliases: dict[str, tuple[Instruction, ...]] = {}
+
+    def load(self) -> dict[str, tuple[Instruction, ...]]:
+        """The current aliases; raises :class:`AliasesError` for a bad file."""
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            raise AliasesError(f"{self.path}: cannot read the aliases file: {e.strerror}") from None
+        stamp = (st.st_mtime, st.st_size, st.st_ino)
+        if stamp != self._stamp:
+            try:
+                text = _readText(self.path)
+            except OSError as e:
+                raise AliasesError(f"{self.path}: cannot read the aliases file: {e.strerror}") from None
+            self._aliases = parseAliases(text, self.path, self.noAtHost, _readText if self.allowInclude else None)
+            self._stamp = stamp
+        return self._aliases
+
+    def lookup(self, local: str, domain: str, separators: str) -> tuple[Instruction, ...] | None:
+        """The instructions for ``local@domain``: the alias named by the whole address,
+        else the local part, else the local part before its first separator (so
+        ``staff+x`` reaches ``staff``); None if there is no such alias.  A bad file is
+        a temporary failure (:class:`InstructionError`), so no mail is lost while an
+        operator fixes it."""
+        try:
+            aliases = self.load()
+        except AliasesError as e:
+            raise InstructionError(f"{e} (#4.3.0)") from None
+        base = next((local[:i] for i, c in enumerate(local) if c in separators and i), local)
+        for key in (f"{local}@{domain}".lower(), local.lower(), base.lower()):
+            if key in aliases:
+                return aliases[key]
+        return None

@@ -1,0 +1,193 @@
+"""Allow and deny lists for client addresses, HELO names, senders and recipients.
+
+Each list is a text file (one entry per line, ``#`` comments) or a CDB file (a name
+ending in ``.cdb``: its keys are the entries, as qmail's ``morercpthosts.cdb`` and
+tcprules databases are built).  A file is read again when it changes (checked at
+most once a second) and on SIGHUP.  An allow list wins over the deny list of the same
+kind.  Entries:
+
+- client addresses: an address or a network (``192.0.2.0/24``, ``2001:db8::/32``); in
+  a CDB, the address or a tcprules-style prefix (``192.0.2.``);
+- HELO names: a name, or ``.example.org`` for every name under it;
+- senders and recipients (qmail's badmailfrom syntax and more): ``user@domain``,
+  ``@domain`` for any address at the domain, ``.example.org`` for any address at a
+  domain under it, ``user@`` for that local part at any domain.  The null sender
+  ``<>`` is matched by the entry ``<>``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import cdblib
+
+from jsmail import reply
+from jsmail.address import Address
+from jsmail.policy.plugin import Options, PolicyContext
+from jsmail.policy.base import Policy
+from jsmail.policy.verdict import Verdict
+
+CLIENT_DENIED = reply.Reply(554, "5.7.1", "Access denied for {}")
+HELO_DENIED = reply.Reply(550, "5.7.1", "HELO name {} refused")
+SENDER_DENIED = reply.Reply(553, "5.7.1", "Sender address <{}> refused")
+RECIPIENT_DENIED = reply.Reply(550, "5.7.1", "Recipient address <{}> refused")
+
+_RECHECK = 1.0  # seconds between looks at a list file's modification time
+
+
+class AccessList:
+    """One list file, matched by ``keys``: the candidate entries for a value, most
+    specific first (see :func:`addressKeys`, :func:`clientKeys`, :func:`heloKeys`)."""
+
+    def __init__(self, path: str, keys: Callable[[str], Iterator[str]], clock: Callable[[], float] = time.monotonic):
+        self.path, self.keys, self._clock = path, keys, clock
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = float("-inf")
+        self._entries: set[str] = set()
+        self._networks: list[Any] = []
+        self._cdb: cdblib.Reader | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the file now (a missing file is an empty list, so one can be added later)."""
+        self._checked = self._clock()
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp, self._entries, self._networks, self._cdb = None, set(), [], None
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if self.path.endswith(".cdb"):
+            self._cdb, self._entries, self._networks = cdblib.Reader(data), set(), []
+        else:
+            lines = (line.split(b"#", 1)[0].strip().decode("utf-8", "replace").lower() for line in data.splitlines())
+            self._entries = {line for line in lines if line}
+            self._networks = [n for n in map(_network, self._entries) if n is not None]  # any IPv6 spelling
+            self._cdb = None
+        self._stamp = stamp
+
+    def __contains__(self, value: str) -> bool:
+        if self._clock() - self._checked >= _RECHECK:
+            self.reload()
+        for key in self.keys(value.lower()):
+            if self._cdb is not None:
+                if self._cdb.get(key.encode("utf-8")) is not None:
+                    return True
+            elif key in self._entries:
+                return True
+        return self._cdb is None and bool(self._networks) and _inNetworks(value, self._networks)
+
+
+def _network(entry: str) -> Any:
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return None
+
+
+def _clientIP(value: str) -> Any:
+    """The address, an IPv4-mapped IPv6 one (a dual-stack listener's view of an IPv4
+    client) as IPv4; None for a value that is no address."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None else ip
+
+
+def _inNetworks(value: str, networks: list[Any]) -> bool:
+    ip = _clientIP(value)
+    return ip is not None and any(ip in n for n in networks)
+
+
+def addressKeys(address: str) -> Iterator[str]:
+    if not address:
+        yield "<>"
+        return
+    yield address
+    local, _, domain = address.rpartition("@")
+    yield "@" + domain
+    labels = domain.split(".")
+    for i in range(1, len(labels)):  # domains above it, as for HELO names
+        yield "." + ".".join(labels[i:])
+    yield local + "@"
+
+
+def heloKeys(name: str) -> Iterator[str]:
+    yield name
+    labels = name.split(".")
+    for i in range(1, len(labels)):
+        yield "." + ".".join(labels[i:])
+
+
+def clientKeys(clientAddress: str) -> Iterator[str]:
+    """The address, then tcprules-style prefixes ``a.b.c.``, ``a.b.``, ``a.``."""
+    ip = _clientIP(clientAddress)
+    clientAddress = str(ip) if ip is not None else clientAddress
+    yield clientAddress
+    if "." in clientAddress and ":" not in clientAddress:
+        parts = clientAddress.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            yield ".".join(parts[:i]) + "."
+
+
+class AccessLists(Policy):
+    """Refuses clients, HELO names, senders and recipients on deny lists unless they
+    are on the matching allow list; each list is optional."""
+
+    def __init__(self, lists: Mapping[str, AccessList]) -> None:
+        self.lists = dict(lists)
+
+    def _denied(self, kind: str, value: str) -> bool:
+        deny, allow = self.lists.get("deny_" + kind), self.lists.get("allow_" + kind)
+        return deny is not None and value in deny and not (allow is not None and value in allow)
+
+    def reload(self) -> None:
+        for access in self.lists.values():
+            access.reload()
+
+    def checkConnect(self, session: Any) -> Verdict | None:
+        if self._denied("clients", session.clientAddress):
+            return Verdict.reject(CLIENT_DENIED.format(session.clientAddress), "client on the deny list")
+        return None
+
+    def checkHelo(self, session: Any, name: str) -> Verdict | None:
+        if self._denied("helo", name.lower()):
+            return Verdict.reject(HELO_DENIED.format(name), "HELO name on the deny list")
+        return None
+
+    def checkSender(self, session: Any, address: Address, params: dict) -> Verdict | None:
+        if self._denied("senders", str(address)):
+            return Verdict.reject(SENDER_DENIED.format(address), "sender on the deny list")
+        return None
+
+    def checkRecipient(self, session: Any, address: Address, params: dict) -> Verdict | None:
+        if self._denied("recipients", str(address)):
+            return Verdict.reject(RECIPIENT_DENIED.format(address), "recipient on the deny list")
+        return None
+
+
+_KEYS = {"clients": clientKeys, "helo": heloKeys, "senders": addressKeys, "recipients": addressKeys}
+
+
+def build(options: Mapping[str, Any], context: PolicyContext) -> AccessLists:
+    o = Options(options)
+    lists = {}
+    for kind, keys in _KEYS.items():
+        for which in ("allow", "deny"):
+            path = o.get(f"{which}_{kind}", "")
+            if path:
+                path = os.path.join(context.dataDir, path)
+                try:
+                    lists[f"{which}_{kind}"] = AccessList(path, keys)
+                except OSError as e:  # unreadable, or not a CDB: say so at start, not in a traceback
+                    raise ValueError(f"{which}_{kind}: cannot read {path}: {e.strerror or e}") from None
+    o.done()
+    return AccessLists(lists)

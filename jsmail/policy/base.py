@@ -1,0 +1,37 @@
+"""The base classes of checks: :class:`Policy` for the SMTP phases up to RCPT
+(:class:`jsmail.interfaces.IPolicy`), :class:`MessagePolicy` for the whole message at
+its end (:class:`jsmail.interfaces.IMessagePolicy`).  Each objects to nothing; a check
+overrides what it cares about, and claims only the interface it implements."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from jsmail.address import Address
+from jsmail.interfaces import IMessagePolicy, IPolicy
+
+
+@implementer(IPolicy)
+class Policy:
+    """A check that objects to nothing; override the phases you care about."""
+
+    def checkConnect(self, session: object) -> Deferred[None] | None:
+        return None
+
+    def checkHelo(self, session: object, name: str) -> Deferred[None] | None:
+        return None
+
+    def checkSender(self, session: object, address: Address, params: dict) -> Deferred[None] | None:
+        return None
+
+    def checkRecipient(self, session: object, address: Address, params: dict) -> Deferred[None] | None:
+        return None
+
+
+@implementer(IMessagePolicy)
+class MessagePolicy:
+    """A check of the whole message that objects to nothing; override :meth:`checkMessage`."""
+
+    def checkMessage(self, session: object, content: object) -> Deferred[None] | None:
+        return None

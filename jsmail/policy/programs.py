@@ -1,0 +1,166 @@
+"""Program hooks, for administrators who script their checks the qmail way.
+
+- A recipient check program runs at each RCPT with ``helo\\0sender\\0recipient\\0\\0``
+  on its descriptor 3 (the shape of checkpassword's input).
+- A content filter program runs at the end of the message with the message on its
+  standard input; what it prints on standard output, if anything, is header fields to
+  add above the message.
+
+Both answer by exit code: 0 accept, 100 reject (550 5.7.1), 111 or anything else try
+again later (451 4.3.0).  After 100 or 111, a first line on standard error becomes the
+reply's text; after anything else (a shell's "not found", a crash) it goes to the log only.
+Each runs with ``/bin/sh -c`` and the variables ``TCPREMOTEIP``, ``SMTPHELO``,
+``SMTPSENDER``, ``SMTPRECIPIENTS`` (one per line) and ``SMTPAUTHUSER``, and is killed
+after ``timeout`` seconds, which counts as a temporary failure.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from zope.interface import implementer
+
+from jsmail import reply
+from jsmail.address import Address
+from jsmail.interfaces import IMessagePolicy
+from jsmail.policy.plugin import Options, PolicyContext
+from jsmail.policy.base import MessagePolicy, Policy
+from jsmail.policy.verdict import Verdict
+
+_log = Logger()
+
+HOOK_REJECTED = reply.Reply(550, "5.7.1", "Refused by local policy")
+HOOK_TEMPORARY = reply.Reply(451, "4.3.0", "Temporary local problem, try again later")
+_OUTPUT_LIMIT = 64 * 1024
+
+
+class _Run(protocol.ProcessProtocol):
+    def __init__(self, inputs: Mapping[int, bytes]) -> None:
+        self.inputs = inputs
+        self.output = {1: b"", 2: b""}
+        self.ended: defer.Deferred[int | None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        for fd, data in self.inputs.items():
+            self.transport.writeToChild(fd, data)
+            self.transport.closeChildFD(fd)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if len(self.output.get(childFD, b"")) < _OUTPUT_LIMIT:
+            self.output[childFD] = self.output.get(childFD, b"") + data
+
+    def processEnded(self, reason: Any) -> None:
+        code = reason.value.exitCode if isinstance(reason.value, (error.ProcessDone, error.ProcessTerminated)) else None
+        self.ended.callback(code)
+
+
+class Program:
+    """Runs one command with inputs on given descriptors, bounded by ``timeout``."""
+
+    def __init__(self, reactor: Any, command: str, timeout: float) -> None:
+        self.reactor, self.command, self.timeout = reactor, command, timeout
+
+    def run(self, session: Any, inputs: Mapping[int, bytes]) -> defer.Deferred[tuple[int | None, bytes, bytes]]:
+        run = _Run(inputs)
+        env = dict(os.environ)
+        env.update(TCPREMOTEIP=session.clientAddress, SMTPHELO=session.helo or "",
+                   SMTPSENDER=str(session.sender or ""),
+                   SMTPRECIPIENTS="\n".join(r.address for r in session.recipients),
+                   SMTPAUTHUSER=getattr(session.user, "name", "") if session.user is not None else "")
+        childFDs: dict[int, Any] = {fd: "w" for fd in inputs}
+        childFDs.update({1: "r", 2: "r"})
+        process = self.reactor.spawnProcess(run, "/bin/sh", ["/bin/sh", "-c", self.command], env=env,
+                                            childFDs=childFDs)
+        timer = self.reactor.callLater(self.timeout, _stop, process)
+
+        def ended(code: int | None) -> tuple[int | None, bytes, bytes]:
+            if not timer.active():
+                code = None  # stopped at its time-out, whatever its exit status
+            else:
+                timer.cancel()
+            return code, run.output[1], run.output[2]
+
+        return run.ended.addCallback(ended)
+
+
+def _stop(process: Any) -> None:
+    """Kill the program and close our ends of its pipes: a child it started (``sleep``
+    in ``sleep 60; exit 0``, or one left running in the background) outlives the KILL
+    and keeps the pipes open, and the process only counts as ended once they close."""
+    try:
+        process.signalProcess("KILL")
+    except error.ProcessExitedAlready:
+        pass
+    for pipe in list(process.pipes.values()):
+        pipe.connectionLost(Failure(error.ConnectionDone("the program's time-out")))
+
+
+def verdictFor(command: str, code: int | None, stderr: bytes, accepted: Verdict | None = None) -> Verdict | None:
+    if code == 0:
+        return accepted
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    # Printable ASCII and short enough for a reply line (RFC 5321 section 4.5.3.1.5).
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in lines[0])[:400] if lines else ""
+    if code == 100:
+        refusal = HOOK_REJECTED.withText(text) if text else HOOK_REJECTED
+        return Verdict.reject(refusal, f"{command} exited 100")
+    reason = f"{command} was killed after its time-out" if code is None else f"{command} exited {code}"
+    refusal = HOOK_TEMPORARY.withText(text) if text and code == 111 else HOOK_TEMPORARY
+    return Verdict.tempfail(refusal, reason + (f": {text}" if text else ""))
+
+
+class RecipientCheck(Policy):
+    """The recipient check program (see the module docstring)."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+
+    def checkRecipient(self, session: Any, address: Address, params: dict) -> defer.Deferred[Verdict | None]:
+        fields = (session.helo or "", str(session.sender or ""), str(address))
+        data = b"".join(f.encode("utf-8") + b"\0" for f in fields) + b"\0"
+        return self.program.run(session, {3: data}).addCallback(
+            lambda result: verdictFor(self.program.command, result[0], result[2]))
+
+
+class ContentFilter(MessagePolicy):
+    """The content filter program (see the module docstring)."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+
+    @defer.inlineCallbacks
+    def checkMessage(self, session: Any, content: Any) -> Any:
+        message = yield content.read()
+        code, stdout, stderr = yield self.program.run(session, {0: message})
+        added: list[str] = []
+        for line in stdout.decode("utf-8", "replace").splitlines():
+            if line[:1] in (" ", "\t") and added:
+                added[-1] += "\r\n" + line  # a folded field goes on
+            elif ":" in line:
+                added.append(line)
+        return verdictFor(self.program.command, code, stderr, Verdict.accept(added) if added else None)
+
+
+def _program(options: Mapping[str, Any], context: PolicyContext) -> tuple[Options, Program]:
+    o = Options(options)
+    command = o.get("command", "")
+    if not command:
+        raise ValueError("command: give the program to run")
+    return o, Program(context.reactor, command, o.get("timeout", 30.0))
+
+
+def buildRecipientCheck(options: Mapping[str, Any], context: PolicyContext) -> RecipientCheck:
+    o, program = _program(options, context)
+    o.done()
+    return RecipientCheck(program)
+
+
+def buildContentFilter(options: Mapping[str, Any], context: PolicyContext) -> ContentFilter:
+    o, program = _program(options, context)
+    o.done()
+    return ContentFilter(program)

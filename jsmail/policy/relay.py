@@ -1,0 +1,121 @@
+"""No open relay: the checks every listener runs before its plugins.
+
+:class:`RelayControl` is the one check every listener has: no open relay (RFC 2505,
+RFC 5321 section 3.9).  :class:`RcptHosts` is qmail-smtpd's rcpthosts test and
+:class:`BadMailFrom` its badmailfrom.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from jsmail import reply
+from jsmail.address import Address
+from jsmail.error import SMTPReplyError
+from jsmail.address import BadMailbox, mailboxName
+from jsmail.policy.base import Policy
+
+if TYPE_CHECKING:
+    from jsmail.config import Config
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def isTrusted(clientAddress: str, networks: Iterable[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(clientAddress)
+    except ValueError:
+        return False  # a UNIX socket peer, or unknown
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
+
+
+class RelayControl(Policy):
+    """Local domains take mail from anyone; other domains only from trusted networks
+    and from authenticated users allowed to relay.
+
+    A recipient in a local domain must also be a possible mailbox name, so a path trick
+    in a local part is refused at RCPT rather than failing later.  ``rcptHosts`` (qmail's
+    rcpthosts, :class:`RcptHosts`) names more domains taken from anyone,
+    such as those this server is a backup MX for.
+    """
+
+    def __init__(self, isLocalDomain: Callable[[str], bool], trustedNetworks: Iterable[Network] = (),
+                 rcptHosts: Callable[[str], bool] | None = None) -> None:
+        self.isLocalDomain = isLocalDomain
+        self.trustedNetworks = tuple(trustedNetworks)
+        self.rcptHosts = rcptHosts
+
+    def checkRecipient(self, session: object, address: Address, params: dict) -> None:
+        if self.isLocalDomain(address.domain):
+            try:
+                mailboxName(address.local)
+            except BadMailbox as e:
+                raise SMTPReplyError(reply.BAD_MAILBOX.withText(f"No such mailbox: {address.local}"), str(e)) from None
+            return None
+        if self.rcptHosts is not None and self.rcptHosts(address.domain):
+            return None
+        user = getattr(session, "user", None)
+        if user is not None and user.mayRelay:
+            return None
+        clientAddress = getattr(session, "clientAddress", "")
+        if not isTrusted(clientAddress, self.trustedNetworks):
+            raise SMTPReplyError(
+                reply.RELAY_DENIED.withText(f"Relaying to <{address}> denied: {address.domain} is not a local domain"),
+                f"relay attempt from untrusted {clientAddress} to {address}",
+            )
+        return None
+
+
+class BadMailFrom(Policy):
+    """qmail-smtpd's badmailfrom (qmail-interfaces reference, section 11.3): a sender
+    listed exactly, or whose domain is listed as ``@domain``, is refused at MAIL."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.entries = frozenset(e.strip().lower() for e in entries if e.strip())
+
+    def checkSender(self, session: object, address: Address, params: dict) -> None:
+        sender = str(address).lower()
+        if sender and (sender in self.entries or "@" + sender.rpartition("@")[2] in self.entries):
+            raise SMTPReplyError(reply.SENDER_REFUSED.withText(f"Sender address <{address}> refused"),
+                                 "sender in badmailfrom")
+        return None
+
+
+class RcptHosts:
+    """qmail-smtpd's rcpthosts test (qmail-interfaces reference, section 2.2): the
+    rcpthosts entries and the morercpthosts.cdb at ``cdbPath`` (empty: none).
+
+    A domain is taken when it, or a suffix of it starting at a dot, is an entry or a
+    key of the CDB (made by qmail-newmrh: lower-case keys, empty data), compared
+    without regard to case: ``.example.org`` takes every subdomain of example.org,
+    ``example.org`` only itself.  The CDB is read once, at start.
+    """
+
+    def __init__(self, entries: Iterable[str], cdbPath: str = "") -> None:
+        self.entries = frozenset(e.lower() for e in entries)
+        self.cdb = None
+        if cdbPath:
+            import cdblib
+
+            with open(cdbPath, "rb") as f:
+                self.cdb = cdblib.Reader(f.read())
+
+    def _listed(self, key: str) -> bool:
+        return key in self.entries or (self.cdb is not None and self.cdb.get(key.encode("utf-8")) is not None)
+
+    def __call__(self, domain: str) -> bool:
+        """Whether mail for ``domain`` is taken."""
+        domain = domain.lower()
+        if self._listed(domain):
+            return True
+        return any(self._listed(domain[i:]) for i, c in enumerate(domain) if c == ".")
+
+
+def rcptHostsOf(config: Config) -> RcptHosts | None:
+    """The extra domains taken at RCPT (qmail's rcpthosts), if any are configured."""
+    if not config.rcptHosts and not config.moreRcptHosts:
+        return None
+    return RcptHosts(config.rcptHosts, config.moreRcptHosts)

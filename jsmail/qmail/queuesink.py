@@ -1,0 +1,139 @@
+"""A queue back end that hands each accepted message to a qmail-queue-compatible
+program (``QMAILQUEUE``-style): a content filter, or a real qmail.
+
+The program gets the message on fd 0 (a file, so nothing is held in memory), the
+envelope on fd 1 (``F<sender>\\0 T<rcpt>\\0 ... \\0``) and, for the custom-error
+extension, a pipe on fd 6 (qmail-interfaces reference, sections 3.1, 3.2 and 3.4).
+Its exit code becomes the SMTP reply, with qmail-smtpd's texts: 0 queued; 11 to 40
+permanent (554); every other code temporary (451); 82 with ``D<text>`` or ``Z<text>``
+written to fd 6 replies with that text.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from twisted.internet import defer, protocol
+from zope.interface import implementer
+
+from jsmail.envelope import Envelope
+from jsmail.error import SMTPReplyError
+from jsmail.interfaces import IIncomingMessage, IMessageSink
+from jsmail.queue.store import newQueueId
+from jsmail.reply import Reply
+
+CUSTOM_ERROR = 82
+CUSTOM_ERROR_FD = 6
+
+# qmail_close's texts, reference section 3.2: code -> (permanent, enhanced code, text)
+_EXITS: dict[int, tuple[bool, str, str]] = {
+    11: (True, "5.1.3", "envelope address too long for qq"),
+    31: (True, "5.3.0", "mail server permanently rejected message"),
+    51: (False, "4.3.0", "qq out of memory"),
+    52: (False, "4.3.0", "qq timeout"),
+    53: (False, "4.3.0", "qq write error or disk full"),
+    54: (False, "4.3.0", "qq read error"),
+    55: (False, "4.3.0", "qq unable to read configuration"),
+    56: (False, "4.3.0", "qq trouble making network connection"),
+    61: (False, "4.3.0", "qq trouble in home directory"),
+    71: (False, "4.3.0", "mail server temporarily rejected message"),
+    72: (False, "4.4.1", "connection to mail server timed out"),
+    73: (False, "4.4.1", "connection to mail server rejected"),
+    74: (False, "4.4.2", "communication with mail server failed"),
+    81: (False, "4.3.0", "qq internal bug"),
+    91: (False, "4.3.0", "qq internal bug"),
+}
+for _code in range(62, 67):
+    _EXITS[_code] = (False, "4.3.0", "qq trouble creating files in queue")
+
+
+def replyFor(code: int, custom: bytes = b"") -> Reply | None:
+    """The SMTP reply for the program's exit ``code``; None when it queued the message."""
+    if code == 0:
+        return None
+    text = custom.decode("utf-8", "replace").replace("\r", " ").replace("\n", " ").strip()
+    if code == CUSTOM_ERROR and len(text) > 2 and text[0] in "DZ":
+        permanent = text[0] == "D"
+        return Reply(554 if permanent else 451, "5.3.0" if permanent else "4.3.0", text[1:].strip())
+    permanent, enhanced, message = _EXITS.get(code, (11 <= code <= 40, "", ""))
+    if not enhanced:
+        enhanced, message = ("5.3.0", "qq permanent problem") if permanent else ("4.3.0", "qq temporary problem")
+    return Reply(554 if permanent else 451, enhanced, message)
+
+
+class _Program(protocol.ProcessProtocol):
+    def __init__(self, envelope: bytes) -> None:
+        self.envelope = envelope
+        self.custom = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.writeToChild(1, self.envelope)
+        self.transport.closeChildFD(1)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == CUSTOM_ERROR_FD and len(self.custom) < 255:
+            self.custom += data[: 255 - len(self.custom)]
+
+    def processEnded(self, reason: Any) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(81 if code is None else code)  # killed by a signal: a bug
+
+
+@implementer(IIncomingMessage)
+class _ProgramMessage:
+    def __init__(self, sink: ProgramQueue, envelope: Envelope) -> None:
+        self.queueId = newQueueId()
+        self.size = 0
+        self._sink = sink
+        self._envelope = envelope
+        self._file: Any = tempfile.TemporaryFile()  # the program reads it as its fd 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        self._file.write(data)
+
+    def commit(self) -> defer.Deferred[str]:
+        f, self._file = self._file, None
+        f.flush()
+        f.seek(0)
+        envelope = self._envelope
+        record = (b"F" + envelope.sender.encode("utf-8") + b"\0"
+                  + b"".join(b"T" + r.address.encode("utf-8") + b"\0" for r in envelope.recipients) + b"\0")
+        program = _Program(record)
+        try:
+            self._sink.reactor.spawnProcess(
+                program, self._sink.program, [self._sink.program], env=os.environ.copy(),
+                childFDs={0: f.fileno(), 1: "w", 2: 2, CUSTOM_ERROR_FD: "r"},
+            )
+        except OSError as e:
+            f.close()
+            return defer.fail(SMTPReplyError(Reply(451, "4.3.0", "unable to exec qq"), f"{self._sink.program}: {e}"))
+
+        def ended(code: int) -> str:
+            f.close()
+            refusal = replyFor(code, program.custom)
+            if refusal is not None:
+                raise SMTPReplyError(refusal, f"{self._sink.program} exited with {code}")
+            return self.queueId
+
+        return program.ended.addCallback(ended)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@implementer(IMessageSink)
+class ProgramQueue:
+    """Hands accepted mail to ``program`` instead of jsmail's own queue."""
+
+    def __init__(self, program: str, reactor: Any) -> None:
+        self.program = program
+        self.reactor = reactor
+
+    def newMessage(self, envelope: Envelope) -> IIncomingMessage:
+        return _ProgramMessage(self, envelope)

@@ -1,0 +1,129 @@
+"""``jsmail-smtpd``: jsmail's ESMTP server on stdin/stdout under tcpserver (UCSPI), to
+drop in for qmail-smtpd in an existing run script::
+
+    tcpserver -v -R -x tcp.cdb 0 25 jsmail-smtpd --config /etc/jsmail.toml
+
+It reads tcpserver's environment (qmail-interfaces reference, sections 11.1 and 13):
+``TCPREMOTEIP`` and ``TCPREMOTEPORT`` name the client, and ``TCPREMOTEHOST`` (its
+name, if tcpserver looked it up or a tcprules line set it) goes into the Received
+header as ``from <helo> (<host> [<ip>])``, sanitised as qmail-smtpd does (section
+11.5: letters, digits and ``. @ % + / = : - [ ]``; anything else becomes ``?``); ``RELAYCLIENT``, if set (even
+empty), lets the client relay and is appended to every RCPT address (qmail-smtpd's
+suffix rule); ``RBLSMTPD``, if set and not empty, refuses every recipient with its text
+(553 if it starts with "-", else 451, as rblsmtpd).  Without relaying, recipients must
+be in the configured domains.  Accepted mail goes to the program ``QMAILQUEUE`` names
+(any qmail-queue-compatible program), else straight into jsmail's queue, whose running
+gateway is woken to deliver it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any
+
+from jsmail.address import Address
+from jsmail.error import SMTPReplyError
+from jsmail.policy.relay import BadMailFrom, RelayControl
+from jsmail.policy.base import Policy
+from jsmail.reply import Reply
+from jsmail.smtp.server import ESMTPServer
+
+
+class RBLRefusal(Policy):
+    """rblsmtpd's answer: every recipient refused with the list's text."""
+
+    def __init__(self, text: str) -> None:
+        permanent = text.startswith("-")
+        clean = "".join(c if 32 <= ord(c) < 127 else "?" for c in text.lstrip("-"))[:200]
+        self.refusal = Reply(553, "5.7.1", clean) if permanent else Reply(451, "4.7.1", clean)
+
+    def checkRecipient(self, session: object, address: Address, params: dict) -> None:
+        raise SMTPReplyError(self.refusal, "RBLSMTPD is set")
+
+
+def remoteHostName(name: str) -> str:
+    """TCPREMOTEHOST made safe for a header, as qmail-smtpd does (section 11.5)."""
+    return re.sub(r"[^A-Za-z0-9.@%+/=:\[\]-]", "?", name[:255])
+
+
+class UCSPISession(ESMTPServer):
+    """A session whose client is the one tcpserver names, with RELAYCLIENT's suffix."""
+
+    relaySuffix: str | None = None
+
+    def clientOf(self, transport: Any) -> tuple[str, int]:
+        port = os.environ.get("TCPREMOTEPORT", "0")
+        return os.environ.get("TCPREMOTEIP", "unknown"), int(port) if port.isdigit() else 0
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.session.clientHost = remoteHostName(os.environ.get("TCPREMOTEHOST", ""))
+
+    def smtp_RCPT(self, argument: str) -> Any:
+        if self.relaySuffix:
+            argument = re.sub(r">", lambda _: self.relaySuffix + ">", argument, count=1)  # type: ignore[operator]
+        return super().smtp_RCPT(argument)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        from twisted.internet import reactor
+
+        if reactor.running:  # type: ignore[attr-defined]
+            reactor.stop()  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from twisted.internet import reactor, stdio
+    from twisted.internet.defer import maybeDeferred
+
+    from jsmail.config import ConfigError, loadConfig
+    from jsmail.queue.funnel import Funnel
+    from jsmail.qmail.queuesink import ProgramQueue
+    from jsmail.queue.store import MaildirQueue, wakeDelivery
+    from jsmail.policy.relay import rcptHostsOf
+    from jsmail.service import serverSettings
+
+    parser = argparse.ArgumentParser(prog="jsmail-smtpd", description="jsmail's SMTP server under tcpserver.")
+    parser.add_argument("--config", help="TOML configuration (domains, limits, data directory)")
+    parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or the configuration's]")
+    arguments = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if arguments.data or os.environ.get("JSMAIL_DATA"):
+        overrides["dataDir"] = arguments.data or os.environ["JSMAIL_DATA"]
+    try:
+        config = loadConfig(arguments.config, overrides)
+    except ConfigError as e:
+        print(f"jsmail-smtpd: configuration error: {e}", file=sys.stderr)
+        return 2
+
+    relayClient = os.environ.get("RELAYCLIENT")
+    policies: list[Policy] = []
+    if os.environ.get("RBLSMTPD"):
+        policies.append(RBLRefusal(os.environ["RBLSMTPD"]))
+    if relayClient is None:
+        policies.append(RelayControl(frozenset(config.domains).__contains__, config.trustedNetworks,
+                                     rcptHostsOf(config)))
+    if config.badMailFrom:
+        policies.append(BadMailFrom(config.badMailFrom))
+    queueDir = os.path.join(config.dataDir, "queue")
+    sink: Any
+    queue = None
+    if os.environ.get("QMAILQUEUE"):
+        sink = ProgramQueue(os.environ["QMAILQUEUE"], reactor)
+    else:
+        queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
+        sink = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
+    session = UCSPISession(serverSettings(config), sink, reactor, policies, "ucspi")
+    session.relaySuffix = relayClient
+    stdio.StandardIO(session)
+    reactor.run()  # type: ignore[attr-defined]
+    if queue is not None:
+        queue.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

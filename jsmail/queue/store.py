@@ -1,0 +1,419 @@
+"""The durable message store (qmail-queue and qmail-clean's job).
+
+A message is acknowledged (250) only after :meth:`IIncomingMessage.commit` fires, and
+that happens only once its file is renamed into ``active/`` and a sync of the file
+system that started after the rename has finished (a group commit, see
+:mod:`jsmail._disk`), so the file's bytes and its name in ``active/`` are both on disk.  The on-disk layout (documented for operators in ``docs/queue.rst``)::
+
+    queue/tmp/NAME       a spare file made ahead of time, a message being received, or
+                         an envelope update being written
+    queue/active/ID      a queued message: one line of JSON envelope, LF, then the
+                         message exactly as received (CR LF line ends, dot-unstuffed)
+    queue/active/ID.env  the current envelope once delivery has changed it (per-recipient
+                         state, attempts, next attempt); overrides the first line of ID
+    queue/hold/ID[.env]  a message an operator held (``jsmail queue hold``)
+    queue/corrupt/       entries recovery could not read, set aside for a person
+
+States and transitions (each one an atomic rename or unlink, made durable by a sync):
+
+=====================  =========================  ====================================
+state                  on disk                    recovery at start
+=====================  =========================  ====================================
+receiving              tmp/NAME                   deleted: never acknowledged
+queued                 active/ID                  delivered from its first line
+in delivery            active/ID + active/ID.env  delivered from ID.env
+done                   (nothing)                  --
+half-removed           active/ID.env only         ID.env deleted
+=====================  =========================  ====================================
+
+receiving -> queued: close tmp/NAME, rename it to active/ID, sync (then 250).
+queued -> in delivery: write tmp/ID.env, rename it to active/ID.env, sync.
+-> done: unlink active/ID, then active/ID.env (not synced: a crash that undoes a
+removal only delivers the message again).
+
+Delivery is at-least-once: a crash between a delivery and the envelope update that
+records it delivers that recipient again.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass, replace
+from typing import BinaryIO
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from jsmail._disk import GroupSync, syncFileSystem, unlinkQuietly, writeAndRename
+from jsmail._threads import RunInThread
+from jsmail.envelope import Envelope, EnvelopeFormatError
+from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
+
+_log = Logger()
+_counter = itertools.count()
+
+
+def newQueueId() -> str:
+    """A queue id unique on this host: microseconds, process id and a counter, in hex.
+    Ids sort by arrival, which makes ``ls active/`` read like a log."""
+    return f"{time.time_ns() // 1000:013X}{os.getpid() & 0xFFFFF:05X}{next(_counter) & 0xFFF:03X}"
+
+
+@implementer(IIncomingMessage)
+class _IncomingFile:
+    """A message streaming into ``tmp/``; committed into ``active/``."""
+
+    def __init__(self, queue: MaildirQueue, queueId: str, envelope: Envelope) -> None:
+        self._queue = queue
+        self.queueId = queueId
+        self.size = 0
+        self._tmpPath, self._file = queue.spares.take()
+        self._file.write(envelope.toBytes() + b"\n")
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None, "write after commit or abort"
+        self.size += len(data)
+        self._file.write(data)
+
+    _file: BinaryIO | None
+
+    def commit(self) -> defer.Deferred[str]:
+        f, self._file = self._file, None
+        assert f is not None, "commit after commit or abort"
+        queue = self._queue
+        finalPath = os.path.join(queue.activeDir, self.queueId)
+        try:
+            f.close()  # writes what is still buffered: page cache, not disk
+            os.rename(self._tmpPath, finalPath)
+        except OSError:
+            unlinkQuietly(self._tmpPath)
+            return defer.fail()
+
+        def failed(failure: object) -> object:
+            unlinkQuietly(finalPath)  # not known to be durable: the client will retry
+            return failure
+
+        return queue.syncer.sync(queue.activeDir).addCallbacks(lambda _: self.queueId, failed)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            unlinkQuietly(self._tmpPath)
+
+
+class _SpareFiles:
+    """Empty files made in ``tmp/`` ahead of need, by a thread.
+
+    Creating a file can block for a while when the file system is busy syncing (a
+    journal commit holds the directory); taking a ready file keeps that off the reactor
+    thread.  When none is ready (a burst), one is made on the spot.
+    """
+
+    def __init__(self, directory: str, runInThread: RunInThread, target: int = 32) -> None:
+        self.directory = directory
+        self.runInThread = runInThread
+        self.target = target
+        self._ready: list[tuple[str, BinaryIO]] = []
+        self._making = False
+        self._closed = False
+
+    def take(self) -> tuple[str, BinaryIO]:
+        spare = self._ready.pop() if self._ready else self._make()
+        if self.target and len(self._ready) < self.target // 2 and not self._making:
+            self._making = True
+            self.runInThread(self._makeMany, self.target - len(self._ready)).addCallbacks(
+                self._made, lambda f: _log.failure("Cannot make spare queue files", f))
+        return spare
+
+    def _make(self) -> tuple[str, BinaryIO]:
+        path = os.path.join(self.directory, f"spare.{newQueueId()}")
+        return path, open(path, "xb", buffering=65536)
+
+    def _makeMany(self, count: int) -> list[tuple[str, BinaryIO]]:
+        return [self._make() for _ in range(count)]
+
+    def _made(self, spares: list[tuple[str, BinaryIO]]) -> None:
+        self._making = False
+        self._ready.extend(spares)
+        if self._closed:
+            self.close()
+
+    def close(self) -> None:
+        """Remove the spare files (and any still being made, once they arrive)."""
+        self._closed = True
+        for path, f in self._ready:
+            f.close()
+            unlinkQuietly(path)
+        self._ready.clear()
+
+
+@implementer(IQueue)
+class MaildirQueue:
+    """The queue on disk under ``directory`` (see the module docstring)."""
+
+    def __init__(self, directory: str, runInThread: RunInThread, sweep: bool = True, spares: int = 32) -> None:
+        """``sweep``: clear ``tmp/`` of what a crash left.  Only the process that
+        receives mail sweeps; a delivery process beside it must not.  ``spares``: how
+        many files to keep ready for new messages (0 for a program that queues one)."""
+        self.directory = directory
+        self.tmpDir = os.path.join(directory, "tmp")
+        self.activeDir = os.path.join(directory, "active")
+        self.corruptDir = os.path.join(directory, "corrupt")
+        self.runInThread = runInThread
+        self.syncer = GroupSync(runInThread)
+        for d in (self.tmpDir, self.activeDir, self.corruptDir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        if sweep:
+            self._sweepTmp()
+        self.spares = _SpareFiles(self.tmpDir, runInThread, spares)
+
+    def newMessage(self, envelope: Envelope) -> IIncomingMessage:
+        return _IncomingFile(self, newQueueId(), envelope)
+
+    def close(self) -> None:
+        """Let go of the files kept ready for new messages."""
+        self.spares.close()
+
+    def recover(self) -> defer.Deferred[list[tuple[str, Envelope]]]:
+        return self.runInThread(self._recover)
+
+    def _sweepTmp(self) -> None:
+        """Nothing in tmp/ was ever acknowledged: a crash left it; remove it.  Done when
+        the queue is made, before any listener can start a new message there."""
+        for name in os.listdir(self.tmpDir):
+            if not name.startswith("spare."):
+                _log.info("queue recovery: removing unfinished {name}", name=name)
+            unlinkQuietly(os.path.join(self.tmpDir, name))
+
+    def _recover(self) -> list[tuple[str, Envelope]]:
+        names = set(os.listdir(self.activeDir))
+        found = []
+        for name in sorted(names):
+            path = os.path.join(self.activeDir, name)
+            if name.endswith(".env"):
+                if name[:-4] not in names:
+                    unlinkQuietly(path)  # half-removed
+                continue
+            try:
+                found.append((name, self._readEnvelope(name)))
+            except (OSError, EnvelopeFormatError) as e:
+                _log.error("queue recovery: setting aside {name}: {error}", name=name, error=e)
+                for move in (name, name + ".env"):
+                    if move in names:
+                        os.replace(os.path.join(self.activeDir, move), os.path.join(self.corruptDir, move))
+        return found
+
+    def _readEnvelope(self, queueId: str) -> Envelope:
+        path = os.path.join(self.activeDir, queueId)
+        try:
+            with open(path + ".env", "rb") as f:
+                return Envelope.fromBytes(f.read())
+        except FileNotFoundError:
+            with open(path, "rb") as f:
+                return Envelope.fromBytes(f.readline())
+
+    def loadEnvelope(self, queueId: str) -> defer.Deferred[Envelope]:
+        def read() -> Envelope:
+            try:
+                return self._readEnvelope(queueId)
+            except FileNotFoundError:
+                raise NotQueued(queueId) from None
+
+        return self.runInThread(read)
+
+    def openMessage(self, queueId: str) -> BinaryIO:
+        f = open(os.path.join(self.activeDir, queueId), "rb")
+        f.readline()  # the envelope line
+        return f
+
+    def update(self, queueId: str, envelope: Envelope) -> defer.Deferred[None]:
+        data = envelope.toBytes()
+        d = self.runInThread(
+            writeAndRename,
+            os.path.join(self.tmpDir, queueId + ".env"),
+            os.path.join(self.activeDir, queueId + ".env"),
+            data,
+        )
+        return d.addCallback(lambda _: self.syncer.sync(self.activeDir))
+
+    def remove(self, queueId: str) -> defer.Deferred[None]:
+        def unlink() -> None:
+            base = os.path.join(self.activeDir, queueId)
+            os.unlink(base)
+            unlinkQuietly(base + ".env")
+
+        return self.runInThread(unlink)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """What an operator sees of one queued message."""
+
+    queueId: str
+    envelope: Envelope
+    size: int  # octets of the message, as queued
+    held: bool = False
+
+
+# The operator's side (``jsmail queue``): blocking functions on the directories, safe
+# beside a running gateway, whose scheduler checks a message is still in active/
+# before each attempt.  A held message waits in hold/ (same layout) until released.
+
+
+def listQueue(directory: str) -> list[QueueEntry]:
+    """The messages queued (and held) under ``directory``, oldest first, read without
+    changing anything.  Blocking."""
+    entries = []
+    for place in ("active", "hold"):
+        folder = os.path.join(directory, place)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith(".env"):
+                continue
+            try:
+                entries.append(readQueueEntry(directory, name))
+            except (FileNotFoundError, EnvelopeFormatError):
+                continue  # finished (or set aside) while we looked
+    return sorted(entries, key=lambda e: e.queueId)
+
+
+def _entryPlace(directory: str, queueId: str) -> str:
+    """Where a message is: "active" or "hold" (NotQueued if nowhere, or not an id)."""
+    if "/" in queueId or queueId.startswith(".") or queueId.endswith(".env"):
+        raise NotQueued(queueId)
+    for place in ("active", "hold"):
+        if os.path.exists(os.path.join(directory, place, queueId)):
+            return place
+    raise NotQueued(queueId)
+
+
+def readQueueEntry(directory: str, queueId: str) -> QueueEntry:
+    """One queued (or held) message's envelope (the current one) and size.  Blocking."""
+    place = _entryPlace(directory, queueId)
+    path = os.path.join(directory, place, queueId)
+    with open(path, "rb") as f:
+        envelope = Envelope.fromBytes(f.readline())
+        size = os.fstat(f.fileno()).st_size - f.tell()
+    try:
+        with open(path + ".env", "rb") as f:
+            envelope = Envelope.fromBytes(f.read())
+    except FileNotFoundError:
+        pass
+    return QueueEntry(queueId, envelope, size, held=place == "hold")
+
+
+def wakeDelivery(directory: str) -> int | None:
+    """Tell the running delivery process to retry now and take up new or released
+    mail: SIGALRM to the pid in ``send.pid`` (as qmail-send takes it).  Return that
+    pid, or None when no delivery process is running."""
+    try:
+        with open(os.path.join(directory, "send.pid")) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGALRM)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def requeueEntry(directory: str, queueId: str) -> None:
+    """Start a queued message's retry schedule afresh: attempts 0, due now (recipient
+    states are kept).  Blocking; the running gateway sees it at the next attempt."""
+    entry = readQueueEntry(directory, queueId)
+    if entry.held:
+        return
+    envelope = replace(entry.envelope, attempts=0, nextAttempt=0.0)
+    writeAndRename(os.path.join(directory, "tmp", queueId + ".env"),
+                   os.path.join(directory, "active", queueId + ".env"), envelope.toBytes())
+    syncFileSystem(directory)
+
+
+def openEntry(directory: str, queueId: str) -> BinaryIO:
+    """A queued (or held) message's bytes, past its envelope line.  Blocking."""
+    f = open(os.path.join(directory, _entryPlace(directory, queueId), queueId), "rb")
+    f.readline()
+    return f
+
+
+def moveEntry(directory: str, queueId: str, to: str) -> None:
+    """Move a message to "hold" or back to "active" (release), or "delete" it.  The
+    message file goes first and its envelope after, so a crash in between leaves what
+    recovery already handles (a lone .env is swept).  Blocking."""
+    place = _entryPlace(directory, queueId)
+    if place == to:
+        return
+    source = os.path.join(directory, place, queueId)
+    if to == "delete":
+        os.unlink(source)
+        unlinkQuietly(source + ".env")
+        return
+    os.makedirs(os.path.join(directory, to), mode=0o700, exist_ok=True)
+    target = os.path.join(directory, to, queueId)
+    os.rename(source, target)
+    if os.path.exists(source + ".env"):
+        os.rename(source + ".env", target + ".env")
+    syncFileSystem(directory)
+
+
+@implementer(IIncomingMessage)
+class _IncomingMemory:
+    def __init__(self, queue: MemoryQueue, queueId: str, envelope: Envelope) -> None:
+        self._queue = queue
+        self.queueId = queueId
+        self.envelope = envelope
+        self.size = 0
+        self._buffer: io.BytesIO | None = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        assert self._buffer is not None, "write after commit or abort"
+        self.size += len(data)
+        self._buffer.write(data)
+
+    def commit(self) -> defer.Deferred[str]:
+        assert self._buffer is not None, "commit after commit or abort"
+        self._queue.messages[self.queueId] = (self.envelope, self._buffer.getvalue())
+        self._buffer = None
+        return defer.succeed(self.queueId)
+
+    def abort(self) -> None:
+        self._buffer = None
+        self._queue.aborted += 1
+
+
+@implementer(IQueue)
+class MemoryQueue:
+    """The same interface in memory, for tests and embedders that persist elsewhere.
+
+    ``messages`` maps queue id to (envelope, bytes); ``aborted`` counts messages that
+    were started but thrown away.
+    """
+
+    def __init__(self) -> None:
+        self.messages: dict[str, tuple[Envelope, bytes]] = {}
+        self.aborted = 0
+
+    def newMessage(self, envelope: Envelope) -> IIncomingMessage:
+        return _IncomingMemory(self, newQueueId(), envelope)
+
+    def recover(self) -> defer.Deferred[list[tuple[str, Envelope]]]:
+        return defer.succeed([(k, env) for k, (env, _) in sorted(self.messages.items())])
+
+    def loadEnvelope(self, queueId: str) -> defer.Deferred[Envelope]:
+        if queueId not in self.messages:
+            return defer.fail(NotQueued(queueId))
+        return defer.succeed(self.messages[queueId][0])
+
+    def openMessage(self, queueId: str) -> BinaryIO:
+        return io.BytesIO(self.messages[queueId][1])
+
+    def update(self, queueId: str, envelope: Envelope) -> defer.Deferred[None]:
+        self.messages[queueId] = (envelope, self.messages[queueId][1])
+        return defer.succeed(None)
+
+    def remove(self, queueId: str) -> defer.Deferred[None]:
+        del self.messages[queueId]
+        return defer.succeed(None)

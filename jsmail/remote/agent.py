@@ -1,0 +1,352 @@
+"""Remote delivery (qmail-remote's job): where mail for a domain goes, and taking it there.
+
+For each recipient domain the destination is, in order: a per-domain route (like
+qmail's ``smtproutes``), the smarthost, or the domain's mail exchangers.  MX records
+come from twisted.names (RFC 5321 section 5.1): tried in preference order, equal
+preferences in random order; no MX means the domain itself (implicit MX); a null MX
+(RFC 7505) fails at once with 556 5.1.10; a domain that does not exist fails with
+550 5.1.2.  Each host's IPv6 and IPv4 addresses are tried in turn.  Only a failure to
+set up a session (no connection, a 4xx/5xx greeting, a TLS failure) moves on to the
+next address or MX; once a host has answered for the recipients, its answers stand.
+
+TLS, per destination (``tls``): ``none``; ``opportunistic`` (STARTTLS when offered; a
+failed handshake is retried once in plaintext on the same host, and logged);
+``verify`` (STARTTLS required, certificate checked against the host name with
+service_identity; a failure is temporary); ``implicit`` (TLS from the first byte, as on
+port 465).  What ``verify`` trusts: the platform's CA store (or the configured trust
+root), checked against the name we connected to: for MX delivery that is the MX host
+name as the DNS gave it, which an attacker who can forge DNS answers also controls.
+MTA-STS (RFC 8461, :mod:`jsmail.remote.mtasts`) closes that gap for domains that publish a
+policy: the policy, fetched over HTTPS from the domain's own web name and checked
+against the CA store, lists the MX names allowed, and in ``enforce`` mode only those
+are used, each with ``verify``.  DANE (RFC 7672, :mod:`jsmail.remote.dane`) closes it for MX
+hosts whose TLSA records a validating resolver on loopback vouches for: such a host is
+tried with STARTTLS required and its certificate matched against the records instead of
+the CA store, whatever MTA-STS said (DANE's DNSSEC is the stronger proof).  Not for
+routes and the smarthost (the operator's choice), nor with ``none`` or ``implicit``
+(DANE for SMTP is about STARTTLS).  TLSA records are looked up for every delivery, not
+cached.
+
+Connections are reused: a session that delivered stays open for the next message to
+the same host (up to ``idleTimeout`` seconds), and each host gets at most
+``perHost`` sessions at once.  A host address that could not be reached is backed off
+as a whole (like qmail's ``tcpto``): for ``backoff`` seconds, doubling with each
+further failure up to ``backoffMaximum``, mail for it is deferred without trying, so a
+dead MX does not cost every queued message a connection timeout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import replace
+from typing import Any, Sequence
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.names import dns, error as dnserror
+from twisted.names.client import Resolver
+from zope.interface import implementer
+
+from jsmail._dns import isNonexistent
+from jsmail._threads import RunInThread
+from jsmail.remote.dane import TLSARecord, lookupTLSA
+from jsmail.envelope import Recipient
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, QueuedMessage
+from jsmail.remote.mtasts import NoMatchingHost, PolicyFetcher, applyPolicy
+from jsmail.route import Route
+from jsmail.smtp.client import ClientSettings, ESMTPClient, OutgoingMessage, SMTPClientError
+
+_log = Logger()
+
+# address, port, TLS mode, the name the certificate was checked for, the TLSA records it matched
+_PoolKey = tuple[str, int, str, str, tuple[TLSARecord, ...]]
+
+
+class DestinationError(Exception):
+    """Mail for the domain cannot be routed: ``reply`` says why, with its codes."""
+
+    def __init__(self, reply: str, permanent: bool) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.permanent = permanent
+
+
+class MailExchangers:
+    """MX and address lookups through a twisted.names resolver."""
+
+    def __init__(self, resolver: Any) -> None:
+        self.resolver = resolver
+
+    @defer.inlineCallbacks
+    def hostsFor(self, domain: str) -> Any:
+        """The hosts to try for ``domain``, best first (RFC 5321 section 5.1)."""
+        if domain.startswith("["):
+            return [domain]
+        try:
+            answers, _, _ = yield self.resolver.lookupMailExchange(domain)
+        except (dnserror.DomainError, dnserror.AuthoritativeDomainError, dnserror.DNSQueryTimeoutError,
+                defer.TimeoutError) as e:
+            if isNonexistent(e):
+                raise DestinationError(f"550 5.1.2 Domain {domain} does not exist", permanent=True) from None
+            raise DestinationError(f"451 4.4.3 DNS lookup of MX for {domain} failed: {type(e).__name__}",
+                                   permanent=False) from None
+        exchangers = [(a.payload.preference, str(a.payload.name)) for a in answers
+                      if a.type == dns.MX and str(a.name).lower() == domain.lower()]
+        if not exchangers:
+            return [domain]  # implicit MX (RFC 5321 section 5.1)
+        if any(name in ("", ".") for _, name in exchangers):
+            raise DestinationError(f"556 5.1.10 Domain {domain} accepts no mail (null MX, RFC 7505)",
+                                   permanent=True)
+        random.shuffle(exchangers)
+        return [name for _, name in sorted(exchangers, key=lambda e: e[0])]
+
+    @defer.inlineCallbacks
+    def addressesOf(self, host: str) -> Any:
+        """IPv6 then IPv4 addresses of ``host`` (an address, or address literal, is its own)."""
+        if host.startswith("["):
+            literal = host[1:-1]
+            return [literal[5:]] if literal[:5].lower() == "ipv6:" else [literal]
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        lookups = yield defer.DeferredList(
+            [self.resolver.lookupIPV6Address(host), self.resolver.lookupAddress(host)], consumeErrors=True
+        )
+        addresses = []
+        for ok, result in lookups:
+            if ok:
+                answers = result[0]
+                addresses += [a.payload.dottedQuad() if a.type == dns.A else _ipv6(a.payload)
+                              for a in answers if a.type in (dns.A, dns.AAAA)]
+        if not addresses:
+            raise DestinationError(f"451 4.4.4 Host {host} has no address", permanent=False)
+        return addresses
+
+
+def _ipv6(record: Any) -> str:
+    import socket
+
+    return socket.inet_ntop(socket.AF_INET6, record.address)
+
+
+@implementer(IDeliveryAgent)
+class RemoteDelivery:
+    """Delivers to other domains over ESMTP (see the module docstring)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        runInThread: RunInThread,
+        resolver: Any,
+        heloName: str,
+        routes: dict[str, Route] | None = None,
+        smarthost: Route | None = None,
+        port: int = 25,
+        tls: str = "opportunistic",
+        trustRoot: Any = None,
+        perHost: int = 5,
+        idleTimeout: float = 10.0,
+        connectTimeout: float = 60.0,
+        backoff: float = 60.0,
+        backoffMaximum: float = 3600.0,
+        mtaSts: PolicyFetcher | None = None,
+        replyTimeout: float = 0.0,
+    ) -> None:
+        self.reactor = reactor
+        self.runInThread = runInThread
+        self.exchangers = MailExchangers(resolver)
+        self.heloName = heloName
+        # qmail's timeoutremote: one limit for every reply, in place of RFC 5321's per phase
+        self.timeouts = {name: replyTimeout for name in ("greetingTimeout", "mailTimeout", "rcptTimeout",
+                         "dataTimeout", "dataBlockTimeout", "finalDotTimeout", "commandTimeout")} if replyTimeout else {}
+        self.routes = {d.lower(): r for d, r in (routes or {}).items()}
+        self.smarthost = smarthost
+        self.port = port
+        self.tls = tls
+        self.trustRoot = trustRoot
+        self.perHost = perHost
+        self.idleTimeout = idleTimeout
+        self.connectTimeout = connectTimeout
+        self.backoff = backoff
+        self.backoffMaximum = backoffMaximum
+        self.mtaSts = mtaSts
+        self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
+        self._slots: dict[str, defer.DeferredSemaphore] = {}
+        self._idle: dict[_PoolKey, list[tuple[ESMTPClient, Any]]] = {}
+
+    def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
+        byDomain: dict[str, list[Recipient]] = {}
+        for recipient in recipients:
+            byDomain.setdefault(recipient.address.rpartition("@")[2].lower(), []).append(recipient)
+        d = defer.gatherResults([self._deliverDomain(domain, message, rcpts) for domain, rcpts in byDomain.items()])
+        return d.addCallback(lambda groups: [result for group in groups for result in group])
+
+    @defer.inlineCallbacks
+    def _deliverDomain(self, domain: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
+        route = self.routes.get(domain) or self.smarthost
+        try:
+            hosts = [route.host] if route else (yield self.exchangers.hostsFor(domain))
+        except DestinationError as e:
+            return _all(recipients, e.reply, e.permanent)
+        dane = not route and not domain.startswith("[")
+        if route:  # a route or smarthost is the operator's choice: MTA-STS and DANE are about MX hosts
+            plan = [(host, route.tls) for host in hosts]
+        else:
+            route = Route(host="", port=self.port, tls=self.tls)
+            policy = None
+            if self.mtaSts is not None and not domain.startswith("["):
+                policy = yield self.mtaSts.policyFor(domain)
+            try:
+                plan = applyPolicy(policy, domain, hosts, self.tls)
+            except NoMatchingHost as e:
+                return _all(recipients, e.reply, e.permanent)
+        lastError = f"451 4.4.1 No mail exchanger for {domain} could be reached"
+        for host, tls in plan:
+            tlsa: tuple[TLSARecord, ...] = ()
+            if dane and tls in ("opportunistic", "verify"):
+                records = yield lookupTLSA(self.reactor, self.exchangers.resolver, host, route.port)
+                if records:
+                    _log.info("DANE: {host} has TLSA records; its certificate must match them", host=host)
+                    tls, tlsa = "opportunistic", tuple(records)
+            try:
+                addresses = yield self.exchangers.addressesOf(host)
+            except DestinationError as e:
+                lastError = e.reply
+                continue
+            for address in addresses:
+                outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients,
+                                                  tlsa)
+                if isinstance(outcome, list):
+                    return outcome
+                lastError = outcome
+        return _all(recipients, lastError, permanent=False)
+
+    def _deliverHost(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
+                     tlsa: tuple[TLSARecord, ...]) -> Any:
+        """Results for the recipients, or a string saying why this host could not be
+        tried.  ``tlsa``: the host's validated TLSA records, if any (DANE)."""
+        slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.perHost))
+        return slots.run(self._session, route, address, message, recipients, tlsa)
+
+    @defer.inlineCallbacks
+    def _session(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
+                 tlsa: tuple[TLSARecord, ...]) -> Any:
+        client = self._takeIdle(route, address, tlsa)
+        if client is None:
+            now = self.reactor.seconds()
+            until, failures, why = self._down.get(address, (0.0, 0, ""))
+            if until > now:
+                return f"{why} (not tried again for {until - now:.0f} s)"
+            try:
+                client = yield self._open(route, address, tlsa)
+            except SMTPClientError as e:
+                why = f"{e} ({route.host} [{address}])"
+                delay = min(self.backoff * 2 ** failures, self.backoffMaximum)
+                self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
+                return why
+            self._down.pop(address, None)
+        size, eightBit = yield self.runInThread(_measure, message)
+        outgoing = OutgoingMessage(
+            sender=message.envelope.sender,
+            recipients=tuple(recipients),
+            mailParams=message.envelope.mailParams,
+            size=size,
+            open=message.open,
+            eightBit=eightBit,
+        )
+        results = yield client.send(outgoing)
+        if self.idleTimeout > 0:
+            self._keepIdle(route, address, tlsa, client)
+        else:
+            client.quit()  # reuse turned off: one session per message
+        remote = f"dns; {route.host}" if route.host else f"dns; [{address}]"
+        return [replace(r, remoteMTA=remote) for r in results]
+
+    @defer.inlineCallbacks
+    def _open(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> Any:
+        """A session ready for mail; with opportunistic TLS, a failed handshake is tried
+        once more without TLS (never with TLSA records: the client does not report
+        ``tlsFailed`` then).  Fails with SMTPClientError."""
+        client = yield self._connect(route, address, route.tls, tlsa)
+        try:
+            yield client.ready
+            return client
+        except SMTPClientError as e:
+            if route.tls != "opportunistic" or not client.tlsFailed:
+                raise
+            _log.warn("TLS with {host} [{address}] failed ({error}); trying again without TLS",
+                      host=route.host, address=address, error=str(e))
+        client = yield self._connect(route, address, "none", ())
+        yield client.ready
+        return client
+
+    def _connect(self, route: Route, address: str, tls: str,
+                 tlsa: tuple[TLSARecord, ...]) -> defer.Deferred[ESMTPClient]:
+        endpointType = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint: Any = endpointType(self.reactor, address, route.port, timeout=self.connectTimeout)
+        tlsHostname = route.host if tls in ("verify", "implicit") or tlsa else None
+        if tls == "implicit":
+            endpoint = wrapClientTLS(optionsForClientTLS(route.host, trustRoot=self.trustRoot), endpoint)
+        settings = ClientSettings(heloName=self.heloName, tls=tls, tlsHostname=tlsHostname, trustRoot=self.trustRoot,
+                                  tlsa=tlsa, username=route.username, password=route.password, **self.timeouts)
+
+        def refused(failure: Any) -> None:
+            raise SMTPClientError(f"451 4.4.1 Cannot connect: {failure.getErrorMessage()}", permanent=False)
+
+        return connectProtocol(endpoint, ESMTPClient(settings, self.reactor)).addErrback(refused)
+
+    @staticmethod
+    def _poolKey(route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> _PoolKey:
+        """Sessions are shared only where they are equally trusted: a session verified
+        for one name, or against one set of TLSA records, is not reused for another
+        name or other records (or none) at the same address."""
+        checked = route.tls in ("verify", "implicit") or tlsa
+        return address, route.port, route.tls, route.host if checked else "", tlsa
+
+    def _takeIdle(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> ESMTPClient | None:
+        pool = self._idle.get(self._poolKey(route, address, tlsa), [])
+        while pool:
+            client, timer = pool.pop()
+            timer.cancel()
+            if not client.closed:
+                return client
+        return None
+
+    def _keepIdle(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...], client: ESMTPClient) -> None:
+        pool = self._idle.setdefault(self._poolKey(route, address, tlsa), [])
+
+        def expire() -> None:
+            pool[:] = [(c, t) for c, t in pool if c is not client]
+            client.quit()
+
+        pool.append((client, self.reactor.callLater(self.idleTimeout, expire)))
+
+    def close(self) -> defer.Deferred[Any]:
+        """Say QUIT on every idle session."""
+        quits = []
+        for pool in self._idle.values():
+            for client, timer in pool:
+                timer.cancel()
+                quits.append(defer.maybeDeferred(client.quit))
+            pool.clear()
+        return defer.DeferredList(quits)
+
+
+def _measure(message: QueuedMessage) -> tuple[int, bool]:
+    """The message's size in octets, and whether it has 8-bit octets (blocking: run in
+    a thread; the client needs both before MAIL)."""
+    with message.open() as f:
+        start = f.tell()
+        eightBit = False
+        while not eightBit and (chunk := f.read(65536)):
+            eightBit = not chunk.isascii()
+        return f.seek(0, 2) - start, eightBit
+
+
+def _all(recipients: Sequence[Recipient], reply: str, permanent: bool) -> list[DeliveryResult]:
+    status = DeliveryStatus.PERMANENT if permanent else DeliveryStatus.TEMPORARY
+    return [DeliveryResult(r.address, status, reply) for r in recipients]

@@ -1,0 +1,148 @@
+"""Delivery in a process of its own, as qmail-send runs beside qmail-smtpd.
+
+The parent (:class:`SendProcess`, a service of the gateway) starts
+``python -m jsmail.send.process`` with the configuration in ``JSMAIL_CONFIG`` and:
+
+- writes one line per newly queued message to the child's stdin: its queue id.  The
+  line is only a hint: the queue on disk is the truth, and a child that starts (or
+  starts again) recovers everything queued from there;
+- reads the child's log events, one JSON object per line on its stdout, and publishes
+  them in its own log, so the operator log stays one stream;
+- starts the child again if it dies, and at shutdown closes its stdin, which makes the
+  child finish the deliveries in progress and exit.
+
+The child runs a :class:`jsmail.service.DeliveryService` until its stdin closes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.protocols.basic import LineOnlyReceiver
+
+from jsmail.config import Config, toJSON
+
+_log = Logger()
+
+RESTART_DELAY = 1.0
+STOP_TIMEOUT = 30.0
+
+
+class _ChildProtocol(protocol.ProcessProtocol):
+    def __init__(self, parent: SendProcess) -> None:
+        self.parent = parent
+        self._partial = b""
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = eventFromJSON(line.decode("utf-8"))
+            except ValueError:
+                _log.warn("delivery process said: {line!r}", line=line)
+                continue
+            globalLogPublisher(event)
+
+    def processEnded(self, reason: Any) -> None:
+        self.parent.childEnded(self, reason)
+        self.ended.callback(None)
+
+
+class SendProcess(Service):
+    """The parent's side: keeps one delivery process running and tells it what is new."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.child: _ChildProtocol | None = None
+        self._restart: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._restart = None
+        child = _ChildProtocol(self)
+        environment = {
+            **os.environ,
+            "JSMAIL_CONFIG": toJSON(self.config),
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        }
+        self.reactor.spawnProcess(
+            child, sys.executable, [sys.executable, "-m", "jsmail.send.process"], env=environment,
+            childFDs={0: "w", 1: "r", 2: 2},
+        )
+        self.child = child
+
+    def notify(self, queueId: str) -> None:
+        """Tell the delivery process a message was queued (if it is not running now,
+        it finds the message in the queue when it starts)."""
+        if self.child is not None and self.child.transport is not None:
+            self.child.transport.write(queueId.encode("ascii") + b"\n")
+
+    def childEnded(self, child: _ChildProtocol, reason: Any) -> None:
+        if child is self.child:
+            self.child = None
+        if self.running:
+            _log.error("The delivery process ended ({reason}); starting it again in {delay:g} s",
+                       reason=reason.getErrorMessage(), delay=RESTART_DELAY)
+            self._restart = self.reactor.callLater(RESTART_DELAY, self._spawn)
+
+    def stopService(self) -> defer.Deferred[None] | None:  # type: ignore[override]
+        super().stopService()
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        child = self.child
+        if child is None or child.transport is None:
+            return None
+        child.transport.closeStdin()  # the child finishes what it is doing and exits
+        timer = self.reactor.callLater(STOP_TIMEOUT, child.transport.signalProcess, "KILL")
+        return child.ended.addCallback(lambda _: timer.cancel() if timer.active() else None)
+
+
+class _Notices(LineOnlyReceiver):
+    """The child's stdin: one queue id per line; end of input means stop."""
+
+    delimiter = b"\n"
+
+    def __init__(self, delivery: Any, reactor: Any) -> None:
+        self.delivery = delivery
+        self.reactor = reactor
+
+    def lineReceived(self, line: bytes) -> None:
+        queueId = line.strip().decode("ascii", "replace")
+        if queueId:
+            self.delivery.scheduler.scheduleFromQueue(queueId).addErrback(
+                lambda f: _log.failure("Cannot schedule {queueId}", f, queueId=queueId))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def main() -> None:
+    from twisted.internet import reactor, stdio
+    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+
+    from jsmail.config import fromJSON
+    from jsmail.send.service import DeliveryService
+
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
+    delivery = DeliveryService(fromJSON(os.environ["JSMAIL_CONFIG"]), reactor, flushOnSignal=True)
+    delivery.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", delivery.stopService)
+    stdio.StandardIO(_Notices(delivery, reactor), stdout=os.open(os.devnull, os.O_WRONLY))
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

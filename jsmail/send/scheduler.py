@@ -1,0 +1,262 @@
+"""The scheduler (qmail-send's job): when to try each queued message, and what then.
+
+It keeps its plan in memory, rebuilt from the queue at start; the queue only stores.
+Each attempt hands the message's pending recipients to the agent the router picks,
+takes back one result per recipient (delivered, temporary or permanent failure) and
+records them in the envelope.  A message leaves the queue when no recipient is
+pending; failed recipients then get one bounce (never for a bounce).  Temporary
+failures are retried after :func:`retryDelay`, until the message is older than the
+give-up age.  Time comes from an injected clock, so tests can walk a message through
+its whole life in an instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from jsmail import maillog
+from jsmail._threads import RunInThread
+from jsmail.send.bounce import wantsFailureNotice, writeBounce
+from jsmail.envelope import Envelope, Recipient, RecipientState
+from jsmail.queue.funnel import Funnel
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, NotQueued, QueuedMessage
+
+_log = Logger()
+
+DOUBLE_BOUNCE = "double-bounce"  # Envelope.protocol of a bounce sent to the postmaster
+FINISHED_MEMORY = 100_000  # ids of removed messages kept, to ignore stale mentions
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """When to try again: ``first`` seconds after the first failure, growing by
+    ``factor`` each time up to ``maximum``; give up ``giveUp`` seconds after arrival.
+    The defaults follow RFC 5321 section 4.5.4.1 in spirit (retry within minutes, at
+    growing intervals, for 4-5 days)."""
+
+    first: float = 300.0
+    factor: float = 2.0
+    maximum: float = 4 * 3600.0
+    giveUp: float = 5 * 86400.0
+
+
+def retryDelay(attempts: int, schedule: RetrySchedule) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (1 for the first)."""
+    return float(min(schedule.first * schedule.factor ** max(attempts - 1, 0), schedule.maximum))
+
+
+class Scheduler(Service):
+    """Delivers queued messages, at most ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        queue: IQueue,
+        router: IRouter,
+        clock: IReactorTime,
+        runInThread: RunInThread,
+        hostname: str,
+        retry: RetrySchedule = RetrySchedule(),
+        concurrency: int = 20,
+        postmaster: str = "",
+        bounceFrom: str = "MAILER-DAEMON",
+    ) -> None:
+        self.queue = queue
+        self.router = router
+        self.clock = clock
+        self.runInThread = runInThread
+        self.hostname = hostname
+        self.retry = retry
+        self.postmaster = postmaster
+        self.bounceFrom = bounceFrom
+        self.funnel = Funnel(queue, self.schedule)
+        self._semaphore = defer.DeferredSemaphore(concurrency)
+        self._envelopes: dict[str, Envelope] = {}
+        self._timers: dict[str, IDelayedCall] = {}
+        self._attempting: set[str] = set()
+        self._inFlight: set[defer.Deferred[None]] = set()
+        # Ids removed lately: recovery (or a late notice) may still name them.
+        self._finished: dict[str, None] = {}
+
+    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        super().startService()
+        return self.rescan()
+
+    def rescan(self) -> defer.Deferred[None]:
+        """Plan every message in the queue not yet planned: at start, and when another
+        program (``jsmail-queue``) has queued mail and says so (SIGALRM)."""
+
+        def adopt(found: list[tuple[str, Envelope]]) -> None:
+            new = [(queueId, envelope) for queueId, envelope in found
+                   if queueId not in self._envelopes and queueId not in self._finished]
+            if new:
+                _log.info("Found {count} new message(s) in the queue", count=len(new))
+            # Mail may have been queued, and even delivered, while the queue was being
+            # listed: what the scheduler already knows of wins over the listing.
+            for queueId, envelope in new:
+                self._envelopes[queueId] = envelope
+            for queueId, envelope in list(self._envelopes.items()):
+                if self.running and queueId not in self._timers and queueId not in self._attempting:
+                    self._plan(queueId, envelope)
+
+        return self.queue.recover().addCallback(adopt)
+
+    def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
+        super().stopService()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        return defer.DeferredList(list(self._inFlight))
+
+    @property
+    def queued(self) -> int:
+        """How many messages the scheduler is looking after."""
+        return len(self._envelopes)
+
+    def schedule(self, queueId: str, envelope: Envelope) -> None:
+        """A message is in the queue: plan its first attempt (now, or at its
+        ``nextAttempt``).  A message already planned is left as it is, so hearing of
+        one twice (from recovery and from a notice) delivers it once."""
+        if queueId in self._envelopes or queueId in self._finished:
+            return
+        self._envelopes[queueId] = envelope
+        if self.running:
+            self._plan(queueId, envelope)
+
+    def scheduleFromQueue(self, queueId: str) -> defer.Deferred[None]:
+        """Like :meth:`schedule`, reading the envelope from the queue (a notice from
+        another process names only the id)."""
+        if queueId in self._envelopes or queueId in self._finished:
+            return defer.succeed(None)
+        return self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope))
+
+    def flush(self) -> None:
+        """Make every planned attempt due now (``jsmail queue flush``; qmail-send does
+        the same on SIGALRM)."""
+        for queueId, timer in list(self._timers.items()):
+            timer.reset(0)
+        _log.info("Flush: {count} message(s) due now", count=len(self._timers))
+
+    def _plan(self, queueId: str, envelope: Envelope) -> None:
+        self._envelopes[queueId] = envelope
+        delay = max(0.0, envelope.nextAttempt - self.clock.seconds())
+        self._timers[queueId] = self.clock.callLater(delay, self._due, queueId)
+
+    def _due(self, queueId: str) -> None:
+        del self._timers[queueId]
+        self._attempting.add(queueId)
+        d = self._semaphore.run(self._attempt, queueId)
+        d.addErrback(lambda f: _log.failure("Delivery attempt for {queueId} failed", f, queueId=queueId))
+        self._inFlight.add(d)
+
+        def ended(_: object) -> None:
+            self._inFlight.discard(d)
+            self._attempting.discard(queueId)
+
+        d.addBoth(ended)
+
+    @defer.inlineCallbacks
+    def _attempt(self, queueId: str) -> Any:
+        try:
+            # Read afresh: an operator may have held or deleted the message meanwhile.
+            envelope = yield self.queue.loadEnvelope(queueId)
+        except NotQueued:
+            self._forget(queueId)
+            return
+        message = QueuedMessage(queueId, envelope, lambda: self.queue.openMessage(queueId))
+        byAgent: dict[Any, list[Recipient]] = {}
+        for recipient in envelope.pending:
+            byAgent.setdefault(self.router.agentFor(recipient.address), []).append(recipient)
+        results: dict[str, DeliveryResult] = {}
+        outcomes = yield defer.gatherResults([
+            defer.maybeDeferred(agent.deliver, message, rcpts).addErrback(self._agentFailed, rcpts)
+            for agent, rcpts in byAgent.items()
+        ])
+        for agentResults in outcomes:
+            for result in agentResults:
+                results[result.recipient] = result
+        yield self._record(queueId, envelope, results)
+
+    def _agentFailed(self, failure: Any, recipients: list[Recipient]) -> list[DeliveryResult]:
+        """An agent must report, not fail; if it fails anyway, nothing is lost: retry."""
+        _log.failure("Delivery agent failed", failure)
+        detail = f"451 4.3.0 Delivery error: {failure.getErrorMessage()}"
+        return [DeliveryResult(r.address, DeliveryStatus.TEMPORARY, detail) for r in recipients]
+
+    @defer.inlineCallbacks
+    def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> Any:
+        now = self.clock.seconds()
+        attempts = envelope.attempts + 1
+        retryIn = retryDelay(attempts, self.retry)
+        givingUp = now + retryIn > envelope.arrival + self.retry.giveUp
+        recipients = []
+        for r in envelope.recipients:
+            result = results.get(r.address)
+            if r.isDone or result is None:
+                recipients.append(r)
+            elif result.status is DeliveryStatus.DELIVERED:
+                maillog.delivered(queueId, r.address, result.detail)
+                recipients.append(replace(r, state=RecipientState.DELIVERED, lastReply=result.detail))
+            elif result.status is DeliveryStatus.PERMANENT or givingUp:
+                detail = result.detail if result.status is DeliveryStatus.PERMANENT else (
+                    f"{result.detail} (gave up: in the queue for too long)")
+                maillog.failed(queueId, r.address, detail)
+                recipients.append(replace(r, state=RecipientState.FAILED, lastReply=detail,
+                                          remoteMTA=result.remoteMTA or None))
+            else:
+                maillog.deferred(queueId, r.address, result.detail, retryIn)
+                recipients.append(replace(r, lastReply=result.detail, remoteMTA=result.remoteMTA or None))
+        envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
+        if envelope.pending:
+            yield self.queue.update(queueId, envelope)
+            if self.running:
+                self._plan(queueId, envelope)
+            else:
+                self._envelopes[queueId] = envelope
+            return
+        failed = [r for r in envelope.recipients if r.state is RecipientState.FAILED]
+        if failed and not envelope.isBounce:
+            notify = [r for r in failed if wantsFailureNotice(r)]
+            if notify:
+                yield self._bounce(queueId, envelope, notify, envelope.sender)
+        elif failed and envelope.protocol != DOUBLE_BOUNCE and self.postmaster:
+            yield self._bounce(queueId, envelope, failed, self.postmaster)
+        yield self.queue.remove(queueId)
+        self._forget(queueId)
+
+    def _forget(self, queueId: str) -> None:
+        """The message has left the queue: drop it from the plan, and remember the id
+        for a while so a stale listing or notice cannot bring it back."""
+        del self._envelopes[queueId]
+        self._finished[queueId] = None
+        if len(self._finished) > FINISHED_MEMORY:
+            del self._finished[next(iter(self._finished))]
+        maillog.removed(queueId)
+
+    @defer.inlineCallbacks
+    def _bounce(self, queueId: str, envelope: Envelope, failed: list[Recipient], to: str) -> Any:
+        """Queue the bounce (to the sender; or, for a bounce that failed, to the
+        postmaster) before the original goes: a crash may send two, never none."""
+        now = self.clock.seconds()
+        toPostmaster = envelope.isBounce
+        bounce = Envelope(sender="", recipients=(Recipient(to),), arrival=now, clientAddress="127.0.0.1",
+                          helo=self.hostname, protocol=DOUBLE_BOUNCE if toPostmaster else "local")
+        incoming = self.funnel.newMessage(bounce)
+
+        def write() -> None:
+            with self.queue.openMessage(queueId) as original:
+                writeBounce(incoming.write, original, queueId, envelope, failed, self.hostname, now, toPostmaster,
+                            self.bounceFrom)
+
+        try:
+            yield self.runInThread(write)
+        except Exception:
+            incoming.abort()
+            raise
+        bounceId = yield incoming.commit()
+        maillog.bounced(queueId, to, bounceId)

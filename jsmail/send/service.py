@@ -1,0 +1,157 @@
+"""The delivery side as one service: the scheduler and its agents over the queue on
+disk (qmail-send with qmail-lspawn and qmail-rspawn).  It runs in the delivery process
+(:mod:`jsmail.send.process`) or, when embedded without one, beside the listeners.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from jsmail._disk import unlinkQuietly
+from jsmail._dns import makeResolver
+from jsmail._threads import ThreadPoolService
+from jsmail.config import Config
+from jsmail.local.agent import LocalDelivery, LocalSettings
+from jsmail.queue.store import MaildirQueue
+from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.mtasts import PolicyFetcher
+from jsmail.route import Router
+from jsmail.send.scheduler import RetrySchedule, Scheduler
+
+_log = Logger()
+
+
+def _globalReactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class DeliveryService(ThreadPoolService):
+    """The scheduler and local delivery over the queue on disk.
+
+    Only one may run per queue: it takes ``queue/send.lock`` before starting (a new
+    delivery process waits for an old one to finish its deliveries in progress).  With
+    ``flushOnSignal`` it also answers SIGALRM by making every retry due now (as
+    qmail-send does), and writes its pid to ``queue/send.pid`` for ``jsmail queue
+    flush`` to signal.
+    """
+
+    def __init__(self, config: Config, reactor: Any = None, flushOnSignal: bool = False) -> None:
+        super().__init__(reactor or _globalReactor(), {"disk": config.diskThreads})
+        runInThread = self.threads("disk")
+        dataDir = os.path.abspath(config.dataDir)
+        # Delivery queues only bounces: a couple of spare files is plenty.
+        self.queue = MaildirQueue(os.path.join(dataDir, "queue"), runInThread, sweep=False, spares=2)
+        self.local = LocalDelivery(
+            os.path.join(dataDir, "mail"), runInThread, config.hostname, self.queue.syncer, reactor=self.reactor,
+            settings=LocalSettings(
+                usersDir=os.path.abspath(config.usersPath), homeDotQmail=config.homeDotQmail,
+                separator=config.extensionSeparator, plusExtensions=config.plusExtensions,
+                aliases=config.aliasesFile and os.path.abspath(config.aliasesFile),
+                programTimeout=config.programTimeout, concurrency=config.localConcurrency,
+                noAtHost=config.envNoAtHost, virtualDomains=config.virtualDomains, localDomains=config.domains),
+            newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
+        resolver = makeResolver(config.dnsServer, self.reactor)
+        self.remote = RemoteDelivery(
+            self.reactor, runInThread, resolver, config.heloHost or config.hostname,
+            routes={route.domain: route for route in config.routes}, smarthost=config.smarthostRoute,
+            port=config.remotePort, tls=config.remoteTLS, perHost=config.perHost,
+            idleTimeout=config.idleTimeoutRemote, connectTimeout=config.connectTimeout,
+            backoff=config.hostBackoff, backoffMaximum=config.hostBackoffMaximum,
+            mtaSts=PolicyFetcher(self.reactor, resolver) if config.mtaSts else None,
+            replyTimeout=config.replyTimeout,
+        )
+        retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
+        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote, config.virtualDomains), self.reactor,
+                                   runInThread, config.bounceHost or config.hostname, retry,
+                                   config.deliveryConcurrency, config.postmaster or f"postmaster@{config.domains[0]}",
+                                   bounceFrom=config.bounceFrom)
+        self.scheduler.setServiceParent(self)
+        self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
+        self.flushOnSignal = flushOnSignal
+        self.pidPath = os.path.join(dataDir, "queue", "send.pid")
+
+    def startService(self) -> None:
+        # Not MultiService.startService: the children start only once the lock is held.
+        self.startPools()
+        Service.startService(self)
+        self._lock.acquire().addCallback(self._locked)
+
+    def _locked(self, _: object) -> None:
+        if not self.running:
+            return
+        if self.flushOnSignal:
+            signal.signal(signal.SIGALRM, lambda *_: self.reactor.callFromThread(self._flush))
+            with open(self.pidPath, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        for service in self:
+            service.startService()
+
+    def _flush(self) -> None:
+        """SIGALRM: retry everything now, and take up what other programs queued."""
+        self.scheduler.flush()
+        self.scheduler.rescan().addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+
+    def childrenStopped(self) -> None:
+        self.queue.close()
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        self._lock.cancel()
+        d = super().stopService()
+        d.addBoth(lambda result: self.remote.close().addCallback(lambda _: result))
+        return d.addBoth(self._released)
+
+    def _released(self, result: object) -> object:
+        if self._lock.held and self.flushOnSignal:
+            unlinkQuietly(self.pidPath)
+        self._lock.release()
+        return result
+
+
+class SendLock:
+    """An exclusive ``flock`` on a file, tried without blocking every 0.2 s, so that
+    waiting for it never ties up a thread and can be called off."""
+
+    def __init__(self, path: str, clock: Any) -> None:
+        self.path = path
+        self.clock = clock
+        self.held = False
+        self._fd: int | None = None
+        self._retry: Any = None
+        self._waited = False
+
+    def acquire(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self._try(d)
+        return d
+
+    def _try(self, d: defer.Deferred[None]) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not self._waited:
+                _log.info("Waiting for the delivery process before to finish ({path} is locked)", path=self.path)
+                self._waited = True
+            self._retry = self.clock.callLater(0.2, self._try, d)
+            return
+        self.held = True
+        d.callback(None)
+
+    def cancel(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd, self.held = None, False
