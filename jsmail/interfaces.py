@@ -101,6 +101,26 @@ class IDeliveryAgent(Interface):
         """Fire with one result per recipient, never with a failure."""
 
 
+class ISession(Interface):
+    """What a check may read about the client and its current transaction (smtpd keeps
+    it up to date; :class:`jsmail.smtp.session.Session` provides it)."""
+
+    clientAddress = Attribute("The client's IP address as text (or 'unknown').")
+    clientPort = Attribute("The client's port (0 where unknown).")
+    clientHost = Attribute("The client's host name where known (tcpserver's TCPREMOTEHOST), else ''.")
+    listener = Attribute("The listener's name: 'smtp', 'submission', 'smtps', ...")
+    helo = Attribute("The EHLO/HELO argument, or None before it.")
+    esmtp = Attribute("Whether the client said EHLO.")
+    tls = Attribute("Whether the session is encrypted.")
+    tlsInfo = Attribute("Protocol and cipher once the handshake is done, else ''.")
+    user = Attribute("The authenticated :class:`jsmail.auth.IMailUser`, or None.")
+    sender = Attribute("The MAIL FROM :class:`jsmail.address.Address`, or None outside a transaction.")
+    mailParams = Attribute("The MAIL FROM parameters (name -> value or None).")
+    recipients = Attribute("The accepted :class:`jsmail.envelope.Recipient` list.")
+    notes = Attribute("A dict where checks keep what they learnt about the connection.")
+    transactionNotes = Attribute("A dict where checks keep what they learnt about this message; emptied at RSET.")
+
+
 class IPolicy(Interface):
     """Checks run at each SMTP phase, in order, before smtpd says yes.
 
@@ -109,21 +129,21 @@ class IPolicy(Interface):
     a Deferred firing with either when the check is done.  Raising (or failing the
     Deferred with) :class:`jsmail.error.SMTPReplyError` refuses too; any other exception
     is a temporary failure (451 4.3.0) and is logged, never a dropped session.
-    ``session`` is :class:`jsmail.smtp.server.Session`; a check may keep what later phases
-    need in ``session.notes`` (the whole connection) or ``session.transactionNotes``
-    (one message).
+    ``session`` provides :class:`ISession`; a check may keep what later phases need in
+    ``session.notes`` (the whole connection) or ``session.transactionNotes`` (one
+    message).
     """
 
-    def checkConnect(session: object) -> Deferred[Verdict | None] | Verdict | None:
+    def checkConnect(session: ISession) -> Deferred[Verdict | None] | Verdict | None:
         """A client has connected."""
 
-    def checkHelo(session: object, name: str) -> Deferred[Verdict | None] | Verdict | None:
+    def checkHelo(session: ISession, name: str) -> Deferred[Verdict | None] | Verdict | None:
         """The client said EHLO or HELO ``name``."""
 
-    def checkSender(session: object, address: object, params: dict) -> Deferred[Verdict | None] | Verdict | None:
+    def checkSender(session: ISession, address: object, params: dict) -> Deferred[Verdict | None] | Verdict | None:
         """MAIL FROM with a :class:`jsmail.address.Address` and its parameters."""
 
-    def checkRecipient(session: object, address: object, params: dict) -> Deferred[Verdict | None] | Verdict | None:
+    def checkRecipient(session: ISession, address: object, params: dict) -> Deferred[Verdict | None] | Verdict | None:
         """RCPT TO with a :class:`jsmail.address.Address` and its parameters."""
 
 
@@ -131,7 +151,7 @@ class IMessagePolicy(Interface):
     """A check of the whole message once its last octet is in (end of DATA or of the
     last BDAT chunk), run in order after every :class:`IPolicy` phase has passed."""
 
-    def checkMessage(session: object, content: object) -> Deferred[Verdict | None] | Verdict | None:
+    def checkMessage(session: ISession, content: object) -> Deferred[Verdict | None] | Verdict | None:
         """``content`` is a :class:`jsmail.smtp.assembly.Spool`: ``content.read()`` fires with
         the message bytes as received, smtpd's Received field first."""
 
@@ -140,7 +160,7 @@ class IModifier(Interface):
     """Changes an accepted message before it is queued (DKIM signing, ARC sealing), by
     adding header fields above it.  Modifiers run after every check has said yes."""
 
-    def modify(session: object, message: bytes) -> Deferred[Sequence[str]] | Sequence[str]:
+    def modify(session: ISession, message: bytes) -> Deferred[Sequence[str]] | Sequence[str]:
         """``message`` is the message as it will be queued, with the header fields the
         checks added (Authentication-Results among them) on top.  Answer the header
         fields (no CR LF) to put above it."""

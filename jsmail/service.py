@@ -35,7 +35,7 @@ from jsmail.queue.funnel import Funnel
 from jsmail.queue.store import MaildirQueue
 from jsmail.send.process import SendProcess
 from jsmail.send.service import DeliveryService
-from jsmail.smtp.server import ESMTPServerFactory, ServerSettings
+from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
 from jsmail.smtp.tls import makeTLS
 
 _log = Logger()
@@ -168,14 +168,15 @@ class MailGateway(ThreadPoolService):
         )
         for kind, descriptions, settings, implicitTLS in kinds:
             chain = self.chains[kind]
-            factory: Factory = ESMTPServerFactory(settings, sink, self.reactor, [*always, *chain.policies], kind,
-                                                  self.tls, portal, implicitTLS, chain.modifiers, runInThread)
+            listener = Listener(settings, sink, self.reactor, kind, (*always, *chain.policies), chain.modifiers,
+                                self.tls, portal, implicitTLS, runInThread)
+            factory: Factory = ESMTPServerFactory(listener)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)
             for description in descriptions:
-                listener = ListenerService(self.reactor, description, factory, kind)
-                listener.setServiceParent(self)
-                self.listeners.append(listener)
+                service = ListenerService(self.reactor, description, factory, kind)
+                service.setServiceParent(self)
+                self.listeners.append(service)
 
     @defer.inlineCallbacks
     def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:

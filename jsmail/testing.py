@@ -5,8 +5,9 @@
   with results you choose.
 - :class:`DNSServer`: a real DNS server on loopback serving test zones.
 - :class:`Dialog`: drives an :class:`~jsmail.smtp.server.ESMTPServer` over a
-  :class:`~twisted.internet.testing.StringTransport`, returning exact reply bytes;
-  STARTTLS is recorded, not performed (test real handshakes over loopback).
+  :class:`RecordingTransport`, returning exact reply bytes; STARTTLS is recorded, not
+  performed (test real handshakes over loopback).
+- :func:`runNow`: a ``runInThread`` that runs the work at once, for tests without threads.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from twisted.names.server import DNSServerFactory
 from zope.interface import implementer
 
 from jsmail.envelope import Envelope, Recipient
-from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IModifier, IPolicy, QueuedMessage
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IModifier, QueuedMessage
+from jsmail._threads import runNow
 from jsmail.queue.store import MemoryQueue
-from jsmail.smtp.server import ESMTPServer, ServerSettings
+from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings
 
-__all__ = ["Delivery", "Dialog", "DNSServer", "MemoryQueue", "RecordingAgent"]
+__all__ = ["Delivery", "Dialog", "DNSServer", "MemoryQueue", "RecordingAgent", "RecordingTransport", "runNow"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class RecordingAgent:
         return defer.succeed([DeliveryResult(r.address, *self.answer(r.address)) for r in recipients])
 
 
-class _TLSRecordingTransport(StringTransport):
+class RecordingTransport(StringTransport):
     """A StringTransport that records STARTTLS instead of doing a handshake."""
 
     tlsStarted: Any = None
@@ -75,7 +77,7 @@ class Dialog:
         self,
         settings: ServerSettings | None = None,
         sink: IMessageSink | None = None,
-        policies: Sequence[IPolicy] = (),
+        policies: Sequence[object] = (),
         clientAddress: str = "192.0.2.1",
         clock: Clock | None = None,
         tls: Any = None,
@@ -85,9 +87,11 @@ class Dialog:
     ) -> None:
         self.clock = clock or Clock()
         self.sink = sink if sink is not None else MemoryQueue()
-        self.server = ESMTPServer(settings or ServerSettings(hostname="mx.test"), self.sink, self.clock, policies,
-                                  "smtp", tls, portal, implicitTLS, modifiers)
-        self.transport = _TLSRecordingTransport(peerAddress=IPv4Address("TCP", clientAddress, 40000))
+        self.listener = Listener(settings or ServerSettings(hostname="mx.test"), self.sink, self.clock,
+                                 checks=tuple(policies), modifiers=tuple(modifiers), tls=tls, portal=portal,
+                                 implicitTLS=implicitTLS)
+        self.server = ESMTPServer(self.listener)
+        self.transport = RecordingTransport(peerAddress=IPv4Address("TCP", clientAddress, 40000))
         self.server.makeConnection(self.transport)
 
     def read(self) -> bytes:

@@ -363,7 +363,7 @@ class DialogTests(ListTestCase):
         d.send(b"EHLO client.example\r\n")
         self.assertEqual(d.send(b"MAIL FROM:<x@y.example>\r\n"), b"250 2.1.0 Sender OK\r\n")
         self.writeText("badmailfrom", "x@y.example\n")
-        d.server.policies[0].reload()  # what SIGHUP does
+        d.listener.phases.policies[0].reload()  # what SIGHUP does
         d.send(b"RSET\r\n")
         self.assertEqual(d.send(b"MAIL FROM:<x@y.example>\r\n"), b"553 5.7.1 Sender address <x@y.example> refused\r\n")
 

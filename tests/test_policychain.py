@@ -155,7 +155,7 @@ class AdditionTests(ChainTestCase):
         self.assertNotIn(b"X-Mail", self.queued())
 
     def policiesOff(self, d: Dialog) -> None:
-        for p in d.server.policies:
+        for p in d.listener.phases.policies:
             p.answers.pop("mail", None)  # type: ignore[attr-defined]
 
     def test_a_refused_recipient_adds_nothing(self) -> None:
@@ -206,7 +206,7 @@ class AdditionTests(ChainTestCase):
     def test_without_results_nothing_is_held_back(self) -> None:
         d = self.start((Recording("a", []),))
         self.transaction(d)
-        self.assertIsNone(d.server._spool)
+        self.assertIsNone(d.server.transaction._spool)
         self.assertTrue(self.queued().startswith(b"Received: "))
 
 
@@ -226,7 +226,7 @@ class MessageCheckTests(ChainTestCase):
         self.assertEqual(self.transaction(d), b"550 5.7.1 Message refused\r\n")
         self.assertEqual(self.queue.messages, {})
         self.assertEqual(self.queue.aborted, 1)
-        d.server.messagePolicies[0].answers.clear()  # type: ignore[attr-defined]
+        d.listener.phases.messagePolicies[0].answers.clear()  # type: ignore[attr-defined]
         self.assertRegex(self.transaction(d), QUEUED)
 
     def test_a_failing_message_check_gives_451(self) -> None:

@@ -32,7 +32,7 @@ from jsmail._dns import makeResolver
 from jsmail.remote.agent import DestinationError, MailExchangers, RemoteDelivery
 from jsmail.route import Route
 from jsmail.service import MailGateway
-from jsmail.smtp.server import ESMTPServerFactory, ServerSettings
+from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
 from jsmail.testing import DNSServer
 from jsmail.smtp.tls import ServerTLS
 from tests.test_dane import tlsa
@@ -378,8 +378,8 @@ class DANETests(TestCase):
         self.leaf.private_key_and_cert_chain_pem.write_to_path(certPath)
         self.leaf.private_key_pem.write_to_path(keyPath)
         self.queue = MemoryQueue()
-        factory = ESMTPServerFactory(ServerSettings(hostname="mx1.dane.test"), self.queue, reactor,
-                                     tls=ServerTLS(certPath, keyPath))
+        factory = ESMTPServerFactory(Listener(ServerSettings(hostname="mx1.dane.test"), self.queue, reactor,
+                                              tls=ServerTLS(certPath, keyPath)))
         listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         self.port = listening.getHost().port

@@ -28,7 +28,8 @@ from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.queue.store import MemoryQueue
 from jsmail.smtp.client import (CHUNK, ClientSettings, DotStuffer, ESMTPClient, OutgoingMessage, SMTPClientError,
                                clientTLS, sendmail)
-from jsmail.smtp.server import ESMTPServerFactory, ServerSettings
+from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
+from jsmail.testing import RecordingTransport
 from jsmail.smtp.tls import ServerTLS
 from tests.test_dane import tlsa
 
@@ -54,15 +55,6 @@ def message(body: bytes = b"Subject: t\r\n\r\nhi\r\n", *recipients: str, sender:
     )
 
 
-class _TLSRecordingTransport(StringTransport):
-    """Records STARTTLS instead of doing a handshake."""
-
-    tlsOptions: Any = None
-
-    def startTLS(self, options: Any) -> None:
-        self.tlsOptions = options
-
-
 class Session:
     """A client over a StringTransport and a Clock, driven by the test as the server."""
 
@@ -71,7 +63,7 @@ class Session:
         settings.setdefault("tls", "none")
         self.clock = task.Clock()
         self.client = ESMTPClient(ClientSettings(**settings), self.clock)
-        self.transport = _TLSRecordingTransport(peerAddress=IPv4Address("TCP", "192.0.2.25", 25))
+        self.transport = RecordingTransport(peerAddress=IPv4Address("TCP", "192.0.2.25", 25))
         self.client.makeConnection(self.transport)
         self.readyResult: list[Any] = []
         self.client.ready.addBoth(self.readyResult.append)
@@ -584,7 +576,7 @@ class StartTLSTests(SynchronousTestCase):
         s.reply(GREETING)
         self.assertEqual(s.reply(b"250-mx.test\r\n250 STARTTLS\r\n"), b"STARTTLS\r\n")
         self.assertEqual(s.reply(b"220 go ahead\r\n250 injected\r\n"), b"")
-        self.assertIsNotNone(s.transport.tlsOptions)
+        self.assertIsNotNone(s.transport.tlsStarted)
         self.assertEqual(s.reply(b"250 more injected\r\n"), b"", "plaintext before the handshake is not read")
         s.client.handshakeCompleted()
         self.assertEqual(s.written(), EHLO)
@@ -600,7 +592,7 @@ class StartTLSTests(SynchronousTestCase):
         s.reply(b"250-mx.test\r\n250 STARTTLS\r\n")
         self.assertEqual(s.reply(b"454 4.7.0 TLS not available\r\n"), b"")
         self.assertEqual(s.readyResult, [None])
-        self.assertIsNone(s.transport.tlsOptions)
+        self.assertIsNone(s.transport.tlsStarted)
 
     def test_not_offered_with_verify(self) -> None:
         s = Session(tls="verify", tlsHostname="mx.test")
@@ -767,9 +759,9 @@ class LoopbackTests(TestCase):
         self.queue = MemoryQueue()
         portal = Portal(MailRealm(["localhost"]), [InMemoryUsernamePasswordDatabaseDontUse(u=b"p")])
         tlsOptions = ServerTLS(self.certPath, self.keyPath) if tls == "default" else tls
-        factory = self.factory = ESMTPServerFactory(
+        factory = self.factory = ESMTPServerFactory(Listener(
             ServerSettings(hostname="mx.test", authFailureDelay=0.0, **settings), self.queue, _reactor,
-            tls=tlsOptions, portal=portal, implicitTLS=implicitTLS)
+            tls=tlsOptions, portal=portal, implicitTLS=implicitTLS))
         listening: Factory = TLSMemoryBIOFactory(tlsOptions, False, factory) if implicitTLS else factory
         port = _reactor.listenTCP(0, listening, interface="127.0.0.1")
         self.addCleanup(port.stopListening)

@@ -155,6 +155,19 @@ class ParameterTests(DialogTestCase):
         self.assertEqual(d.send(b"MAIL FROM:<a@b.example> SIZE=1000001\r\n"),
                          b"552 5.3.4 Message size exceeds the fixed maximum of 1000000 octets\r\n")
 
+    def test_unicodeDigitsInSizeAndBdat(self) -> None:
+        """Security review L-3: digits other than ASCII ones ("²", "١٠") in SIZE and
+        BDAT are a syntax error, not a 451 with a traceback nor a misread number."""
+        d = self.ehlo()
+        self.assertEqual(d.send("MAIL FROM:<a@b.example> SIZE=²\r\n".encode()),
+                         b"501 5.5.4 SIZE needs a number of octets\r\n")
+        self.assertEqual(d.send("MAIL FROM:<a@b.example> SIZE=١٠\r\n".encode()),
+                         b"501 5.5.4 SIZE needs a number of octets\r\n")
+        d.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@localhost>\r\n")
+        self.assertEqual(d.send("BDAT ١٠ LAST\r\n".encode()), b"501 5.5.2 Syntax: BDAT <size> [LAST]\r\n")
+        self.assertEqual(d.send("BDAT ²\r\n".encode()), b"501 5.5.2 Syntax: BDAT <size> [LAST]\r\n")
+        self.assertQueuedReply(d.send(b"BDAT 4 LAST\r\nhi\r\n"))
+
     def test_bad_parameter_values(self) -> None:
         d = self.ehlo()
         self.assertEqual(d.send(b"MAIL FROM:<a@b.example> SIZE=big\r\n"), b"501 5.5.4 SIZE needs a number of octets\r\n")
@@ -368,6 +381,18 @@ class BDATTests(DialogTestCase):
         d.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@localhost>\r\nBDAT 2\r\nhi")
         self.assertEqual(d.send(b"DATA\r\n"), b"503 5.5.1 DATA cannot follow BDAT in one transaction\r\n")
 
+    def test_recipientAfterBdatChunkIsRefused(self) -> None:
+        """Security review L-2: a RCPT after the first BDAT chunk used to get 250 and
+        then be dropped silently; it is refused, and the message goes to the others."""
+        d = self.ehlo()
+        d.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@localhost>\r\nBDAT 4\r\nhi\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<late@localhost>\r\n"),
+                         b"503 5.5.1 RCPT cannot follow BDAT in one transaction\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<c@b.example>\r\n"), b"503 5.5.1 Sender already given\r\n")
+        self.assertQueuedReply(d.send(b"BDAT 0 LAST\r\n"))
+        [(envelope, _)] = self.queue.messages.values()
+        self.assertEqual([r.address for r in envelope.recipients], ["x@localhost"])
+
     def test_bdat_syntax(self) -> None:
         d = self.ehlo()
         self.assertEqual(d.send(b"BDAT x\r\n"), b"501 5.5.2 Syntax: BDAT <size> [LAST]\r\n")
@@ -484,9 +509,9 @@ class ConnectionLimitTests(SynchronousTestCase):
         from twisted.internet.task import Clock
         from twisted.internet.testing import StringTransport
 
-        from jsmail.smtp.server import ESMTPServerFactory
+        from jsmail.smtp.server import ESMTPServerFactory, Listener
 
-        factory = ESMTPServerFactory(settings(maxConnections=3, maxConnectionsPerClient=2), MemoryQueue(), Clock())
+        factory = ESMTPServerFactory(Listener(settings(maxConnections=3, maxConnectionsPerClient=2), MemoryQueue(), Clock()))
 
         def connect(host: str) -> tuple[object, StringTransport]:
             addr = IPv4Address("TCP", host, 1)

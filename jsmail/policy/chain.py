@@ -1,4 +1,5 @@
-"""Each listener's chain of checks: the plugins found, built in the configured order.
+"""Each listener's chain of checks: the plugins found, built in the configured order,
+and :class:`PhaseRunner`, which runs one SMTP phase's checks for smtpd.
 
 Plugins are found with ``twisted.plugin`` in the :mod:`jsmail.plugins` package (see
 :mod:`jsmail.policy.plugin` for what a plugin is); this module is the only one that
@@ -9,21 +10,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.plugin import getPlugins
 
+import jsmail.plugins
 from jsmail._threads import RunInThread
 from jsmail._dns import makeResolver
 from jsmail.config import Config, ConfigError
 from jsmail.interfaces import IMessagePolicy, IModifier, IPolicy
 from jsmail.policy.plugin import IPolicyPlugin, PluginError, PolicyContext
+from jsmail.policy.verdict import Verdict, asVerdict
 
 
 def availablePlugins() -> dict[str, IPolicyPlugin]:
-    import jsmail.plugins
-
+    """Every policy plugin installed, by name."""
     return {plugin.name: plugin for plugin in getPlugins(IPolicyPlugin, jsmail.plugins)}
 
 
@@ -87,3 +90,47 @@ def policyChains(config: Config, reactor: Any, runInThread: RunInThread) -> dict
     return chains
 
 
+class PhaseRunner:
+    """Runs the checks of one SMTP phase, in order, then the phase's own ``accept``.
+
+    Checks that answer at once decide at once; a Deferred makes the reply wait, and
+    smtpd holds later pipelined commands meanwhile, so replies stay in order.  The first
+    refusal wins (raised as :class:`~jsmail.error.SMTPReplyError`); any other exception
+    propagates for smtpd to answer 451.  What accepting verdicts add is kept in
+    ``session.added`` only once the whole phase has said yes: HELO's additions are
+    replaced at each EHLO, the other phases' accumulate until the transaction ends.
+    """
+
+    def __init__(self, checks: Iterable[object]) -> None:
+        checks = tuple(checks)
+        self.policies = tuple(c for c in checks if IPolicy.providedBy(c))
+        self.messagePolicies = tuple(c for c in checks if IMessagePolicy.providedBy(c))
+
+    def run(self, phase: str, session: Any, accept: Callable[[], Any], *args: Any) -> Any:
+        """``accept()``'s result once every check of ``phase`` has said yes, now or
+        through a Deferred."""
+        checks = self.messagePolicies if phase == "checkMessage" else self.policies
+        kept: list[Verdict] = []
+
+        def accepted() -> Any:
+            earlier = [] if phase == "checkHelo" else session.added.get(phase, [])
+            session.added[phase] = earlier + kept
+            return accept()
+
+        return self._next([getattr(c, phase) for c in checks], kept, accepted, (session, *args))
+
+    def _next(self, pending: list[Callable[..., Any]], kept: list[Verdict], accept: Callable[[], Any],
+              args: tuple[Any, ...]) -> Any:
+        while pending:
+            answer = pending.pop(0)(*args)
+            if isinstance(answer, defer.Deferred):
+                return answer.addCallback(_keep, kept).addCallback(lambda _: self._next(pending, kept, accept, args))
+            _keep(answer, kept)
+        return accept()
+
+
+def _keep(answer: object, kept: list[Verdict]) -> None:
+    verdict = asVerdict(answer)
+    verdict.raiseIfRefused()
+    if verdict.headers or verdict.results:
+        kept.append(verdict)

@@ -188,7 +188,7 @@ def _smtpOnStdio(dataDir: str, hostname: str) -> int:
 
     from jsmail.queue.funnel import Funnel
     from jsmail.queue.store import MaildirQueue
-    from jsmail.smtp.server import ESMTPServer, ServerSettings
+    from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings
 
     queueDir = os.path.join(dataDir, "queue")
     queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
@@ -201,7 +201,7 @@ def _smtpOnStdio(dataDir: str, hostname: str) -> int:
             if reactor.running:  # type: ignore[attr-defined]
                 reactor.stop()  # type: ignore[attr-defined]
 
-    stdio.StandardIO(_Session(ServerSettings(hostname=hostname), funnel, reactor, listener="sendmail -bs"))
+    stdio.StandardIO(_Session(Listener(ServerSettings(hostname=hostname), funnel, reactor, "sendmail -bs")))
     reactor.run()  # type: ignore[attr-defined]
     return EX_OK
 

@@ -29,7 +29,7 @@ from jsmail.error import SMTPReplyError
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.policy.base import Policy
 from jsmail.reply import Reply
-from jsmail.smtp.server import ESMTPServer
+from jsmail.smtp.server import ESMTPServer, Listener
 
 
 class RBLRefusal(Policy):
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
         sink = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
-    session = UCSPISession(serverSettings(config), sink, reactor, policies, "ucspi")
+    session = UCSPISession(Listener(serverSettings(config), sink, reactor, "ucspi", tuple(policies)))
     session.relaySuffix = relayClient
     stdio.StandardIO(session)
     reactor.run()  # type: ignore[attr-defined]

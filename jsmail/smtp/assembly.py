@@ -1,6 +1,9 @@
-"""A received message held back from the queue until end-of-data checks have run.
+"""What goes on top of a received message, and the spool that holds it back from the
+queue until end-of-data checks have run.
 
-When a listener has checks of the whole message (DKIM, DMARC, ARC, content filters) or
+:class:`Assembler` writes the trace header (RFC 5321 section 4.4) and the fields that
+checks added, and decides whether a message can stream straight into the queue file or
+must wait in a :class:`Spool`.  When a listener has checks of the whole message (DKIM, DMARC, ARC, content filters) or
 modifiers (DKIM signing), smtpd streams the content into a :class:`Spool` instead of
 straight into the queue file: the checks may add header fields above it (RFC 8601
 section 5 and RFC 7208 section 9.1 put Authentication-Results and Received-SPF at the
@@ -12,13 +15,17 @@ temporary file, so a session never holds more than ``memoryLimit`` octets.
 from __future__ import annotations
 
 import tempfile
-from typing import Callable, Iterator
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from jsmail._threads import RunInThread
-from jsmail.interfaces import IIncomingMessage
+from jsmail.interfaces import IIncomingMessage, IModifier
+from jsmail.policy.authresults import authResultsField, claimsAuthservId
+from jsmail.smtp.session import Session
 
 _CHUNK = 65536
 _TURN = 1024 * 1024
@@ -119,3 +126,88 @@ def transfer(spool: Spool, message: IIncomingMessage, prefix: bytes, dropField: 
 
     turn()
     return done
+
+
+def sanitise(text: str) -> str:
+    """Keep a client-supplied name from breaking the header it is put in."""
+    return "".join(c if c.isprintable() and c not in "()\\;" else "?" for c in text)
+
+
+def fieldLines(fields: Iterable[str]) -> bytes:
+    """Header fields (without line ends) as CR LF lines."""
+    return "".join(f + "\r\n" for f in fields).encode("utf-8")
+
+
+class Assembler:
+    """Puts what a listener owes on top of each message it receives: the Received
+    field, the checks' fields and Authentication-Results, and the modifiers' fields;
+    and takes forged Authentication-Results fields out (RFC 8601 section 5)."""
+
+    def __init__(self, hostname: str, authservId: str, showAuth: bool, modifiers: Sequence[IModifier],
+                 spoolAlways: bool, clock: IReactorTime, runInThread: RunInThread) -> None:
+        """``spoolAlways``: the listener has end-of-message checks, so every message
+        waits in a spool for them."""
+        self.hostname = hostname
+        self.authservId = authservId or hostname
+        self.showAuth = showAuth
+        self.modifiers = tuple(modifiers)
+        self.spoolAlways = spoolAlways
+        self.clock = clock
+        self.runInThread = runInThread
+
+    def begin(self, session: Session, message: IIncomingMessage) -> Spool | None:
+        """Start the message: the trace header and the fields checks added so far go
+        into the queue file, or into a spool when end-of-message work is due."""
+        received = self.receivedHeader(session, message.queueId)
+        additions = session.additions()
+        if self.spoolAlways or self.modifiers or any(v.results for v in additions):
+            spool = Spool(self.runInThread)
+            spool.write(received)
+            return spool
+        message.write(fieldLines(h for v in additions for h in v.headers) + received)
+        return None
+
+    def receivedHeader(self, session: Session, queueId: str) -> bytes:
+        """The trace header of RFC 5321 section 4.4, written before the content."""
+        stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), timezone.utc))
+        forClause = f"\r\n\tfor <{session.recipients[0].address}>" if len(session.recipients) == 1 else ""
+        comments = ""
+        tcpInfo = f"{session.clientHost} " if session.clientHost else ""  # RFC 5321 4.4 TCP-info
+        if session.tlsInfo:
+            comments += f"\r\n\t(using {session.tlsInfo})"
+        if session.user is not None and self.showAuth:
+            comments += f"\r\n\t(authenticated as {sanitise(session.user.name)})"
+        return (
+            f"Received: from {sanitise(session.helo or 'unknown')} ({tcpInfo}[{session.clientAddress}]){comments}\r\n"
+            f"\tby {self.hostname} (jsmail) with {session.withProtocol()} id {queueId}"
+            f"{forClause};\r\n\t{stamp}\r\n"
+        ).encode("utf-8")
+
+    def complete(self, session: Session, message: IIncomingMessage, spool: Spool) -> defer.Deferred[None]:
+        """Put the checks' fields and the modifiers' on top of the spooled message and
+        write it all into the queue file."""
+        additions = session.additions()
+        fields = [h for v in additions for h in v.headers]
+        results = [r for v in additions for r in v.results]
+        if results:
+            fields.insert(0, authResultsField(self.authservId, results))
+        prefix = fieldLines(fields)
+
+        def forged(field: bytes) -> bool:
+            return claimsAuthservId(field, self.authservId)
+
+        if self.modifiers:
+            d: defer.Deferred[bytes] = spool.read().addCallback(
+                lambda data: self._modify(session, prefix + dropFields(data, forged)))
+        else:
+            d = defer.succeed(b"")
+        return d.addCallback(lambda added: transfer(spool, message, added + prefix, forged, self.clock))
+
+    @defer.inlineCallbacks
+    def _modify(self, session: Session, message: bytes) -> Any:
+        """Run the modifiers in order; each sees the fields earlier ones added on top."""
+        added = b""
+        for modifier in self.modifiers:
+            fields = yield defer.maybeDeferred(modifier.modify, session, added + message)
+            added = fieldLines(fields) + added
+        return added

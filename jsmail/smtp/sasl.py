@@ -1,17 +1,33 @@
-"""SASL mechanisms for SMTP AUTH (RFC 4954): turn client lines into
+"""The SMTP AUTH exchange (RFC 4954) and its SASL mechanisms.
+
+The mechanisms turn client lines into
 :class:`~twisted.cred.credentials.UsernamePassword` credentials for the portal
-(:mod:`jsmail.auth`).  :class:`PlainMechanism` is RFC 4616; :class:`LoginMechanism` the
-widely used draft-murchison-sasl-login.
+(:mod:`jsmail.auth`): :class:`PlainMechanism` is RFC 4616, :class:`LoginMechanism` the
+widely used draft-murchison-sasl-login.  :class:`AuthExchange` runs one session's
+exchange: challenges, the login, and the slowdown after failed attempts.
 """
 
 from __future__ import annotations
 
 import binascii
+from typing import Any
 
 from twisted.cred import credentials
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from jsmail import reply
+from jsmail import maillog, reply
+from jsmail.auth import IMailUser, TemporaryAuthFailure
 from jsmail.error import SMTPReplyError
+from jsmail.reply import Reply
+from jsmail.smtp.session import Session
+
+_log = Logger()
 
 
 def _decode(line: str) -> bytes:
@@ -78,3 +94,73 @@ class LoginMechanism:
 
 
 MECHANISMS = {"PLAIN": PlainMechanism, "LOGIN": LoginMechanism}
+
+
+class AuthExchange:
+    """One session's AUTH: a mechanism's challenges while it runs, then the login
+    through the portal.  Failed logins are answered ever more slowly
+    (``failureDelay`` seconds, doubling) and the one after ``maxFailures`` closes the
+    session with 421."""
+
+    def __init__(self, portal: Portal, session: Session, clock: IReactorTime, allowProxy: bool,
+                 maxFailures: int, failureDelay: float) -> None:
+        self.portal = portal
+        self.session = session
+        self.clock = clock
+        self.allowProxy = allowProxy
+        self.maxFailures = maxFailures
+        self.failureDelay = failureDelay
+        self.failures = 0
+        self._mechanism: PlainMechanism | LoginMechanism | None = None
+
+    @property
+    def inProgress(self) -> bool:
+        """Whether the next client line is a SASL response, not a command."""
+        return self._mechanism is not None
+
+    def start(self, argument: str) -> Reply | defer.Deferred[Reply]:
+        """``AUTH <mechanism> [initial-response]``."""
+        name, _, initial = argument.strip().partition(" ")
+        mechanism = MECHANISMS.get(name.upper())
+        if mechanism is None:
+            return reply.AUTH_UNKNOWN_MECHANISM
+        self._mechanism = PlainMechanism(self.allowProxy) if mechanism is PlainMechanism else mechanism()
+        if not initial:
+            return reply.AUTH_CHALLENGE.withText(self._mechanism.challenge())
+        return self.respond(b"" if initial == "=" else initial.encode("utf-8"))
+
+    def respond(self, line: bytes) -> Reply | defer.Deferred[Reply]:
+        """One client line of the exchange: a challenge back, or a login attempt."""
+        mechanism = self._mechanism
+        assert mechanism is not None
+        try:
+            answer = mechanism.respond(line.decode("ascii", "replace"))
+        except SMTPReplyError:
+            self._mechanism = None
+            raise
+        if isinstance(answer, str):
+            return reply.AUTH_CHALLENGE.withText(answer)
+        self._mechanism = None
+        d = self.portal.login(answer, None, IMailUser)
+        return d.addCallbacks(self._authenticated, self._failed, errbackArgs=(answer.username,))
+
+    def _authenticated(self, result: tuple[Any, IMailUser, Any]) -> Reply:
+        _, user, _ = result
+        self.session.user = user
+        maillog.auth(self.session.client, user.name, "ok")
+        return reply.AUTH_OK
+
+    def _failed(self, failure: Failure, username: bytes) -> Reply | defer.Deferred[Reply]:
+        name = username.decode("utf-8", "replace")
+        if failure.check(TemporaryAuthFailure):
+            maillog.auth(self.session.client, name, f"temporary failure: {failure.getErrorMessage()}")
+            return reply.AUTH_TEMPORARY
+        if not failure.check(UnauthorizedLogin):
+            _log.failure("Authentication of {name} failed", failure, name=name)
+            return reply.AUTH_TEMPORARY
+        self.failures += 1
+        maillog.auth(self.session.client, name, f"bad credentials (failure {self.failures})")
+        if self.failures > self.maxFailures:
+            return reply.AUTH_TOO_MANY_FAILURES
+        delay = self.failureDelay * 2 ** (self.failures - 1)
+        return deferLater(self.clock, delay, lambda: reply.AUTH_BAD_CREDENTIALS)

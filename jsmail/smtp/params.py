@@ -1,0 +1,72 @@
+"""The rules for MAIL and RCPT parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531
+SMTPUTF8, RFC 3461 DSN, RFC 4954 AUTH): pure functions that raise
+:class:`~jsmail.error.SMTPReplyError` for a parameter the server cannot take."""
+
+from __future__ import annotations
+
+import re
+
+from jsmail import reply
+from jsmail.error import SMTPReplyError
+from jsmail.reply import Reply
+
+BODY_TYPES = ("7BIT", "8BITMIME")
+MAIL_PARAMETERS = ("SIZE", "BODY", "SMTPUTF8", "RET", "ENVID")
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")
+
+
+def octets(value: str | None) -> int | None:
+    """A SIZE or BDAT octet count: ASCII digits only (``str.isdigit`` would take ``²``
+    and ``١``, which ``int`` then refuses or misreads), at most 20 of them."""
+    if value is None or not _DIGITS.fullmatch(value):
+        return None
+    return int(value)
+
+
+def isXtext(value: str | None, limit: int) -> bool:
+    """RFC 3461 section 4: printable ASCII but "+" and "=", or "+XX" hex escapes."""
+    return bool(value) and len(value or "") <= limit and _XTEXT.fullmatch(value or "") is not None
+
+
+def tooBig(maxMessageSize: int) -> Reply:
+    return reply.MESSAGE_TOO_BIG.format(maxMessageSize)
+
+
+def checkMailParams(params: dict[str, str | None], esmtp: bool, maxMessageSize: int, authOffered: bool) -> None:
+    """MAIL FROM's parameters; ``authOffered`` says whether AUTH= may be given."""
+    for key, value in params.items():
+        if key == "AUTH" and authOffered:
+            continue  # RFC 4954 section 5: accepted; jsmail trusts no client's claim
+        if not esmtp or key not in MAIL_PARAMETERS:
+            raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))
+        if key == "SIZE":
+            size = octets(value)
+            if size is None:
+                raise SMTPReplyError(reply.BAD_PARAMETER.withText("SIZE needs a number of octets"))
+            if size > maxMessageSize:
+                raise SMTPReplyError(tooBig(maxMessageSize))
+        elif key == "BODY" and (value or "").upper() not in BODY_TYPES:
+            raise SMTPReplyError(reply.BAD_PARAMETER.withText("BODY must be 7BIT or 8BITMIME"))
+        elif key == "SMTPUTF8" and value is not None:
+            raise SMTPReplyError(reply.BAD_PARAMETER.withText("SMTPUTF8 takes no value"))
+        elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
+            raise SMTPReplyError(reply.BAD_PARAMETER.withText("RET must be FULL or HDRS (RFC 3461)"))
+        elif key == "ENVID" and not isXtext(value, 100):
+            raise SMTPReplyError(reply.BAD_PARAMETER.withText("ENVID must be xtext of at most 100 octets"))
+
+
+def checkRcptParams(params: dict[str, str | None]) -> None:
+    """DSN's RCPT parameters (RFC 3461 section 4): NOTIFY and ORCPT."""
+    for key, value in params.items():
+        if key == "NOTIFY":
+            words = (value or "").upper().split(",")
+            if not value or not (words == ["NEVER"] or set(words) <= {"SUCCESS", "FAILURE", "DELAY"}):
+                raise SMTPReplyError(reply.BAD_PARAMETER.withText(
+                    "NOTIFY must be NEVER, or one or more of SUCCESS, FAILURE, DELAY"))
+        elif key == "ORCPT":
+            addressType, semicolon, address = (value or "").partition(";")
+            if not semicolon or not addressType or not isXtext(address, 500):
+                raise SMTPReplyError(reply.BAD_PARAMETER.withText("ORCPT must be addr-type;xtext"))
+        else:
+            raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))

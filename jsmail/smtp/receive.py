@@ -1,0 +1,189 @@
+"""One message coming in over SMTP, from DATA or the first BDAT to the 250 (or the
+refusal): its content budget and hop count as octets arrive, the end-of-message checks,
+and the commit that makes it durable before the client hears 250."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jsmail import maillog, reply
+from jsmail.envelope import Envelope
+from jsmail.error import SMTPReplyError
+from jsmail.interfaces import IIncomingMessage
+from jsmail.reply import Reply
+from jsmail.smtp.assembly import Spool
+from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader, HopCounter
+from jsmail.smtp.listener import Listener, ServerSettings
+from jsmail.smtp.params import tooBig
+from jsmail.smtp.session import Session
+
+_log = Logger()
+
+Result = Reply | defer.Deferred[Reply]
+
+
+class Server(Protocol):
+    """What a transaction uses of its session's server (:class:`jsmail.smtp.server.ESMTPServer`)."""
+
+    listener: Listener
+    settings: ServerSettings
+    session: Session
+    clock: Any
+
+    @property
+    def closing(self) -> bool: ...
+
+    def resetTransaction(self) -> None: ...
+
+    def refused(self, error: SMTPReplyError) -> Reply: ...
+
+    def commandFailed(self, failure: Failure) -> Reply: ...
+
+    def checked(self, phase: str, accept: Callable[[], Result], *args: Any) -> Result: ...
+
+#: What a command answers when its reply comes later, or was already written.
+NO_REPLY = Reply(0, "", "")
+
+
+class Transaction:
+    """The message part of a session's current transaction (the session's
+    :class:`~jsmail.smtp.session.Session` holds its sender and recipients)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.message: IIncomingMessage | None = None
+        self.reader: DataReader | ChunkReader | None = None  # set while content octets are expected
+        self.scanner: ContentScanner | None = None  # the BDAT transaction's content, across chunks
+        self.chunk: tuple[int, bool, Reply | None] = (0, False, None)  # size, LAST, why it is refused
+        self._spool: Spool | None = None
+        self._tooBig = False
+        self._size = 0
+        self._hops = HopCounter()
+
+    @property
+    def queueId(self) -> str:
+        return self.message.queueId if self.message is not None else "-"
+
+    def start(self) -> None:
+        """Open the message in the queue, with what goes on top of its content."""
+        server = self.server
+        session = server.session
+        envelope = Envelope(
+            sender=str(session.sender),
+            recipients=tuple(session.recipients),
+            mailParams=dict(session.mailParams),
+            arrival=server.clock.seconds(),
+            clientAddress=session.clientAddress,
+            helo=session.helo or "",
+            protocol=session.withProtocol(),
+        )
+        self.message = server.listener.sink.newMessage(envelope)
+        self._tooBig = False
+        self._size = 0
+        self._hops = HopCounter()
+        self._spool = server.listener.assembler.begin(session, self.message)
+
+    def write(self, data: bytes) -> None:
+        """Content octets, dot-unstuffed, as they arrive."""
+        message = self.message
+        if message is None or self._tooBig:
+            return
+        self._size += len(data)
+        if self._size > self.server.settings.maxMessageSize:
+            self._tooBig = True
+            return
+        self._hops.feed(data)
+        (self._spool or message).write(data)
+
+    def contentEnded(self) -> Result:
+        """The final dot, or the end of a BDAT chunk, has arrived."""
+        if isinstance(self.reader, ChunkReader):
+            size, last, problem = self.chunk
+            self.reader = None
+            if problem is not None:
+                return problem
+            if not last:
+                return reply.CHUNK_OK.format(size)
+            assert self.scanner is not None
+            self.scanner.finish()
+            problems = self.scanner.problems
+        else:
+            assert isinstance(self.reader, DataReader)
+            problems = self.reader.problems
+            self.reader = None
+        return self._finish(problems)
+
+    def _finish(self, problems: ContentProblems) -> Result:
+        server = self.server
+        message = self.message
+        assert message is not None
+        settings = server.settings
+        refusal = None
+        if self._tooBig:
+            refusal = tooBig(settings.maxMessageSize)
+        elif problems.bareLineEnding and not settings.normaliseLineEndings:
+            refusal = reply.BARE_LINE_ENDING
+        elif problems.longLine:
+            refusal = reply.TEXT_LINE_TOO_LONG.format(settings.maxTextLine)
+        elif self._hops.count > settings.maxReceivedHeaders:
+            refusal = reply.TOO_MANY_HOPS
+        if refusal is not None:
+            server.resetTransaction()
+            raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
+        spool = self._spool
+        if spool is None:
+            return self._commit(message)
+
+        def checked(_: object) -> Result:
+            if self.message is not message:
+                return reply.CHECK_FAILED  # the client went away meanwhile; nobody hears this
+            return self._commit(message)
+
+        def failed(failure: Failure) -> Reply:
+            result = reply.CHECK_FAILED if server.closing else server.commandFailed(failure)  # logs the queue id
+            server.resetTransaction()
+            return result
+
+        def complete(_: object) -> object:
+            if self.message is not message:
+                return None  # the client went away during the checks: sign and copy nothing
+            return server.listener.assembler.complete(server.session, message, spool)
+
+        d: defer.Deferred[object] = defer.succeed(None)
+        if server.listener.phases.messagePolicies:
+            d = defer.maybeDeferred(server.checked, "checkMessage", lambda: NO_REPLY, spool)
+        d.addCallback(complete)
+        return d.addCallbacks(checked, failed)
+
+    def _commit(self, message: IIncomingMessage) -> Result:
+        server = self.server
+        sender, count, client = str(server.session.sender), len(server.session.recipients), server.session.client
+        self.message = None
+        server.resetTransaction()
+        size = message.size
+        d = message.commit()
+
+        def queued(queueId: str) -> Reply:
+            maillog.queued(queueId, sender, count, size, client)
+            return reply.QUEUED.format(queueId)
+
+        def notQueued(failure: Failure) -> Reply:
+            if failure.check(SMTPReplyError):  # the queue said why (e.g. a qmail-queue program)
+                return server.refused(failure.value)
+            _log.failure("Could not queue message {queueId}", failure, queueId=message.queueId)
+            return reply.QUEUE_FAILED
+
+        return d.addCallbacks(queued, notQueued)
+
+    def abort(self) -> None:
+        """Throw away the message being received, if any."""
+        if self.message is not None:
+            self.message.abort()
+            self.message = None
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
