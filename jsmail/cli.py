@@ -30,7 +30,7 @@ from jsmail.auth import setPassword
 from jsmail.send.bounce import readHeaders
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
-from jsmail.queue.store import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
+from jsmail.queue.admin import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
 
 
 def _dataDir(arguments: argparse.Namespace) -> str:

@@ -4,7 +4,8 @@ An envelope is what SMTP carried beside the message: the reverse-path, the recip
 their ESMTP parameters and who sent it.  The queue keeps it next to the message bytes as
 one JSON object, so an operator can read it with ``head -1`` (see ``docs/queue.rst``).
 Per-recipient delivery state lives in :class:`Recipient`, so a message to several
-recipients is retried only for those still pending.
+recipients is retried only for those still pending.  Fields added later have defaults,
+so envelopes written by an earlier version still load.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class Recipient:
     address: str
     params: dict[str, str | None] = field(default_factory=dict)
     state: RecipientState = RecipientState.PENDING
-    lastReply: str | None = None
+    lastReply: str | None = None  # the last delivery reply, as a bounce may show it
+    lastStatus: str | None = None  # its enhanced status code (RFC 3463)
+    lastFromPeer: bool = False  # whether a remote server said it (a bounce's smtp;) or jsmail (X-jsmail;)
     remoteMTA: str | None = None
 
     @property

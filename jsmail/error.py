@@ -1,4 +1,5 @@
-"""Errors that carry a public SMTP reply apart from a private reason for the log."""
+"""Errors that carry a public reply apart from a private reason for the log: one for
+refusing something in the SMTP dialogue, one for a delivery that failed."""
 
 from __future__ import annotations
 
@@ -16,3 +17,15 @@ class SMTPReplyError(Exception):
         super().__init__(str(reply))
         self.reply = reply
         self.reason = reason if reason is not None else reply.text
+
+
+class DeliveryError(Exception):
+    """A delivery (or a step of one) failed: ``reply`` is what a bounce may show,
+    ``permanent`` whether trying again is pointless, and ``detail`` the private why
+    (paths, host names, exception texts) for the operator log only."""
+
+    def __init__(self, reply: Reply, permanent: bool | None = None, detail: str = "") -> None:
+        super().__init__(f"{reply} ({detail})" if detail else str(reply))
+        self.reply = reply
+        self.permanent = reply.code >= 500 if permanent is None else permanent
+        self.detail = detail

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, BinaryIO, Callable, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Sequence
 
 from zope.interface import Attribute, Interface
+
+from jsmail.error import DeliveryError
+from jsmail.reply import PeerReply, Reply
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -76,13 +79,34 @@ class DeliveryStatus(Enum):
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    """What happened to one recipient: delivered, or failed temporarily or for good,
-    with the text to show (a peer's reply, or a local reason)."""
+    """What happened to one recipient: delivered, or failed temporarily or for good.
+
+    ``reply`` is what a bounce may show: a peer's own reply
+    (:class:`~jsmail.reply.PeerReply`) or one of jsmail's from :mod:`jsmail.reply`.
+    ``detail`` is the private why (paths, host names, program output, exception
+    texts), for the operator log only.
+    """
 
     recipient: str
     status: DeliveryStatus
-    detail: str
-    remoteMTA: str = ""  # "dns; mx.example.org" when a remote server gave the answer
+    reply: Reply
+    detail: str = ""
+    remoteMTA: str = ""  # "dns; mx.example.org" when a remote server was talked to
+
+    @property
+    def fromPeer(self) -> bool:
+        """Whether the reply is the remote server's own words."""
+        return isinstance(self.reply, PeerReply)
+
+    def describe(self) -> str:
+        """Reply and detail in one line, for the operator log."""
+        return f"{self.reply} ({self.detail})" if self.detail else str(self.reply)
+
+    @classmethod
+    def forAll(cls, recipients: Iterable[Recipient], error: DeliveryError) -> list[DeliveryResult]:
+        """The same failure for every recipient."""
+        status = DeliveryStatus.PERMANENT if error.permanent else DeliveryStatus.TEMPORARY
+        return [cls(r.address, status, error.reply, error.detail) for r in recipients]
 
 
 @dataclass(frozen=True)

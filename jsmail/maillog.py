@@ -4,12 +4,18 @@ Every event is one line through :mod:`twisted.logger` in the ``jsmail.maillog``
 namespace, written as ``event key=value ...`` so that ``grep id=QUEUEID`` follows one
 message from arrival to its end.  Debug detail belongs elsewhere, not here.  Each event
 also carries its name and fields as keys (``event``, ``queueId``, ``recipient``,
-``detail``), so a program can watch them too (see :class:`jsmail.service.Outcomes`).
+``detail``; a delivery outcome also ``code``, ``enhanced``, ``text`` and ``peer``, its
+reply's parts, and ``reason``, the private detail), so a program can watch them too (see :class:`jsmail.service.Outcomes`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from jsmail.interfaces import DeliveryResult
 
 _log = Logger(namespace="jsmail.maillog")
 
@@ -45,19 +51,26 @@ def queued(queueId: str, sender: str, recipients: int, size: int, client: str) -
         queueId=queueId, sender=sender, recipients=recipients, size=size, client=client, event="queued")
 
 
-def delivered(queueId: str, recipient: str, detail: str) -> None:
+def _outcome(result: DeliveryResult) -> dict[str, object]:
+    """A delivery result's fields: ``detail`` for people, the reply's parts for programs."""
+    reply = result.reply
+    return {"recipient": result.recipient, "detail": result.describe(), "code": reply.code,
+            "enhanced": reply.enhanced, "text": reply.text, "peer": result.fromPeer, "reason": result.detail}
+
+
+def delivered(queueId: str, result: DeliveryResult) -> None:
     _log.info("delivered id={queueId} to=<{recipient}> detail={detail!r}",
-              queueId=queueId, recipient=recipient, detail=detail, event="delivered")
+              queueId=queueId, event="delivered", **_outcome(result))
 
 
-def deferred(queueId: str, recipient: str, detail: str, retryIn: float) -> None:
+def deferred(queueId: str, result: DeliveryResult, retryIn: float) -> None:
     _log.info("deferred id={queueId} to=<{recipient}> detail={detail!r} retry_in={retryIn:.0f}s",
-              queueId=queueId, recipient=recipient, detail=detail, retryIn=retryIn, event="deferred")
+              queueId=queueId, retryIn=retryIn, event="deferred", **_outcome(result))
 
 
-def failed(queueId: str, recipient: str, detail: str) -> None:
+def failed(queueId: str, result: DeliveryResult) -> None:
     _log.info("failed id={queueId} to=<{recipient}> detail={detail!r}",
-              queueId=queueId, recipient=recipient, detail=detail, event="failed")
+              queueId=queueId, event="failed", **_outcome(result))
 
 
 def bounced(queueId: str, sender: str, bounceId: str) -> None:

@@ -1,14 +1,19 @@
-"""The one table of SMTP replies jsmail sends.
+"""The one table of SMTP replies jsmail sends, or reports about a delivery.
 
 Every reply carries a basic code (RFC 5321 section 4.2) and an enhanced status code
 (RFC 3463, registry in RFC 5248), so ENHANCEDSTATUSCODES (RFC 2034) holds for all of
 them.  Code that refuses something names a reply from this table, and may give it a
 more specific text with :meth:`Reply.withText`; it never makes up codes of its own.
+A reply read from another server is a :class:`PeerReply`, so a bounce can tell the
+peer's words (``smtp;``) from jsmail's own (RFC 3464 section 2.3.6).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
+
+_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |$)")
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,40 @@ class Reply:
             for i, t in enumerate(texts)
         ]
 
+    @property
+    def status(self) -> str:
+        """The enhanced status code, or for a reply without one the generic code of its
+        class (RFC 3463 section 3.1: X.0.0)."""
+        return self.enhanced or f"{self.code // 100}.0.0"
+
     def __str__(self) -> str:
-        return " ".join(str(part) for part in (self.code, self.enhanced, self.text) if part)
+        """One line: codes and text (the lines of a multi-line text joined by spaces)."""
+        return " ".join(str(part) for part in (self.code, self.enhanced, self.text.replace("\n", " ")) if part)
+
+
+@dataclass(frozen=True)
+class PeerReply(Reply):
+    """A reply as another server sent it: its text lines, the first without the
+    enhanced code that :attr:`enhanced` holds (RFC 2034 section 4)."""
+
+    @classmethod
+    def parse(cls, code: int, lines: list[str] | tuple[str, ...]) -> PeerReply:
+        lines = list(lines) or [""]
+        match = _ENHANCED.match(lines[0])
+        enhanced = ""
+        if match is not None and match.group(1) == str(code)[0]:
+            enhanced = match.group(0).strip()
+            lines[0] = lines[0][match.end():]
+        return cls(code, enhanced, "\n".join(lines))
+
+    @property
+    def textLines(self) -> list[str]:
+        return self.text.split("\n")
 
 
 # Connection and session.
 SERVICE_READY = Reply(220, "", "{} ESMTP jsmail ready")
+OWN_GREETING = Reply(220, "", "{} ESMTP")  # qmail's smtpgreeting, or [smtp] greeting
 GREETS = Reply(250, "", "{} greets {}")
 CLOSING = Reply(221, "2.0.0", "Bye")
 HELP = Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP")
@@ -116,8 +149,69 @@ AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many authentication failures, 
 SENDER_REFUSED = Reply(553, "5.7.1", "Sender address refused")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not allowed for this user")
 
+# Policy checks (jsmail.policy).
+CLIENT_DENIED = Reply(554, "5.7.1", "Access denied for {}")
+HELO_DENIED = Reply(550, "5.7.1", "HELO name {} refused")
+SENDER_DENIED = Reply(553, "5.7.1", "Sender address <{}> refused")
+RECIPIENT_DENIED = Reply(550, "5.7.1", "Recipient address <{}> refused")
+DNSBL_BLOCKED = Reply(554, "5.7.1", "{}")
+DNSBL_LOOKUP_FAILED = Reply(451, "4.7.1", "Temporary DNS block list lookup error, try again later")
+SPF_FAILED = Reply(550, "5.7.23", "SPF validation failed: {}")  # RFC 7372 section 3.2
+SPF_TEMPORARY = Reply(451, "4.7.24", "SPF validation error, try again later: {}")
+SPF_PERMERROR = Reply(550, "5.7.24", "SPF validation error: {}")
+DMARC_REJECTED = Reply(550, "5.7.1", "Message rejected by the DMARC policy of {}")
+PROGRAM_REJECTED = Reply(550, "5.7.1", "Refused by local policy")
+RBL_REFUSED = Reply(553, "5.7.1", "{}")  # rblsmtpd's "-" texts
+RBL_TEMPORARY = Reply(451, "4.7.1", "{}")
+
+# A qmail-queue program's refusals (qmail-interfaces reference, section 3.2).
+QQ_PERMANENT = Reply(554, "5.3.0", "{}")
+QQ_TEMPORARY = Reply(451, "4.3.0", "{}")
+QQ_EXEC_FAILED = Reply(451, "4.3.0", "unable to exec qq")
+
 # Local failures.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing; the message was not queued")
 CHECK_FAILED = Reply(451, "4.3.0", "Temporary local problem, try again later")
+
+# Delivery outcomes jsmail reports itself (in the operator log and in bounces).  Their
+# texts say what happened without naming internals; the private detail (paths, host
+# names, exception texts) goes beside them to the log only.
+DELIVERED = Reply(250, "2.0.0", "Delivered")
+DELIVERY_ERROR = Reply(451, "4.3.0", "Temporary local delivery error")
+CANNOT_READ_MESSAGE = Reply(451, "4.3.0", "Cannot read the queued message")
+LOOPING = Reply(550, "5.4.6", "This message is looping: it already has my Delivered-To line")
+BAD_LOCAL_MAILBOX = Reply(550, "5.1.3", "The local part cannot name a mailbox")
+NO_SUCH_LOCAL_MAILBOX = Reply(550, "5.1.1", "Sorry, no mailbox here by that name")
+BAD_FORWARD = Reply(550, "5.1.3", "Unable to forward: not a bare address")
+INSTRUCTIONS_UNUSABLE = Reply(451, "4.2.1", "The mailbox's delivery instructions cannot be used now")
+INSTRUCTIONS_UNSAFE = Reply(451, "4.7.0", "The mailbox's delivery instructions are not safe to follow")
+PROGRAM_FAILED = Reply(554, "5.3.0", "{}")  # a |program's own words (qmail-command's permanent exits)
+PROGRAM_DEFERRED = Reply(451, "4.3.0", "{}")
+NO_ROUTE = Reply(554, "5.4.4", "No route to a non-local domain: remote delivery is not configured")
+NO_SUCH_DOMAIN = Reply(550, "5.1.2", "Domain {} does not exist")
+NULL_MX = Reply(556, "5.1.10", "Domain {} accepts no mail (null MX, RFC 7505)")
+DNS_FAILED = Reply(451, "4.4.3", "DNS lookup for {} failed")
+HOST_WITHOUT_ADDRESS = Reply(451, "4.4.4", "A mail exchanger of {} has no address")
+NO_HOST_REACHED = Reply(451, "4.4.1", "No mail exchanger for {} could be reached")
+CANNOT_CONNECT = Reply(451, "4.4.1", "Cannot connect to the mail exchanger")
+HOST_BACKED_OFF = Reply(451, "4.4.1", "The mail exchanger failed lately; not tried again yet")
+MTA_STS_NO_HOST = Reply(451, "4.7.5", "No MX host of {} matches its MTA-STS policy")
+PEER_REPLY_UNREADABLE = Reply(451, "4.5.0", "The mail exchanger's reply could not be read")
+PEER_UNEXPECTED_REPLY = Reply(451, "4.5.0", "The mail exchanger replied when no reply was due")
+PEER_TLS_FAILED = Reply(454, "4.7.5", "TLS with the mail exchanger failed")
+PEER_CONNECTION_LOST = Reply(451, "4.4.2", "The connection to the mail exchanger was lost")
+PEER_TIMEOUT = Reply(451, "4.4.2", "Timed out waiting for the mail exchanger")
+PEER_SESSION_FAILED = Reply(451, "4.4.2", "The session with the mail exchanger could not be set up")
+PEER_SESSION_ENDED = Reply(451, "4.4.2", "The session with the mail exchanger has ended")
+PEER_NO_STARTTLS = Reply(454, "4.7.5", "TLS is required but the mail exchanger does not offer STARTTLS")
+PEER_STARTTLS_REFUSED = Reply(454, "4.7.5", "TLS is required but the mail exchanger refused STARTTLS")
+PEER_TLSA_MISMATCH = Reply(454, "4.7.5", "The mail exchanger's certificate does not match its TLSA records")
+PEER_NO_AUTH = Reply(454, "4.7.0", "The relay does not offer AUTH PLAIN or LOGIN")
+PEER_AUTH_WITHOUT_TLS = Reply(454, "4.7.0", "Not sending credentials without TLS")
+BAD_SENDER_ADDRESS = Reply(501, "5.1.7", "Bad sender address")
+BAD_RECIPIENT_ADDRESS = Reply(501, "5.1.3", "Bad recipient address")
+PEER_SIZE_LIMIT = Reply(552, "5.3.4", "The message of {} octets exceeds the {} octets the mail exchanger accepts")
+PEER_NO_SMTPUTF8 = Reply(553, "5.6.7", "The message needs SMTPUTF8, which the mail exchanger does not offer")
+PEER_NO_8BITMIME = Reply(554, "5.6.3", "The message has 8-bit data and the mail exchanger does not offer 8BITMIME")
 
 ALL: tuple[Reply, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Reply))

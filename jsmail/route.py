@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 from twisted.internet import defer
 from zope.interface import implementer
 
+from jsmail import reply
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IRouter, QueuedMessage
 
@@ -36,8 +37,7 @@ class NoRemoteDelivery:
     """Fails every recipient for good: there is no route off this host."""
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
-        text = "554 5.4.4 No route to a non-local domain: remote delivery is not configured"
-        return defer.succeed([DeliveryResult(r.address, DeliveryStatus.PERMANENT, text) for r in recipients])
+        return defer.succeed([DeliveryResult(r.address, DeliveryStatus.PERMANENT, reply.NO_ROUTE) for r in recipients])
 
 
 class VirtualDomains:

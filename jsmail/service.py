@@ -33,6 +33,7 @@ from jsmail.policy.relay import BadMailFrom, RelayControl, rcptHostsOf
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.queue.funnel import Funnel
 from jsmail.queue.store import MaildirQueue
+from jsmail.reply import PeerReply, Reply
 from jsmail.send.process import SendProcess
 from jsmail.send.service import DeliveryService
 from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
@@ -106,7 +107,8 @@ class Outcomes:
         kind = event.get("event")
         if kind in ("delivered", "failed"):
             status = DeliveryStatus.DELIVERED if kind == "delivered" else DeliveryStatus.PERMANENT
-            results.append(DeliveryResult(event["recipient"], status, event["detail"]))
+            reply = (PeerReply if event["peer"] else Reply)(event["code"], event["enhanced"], event["text"])
+            results.append(DeliveryResult(event["recipient"], status, reply, event["reason"]))
         elif kind == "removed":
             del self._waiting[event["queueId"]]
             if not self._waiting:

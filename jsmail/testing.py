@@ -30,7 +30,8 @@ from zope.interface import implementer
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IModifier, QueuedMessage
 from jsmail._threads import runNow
-from jsmail.queue.store import MemoryQueue
+from jsmail.queue.memory import MemoryQueue
+from jsmail.reply import Reply
 from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings
 
 __all__ = ["Delivery", "Dialog", "DNSServer", "MemoryQueue", "RecordingAgent", "RecordingTransport", "runNow"]
@@ -51,9 +52,9 @@ class RecordingAgent:
     """Records each :class:`Delivery` and answers with ``answer(recipient)``: by
     default every recipient is delivered."""
 
-    def __init__(self, answer: Callable[[str], tuple[DeliveryStatus, str]] | None = None) -> None:
+    def __init__(self, answer: Callable[[str], tuple[DeliveryStatus, Reply]] | None = None) -> None:
         self.deliveries: list[Delivery] = []
-        self.answer = answer or (lambda recipient: (DeliveryStatus.DELIVERED, "250 2.0.0 recorded"))
+        self.answer = answer or (lambda recipient: (DeliveryStatus.DELIVERED, Reply(250, "2.0.0", "recorded")))
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
         with message.open() as f:

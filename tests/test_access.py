@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from jsmail.policy import access
 from jsmail.policy.plugin import PluginError, PolicyContext, PolicyPlugin
 from jsmail.policy.chain import buildChain
-from jsmail.queue.store import MemoryQueue
+from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
 

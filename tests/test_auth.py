@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.auth import AnyOfCheckers, CheckpasswordChecker, HashedPasswordFile, MailRealm, MailUser, TemporaryAuthFailure, setPassword
 from jsmail.policy.relay import RelayControl
-from jsmail.queue.store import MemoryQueue
+from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
 

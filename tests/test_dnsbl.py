@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from jsmail.policy import dnsbl
 from jsmail.address import parsePath
 from jsmail.policy.plugin import PolicyContext
-from jsmail.queue.store import MemoryQueue
+from jsmail.queue.memory import MemoryQueue
 from jsmail._dns import makeResolver
 from jsmail.smtp.server import ServerSettings, Session
 from jsmail.testing import Dialog, DNSServer

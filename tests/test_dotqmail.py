@@ -14,7 +14,8 @@ from twisted.trial.unittest import TestCase
 
 from jsmail.local.aliases import AliasesError, parseAliases
 from jsmail.config import Config
-from jsmail.local.dotqmail import (Forward, InstructionError, Maildir, Mbox, Program, extParts, fileCandidates,
+from jsmail.error import DeliveryError
+from jsmail.local.dotqmail import (Forward, Maildir, Mbox, Program, extParts, fileCandidates,
                              hostParts, localCandidates, parseInstructions)
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
@@ -39,9 +40,9 @@ class ParseTests(TestCase):
         self.assertFalse(parsed.forwardOnly)
 
     def test_blank_first_line_is_temporary(self) -> None:
-        e = self.assertRaises(InstructionError, parseInstructions, "\n./Maildir/\n")
+        e = self.assertRaises(DeliveryError, parseInstructions, "\n./Maildir/\n")
         self.assertFalse(e.permanent)
-        self.assertEqual(e.text, "Uh-oh: first line of .qmail file is blank. (#4.2.1)")
+        self.assertEqual((e.reply.enhanced, e.detail), ("4.2.1", "first line of .qmail file is blank"))
 
     def test_later_blank_lines_ignored(self) -> None:
         self.assertEqual(parseInstructions("./Maildir/\n\n \n./mbox").lines, (Maildir("./Maildir/"), Mbox("./mbox")))
@@ -50,8 +51,9 @@ class ParseTests(TestCase):
         self.assertTrue(parseInstructions("+list\n&a@b.example\n").forwardOnly)
 
     def test_forward_must_be_bare(self) -> None:
-        e = self.assertRaises(InstructionError, parseInstructions, "&Joe <joe@example.net>\n")
+        e = self.assertRaises(DeliveryError, parseInstructions, "&Joe <joe@example.net>\n")
         self.assertTrue(e.permanent)
+        self.assertEqual(str(e.reply), "550 5.1.3 Unable to forward: not a bare address")
 
 
 class LookupOrderTests(TestCase):
@@ -167,7 +169,8 @@ class InstructionTests(DeliveryTestCase):
         self.dotqmail(".qmail", "./Maildir/\n")
         result = yield self.deliver("joe@example.org")
         self.assertEqual(result.status, DeliveryStatus.TEMPORARY)
-        self.assertIn("Unable to chdir to maildir", result.detail)
+        self.assertEqual(result.reply.enhanced, "4.2.1")
+        self.assertIn("unable to chdir to maildir", result.detail)
 
     @defer.inlineCallbacks
     def test_mbox_with_from_quoting(self) -> Any:
@@ -201,14 +204,14 @@ class InstructionTests(DeliveryTestCase):
     def test_exit_100_bounces(self) -> Any:
         self.dotqmail(".qmail", "|echo no such list; exit 100\n./never\n")
         result = yield self.deliver("joe@example.org")
-        self.assertEqual((result.status, result.detail), (DeliveryStatus.PERMANENT, "no such list"))
+        self.assertEqual((result.status, str(result.reply)), (DeliveryStatus.PERMANENT, "554 5.3.0 no such list"))
         self.assertFalse(os.path.exists(os.path.join(self.home, "never")))
 
     @defer.inlineCallbacks
     def test_exit_111_retries(self) -> Any:
         self.dotqmail(".qmail", "|echo disk full >&2; exit 111\n")
         result = yield self.deliver("joe@example.org")
-        self.assertEqual((result.status, result.detail), (DeliveryStatus.TEMPORARY, "disk full"))
+        self.assertEqual((result.status, str(result.reply)), (DeliveryStatus.TEMPORARY, "451 4.3.0 disk full"))
 
     @defer.inlineCallbacks
     def test_exit_99_stops_but_forwards(self) -> Any:
@@ -225,7 +228,7 @@ class InstructionTests(DeliveryTestCase):
         self.dotqmail(".qmail", "|sleep 60 & sleep 60\n")
         result = yield self.deliver("joe@example.org", programTimeout=0.5)
         self.assertEqual(result.status, DeliveryStatus.TEMPORARY)
-        self.assertIn("killed", result.detail)
+        self.assertIn("killed", result.reply.text)
 
     @defer.inlineCallbacks
     def test_forward_envelope_and_delivered_to(self) -> Any:
@@ -260,8 +263,8 @@ class InstructionTests(DeliveryTestCase):
         self.dotqmail(".qmail", "./mbox\n")
         data = b"Received: x\r\nDelivered-To: joe@example.org\r\nSubject: x\r\n\r\nbody\r\n"
         result = yield self.deliver("joe@example.org", data=data)
-        self.assertEqual((result.status, result.detail), (
-            DeliveryStatus.PERMANENT, "This message is looping: it already has my Delivered-To line. (#5.4.6)"))
+        self.assertEqual((result.status, str(result.reply)), (
+            DeliveryStatus.PERMANENT, "550 5.4.6 This message is looping: it already has my Delivered-To line"))
         other = yield self.deliver("joe@example.org", data=b"Subject: x\r\n\r\nDelivered-To: joe@example.org\r\n")
         self.assertEqual(other.status, DeliveryStatus.DELIVERED, "only the header counts")
 
@@ -269,8 +272,8 @@ class InstructionTests(DeliveryTestCase):
     def test_executable_file_is_forward_only(self) -> Any:
         self.dotqmail(".qmail", "|true\n", mode=0o700)
         result = yield self.deliver("joe@example.org")
-        self.assertEqual((result.status, result.detail), (
-            DeliveryStatus.TEMPORARY, "Uh-oh: .qmail has prog delivery but has x bit set. (#4.7.0)"))
+        self.assertEqual((result.status, result.reply.enhanced), (DeliveryStatus.TEMPORARY, "4.7.0"))
+        self.assertIn(".qmail has prog delivery but has x bit set", result.detail)
 
 
 class LookupTests(DeliveryTestCase):
@@ -304,14 +307,14 @@ class LookupTests(DeliveryTestCase):
         self.assertEqual(result.detail, "did 1+0+0")
         self.assertTrue(os.path.exists(os.path.join(self.home, ".qmail-tag.mbox")))
         other = yield self.deliver("joe_tag@example.org")
-        self.assertEqual(other.detail, f"delivered to maildir {self.base}/mail/example.org/joe_tag")
+        self.assertEqual(other.detail, f"maildir {self.base}/mail/example.org/joe_tag")
 
     @defer.inlineCallbacks
     def test_no_file_for_extension_bounces(self) -> Any:
         self.marker(".qmail")
         result = yield self.deliver("joe-nothing@example.org")
-        self.assertEqual((result.status, result.detail),
-                         (DeliveryStatus.PERMANENT, "Sorry, no mailbox here by that name. (#5.1.1)"))
+        self.assertEqual((result.status, str(result.reply)),
+                         (DeliveryStatus.PERMANENT, "550 5.1.1 Sorry, no mailbox here by that name"))
         plus = yield self.deliver("joe+x@example.org", plusExtensions=False)
         self.assertEqual(plus.status, DeliveryStatus.DELIVERED, "joe+x is not joe's extension without plus")
 
@@ -319,9 +322,9 @@ class LookupTests(DeliveryTestCase):
     def test_empty_file_and_no_file_use_default_maildir(self) -> Any:
         self.dotqmail(".qmail", "")
         result = yield self.deliver("joe@example.org")
-        self.assertEqual(result.detail, f"delivered to maildir {self.base}/mail/example.org/joe")
+        self.assertEqual(result.detail, f"maildir {self.base}/mail/example.org/joe")
         other = yield self.deliver("nobody@example.org")
-        self.assertEqual(other.detail, f"delivered to maildir {self.base}/mail/example.org/nobody")
+        self.assertEqual(other.detail, f"maildir {self.base}/mail/example.org/nobody")
 
     @defer.inlineCallbacks
     def test_domain_directory_catches_other_names(self) -> Any:
@@ -336,8 +339,9 @@ class LookupTests(DeliveryTestCase):
     def test_world_writable_file_is_temporary(self) -> Any:
         self.dotqmail(".qmail", "./mbox\n", mode=0o666)
         result = yield self.deliver("joe@example.org")
-        self.assertEqual((result.status, result.detail),
-                         (DeliveryStatus.TEMPORARY, "Uh-oh: .qmail file is writable. (#4.7.0)"))
+        self.assertEqual((result.status, result.reply.enhanced), (DeliveryStatus.TEMPORARY, "4.7.0"))
+        self.assertIn(".qmail file", result.detail)
+        self.assertIn("is writable", result.detail)
 
 
 class AliasDeliveryTests(DeliveryTestCase):

@@ -17,7 +17,7 @@ from jsmail.auth import MailUser
 from jsmail.smtp.assembly import Spool
 from jsmail.envelope import Recipient
 from jsmail.policy.plugin import PolicyContext
-from jsmail.queue.store import MemoryQueue
+from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings, Session
 from jsmail.testing import Dialog
 from jsmail.policy.verdict import Verdict

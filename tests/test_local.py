@@ -62,4 +62,5 @@ class MaildirDeliveryTests(TestCase):
             pass  # a file where the domain directory should be
         [result] = self.deliver("x@localhost")
         self.assertEqual(result.status, DeliveryStatus.TEMPORARY)
-        self.assertTrue(result.detail.startswith("451 4.3.0 maildir delivery failed"), result.detail)
+        self.assertEqual(str(result.reply), "451 4.3.0 Temporary local delivery error")
+        self.assertIn("Not a directory", result.detail)

@@ -15,7 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from jsmail.remote.mtasts import MAX_AGE, NoMatchingHost, Policy, PolicyFetcher, applyPolicy, parsePolicy, parseTXT
+from jsmail.error import DeliveryError
+from jsmail.remote.mtasts import MAX_AGE, Policy, PolicyFetcher, applyPolicy, parsePolicy, parseTXT
 from jsmail.testing import DNSServer
 
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: *.mx.example.test\r\nmax_age: 86400\r\n"
@@ -107,9 +108,9 @@ class ApplyPolicyTests(SynchronousTestCase):
                              [("mx.example.net", enforced), ("mail.example.test", enforced)])
 
     def test_enforce_without_matching_host_is_temporary(self) -> None:
-        error = self.assertRaises(NoMatchingHost, applyPolicy, self.policy("enforce"), "example.test",
+        error = self.assertRaises(DeliveryError, applyPolicy, self.policy("enforce"), "example.test",
                                   ["stray.example.org"], "opportunistic")
-        self.assertEqual((error.reply, error.permanent),
+        self.assertEqual((str(error.reply), error.permanent),
                          ("451 4.7.5 No MX host of example.test matches its MTA-STS policy", False))
 
 

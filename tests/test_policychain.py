@@ -13,7 +13,7 @@ from zope.interface import implementer
 from jsmail import reply
 from jsmail.interfaces import IMessagePolicy, IModifier
 from jsmail.policy.base import Policy
-from jsmail.queue.store import MemoryQueue
+from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
 from jsmail.policy.verdict import Verdict

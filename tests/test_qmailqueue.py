@@ -8,7 +8,7 @@ import sys
 
 from twisted.trial.unittest import TestCase
 
-from jsmail.queue.store import listQueue
+from jsmail.queue.admin import listQueue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,8 @@ from zope.interface.verify import verifyObject
 
 from jsmail.envelope import Envelope, Recipient, RecipientState
 from jsmail.interfaces import IQueue
-from jsmail.queue.store import MaildirQueue, MemoryQueue
+from jsmail.queue.store import MaildirQueue
+from jsmail.queue.memory import MemoryQueue
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -141,3 +142,16 @@ class MaildirQueueTests(QueueContract, TestCase):
         yield self.assertFailure(incoming.commit(), OSError)
         self.assertEqual(os.listdir(self.path("active")), [])
         self.flushLoggedErrors(OSError)  # making spare files failed the same way
+
+
+class EnvelopeFormatTests(TestCase):
+    def test_envelopeWrittenBeforeStructuredRepliesStillLoads(self) -> None:
+        """A queue file written before recipients carried their reply's status (jsmail
+        0.1's first queue format) loads, with no status and no peer flag."""
+        old = (b'{"version":1,"sender":"a@b.example","recipients":[{"address":"x@localhost","params":{},'
+               b'"state":"failed","lastReply":"550 5.1.1 no such user","remoteMTA":"dns; mx.test"}],'
+               b'"mailParams":{},"arrival":1.0,"clientAddress":"","helo":"","protocol":"ESMTP",'
+               b'"attempts":1,"nextAttempt":2.0}')
+        [recipient] = Envelope.fromBytes(old).recipients
+        self.assertEqual((recipient.state, recipient.lastReply, recipient.lastStatus, recipient.lastFromPeer),
+                         (RecipientState.FAILED, "550 5.1.1 no such user", None, False))

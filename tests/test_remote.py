@@ -27,9 +27,11 @@ from jsmail.remote.dane import DANE_EE, TLSA, TLSARecord
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher
-from jsmail.queue.store import MemoryQueue
+from jsmail.queue.memory import MemoryQueue
 from jsmail._dns import makeResolver
-from jsmail.remote.agent import DestinationError, MailExchangers, RemoteDelivery
+from jsmail.error import DeliveryError
+from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.mx import MailExchangers
 from jsmail.route import Route
 from jsmail.service import MailGateway
 from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
@@ -159,10 +161,11 @@ class MailExchangerTests(RemoteTestCase):
         self.assertEqual((yield mx.hostsFor("backup.example.test")), ["down.example.test", "mx1.example.test"])
         self.assertEqual((yield mx.hostsFor("nomx.example.test")), ["nomx.example.test"])
         self.assertEqual((yield mx.addressesOf("mx1.example.test")), ["127.0.0.1"])
-        null = yield self.assertFailure(mx.hostsFor("null.example.test"), DestinationError)
-        self.assertEqual((null.reply[:10], null.permanent), ("556 5.1.10", True))
-        missing = yield self.assertFailure(mx.hostsFor("missing.example.test"), DestinationError)
-        self.assertEqual((missing.reply[:9], missing.permanent), ("550 5.1.2", True))
+        null = yield self.assertFailure(mx.hostsFor("null.example.test"), DeliveryError)
+        self.assertEqual((str(null.reply), null.permanent),
+                         ("556 5.1.10 Domain null.example.test accepts no mail (null MX, RFC 7505)", True))
+        missing = yield self.assertFailure(mx.hostsFor("missing.example.test"), DeliveryError)
+        self.assertEqual((str(missing.reply), missing.permanent), ("550 5.1.2 Domain missing.example.test does not exist", True))
 
 
 class DeliveryTests(RemoteTestCase):
@@ -262,7 +265,7 @@ class SubmitTests(RemoteTestCase):
         gateway = yield self.gateway(deliveryProcess=deliveryProcess)
         results = yield gateway.submit("a@localhost", ["good@example.test", "bad@example.test", "me@localhost"],
                                        b"Subject: api\r\n\r\nfrom an application\r\n")
-        outcome = {r.recipient: (r.status.value, r.detail[:9]) for r in results}
+        outcome = {r.recipient: (r.status.value, str(r.reply)[:9]) for r in results}
         self.assertEqual(outcome["good@example.test"][0], "delivered")
         self.assertEqual(outcome["bad@example.test"], ("permanent", "550 5.1.1"))
         self.assertEqual(outcome["me@localhost"][0], "delivered")
@@ -335,7 +338,7 @@ class MTASTSTests(RemoteTestCase):
     @defer.inlineCallbacks
     def test_enforce_defers_when_no_mx_matches(self):  # type: ignore[no-untyped-def]
         [result] = yield self.deliver(self.remote(b"enforce"))
-        self.assertEqual((result.status, result.detail),
+        self.assertEqual((result.status, str(result.reply)),
                          (DeliveryStatus.TEMPORARY, "451 4.7.5 No MX host of sts.example.test matches its MTA-STS policy"))
         self.assertEqual(self.sink.received, [])
 
@@ -417,8 +420,9 @@ class DANETests(TestCase):
         other = trustme.CA().issue_cert("mx1.dane.test")
         [result] = yield self.deliver(self.remote(tlsa(DANE_EE, 1, 1, other.cert_chain_pems[0])))
         self.assertEqual(result.status, DeliveryStatus.TEMPORARY)
-        self.assertEqual(result.detail, "454 4.7.5 certificate of mx1.dane.test does not match its TLSA records "
-                                        "(mx1.dane.test [127.0.0.1])")
+        self.assertEqual(result.describe(), "454 4.7.5 The mail exchanger's certificate does not match its TLSA records "
+                                            "(certificate of mx1.dane.test does not match its TLSA records "
+                                            "(mx1.dane.test [127.0.0.1]))")
         self.assertEqual(self.queue.messages, {})
 
     def test_pool_keeps_dane_sessions_apart(self) -> None:
@@ -445,6 +449,6 @@ class ServerFailureTests(TestCase):
                 return defer.fail(dnserror.DNSServerError("servfail"))
 
         d = MailExchangers(Failing()).hostsFor("example.org")
-        failure = self.failureResultOf(d, DestinationError)
+        failure = self.failureResultOf(d, DeliveryError)
         self.assertFalse(failure.value.permanent)
-        self.assertIn("451 4.4.3", str(failure.value))
+        self.assertEqual(str(failure.value.reply), "451 4.4.3 DNS lookup for example.org failed")

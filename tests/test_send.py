@@ -8,17 +8,17 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from jsmail import reply
 from jsmail.envelope import Envelope, Recipient, RecipientState
 from jsmail.interfaces import DeliveryStatus
+from jsmail.reply import PeerReply
 from jsmail.route import Router
 from jsmail.send.scheduler import RetrySchedule, Scheduler, retryDelay
-from jsmail.testing import MemoryQueue, RecordingAgent
+from jsmail.testing import MemoryQueue, RecordingAgent, runNow
 
 DAY = 86400.0
-
-
-def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
-    return defer.maybeDeferred(f, *args, **kwargs)
+LATER = PeerReply(451, "4.4.1", "later")
+CODES = {DeliveryStatus.DELIVERED: 250, DeliveryStatus.TEMPORARY: 451, DeliveryStatus.PERMANENT: 550}
 
 
 class RetryDelayTests(TestCase):
@@ -33,10 +33,14 @@ class SchedulerTests(TestCase):
         self.clock.advance(1_000_000)
         self.queue = MemoryQueue()
         self.answers: dict[str, DeliveryStatus] = {}
-        self.agent = RecordingAgent(lambda rcpt: (self.answers.get(rcpt, DeliveryStatus.DELIVERED), f"reply for {rcpt}"))
+        self.agent = RecordingAgent(self.answer)
         self.router = Router(["localhost"], self.agent, self.agent)
         self.scheduler = Scheduler(self.queue, self.router, self.clock, runNow, "mx.test",
                                    RetrySchedule(first=300, factor=2, maximum=3600, giveUp=DAY))
+
+    def answer(self, recipient: str) -> tuple[DeliveryStatus, PeerReply]:
+        status = self.answers.get(recipient, DeliveryStatus.DELIVERED)
+        return status, PeerReply(CODES[status], "", f"reply for {recipient}")
 
     def enqueue(self, sender: str, *recipients: str, body: bytes = b"Subject: hello\r\n\r\nbody\r\n") -> str:
         envelope = Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=self.clock.seconds())
@@ -94,7 +98,7 @@ class SchedulerTests(TestCase):
         self.clock.advance(0)
         [(bounce, body)] = self.bounces()
         self.assertIn(b"Final-Recipient: rfc822; bad@localhost", body)
-        self.assertIn(b"Diagnostic-Code: smtp; reply for bad@localhost", body)
+        self.assertIn(b"Diagnostic-Code: smtp; 550 reply for bad@localhost", body)
 
     def test_never_bounce_a_bounce(self) -> None:
         self.answers["a@localhost"] = DeliveryStatus.PERMANENT
@@ -144,7 +148,7 @@ class SchedulerTests(TestCase):
         self.clock.advance(0)
         [recipient] = self.queue.messages[queueId][0].recipients
         self.assertEqual(recipient.state, RecipientState.PENDING)
-        self.assertIn("agent bug", recipient.lastReply)
+        self.assertEqual(recipient.lastReply, "451 4.3.0 Temporary local delivery error")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
@@ -224,7 +228,8 @@ class BounceTests(TestCase):
         self.clock = Clock()
         self.queue = MemoryQueue()
         self.agent = RecordingAgent(lambda rcpt: (
-            DeliveryStatus.PERMANENT if rcpt.startswith("bad") else DeliveryStatus.DELIVERED, f"550 5.1.1 {rcpt} unknown"))
+            DeliveryStatus.PERMANENT if rcpt.startswith("bad") else DeliveryStatus.DELIVERED,
+            PeerReply(550, "5.1.1", f"{rcpt} unknown")))
         self.scheduler = Scheduler(self.queue, Router(["localhost"], self.agent), self.clock, runNow, "mx.test",
                                    postmaster="postmaster@localhost")
         self.scheduler.startService()
@@ -244,6 +249,24 @@ class BounceTests(TestCase):
         returned = report.get_payload()[2]
         self.assertEqual(returned.get_content_type(), "message/rfc822")
         self.assertIn(b"the body", bounce.data)
+
+    def test_diagnosticCodeNamesWhoSaidIt(self) -> None:
+        """RFC 3464 section 2.3.6: a remote server's reply is "smtp;", jsmail's own
+        reason goes under its own type, and Status comes from the reply's code."""
+        peer = RecordingAgent(lambda rcpt: (DeliveryStatus.PERMANENT, PeerReply(550, "5.1.1", "unknown user")))
+        own = RecordingAgent(lambda rcpt: (DeliveryStatus.PERMANENT, reply.LOOPING))
+        bodies = []
+        for agent in (peer, own):
+            scheduler = Scheduler(MemoryQueue(), Router(["localhost"], agent), self.clock, runNow, "mx.test")
+            scheduler.startService()
+            self.successResultOf(scheduler.funnel.enqueue(Envelope("a@localhost", (Recipient("bad@localhost"),)),
+                                                          b"Subject: s\r\n\r\nbody\r\n"))
+            self.clock.advance(0)
+            [bounce] = [d for d in agent.deliveries if d.envelope.isBounce]
+            bodies.append(email.message_from_bytes(bounce.data).get_payload()[1].get_payload()[1])
+        self.assertEqual([(b["Status"], b["Diagnostic-Code"]) for b in bodies], [
+            ("5.1.1", "smtp; 550 5.1.1 unknown user"),
+            ("5.4.6", "X-jsmail; 550 5.4.6 This message is looping: it already has my Delivered-To line")])
 
     def test_headers_only_by_default(self) -> None:
         [bounce] = self.deliver(Envelope("a@localhost", (Recipient("bad@localhost"),)))
@@ -273,7 +296,7 @@ class FlushTests(TestCase):
         clock = Clock()
         queue = MemoryQueue()
         answers = [DeliveryStatus.TEMPORARY, DeliveryStatus.DELIVERED]
-        agent = RecordingAgent(lambda rcpt: (answers.pop(0), "451 4.4.1 later"))
+        agent = RecordingAgent(lambda rcpt: (answers.pop(0), LATER))
         scheduler = Scheduler(queue, Router(["localhost"], agent), clock, runNow, "mx.test")
         scheduler.startService()
         self.successResultOf(scheduler.funnel.enqueue(Envelope("a@localhost", (Recipient("x@localhost"),)), b"x\r\n"))
@@ -291,7 +314,7 @@ class OperatorTests(TestCase):
         operator deleted (or held) meanwhile is dropped from the plan, not delivered."""
         clock = Clock()
         queue = MemoryQueue()
-        agent = RecordingAgent(lambda rcpt: (DeliveryStatus.TEMPORARY, "451 4.4.1 later"))
+        agent = RecordingAgent(lambda rcpt: (DeliveryStatus.TEMPORARY, LATER))
         scheduler = Scheduler(queue, Router(["localhost"], agent), clock, runNow, "mx.test")
         scheduler.startService()
         queueId = self.successResultOf(scheduler.funnel.enqueue(Envelope("a@localhost", (Recipient("x@localhost"),)), b"x\r\n"))

@@ -24,9 +24,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jsmail.auth import MailRealm
 from jsmail.remote.dane import DANE_EE, TLSARecord
 from jsmail.envelope import Recipient
-from jsmail.interfaces import DeliveryResult, DeliveryStatus
-from jsmail.queue.store import MemoryQueue
-from jsmail.smtp.client import (CHUNK, ClientSettings, DotStuffer, ESMTPClient, OutgoingMessage, SMTPClientError,
+from jsmail.interfaces import DeliveryStatus
+from jsmail.queue.memory import MemoryQueue
+from jsmail.error import DeliveryError
+from jsmail.smtp.client import (CHUNK, ClientSettings, DotStuffer, ESMTPClient, OutgoingMessage,
                                clientTLS, sendmail)
 from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
 from jsmail.testing import RecordingTransport
@@ -103,8 +104,21 @@ class Session:
         self.client.connectionLost(Failure(reason or ConnectionDone()))
 
 
-def results(*triples: tuple[str, DeliveryStatus, str]) -> list[list[DeliveryResult]]:
-    return [[DeliveryResult(*t) for t in triples]]
+class Described(list):  # type: ignore[type-arg]
+    """Expected results as (recipient, status, reply and detail in one line); equal to
+    a list of result lists that say the same (compared first, as a list subclass)."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, list):
+            return NotImplemented
+        return list(self) == [[(r.recipient, r.status, r.describe()) for r in group] for group in other]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+
+def results(*triples: tuple[str, DeliveryStatus, str]) -> Described:
+    return Described([list(triples)])
 
 
 class SetupTests(SynchronousTestCase):
@@ -136,7 +150,7 @@ class SetupTests(SynchronousTestCase):
         s = Session()
         self.assertEqual(s.reply(b"554 5.7.1 not you\r\n"), b"QUIT\r\n")
         [failure] = s.readyResult
-        self.assertEqual((failure.value.reply, failure.value.permanent), ("554 5.7.1 not you", False))
+        self.assertEqual((str(failure.value.reply), failure.value.permanent), ("554 5.7.1 not you", False))
         self.assertTrue(s.transport.disconnecting)
         self.assertEqual(s.send(message()), results(("b@example.net", TEMPORARY, "554 5.7.1 not you")))
 
@@ -145,7 +159,7 @@ class SetupTests(SynchronousTestCase):
         s.reply(GREETING)
         s.reply(b"550 no\r\n")
         self.assertEqual(s.reply(b"550 5.7.1 go away\r\n"), b"QUIT\r\n")
-        self.assertEqual(s.readyResult[0].value.reply, "550 5.7.1 go away")
+        self.assertEqual(str(s.readyResult[0].value), "550 5.7.1 go away")
 
     def test_greeting_timeout(self) -> None:
         s = Session()
@@ -153,8 +167,8 @@ class SetupTests(SynchronousTestCase):
         self.assertEqual(s.readyResult, [])
         s.clock.advance(1)
         [failure] = s.readyResult
-        self.assertEqual(failure.value.reply,
-                         "451 4.4.2 timed out after 300 seconds waiting for the greeting (192.0.2.25)")
+        self.assertEqual(str(failure.value),
+                         "451 4.4.2 Timed out waiting for the mail exchanger (timed out after 300 seconds waiting for the greeting (192.0.2.25))")
         self.assertTrue(s.transport.disconnected, "aborted")
         self.assertEqual(s.written(), b"")
 
@@ -162,12 +176,12 @@ class SetupTests(SynchronousTestCase):
         s = Session()
         s.reply(GREETING)
         s.reply(b"421-4.3.2 shutting\r\n421-4.3.2 down\r\n421 4.3.2 now\r\n")
-        self.assertEqual(s.readyResult[0].value.reply, "421 4.3.2 shutting 4.3.2 down 4.3.2 now")
+        self.assertEqual(str(s.readyResult[0].value), "421 4.3.2 shutting 4.3.2 down 4.3.2 now")
 
     def test_malformed_reply(self) -> None:
         s = Session()
         s.reply(b"hello there\r\n")
-        self.assertEqual(s.readyResult[0].value.reply, "451 4.5.0 192.0.2.25 sent a malformed reply: b'hello there'")
+        self.assertEqual(str(s.readyResult[0].value), "451 4.5.0 The mail exchanger\'s reply could not be read (192.0.2.25 sent a malformed reply: b'hello there')")
         self.assertTrue(s.transport.disconnected)
 
     def test_verify_needs_a_name(self) -> None:
@@ -366,7 +380,8 @@ class TransactionTests(SynchronousTestCase):
         s.pump()
         s.reply(QUEUED)
         self.assertEqual([r.status for r in sent[0]], [PERMANENT, DELIVERED])
-        self.assertEqual(sent[0][0].detail, "501 5.1.3 bad recipient address")
+        self.assertEqual(str(sent[0][0].reply), "501 5.1.3 Bad recipient address")
+        self.assertIn("RCPT TO:<evil@example.com", sent[0][0].detail)
 
 
 class ParameterTests(SynchronousTestCase):
@@ -386,7 +401,7 @@ class ParameterTests(SynchronousTestCase):
         """Larger than the peer's SIZE: permanent for every recipient, nothing sent."""
         written, result = self.sent(message(b"x" * 11, "b@example.net", "c@example.net"), "PIPELINING", "SIZE 10")
         self.assertEqual(written, b"")
-        detail = "552 5.3.4 message of 11 octets exceeds the 10 octets 192.0.2.25 accepts"
+        detail = "552 5.3.4 The message of 11 octets exceeds the 10 octets the mail exchanger accepts (192.0.2.25 takes at most 10 octets)"
         self.assertEqual(result, results(("b@example.net", PERMANENT, detail), ("c@example.net", PERMANENT, detail)))
 
     def test_8bit_body(self) -> None:
@@ -405,7 +420,7 @@ class ParameterTests(SynchronousTestCase):
         self.assertEqual(written, b"")
         self.assertEqual(result, results(
             ("b@example.net", PERMANENT,
-             "554 5.6.3 the message has 8-bit data and 192.0.2.25 does not offer 8BITMIME")))
+             "554 5.6.3 The message has 8-bit data and the mail exchanger does not offer 8BITMIME (192.0.2.25 does not offer 8BITMIME)")))
 
     def test_declared_8bit_but_7bit_content_goes_to_7bit_peer(self) -> None:
         written, _ = self.sent(message(b"x\r\n", mailParams={"BODY": "8BITMIME"}))
@@ -421,7 +436,7 @@ class ParameterTests(SynchronousTestCase):
         written, result = self.sent(message(b"x\r\n", "bé@example.net"), "8BITMIME")
         self.assertEqual(written, b"")
         self.assertEqual(result, results(
-            ("bé@example.net", PERMANENT, "553 5.6.7 the message needs SMTPUTF8, which 192.0.2.25 does not offer")))
+            ("bé@example.net", PERMANENT, "553 5.6.7 The message needs SMTPUTF8, which the mail exchanger does not offer (192.0.2.25 does not offer SMTPUTF8)")))
 
     def test_dsn_only_when_offered(self) -> None:
         msg = message(b"x\r\n", mailParams={"RET": "HDRS", "ENVID": "q1", "BODY": "7BIT"},
@@ -510,7 +525,8 @@ class FailureTests(SynchronousTestCase):
         s.clock.advance(299)
         self.assertEqual(sent, [])
         s.clock.advance(1)
-        detail = "451 4.4.2 timed out after 300 seconds waiting for the reply to MAIL (192.0.2.25)"
+        detail = ("451 4.4.2 Timed out waiting for the mail exchanger "
+                  "(timed out after 300 seconds waiting for the reply to MAIL (192.0.2.25))")
         self.assertEqual(sent, results(("b@example.net", TEMPORARY, detail), ("c@example.net", TEMPORARY, detail)))
         self.assertTrue(s.transport.disconnected)
 
@@ -518,6 +534,7 @@ class FailureTests(SynchronousTestCase):
         s, sent = self.session()
         s.reply(OK + OK + OK)
         s.clock.advance(120)
+        self.assertEqual(str(sent[0][0].reply), "451 4.4.2 Timed out waiting for the mail exchanger")
         self.assertIn("waiting for the reply to DATA", sent[0][0].detail)
 
     def test_data_block_timeout(self) -> None:
@@ -550,8 +567,8 @@ class FailureTests(SynchronousTestCase):
         s.reply(OK + OK + OK + b"550 5.1.1 no\r\n" + GO_AHEAD)
         s.transport.producer.resumeProducing()
         s.lose(ConnectionLost("reset"))
-        lost = ("451 4.4.2 connection to 192.0.2.25 lost: "
-                "Connection to the other side was lost in a non-clean fashion: reset.")
+        lost = ("451 4.4.2 The connection to the mail exchanger was lost (connection to 192.0.2.25 lost: "
+                "Connection to the other side was lost in a non-clean fashion: reset.)")
         self.assertEqual(sent, results(("b@example.net", TEMPORARY, lost), ("c@example.net", TEMPORARY, lost),
                                        ("d@example.net", PERMANENT, "550 5.1.1 no")))
         self.assertEqual(s.send(message()), results(("b@example.net", TEMPORARY, lost)))
@@ -565,7 +582,7 @@ class FailureTests(SynchronousTestCase):
             raise OSError("gone")
 
         sent = s.send(OutgoingMessage("a@example.org", (Recipient("b@example.net"),), {}, 1, refuse))
-        self.assertEqual(sent, results(("b@example.net", TEMPORARY, "451 4.3.0 cannot read the message: gone")))
+        self.assertEqual(sent, results(("b@example.net", TEMPORARY, "451 4.3.0 Cannot read the queued message (gone)")))
         self.assertEqual(s.written(), b"")
 
 
@@ -599,15 +616,16 @@ class StartTLSTests(SynchronousTestCase):
         s.reply(GREETING)
         self.assertEqual(s.reply(b"250 mx.test\r\n"), b"QUIT\r\n")
         error = s.readyResult[0].value
-        self.assertEqual((error.reply, error.permanent),
-                         ("454 4.7.5 TLS is required but 192.0.2.25 does not offer STARTTLS", False))
+        self.assertEqual((str(error), error.permanent),
+                         ("454 4.7.5 TLS is required but the mail exchanger does not offer STARTTLS "
+                          "(192.0.2.25 does not offer STARTTLS)", False))
 
     def test_refused_with_verify(self) -> None:
         s = Session(tls="verify", tlsHostname="mx.test")
         s.reply(GREETING)
         s.reply(b"250-mx.test\r\n250 STARTTLS\r\n")
         s.reply(b"454 4.7.0 not now\r\n")
-        self.assertEqual(s.readyResult[0].value.reply, "454 4.7.5 STARTTLS failed: 454 4.7.0 not now")
+        self.assertEqual(str(s.readyResult[0].value), "454 4.7.5 TLS is required but the mail exchanger refused STARTTLS (192.0.2.25: STARTTLS failed: 454 4.7.0 not now)")
 
     def test_handshake_fails(self) -> None:
         s = Session(tls="opportunistic")
@@ -617,9 +635,10 @@ class StartTLSTests(SynchronousTestCase):
         s.lose(ConnectionLost("handshake failure"))
         self.assertTrue(s.client.tlsFailed)
         error = s.readyResult[0].value
-        self.assertIsInstance(error, SMTPClientError)
-        self.assertEqual((error.reply, error.permanent),
-                         ("454 4.7.5 TLS with 192.0.2.25 failed: Connection to the other side was lost in a "
+        self.assertIsInstance(error, DeliveryError)
+        self.assertEqual((str(error.reply), error.detail, error.permanent),
+                         ("454 4.7.5 TLS with the mail exchanger failed",
+                          "TLS with 192.0.2.25 failed: Connection to the other side was lost in a "
                           "non-clean fashion: handshake failure.", False))
 
     def test_never_with_none(self) -> None:
@@ -631,7 +650,7 @@ class StartTLSTests(SynchronousTestCase):
         s.reply(GREETING)
         s.reply(b"250-mx.test\r\n250 STARTTLS\r\n")
         s.reply(b"454 4.7.0 not now\r\n")
-        self.assertEqual(s.readyResult[0].value.reply, "454 4.7.5 STARTTLS failed: 454 4.7.0 not now")
+        self.assertEqual(str(s.readyResult[0].value), "454 4.7.5 TLS is required but the mail exchanger refused STARTTLS (192.0.2.25: STARTTLS failed: 454 4.7.0 not now)")
 
     def test_tlsa_handshake_failure_is_no_reason_for_plaintext(self) -> None:
         """RFC 7672 section 2.2: a DANE session never falls back to plaintext."""
@@ -641,7 +660,8 @@ class StartTLSTests(SynchronousTestCase):
         s.reply(b"220 go ahead\r\n")
         s.lose(ConnectionLost("handshake failure"))
         self.assertFalse(s.client.tlsFailed)
-        self.assertTrue(s.readyResult[0].value.reply.startswith("454 4.7.5 TLS with 192.0.2.25 failed"))
+        self.assertTrue(str(s.readyResult[0].value).startswith(
+            "454 4.7.5 TLS with the mail exchanger failed (TLS with 192.0.2.25 failed"))
 
     def test_tlsa_server_name_sent(self) -> None:
         """SNI, though the certificate is not checked in the handshake."""
@@ -680,26 +700,26 @@ class AuthTests(SynchronousTestCase):
         s.reply(b"334 VXNlcm5hbWU6\r\n")
         self.assertEqual(s.reply(b"334 UGFzc3dvcmQ6\r\n"), b"cA==\r\n")
         s.clock.advance(300)
-        self.assertEqual(s.readyResult[0].value.reply,
-                         "451 4.4.2 timed out after 300 seconds waiting for the reply to AUTH LOGIN (192.0.2.25)")
+        self.assertEqual(str(s.readyResult[0].value),
+                         "451 4.4.2 Timed out waiting for the mail exchanger (timed out after 300 seconds waiting for the reply to AUTH LOGIN (192.0.2.25))")
 
     def test_bad_credentials_permanent(self) -> None:
         s = self.session(b"AUTH PLAIN")
         s.written()
         self.assertEqual(s.reply(b"535 5.7.8 no\r\n"), b"QUIT\r\n")
         error = s.readyResult[0].value
-        self.assertEqual((error.reply, error.permanent), ("535 5.7.8 no", True))
+        self.assertEqual((str(error.reply), error.permanent), ("535 5.7.8 no", True))
         self.assertEqual(s.send(message()), results(("b@example.net", PERMANENT, "535 5.7.8 no")))
 
     def test_not_offered(self) -> None:
         s = self.session(b"PIPELINING")
         self.assertEqual(s.written(), b"QUIT\r\n")
-        self.assertEqual(s.readyResult[0].value.reply, "454 4.7.0 192.0.2.25 does not offer AUTH")
+        self.assertEqual(str(s.readyResult[0].value), "454 4.7.0 The relay does not offer AUTH PLAIN or LOGIN (192.0.2.25 does not offer AUTH)")
 
     def test_never_in_plaintext(self) -> None:
         s = self.session(b"AUTH PLAIN", tls="opportunistic")
         self.assertEqual(s.written(), b"QUIT\r\n")
-        self.assertEqual(s.readyResult[0].value.reply, "454 4.7.0 not sending credentials to 192.0.2.25 without TLS")
+        self.assertEqual(str(s.readyResult[0].value), "454 4.7.0 Not sending credentials without TLS (192.0.2.25 did not offer STARTTLS)")
 
     def test_plaintext_when_tls_is_none(self) -> None:
         s = self.session(b"AUTH PLAIN", tls="none")
@@ -793,7 +813,8 @@ class LoopbackTests(TestCase):
         msg = message(BODY, "x@localhost", "y@localhost")
         result = yield self.sendmail(port, msg, tls="none")
         self.assertEqual([r.status for r in result], [DELIVERED, DELIVERED])
-        self.assertRegex(result[0].detail, r"^250 2\.0\.0 Queued as [0-9A-F]+$")
+        self.assertRegex(str(result[0].reply), r"^250 2\.0\.0 Queued as [0-9A-F]+$")
+        self.assertTrue(result[0].fromPeer)
         self.assertEqual(self.received()[1], BODY)
         [(envelope, _)] = self.queue.messages.values()
         self.assertEqual(envelope.mailParams, {"SIZE": str(len(BODY)), "BODY": "8BITMIME"})
@@ -828,9 +849,10 @@ class LoopbackTests(TestCase):
         port = self.jsmail()
         result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"), tls="verify",
                                      tlsHostname="other.test", trustRoot=self.trustRoot)
-        [(recipient, status, detail)] = [(r.recipient, r.status, r.detail) for r in result]
+        [(recipient, status, detail)] = [(r.recipient, r.status, r.describe()) for r in result]
         self.assertEqual((recipient, status), ("x@localhost", TEMPORARY))
-        self.assertTrue(detail.startswith("454 4.7.5 TLS with 127.0.0.1 failed"), detail)
+        self.assertTrue(detail.startswith("454 4.7.5 TLS with the mail exchanger failed (TLS with 127.0.0.1 failed"),
+                        detail)
         self.assertEqual(self.queue.messages, {})
 
     @defer.inlineCallbacks
@@ -867,8 +889,9 @@ class LoopbackTests(TestCase):
         port = self.jsmail()
         record = tlsa(DANE_EE, 1, 1, trustme.CA().issue_cert("mx.test").cert_chain_pems[0])
         result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"), tlsHostname="mx.test", tlsa=(record,))
-        self.assertEqual(result, [DeliveryResult("x@localhost", TEMPORARY,
-                                                 "454 4.7.5 certificate of mx.test does not match its TLSA records")])
+        self.assertEqual([result], results(("x@localhost", TEMPORARY,
+                                            "454 4.7.5 The mail exchanger's certificate does not match its TLSA "
+                                            "records (certificate of mx.test does not match its TLSA records)")))
         self.assertEqual(self.queue.messages, {})
 
     @defer.inlineCallbacks
@@ -876,8 +899,9 @@ class LoopbackTests(TestCase):
         port = self.jsmail(tls=None)
         record = tlsa(DANE_EE, 1, 1, self.leaf.cert_chain_pems[0])
         result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"), tlsHostname="mx.test", tlsa=(record,))
-        self.assertEqual(result, [DeliveryResult("x@localhost", TEMPORARY,
-                                                 "454 4.7.5 TLS is required but 127.0.0.1 does not offer STARTTLS")])
+        self.assertEqual([result], results(("x@localhost", TEMPORARY,
+                                            "454 4.7.5 TLS is required but the mail exchanger does not offer "
+                                            "STARTTLS (127.0.0.1 does not offer STARTTLS)")))
         self.assertEqual(self.queue.messages, {})
 
     @defer.inlineCallbacks
@@ -902,8 +926,7 @@ class LoopbackTests(TestCase):
         port = self.jsmail(requireAuth=True)
         result = yield self.sendmail(port, message(b"x\r\n", "x@example.com"), tls="verify", tlsHostname="mx.test",
                                      trustRoot=self.trustRoot, username="u", password="wrong")
-        self.assertEqual(result,
-                         [DeliveryResult("x@example.com", PERMANENT, "535 5.7.8 Authentication credentials invalid")])
+        self.assertEqual([result], results(("x@example.com", PERMANENT, "535 5.7.8 Authentication credentials invalid")))
 
     @defer.inlineCallbacks
     def test_implicit_tls(self) -> Any:
@@ -920,6 +943,6 @@ class LoopbackTests(TestCase):
         yield port.stopListening()
         result = yield self.sendmail(number, message(b"x\r\n", "b@example.net", "c@example.net"))
         self.assertEqual([r.status for r in result], [TEMPORARY, TEMPORARY])
-        self.assertTrue(result[0].detail.startswith(f"451 4.4.1 cannot connect to 127.0.0.1 port {number}: "),
-                        result[0].detail)
+        self.assertEqual(str(result[0].reply), "451 4.4.1 Cannot connect to the mail exchanger")
+        self.assertTrue(result[0].detail.startswith(f"cannot connect to 127.0.0.1 port {number}: "), result[0].detail)
         self.assertIn("refused", result[0].detail)

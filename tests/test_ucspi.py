@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jsmail.queue.store import listQueue, openEntry
+from jsmail.queue.admin import listQueue, openEntry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -23,11 +23,9 @@ Dovecot, Courier) and qmail-local and Postfix's local(8) write them.
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Callable, Sequence
 
@@ -38,55 +36,18 @@ from jsmail._disk import GroupSync
 from jsmail._threads import RunInThread
 from jsmail.address import BadMailbox, mailboxName
 from jsmail.local.aliases import AliasesFile
-from jsmail.local.dotqmail import (Forward, InstructionError, Instructions, Mailbox, Maildir, Mbox, Program,
-                             commandEnvironment, findMailbox, newSender, readInstructions)
+from jsmail import reply
 from jsmail.envelope import Envelope, Recipient
+from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IIncomingMessage, QueuedMessage
+from jsmail.local.dotqmail import (Forward, Instructions, Mailbox, Maildir, Mbox, Program, commandEnvironment,
+                                   findMailbox, newSender, readInstructions)
+from jsmail.local.maildir import copyAsLF, makeMaildir, writeMaildirMessage
 from jsmail.local.mbox import MboxError, appendMbox, fromLine
-from jsmail.local.program import runProgram
+from jsmail.local.program import ProgramStatus, runProgram
 from jsmail.route import VirtualDomains
 
 _COPY_CHUNK = 65536
-_deliveries = itertools.count()
-
-
-def _uniqueName(hostname: str) -> str:
-    """A Maildir unique name: ``<seconds>.M<usec>P<pid>Q<n>.<host>`` (maildir spec)."""
-    now = time.time()
-    host = hostname.replace("/", r"\057").replace(":", r"\072")
-    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_deliveries)}.{host}"
-
-
-def copyAsLF(source: BinaryIO, target: BinaryIO) -> None:
-    """Copy CR LF text as LF text, in chunks (a CR LF may straddle two chunks)."""
-    held = b""
-    while chunk := source.read(_COPY_CHUNK):
-        data = held + chunk
-        held = b"\r" if data.endswith(b"\r") else b""
-        target.write(data[: len(data) - len(held)].replace(b"\r\n", b"\n"))
-    target.write(held)
-
-
-def makeMaildir(maildir: str) -> None:
-    for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
-
-
-def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname: str) -> str:
-    """Deliver into an existing ``maildir``; return the path in ``new/``.  Blocking;
-    durable only after a sync."""
-    name = _uniqueName(hostname)
-    tmpPath = os.path.join(maildir, "tmp", name)
-    with open(tmpPath, "xb") as f:
-        try:
-            f.write(headers)
-            copyAsLF(source, f)
-        except BaseException:
-            os.unlink(tmpPath)
-            raise
-    newPath = os.path.join(maildir, "new", name)
-    os.rename(tmpPath, newPath)
-    return newPath
 
 
 @dataclass(frozen=True)
@@ -119,14 +80,6 @@ class _Plan:
     default: str | None
     newSender: str
     cwd: str
-
-
-class _Outcome(Exception):
-    """Ends a delivery early with this result."""
-
-    def __init__(self, status: DeliveryStatus, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
 
 
 def _line(text: str) -> bytes:
@@ -201,24 +154,21 @@ class LocalDelivery:
         try:
             plan = yield self.runInThread(self._plan, message, address, usersDomain, dtline)
             if plan.instructions is None:
-                result = yield self._deliverDefault(message, address, rpline + dtline)
-                return replace(result, recipient=recipient)
-            detail = yield self._follow(message, address, plan, rpline, dtline)
-        except _Outcome as e:
-            return DeliveryResult(recipient, e.status, e.detail)
-        except InstructionError as e:
-            return DeliveryResult(recipient, DeliveryStatus.PERMANENT if e.permanent else DeliveryStatus.TEMPORARY,
-                                  e.text)
+                detail = yield self._deliverDefault(message, address, rpline + dtline)
+            else:
+                detail = yield self._follow(message, address, plan, rpline, dtline)
+        except DeliveryError as e:
+            [result] = DeliveryResult.forAll([Recipient(recipient)], e)
+            return result
         except Exception as e:
-            return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, f"451 4.3.0 local delivery failed: {e}")
-        return DeliveryResult(recipient, DeliveryStatus.DELIVERED, detail)
+            return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR, f"local delivery: {e}")
+        return DeliveryResult(recipient, DeliveryStatus.DELIVERED, reply.DELIVERED, detail)
 
     def _plan(self, message: QueuedMessage, recipient: str, usersDomain: str, dtline: bytes) -> _Plan:
         """Loop check and the instructions to follow (blocking)."""
         with message.open() as source:
             if isLooping(source, dtline):
-                raise _Outcome(DeliveryStatus.PERMANENT,
-                               "This message is looping: it already has my Delivered-To line. (#5.4.6)")
+                raise DeliveryError(reply.LOOPING, detail=dtline.decode("utf-8", "replace").strip())
         local, _, domain = recipient.rpartition("@")
         sender = message.envelope.sender
         separators = self.settings.separators
@@ -233,12 +183,13 @@ class LocalDelivery:
         return _Plan(mailbox, found.instructions, found.default, newSender(mailbox, sender),
                      mailbox.home or self.root)
 
-    def _deliverDefault(self, message: QueuedMessage, recipient: str,
-                        headers: bytes) -> defer.Deferred[DeliveryResult]:
+    def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
+        """Into the recipient's own Maildir, made on first delivery; fires with the log
+        detail, or fails with :class:`DeliveryError`."""
         try:
             maildir = self.maildirFor(recipient)
         except BadMailbox as e:
-            return defer.succeed(DeliveryResult(recipient, DeliveryStatus.PERMANENT, f"550 5.1.3 {e}"))
+            return defer.fail(DeliveryError(reply.BAD_LOCAL_MAILBOX, detail=str(e)))
 
         def write() -> str:
             if maildir not in self._made:
@@ -247,18 +198,14 @@ class LocalDelivery:
             with message.open() as source:
                 return writeMaildirMessage(maildir, headers, source, self.hostname)
 
-        def written(path: str) -> defer.Deferred[DeliveryResult]:
-            d = self.syncer.sync(os.path.dirname(path))
-            return d.addCallback(
-                lambda _: DeliveryResult(recipient, DeliveryStatus.DELIVERED, f"delivered to maildir {maildir}")
-            )
+        def written(path: str) -> defer.Deferred[str]:
+            return self.syncer.sync(os.path.dirname(path)).addCallback(lambda _: f"maildir {maildir}")
 
-        def failed(failure: object) -> DeliveryResult:
+        def failed(failure: Any) -> None:
             self._made.discard(maildir)
-            error = getattr(failure, "value", failure)
-            return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, f"451 4.3.0 maildir delivery failed: {error}")
+            raise DeliveryError(reply.DELIVERY_ERROR, detail=f"maildir {maildir}: {failure.getErrorMessage()}")
 
-        d: defer.Deferred[DeliveryResult] = self.runInThread(write).addCallback(written)
+        d: defer.Deferred[str] = self.runInThread(write).addCallback(written)
         return d.addErrback(failed)
 
     @defer.inlineCallbacks
@@ -286,7 +233,8 @@ class LocalDelivery:
                     continue
                 if plan.instructions.forwardOnly:
                     kind = "prog" if isinstance(instruction, Program) else "file"
-                    raise InstructionError(f"Uh-oh: .qmail has {kind} delivery but has x bit set. (#4.7.0)")
+                    raise DeliveryError(reply.INSTRUCTIONS_UNSAFE,
+                                        detail=f"{plan.instructions.source} has {kind} delivery but has x bit set")
                 if isinstance(instruction, Maildir):
                     path = os.path.join(plan.cwd, instruction.path)
                     yield self._toMaildir(message, path, rpline + dtline)
@@ -300,7 +248,7 @@ class LocalDelivery:
                     try:
                         yield self.runInThread(append)
                     except MboxError as e:
-                        raise InstructionError(str(e)) from None
+                        raise DeliveryError(reply.DELIVERY_ERROR, detail=str(e)) from None
                     files += 1
                 else:
                     copy = yield self.runInThread(lf)
@@ -308,12 +256,14 @@ class LocalDelivery:
                                              self.settings.separators, (ufline, rpline, dtline), dict(os.environ))
                     result = yield runProgram(self.reactor, instruction.command, copy.fileno(), env, plan.cwd,
                                               self.settings.programTimeout)
-                    if result.status in ("permanent", "temporary"):
-                        raise InstructionError(result.text, permanent=result.status == "permanent")
+                    if result.status is ProgramStatus.PERMANENT:
+                        raise DeliveryError(reply.PROGRAM_FAILED.format(result.text), True, instruction.command)
+                    if result.status is ProgramStatus.TEMPORARY:
+                        raise DeliveryError(reply.PROGRAM_DEFERRED.format(result.text), False, instruction.command)
                     programs += 1
                     if result.text and not result.text.startswith("program exited"):
                         outputs.append(result.text)
-                    if result.status == "stop":
+                    if result.status is ProgramStatus.STOP:
                         break
         finally:
             for copy in lfCopy:
@@ -330,14 +280,13 @@ class LocalDelivery:
 
         def write() -> str:
             if not os.path.isdir(os.path.join(maildir, "tmp")):
-                raise InstructionError(f"Unable to chdir to maildir {maildir}. (#4.2.1)")
+                raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, detail=f"unable to chdir to maildir {maildir}")
             with message.open() as source:
                 return writeMaildirMessage(maildir, headers, source, self.hostname)
 
         def failed(failure: Any) -> None:
-            if failure.check(InstructionError):
-                return failure  # type: ignore[no-any-return]
-            raise InstructionError(f"Temporary error on maildir delivery: {failure.getErrorMessage()}. (#4.3.0)")
+            failure.trap(OSError)
+            raise DeliveryError(reply.DELIVERY_ERROR, detail=f"maildir {maildir}: {failure.getErrorMessage()}")
 
         d = self.runInThread(write).addCallback(lambda path: self.syncer.sync(os.path.dirname(path)))
         return d.addErrback(failed)
@@ -347,7 +296,7 @@ class LocalDelivery:
         """Queue one copy for all forward addresses, from ``sender``, with the
         Delivered-To line added (section 9.4)."""
         if self.newMessage is None:
-            raise InstructionError("Unable to forward: no queue to forward through. (#4.3.0)")
+            raise DeliveryError(reply.DELIVERY_ERROR, detail="unable to forward: no queue to forward through")
         envelope = Envelope(sender, tuple(Recipient(a) for a in addresses), arrival=self.reactor.seconds(),
                             clientAddress="127.0.0.1", helo=self.hostname, protocol="local")
         incoming = self.newMessage(envelope)
@@ -360,6 +309,6 @@ class LocalDelivery:
 
         def failed(failure: Any) -> None:
             incoming.abort()
-            raise InstructionError(f"Unable to forward message: {failure.getErrorMessage()}. (#4.3.0)")
+            raise DeliveryError(reply.DELIVERY_ERROR, detail=f"unable to forward: {failure.getErrorMessage()}")
 
         return self.runInThread(write).addCallbacks(lambda _: incoming.commit(), failed)

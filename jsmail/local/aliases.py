@@ -25,7 +25,9 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from jsmail.local.dotqmail import Forward, Instruction, InstructionError, Maildir, Mbox, Program
+from jsmail import reply
+from jsmail.error import DeliveryError
+from jsmail.local.dotqmail import Forward, Instruction, Maildir, Mbox, Program
 
 
 class AliasesError(ValueError):
@@ -145,12 +147,12 @@ class AliasesFile:
         """The instructions for ``local@domain``: the alias named by the whole address,
         else the local part, else the local part before its first separator (so
         ``staff+x`` reaches ``staff``); None if there is no such alias.  A bad file is
-        a temporary failure (:class:`InstructionError`), so no mail is lost while an
+        a temporary failure (:class:`~jsmail.error.DeliveryError`), so no mail is lost while an
         operator fixes it."""
         try:
             aliases = self.load()
         except AliasesError as e:
-            raise InstructionError(f"{e} (#4.3.0)") from None
+            raise DeliveryError(reply.DELIVERY_ERROR, detail=str(e)) from None
         base = next((local[:i] for i, c in enumerate(local) if c in separators and i), local)
         for key in (f"{local}@{domain}".lower(), local.lower(), base.lower()):
             if key in aliases:

@@ -34,14 +34,8 @@ import stat
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-
-class InstructionError(Exception):
-    """Delivery cannot go on: ``permanent`` (bounce) or not (retry), and the text."""
-
-    def __init__(self, text: str, permanent: bool = False) -> None:
-        super().__init__(text)
-        self.text = text
-        self.permanent = permanent
+from jsmail import reply
+from jsmail.error import DeliveryError
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,7 @@ def parseLine(line: str) -> Instruction | None:
         return Maildir(line) if line.endswith("/") else Mbox(line)
     address = line[1:] if line.startswith("&") else line
     if not address or any(c in address for c in " \t<>()\"\\,;"):
-        raise InstructionError(f"Unable to forward to {address!r}: not a bare address. (#5.1.3)", permanent=True)
+        raise DeliveryError(reply.BAD_FORWARD, detail=f"cannot forward to {address!r}: not a bare address")
     return Forward(address)
 
 
@@ -107,7 +101,7 @@ def parseInstructions(text: str, source: str = "", forwardOnly: bool = False) ->
     if text.endswith("\n"):
         lines.pop()  # the final LF ends the last line; it does not start another
     if lines and not lines[0].rstrip(" \t"):
-        raise InstructionError("Uh-oh: first line of .qmail file is blank. (#4.2.1)")
+        raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, detail=f"first line of {source or '.qmail file'} is blank")
     parsed: list[Instruction] = []
     for line in lines:
         if line.rstrip(" \t") == "+list":
@@ -192,7 +186,7 @@ class Found:
 
 def _checkWritable(path: str, st: os.stat_result, what: str) -> None:
     if st.st_mode & stat.S_IWOTH:
-        raise InstructionError(f"Uh-oh: {what} is writable. (#4.7.0)")
+        raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, detail=f"{what} {path} is writable")
 
 
 def readInstructions(mailbox: Mailbox, separators: str) -> Found:
@@ -202,10 +196,10 @@ def readInstructions(mailbox: Mailbox, separators: str) -> Found:
     try:
         home = os.stat(mailbox.home)
     except OSError as e:
-        raise InstructionError(f"Unable to switch to {mailbox.home}: {e.strerror}. (#4.3.0)") from None
+        raise DeliveryError(reply.DELIVERY_ERROR, detail=f"unable to switch to {mailbox.home}: {e.strerror}") from None
     _checkWritable(mailbox.home, home, "home directory")
     if home.st_mode & stat.S_ISVTX:
-        raise InstructionError("Uh-oh: home directory is sticky: user is editing his .qmail file. (#4.2.1)")
+        raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, detail=f"home directory {mailbox.home} is sticky: the user is editing .qmail")
     for name, default in fileCandidates(mailbox.dash, mailbox.ext, separators):
         path = os.path.join(mailbox.home, name)
         try:
@@ -217,7 +211,7 @@ def readInstructions(mailbox: Mailbox, separators: str) -> Found:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
         except OSError as e:
-            raise InstructionError(f"Unable to open {path}: {e.strerror}. (#4.2.1)") from None
+            raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, detail=f"unable to open {path}: {e.strerror}") from None
         _checkWritable(path, st, ".qmail file")
         if not text:
             return Found(None)
@@ -225,7 +219,7 @@ def readInstructions(mailbox: Mailbox, separators: str) -> Found:
     if mailbox.alias:
         return Found(None)  # jsmail's fallback: the address keeps its default Maildir
     if mailbox.dash:
-        raise InstructionError("Sorry, no mailbox here by that name. (#5.1.1)", permanent=True)
+        raise DeliveryError(reply.NO_SUCH_LOCAL_MAILBOX, detail=f"no .qmail{mailbox.dash}{mailbox.ext} file in {mailbox.home}")
     return Found(None)
 
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from twisted.internet import defer, error, protocol
@@ -28,21 +29,29 @@ PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
 _SETSID = shutil.which("setsid")  # util-linux: puts the command in its own process group
 
 
+class ProgramStatus(Enum):
+    """How a program delivery ended (qmail-command's exit codes)."""
+
+    OK = "ok"  # 0: delivered
+    STOP = "stop"  # 99: delivered, and the instructions after it are skipped
+    PERMANENT = "permanent"  # 100 and the sysexits codes qmail treats as hard
+    TEMPORARY = "temporary"  # anything else, a signal or a timeout
+
+
 @dataclass(frozen=True)
 class ProgramResult:
-    """How a program delivery ended: ``status`` is "ok", "stop" (exit 99),
-    "permanent" or "temporary"; ``text`` is its output, or why it failed."""
+    """How a program delivery ended; ``text`` is its output, or why it failed."""
 
-    status: str
+    status: ProgramStatus
     text: str
 
 
-def statusOfExit(code: int) -> str:
+def statusOfExit(code: int) -> ProgramStatus:
     if code == 0:
-        return "ok"
+        return ProgramStatus.OK
     if code == 99:
-        return "stop"
-    return "permanent" if code in PERMANENT_CODES else "temporary"
+        return ProgramStatus.STOP
+    return ProgramStatus.PERMANENT if code in PERMANENT_CODES else ProgramStatus.TEMPORARY
 
 
 class _Command(protocol.ProcessProtocol):
@@ -62,12 +71,12 @@ class _Command(protocol.ProcessProtocol):
             text += "\nError report too long, sorry."
         value = reason.value
         if self.timedOut:
-            result = ProgramResult("temporary", f"{text}\nTimeout: the program ran too long and was killed. (#4.3.0)")
+            result = ProgramResult(ProgramStatus.TEMPORARY, f"{text}\nTimeout: the program ran too long and was killed. (#4.3.0)")
         elif isinstance(value, (error.ProcessDone, error.ProcessTerminated)) and value.exitCode is not None:
             code = value.exitCode
             result = ProgramResult(statusOfExit(code), text or f"program exited with status {code}")
         else:
-            result = ProgramResult("temporary", f"{text}\nAack, child crashed. (#4.3.0)".strip())
+            result = ProgramResult(ProgramStatus.TEMPORARY, f"{text}\nAack, child crashed. (#4.3.0)".strip())
         self.done.callback(result)
 
 
@@ -85,7 +94,7 @@ def runProgram(reactor: Any, command: str, stdin: int, env: dict[str, str], cwd:
         transport = reactor.spawnProcess(proto, args[0], args, env=env, path=cwd,
                                          childFDs={0: stdin, 1: "r", 2: "r"})
     except OSError as e:
-        return defer.succeed(ProgramResult("temporary", f"Unable to run {command}: {e.strerror}. (#4.3.0)"))
+        return defer.succeed(ProgramResult(ProgramStatus.TEMPORARY, f"Unable to run {command}: {e.strerror}. (#4.3.0)"))
 
     def kill() -> None:
         proto.timedOut = True

@@ -30,10 +30,6 @@ from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import Policy
 from jsmail.policy.verdict import Verdict
 
-CLIENT_DENIED = reply.Reply(554, "5.7.1", "Access denied for {}")
-HELO_DENIED = reply.Reply(550, "5.7.1", "HELO name {} refused")
-SENDER_DENIED = reply.Reply(553, "5.7.1", "Sender address <{}> refused")
-RECIPIENT_DENIED = reply.Reply(550, "5.7.1", "Recipient address <{}> refused")
 
 _RECHECK = 1.0  # seconds between looks at a list file's modification time
 
@@ -155,22 +151,22 @@ class AccessLists(Policy):
 
     def checkConnect(self, session: Any) -> Verdict | None:
         if self._denied("clients", session.clientAddress):
-            return Verdict.reject(CLIENT_DENIED.format(session.clientAddress), "client on the deny list")
+            return Verdict.reject(reply.CLIENT_DENIED.format(session.clientAddress), "client on the deny list")
         return None
 
     def checkHelo(self, session: Any, name: str) -> Verdict | None:
         if self._denied("helo", name.lower()):
-            return Verdict.reject(HELO_DENIED.format(name), "HELO name on the deny list")
+            return Verdict.reject(reply.HELO_DENIED.format(name), "HELO name on the deny list")
         return None
 
     def checkSender(self, session: Any, address: Address, params: dict) -> Verdict | None:
         if self._denied("senders", str(address)):
-            return Verdict.reject(SENDER_DENIED.format(address), "sender on the deny list")
+            return Verdict.reject(reply.SENDER_DENIED.format(address), "sender on the deny list")
         return None
 
     def checkRecipient(self, session: Any, address: Address, params: dict) -> Verdict | None:
         if self._denied("recipients", str(address)):
-            return Verdict.reject(RECIPIENT_DENIED.format(address), "recipient on the deny list")
+            return Verdict.reject(reply.RECIPIENT_DENIED.format(address), "recipient on the deny list")
         return None
 
 

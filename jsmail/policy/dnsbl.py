@@ -28,8 +28,6 @@ from jsmail.policy.verdict import Verdict
 
 _log = Logger()
 
-BLOCKED = reply.Reply(554, "5.7.1", "{}")
-LOOKUP_FAILED = reply.Reply(451, "4.7.1", "Temporary DNS block list lookup error, try again later")
 _NOT_LISTINGS = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("127.255.255.0/24"))  # test, errors
 
 
@@ -84,9 +82,9 @@ class DNSBL(Policy):
         if found is None or address.local.lower() == "postmaster":
             return None
         if isinstance(found, _LookupFailed):
-            return Verdict.tempfail(LOOKUP_FAILED, str(found)) if self.onError == "tempfail" else None
+            return Verdict.tempfail(reply.DNSBL_LOOKUP_FAILED, str(found)) if self.onError == "tempfail" else None
         if self.action == "reject":
-            return Verdict.reject(BLOCKED.format(_printable(found.text)),
+            return Verdict.reject(reply.DNSBL_BLOCKED.format(_printable(found.text)),
                                   f"{session.clientAddress} is listed in {found.zone}")
         return None
 

@@ -37,12 +37,7 @@ from jsmail.policy.base import MessagePolicy, Policy
 from jsmail.policy.spf import SPFChecker, SPFResult
 from jsmail.policy.verdict import Verdict
 
-SPF_FAILED = reply.Reply(550, "5.7.23", "SPF validation failed: {}")  # RFC 7372 section 3.2
-SPF_TEMPORARY = reply.Reply(451, "4.7.24", "SPF validation error, try again later: {}")
-SPF_PERMERROR = reply.Reply(550, "5.7.24", "SPF validation error: {}")
 _log = Logger()
-
-DMARC_REJECTED = reply.Reply(550, "5.7.1", "Message rejected by the DMARC policy of {}")
 
 
 def _isTrusted(session: Any) -> bool:
@@ -72,11 +67,11 @@ class SPFCheck(Policy):
         action = self.actions.get(spf.result, "tag")
         text = spf.explanation or spf.result
         if action == "reject" and spf.result in ("fail", "softfail"):
-            return Verdict.reject(SPF_FAILED.format(text), f"SPF {spf.result} for {spf.domain}")
+            return Verdict.reject(reply.SPF_FAILED.format(text), f"SPF {spf.result} for {spf.domain}")
         if action == "reject" and spf.result == "permerror":
-            return Verdict.reject(SPF_PERMERROR.format(text), f"SPF permerror for {spf.domain}")
+            return Verdict.reject(reply.SPF_PERMERROR.format(text), f"SPF permerror for {spf.domain}")
         if action == "tempfail" and spf.result == "temperror":
-            return Verdict.tempfail(SPF_TEMPORARY.format(text), f"SPF temperror for {spf.domain}")
+            return Verdict.tempfail(reply.SPF_TEMPORARY.format(text), f"SPF temperror for {spf.domain}")
         return Verdict.accept([spf.receivedSPF(self.receiver)], [entry])
 
 
@@ -164,7 +159,7 @@ class DMARCCheck(MessagePolicy):
         if evaluation.result == "fail" and evaluation.applied:
             action = {"reject": self.onReject, "quarantine": self.onQuarantine}.get(evaluation.policy, "tag")
             if action == "reject":
-                return Verdict.reject(DMARC_REJECTED.format(author),
+                return Verdict.reject(reply.DMARC_REJECTED.format(author),
                                       f"DMARC {evaluation.policy} for {author}: {evaluation.reason}")
         return Verdict.accept(results=[entry])
 

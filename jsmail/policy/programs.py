@@ -34,8 +34,6 @@ from jsmail.policy.verdict import Verdict
 
 _log = Logger()
 
-HOOK_REJECTED = reply.Reply(550, "5.7.1", "Refused by local policy")
-HOOK_TEMPORARY = reply.Reply(451, "4.3.0", "Temporary local problem, try again later")
 _OUTPUT_LIMIT = 64 * 1024
 
 
@@ -107,10 +105,10 @@ def verdictFor(command: str, code: int | None, stderr: bytes, accepted: Verdict 
     # Printable ASCII and short enough for a reply line (RFC 5321 section 4.5.3.1.5).
     text = "".join(c if 32 <= ord(c) < 127 else "?" for c in lines[0])[:400] if lines else ""
     if code == 100:
-        refusal = HOOK_REJECTED.withText(text) if text else HOOK_REJECTED
+        refusal = reply.PROGRAM_REJECTED.withText(text) if text else reply.PROGRAM_REJECTED
         return Verdict.reject(refusal, f"{command} exited 100")
     reason = f"{command} was killed after its time-out" if code is None else f"{command} exited {code}"
-    refusal = HOOK_TEMPORARY.withText(text) if text and code == 111 else HOOK_TEMPORARY
+    refusal = reply.CHECK_FAILED.withText(text) if text and code == 111 else reply.CHECK_FAILED
     return Verdict.tempfail(refusal, reason + (f": {text}" if text else ""))
 
 

@@ -27,7 +27,8 @@ from typing import BinaryIO, Callable
 from twisted.internet import defer
 
 from jsmail.envelope import Envelope, Recipient
-from jsmail.queue.store import MaildirQueue, wakeDelivery
+from jsmail.queue.store import MaildirQueue
+from jsmail.queue.admin import wakeDelivery
 
 MAX_ADDRESS = 1002  # octets, as qmail-queue
 SPOOL_IN_MEMORY = 1 << 20  # larger messages wait in a temporary file, not in memory

@@ -22,6 +22,7 @@ from jsmail.envelope import Envelope
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage, IMessageSink
 from jsmail.queue.store import newQueueId
+from jsmail import reply
 from jsmail.reply import Reply
 
 CUSTOM_ERROR = 82
@@ -56,11 +57,12 @@ def replyFor(code: int, custom: bytes = b"") -> Reply | None:
     text = custom.decode("utf-8", "replace").replace("\r", " ").replace("\n", " ").strip()
     if code == CUSTOM_ERROR and len(text) > 2 and text[0] in "DZ":
         permanent = text[0] == "D"
-        return Reply(554 if permanent else 451, "5.3.0" if permanent else "4.3.0", text[1:].strip())
+        return (reply.QQ_PERMANENT if permanent else reply.QQ_TEMPORARY).format(text[1:].strip())
     permanent, enhanced, message = _EXITS.get(code, (11 <= code <= 40, "", ""))
     if not enhanced:
         enhanced, message = ("5.3.0", "qq permanent problem") if permanent else ("4.3.0", "qq temporary problem")
-    return Reply(554 if permanent else 451, enhanced, message)
+    base = reply.QQ_PERMANENT if permanent else reply.QQ_TEMPORARY
+    return Reply(base.code, enhanced, message)
 
 
 class _Program(protocol.ProcessProtocol):
@@ -110,7 +112,7 @@ class _ProgramMessage:
             )
         except OSError as e:
             f.close()
-            return defer.fail(SMTPReplyError(Reply(451, "4.3.0", "unable to exec qq"), f"{self._sink.program}: {e}"))
+            return defer.fail(SMTPReplyError(reply.QQ_EXEC_FAILED, f"{self._sink.program}: {e}"))
 
         def ended(code: int) -> str:
             f.close()

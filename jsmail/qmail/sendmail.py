@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from typing import BinaryIO
 
 from jsmail.qmail.queueprogram import SPOOL_IN_MEMORY, QueueRefusal, enqueue
-from jsmail.queue.store import wakeDelivery
+from jsmail.queue.admin import wakeDelivery
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE, EX_IOERR, EX_TEMPFAIL = 0, 64, 65, 70, 74, 75
 MAX_HEADER = 256 * 1024  # octets of header section read to find fields and recipients

@@ -28,7 +28,7 @@ from jsmail.address import Address
 from jsmail.error import SMTPReplyError
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.policy.base import Policy
-from jsmail.reply import Reply
+from jsmail import reply
 from jsmail.smtp.server import ESMTPServer, Listener
 
 
@@ -38,7 +38,7 @@ class RBLRefusal(Policy):
     def __init__(self, text: str) -> None:
         permanent = text.startswith("-")
         clean = "".join(c if 32 <= ord(c) < 127 else "?" for c in text.lstrip("-"))[:200]
-        self.refusal = Reply(553, "5.7.1", clean) if permanent else Reply(451, "4.7.1", clean)
+        self.refusal = (reply.RBL_REFUSED if permanent else reply.RBL_TEMPORARY).format(clean)
 
     def checkRecipient(self, session: object, address: Address, params: dict) -> None:
         raise SMTPReplyError(self.refusal, "RBLSMTPD is set")
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from jsmail.config import ConfigError, loadConfig
     from jsmail.queue.funnel import Funnel
     from jsmail.qmail.queuesink import ProgramQueue
-    from jsmail.queue.store import MaildirQueue, wakeDelivery
+    from jsmail.queue.store import MaildirQueue
+    from jsmail.queue.admin import wakeDelivery
     from jsmail.policy.relay import rcptHostsOf
     from jsmail.service import serverSettings
 

@@ -1,11 +1,8 @@
 """Remote delivery (qmail-remote's job): where mail for a domain goes, and taking it there.
 
 For each recipient domain the destination is, in order: a per-domain route (like
-qmail's ``smtproutes``), the smarthost, or the domain's mail exchangers.  MX records
-come from twisted.names (RFC 5321 section 5.1): tried in preference order, equal
-preferences in random order; no MX means the domain itself (implicit MX); a null MX
-(RFC 7505) fails at once with 556 5.1.10; a domain that does not exist fails with
-550 5.1.2.  Each host's IPv6 and IPv4 addresses are tried in turn.  Only a failure to
+qmail's ``smtproutes``), the smarthost, or the domain's mail exchangers, looked up
+as :mod:`jsmail.remote.mx` says.  Only a failure to
 set up a session (no connection, a 4xx/5xx greeting, a TLS failure) moves on to the
 next address or MX; once a host has answered for the recipients, its answers stand.
 
@@ -37,8 +34,6 @@ dead MX does not cost every queued message a connection timeout.
 
 from __future__ import annotations
 
-import ipaddress
-import random
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -46,91 +41,23 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
-from twisted.names import dns, error as dnserror
-from twisted.names.client import Resolver
 from zope.interface import implementer
 
-from jsmail._dns import isNonexistent
+from jsmail import reply
+from jsmail.error import DeliveryError
 from jsmail._threads import RunInThread
 from jsmail.remote.dane import TLSARecord, lookupTLSA
 from jsmail.envelope import Recipient
-from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, QueuedMessage
-from jsmail.remote.mtasts import NoMatchingHost, PolicyFetcher, applyPolicy
+from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
+from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
+from jsmail.remote.mx import MailExchangers
 from jsmail.route import Route
-from jsmail.smtp.client import ClientSettings, ESMTPClient, OutgoingMessage, SMTPClientError
+from jsmail.smtp.client import ClientSettings, ESMTPClient, OutgoingMessage, readySession
 
 _log = Logger()
 
 # address, port, TLS mode, the name the certificate was checked for, the TLSA records it matched
 _PoolKey = tuple[str, int, str, str, tuple[TLSARecord, ...]]
-
-
-class DestinationError(Exception):
-    """Mail for the domain cannot be routed: ``reply`` says why, with its codes."""
-
-    def __init__(self, reply: str, permanent: bool) -> None:
-        super().__init__(reply)
-        self.reply = reply
-        self.permanent = permanent
-
-
-class MailExchangers:
-    """MX and address lookups through a twisted.names resolver."""
-
-    def __init__(self, resolver: Any) -> None:
-        self.resolver = resolver
-
-    @defer.inlineCallbacks
-    def hostsFor(self, domain: str) -> Any:
-        """The hosts to try for ``domain``, best first (RFC 5321 section 5.1)."""
-        if domain.startswith("["):
-            return [domain]
-        try:
-            answers, _, _ = yield self.resolver.lookupMailExchange(domain)
-        except (dnserror.DomainError, dnserror.AuthoritativeDomainError, dnserror.DNSQueryTimeoutError,
-                defer.TimeoutError) as e:
-            if isNonexistent(e):
-                raise DestinationError(f"550 5.1.2 Domain {domain} does not exist", permanent=True) from None
-            raise DestinationError(f"451 4.4.3 DNS lookup of MX for {domain} failed: {type(e).__name__}",
-                                   permanent=False) from None
-        exchangers = [(a.payload.preference, str(a.payload.name)) for a in answers
-                      if a.type == dns.MX and str(a.name).lower() == domain.lower()]
-        if not exchangers:
-            return [domain]  # implicit MX (RFC 5321 section 5.1)
-        if any(name in ("", ".") for _, name in exchangers):
-            raise DestinationError(f"556 5.1.10 Domain {domain} accepts no mail (null MX, RFC 7505)",
-                                   permanent=True)
-        random.shuffle(exchangers)
-        return [name for _, name in sorted(exchangers, key=lambda e: e[0])]
-
-    @defer.inlineCallbacks
-    def addressesOf(self, host: str) -> Any:
-        """IPv6 then IPv4 addresses of ``host`` (an address, or address literal, is its own)."""
-        if host.startswith("["):
-            literal = host[1:-1]
-            return [literal[5:]] if literal[:5].lower() == "ipv6:" else [literal]
-        try:
-            return [str(ipaddress.ip_address(host))]
-        except ValueError:
-            pass
-        lookups = yield defer.DeferredList(
-            [self.resolver.lookupIPV6Address(host), self.resolver.lookupAddress(host)], consumeErrors=True
-        )
-        addresses = []
-        for ok, result in lookups:
-            if ok:
-                answers = result[0]
-                addresses += [a.payload.dottedQuad() if a.type == dns.A else _ipv6(a.payload)
-                              for a in answers if a.type in (dns.A, dns.AAAA)]
-        if not addresses:
-            raise DestinationError(f"451 4.4.4 Host {host} has no address", permanent=False)
-        return addresses
-
-
-def _ipv6(record: Any) -> str:
-    import socket
-
-    return socket.inet_ntop(socket.AF_INET6, record.address)
 
 
 @implementer(IDeliveryAgent)
@@ -190,8 +117,8 @@ class RemoteDelivery:
         route = self.routes.get(domain) or self.smarthost
         try:
             hosts = [route.host] if route else (yield self.exchangers.hostsFor(domain))
-        except DestinationError as e:
-            return _all(recipients, e.reply, e.permanent)
+        except DeliveryError as e:
+            return DeliveryResult.forAll(recipients, e)
         dane = not route and not domain.startswith("[")
         if route:  # a route or smarthost is the operator's choice: MTA-STS and DANE are about MX hosts
             plan = [(host, route.tls) for host in hosts]
@@ -202,9 +129,9 @@ class RemoteDelivery:
                 policy = yield self.mtaSts.policyFor(domain)
             try:
                 plan = applyPolicy(policy, domain, hosts, self.tls)
-            except NoMatchingHost as e:
-                return _all(recipients, e.reply, e.permanent)
-        lastError = f"451 4.4.1 No mail exchanger for {domain} could be reached"
+            except DeliveryError as e:
+                return DeliveryResult.forAll(recipients, e)
+        lastError = DeliveryError(reply.NO_HOST_REACHED.format(domain), False, f"hosts {', '.join(hosts)}")
         for host, tls in plan:
             tlsa: tuple[TLSARecord, ...] = ()
             if dane and tls in ("opportunistic", "verify"):
@@ -213,9 +140,9 @@ class RemoteDelivery:
                     _log.info("DANE: {host} has TLSA records; its certificate must match them", host=host)
                     tls, tlsa = "opportunistic", tuple(records)
             try:
-                addresses = yield self.exchangers.addressesOf(host)
-            except DestinationError as e:
-                lastError = e.reply
+                addresses = yield self.exchangers.addressesOf(host, domain)
+            except DeliveryError as e:
+                lastError = e
                 continue
             for address in addresses:
                 outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients,
@@ -223,12 +150,12 @@ class RemoteDelivery:
                 if isinstance(outcome, list):
                     return outcome
                 lastError = outcome
-        return _all(recipients, lastError, permanent=False)
+        return DeliveryResult.forAll(recipients, lastError)
 
     def _deliverHost(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
                      tlsa: tuple[TLSARecord, ...]) -> Any:
-        """Results for the recipients, or a string saying why this host could not be
-        tried.  ``tlsa``: the host's validated TLSA records, if any (DANE)."""
+        """Results for the recipients, or a :class:`DeliveryError` saying why this host
+        could not be tried.  ``tlsa``: the host's validated TLSA records, if any (DANE)."""
         slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.perHost))
         return slots.run(self._session, route, address, message, recipients, tlsa)
 
@@ -240,14 +167,14 @@ class RemoteDelivery:
             now = self.reactor.seconds()
             until, failures, why = self._down.get(address, (0.0, 0, ""))
             if until > now:
-                return f"{why} (not tried again for {until - now:.0f} s)"
+                return DeliveryError(reply.HOST_BACKED_OFF, False, f"{why}; not tried again for {until - now:.0f} s")
             try:
                 client = yield self._open(route, address, tlsa)
-            except SMTPClientError as e:
+            except DeliveryError as e:
                 why = f"{e} ({route.host} [{address}])"
                 delay = min(self.backoff * 2 ** failures, self.backoffMaximum)
                 self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
-                return why
+                return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
             self._down.pop(address, None)
         size, eightBit = yield self.runInThread(_measure, message)
         outgoing = OutgoingMessage(
@@ -266,38 +193,26 @@ class RemoteDelivery:
         remote = f"dns; {route.host}" if route.host else f"dns; [{address}]"
         return [replace(r, remoteMTA=remote) for r in results]
 
-    @defer.inlineCallbacks
-    def _open(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> Any:
-        """A session ready for mail; with opportunistic TLS, a failed handshake is tried
-        once more without TLS (never with TLSA records: the client does not report
-        ``tlsFailed`` then).  Fails with SMTPClientError."""
-        client = yield self._connect(route, address, route.tls, tlsa)
-        try:
-            yield client.ready
-            return client
-        except SMTPClientError as e:
-            if route.tls != "opportunistic" or not client.tlsFailed:
-                raise
-            _log.warn("TLS with {host} [{address}] failed ({error}); trying again without TLS",
-                      host=route.host, address=address, error=str(e))
-        client = yield self._connect(route, address, "none", ())
-        yield client.ready
-        return client
+    def _open(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> defer.Deferred[ESMTPClient]:
+        """A session ready for mail (see :func:`jsmail.smtp.client.readySession`);
+        fails with :class:`DeliveryError`."""
+        tlsHostname = route.host if route.tls in ("verify", "implicit") or tlsa else None
+        settings = ClientSettings(heloName=self.heloName, tls=route.tls, tlsHostname=tlsHostname,
+                                  trustRoot=self.trustRoot, tlsa=tlsa, username=route.username,
+                                  password=route.password, **self.timeouts)
 
-    def _connect(self, route: Route, address: str, tls: str,
-                 tlsa: tuple[TLSARecord, ...]) -> defer.Deferred[ESMTPClient]:
-        endpointType = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-        endpoint: Any = endpointType(self.reactor, address, route.port, timeout=self.connectTimeout)
-        tlsHostname = route.host if tls in ("verify", "implicit") or tlsa else None
-        if tls == "implicit":
-            endpoint = wrapClientTLS(optionsForClientTLS(route.host, trustRoot=self.trustRoot), endpoint)
-        settings = ClientSettings(heloName=self.heloName, tls=tls, tlsHostname=tlsHostname, trustRoot=self.trustRoot,
-                                  tlsa=tlsa, username=route.username, password=route.password, **self.timeouts)
+        def connect(settings: ClientSettings) -> defer.Deferred[ESMTPClient]:
+            endpointType = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+            endpoint: Any = endpointType(self.reactor, address, route.port, timeout=self.connectTimeout)
+            if settings.tls == "implicit":
+                endpoint = wrapClientTLS(optionsForClientTLS(route.host, trustRoot=self.trustRoot), endpoint)
 
-        def refused(failure: Any) -> None:
-            raise SMTPClientError(f"451 4.4.1 Cannot connect: {failure.getErrorMessage()}", permanent=False)
+            def refused(failure: Any) -> None:
+                raise DeliveryError(reply.CANNOT_CONNECT, False, failure.getErrorMessage())
 
-        return connectProtocol(endpoint, ESMTPClient(settings, self.reactor)).addErrback(refused)
+            return connectProtocol(endpoint, ESMTPClient(settings, self.reactor)).addErrback(refused)
+
+        return defer.Deferred.fromCoroutine(readySession(connect, settings))
 
     @staticmethod
     def _poolKey(route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> _PoolKey:
@@ -345,8 +260,3 @@ def _measure(message: QueuedMessage) -> tuple[int, bool]:
         while not eightBit and (chunk := f.read(65536)):
             eightBit = not chunk.isascii()
         return f.seek(0, 2) - start, eightBit
-
-
-def _all(recipients: Sequence[Recipient], reply: str, permanent: bool) -> list[DeliveryResult]:
-    status = DeliveryStatus.PERMANENT if permanent else DeliveryStatus.TEMPORARY
-    return [DeliveryResult(r.address, status, reply) for r in recipients]

@@ -45,7 +45,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-__all__ = ["MAX_AGE", "NoMatchingHost", "Policy", "PolicyFetcher", "applyPolicy", "parsePolicy", "parseTXT"]
+from jsmail import reply
+from jsmail.error import DeliveryError
+
+__all__ = ["MAX_AGE", "Policy", "PolicyFetcher", "applyPolicy", "parsePolicy", "parseTXT"]
 
 _log = Logger()
 
@@ -161,7 +164,7 @@ def applyPolicy(policy: Policy | None, domain: str, hosts: Sequence[str], tls: s
     ``tls`` is the configured mode.  Under an ``enforce`` policy only the hosts it
     names are tried, each with ``verify`` (``implicit`` stays, as it verifies too)
     against the MX host name (RFC 8461 section 4.2); if it names none, raises
-    :class:`NoMatchingHost`.  ``testing`` logs the hosts it does not name and changes
+    :class:`~jsmail.error.DeliveryError` (temporary: the mail waits, RFC 8461 section 5.1).  ``testing`` logs the hosts it does not name and changes
     nothing; ``none``, or no policy, changes nothing (section 5)."""
     if policy is None or policy.mode == "none":
         return [(host, tls) for host in hosts]
@@ -174,7 +177,7 @@ def applyPolicy(policy: Policy | None, domain: str, hosts: Sequence[str], tls: s
     enforced = "implicit" if tls == "implicit" else "verify"
     plan = [(host, enforced) for host in hosts if host not in outside]
     if not plan:
-        raise NoMatchingHost(f"451 4.7.5 No MX host of {domain} matches its MTA-STS policy")
+        raise DeliveryError(reply.MTA_STS_NO_HOST.format(domain), False, f"MX hosts {', '.join(hosts)}; policy id {policy.id}")
     return plan
 
 

@@ -19,15 +19,6 @@ from typing import BinaryIO, Callable, Sequence
 from jsmail.envelope import Envelope, Recipient
 
 MAX_RETURNED_HEADERS = 64 * 1024
-_ENHANCED = re.compile(r"\b([45]\.\d{1,3}\.\d{1,3})\b")
-
-
-def statusOf(detail: str) -> str:
-    """The enhanced status code in the last reply, or 5.0.0 when it has none.  A
-    message given up on after temporary failures keeps its 4.x.x code, as Postfix
-    reports it: the reader learns it was a time-out, not a refusal."""
-    match = _ENHANCED.search(detail)
-    return match.group(1) if match and match.group(1)[0] in "45" else "5.0.0"
 
 
 def readHeaders(message: BinaryIO, limit: int = MAX_RETURNED_HEADERS) -> bytes:
@@ -129,8 +120,12 @@ def _recipientGroup(r: Recipient) -> str:
     if r.params.get("ORCPT"):
         addressType, _, address = (r.params["ORCPT"] or "").partition(";")
         lines.append(f"Original-Recipient: {addressType}; {_xtextDecode(address)}")
-    lines += [f"Final-Recipient: rfc822; {r.address}", "Action: failed", f"Status: {statusOf(r.lastReply or '')}"]
+    # A message given up on after temporary failures keeps its 4.x.x status, as Postfix
+    # reports it: the reader learns it was a time-out, not a refusal.
+    lines += [f"Final-Recipient: rfc822; {r.address}", "Action: failed", f"Status: {r.lastStatus or '5.0.0'}"]
     if r.remoteMTA:
         lines.append(f"Remote-MTA: {r.remoteMTA}")
-    lines.append(f"Diagnostic-Code: smtp; {r.lastReply or 'delivery failed'}")
+    # RFC 3464 section 2.3.6: the remote server's reply is "smtp"; jsmail's own reason
+    # goes under a type of its own.
+    lines.append(f"Diagnostic-Code: {'smtp' if r.lastFromPeer else 'X-jsmail'}; {r.lastReply or 'delivery failed'}")
     return "\n".join(lines)

@@ -20,10 +20,11 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from jsmail import maillog
+from jsmail import maillog, reply
 from jsmail._threads import RunInThread
 from jsmail.send.bounce import wantsFailureNotice, writeBounce
 from jsmail.envelope import Envelope, Recipient, RecipientState
+from jsmail.error import DeliveryError
 from jsmail.queue.funnel import Funnel
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, NotQueued, QueuedMessage
 
@@ -31,6 +32,7 @@ _log = Logger()
 
 DOUBLE_BOUNCE = "double-bounce"  # Envelope.protocol of a bounce sent to the postmaster
 FINISHED_MEMORY = 100_000  # ids of removed messages kept, to ignore stale mentions
+GAVE_UP = "(gave up: in the queue for too long)"
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,7 @@ class Scheduler(Service):
     def _agentFailed(self, failure: Any, recipients: list[Recipient]) -> list[DeliveryResult]:
         """An agent must report, not fail; if it fails anyway, nothing is lost: retry."""
         _log.failure("Delivery agent failed", failure)
-        detail = f"451 4.3.0 Delivery error: {failure.getErrorMessage()}"
-        return [DeliveryResult(r.address, DeliveryStatus.TEMPORARY, detail) for r in recipients]
+        return DeliveryResult.forAll(recipients, DeliveryError(reply.DELIVERY_ERROR, False, failure.getErrorMessage()))
 
     @defer.inlineCallbacks
     def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> Any:
@@ -199,18 +200,20 @@ class Scheduler(Service):
             result = results.get(r.address)
             if r.isDone or result is None:
                 recipients.append(r)
-            elif result.status is DeliveryStatus.DELIVERED:
-                maillog.delivered(queueId, r.address, result.detail)
-                recipients.append(replace(r, state=RecipientState.DELIVERED, lastReply=result.detail))
+                continue
+            result = replace(result, recipient=r.address)
+            if result.status is DeliveryStatus.DELIVERED:
+                maillog.delivered(queueId, result)
+                state = RecipientState.DELIVERED
             elif result.status is DeliveryStatus.PERMANENT or givingUp:
-                detail = result.detail if result.status is DeliveryStatus.PERMANENT else (
-                    f"{result.detail} (gave up: in the queue for too long)")
-                maillog.failed(queueId, r.address, detail)
-                recipients.append(replace(r, state=RecipientState.FAILED, lastReply=detail,
-                                          remoteMTA=result.remoteMTA or None))
+                maillog.failed(queueId, result)
+                state = RecipientState.FAILED
             else:
-                maillog.deferred(queueId, r.address, result.detail, retryIn)
-                recipients.append(replace(r, lastReply=result.detail, remoteMTA=result.remoteMTA or None))
+                maillog.deferred(queueId, result, retryIn)
+                state = RecipientState.PENDING
+            shown = str(result.reply) + (f" {GAVE_UP}" if givingUp and state is RecipientState.FAILED else "")
+            recipients.append(replace(r, state=state, lastReply=shown, lastStatus=result.reply.status,
+                                      lastFromPeer=result.fromPeer, remoteMTA=result.remoteMTA or None))
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
         if envelope.pending:
             yield self.queue.update(queueId, envelope)

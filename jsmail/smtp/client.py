@@ -59,9 +59,12 @@ from zope.interface import implementer
 
 from jsmail.remote.dane import TLSARecord, matchesTLSA
 from jsmail.envelope import Recipient
+from jsmail import reply as replies
+from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
+from jsmail.reply import PeerReply, Reply
 
-__all__ = ["ClientSettings", "DotStuffer", "ESMTPClient", "OutgoingMessage", "SMTPClientError", "clientTLS",
+__all__ = ["ClientSettings", "DotStuffer", "ESMTPClient", "OutgoingMessage", "clientTLS", "readySession",
            "sendmail"]
 
 _log = Logger()
@@ -129,43 +132,38 @@ class OutgoingMessage:
     eightBit: bool | None = None
 
 
-class SMTPClientError(Exception):
-    """The session could not be set up: ``reply`` is the peer's reply (or a made-up one)
-    as text, ``permanent`` whether trying again later is pointless."""
-
-    def __init__(self, reply: str, permanent: bool) -> None:
-        super().__init__(reply)
-        self.reply = reply
-        self.permanent = permanent
-
-
 @dataclass(frozen=True)
-class _Reply:
-    """A reply: the code and the text of each line (without code and separator)."""
+class _Reason(Reply):
+    """A reply jsmail makes up for a local reason (one of :mod:`jsmail.reply`'s), with
+    the private detail for the log: the peer's name, what went wrong."""
 
-    code: int
-    lines: tuple[str, ...]
-
-    def __str__(self) -> str:
-        return " ".join([str(self.code), *(line for line in self.lines if line)])
+    detail: str = ""
 
 
-def _local(code: int, enhanced: str, text: str) -> _Reply:
-    """A reply jsmail makes up for a local reason, with its enhanced code (RFC 3463)."""
-    return _Reply(code, (f"{enhanced} {text}",))
+def _local(template: Reply, detail: str = "") -> _Reason:
+    return _Reason(template.code, template.enhanced, template.text, detail)
 
 
-def _failed(reply: _Reply) -> DeliveryStatus:
+def _result(address: str, status: DeliveryStatus, reply: Reply) -> DeliveryResult:
+    return DeliveryResult(address, status, reply, reply.detail if isinstance(reply, _Reason) else "")
+
+
+def _error(reply: Reply, permanent: bool = False) -> DeliveryError:
+    """Why the session could not be set up."""
+    return DeliveryError(reply, permanent, reply.detail if isinstance(reply, _Reason) else "")
+
+
+def _failed(reply: Reply) -> DeliveryStatus:
     """The status of a refusal: permanent for 5xx, temporary for anything else."""
     return DeliveryStatus.PERMANENT if reply.code >= 500 else DeliveryStatus.TEMPORARY
 
 
-def _final(reply: _Reply) -> DeliveryStatus:
+def _final(reply: Reply) -> DeliveryStatus:
     """The status after the final dot: 2xx is delivered."""
     return DeliveryStatus.DELIVERED if 200 <= reply.code < 300 else _failed(reply)
 
 
-def _accepted(reply: _Reply) -> bool:
+def _accepted(reply: Reply) -> bool:
     return 200 <= reply.code < 300
 
 
@@ -244,7 +242,7 @@ class _ContentProducer:
         try:
             chunk = self._file.read(CHUNK)
         except OSError as e:
-            client._hangUp(_local(451, "4.3.0", f"cannot read the message: {e}"))
+            client._hangUp(_local(replies.CANNOT_READ_MESSAGE, str(e)))
             return
         if chunk:
             client.transport.write(self._stuffer.feed(chunk))
@@ -262,7 +260,7 @@ class _ContentProducer:
 class _Waiter:
     """A command waiting for its reply, with how long it may wait."""
 
-    deferred: Deferred[_Reply]
+    deferred: Deferred[Reply]
     timeout: float
     what: str
     discardRest: bool = False  # STARTTLS: what follows its 220 in plaintext is dropped
@@ -291,7 +289,7 @@ class ESMTPClient(Protocol):
         self.clock = reactor
         self.peerExtensions: dict[str, str] = {}
         self.tlsFailed = False
-        self._peer = "the peer"
+        self.peer = "the peer"
         self._secure = settings.tls == "implicit"
         self._tlsPhase = settings.tls == "implicit"  # a break now is a TLS failure
         self._handshaking = False
@@ -301,7 +299,7 @@ class ESMTPClient(Protocol):
         self._waiters: deque[_Waiter] = deque()
         self._timer: IDelayedCall | None = None
         self._producer: _ContentProducer | None = None
-        self._broken: _Reply | None = None  # why the session cannot go on
+        self._broken: Reply | None = None  # why the session cannot go on
         self._setupDone = False
         self._setupError: SMTPClientError | None = None
         self._readyWaiters: list[Deferred[None]] = []
@@ -343,7 +341,7 @@ class ESMTPClient(Protocol):
     # -- connection events ------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._peer = getattr(self.transport.getPeer(), "host", self._peer)
+        self.peer = getattr(self.transport.getPeer(), "host", self.peer)
         # SMTP is a dialogue of small writes: with Nagle's algorithm the final "." after
         # the body waits for the peer's delayed ACK (~40 ms a message).
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -354,16 +352,16 @@ class ESMTPClient(Protocol):
     def handshakeCompleted(self) -> None:
         if self._handshaking:
             self._handshaking = False
-            self._replyReceived(_Reply(220, ("TLS handshake done",)))
+            self._replyReceived(_Reason(220, "", "TLS handshake done"))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.connected = False
         self._cancelTimer()
         message = reason.getErrorMessage() if reason is not None else "connection closed"
         if self._tlsPhase:
-            self._break(_local(454, "4.7.5", f"TLS with {self._peer} failed: {message}"))
+            self._break(_local(replies.PEER_TLS_FAILED, f"TLS with {self.peer} failed: {message}"))
         else:
-            self._break(_local(451, "4.4.2", f"connection to {self._peer} lost: {message}"))
+            self._break(_local(replies.PEER_CONNECTION_LOST, f"connection to {self.peer} lost: {message}"))
         waiters, self._lostWaiters = self._lostWaiters, []
         for d in waiters:
             d.callback(None)
@@ -376,7 +374,7 @@ class ESMTPClient(Protocol):
             lf = self._buffer.find(b"\n")
             if lf < 0:
                 if len(self._buffer) > MAX_REPLY:
-                    self._hangUp(_local(451, "4.5.0", f"{self._peer} sent a reply line too long to read"))
+                    self._hangUp(_local(replies.PEER_REPLY_UNREADABLE, f"{self.peer} sent a reply line too long to read"))
                 return
             line, self._buffer = self._buffer[:lf].removesuffix(b"\r"), self._buffer[lf + 1 :]
             self._lineReceived(line)
@@ -386,23 +384,23 @@ class ESMTPClient(Protocol):
     def _lineReceived(self, line: bytes) -> None:
         match = _REPLY_LINE.match(line)
         if match is None:
-            self._hangUp(_local(451, "4.5.0", f"{self._peer} sent a malformed reply: {line[:80]!r}"))
+            self._hangUp(_local(replies.PEER_REPLY_UNREADABLE, f"{self.peer} sent a malformed reply: {line[:80]!r}"))
             return
         self._replySize += len(line)
         if self._replySize > MAX_REPLY:
-            self._hangUp(_local(451, "4.5.0", f"{self._peer} sent a reply too long to read"))
+            self._hangUp(_local(replies.PEER_REPLY_UNREADABLE, f"{self.peer} sent a reply too long to read"))
             return
         self._lines.append((match.group(3) or b"").decode("utf-8", "replace").strip())
         if match.group(2) == b"-":
             return
-        reply = _Reply(int(match.group(1)), tuple(self._lines))
+        reply = PeerReply.parse(int(match.group(1)), self._lines)
         self._lines, self._replySize = [], 0
         self._replyReceived(reply)
 
-    def _replyReceived(self, reply: _Reply) -> None:
+    def _replyReceived(self, reply: Reply) -> None:
         if not self._waiters:
             if not 400 <= reply.code < 500:  # a 421 shutdown notice stays as it is
-                reply = _local(451, "4.5.0", f"{self._peer} said {reply} when no reply was due")
+                reply = _local(replies.PEER_UNEXPECTED_REPLY, f"{self.peer} said {reply} when no reply was due")
             self._break(reply)
             self.transport.loseConnection()
             return
@@ -415,7 +413,7 @@ class ESMTPClient(Protocol):
             self._cancelTimer()
         waiter.deferred.callback(reply)
 
-    def _expect(self, timeout: float, what: str, discardRest: bool = False) -> Deferred[_Reply]:
+    def _expect(self, timeout: float, what: str, discardRest: bool = False) -> Deferred[Reply]:
         """Wait for the next reply; a broken session answers at once with why."""
         if self._broken is not None:
             return succeed(self._broken)
@@ -425,7 +423,7 @@ class ESMTPClient(Protocol):
             self._setTimer(timeout, what)
         return waiter.deferred
 
-    def _commands(self, *commands: tuple[str, float]) -> list[Deferred[_Reply]]:
+    def _commands(self, *commands: tuple[str, float]) -> list[Deferred[Reply]]:
         """Send ``commands`` in one write (pipelined when several); their replies in order."""
         waiters = [self._expect(timeout, "the reply to " + line.split(" ", 1)[0]) for line, timeout in commands]
         if self._broken is None:
@@ -433,7 +431,7 @@ class ESMTPClient(Protocol):
         return waiters
 
     def _command(self, line: str, timeout: float, what: str | None = None, discardRest: bool = False
-                 ) -> Deferred[_Reply]:
+                 ) -> Deferred[Reply]:
         """Send one command; ``what`` names it in a timeout (so no secret is ever shown)."""
         waiter = self._expect(timeout, what or "the reply to " + line.split(" ", 1)[0], discardRest)
         if self._broken is None:
@@ -451,14 +449,14 @@ class ESMTPClient(Protocol):
 
     def _timedOut(self, seconds: float, what: str) -> None:
         self._timer = None
-        self._hangUp(_local(451, "4.4.2", f"timed out after {seconds:g} seconds waiting for {what} ({self._peer})"))
+        self._hangUp(_local(replies.PEER_TIMEOUT, f"timed out after {seconds:g} seconds waiting for {what} ({self.peer})"))
 
-    def _hangUp(self, reason: _Reply) -> None:
+    def _hangUp(self, reason: Reply) -> None:
         """Give up on a peer that is too slow or makes no sense: drop the connection."""
         self._break(reason)
         self.transport.abortConnection()
 
-    def _break(self, reason: _Reply) -> None:
+    def _break(self, reason: Reply) -> None:
         """The session cannot go on: answer every waiting command with ``reason``."""
         if self._broken is not None:
             return
@@ -476,15 +474,15 @@ class ESMTPClient(Protocol):
     async def _setUp(self) -> None:
         try:
             await self._openSession()
-        except SMTPClientError as e:
+        except DeliveryError as e:
             self._setupError = e
         except Exception:
-            _log.failure("Unexpected error setting up a session with {peer}", peer=self._peer)
-            self._setupError = SMTPClientError(str(_local(451, "4.3.0", "local error setting up the session")), False)
+            _log.failure("Unexpected error setting up a session with {peer}", peer=self.peer)
+            self._setupError = DeliveryError(replies.DELIVERY_ERROR, False, "local error setting up the session")
         self._tlsPhase = False
         if self._setupError is not None and self._broken is None:
             self.transport.write(b"QUIT\r\n")  # RFC 5321 section 3.1; no need to wait for the 221
-            self._break(_local(451, "4.4.2", f"session with {self._peer} not set up: {self._setupError.reply}"))
+            self._break(_local(replies.PEER_SESSION_FAILED, f"session with {self.peer} not set up: {self._setupError}"))
             self.transport.loseConnection()
         self._setupDone = True
         waiters, self._readyWaiters = self._readyWaiters, []
@@ -498,7 +496,7 @@ class ESMTPClient(Protocol):
     async def _openSession(self) -> None:
         greeting = await self._expect(self.settings.greetingTimeout, "the greeting")
         if greeting.code != 220:
-            raise SMTPClientError(str(greeting), permanent=False)
+            raise _error(greeting)
         await self._hello()
         if self._wantsTLS():
             await self._startTLS()
@@ -510,7 +508,7 @@ class ESMTPClient(Protocol):
         reply = await self._command(f"EHLO {name}", self.settings.commandTimeout)
         if reply.code == 250:
             self.peerExtensions = {}
-            for line in reply.lines[1:]:
+            for line in reply.text.split("\n")[1:]:
                 keyword, _, parameters = line.partition(" ")
                 self.peerExtensions[keyword.upper()] = parameters.strip()
             return
@@ -519,7 +517,7 @@ class ESMTPClient(Protocol):
             if reply.code == 250:
                 self.peerExtensions = {}
                 return
-        raise SMTPClientError(str(reply), permanent=False)
+        raise _error(reply)
 
     def _wantsTLS(self) -> bool:
         if self.settings.tls in ("none", "implicit"):
@@ -527,8 +525,7 @@ class ESMTPClient(Protocol):
         if "STARTTLS" in self.peerExtensions:
             return True
         if self.settings.tls == "verify" or self.settings.tlsa:
-            required = _local(454, "4.7.5", f"TLS is required but {self._peer} does not offer STARTTLS")
-            raise SMTPClientError(str(required), permanent=False)
+            raise _error(_local(replies.PEER_NO_STARTTLS, f"{self.peer} does not offer STARTTLS"))
         return False
 
     async def _startTLS(self) -> None:
@@ -536,18 +533,18 @@ class ESMTPClient(Protocol):
         if reply.code != 220:
             if self._broken is None and self.settings.tls == "opportunistic" and not self.settings.tlsa:
                 return  # refused: go on in plaintext on this connection
-            raise SMTPClientError(str(_local(454, "4.7.5", f"STARTTLS failed: {reply}")), permanent=False)
+            raise _error(_local(replies.PEER_STARTTLS_REFUSED, f"{self.peer}: STARTTLS failed: {reply}"))
         self._tlsPhase = self._handshaking = True
         handshake = self._expect(self.settings.commandTimeout, "the TLS handshake")
         self.transport.startTLS(clientTLS(self.settings))
         reply = await handshake
         if reply.code != 220:
-            raise SMTPClientError(str(reply), permanent=False)
+            raise _error(reply)
         if any(record.usable for record in self.settings.tlsa) and not self._matchesTLSA():
             host = self.settings.tlsHostname
-            mismatch = _local(454, "4.7.5", f"certificate of {host} does not match its TLSA records")
+            mismatch = _local(replies.PEER_TLSA_MISMATCH, f"certificate of {host} does not match its TLSA records")
             self._hangUp(mismatch)  # not even QUIT to a server that may be an impostor
-            raise SMTPClientError(str(mismatch), permanent=False)
+            raise _error(mismatch)
         self._secure = True
         await self._hello()
 
@@ -560,10 +557,9 @@ class ESMTPClient(Protocol):
     async def _authenticate(self) -> None:
         """AUTH PLAIN, else LOGIN (RFC 4954); refusing to send credentials in the clear."""
         if "AUTH" not in self.peerExtensions:
-            raise SMTPClientError(str(_local(454, "4.7.0", f"{self._peer} does not offer AUTH")), permanent=False)
+            raise _error(_local(replies.PEER_NO_AUTH, f"{self.peer} does not offer AUTH"))
         if not self._secure and self.settings.tls != "none":
-            raise SMTPClientError(str(_local(454, "4.7.0", f"not sending credentials to {self._peer} without TLS")),
-                                  permanent=False)
+            raise _error(_local(replies.PEER_AUTH_WITHOUT_TLS, f"{self.peer} did not offer STARTTLS"))
         mechanisms = self.peerExtensions["AUTH"].upper().split()
         username = (self.settings.username or "").encode("utf-8")
         password = (self.settings.password or "").encode("utf-8")
@@ -578,10 +574,9 @@ class ESMTPClient(Protocol):
                     break
                 reply = await self._command(_b64(secret), timeout, "the reply to AUTH LOGIN")
         else:
-            raise SMTPClientError(str(_local(454, "4.7.0", f"{self._peer} offers neither AUTH PLAIN nor LOGIN")),
-                                  permanent=False)
+            raise _error(_local(replies.PEER_NO_AUTH, f"{self.peer} offers neither AUTH PLAIN nor LOGIN"))
         if reply.code != 235:
-            raise SMTPClientError(str(reply), permanent=reply.code >= 500)
+            raise _error(reply, permanent=reply.code >= 500)
 
     # -- delivering -------------------------------------------------------------------
 
@@ -589,36 +584,35 @@ class ESMTPClient(Protocol):
         try:
             return await self._deliverAll(message)
         except Exception:
-            _log.failure("Unexpected error delivering to {peer}", peer=self._peer)
+            _log.failure("Unexpected error delivering to {peer}", peer=self.peer)
             return _all(message.recipients, DeliveryStatus.TEMPORARY,
-                        _local(451, "4.3.0", "local error while delivering"))
+                        _local(replies.DELIVERY_ERROR, f"local error while delivering to {self.peer}"))
 
     async def _deliverAll(self, message: OutgoingMessage) -> list[DeliveryResult]:
         recipients = list(message.recipients)
         if not recipients:
             return []
         if self._setupError is not None:
-            status = DeliveryStatus.PERMANENT if self._setupError.permanent else DeliveryStatus.TEMPORARY
-            return [DeliveryResult(r.address, status, self._setupError.reply) for r in recipients]
+            return DeliveryResult.forAll(recipients, self._setupError)
         if self._broken is not None:
             return _all(recipients, DeliveryStatus.TEMPORARY, self._broken)
         if _UNSAFE.search(message.sender):
-            return _all(recipients, DeliveryStatus.PERMANENT, _local(501, "5.1.7", "bad sender address"))
+            return _all(recipients, DeliveryStatus.PERMANENT, _local(replies.BAD_SENDER_ADDRESS, f"sender {message.sender!r}"))
         try:
             file = message.open()
         except OSError as e:
-            return _all(recipients, DeliveryStatus.TEMPORARY, _local(451, "4.3.0", f"cannot read the message: {e}"))
+            return _all(recipients, DeliveryStatus.TEMPORARY, _local(replies.CANNOT_READ_MESSAGE, str(e)))
         with file:
             start = file.tell()  # a queue file opens past its envelope line
             mail = self._mailCommand(message, file, start)
-            if isinstance(mail, _Reply):
+            if isinstance(mail, Reply):
                 return _all(recipients, _failed(mail), mail)
             results: dict[int, DeliveryResult] = {}
             batch: list[tuple[int, Recipient]] = []
             for i, recipient in enumerate(recipients):
                 if _UNSAFE.search(recipient.address):
-                    results[i] = DeliveryResult(recipient.address, DeliveryStatus.PERMANENT,
-                                                str(_local(501, "5.1.3", "bad recipient address")))
+                    results[i] = _result(recipient.address, DeliveryStatus.PERMANENT,
+                                         _local(replies.BAD_RECIPIENT_ADDRESS, f"recipient {recipient.address!r}"))
                 else:
                     batch.append((i, recipient))
             size = self.settings.maxRecipients
@@ -628,24 +622,24 @@ class ESMTPClient(Protocol):
                 results.update(zip((i for i, _ in part), outcome))
         return [results[i] for i in range(len(recipients))]
 
-    def _mailCommand(self, message: OutgoingMessage, file: BinaryIO, start: int) -> str | _Reply:
+    def _mailCommand(self, message: OutgoingMessage, file: BinaryIO, start: int) -> str | Reply:
         """The MAIL command for ``message``, or why this peer cannot take it (refused here,
         before anything is sent)."""
-        peer, extensions = self._peer, self.peerExtensions
+        peer, extensions = self.peer, self.peerExtensions
         params = {key.upper(): value for key, value in message.mailParams.items()}
         limit = extensions.get("SIZE", "")
         if limit.isdigit() and 0 < int(limit) < message.size:
-            return _local(552, "5.3.4", f"message of {message.size} octets exceeds the {limit} octets {peer} accepts")
+            return _local(replies.PEER_SIZE_LIMIT.format(message.size, limit), f"{peer} takes at most {limit} octets")
         utf8 = ("SMTPUTF8" in params or not message.sender.isascii()
                 or not all(r.address.isascii() for r in message.recipients))
         if utf8 and "SMTPUTF8" not in extensions:
-            return _local(553, "5.6.7", f"the message needs SMTPUTF8, which {peer} does not offer")
+            return _local(replies.PEER_NO_SMTPUTF8, f"{peer} does not offer SMTPUTF8")
         declared8 = (params.get("BODY") or "").upper() == "8BITMIME"
         has8bit = message.eightBit if message.eightBit is not None else _has8bit(file, start)
         if "8BITMIME" in extensions:
             body8 = declared8 or has8bit
         elif has8bit:
-            return _local(554, "5.6.3", f"the message has 8-bit data and {peer} does not offer 8BITMIME")
+            return _local(replies.PEER_NO_8BITMIME, f"{peer} does not offer 8BITMIME")
         else:
             body8 = False
         words = [f"MAIL FROM:<{message.sender}>"]
@@ -675,7 +669,7 @@ class ESMTPClient(Protocol):
                 return _all(recipients, DeliveryStatus.TEMPORARY, reset)
         self._needReset = True
         rcpts = [(self._rcptCommand(r), settings.rcptTimeout) for r in recipients]
-        dataReply: _Reply | None = None
+        dataReply: Reply | None = None
         if "PIPELINING" in self.peerExtensions:
             waiters = self._commands((mail, settings.mailTimeout), *rcpts, ("DATA", settings.dataTimeout))
             mailReply = await waiters[0]
@@ -688,25 +682,25 @@ class ESMTPClient(Protocol):
                 rcptReplies = [await self._command(line, timeout) for line, timeout in rcpts]
                 if any(_accepted(r) for r in rcptReplies):
                     dataReply = await self._command("DATA", settings.dataTimeout)
-        replies = rcptReplies if _accepted(mailReply) else [mailReply] * len(recipients)
-        accepted = [i for i, r in enumerate(replies) if _accepted(r)]
-        results = [DeliveryResult(r.address, _failed(reply), str(reply)) for r, reply in zip(recipients, replies)]
+        answers = rcptReplies if _accepted(mailReply) else [mailReply] * len(recipients)
+        accepted = [i for i, r in enumerate(answers) if _accepted(r)]
+        results = [_result(r.address, _failed(answer), answer) for r, answer in zip(recipients, answers)]
         if dataReply is not None and dataReply.code == 354:
             if accepted:
                 final = await self._sendContent(file, start)
                 for i in accepted:
-                    results[i] = DeliveryResult(recipients[i].address, _final(final), str(final))
+                    results[i] = _result(recipients[i].address, _final(final), final)
                 return results
             # DATA accepted although no RCPT was: send an empty message (RFC 2920 section 3.1).
             await self._command(".", settings.finalDotTimeout)
         elif dataReply is not None:
             for i in accepted:
-                results[i] = DeliveryResult(recipients[i].address, _failed(dataReply), str(dataReply))
+                results[i] = _result(recipients[i].address, _failed(dataReply), dataReply)
         if (await self._command("RSET", settings.commandTimeout)).code == 250:
             self._needReset = False
         return results
 
-    async def _sendContent(self, file: BinaryIO, start: int) -> _Reply:
+    async def _sendContent(self, file: BinaryIO, start: int) -> Reply:
         """Stream the message from ``start`` after DATA's 354; the reply to the final dot."""
         file.seek(start)
         producer = self._producer = _ContentProducer(self, file)
@@ -718,7 +712,7 @@ class ESMTPClient(Protocol):
     async def _quit(self) -> None:
         if self._broken is None:
             await self._command("QUIT", self.settings.commandTimeout)
-            self._break(_local(451, "4.4.2", f"the session with {self._peer} has ended"))
+            self._break(_local(replies.PEER_SESSION_ENDED, f"the session with {self.peer} has ended"))
         if self.connected:
             lost: Deferred[None] = Deferred()
             self._lostWaiters.append(lost)
@@ -747,37 +741,52 @@ def _dsnParams(params: Mapping[str, str | None], keys: Sequence[str]) -> list[st
             for key in keys if key in params and not _UNSAFE.search(params[key] or "")]
 
 
-def _all(recipients: Sequence[Recipient], status: DeliveryStatus, reply: _Reply) -> list[DeliveryResult]:
-    return [DeliveryResult(r.address, status, str(reply)) for r in recipients]
+def _all(recipients: Sequence[Recipient], status: DeliveryStatus, reply: Reply) -> list[DeliveryResult]:
+    return [_result(r.address, status, reply) for r in recipients]
+
+
+async def readySession(connect: Callable[[ClientSettings], Deferred[ESMTPClient]],
+                       settings: ClientSettings) -> ESMTPClient:
+    """A session set up with ``connect(settings)``; with opportunistic TLS and no
+    credentials, a failed TLS handshake is followed by one more try in plaintext
+    (RFC 7435; never with TLSA records, whose sessions never report ``tlsFailed``, nor
+    with credentials, which go only over TLS).  Fails with :class:`DeliveryError`."""
+    client = await connect(settings)
+    try:
+        await client.ready
+        return client
+    except DeliveryError as e:
+        if not (client.tlsFailed and settings.tls == "opportunistic" and settings.username is None):
+            raise
+        _log.warn("TLS with {peer} failed ({error}); trying again without TLS", peer=client.peer, error=str(e))
+    client = await connect(replace(settings, tls="none", tlsHostname=None, tlsa=()))
+    await client.ready
+    return client
 
 
 def sendmail(reactor: Any, host: str, port: int, message: OutgoingMessage,
              settings: ClientSettings = ClientSettings()) -> Deferred[list[DeliveryResult]]:
     """Connect to ``host`` (a name or an IPv4 or IPv6 address), deliver ``message``, say
     QUIT.  ``reactor`` provides TCP and time.  Never fails: not reaching the peer is a
-    temporary result for every recipient.  With opportunistic TLS and no credentials, a
-    failed TLS handshake is followed by one more try in plaintext (RFC 7435)."""
-    return Deferred.fromCoroutine(_sendmail(reactor, host, port, message, ESMTPClient(settings, reactor)))
+    temporary result for every recipient (see :func:`readySession` for TLS)."""
+    return Deferred.fromCoroutine(_sendmail(reactor, host, port, message, settings))
 
 
 async def _sendmail(reactor: Any, host: str, port: int, message: OutgoingMessage,
-                    client: ESMTPClient) -> list[DeliveryResult]:
-    settings = client.settings
-    endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=settings.connectTimeout)
-    if settings.tls == "implicit":
-        endpoint = wrapClientTLS(clientTLS(settings), endpoint)
+                    settings: ClientSettings) -> list[DeliveryResult]:
+    async def connect(settings: ClientSettings) -> ESMTPClient:
+        endpoint: Any = HostnameEndpoint(reactor, host, port, timeout=settings.connectTimeout)
+        if settings.tls == "implicit":
+            endpoint = wrapClientTLS(clientTLS(settings), endpoint)
+        try:
+            return await connectProtocol(endpoint, ESMTPClient(settings, reactor))
+        except Exception as e:
+            raise _error(_local(replies.CANNOT_CONNECT, f"cannot connect to {host} port {port}: {e}")) from None
+
     try:
-        await connectProtocol(endpoint, client)
-    except Exception as e:
-        reason = _local(451, "4.4.1", f"cannot connect to {host} port {port}: {e}")
-        return _all(message.recipients, DeliveryStatus.TEMPORARY, reason)
-    try:
-        await client.ready
-    except SMTPClientError:
-        if client.tlsFailed and settings.tls == "opportunistic" and settings.username is None:
-            await client.quit()
-            plain = ESMTPClient(replace(settings, tls="none"), reactor)
-            return await _sendmail(reactor, host, port, message, plain)
+        client = await readySession(lambda s: Deferred.fromCoroutine(connect(s)), settings)
+    except DeliveryError as e:
+        return DeliveryResult.forAll(message.recipients, e)
     results = await client.send(message)
     await client.quit()
     return results

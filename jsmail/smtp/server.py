@@ -88,7 +88,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def _greeting(self) -> Reply:
         if self.settings.greeting:
-            return Reply(220, "", f"{self.settings.greeting} ESMTP")
+            return reply.OWN_GREETING.format(self.settings.greeting)
         return reply.SERVICE_READY.format(self.settings.hostname)
 
     def handshakeCompleted(self) -> None:

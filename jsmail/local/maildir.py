@@ -1,0 +1,53 @@
+"""Maildir delivery (https://cr.yp.to/proto/maildir.html): write ``tmp/<unique>``,
+rename it into ``new/``; the caller syncs before saying "delivered".  Messages are
+stored with LF line ends, as Maildir readers (mutt, Dovecot, Courier) and qmail-local
+and Postfix's local(8) write them."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import BinaryIO
+
+_COPY_CHUNK = 65536
+_deliveries = itertools.count()
+
+
+def _uniqueName(hostname: str) -> str:
+    """A Maildir unique name: ``<seconds>.M<usec>P<pid>Q<n>.<host>`` (maildir spec)."""
+    now = time.time()
+    host = hostname.replace("/", r"\057").replace(":", r"\072")
+    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_deliveries)}.{host}"
+
+
+def copyAsLF(source: BinaryIO, target: BinaryIO) -> None:
+    """Copy CR LF text as LF text, in chunks (a CR LF may straddle two chunks)."""
+    held = b""
+    while chunk := source.read(_COPY_CHUNK):
+        data = held + chunk
+        held = b"\r" if data.endswith(b"\r") else b""
+        target.write(data[: len(data) - len(held)].replace(b"\r\n", b"\n"))
+    target.write(held)
+
+
+def makeMaildir(maildir: str) -> None:
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
+
+
+def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname: str) -> str:
+    """Deliver into an existing ``maildir``; return the path in ``new/``.  Blocking;
+    durable only after a sync."""
+    name = _uniqueName(hostname)
+    tmpPath = os.path.join(maildir, "tmp", name)
+    with open(tmpPath, "xb") as f:
+        try:
+            f.write(headers)
+            copyAsLF(source, f)
+        except BaseException:
+            os.unlink(tmpPath)
+            raise
+    newPath = os.path.join(maildir, "new", name)
+    os.rename(tmpPath, newPath)
+    return newPath
