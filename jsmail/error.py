@@ -24,8 +24,8 @@ class DeliveryError(Exception):
     ``permanent`` whether trying again is pointless, and ``detail`` the private why
     (paths, host names, exception texts) for the operator log only."""
 
-    def __init__(self, reply: Reply, permanent: bool | None = None, detail: str = "") -> None:
+    def __init__(self, reply: Reply, permanent: bool, detail: str = "") -> None:
         super().__init__(f"{reply} ({detail})" if detail else str(reply))
         self.reply = reply
-        self.permanent = reply.code >= 500 if permanent is None else permanent
+        self.permanent = permanent
         self.detail = detail

@@ -21,6 +21,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jsmail import reply
 from jsmail.auth import MailRealm
 from jsmail.remote.dane import DANE_EE, TLSARecord
 from jsmail.envelope import Recipient
@@ -536,6 +537,7 @@ class FailureTests(SynchronousTestCase):
         s.clock.advance(120)
         self.assertEqual(str(sent[0][0].reply), "451 4.4.2 Timed out waiting for the mail exchanger")
         self.assertIn("waiting for the reply to DATA", sent[0][0].detail)
+        self.assertEqual(sent[0][0].reply, reply.PEER_TIMEOUT, "the private detail stays out of the reply")
 
     def test_data_block_timeout(self) -> None:
         """The transport takes no data for 3 minutes (the producer is never resumed)."""

@@ -168,7 +168,7 @@ class LocalDelivery:
         """Loop check and the instructions to follow (blocking)."""
         with message.open() as source:
             if isLooping(source, dtline):
-                raise DeliveryError(reply.LOOPING, detail=dtline.decode("utf-8", "replace").strip())
+                raise DeliveryError(reply.LOOPING, True, dtline.decode("utf-8", "replace").strip())
         local, _, domain = recipient.rpartition("@")
         sender = message.envelope.sender
         separators = self.settings.separators
@@ -189,7 +189,7 @@ class LocalDelivery:
         try:
             maildir = self.maildirFor(recipient)
         except BadMailbox as e:
-            return defer.fail(DeliveryError(reply.BAD_LOCAL_MAILBOX, detail=str(e)))
+            return defer.fail(DeliveryError(reply.BAD_LOCAL_MAILBOX, True, str(e)))
 
         def write() -> str:
             if maildir not in self._made:
@@ -203,7 +203,7 @@ class LocalDelivery:
 
         def failed(failure: Any) -> None:
             self._made.discard(maildir)
-            raise DeliveryError(reply.DELIVERY_ERROR, detail=f"maildir {maildir}: {failure.getErrorMessage()}")
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
 
         d: defer.Deferred[str] = self.runInThread(write).addCallback(written)
         return d.addErrback(failed)
@@ -233,8 +233,8 @@ class LocalDelivery:
                     continue
                 if plan.instructions.forwardOnly:
                     kind = "prog" if isinstance(instruction, Program) else "file"
-                    raise DeliveryError(reply.INSTRUCTIONS_UNSAFE,
-                                        detail=f"{plan.instructions.source} has {kind} delivery but has x bit set")
+                    raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, False,
+                                        f"{plan.instructions.source} has {kind} delivery but has x bit set")
                 if isinstance(instruction, Maildir):
                     path = os.path.join(plan.cwd, instruction.path)
                     yield self._toMaildir(message, path, rpline + dtline)
@@ -248,7 +248,7 @@ class LocalDelivery:
                     try:
                         yield self.runInThread(append)
                     except MboxError as e:
-                        raise DeliveryError(reply.DELIVERY_ERROR, detail=str(e)) from None
+                        raise DeliveryError(reply.DELIVERY_ERROR, False, str(e)) from None
                     files += 1
                 else:
                     copy = yield self.runInThread(lf)
@@ -280,13 +280,13 @@ class LocalDelivery:
 
         def write() -> str:
             if not os.path.isdir(os.path.join(maildir, "tmp")):
-                raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, detail=f"unable to chdir to maildir {maildir}")
+                raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, False, f"unable to chdir to maildir {maildir}")
             with message.open() as source:
                 return writeMaildirMessage(maildir, headers, source, self.hostname)
 
         def failed(failure: Any) -> None:
             failure.trap(OSError)
-            raise DeliveryError(reply.DELIVERY_ERROR, detail=f"maildir {maildir}: {failure.getErrorMessage()}")
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
 
         d = self.runInThread(write).addCallback(lambda path: self.syncer.sync(os.path.dirname(path)))
         return d.addErrback(failed)
@@ -296,7 +296,7 @@ class LocalDelivery:
         """Queue one copy for all forward addresses, from ``sender``, with the
         Delivered-To line added (section 9.4)."""
         if self.newMessage is None:
-            raise DeliveryError(reply.DELIVERY_ERROR, detail="unable to forward: no queue to forward through")
+            raise DeliveryError(reply.DELIVERY_ERROR, False, "unable to forward: no queue to forward through")
         envelope = Envelope(sender, tuple(Recipient(a) for a in addresses), arrival=self.reactor.seconds(),
                             clientAddress="127.0.0.1", helo=self.hostname, protocol="local")
         incoming = self.newMessage(envelope)
@@ -309,6 +309,6 @@ class LocalDelivery:
 
         def failed(failure: Any) -> None:
             incoming.abort()
-            raise DeliveryError(reply.DELIVERY_ERROR, detail=f"unable to forward: {failure.getErrorMessage()}")
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"unable to forward: {failure.getErrorMessage()}")
 
         return self.runInThread(write).addCallbacks(lambda _: incoming.commit(), failed)

@@ -152,7 +152,7 @@ class AliasesFile:
         try:
             aliases = self.load()
         except AliasesError as e:
-            raise DeliveryError(reply.DELIVERY_ERROR, detail=str(e)) from None
+            raise DeliveryError(reply.DELIVERY_ERROR, False, str(e)) from None
         base = next((local[:i] for i, c in enumerate(local) if c in separators and i), local)
         for key in (f"{local}@{domain}".lower(), local.lower(), base.lower()):
             if key in aliases:

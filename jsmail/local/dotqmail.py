@@ -90,7 +90,7 @@ def parseLine(line: str) -> Instruction | None:
         return Maildir(line) if line.endswith("/") else Mbox(line)
     address = line[1:] if line.startswith("&") else line
     if not address or any(c in address for c in " \t<>()\"\\,;"):
-        raise DeliveryError(reply.BAD_FORWARD, detail=f"cannot forward to {address!r}: not a bare address")
+        raise DeliveryError(reply.BAD_FORWARD, True, f"cannot forward to {address!r}: not a bare address")
     return Forward(address)
 
 
@@ -101,7 +101,7 @@ def parseInstructions(text: str, source: str = "", forwardOnly: bool = False) ->
     if text.endswith("\n"):
         lines.pop()  # the final LF ends the last line; it does not start another
     if lines and not lines[0].rstrip(" \t"):
-        raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, detail=f"first line of {source or '.qmail file'} is blank")
+        raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, False, f"first line of {source or '.qmail file'} is blank")
     parsed: list[Instruction] = []
     for line in lines:
         if line.rstrip(" \t") == "+list":
@@ -186,7 +186,7 @@ class Found:
 
 def _checkWritable(path: str, st: os.stat_result, what: str) -> None:
     if st.st_mode & stat.S_IWOTH:
-        raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, detail=f"{what} {path} is writable")
+        raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, False, f"{what} {path} is writable")
 
 
 def readInstructions(mailbox: Mailbox, separators: str) -> Found:
@@ -196,10 +196,11 @@ def readInstructions(mailbox: Mailbox, separators: str) -> Found:
     try:
         home = os.stat(mailbox.home)
     except OSError as e:
-        raise DeliveryError(reply.DELIVERY_ERROR, detail=f"unable to switch to {mailbox.home}: {e.strerror}") from None
+        raise DeliveryError(reply.DELIVERY_ERROR, False, f"unable to switch to {mailbox.home}: {e.strerror}") from None
     _checkWritable(mailbox.home, home, "home directory")
     if home.st_mode & stat.S_ISVTX:
-        raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, detail=f"home directory {mailbox.home} is sticky: the user is editing .qmail")
+        raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, False,
+                            f"home directory {mailbox.home} is sticky: the user is editing .qmail")
     for name, default in fileCandidates(mailbox.dash, mailbox.ext, separators):
         path = os.path.join(mailbox.home, name)
         try:
@@ -211,7 +212,7 @@ def readInstructions(mailbox: Mailbox, separators: str) -> Found:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
         except OSError as e:
-            raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, detail=f"unable to open {path}: {e.strerror}") from None
+            raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, False, f"unable to open {path}: {e.strerror}") from None
         _checkWritable(path, st, ".qmail file")
         if not text:
             return Found(None)
@@ -219,7 +220,8 @@ def readInstructions(mailbox: Mailbox, separators: str) -> Found:
     if mailbox.alias:
         return Found(None)  # jsmail's fallback: the address keeps its default Maildir
     if mailbox.dash:
-        raise DeliveryError(reply.NO_SUCH_LOCAL_MAILBOX, detail=f"no .qmail{mailbox.dash}{mailbox.ext} file in {mailbox.home}")
+        raise DeliveryError(reply.NO_SUCH_LOCAL_MAILBOX, True,
+                            f"no .qmail{mailbox.dash}{mailbox.ext} file in {mailbox.home}")
     return Found(None)
 
 

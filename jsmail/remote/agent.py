@@ -150,7 +150,8 @@ class RemoteDelivery:
                 if isinstance(outcome, list):
                     return outcome
                 lastError = outcome
-        return DeliveryResult.forAll(recipients, lastError)
+        # No host took the session: another, or this one later, may (even after a 5xx to AUTH).
+        return DeliveryResult.forAll(recipients, DeliveryError(lastError.reply, False, lastError.detail))
 
     def _deliverHost(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
                      tlsa: tuple[TLSARecord, ...]) -> Any:

@@ -177,7 +177,8 @@ def applyPolicy(policy: Policy | None, domain: str, hosts: Sequence[str], tls: s
     enforced = "implicit" if tls == "implicit" else "verify"
     plan = [(host, enforced) for host in hosts if host not in outside]
     if not plan:
-        raise DeliveryError(reply.MTA_STS_NO_HOST.format(domain), False, f"MX hosts {', '.join(hosts)}; policy id {policy.id}")
+        raise DeliveryError(reply.MTA_STS_NO_HOST.format(domain), False,
+                            f"MX hosts {', '.join(hosts)}; policy id {policy.id}")
     return plan
 
 

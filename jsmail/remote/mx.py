@@ -36,14 +36,14 @@ class MailExchangers:
         except (dnserror.DomainError, dnserror.AuthoritativeDomainError, dnserror.DNSQueryTimeoutError,
                 defer.TimeoutError) as e:
             if isNonexistent(e):
-                raise DeliveryError(reply.NO_SUCH_DOMAIN.format(domain), detail="NXDOMAIN for its MX") from None
-            raise DeliveryError(reply.DNS_FAILED.format(domain), detail=f"MX lookup: {type(e).__name__}") from None
+                raise DeliveryError(reply.NO_SUCH_DOMAIN.format(domain), True, "NXDOMAIN for its MX") from None
+            raise DeliveryError(reply.DNS_FAILED.format(domain), False, f"MX lookup: {type(e).__name__}") from None
         exchangers = [(a.payload.preference, str(a.payload.name)) for a in answers
                       if a.type == dns.MX and str(a.name).lower() == domain.lower()]
         if not exchangers:
             return [domain]  # implicit MX (RFC 5321 section 5.1)
         if any(name in ("", ".") for _, name in exchangers):
-            raise DeliveryError(reply.NULL_MX.format(domain))
+            raise DeliveryError(reply.NULL_MX.format(domain), True)
         random.shuffle(exchangers)
         return [name for _, name in sorted(exchangers, key=lambda e: e[0])]
 
@@ -68,7 +68,7 @@ class MailExchangers:
                 addresses += [a.payload.dottedQuad() if a.type == dns.A else _ipv6(a.payload)
                               for a in answers if a.type in (dns.A, dns.AAAA)]
         if not addresses:
-            raise DeliveryError(reply.HOST_WITHOUT_ADDRESS.format(domain), detail=f"{host} has no address")
+            raise DeliveryError(reply.HOST_WITHOUT_ADDRESS.format(domain), False, f"{host} has no address")
         return addresses
 
 

@@ -144,13 +144,22 @@ def _local(template: Reply, detail: str = "") -> _Reason:
     return _Reason(template.code, template.enhanced, template.text, detail)
 
 
+def _split(reply: Reply) -> tuple[Reply, str]:
+    """The public reply and the private detail: a made-up reply's detail stays out of
+    what a bounce may show."""
+    if isinstance(reply, _Reason):
+        return Reply(reply.code, reply.enhanced, reply.text), reply.detail
+    return reply, ""
+
+
 def _result(address: str, status: DeliveryStatus, reply: Reply) -> DeliveryResult:
-    return DeliveryResult(address, status, reply, reply.detail if isinstance(reply, _Reason) else "")
+    return DeliveryResult(address, status, *_split(reply))
 
 
 def _error(reply: Reply, permanent: bool = False) -> DeliveryError:
     """Why the session could not be set up."""
-    return DeliveryError(reply, permanent, reply.detail if isinstance(reply, _Reason) else "")
+    public, detail = _split(reply)
+    return DeliveryError(public, permanent, detail)
 
 
 def _failed(reply: Reply) -> DeliveryStatus:
@@ -301,7 +310,7 @@ class ESMTPClient(Protocol):
         self._producer: _ContentProducer | None = None
         self._broken: Reply | None = None  # why the session cannot go on
         self._setupDone = False
-        self._setupError: SMTPClientError | None = None
+        self._setupError: DeliveryError | None = None
         self._readyWaiters: list[Deferred[None]] = []
         self._lostWaiters: list[Deferred[None]] = []
         self._needReset = False
@@ -312,7 +321,7 @@ class ESMTPClient(Protocol):
 
     @property
     def ready(self) -> Deferred[None]:
-        """Fires once the session is set up, or fails with :class:`SMTPClientError`.
+        """Fires once the session is set up, or fails with :class:`~jsmail.error.DeliveryError`.
 
         Each access gives a new Deferred, so a failure nobody asked about is never
         logged as unhandled."""
