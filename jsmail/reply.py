@@ -164,10 +164,28 @@ PROGRAM_REJECTED = Reply(550, "5.7.1", "Refused by local policy")
 RBL_REFUSED = Reply(553, "5.7.1", "{}")  # rblsmtpd's "-" texts
 RBL_TEMPORARY = Reply(451, "4.7.1", "{}")
 
-# A qmail-queue program's refusals (qmail-interfaces reference, section 3.2).
+# A qmail-queue program's refusals (qmail-interfaces reference, section 3.2): its own
+# text after exit code 82, else qmail_close's text for its exit code.
 QQ_PERMANENT = Reply(554, "5.3.0", "{}")
 QQ_TEMPORARY = Reply(451, "4.3.0", "{}")
 QQ_EXEC_FAILED = Reply(451, "4.3.0", "unable to exec qq")
+QQ_PERMANENT_PROBLEM = Reply(554, "5.3.0", "qq permanent problem")  # exit codes 11-40 not named below
+QQ_TEMPORARY_PROBLEM = Reply(451, "4.3.0", "qq temporary problem")  # any other exit code not named below
+QQ_ADDRESS_TOO_LONG = Reply(554, "5.1.3", "envelope address too long for qq")  # 11
+QQ_REJECTED = Reply(554, "5.3.0", "mail server permanently rejected message")  # 31
+QQ_OUT_OF_MEMORY = Reply(451, "4.3.0", "qq out of memory")  # 51
+QQ_TIMEOUT = Reply(451, "4.3.0", "qq timeout")  # 52
+QQ_WRITE_ERROR = Reply(451, "4.3.0", "qq write error or disk full")  # 53
+QQ_READ_ERROR = Reply(451, "4.3.0", "qq read error")  # 54
+QQ_CONFIGURATION = Reply(451, "4.3.0", "qq unable to read configuration")  # 55
+QQ_NETWORK = Reply(451, "4.3.0", "qq trouble making network connection")  # 56
+QQ_HOME_DIRECTORY = Reply(451, "4.3.0", "qq trouble in home directory")  # 61
+QQ_QUEUE_FILES = Reply(451, "4.3.0", "qq trouble creating files in queue")  # 62-66
+QQ_DEFERRED = Reply(451, "4.3.0", "mail server temporarily rejected message")  # 71
+QQ_CONNECT_TIMEOUT = Reply(451, "4.4.1", "connection to mail server timed out")  # 72
+QQ_CONNECT_REJECTED = Reply(451, "4.4.1", "connection to mail server rejected")  # 73
+QQ_COMMUNICATION = Reply(451, "4.4.2", "communication with mail server failed")  # 74
+QQ_BUG = Reply(451, "4.3.0", "qq internal bug")  # 81, 91
 
 # Local failures.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing; the message was not queued")
@@ -185,6 +203,7 @@ NO_SUCH_LOCAL_MAILBOX = Reply(550, "5.1.1", "Sorry, no mailbox here by that name
 BAD_FORWARD = Reply(550, "5.1.3", "Unable to forward: not a bare address")
 INSTRUCTIONS_UNUSABLE = Reply(451, "4.2.1", "The mailbox's delivery instructions cannot be used now")
 INSTRUCTIONS_UNSAFE = Reply(451, "4.7.0", "The mailbox's delivery instructions are not safe to follow")
+MBOX_UNAVAILABLE = Reply(451, "4.2.1", "The mailbox file cannot be used now")
 PROGRAM_FAILED = Reply(554, "5.3.0", "{}")  # a |program's own words (qmail-command's permanent exits)
 PROGRAM_DEFERRED = Reply(451, "4.3.0", "{}")
 NO_ROUTE = Reply(554, "5.4.4", "No route to a non-local domain: remote delivery is not configured")

@@ -407,15 +407,17 @@ class MboxLockTests(TestCase):
     def test_held_lock_times_out_temporarily(self) -> Any:
         import fcntl
 
-        from jsmail.local.mbox import MboxError, appendMbox
+        from jsmail.local.mbox import appendMbox
 
         path = os.path.abspath(self.mktemp())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         self.addCleanup(os.close, fd)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with self.assertRaises(MboxError) as caught:
+        with self.assertRaises(DeliveryError) as caught:
             yield deferToThread(appendMbox, path, b"From x\n", b"", io.BytesIO(b"x\n"), 0.3)
-        self.assertEqual(str(caught.exception), "File has been locked for 0.3 seconds straight. (#4.2.1)")
+        e = caught.exception
+        self.assertEqual((str(e.reply), e.permanent, e.detail), (
+            "451 4.2.1 The mailbox file cannot be used now", False, f"{path} has been locked for 0.3 seconds straight"))
         self.assertEqual(os.path.getsize(path), 0)
 
 

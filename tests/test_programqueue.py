@@ -9,6 +9,7 @@ import textwrap
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jsmail import reply
 from jsmail.qmail.queuesink import ProgramQueue, replyFor
 from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
@@ -25,6 +26,11 @@ class ReplyTableTests(SynchronousTestCase):
         self.assertEqual(str(replyFor(82, b"Dspam detected\n")), "554 5.3.0 spam detected")
         self.assertEqual(str(replyFor(82, b"Zscanner busy")), "451 4.3.0 scanner busy")
         self.assertEqual(str(replyFor(82, b"")), "451 4.3.0 qq temporary problem")
+
+    def test_every_exit_code_has_a_reply_from_the_table(self) -> None:
+        """So the test that basic and enhanced codes agree covers them all."""
+        for code in range(1, 256):
+            self.assertIn(replyFor(code), reply.ALL, code)
 
 
 class ProgramQueueTests(TestCase):

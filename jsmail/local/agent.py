@@ -43,7 +43,7 @@ from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, II
 from jsmail.local.dotqmail import (Forward, Instructions, Mailbox, Maildir, Mbox, Program, commandEnvironment,
                                    findMailbox, newSender, readInstructions)
 from jsmail.local.maildir import copyAsLF, makeMaildir, writeMaildirMessage
-from jsmail.local.mbox import MboxError, appendMbox, fromLine
+from jsmail.local.mbox import appendMbox, fromLine
 from jsmail.local.program import ProgramStatus, runProgram
 from jsmail.route import VirtualDomains
 
@@ -245,10 +245,7 @@ class LocalDelivery:
                     def append(path: str = path) -> None:
                         appendMbox(path, ufline, rpline + dtline, lf())
 
-                    try:
-                        yield self.runInThread(append)
-                    except MboxError as e:
-                        raise DeliveryError(reply.DELIVERY_ERROR, False, str(e)) from None
+                    yield self.runInThread(append)
                     files += 1
                 else:
                     copy = yield self.runInThread(lf)

@@ -19,7 +19,7 @@ Whose instructions (qmail-interfaces reference, section 8.1, with jsmail's place
 Which file in a home (section 9.2): ``.qmail<dash><ext>`` (ext lower-cased, ``.`` as
 ``:``), then ``.qmail<dash><prefix>default`` for each prefix of ext ending just before a
 separator, longest first, down to ``.qmail<dash>default``.  No file and an extension:
-permanent ``Sorry, no mailbox here by that name. (#5.1.1)``; no file and no extension,
+permanent ``550 5.1.1 Sorry, no mailbox here by that name``; no file and no extension,
 or an empty file: the default delivery.  ``user+tag`` is an extension address too
 when ``+`` is a separator (``plus_extensions``): ``.qmail-tag``, ``.qmail-default``.
 

@@ -20,11 +20,10 @@ import re
 import time
 from typing import BinaryIO
 
+from jsmail import reply
+from jsmail.error import DeliveryError
+
 _FROM = re.compile(rb"^>*From ")
-
-
-class MboxError(Exception):
-    """Delivery to the mbox failed; every such failure is temporary (9.7)."""
 
 
 def fromLine(sender: str, when: float) -> bytes:
@@ -34,7 +33,7 @@ def fromLine(sender: str, when: float) -> bytes:
     return f"From {who} {time.strftime('%a %b %d %H:%M:%S %Y', time.gmtime(when))}\n".encode("utf-8", "replace")
 
 
-def _lock(fd: int, timeout: float) -> bool:
+def _lock(fd: int, path: str, timeout: float) -> bool:
     """Take an exclusive flock within ``timeout`` seconds; False if the file system
     cannot lock."""
     deadline = time.monotonic() + timeout
@@ -44,7 +43,8 @@ def _lock(fd: int, timeout: float) -> bool:
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise MboxError(f"File has been locked for {timeout:g} seconds straight. (#4.2.1)") from None
+                raise DeliveryError(reply.MBOX_UNAVAILABLE, False,
+                                    f"{path} has been locked for {timeout:g} seconds straight") from None
             time.sleep(0.05)
         except OSError as e:
             if e.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
@@ -53,13 +53,14 @@ def _lock(fd: int, timeout: float) -> bool:
 
 
 def appendMbox(path: str, ufline: bytes, headers: bytes, source: BinaryIO, lockTimeout: float = 30.0) -> None:
-    """Append ``ufline``, ``headers`` and the LF message read from ``source``."""
+    """Append ``ufline``, ``headers`` and the LF message read from ``source``; fails
+    with a temporary :class:`~jsmail.error.DeliveryError` (9.7)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY, 0o600)
     except OSError as e:
-        raise MboxError(f"Unable to open {path}: {e.strerror}. (#4.2.1)") from None
+        raise DeliveryError(reply.MBOX_UNAVAILABLE, False, f"unable to open {path}: {e.strerror}") from None
     try:
-        locked = _lock(fd, lockTimeout)
+        locked = _lock(fd, path, lockTimeout)
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
             with open(fd, "ab", closefd=False, buffering=65536) as out:
@@ -73,6 +74,6 @@ def appendMbox(path: str, ufline: bytes, headers: bytes, source: BinaryIO, lockT
         except OSError as e:
             if locked:
                 os.ftruncate(fd, start)
-            raise MboxError(f"Unable to write {path}: {e.strerror}. (#4.3.0)") from None
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"unable to write {path}: {e.strerror}") from None
     finally:
         os.close(fd)  # closing drops the lock

@@ -71,12 +71,13 @@ class _Command(protocol.ProcessProtocol):
             text += "\nError report too long, sorry."
         value = reason.value
         if self.timedOut:
-            result = ProgramResult(ProgramStatus.TEMPORARY, f"{text}\nTimeout: the program ran too long and was killed. (#4.3.0)")
+            result = ProgramResult(ProgramStatus.TEMPORARY,
+                                   f"{text}\nTimeout: the program ran too long and was killed.".strip())
         elif isinstance(value, (error.ProcessDone, error.ProcessTerminated)) and value.exitCode is not None:
             code = value.exitCode
             result = ProgramResult(statusOfExit(code), text or f"program exited with status {code}")
         else:
-            result = ProgramResult(ProgramStatus.TEMPORARY, f"{text}\nAack, child crashed. (#4.3.0)".strip())
+            result = ProgramResult(ProgramStatus.TEMPORARY, f"{text}\nAack, child crashed.".strip())
         self.done.callback(result)
 
 
@@ -94,7 +95,7 @@ def runProgram(reactor: Any, command: str, stdin: int, env: dict[str, str], cwd:
         transport = reactor.spawnProcess(proto, args[0], args, env=env, path=cwd,
                                          childFDs={0: stdin, 1: "r", 2: "r"})
     except OSError as e:
-        return defer.succeed(ProgramResult(ProgramStatus.TEMPORARY, f"Unable to run {command}: {e.strerror}. (#4.3.0)"))
+        return defer.succeed(ProgramResult(ProgramStatus.TEMPORARY, f"Unable to run the program: {e.strerror}."))
 
     def kill() -> None:
         proto.timedOut = True

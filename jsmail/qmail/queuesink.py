@@ -28,26 +28,25 @@ from jsmail.reply import Reply
 CUSTOM_ERROR = 82
 CUSTOM_ERROR_FD = 6
 
-# qmail_close's texts, reference section 3.2: code -> (permanent, enhanced code, text)
-_EXITS: dict[int, tuple[bool, str, str]] = {
-    11: (True, "5.1.3", "envelope address too long for qq"),
-    31: (True, "5.3.0", "mail server permanently rejected message"),
-    51: (False, "4.3.0", "qq out of memory"),
-    52: (False, "4.3.0", "qq timeout"),
-    53: (False, "4.3.0", "qq write error or disk full"),
-    54: (False, "4.3.0", "qq read error"),
-    55: (False, "4.3.0", "qq unable to read configuration"),
-    56: (False, "4.3.0", "qq trouble making network connection"),
-    61: (False, "4.3.0", "qq trouble in home directory"),
-    71: (False, "4.3.0", "mail server temporarily rejected message"),
-    72: (False, "4.4.1", "connection to mail server timed out"),
-    73: (False, "4.4.1", "connection to mail server rejected"),
-    74: (False, "4.4.2", "communication with mail server failed"),
-    81: (False, "4.3.0", "qq internal bug"),
-    91: (False, "4.3.0", "qq internal bug"),
+# qmail_close's texts, reference section 3.2: exit code -> reply
+_EXITS: dict[int, Reply] = {
+    11: reply.QQ_ADDRESS_TOO_LONG,
+    31: reply.QQ_REJECTED,
+    51: reply.QQ_OUT_OF_MEMORY,
+    52: reply.QQ_TIMEOUT,
+    53: reply.QQ_WRITE_ERROR,
+    54: reply.QQ_READ_ERROR,
+    55: reply.QQ_CONFIGURATION,
+    56: reply.QQ_NETWORK,
+    61: reply.QQ_HOME_DIRECTORY,
+    71: reply.QQ_DEFERRED,
+    72: reply.QQ_CONNECT_TIMEOUT,
+    73: reply.QQ_CONNECT_REJECTED,
+    74: reply.QQ_COMMUNICATION,
+    81: reply.QQ_BUG,
+    91: reply.QQ_BUG,
 }
-for _code in range(62, 67):
-    _EXITS[_code] = (False, "4.3.0", "qq trouble creating files in queue")
+_EXITS.update(dict.fromkeys(range(62, 67), reply.QQ_QUEUE_FILES))
 
 
 def replyFor(code: int, custom: bytes = b"") -> Reply | None:
@@ -58,11 +57,7 @@ def replyFor(code: int, custom: bytes = b"") -> Reply | None:
     if code == CUSTOM_ERROR and len(text) > 2 and text[0] in "DZ":
         permanent = text[0] == "D"
         return (reply.QQ_PERMANENT if permanent else reply.QQ_TEMPORARY).format(text[1:].strip())
-    permanent, enhanced, message = _EXITS.get(code, (11 <= code <= 40, "", ""))
-    if not enhanced:
-        enhanced, message = ("5.3.0", "qq permanent problem") if permanent else ("4.3.0", "qq temporary problem")
-    base = reply.QQ_PERMANENT if permanent else reply.QQ_TEMPORARY
-    return Reply(base.code, enhanced, message)
+    return _EXITS.get(code, reply.QQ_PERMANENT_PROBLEM if 11 <= code <= 40 else reply.QQ_TEMPORARY_PROBLEM)
 
 
 class _Program(protocol.ProcessProtocol):
