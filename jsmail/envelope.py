@@ -4,18 +4,25 @@ An envelope is what SMTP carried beside the message: the reverse-path, the recip
 their ESMTP parameters and who sent it.  The queue keeps it next to the message bytes as
 one JSON object, so an operator can read it with ``head -1`` (see ``docs/queue.rst``).
 Per-recipient delivery state lives in :class:`Recipient`, so a message to several
-recipients is retried only for those still pending.  Fields added later have defaults,
-so envelopes written by an earlier version still load.
+recipients is retried only for those still pending.
+
+Format versions: 2 keeps each recipient's last reply as text (``lastReply``, what a
+bounce shows) with its enhanced status code (``lastStatus``) and whether a remote
+server said it (``lastFromPeer``), so a bounce needs no parsing.  Version 1 had the
+text only; it is still read, and each of its replies gets the status and the
+``smtp`` label the bounce of that version would have given it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_VERSION_1_STATUS = re.compile(r"\b([45]\.\d{1,3}\.\d{1,3})\b")  # as version 1's bounces found it
 
 
 class EnvelopeFormatError(ValueError):
@@ -87,12 +94,23 @@ class Envelope:
             version = data.pop("version")
         except (ValueError, KeyError, AttributeError, TypeError) as e:
             raise EnvelopeFormatError(f"not a jsmail envelope: {e}") from None
-        if version != FORMAT_VERSION:
+        if version not in (1, FORMAT_VERSION):
             raise EnvelopeFormatError(f"envelope format version {version!r} is not {FORMAT_VERSION}")
         try:
             recipients = tuple(
-                Recipient(**{**r, "state": RecipientState(r["state"])}) for r in data.pop("recipients")
+                Recipient(**{**(_fromVersion1(r) if version == 1 else r), "state": RecipientState(r["state"])})
+                for r in data.pop("recipients")
             )
             return cls(recipients=recipients, **data)
-        except (TypeError, ValueError, KeyError) as e:
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
             raise EnvelopeFormatError(f"bad envelope field: {e}") from None
+
+
+def _fromVersion1(recipient: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 recipient as version 2: its bounce says what version 1's would have
+    (the first enhanced code in the text, else 5.0.0; every reply labelled ``smtp``)."""
+    text = recipient.get("lastReply")
+    if text is None:
+        return recipient
+    match = _VERSION_1_STATUS.search(text)
+    return {**recipient, "lastStatus": match.group(1) if match else "5.0.0", "lastFromPeer": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import replace
 
@@ -9,10 +10,11 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from jsmail.envelope import Envelope, Recipient, RecipientState
+from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.interfaces import IQueue
 from jsmail.queue.store import MaildirQueue
 from jsmail.queue.memory import MemoryQueue
+from jsmail.send.bounce import writeBounce
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -104,7 +106,7 @@ class MaildirQueueTests(QueueContract, TestCase):
         with open(self.path("active", queueId), "rb") as f:
             first, rest = f.read().split(b"\n", 1)
         self.assertEqual(Envelope.fromBytes(first), ENVELOPE)
-        self.assertIn(b'"version":1', first)
+        self.assertIn(b'"version":2', first)
         self.assertEqual(rest, b"hi\r\n")
 
     @defer.inlineCallbacks
@@ -145,13 +147,40 @@ class MaildirQueueTests(QueueContract, TestCase):
 
 
 class EnvelopeFormatTests(TestCase):
+    VERSION_1 = (b'{"version":1,"sender":"a@b.example","recipients":[{"address":"x@localhost","params":{},'
+                 b'"state":"failed","lastReply":"550 5.1.1 no such user","remoteMTA":"dns; mx.test"},'
+                 b'{"address":"y@localhost","params":{},"state":"pending","lastReply":"451 try later",'
+                 b'"remoteMTA":null},{"address":"z@localhost","params":{},"state":"pending","lastReply":null,'
+                 b'"remoteMTA":null}],"mailParams":{},"arrival":1.0,"clientAddress":"","helo":"",'
+                 b'"protocol":"ESMTP","attempts":1,"nextAttempt":2.0}')
+
     def test_envelopeWrittenBeforeStructuredRepliesStillLoads(self) -> None:
-        """A queue file written before recipients carried their reply's status (jsmail
-        0.1's first queue format) loads, with no status and no peer flag."""
-        old = (b'{"version":1,"sender":"a@b.example","recipients":[{"address":"x@localhost","params":{},'
-               b'"state":"failed","lastReply":"550 5.1.1 no such user","remoteMTA":"dns; mx.test"}],'
-               b'"mailParams":{},"arrival":1.0,"clientAddress":"","helo":"","protocol":"ESMTP",'
-               b'"attempts":1,"nextAttempt":2.0}')
-        [recipient] = Envelope.fromBytes(old).recipients
-        self.assertEqual((recipient.state, recipient.lastReply, recipient.lastStatus, recipient.lastFromPeer),
-                         (RecipientState.FAILED, "550 5.1.1 no such user", None, False))
+        """A queue file written before recipients carried their reply's status (format
+        version 1) loads with the status and the smtp label its bounce had then."""
+        x, y, z = Envelope.fromBytes(self.VERSION_1).recipients
+        self.assertEqual((x.state, x.lastReply, x.lastStatus, x.lastFromPeer, x.remoteMTA),
+                         (RecipientState.FAILED, "550 5.1.1 no such user", "5.1.1", True, "dns; mx.test"))
+        self.assertEqual((y.lastReply, y.lastStatus, y.lastFromPeer), ("451 try later", "5.0.0", True))
+        self.assertEqual(z, Recipient("z@localhost"))
+
+    def test_version1BounceSaysWhatItSaidBefore(self) -> None:
+        envelope = Envelope.fromBytes(self.VERSION_1)
+        out = io.BytesIO()
+        writeBounce(out.write, io.BytesIO(b"Subject: s\r\n\r\nbody\r\n"), "Q", envelope, envelope.recipients[:1],
+                    "mx.test", 0.0)
+        self.assertIn(b"Status: 5.1.1\r\nRemote-MTA: dns; mx.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n",
+                      out.getvalue())
+
+    def test_round_trip(self) -> None:
+        """What version 2 adds comes back as it was written."""
+        envelope = replace(ENVELOPE, recipients=(
+            Recipient("x@localhost", {"NOTIFY": "FAILURE"}, RecipientState.FAILED, "550 5.4.6 looping", "5.4.6", False),
+            Recipient("y@localhost", {}, RecipientState.PENDING, "451 try later", "4.0.0", True, "dns; mx.test")))
+        raw = envelope.toBytes()
+        self.assertTrue(raw.startswith(b'{"version":2,'), raw)
+        self.assertEqual(Envelope.fromBytes(raw), envelope)
+
+    def test_unknown_version_refused(self) -> None:
+        raw = self.VERSION_1.replace(b'"version":1', b'"version":3')
+        error = self.assertRaises(EnvelopeFormatError, Envelope.fromBytes, raw)
+        self.assertEqual(str(error), "envelope format version 3 is not 2")
