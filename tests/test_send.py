@@ -6,6 +6,7 @@ import email
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from jsmail import reply
@@ -50,6 +51,18 @@ class SchedulerTests(TestCase):
         """Bounces delivered so far, with their envelopes."""
         return [(d.envelope, d.data) for d in self.agent.deliveries if d.envelope.isBounce]
 
+    def maillog(self) -> list[dict[str, object]]:
+        """The operator log's events from now on."""
+        events: list[dict[str, object]] = []
+
+        def observe(event: dict[str, object]) -> None:
+            if event.get("log_namespace") == "jsmail.maillog":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return events
+
     def test_delivered_and_removed(self) -> None:
         self.scheduler.startService()
         queueId = self.enqueue("a@localhost", "x@localhost", "y@localhost")
@@ -86,10 +99,29 @@ class SchedulerTests(TestCase):
         status = report.get_payload()[1].get_payload()
         self.assertEqual(status[1]["Final-Recipient"], "rfc822; x@localhost")
         self.assertEqual(status[1]["Action"], "failed")
-        self.assertIn("gave up", status[1]["Diagnostic-Code"])
+        self.assertEqual((status[1]["Status"], status[1]["Diagnostic-Code"]),
+                         ("4.0.0", "smtp; 451 reply for x@localhost (gave up: in the queue for too long)"))
         self.assertIn(b"Subject: hello", body)
         # Each recipient was delivered to once: ok@localhost on the first attempt only.
         self.assertEqual(sum(d.recipients.count("ok@localhost") for d in self.agent.deliveries), 1)
+
+    def test_give_up_is_in_the_operator_log_and_only_for_temporary_failures(self) -> None:
+        """On the last attempt a temporary failure fails for good, noted as given up; a
+        permanent one is only itself."""
+        events = self.maillog()
+        self.answers.update({"x@localhost": DeliveryStatus.TEMPORARY, "bad@localhost": DeliveryStatus.PERMANENT})
+        self.scheduler.startService()
+        envelope = Envelope("a@localhost", (Recipient("x@localhost"), Recipient("bad@localhost")),
+                            arrival=self.clock.seconds() - DAY)
+        self.successResultOf(self.scheduler.funnel.enqueue(envelope, b"Subject: s\r\n\r\nbody\r\n"))
+        self.clock.advance(0)
+        self.assertEqual([(e["event"], e["recipient"], e["detail"]) for e in events if e["event"] == "failed"], [
+            ("failed", "x@localhost", "451 reply for x@localhost (gave up: in the queue for too long)"),
+            ("failed", "bad@localhost", "550 reply for bad@localhost")])
+        [(_, body)] = self.bounces()
+        codes = [part["Diagnostic-Code"] for part in email.message_from_bytes(body).get_payload()[1].get_payload()[1:]]
+        self.assertEqual(codes, ["smtp; 451 reply for x@localhost (gave up: in the queue for too long)",
+                                 "smtp; 550 reply for bad@localhost"])
 
     def test_permanent_failure_bounces_at_once(self) -> None:
         self.answers["bad@localhost"] = DeliveryStatus.PERMANENT
@@ -141,6 +173,7 @@ class SchedulerTests(TestCase):
             def deliver(self, message, recipients):  # type: ignore[no-untyped-def]
                 return defer.fail(RuntimeError("agent bug"))
 
+        events = self.maillog()
         scheduler = Scheduler(self.queue, Router(["localhost"], Broken()), self.clock, runNow, "mx.test")
         scheduler.startService()
         envelope = Envelope("a@localhost", (Recipient("x@localhost"),), arrival=self.clock.seconds())
@@ -149,6 +182,8 @@ class SchedulerTests(TestCase):
         [recipient] = self.queue.messages[queueId][0].recipients
         self.assertEqual(recipient.state, RecipientState.PENDING)
         self.assertEqual(recipient.lastReply, "451 4.3.0 Temporary local delivery error")
+        [deferred] = [e for e in events if e["event"] == "deferred"]
+        self.assertEqual(deferred["detail"], "451 4.3.0 Temporary local delivery error (agent bug)")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 

@@ -32,7 +32,7 @@ _log = Logger()
 
 DOUBLE_BOUNCE = "double-bounce"  # Envelope.protocol of a bounce sent to the postmaster
 FINISHED_MEMORY = 100_000  # ids of removed messages kept, to ignore stale mentions
-GAVE_UP = "(gave up: in the queue for too long)"
+GAVE_UP = "gave up: in the queue for too long"
 
 
 @dataclass(frozen=True)
@@ -202,16 +202,20 @@ class Scheduler(Service):
                 recipients.append(r)
                 continue
             result = replace(result, recipient=r.address)
+            shown = str(result.reply)
             if result.status is DeliveryStatus.DELIVERED:
                 maillog.delivered(queueId, result)
                 state = RecipientState.DELIVERED
-            elif result.status is DeliveryStatus.PERMANENT or givingUp:
+            elif result.status is DeliveryStatus.PERMANENT:
                 maillog.failed(queueId, result)
                 state = RecipientState.FAILED
+            elif givingUp:
+                maillog.failed(queueId, replace(result, detail="; ".join(filter(None, (result.detail, GAVE_UP)))))
+                state = RecipientState.FAILED
+                shown += f" ({GAVE_UP})"
             else:
                 maillog.deferred(queueId, result, retryIn)
                 state = RecipientState.PENDING
-            shown = str(result.reply) + (f" {GAVE_UP}" if givingUp and state is RecipientState.FAILED else "")
             recipients.append(replace(r, state=state, lastReply=shown, lastStatus=result.reply.status,
                                       lastFromPeer=result.fromPeer, remoteMTA=result.remoteMTA or None))
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
