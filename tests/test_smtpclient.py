@@ -21,15 +21,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail import reply
+from jsmail import reply as replies
 from jsmail.auth import MailRealm
 from jsmail.remote.dane import DANE_EE, TLSARecord
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryStatus
 from jsmail.queue.memory import MemoryQueue
 from jsmail.error import DeliveryError
-from jsmail.smtp.client import (CHUNK, ClientSettings, DotStuffer, ESMTPClient, OutgoingMessage,
-                               clientTLS, sendmail)
+from jsmail.smtp.client import ClientSettings, ESMTPClient
+from jsmail.smtp.commands import CHUNK, DotStuffer, OutgoingMessage
+from jsmail.smtp.connect import sendmail
 from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
 from jsmail.testing import RecordingTransport
 from jsmail.smtp.tls import ServerTLS
@@ -537,7 +538,7 @@ class FailureTests(SynchronousTestCase):
         s.clock.advance(120)
         self.assertEqual(str(sent[0][0].reply), "451 4.4.2 Timed out waiting for the mail exchanger")
         self.assertIn("waiting for the reply to DATA", sent[0][0].detail)
-        self.assertEqual(sent[0][0].reply, reply.PEER_TIMEOUT, "the private detail stays out of the reply")
+        self.assertEqual(sent[0][0].reply, replies.PEER_TIMEOUT, "the private detail stays out of the reply")
 
     def test_data_block_timeout(self) -> None:
         """The transport takes no data for 3 minutes (the producer is never resumed)."""
@@ -667,7 +668,7 @@ class StartTLSTests(SynchronousTestCase):
 
     def test_tlsa_server_name_sent(self) -> None:
         """SNI, though the certificate is not checked in the handshake."""
-        options = clientTLS(ClientSettings(tlsHostname="mx.test", tlsa=(TLSARecord(DANE_EE, 1, 1, b"x" * 32),)))
+        options = ClientSettings(tlsHostname="mx.test", tlsa=(TLSARecord(DANE_EE, 1, 1, b"x" * 32),)).tlsOptions()
         protocol = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Protocol)).buildProtocol(None)
         connection = options.clientConnectionForTLS(protocol)
         self.assertEqual(connection.get_servername(), b"mx.test")

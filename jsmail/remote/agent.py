@@ -35,11 +35,10 @@ dead MX does not cost every queued message a connection timeout.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -52,17 +51,23 @@ from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
 from jsmail.remote.mx import MailExchangers
 from jsmail.route import Route
-from jsmail.smtp.client import ClientSettings, ESMTPClient, OutgoingMessage, readySession
+from jsmail.smtp.client import ClientSettings, ESMTPClient
+from jsmail.smtp.commands import OutgoingMessage
+from jsmail.smtp.connect import connectTo, readySession
 
 _log = Logger()
 
 # address, port, TLS mode, the name the certificate was checked for, the TLSA records it matched
 _PoolKey = tuple[str, int, str, str, tuple[TLSARecord, ...]]
 
+#: Opens a session with an address and port: :func:`jsmail.smtp.connect.connectTo` by default.
+Connect = Callable[[str, int, ClientSettings], defer.Deferred[ESMTPClient]]
+
 
 @implementer(IDeliveryAgent)
 class RemoteDelivery:
-    """Delivers to other domains over ESMTP (see the module docstring)."""
+    """Delivers to other domains over ESMTP (see the module docstring).  ``connect``
+    opens sessions (tests give one that needs no sockets)."""
 
     def __init__(
         self,
@@ -82,8 +87,10 @@ class RemoteDelivery:
         backoffMaximum: float = 3600.0,
         mtaSts: PolicyFetcher | None = None,
         replyTimeout: float = 0.0,
+        connect: Connect | None = None,
     ) -> None:
         self.reactor = reactor
+        self.connect: Connect = connect or partial(connectTo, reactor)
         self.runInThread = runInThread
         self.exchangers = MailExchangers(resolver)
         self.heloName = heloName
@@ -195,25 +202,13 @@ class RemoteDelivery:
         return [replace(r, remoteMTA=remote) for r in results]
 
     def _open(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> defer.Deferred[ESMTPClient]:
-        """A session ready for mail (see :func:`jsmail.smtp.client.readySession`);
+        """A session ready for mail (see :func:`jsmail.smtp.connect.readySession`);
         fails with :class:`DeliveryError`."""
         tlsHostname = route.host if route.tls in ("verify", "implicit") or tlsa else None
         settings = ClientSettings(heloName=self.heloName, tls=route.tls, tlsHostname=tlsHostname,
                                   trustRoot=self.trustRoot, tlsa=tlsa, username=route.username,
-                                  password=route.password, **self.timeouts)
-
-        def connect(settings: ClientSettings) -> defer.Deferred[ESMTPClient]:
-            endpointType = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-            endpoint: Any = endpointType(self.reactor, address, route.port, timeout=self.connectTimeout)
-            if settings.tls == "implicit":
-                endpoint = wrapClientTLS(optionsForClientTLS(route.host, trustRoot=self.trustRoot), endpoint)
-
-            def refused(failure: Any) -> None:
-                raise DeliveryError(reply.CANNOT_CONNECT, False, failure.getErrorMessage())
-
-            return connectProtocol(endpoint, ESMTPClient(settings, self.reactor)).addErrback(refused)
-
-        return defer.Deferred.fromCoroutine(readySession(connect, settings))
+                                  password=route.password, connectTimeout=self.connectTimeout, **self.timeouts)
+        return defer.Deferred.fromCoroutine(readySession(lambda s: self.connect(address, route.port, s), settings))
 
     @staticmethod
     def _poolKey(route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> _PoolKey:

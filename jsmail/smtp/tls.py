@@ -1,4 +1,5 @@
-"""TLS for the SMTP listeners: certificates, a modern server context, reload on SIGHUP.
+"""TLS for the SMTP listeners: certificates, a modern server context, reload on SIGHUP;
+and the ESMTP client's options (:func:`clientTLS`).
 
 The context allows TLS 1.2 and 1.3 only, with forward-secret AEAD ciphers
 (RFC 7525 / BCP 195 recommendations, as RFC 8314 asks of mail).  :class:`ServerTLS`
@@ -14,7 +15,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -150,3 +151,31 @@ def makeTLS(config: Config, dataDir: str) -> ServerTLS:
     if config.tlsCertificate:
         return ServerTLS(config.tlsCertificate, config.tlsKey or config.tlsCertificate)
     return ServerTLS(*ensureSelfSigned(os.path.join(dataDir, "tls"), config.hostname))
+
+
+def clientTLS(hostname: str | None, verify: bool, trustRoot: Any = None, dane: bool = False) -> Any:
+    """Client TLS options: with TLSA records (``dane``), naming ``hostname`` but checking
+    nothing (the records are matched after the handshake); with ``verify``, checking
+    the certificate is valid for ``hostname`` under ``trustRoot`` (the platform's when
+    None); else encrypting without checking the certificate."""
+    if dane and hostname is not None:
+        return _UncheckedWithServerName(hostname)
+    if verify and hostname is not None:
+        return ssl.optionsForClientTLS(hostname, trustRoot=trustRoot)
+    return ssl.CertificateOptions()
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UncheckedWithServerName:
+    """TLS that checks no certificate but still sends the host name (SNI, RFC 6066), so
+    a server with several certificates shows the one its TLSA records are for (RFC 7672
+    section 8.1)."""
+
+    def __init__(self, hostname: str) -> None:
+        self._options = ssl.CertificateOptions()
+        self._hostname = hostname.rstrip(".").encode("idna")
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = self._options.clientConnectionForTLS(tlsProtocol)
+        connection.set_tlsext_host_name(self._hostname)
+        return connection
