@@ -154,7 +154,7 @@ class EnvelopeFormatTests(TestCase):
                  b'"remoteMTA":null}],"mailParams":{},"arrival":1.0,"clientAddress":"","helo":"",'
                  b'"protocol":"ESMTP","attempts":1,"nextAttempt":2.0}')
 
-    def test_envelopeWrittenBeforeStructuredRepliesStillLoads(self) -> None:
+    def test_envelope_written_by_version_1_still_loads(self) -> None:
         """A queue file written before recipients carried their reply's status (format
         version 1) loads with the status and the smtp label its bounce had then."""
         x, y, z = Envelope.fromBytes(self.VERSION_1).recipients
@@ -163,18 +163,18 @@ class EnvelopeFormatTests(TestCase):
         self.assertEqual((y.lastReply, y.lastStatus, y.lastFromPeer), ("451 try later", "5.0.0", True))
         self.assertEqual(z, Recipient("z@localhost"))
 
-    def test_version1BounceSaysWhatItSaidBefore(self) -> None:
+    def test_version_1_bounce_says_what_it_said_before(self) -> None:
         envelope = Envelope.fromBytes(self.VERSION_1)
         out = io.BytesIO()
         writeBounce(out.write, io.BytesIO(b"Subject: s\r\n\r\nbody\r\n"), "Q", envelope, envelope.recipients[:1],
                     "mx.test", 0.0)
-        self.assertIn(b"Status: 5.1.1\r\nRemote-MTA: dns; mx.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n",
-                      out.getvalue())
+        self.assertIn(b"Status: 5.1.1\r\nRemote-MTA: dns; mx.test\r\n"
+                      b"Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n", out.getvalue())
 
     def test_round_trip(self) -> None:
         """What version 2 adds comes back as it was written."""
         envelope = replace(ENVELOPE, recipients=(
-            Recipient("x@localhost", {"NOTIFY": "FAILURE"}, RecipientState.FAILED, "550 5.4.6 looping", "5.4.6", False),
+            Recipient("x@localhost", {"NOTIFY": "FAILURE"}, RecipientState.FAILED, "550 5.4.6 looping", "5.4.6"),
             Recipient("y@localhost", {}, RecipientState.PENDING, "451 try later", "4.0.0", True, "dns; mx.test")))
         raw = envelope.toBytes()
         self.assertTrue(raw.startswith(b'{"version":2,'), raw)
