@@ -5,7 +5,8 @@ namespace, written as ``event key=value ...`` so that ``grep id=QUEUEID`` follow
 message from arrival to its end.  Debug detail belongs elsewhere, not here.  Each event
 also carries its name and fields as keys (``event``, ``queueId``, ``recipient``,
 ``detail``; a delivery outcome also ``code``, ``enhanced``, ``text`` and ``peer``, its
-reply's parts, and ``reason``, the private detail), so a program can watch them too (see :class:`jsmail.service.Outcomes`).
+reply's parts, and ``reason``, the private detail), so a program can watch them too
+(see :class:`jsmail.service.Outcomes`).
 """
 
 from __future__ import annotations

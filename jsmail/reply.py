@@ -21,7 +21,8 @@ class Reply:
     """An SMTP reply: ``code`` (e.g. 550), ``enhanced`` (e.g. ``"5.7.1"``) and text.
 
     ``enhanced`` is empty only for the greeting and the HELO/EHLO replies, which RFC 2034
-    section 3 exempts (an enhanced code there would read as an EHLO keyword).
+    section 3 exempts (an enhanced code there would read as an EHLO keyword), and for a
+    peer's reply that had none (:attr:`status` then gives the class's generic code).
     """
 
     code: int
@@ -71,10 +72,6 @@ class PeerReply(Reply):
             enhanced = match.group(0).strip()
             lines[0] = lines[0][match.end():]
         return cls(code, enhanced, "\n".join(lines))
-
-    @property
-    def textLines(self) -> list[str]:
-        return self.text.split("\n")
 
 
 # Connection and session.

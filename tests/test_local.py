@@ -10,7 +10,8 @@ from twisted.trial.unittest import TestCase
 
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
-from jsmail.local.agent import LocalDelivery, copyAsLF
+from jsmail.local.agent import LocalDelivery
+from jsmail.local.maildir import copyAsLF
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]

@@ -7,7 +7,8 @@ set up a session (no connection, a 4xx/5xx greeting, a TLS failure) moves on to 
 next address or MX; once a host has answered for the recipients, its answers stand.
 
 TLS, per destination (``tls``): ``none``; ``opportunistic`` (STARTTLS when offered; a
-failed handshake is retried once in plaintext on the same host, and logged);
+failed handshake is retried once in plaintext on the same host, and logged, unless the
+route has credentials, which go only over TLS);
 ``verify`` (STARTTLS required, certificate checked against the host name with
 service_identity; a failure is temporary); ``implicit`` (TLS from the first byte, as on
 port 465).  What ``verify`` trusts: the platform's CA store (or the configured trust
