@@ -1,5 +1,4 @@
-"""TLS for the SMTP listeners: certificates, a modern server context, reload on SIGHUP;
-and the ESMTP client's options (:func:`clientTLS`).
+"""TLS for the SMTP listeners: certificates, a modern server context, reload on SIGHUP.
 
 The context allows TLS 1.2 and 1.3 only, with forward-secret AEAD ciphers
 (RFC 7525 / BCP 195 recommendations, as RFC 8314 asks of mail).  :class:`ServerTLS`
@@ -8,6 +7,8 @@ reload (new certificate on SIGHUP) applies to new handshakes without dropping se
 
 The embedded default has no certificate configured: :func:`ensureSelfSigned` makes one
 for the host name under the data directory on first start, so STARTTLS works at once.
+
+The ESMTP client's options are here too: :func:`clientTLS`.
 """
 
 from __future__ import annotations
