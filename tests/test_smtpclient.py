@@ -108,12 +108,14 @@ class Session:
 
 class Described(list):  # type: ignore[type-arg]
     """Expected results as (recipient, status, reply and detail in one line); equal to
-    a list of result lists that say the same (compared first, as a list subclass)."""
+    a list of result lists that say the same and name no remote MTA (the client leaves
+    that to its caller).  Compared first, as a list subclass."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, list):
             return NotImplemented
-        return list(self) == [[(r.recipient, r.status, r.describe()) for r in group] for group in other]
+        return [[(*t, "") for t in group] for group in self] == [
+            [(r.recipient, r.status, r.describe(), r.remoteMTA) for r in group] for group in other]
 
     def __ne__(self, other: object) -> bool:
         return not self == other
