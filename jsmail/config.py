@@ -20,7 +20,7 @@ from twisted.internet.endpoints import serverFromString
 
 from jsmail.address import hostPort, normaliseDomain
 from jsmail.error import SMTPReplyError
-from jsmail.route import Route
+from jsmail.route import TLS_MODES, Route
 
 
 class ConfigError(Exception):
@@ -157,9 +157,6 @@ def _checker(value: Any) -> str:
     except (strcred.InvalidAuthArgumentString, ValueError) as e:
         raise ValueError(f"bad checker {description!r}: {e}") from None
     return description
-
-
-TLS_MODES = ("none", "opportunistic", "verify", "implicit")
 
 
 def _optionalHostPort(value: Any) -> str:

@@ -19,6 +19,10 @@ from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IRouter, QueuedMessage
 
 
+#: How to use TLS with a peer (see :class:`jsmail.smtp.client.ClientSettings`).
+TLS_MODES = ("none", "opportunistic", "verify", "implicit")
+
+
 @dataclass(frozen=True)
 class Route:
     """Where to send mail for a domain instead of its MX (like qmail's smtproutes), or

@@ -49,6 +49,7 @@ from jsmail import reply as replies
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.reply import Reply
+from jsmail.route import TLS_MODES
 from jsmail.smtp.commands import UNSAFE, OutgoingMessage, has8bit, mailCommand, rcptCommand
 from jsmail.smtp.pipeline import CommandPipeline, Reason
 from jsmail.smtp.tls import clientTLS
@@ -57,7 +58,6 @@ __all__ = ["ClientSettings", "ESMTPClient"]
 
 _log = Logger()
 
-TLS_MODES = ("none", "opportunistic", "verify", "implicit")
 
 
 @dataclass(frozen=True)
