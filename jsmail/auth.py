@@ -19,12 +19,11 @@ import functools
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred import strcred
-from twisted.cred.portal import IRealm, Portal
+from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -34,10 +33,19 @@ from zope.interface import Attribute, Interface, implementer
 from jsmail._threads import RunInThread, reactorThreads
 
 
-if TYPE_CHECKING:
-    from jsmail.config import Config
-
 _log = Logger()
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may authenticate (``config.auth``, the ``[auth]`` section): the password
+    file (empty: ``passwd`` in the data directory), more twisted.cred checkers by
+    description (``memory:...``, ``file:...``, ``hashed:...``), and which senders an
+    authenticated user may use ("any", or "own": only the user's own address)."""
+
+    passwordFile: str = ""
+    checkers: tuple[str, ...] = ()
+    senderRule: str = "any"
 
 
 class TemporaryAuthFailure(Exception):
@@ -281,14 +289,3 @@ class CheckpasswordFactory:
         if not os.access(argstring, os.X_OK):
             raise ValueError(f"{argstring!r} is not an executable program")
         return CheckpasswordChecker(argstring)
-
-
-def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = (),
-               runInThread: RunInThread | None = None) -> Portal:
-    """AUTH users: the password file under the data directory (``jsmail passwd``), then
-    the configured checkers, then any given on the command line (``--auth``).  Password
-    hashes are checked with ``runInThread``."""
-    checkers: list[ICredentialsChecker] = [HashedPasswordFile(os.path.abspath(config.passwordPath), runInThread)]
-    checkers += [strcred.makeChecker(description) for description in config.authCheckers]
-    checkers += list(extraCheckers)
-    return Portal(MailRealm(config.domains, config.senderRule), [AnyOfCheckers(checkers)])

@@ -1,9 +1,12 @@
-"""One frozen, validated configuration, from a TOML file and command-line overrides.
+"""One frozen, validated configuration, from a TOML file, a qmail control directory and
+command-line overrides.
 
-Every option is declared once in :data:`OPTIONS` (its TOML place, its default and how
-it is checked); ``etc/jsmail.toml`` documents each one.  Configuration is checked once,
-at start: a bad value raises :class:`ConfigError`, whose one-line message names where
-the value came from, the key and what is wrong with it.
+:class:`Config` is made of one section per part (``config.smtp``, ``config.local``,
+``config.queue``, ``config.remote``, ...), each the very settings object that part
+takes, declared (with its defaults) beside the part.  :data:`OPTIONS` says where each
+field is found in TOML and how its value is checked; ``etc/jsmail.toml`` documents each
+one.  Configuration is checked once, at start: a bad value raises :class:`ConfigError`,
+whose one-line message names where the value came from, the key and what is wrong.
 """
 
 from __future__ import annotations
@@ -13,14 +16,22 @@ import json
 import os
 import socket
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 from twisted.internet.endpoints import serverFromString
 
 from jsmail.address import hostPort, normaliseDomain
 from jsmail.error import SMTPReplyError
+from jsmail.auth import AuthSettings
+from jsmail.listen import Endpoints
+from jsmail.local.settings import LocalSettings
+from jsmail.policy.plugin import PolicySettings
+from jsmail.policy.relay import RelaySettings
+from jsmail.remote.settings import RemoteSettings
 from jsmail.route import TLS_MODES, Route
+from jsmail.send.settings import QueueSettings
+from jsmail.smtp.settings import ServerSettings
 
 
 class ConfigError(Exception):
@@ -195,106 +206,14 @@ def _pluginTables(value: Any) -> dict[str, dict[str, Any]]:
     return {str(name): dict(table) for name, table in value.items()}
 
 
-@dataclass(frozen=True)
-class Option:
-    """One setting: ``field`` of :class:`Config`, found at ``section.key`` in TOML."""
-
-    field: str
-    section: str
-    key: str
-    check: Callable[[Any], Any]
-
-    @property
-    def name(self) -> str:
-        return f"{self.section}.{self.key}"
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("hostname", "server", "hostname", _hostname),
-    Option("tlsCertificate", "server", "tls_certificate", _optionalString),
-    Option("tlsKey", "server", "tls_key", _optionalString),
-    Option("dataDir", "server", "data", _string),
-    Option("domains", "server", "domains", _listOf(_hostname)),
-    Option("trustedNetworks", "server", "trusted_networks", _listOf(_network)),
-    Option("postmaster", "server", "postmaster", _optionalString),
-    Option("controlDir", "server", "control_dir", _optionalString),
-    Option("smtpListeners", "smtp", "listen", _listeners),
-    Option("submissionListeners", "smtp", "submission", _listeners),
-    Option("smtpsListeners", "smtp", "smtps", _listeners),
-    Option("maxMessageSize", "smtp", "max_message_size", _integer(1)),
-    Option("maxCommandLine", "smtp", "max_command_line", _integer(512)),
-    Option("maxTextLine", "smtp", "max_text_line", _integer(1000)),
-    Option("maxRecipients", "smtp", "max_recipients", _integer(1)),
-    Option("maxErrors", "smtp", "max_errors", _integer(1)),
-    Option("idleTimeout", "smtp", "idle_timeout", _seconds),
-    Option("maxConnections", "smtp", "max_connections", _integer(1)),
-    Option("maxConnectionsPerClient", "smtp", "max_connections_per_client", _integer(1)),
-    Option("bareLineEndings", "smtp", "bare_line_endings", _choice("reject", "normalise")),
-    Option("maxReceivedHeaders", "smtp", "max_received_headers", _integer(1)),
-    Option("passwordFile", "auth", "password_file", _optionalString),
-    Option("authCheckers", "auth", "checkers", _listOf(_checker)),
-    Option("senderRule", "auth", "sender_rule", _choice("any", "own")),
-    Option("maxAuthFailures", "auth", "max_failures", _integer(0)),
-    Option("authFailureDelay", "auth", "failure_delay", _nonNegativeSeconds),
-    Option("allowPlaintextAuth", "auth", "allow_plaintext", _boolean),
-    Option("allowProxyAuth", "auth", "allow_proxy", _boolean),
-    Option("showAuthInReceived", "auth", "show_in_received", _boolean),
-    Option("dnsServer", "remote", "dns_server", _optionalHostPort),
-    Option("remotePort", "remote", "port", _integer(1)),
-    Option("remoteTLS", "remote", "tls", _choice(*TLS_MODES)),
-    Option("smarthost", "remote", "smarthost", _optionalHostPort),
-    Option("smarthostTLS", "remote", "smarthost_tls", _choice(*TLS_MODES)),
-    Option("smarthostUsername", "remote", "smarthost_username", _optionalString),
-    Option("smarthostPassword", "remote", "smarthost_password", _optionalString),
-    Option("routes", "remote", "routes", _listOf(_route)),
-    Option("perHost", "remote", "per_host", _integer(1)),
-    Option("idleTimeoutRemote", "remote", "idle_timeout", _nonNegativeSeconds),
-    Option("connectTimeout", "remote", "connect_timeout", _seconds),
-    Option("mtaSts", "remote", "mta_sts", _boolean),
-    Option("hostBackoff", "remote", "host_backoff", _seconds),
-    Option("hostBackoffMaximum", "remote", "host_backoff_max", _seconds),
-    Option("retryFirst", "queue", "retry_first", _seconds),
-    Option("retryFactor", "queue", "retry_factor", _factor),
-    Option("retryMaximum", "queue", "retry_max", _seconds),
-    Option("giveUp", "queue", "give_up", _seconds),
-    Option("deliveryConcurrency", "queue", "concurrency", _integer(1)),
-    Option("diskThreads", "queue", "disk_threads", _integer(1)),
-    Option("deliveryProcess", "queue", "delivery_process", _boolean),
-    Option("queueProgram", "queue", "program", _optionalString),
-    Option("smtpChecks", "policy", "smtp", _listOf(_string)),
-    Option("submissionChecks", "policy", "submission", _listOf(_string)),
-    Option("smtpsChecks", "policy", "smtps", _listOf(_string)),
-    Option("authservId", "policy", "authserv_id", _optionalString),
-    Option("pluginOptions", "plugins", "*", _pluginTables),  # the whole [plugins] table
-    Option("usersDir", "local", "users_dir", _optionalString),
-    Option("homeDotQmail", "local", "home_dotqmail", _boolean),
-    Option("extensionSeparator", "local", "extension_separator", _separator),
-    Option("plusExtensions", "local", "plus_extensions", _boolean),
-    Option("aliasesFile", "local", "aliases", _optionalString),
-    Option("programTimeout", "local", "program_timeout", _seconds),
-    Option("localConcurrency", "local", "concurrency", _integer(1)),
-    Option("virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
-    Option("envNoAtHost", "local", "noathost", _optionalString),
-    Option("percentHack", "local", "percent_hack", _listOf(_string)),
-    Option("smtpGreeting", "smtp", "greeting", _optionalString),
-    Option("rcptHosts", "smtp", "rcpt_hosts", _listOf(_string)),
-    Option("moreRcptHosts", "smtp", "more_rcpt_hosts", _optionalString),
-    Option("badMailFrom", "smtp", "bad_mail_from", _listOf(_string)),
-    Option("heloHost", "remote", "helo_host", _optionalString),
-    Option("replyTimeout", "remote", "reply_timeout", _nonNegativeSeconds),
-    Option("bounceFrom", "queue", "bounce_from", _string),
-    Option("bounceHost", "queue", "bounce_host", _optionalString),
-    Option("defaultDomain", "inject", "default_domain", _optionalString),
-    Option("defaultHost", "inject", "default_host", _optionalString),
-    Option("plusDomain", "inject", "plus_domain", _optionalString),
-    Option("idHost", "inject", "id_host", _optionalString),
-)
+def _lineEndings(value: Any) -> bool:
+    """``bare_line_endings``: "reject" or "normalise" (ServerSettings.normaliseLineEndings)."""
+    return _choice("reject", "normalise")(value) == "normalise"
 
 
 @dataclass(frozen=True)
-class Config:
-    """Everything the gateway needs to start.  Defaults are the embedded default:
-    SMTP on 127.0.0.1:2525, data in ./jsmail-data, mail for ``localhost``."""
+class GatewaySettings:
+    """What the whole gateway shares (``config.server``, the ``[server]`` section)."""
 
     hostname: str = "localhost"
     tlsCertificate: str = ""  # empty: a self-signed certificate made under the data directory
@@ -302,106 +221,127 @@ class Config:
     dataDir: str = "jsmail-data"
     domains: tuple[str, ...] = ("localhost",)
     trustedNetworks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    postmaster: str = ""  # where undeliverable bounces go; empty: postmaster@ the first domain
+    postmaster: str = ""  # where undeliverable bounces go; filled in as postmaster@ the first domain
     controlDir: str = ""  # a qmail control directory read as well (see jsmail.qmail.control)
-    smtpListeners: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
-    submissionListeners: tuple[str, ...] = ("tcp:2587:interface=127.0.0.1",)
-    smtpsListeners: tuple[str, ...] = ("tcp:2465:interface=127.0.0.1",)
-    maxMessageSize: int = 25 * 1024 * 1024
-    maxCommandLine: int = 512
-    maxTextLine: int = 1000
-    maxRecipients: int = 100
-    maxErrors: int = 20
-    idleTimeout: float = 300.0
-    maxConnections: int = 1000
-    maxConnectionsPerClient: int = 20
-    bareLineEndings: str = "reject"
-    maxReceivedHeaders: int = 100
-    passwordFile: str = ""  # empty: DATA/passwd
-    authCheckers: tuple[str, ...] = ()
-    senderRule: str = "any"
-    maxAuthFailures: int = 3
-    authFailureDelay: float = 1.0
-    allowPlaintextAuth: bool = False
-    allowProxyAuth: bool = False
-    showAuthInReceived: bool = False
-    dnsServer: str = ""  # HOST:PORT; empty: /etc/resolv.conf
-    remotePort: int = 25
-    remoteTLS: str = "opportunistic"
-    smarthost: str = ""  # HOST[:PORT]; empty: deliver to each domain's MX
-    smarthostTLS: str = "opportunistic"
-    smarthostUsername: str = ""
-    smarthostPassword: str = ""
-    routes: tuple[Route, ...] = ()
-    perHost: int = 5
-    idleTimeoutRemote: float = 10.0
-    connectTimeout: float = 60.0
-    mtaSts: bool = True
-    hostBackoff: float = 60.0
-    hostBackoffMaximum: float = 3600.0
-    retryFirst: float = 300.0
-    retryFactor: float = 2.0
-    retryMaximum: float = 4 * 3600.0
-    giveUp: float = 5 * 86400.0
-    deliveryConcurrency: int = 20
-    diskThreads: int = 8
-    deliveryProcess: bool = True
-    queueProgram: str = ""  # a qmail-queue-compatible program to hand mail to, instead of jsmail's queue
-    smtpChecks: tuple[str, ...] = ()  # policy plugins by name, in order (see jsmail.policy.plugin)
-    submissionChecks: tuple[str, ...] = ()
-    smtpsChecks: tuple[str, ...] = ()
-    authservId: str = ""  # empty: the host name
-    pluginOptions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    usersDir: str = ""  # virtual users' .qmail files: <dir>/<domain>/<user>/; empty: DATA/users
-    homeDotQmail: bool = False  # system users' ~/.qmail files
-    extensionSeparator: str = "-"
-    plusExtensions: bool = True
-    aliasesFile: str = ""  # an /etc/aliases-style file; empty: none
-    programTimeout: float = 3600.0
-    localConcurrency: int = 10
-    virtualDomains: tuple[str, ...] = ()  # qmail's "domain:prepend" lines
-    envNoAtHost: str = ""  # empty: the host name
-    percentHack: tuple[str, ...] = ()
-    smtpGreeting: str = ""  # empty: "<hostname> ESMTP jsmail ready"
-    rcptHosts: tuple[str, ...] = ()  # more domains taken at RCPT (qmail's rcpthosts)
-    moreRcptHosts: str = ""  # a morercpthosts.cdb
-    badMailFrom: tuple[str, ...] = ()  # qmail's badmailfrom entries, "@domain" kept as written
-    heloHost: str = ""  # empty: the host name
-    replyTimeout: float = 0.0  # 0: RFC 5321's timeout for each phase
-    bounceFrom: str = "MAILER-DAEMON"
-    bounceHost: str = ""  # empty: the host name
-    defaultDomain: str = ""  # qmail-inject's controls; empty: the host name
-    defaultHost: str = ""
-    plusDomain: str = ""
-    idHost: str = ""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: field ``field`` of the section ``config.<part>``, found at
+    ``section.key`` in TOML, checked (and typed) by ``check``."""
+
+    part: str
+    field: str
+    section: str
+    key: str
+    check: Callable[[Any], Any]
 
     @property
-    def smarthostRoute(self) -> Route | None:
-        if not self.smarthost:
-            return None
-        host, port = hostPort(self.smarthost)
-        return Route(host, port, self.smarthostTLS, self.smarthostUsername or None, self.smarthostPassword or None)
-
-    @property
-    def usersPath(self) -> str:
-        return self.usersDir or os.path.join(self.dataDir, "users")
-
-    @property
-    def passwordPath(self) -> str:
-        return self.passwordFile or os.path.join(self.dataDir, "passwd")
+    def name(self) -> str:
+        return self.section if self.key == "*" else f"{self.section}.{self.key}"
 
 
-def toJSON(config: Config) -> str:
-    """The configuration as JSON that :func:`fromJSON` reads back (for a child process)."""
-    values = {f.name: getattr(config, f.name) for f in fields(Config)}
-    values["dataDir"] = os.path.abspath(config.dataDir)
-    values["trustedNetworks"] = [str(n) for n in config.trustedNetworks]
-    values["routes"] = [asdict(r) for r in config.routes]
-    return json.dumps(values)
+OPTIONS: tuple[Option, ...] = (
+    Option("server", "hostname", "server", "hostname", _hostname),
+    Option("server", "tlsCertificate", "server", "tls_certificate", _optionalString),
+    Option("server", "tlsKey", "server", "tls_key", _optionalString),
+    Option("server", "dataDir", "server", "data", _string),
+    Option("server", "domains", "server", "domains", _listOf(_hostname)),
+    Option("server", "trustedNetworks", "server", "trusted_networks", _listOf(_network)),
+    Option("server", "postmaster", "server", "postmaster", _optionalString),
+    Option("server", "controlDir", "server", "control_dir", _optionalString),
+    Option("listen", "smtp", "smtp", "listen", _listeners),
+    Option("listen", "submission", "smtp", "submission", _listeners),
+    Option("listen", "smtps", "smtp", "smtps", _listeners),
+    Option("smtp", "greeting", "smtp", "greeting", _optionalString),
+    Option("smtp", "maxMessageSize", "smtp", "max_message_size", _integer(1)),
+    Option("smtp", "maxCommandLine", "smtp", "max_command_line", _integer(512)),
+    Option("smtp", "maxTextLine", "smtp", "max_text_line", _integer(1000)),
+    Option("smtp", "maxRecipients", "smtp", "max_recipients", _integer(1)),
+    Option("smtp", "maxErrors", "smtp", "max_errors", _integer(1)),
+    Option("smtp", "idleTimeout", "smtp", "idle_timeout", _seconds),
+    Option("smtp", "maxConnections", "smtp", "max_connections", _integer(1)),
+    Option("smtp", "maxConnectionsPerClient", "smtp", "max_connections_per_client", _integer(1)),
+    Option("smtp", "normaliseLineEndings", "smtp", "bare_line_endings", _lineEndings),
+    Option("smtp", "maxReceivedHeaders", "smtp", "max_received_headers", _integer(1)),
+    Option("smtp", "maxAuthFailures", "auth", "max_failures", _integer(0)),
+    Option("smtp", "authFailureDelay", "auth", "failure_delay", _nonNegativeSeconds),
+    Option("smtp", "allowPlaintextAuth", "auth", "allow_plaintext", _boolean),
+    Option("smtp", "allowProxyAuth", "auth", "allow_proxy", _boolean),
+    Option("smtp", "showAuthInReceived", "auth", "show_in_received", _boolean),
+    Option("smtp", "authservId", "policy", "authserv_id", _optionalString),
+    Option("relay", "rcptHosts", "smtp", "rcpt_hosts", _listOf(_string)),
+    Option("relay", "moreRcptHosts", "smtp", "more_rcpt_hosts", _optionalString),
+    Option("relay", "badMailFrom", "smtp", "bad_mail_from", _listOf(_string)),
+    Option("auth", "passwordFile", "auth", "password_file", _optionalString),
+    Option("auth", "checkers", "auth", "checkers", _listOf(_checker)),
+    Option("auth", "senderRule", "auth", "sender_rule", _choice("any", "own")),
+    Option("remote", "dnsServer", "remote", "dns_server", _optionalHostPort),
+    Option("remote", "port", "remote", "port", _integer(1)),
+    Option("remote", "tls", "remote", "tls", _choice(*TLS_MODES)),
+    Option("remote", "smarthost", "remote", "smarthost", _optionalHostPort),
+    Option("remote", "smarthostTLS", "remote", "smarthost_tls", _choice(*TLS_MODES)),
+    Option("remote", "smarthostUsername", "remote", "smarthost_username", _optionalString),
+    Option("remote", "smarthostPassword", "remote", "smarthost_password", _optionalString),
+    Option("remote", "routes", "remote", "routes", _listOf(_route)),
+    Option("remote", "perHost", "remote", "per_host", _integer(1)),
+    Option("remote", "idleTimeout", "remote", "idle_timeout", _nonNegativeSeconds),
+    Option("remote", "connectTimeout", "remote", "connect_timeout", _seconds),
+    Option("remote", "mtaSts", "remote", "mta_sts", _boolean),
+    Option("remote", "hostBackoff", "remote", "host_backoff", _seconds),
+    Option("remote", "hostBackoffMaximum", "remote", "host_backoff_max", _seconds),
+    Option("remote", "heloHost", "remote", "helo_host", _optionalString),
+    Option("remote", "replyTimeout", "remote", "reply_timeout", _nonNegativeSeconds),
+    Option("queue", "retryFirst", "queue", "retry_first", _seconds),
+    Option("queue", "retryFactor", "queue", "retry_factor", _factor),
+    Option("queue", "retryMaximum", "queue", "retry_max", _seconds),
+    Option("queue", "giveUp", "queue", "give_up", _seconds),
+    Option("queue", "concurrency", "queue", "concurrency", _integer(1)),
+    Option("queue", "diskThreads", "queue", "disk_threads", _integer(1)),
+    Option("queue", "deliveryProcess", "queue", "delivery_process", _boolean),
+    Option("queue", "program", "queue", "program", _optionalString),
+    Option("queue", "bounceFrom", "queue", "bounce_from", _string),
+    Option("queue", "bounceHost", "queue", "bounce_host", _optionalString),
+    Option("policy", "smtp", "policy", "smtp", _listOf(_string)),
+    Option("policy", "submission", "policy", "submission", _listOf(_string)),
+    Option("policy", "smtps", "policy", "smtps", _listOf(_string)),
+    Option("policy", "plugins", "plugins", "*", _pluginTables),  # the whole [plugins] table
+    Option("local", "usersDir", "local", "users_dir", _optionalString),
+    Option("local", "homeDotQmail", "local", "home_dotqmail", _boolean),
+    Option("local", "separator", "local", "extension_separator", _separator),
+    Option("local", "plusExtensions", "local", "plus_extensions", _boolean),
+    Option("local", "aliases", "local", "aliases", _optionalString),
+    Option("local", "programTimeout", "local", "program_timeout", _seconds),
+    Option("local", "concurrency", "local", "concurrency", _integer(1)),
+    Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
+    Option("local", "noAtHost", "local", "noathost", _optionalString),
+)
+
+BY_NAME = {f"{option.section}.{option.key}": option for option in OPTIONS}
 
 
-def fromJSON(text: str) -> Config:
-    return loadConfig(None, json.loads(text))
+@dataclass(frozen=True)
+class Config:
+    """Everything the gateway needs to start, one section per part.  Defaults are the
+    embedded default: SMTP on 127.0.0.1:2525, data in ./jsmail-data, mail for
+    ``localhost``.  Build one with :func:`loadConfig`, which checks every value."""
+
+    server: GatewaySettings = field(default_factory=GatewaySettings)
+    listen: Endpoints = field(default_factory=Endpoints)
+    smtp: ServerSettings = field(default_factory=ServerSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    #: The checked settings as TOML-shaped tables (what :func:`toJSON` passes on).
+    source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+
+
+_PARTS: dict[str, type] = {"server": GatewaySettings, "listen": Endpoints, "smtp": ServerSettings,
+                           "relay": RelaySettings, "auth": AuthSettings, "remote": RemoteSettings,
+                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings}
 
 
 def defaultHostname() -> str:
@@ -412,39 +352,85 @@ def defaultHostname() -> str:
         return "localhost"
 
 
-def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build the configuration: defaults, then the TOML file at ``path`` and a qmail
-    control directory (``server.control_dir`` or the ``controlDir`` override; a setting
-    in both is an error), then ``overrides`` (keyed by :class:`Config` field, from the
-    command line)."""
-    values: dict[str, Any] = {"hostname": defaultHostname()}
-    fromFile = _readFile(path) if path is not None else {}
-    values.update(fromFile)
-    byField = {option.field: option for option in OPTIONS}
-    controlDir = (overrides or {}).get("controlDir") or fromFile.get("controlDir")
+def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = None,
+               settings: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+    """Build the configuration: defaults, then ``settings`` (tables shaped as the TOML
+    file, for embedders) or the TOML file at ``path``, then a qmail control directory
+    (``server.control_dir``; a setting in both is an error), then ``overrides`` (keyed
+    ``"section.key"``, from the command line).  Every value is checked the same way."""
+    raw: dict[str, tuple[Any, str]] = {}  # "section.key" -> (value, where it came from)
+    if settings is not None:
+        raw.update(_flatten(settings, "configuration"))
+    if path is not None:
+        raw.update(_readFile(path))
+    controlDir = (overrides or {}).get("server.control_dir") or raw.get("server.control_dir", ("", ""))[0]
     if controlDir:
         from jsmail.qmail.control import readControlDirectory
 
-        if not os.path.isdir(controlDir):
+        if not isinstance(controlDir, str) or not os.path.isdir(controlDir):
             raise ConfigError(path or "command line", "server.control_dir", f"{controlDir} is not a directory")
-        for fieldName, (raw, source) in readControlDirectory(controlDir).items():
-            option = byField[fieldName]
-            if fieldName in fromFile:
-                raise ConfigError(str(path), option.name, f"also set by the control file {source}; set it in one place")
-            try:
-                values[fieldName] = option.check(raw)
-            except ValueError as e:
-                raise ConfigError(source, option.name, str(e)) from None
-    for fieldName, raw in (overrides or {}).items():
-        option = byField[fieldName]
+        for name, (value, source) in readControlDirectory(controlDir).items():
+            if name in raw:
+                raise ConfigError(raw[name][1], name, f"also set by the control file {source}; set it in one place")
+            raw[name] = (value, source)
+    for name, value in (overrides or {}).items():
+        raw[name] = (value, "command line")
+    values: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}
+    values["server"]["hostname"] = defaultHostname()
+    source: dict[str, dict[str, Any]] = {}
+    for name, (value, where) in raw.items():
+        option = BY_NAME.get(name)
+        if option is None:
+            raise ConfigError(where, name, "unknown setting")
         try:
-            values[fieldName] = option.check(raw)
+            values[option.part][option.field] = option.check(value)
         except ValueError as e:
-            raise ConfigError("command line", option.name, str(e)) from None
-    return Config(**values)
+            raise ConfigError(where, option.name, str(e)) from None
+        if option.key == "*":
+            source[option.section] = dict(value)
+        else:
+            source.setdefault(option.section, {})[option.key] = value
+    source.get("server", {}).pop("control_dir", None)  # what it held is in the other tables now
+    parts = {part: _PARTS[part](**fieldValues) for part, fieldValues in values.items()}
+    return _derive(Config(**parts, source=source))
 
 
-def _readFile(path: str) -> dict[str, Any]:
+def _derive(config: Config) -> Config:
+    """Fill in the settings whose default is another setting (the host name, the
+    local domains, places under the data directory), and make paths absolute, so each
+    part reads a complete section of its own wherever its process runs."""
+    server = config.server
+    hostname, dataDir = server.hostname, os.path.abspath(server.dataDir)
+    local, auth = config.local, config.auth
+    return replace(
+        config,
+        server=replace(server, dataDir=dataDir, postmaster=server.postmaster or f"postmaster@{server.domains[0]}"),
+        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname),
+        auth=replace(auth, passwordFile=os.path.abspath(auth.passwordFile or os.path.join(dataDir, "passwd"))),
+        remote=replace(config.remote, heloHost=config.remote.heloHost or hostname),
+        queue=replace(config.queue, bounceHost=config.queue.bounceHost or hostname),
+        local=replace(local, noAtHost=local.noAtHost or hostname, localDomains=server.domains,
+                      usersDir=os.path.abspath(local.usersDir or os.path.join(dataDir, "users")),
+                      aliases=local.aliases and os.path.abspath(local.aliases)),
+    )
+
+
+def _flatten(tables: Mapping[str, Any], where: str) -> dict[str, tuple[Any, str]]:
+    """TOML-shaped tables as ``"section.key" -> (value, where)``; the ``[plugins]``
+    table is one value."""
+    flat: dict[str, tuple[Any, str]] = {}
+    for section, table in tables.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(where, str(section), "expected a [section] table")
+        if f"{section}.*" in BY_NAME:
+            flat[f"{section}.*"] = (table, where)
+            continue
+        for key, value in table.items():
+            flat[f"{section}.{key}"] = (value, where)
+    return flat
+
+
+def _readFile(path: str) -> dict[str, tuple[Any, str]]:
     try:
         with open(path, "rb") as f:
             document = tomllib.load(f)
@@ -452,27 +438,23 @@ def _readFile(path: str) -> dict[str, Any]:
         raise ConfigError(path, "", f"cannot read the file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
-    known = {(o.section, o.key): o for o in OPTIONS}
-    values: dict[str, Any] = {}
-    for section, table in document.items():
-        if not isinstance(table, dict):
-            raise ConfigError(path, section, "expected a [section] table")
-        whole = known.get((section, "*"))
-        if whole is not None:
-            try:
-                values[whole.field] = whole.check(table)
-            except ValueError as e:
-                raise ConfigError(path, section, str(e)) from None
-            continue
-        for key, raw in table.items():
-            option = known.get((section, key))
-            if option is None:
-                raise ConfigError(path, f"{section}.{key}", "unknown setting")
-            try:
-                values[option.field] = option.check(raw)
-            except ValueError as e:
-                raise ConfigError(path, option.name, str(e)) from None
-    return values
+    return _flatten(document, path)
 
 
-assert {o.field for o in OPTIONS} == {f.name for f in fields(Config)}, "every Config field is an option"
+def toJSON(config: Config) -> str:
+    """The configuration as JSON that :func:`fromJSON` checks and reads back (for the
+    delivery process), with the data directory made absolute."""
+    source = {section: dict(table) for section, table in config.source.items()}
+    source.setdefault("server", {})["data"] = config.server.dataDir
+    return json.dumps(source)
+
+
+def fromJSON(text: str) -> Config:
+    return loadConfig(settings=json.loads(text))
+
+
+assert {(o.part, o.field) for o in OPTIONS} >= {
+    (part, f.name) for part, cls in _PARTS.items() for f in fields(cls)
+    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "requireTLS"), ("smtp", "requireAuth"),
+                              ("local", "localDomains")}
+}, "every settings field is an option, but those filled in from others and the listeners' own rules"

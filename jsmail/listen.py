@@ -9,6 +9,7 @@ and :meth:`ListenerService.whenListening` gives the bound port (tests listen on 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
@@ -20,6 +21,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 _log = Logger()
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where each kind of listener listens (``config.listen``, from ``[smtp]``): SMTP
+    (port 25 rules), submission (RFC 6409: STARTTLS and AUTH) and implicit-TLS
+    submission (RFC 8314), as Twisted endpoint descriptions; none turns a kind off."""
+
+    smtp: tuple[str, ...] = ("tcp:2525:interface=127.0.0.1",)
+    submission: tuple[str, ...] = ("tcp:2587:interface=127.0.0.1",)
+    smtps: tuple[str, ...] = ("tcp:2465:interface=127.0.0.1",)
 
 
 class ListeningError(Exception):

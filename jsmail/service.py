@@ -13,31 +13,36 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import replace
 from typing import Any, Sequence
 
+from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from jsmail import __version__
-from jsmail._threads import ThreadPoolService
-from jsmail.auth import makePortal
-from jsmail.config import Config
+from jsmail._dns import makeResolver
+from jsmail._threads import RunInThread, ThreadPoolService, reactorThreads
+from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm
+from jsmail.config import Config, ConfigError
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.listen import ListenerService, ListeningError
-from jsmail.policy.chain import policyChains
-from jsmail.policy.relay import BadMailFrom, RelayControl, rcptHostsOf
+from jsmail.policy.chain import Chain, buildChain
+from jsmail.policy.plugin import PluginError, PolicyContext
+from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.queue.funnel import Funnel
 from jsmail.queue.store import MaildirQueue
 from jsmail.reply import PeerReply, Reply
 from jsmail.send.process import SendProcess
 from jsmail.send.service import DeliveryService
-from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
-from jsmail.smtp.tls import makeTLS
+from jsmail.smtp.server import ESMTPServerFactory, Listener
+from jsmail.smtp.tls import ServerTLS, ensureSelfSigned
 
 _log = Logger()
 
@@ -45,6 +50,7 @@ _log = Logger()
 #: slow on purpose and checks wait on DNS, so neither may take the disk's threads.
 AUTH_THREADS = 2
 CHECK_THREADS = 10
+LISTENER_KINDS = ("smtp", "submission", "smtps")
 
 
 def _globalReactor() -> Any:
@@ -53,29 +59,49 @@ def _globalReactor() -> Any:
     return reactor
 
 
-def serverSettings(config: Config, **listenerRules: Any) -> ServerSettings:
-    """The settings for one listener: the shared limits plus ``listenerRules``."""
-    return ServerSettings(
-        hostname=config.hostname,
-        greeting=config.smtpGreeting,
-        maxMessageSize=config.maxMessageSize,
-        maxCommandLine=config.maxCommandLine,
-        maxTextLine=config.maxTextLine,
-        maxRecipients=config.maxRecipients,
-        maxErrors=config.maxErrors,
-        idleTimeout=config.idleTimeout,
-        maxConnections=config.maxConnections,
-        maxConnectionsPerClient=config.maxConnectionsPerClient,
-        normaliseLineEndings=config.bareLineEndings == "normalise",
-        maxReceivedHeaders=config.maxReceivedHeaders,
-        allowPlaintextAuth=config.allowPlaintextAuth,
-        allowProxyAuth=config.allowProxyAuth,
-        maxAuthFailures=config.maxAuthFailures,
-        authFailureDelay=config.authFailureDelay,
-        showAuthInReceived=config.showAuthInReceived,
-        authservId=config.authservId,
-        **listenerRules,
-    )
+def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = (),
+               runInThread: RunInThread | None = None) -> Portal:
+    """AUTH users: the password file (``jsmail passwd``), then the configured checkers,
+    then any given on the command line (``--auth``).  Password hashes are checked with
+    ``runInThread``."""
+    checkers: list[ICredentialsChecker] = [HashedPasswordFile(config.auth.passwordFile, runInThread)]
+    checkers += [strcred.makeChecker(description) for description in config.auth.checkers]
+    checkers += list(extraCheckers)
+    return Portal(MailRealm(config.server.domains, config.auth.senderRule), [AnyOfCheckers(checkers)])
+
+
+def makeTLS(config: Config) -> ServerTLS:
+    """The configured certificate, or a self-signed one made under the data directory."""
+    server = config.server
+    if server.tlsCertificate:
+        return ServerTLS(server.tlsCertificate, server.tlsKey or server.tlsCertificate)
+    return ServerTLS(*ensureSelfSigned(os.path.join(server.dataDir, "tls"), server.hostname))
+
+
+def policyChains(config: Config, reactor: Any, runInThread: RunInThread) -> dict[str, Chain]:
+    """Each listener's policy checks, built from their plugins (see :mod:`jsmail.policy`).
+
+    Raises :class:`ConfigError` for an unknown plugin or a bad plugin option."""
+    policy = config.policy
+    chains = {kind: Chain() for kind in LISTENER_KINDS}
+    if not any(policy.checksFor(kind) for kind in LISTENER_KINDS):
+        return chains  # no resolver either: it would watch resolv.conf for nothing
+    server = config.server
+    context = PolicyContext(reactor, makeResolver(config.remote.dnsServer, reactor), runInThread, server.hostname,
+                            config.smtp.authservId, server.dataDir, frozenset(server.domains))
+    for kind in LISTENER_KINDS:
+        try:
+            chains[kind] = buildChain(policy.checksFor(kind), policy.plugins, context)
+        except PluginError as e:
+            key = f"policy.{kind}" if e.key == "policy" else e.key
+            raise ConfigError("configuration", key, str(e)) from None
+    return chains
+
+
+def checkPolicies(config: Config, reactor: Any) -> None:
+    """Build every listener's checks once and throw them away, so ``--check-config``
+    finds an unknown plugin or a bad plugin option."""
+    policyChains(config, reactor, reactorThreads(reactor))
 
 
 class Outcomes:
@@ -121,7 +147,7 @@ class MailGateway(ThreadPoolService):
 
     Listeners: ``smtp`` (port 25 style: STARTTLS offered, AUTH after it), ``submission``
     (RFC 6409: STARTTLS, then AUTH, before MAIL) and ``smtps`` (RFC 8314: implicit TLS,
-    AUTH before MAIL).  Delivery runs in a child process when ``config.deliveryProcess``
+    AUTH before MAIL).  Delivery runs in a child process when ``config.queue.deliveryProcess``
     (the default), else in this process as :attr:`delivery`.  ``reactor`` defaults to
     the global one.  ``extraCheckers`` adds twisted.cred checkers for AUTH.  With
     ``standalone`` (set by twistd), SIGHUP reloads the TLS certificate and a port that
@@ -139,43 +165,42 @@ class MailGateway(ThreadPoolService):
         standalone: bool = False,
     ) -> None:
         super().__init__(reactor or _globalReactor(),
-                         {"disk": config.diskThreads, "auth": AUTH_THREADS, "checks": CHECK_THREADS})
+                         {"disk": config.queue.diskThreads, "auth": AUTH_THREADS, "checks": CHECK_THREADS})
         self.config = config
-        self.dataDir = os.path.abspath(config.dataDir)
+        server = config.server
+        self.dataDir = server.dataDir
         self.mailRoot = os.path.join(self.dataDir, "mail")
         runInThread = self.threads("disk")
         self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), runInThread)
         self.delivery: DeliveryService | SendProcess
-        if config.deliveryProcess:
+        if config.queue.deliveryProcess:
             self.delivery = SendProcess(config, self.reactor)
             self.funnel = Funnel(self.queue, lambda queueId, envelope: self.delivery.notify(queueId))
         else:
             self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone)
             self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
         self.outcomes = Outcomes()
-        sink: Any = ProgramQueue(config.queueProgram, self.reactor) if config.queueProgram else self.funnel
+        sink: Any = ProgramQueue(config.queue.program, self.reactor) if config.queue.program else self.funnel
         self.delivery.setServiceParent(self)
         self.standalone = standalone
-        self.tls = makeTLS(config, self.dataDir)
+        self.tls = makeTLS(config)
         portal = makePortal(config, extraCheckers, self.threads("auth"))
-        localDomains = frozenset(config.domains)
-        relayControl = RelayControl(localDomains.__contains__, config.trustedNetworks, rcptHostsOf(config))
-        always = [relayControl, BadMailFrom(config.badMailFrom)] if config.badMailFrom else [relayControl]
+        relay = config.relay
+        relayControl = RelayControl(frozenset(server.domains).__contains__, server.trustedNetworks,
+                                    relay.rcptHostsCheck())
+        always = [relayControl, BadMailFrom(relay.badMailFrom)] if relay.badMailFrom else [relayControl]
         self.chains = policyChains(config, self.reactor, self.threads("checks"))
         self.listeners: list[ListenerService] = []
-        kinds = (
-            ("smtp", config.smtpListeners, serverSettings(config), False),
-            ("submission", config.submissionListeners, serverSettings(config, requireTLS=True, requireAuth=True), False),
-            ("smtps", config.smtpsListeners, serverSettings(config, requireAuth=True), True),
-        )
-        for kind, descriptions, settings, implicitTLS in kinds:
-            chain = self.chains[kind]
-            listener = Listener(settings, sink, self.reactor, kind, (*always, *chain.policies), chain.modifiers,
-                                self.tls, portal, implicitTLS, runInThread)
+        rules = {"smtp": {}, "submission": {"requireTLS": True, "requireAuth": True}, "smtps": {"requireAuth": True}}
+        for kind in LISTENER_KINDS:
+            chain, implicitTLS = self.chains[kind], kind == "smtps"
+            listener = Listener(replace(config.smtp, **rules[kind]), sink, self.reactor, kind,
+                                (*always, *chain.policies), chain.modifiers, self.tls, portal, implicitTLS,
+                                runInThread)
             factory: Factory = ESMTPServerFactory(listener)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)
-            for description in descriptions:
+            for description in getattr(config.listen, kind):
                 service = ListenerService(self.reactor, description, factory, kind)
                 service.setServiceParent(self)
                 self.listeners.append(service)
@@ -186,7 +211,7 @@ class MailGateway(ThreadPoolService):
         with one :class:`DeliveryResult` per recipient once it has left the queue:
         delivered, or failed for good (after the retries; the sender got a bounce)."""
         envelope = Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=self.reactor.seconds(),
-                            clientAddress="127.0.0.1", helo=self.config.hostname, protocol="local")
+                            clientAddress="127.0.0.1", helo=self.config.server.hostname, protocol="local")
         incoming = self.funnel.newMessage(envelope)
         incoming.write(message)
         outcome = self.outcomes.watch(incoming.queueId)
@@ -219,9 +244,9 @@ class MailGateway(ThreadPoolService):
             "jsmail {version}: host name {hostname}; data under {data}; queue in {data}{sep}queue; "
             "mail for {domains} is delivered to the Maildirs {mail}{sep}<domain>{sep}<local-part>{sep}; "
             "TLS certificate {certificate}; AUTH users in {passwd} (add one with: jsmail passwd --data {data} USER)",
-            version=__version__, hostname=self.config.hostname, data=self.dataDir, sep=os.sep,
-            domains=", ".join(self.config.domains), mail=self.mailRoot, certificate=self.tls.certificatePath,
-            passwd=os.path.abspath(self.config.passwordPath),
+            version=__version__, hostname=self.config.server.hostname, data=self.dataDir, sep=os.sep,
+            domains=", ".join(self.config.server.domains), mail=self.mailRoot, certificate=self.tls.certificatePath,
+            passwd=self.config.auth.passwordFile,
         )
         try:
             super().privilegedStartService()

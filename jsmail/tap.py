@@ -9,8 +9,7 @@ from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from jsmail.config import Config, ConfigError, loadConfig
-from jsmail.service import MailGateway
-from jsmail.policy.chain import checkPolicies
+from jsmail.service import MailGateway, checkPolicies
 from jsmail.smtp.tls import TLSError
 
 
@@ -35,22 +34,23 @@ class Options(usage.Options, AuthOptionMixin):
     ]
     optFlags = [["check-config", None, "Check the configuration, report, and exit."]]
 
+    # option -> the setting it overrides, named as in TOML
     _repeatable = {
-        "smtp": "smtpListeners",
-        "submission": "submissionListeners",
-        "smtps": "smtpsListeners",
-        "domain": "domains",
-        "trusted-network": "trustedNetworks",
+        "smtp": "smtp.listen",
+        "submission": "smtp.submission",
+        "smtps": "smtp.smtps",
+        "domain": "server.domains",
+        "trusted-network": "server.trusted_networks",
     }
     _single = {
-        "data": "dataDir",
-        "hostname": "hostname",
-        "max-message-size": "maxMessageSize",
-        "tls-certificate": "tlsCertificate",
-        "tls-key": "tlsKey",
-        "smarthost": "smarthost",
-        "dns-server": "dnsServer",
-        "control-dir": "controlDir",
+        "data": "server.data",
+        "hostname": "server.hostname",
+        "max-message-size": "smtp.max_message_size",
+        "tls-certificate": "server.tls_certificate",
+        "tls-key": "server.tls_key",
+        "smarthost": "remote.smarthost",
+        "dns-server": "remote.dns_server",
+        "control-dir": "server.control_dir",
     }
 
     def __init__(self) -> None:

@@ -17,7 +17,6 @@ from jsmail.local.agent import LocalDelivery, LocalSettings
 from jsmail.policy.relay import RelayControl
 from jsmail.policy.relay import RcptHosts
 from jsmail.route import Router, VirtualDomains
-from jsmail.service import serverSettings
 from jsmail.testing import Dialog, RecordingAgent
 
 
@@ -31,7 +30,7 @@ class ControlTestCase(TestCase):
         return directory
 
     def load(self, **files: str) -> Config:
-        return loadConfig(None, {"controlDir": self.control(**files)})
+        return loadConfig(overrides={"server.control_dir": self.control(**files)})
 
 
 class ParsingTests(ControlTestCase):
@@ -40,41 +39,40 @@ class ParsingTests(ControlTestCase):
         no setting (the default, the host name, stays)."""
         config = self.load(me="mx.example.org\n", smtpgreeting="mx.example.org hello there  \nignored\n",
                            helohost="out.example.org\n", bouncefrom="bounces\n", bouncehost="example.org\t\n",
-                           envnoathost="example.org\n", defaultdomain="example.org\n", defaulthost="example.org\n",
-                           plusdomain="example.com\n", idhost="id.example.org\n")
-        self.assertEqual((config.smtpGreeting, config.heloHost, config.bounceFrom, config.bounceHost,
-                          config.envNoAtHost), ("mx.example.org hello there", "out.example.org", "bounces",
-                                                "example.org", "example.org"))
-        self.assertEqual((config.defaultDomain, config.defaultHost, config.plusDomain, config.idHost),
-                         ("example.org", "example.org", "example.com", "id.example.org"))
-        self.assertEqual(self.load(helohost="").heloHost, "")
+                           envnoathost="example.org\n", defaultdomain="example.org\n", idhost="id.example.org\n")
+        self.assertEqual((config.smtp.greeting, config.remote.heloHost, config.queue.bounceFrom,
+                          config.queue.bounceHost, config.local.noAtHost),
+                         ("mx.example.org hello there", "out.example.org", "bounces", "example.org", "example.org"))
+        empty = self.load(me="mx.example.org\n", helohost="")
+        self.assertEqual(empty.remote.heloHost, "mx.example.org", "an empty helohost: the host name")
 
     def test_lists(self) -> None:
         config = self.load(badmailfrom="# spammers\nspam@example.com\n@bad.example\n\n",
                            percenthack="example.org\n", rcpthosts="example.org\n.example.org\n",
                            virtualdomains="example.net:joe\nno colon\n.example.com:\n")
-        self.assertEqual(config.badMailFrom, ("spam@example.com", "@bad.example"))
-        self.assertEqual(config.percentHack, ("example.org",))
-        self.assertEqual(config.rcptHosts, ("example.org", ".example.org"))
-        self.assertEqual(config.virtualDomains, ("example.net:joe", ".example.com:"))
+        self.assertEqual(config.relay.badMailFrom, ("spam@example.com", "@bad.example"))
+        self.assertEqual(config.relay.rcptHosts, ("example.org", ".example.org"))
+        self.assertEqual(config.local.virtualDomains, ("example.net:joe", ".example.com:"))
 
     def test_numbers(self) -> None:
         config = self.load(timeoutremote="30\n", concurrencylocal="3 deliveries\n")
-        self.assertEqual((config.replyTimeout, config.localConcurrency), (30.0, 3))
+        self.assertEqual((config.remote.replyTimeout, config.local.concurrency), (30.0, 3))
         default = self.load(timeoutremote="soon\n", concurrencylocal="0\n")
-        self.assertEqual((default.replyTimeout, default.localConcurrency), (0.0, 10), "not a number, or 0: default")
+        self.assertEqual((default.remote.replyTimeout, default.local.concurrency), (0.0, 10),
+                         "not a number, or 0: default")
 
     def test_double_bounce_is_the_postmaster(self) -> None:
-        self.assertEqual(self.load(me="mx.example.org\n", doublebounceto="admin\n").postmaster, "admin@mx.example.org")
-        self.assertEqual(self.load(doublebouncehost="example.org\n").postmaster, "postmaster@example.org")
-        self.assertEqual(self.load().postmaster, "")
+        self.assertEqual(self.load(me="mx.example.org\n", doublebounceto="admin\n").server.postmaster,
+                         "admin@mx.example.org")
+        self.assertEqual(self.load(doublebouncehost="example.org\n").server.postmaster, "postmaster@example.org")
+        self.assertEqual(self.load().server.postmaster, "postmaster@localhost", "none: postmaster@ the first domain")
 
     def test_morercpthosts_only_with_rcpthosts(self) -> None:
         """As qmail-smtpd: morercpthosts.cdb is consulted only if rcpthosts exists."""
-        self.assertEqual(self.load(morercpthosts_cdb="x").moreRcptHosts, "")
+        self.assertEqual(self.load(morercpthosts_cdb="x").relay.moreRcptHosts, "")
         directory = self.control(rcpthosts="example.org\n", morercpthosts_cdb="x")
-        config = loadConfig(None, {"controlDir": directory})
-        self.assertEqual(config.moreRcptHosts, os.path.join(directory, "morercpthosts.cdb"))
+        config = loadConfig(overrides={"server.control_dir": directory})
+        self.assertEqual(config.relay.moreRcptHosts, os.path.join(directory, "morercpthosts.cdb"))
 
     def test_conflicts_name_both_places(self) -> None:
         directory = self.control(rcpthosts="example.org\n")
@@ -115,9 +113,7 @@ class RcptHostsTests(ControlTestCase):
     def test_enforced_at_rcpt(self) -> None:
         """A domain in rcpthosts is taken from anyone; others still need relay rights."""
         config = self.load(rcpthosts="backup.example\n")
-        from jsmail.policy.relay import rcptHostsOf
-
-        policy = RelayControl(frozenset({"localhost"}).__contains__, (), rcptHostsOf(config))
+        policy = RelayControl(frozenset({"localhost"}).__contains__, (), config.relay.rcptHostsCheck())
         dialog = Dialog(policies=(policy,))
         dialog.send(b"EHLO client.test\r\nMAIL FROM:<a@example.net>\r\n")
         self.assertEqual(dialog.send(b"RCPT TO:<x@backup.example>\r\n")[:3], b"250")
@@ -127,7 +123,7 @@ class RcptHostsTests(ControlTestCase):
 class GreetingTests(ControlTestCase):
     def test_smtpgreeting(self) -> None:
         config = self.load(me="mx.example.org\n", smtpgreeting="mx.example.org NO UCE\n")
-        dialog = Dialog(serverSettings(config))
+        dialog = Dialog(config.smtp)
         self.assertEqual(dialog.transport.value(), b"220 mx.example.org NO UCE ESMTP\r\n")
 
 

@@ -13,7 +13,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from jsmail.local.aliases import AliasesError, parseAliases
-from jsmail.config import Config
+from jsmail.config import loadConfig
 from jsmail.error import DeliveryError
 from jsmail.local.dotqmail import (Forward, Maildir, Mbox, Program, extParts, fileCandidates,
                              hostParts, localCandidates, parseInstructions)
@@ -433,7 +433,7 @@ class ConfigTests(TestCase):
             f.write('[local]\nextension_separator = "@"\n')
         e = self.assertRaises(ConfigError, loadConfig, path)
         self.assertIn("local.extension_separator: expected one character", str(e))
-        self.assertEqual(Config(dataDir="/d").usersPath, "/d/users")
+        self.assertEqual(loadConfig(settings={"server": {"data": "/d"}}).local.usersDir, "/d/users")
 
 
 class GatewayTests(GatewayTestCase):
@@ -446,7 +446,7 @@ class GatewayTests(GatewayTestCase):
         os.makedirs(home)
         with open(os.path.join(home, ".qmail-list"), "w") as f:
             f.write("# a list\n./list.mbox\n&member@localhost\n")
-        yield self.startGateway(usersDir=users)
+        yield self.startGateway(local__users_dir=users)
         message = b"Subject: to the list\r\n\r\nFrom me\r\n"
         yield self.send(("a@example.net", ["joe-list@localhost"], message, []))
         yield self.queueDrained()

@@ -23,7 +23,7 @@ from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
 from jsmail.auth import setPassword
-from jsmail.config import Config
+from jsmail.config import loadConfig
 from jsmail.policy.dkim import DKIMSigner, DKIMVerifier, SigningKey, generateKey, keyRecord
 from jsmail._dns import makeResolver
 from jsmail.service import MailGateway
@@ -78,15 +78,14 @@ class EmailAuthenticationTests(TestCase):
         certPath = os.path.join(self.data, "cert.pem")
         certificate.private_key_and_cert_chain_pem.write_to_path(certPath)
         setPassword(os.path.join(self.data, "passwd"), "u", "secret")
-        ephemeral = ("tcp:0:interface=127.0.0.1",)
-        config = Config(
-            hostname="mx.test", dataDir=self.data, tlsCertificate=certPath, dnsServer=self.dns,
-            domains=("localhost",), smtpListeners=ephemeral, submissionListeners=ephemeral, smtpsListeners=(),
-            deliveryProcess=False, authservId="mx.test",
-            smtpChecks=("spf", "dkim", "dmarc"), submissionChecks=("dkim-sign",),
-            pluginOptions={"dkim-sign": {"keys": [{"domain": "example.test", "selector": "sel",
-                                                   "key": self.keyPath}]}},
-        )
+        ephemeral = ["tcp:0:interface=127.0.0.1"]
+        config = loadConfig(settings={
+            "server": {"hostname": "mx.test", "data": self.data, "tls_certificate": certPath, "domains": ["localhost"]},
+            "smtp": {"listen": ephemeral, "submission": ephemeral, "smtps": []},
+            "remote": {"dns_server": self.dns}, "queue": {"delivery_process": False},
+            "policy": {"authserv_id": "mx.test", "smtp": ["spf", "dkim", "dmarc"], "submission": ["dkim-sign"]},
+            "plugins": {"dkim-sign": {"keys": [{"domain": "example.test", "selector": "sel", "key": self.keyPath}]}},
+        })
         self.gateway = MailGateway(config)
         self.gateway.privilegedStartService()
         self.gateway.startService()

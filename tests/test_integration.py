@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.names import dns
 from twisted.trial import unittest
 
-from jsmail.config import Config
+from jsmail.config import loadConfig
 from jsmail.envelope import Envelope, Recipient
 from jsmail.queue.store import MaildirQueue
 from jsmail.service import MailGateway
@@ -110,9 +110,11 @@ class GatewayTestCase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def startGateway(self, **settings: Any) -> Any:
-        config = Config(dataDir=self.dataDir, smtpListeners=("tcp:0:interface=127.0.0.1",),
-                        submissionListeners=(), smtpsListeners=(), hostname="mx.test",
-                        domains=("localhost",), **settings)
+        """``settings``: more settings named as in TOML, with "__" for the "."."""
+        config = loadConfig(overrides={"server.data": self.dataDir, "smtp.listen": "tcp:0:interface=127.0.0.1",
+                                       "smtp.submission": [], "smtp.smtps": [], "server.hostname": "mx.test",
+                                       "server.domains": ["localhost"],
+                                       **{name.replace("__", "."): value for name, value in settings.items()}})
         gateway = MailGateway(config)
         gateway.privilegedStartService()
         gateway.startService()
@@ -227,7 +229,7 @@ class RelayTests(GatewayTestCase):
         multipart/report saying 5.1.10."""
         dnsServer = DNSServer({"example.org": [("example.org", dns.Record_MX(0, b""))]})
         self.addCleanup(dnsServer.stop)
-        yield self.startGateway(trustedNetworks=(ipaddress.ip_network("127.0.0.0/8"),), dnsServer=dnsServer.start())
+        yield self.startGateway(server__trusted_networks=["127.0.0.0/8"], remote__dns_server=dnsServer.start())
         message = b"From: s@localhost\r\nSubject: to the world\r\n\r\nHello.\r\n"
         [replies] = yield self.send(("s@localhost", ["x@example.org"], message, []))
         self.assertEqual([code for code, _ in replies], [250, 250, 250])
@@ -252,7 +254,7 @@ class SizeLimitTests(GatewayTestCase):
     def test_tooBig(self) -> Any:
         """A message over the size limit is refused after its final dot with 552 5.3.4,
         and the same connection then sends a normal message."""
-        yield self.startGateway(maxMessageSize=2000)
+        yield self.startGateway(smtp__max_message_size=2000)
         big = b"Subject: big\r\n\r\n" + (b"y" * 98 + b"\r\n") * 30
         small = b"Subject: small\r\n\r\nfits\r\n"
         [refused, accepted] = yield self.send(

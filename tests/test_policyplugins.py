@@ -12,11 +12,11 @@ import sys
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from jsmail.config import Config, ConfigError, loadConfig
+from jsmail.config import ConfigError, loadConfig
 from jsmail.policy.dnsbl import DNSBL
 from jsmail.policy.emailauth import DKIMCheck, DMARCCheck, SPFCheck
 from jsmail.policy.chain import availablePlugins
-from jsmail.policy.chain import policyChains
+from jsmail.service import policyChains
 from tests.test_plugin import twistd, twistdEnvironment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,9 +33,9 @@ class DiscoveryTests(TestCase):
                                                       "dnsbl", "filter", "rcptcheck", "spf"])
 
     def test_each_listener_gets_its_own_chain_in_order(self) -> None:
-        config = Config(dataDir=self.mktemp(), dnsServer="127.0.0.1:1", smtpChecks=("dnsbl", "spf", "dkim", "dmarc"),
-                        submissionChecks=(), smtpsChecks=("spf",),
-                        pluginOptions={"dnsbl": {"zones": ["bl.test"]}})
+        config = loadConfig(settings={"server": {"data": self.mktemp()}, "remote": {"dns_server": "127.0.0.1:1"},
+                                      "policy": {"smtp": ["dnsbl", "spf", "dkim", "dmarc"], "smtps": ["spf"]},
+                                      "plugins": {"dnsbl": {"zones": ["bl.test"]}}})
         chains = policyChains(config, reactor, runInThread)
         self.assertEqual([type(p) for p in chains["smtp"].policies], [DNSBL, SPFCheck, DKIMCheck, DMARCCheck])
         self.assertEqual(chains["submission"].policies, ())
@@ -43,14 +43,17 @@ class DiscoveryTests(TestCase):
         self.assertIsNot(chains["smtps"].policies[0], chains["smtp"].policies[1])
 
     def test_no_checks_no_resolver(self) -> None:
-        chains = policyChains(Config(dataDir=self.mktemp()), reactor, runInThread)
+        chains = policyChains(loadConfig(settings={"server": {"data": self.mktemp()}}), reactor, runInThread)
         self.assertEqual({kind: (c.policies, c.modifiers) for kind, c in chains.items()},
                          {"smtp": ((), ()), "submission": ((), ()), "smtps": ((), ())})
 
 
 class ErrorTests(TestCase):
-    def assertConfigError(self, message: str, **settings: object) -> None:
-        config = Config(dataDir=self.mktemp(), dnsServer="127.0.0.1:1", **settings)  # type: ignore[arg-type]
+    def assertConfigError(self, message: str, **policy: object) -> None:
+        """``policy``: the [policy] table, with "plugins" the [plugins] tables."""
+        plugins = policy.pop("plugins", {})
+        config = loadConfig(settings={"server": {"data": self.mktemp()}, "remote": {"dns_server": "127.0.0.1:1"},
+                                      "policy": policy, "plugins": plugins})
         with self.assertRaises(ConfigError) as caught:
             policyChains(config, reactor, runInThread)
         self.assertEqual(str(caught.exception), message)
@@ -58,31 +61,31 @@ class ErrorTests(TestCase):
     def test_unknown_plugin(self) -> None:
         self.assertConfigError(
             "configuration: policy.submission: no policy plugin named 'spff' (known: access, arc, arc-seal, dkim, "
-            "dkim-sign, dmarc, dnsbl, filter, rcptcheck, spf)", submissionChecks=("spff",))
+            "dkim-sign, dmarc, dnsbl, filter, rcptcheck, spf)", submission=["spff"])
 
     def test_unknown_option(self) -> None:
         self.assertConfigError("configuration: plugins.dnsbl: unknown option 'zone'",
-                               smtpChecks=("dnsbl",), pluginOptions={"dnsbl": {"zones": ["a.test"], "zone": "b"}})
+                               smtp=["dnsbl"], plugins={"dnsbl": {"zones": ["a.test"], "zone": "b"}})
 
     def test_bad_choice(self) -> None:
         self.assertConfigError("configuration: plugins.spf: fail: must be one of reject, tag; got 'bounce'",
-                               smtpChecks=("spf",), pluginOptions={"spf": {"fail": "bounce"}})
+                               smtp=["spf"], plugins={"spf": {"fail": "bounce"}})
 
     def test_wrong_type(self) -> None:
         self.assertConfigError("configuration: plugins.dmarc: timeout: expected float, got 'soon'",
-                               smtpChecks=("dmarc",), pluginOptions={"dmarc": {"timeout": "soon"}})
+                               smtp=["dmarc"], plugins={"dmarc": {"timeout": "soon"}})
 
     def test_missing_required_option(self) -> None:
         self.assertConfigError("configuration: plugins.filter: command: give the program to run",
-                               smtpChecks=("filter",))
+                               smtp=["filter"])
 
     def test_plugin_tables_come_from_toml(self) -> None:
         path = self.mktemp()
         with open(path, "w") as f:
             f.write('[policy]\nsmtp = ["dnsbl"]\n[plugins.dnsbl]\nzones = ["bl.test"]\naction = "tag"\n')
         config = loadConfig(path)
-        self.assertEqual(config.smtpChecks, ("dnsbl",))
-        self.assertEqual(config.pluginOptions, {"dnsbl": {"zones": ["bl.test"], "action": "tag"}})
+        self.assertEqual(config.policy.smtp, ("dnsbl",))
+        self.assertEqual(config.policy.plugins, {"dnsbl": {"zones": ["bl.test"], "action": "tag"}})
 
     def test_a_plugin_section_must_hold_tables(self) -> None:
         path = self.mktemp()
@@ -101,10 +104,11 @@ class ThirdPartyTests(TestCase):
         os.makedirs(os.path.join(top, "jsmail", "plugins"))
         shutil.copy(os.path.join(TOP, "docs", "example_plugin.py"), os.path.join(top, "jsmail", "plugins"))
         program = ("from twisted.internet import reactor\n"
-                   "from jsmail.config import Config\n"
+                   "from jsmail.config import loadConfig\n"
                    "from jsmail.service import policyChains\n"
-                   "chains = policyChains(Config(dataDir='d', dnsServer='127.0.0.1:1', smtpChecks=('sender-domain',)),"
-                   " reactor, None)\n"
+                   "config = loadConfig(settings={'server': {'data': 'd'}, 'remote': {'dns_server': '127.0.0.1:1'},"
+                   " 'policy': {'smtp': ['sender-domain']}})\n"
+                   "chains = policyChains(config, reactor, None)\n"
                    "print(type(chains['smtp'].policies[0]).__name__)\n")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([TOP, top]))
         result = subprocess.run([sys.executable, "-c", program], cwd=top, env=env, capture_output=True, timeout=60)

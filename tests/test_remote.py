@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from jsmail._dns import isNonexistent
 
-from jsmail.config import Config
+from jsmail.config import loadConfig
 from jsmail.remote.dane import DANE_EE, TLSA, TLSARecord
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
@@ -31,6 +31,7 @@ from jsmail.queue.memory import MemoryQueue
 from jsmail._dns import makeResolver
 from jsmail.error import DeliveryError
 from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.settings import RemoteSettings
 from jsmail.remote.mx import MailExchangers
 from jsmail.route import Route
 from jsmail.service import MailGateway
@@ -40,7 +41,7 @@ from jsmail.smtp.tls import ServerTLS
 from tests.test_dane import tlsa
 
 NONE: tuple[str, ...] = ()
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+LOOPBACK = ["127.0.0.0/8"]
 
 
 def freePort() -> int:
@@ -105,16 +106,17 @@ class RemoteTestCase(TestCase):
 
     @defer.inlineCallbacks
     def gateway(self, **overrides: Any):  # type: ignore[no-untyped-def]
-        """A started gateway whose remote deliveries go to the sink's port."""
+        """A started gateway whose remote deliveries go to the sink's port;
+        ``overrides`` are settings named as in TOML, with "__" for the "."."""
         data = os.path.abspath(self.mktemp())
-        settings: dict[str, Any] = dict(
-            hostname="a.test", dataDir=data, smtpListeners=("tcp:0:interface=127.0.0.1",),
-            submissionListeners=NONE, smtpsListeners=NONE, trustedNetworks=LOOPBACK,
-            dnsServer=self.dnsAddress, remotePort=self.peerPort, deliveryProcess=False,
-            connectTimeout=5.0,
-        )
-        settings.update(overrides)
-        gateway = MailGateway(Config(**settings))
+        settings: dict[str, Any] = {
+            "server.hostname": "a.test", "server.data": data, "smtp.listen": "tcp:0:interface=127.0.0.1",
+            "smtp.submission": NONE, "smtp.smtps": NONE, "server.trusted_networks": LOOPBACK,
+            "remote.dns_server": self.dnsAddress, "remote.port": self.peerPort, "queue.delivery_process": False,
+            "remote.connect_timeout": 5.0,
+        }
+        settings.update({name.replace("__", "."): value for name, value in overrides.items()})
+        gateway = MailGateway(loadConfig(overrides=settings))
         gateway.privilegedStartService()
         gateway.startService()
         self.addCleanup(gateway.stopService)
@@ -216,7 +218,8 @@ class DeliveryTests(RemoteTestCase):
         """The issue's "done when": with the sink stopped the message is retried, and
         after the give-up age the sender gets one RFC 3464 bounce in its Maildir."""
         closed = freePort()
-        gateway = yield self.gateway(smarthost=f"127.0.0.1:{closed}", retryFirst=0.2, retryFactor=1.0, giveUp=1.5)
+        gateway = yield self.gateway(remote__smarthost=f"127.0.0.1:{closed}", queue__retry_first=0.2,
+                                     queue__retry_factor=1.0, queue__give_up=1.5)
         yield self.send(gateway, ["someone@example.org"], self.BODY)
         _, status = yield self.bounceFor(gateway)
         self.assertEqual(status[1]["Action"], "failed")
@@ -227,7 +230,7 @@ class DeliveryTests(RemoteTestCase):
 
     @defer.inlineCallbacks
     def test_smarthost_delivery(self):  # type: ignore[no-untyped-def]
-        gateway = yield self.gateway(smarthost=f"127.0.0.1:{self.peerPort}", dnsServer="127.0.0.1:9")
+        gateway = yield self.gateway(remote__smarthost=f"127.0.0.1:{self.peerPort}", remote__dns_server="127.0.0.1:9")
         yield self.send(gateway, ["someone@example.org"], self.BODY)
         yield self.waitFor(lambda: self.sink.received, "the smarthost")
         self.assertTrue(self.sink.received[0][2].endswith(self.BODY))
@@ -246,8 +249,8 @@ class TwoGatewaysTests(RemoteTestCase):
     def test_relay_between_gateways_over_starttls(self):  # type: ignore[no-untyped-def]
         """Two jsmail gateways: A relays to B (its MX) over STARTTLS; B's Maildir holds
         the body byte for byte."""
-        receiver = yield self.gateway(hostname="b.test", domains=("example.test",))
-        sender = yield self.gateway(remotePort=receiver.smtpPort, remoteTLS="opportunistic")
+        receiver = yield self.gateway(server__hostname="b.test", server__domains=["example.test"])
+        sender = yield self.gateway(remote__port=receiver.smtpPort, remote__tls="opportunistic")
         body = b"Subject: relay\r\n\r\n" + bytes(range(32, 127)) + b"\r\n\xc3\xa9t\xc3\xa9\r\n"
         yield self.send(sender, ["bob@example.test"], body)
         yield self.waitFor(lambda: self.mailbox(receiver, "bob", "example.test"), "the relayed message")
@@ -262,7 +265,7 @@ class SubmitTests(RemoteTestCase):
 
     @defer.inlineCallbacks
     def check(self, deliveryProcess: bool):  # type: ignore[no-untyped-def]
-        gateway = yield self.gateway(deliveryProcess=deliveryProcess)
+        gateway = yield self.gateway(queue__delivery_process=deliveryProcess)
         results = yield gateway.submit("a@localhost", ["good@example.test", "bad@example.test", "me@localhost"],
                                        b"Subject: api\r\n\r\nfrom an application\r\n")
         outcome = {r.recipient: (r.status.value, str(r.reply)[:9]) for r in results}
@@ -294,7 +297,7 @@ class BackoffTests(RemoteTestCase):
 
         listening = reactor.listenTCP(0, Factory.forProtocol(Drop), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
-        gateway = yield self.gateway(smarthost=f"127.0.0.1:{listening.getHost().port}", hostBackoff=30.0)
+        gateway = yield self.gateway(remote__smarthost=f"127.0.0.1:{listening.getHost().port}", remote__host_backoff=30.0)
         for n in range(3):
             yield self.send(gateway, [f"r{n}@example.org"], b"Subject: x\r\n\r\nx\r\n")
         queue = gateway.delivery.scheduler
@@ -328,7 +331,8 @@ class MTASTSTests(RemoteTestCase):
         resolver = makeResolver(self.dnsAddress, reactor)
         fetcher = PolicyFetcher(reactor, resolver, trustRoot=Certificate.loadPEM(ca.cert_pem.bytes()),
                                 httpsPort=https.getHost().port, timeout=5.0)
-        return RemoteDelivery(reactor, deferToThread, resolver, "a.test", port=self.peerPort, mtaSts=fetcher)
+        return RemoteDelivery(reactor, deferToThread, resolver, RemoteSettings(heloHost="a.test", port=self.peerPort),
+                              mtaSts=fetcher)
 
     def deliver(self, remote: RemoteDelivery) -> defer.Deferred:
         envelope = Envelope("a@a.test", (Recipient("bob@sts.example.test"),))
@@ -397,7 +401,7 @@ class DANETests(TestCase):
         udp = reactor.listenUDP(0, zone, interface="127.0.0.1")
         self.addCleanup(udp.stopListening)
         resolver = makeResolver(f"127.0.0.1:{udp.getHost().port}", reactor)
-        remote = RemoteDelivery(reactor, deferToThread, resolver, "a.test", port=self.port, tls=tls)
+        remote = RemoteDelivery(reactor, deferToThread, resolver, RemoteSettings(heloHost="a.test", port=self.port, tls=tls))
         self.addCleanup(remote.close)
         return remote
 

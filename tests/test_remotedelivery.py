@@ -17,6 +17,7 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, QueuedMessage
 from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.settings import RemoteSettings
 from jsmail.remote.mx import MailExchangers
 from jsmail.reply import PeerReply
 from jsmail.route import Route
@@ -175,9 +176,14 @@ class RemoteDeliveryTests(SynchronousTestCase):
         self.clock = Clock()
         self.network = Network()
 
-    def remote(self, **settings: Any) -> RemoteDelivery:
-        return RemoteDelivery(self.clock, runNow, Zone(failing=["servfail.test"]), "me.test",
-                              connect=self.network.connect, idleTimeout=0, **settings)
+    def remote(self, smarthost: Route | None = None, **settings: Any) -> RemoteDelivery:
+        """Remote delivery over the fake network; ``settings`` are RemoteSettings fields."""
+        if smarthost is not None:
+            settings.update(smarthost=f"{smarthost.host}:{smarthost.port}", smarthostTLS=smarthost.tls,
+                            smarthostUsername=smarthost.username or "", smarthostPassword=smarthost.password or "")
+        return RemoteDelivery(self.clock, runNow, Zone(failing=["servfail.test"]),
+                              RemoteSettings(heloHost="me.test", idleTimeout=0, **settings),
+                              connect=self.network.connect)
 
     def deliver(self, remote: RemoteDelivery, *recipients: str) -> list[DeliveryResult]:
         envelope = Envelope("a@me.test", tuple(Recipient(r) for r in recipients))
@@ -225,9 +231,9 @@ class RemoteDeliveryTests(SynchronousTestCase):
     def test_route_then_smarthost_then_mx(self) -> None:
         """A domain's route wins, the smarthost takes every other domain, and neither
         looks up an MX (routed.test has none: it does not exist)."""
-        route = Route("relay.example.net", 2525, "none", domain="routed.test")
+        route = Route("relay.example.net", 2525, "none", domain="Routed.Test")
         smarthost = Route("smart.example.net", 587, "verify", "user", "secret")
-        results = self.deliver(self.remote(routes={"Routed.Test": route}, smarthost=smarthost),
+        results = self.deliver(self.remote(routes=(route,), smarthost=smarthost),
                                "x@routed.test", "y@example.test")
         self.assertEqual([(address, port, s.tls, s.tlsHostname, s.username) for address, port, s in self.network.attempts],
                          [("192.0.2.50", 2525, "none", None, None),
@@ -238,7 +244,7 @@ class RemoteDeliveryTests(SynchronousTestCase):
         self.assertEqual(self.network.attempts[-1][:2], ("2001:db8::1", 25))
 
     def test_host_back_off_doubles_and_ends_with_a_session(self) -> None:
-        remote = self.remote(backoff=60, backoffMaximum=100)
+        remote = self.remote(hostBackoff=60, hostBackoffMaximum=100)
         self.network.down = {"192.0.2.3"}
         [first] = self.deliver(remote, "x@nomx.test")
         self.assertEqual((first.status, str(first.reply)),

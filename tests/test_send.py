@@ -14,7 +14,8 @@ from jsmail.envelope import Envelope, Recipient, RecipientState
 from jsmail.interfaces import DeliveryStatus
 from jsmail.reply import PeerReply
 from jsmail.route import Router
-from jsmail.send.scheduler import RetrySchedule, Scheduler, retryDelay
+from jsmail.send.scheduler import Scheduler, retryDelay
+from jsmail.send.settings import QueueSettings
 from jsmail.testing import MemoryQueue, RecordingAgent, runNow
 
 DAY = 86400.0
@@ -24,7 +25,7 @@ CODES = {DeliveryStatus.DELIVERED: 250, DeliveryStatus.TEMPORARY: 451, DeliveryS
 
 class RetryDelayTests(TestCase):
     def test_grows_then_caps(self) -> None:
-        schedule = RetrySchedule(first=300, factor=2, maximum=3600)
+        schedule = QueueSettings(retryFirst=300, retryFactor=2, retryMaximum=3600)
         self.assertEqual([retryDelay(n, schedule) for n in range(1, 7)], [300, 600, 1200, 2400, 3600, 3600])
 
 
@@ -37,7 +38,7 @@ class SchedulerTests(TestCase):
         self.agent = RecordingAgent(self.answer)
         self.router = Router(["localhost"], self.agent, self.agent)
         self.scheduler = Scheduler(self.queue, self.router, self.clock, runNow, "mx.test",
-                                   RetrySchedule(first=300, factor=2, maximum=3600, giveUp=DAY))
+                                   QueueSettings(retryFirst=300, retryFactor=2, retryMaximum=3600, giveUp=DAY))
 
     def answer(self, recipient: str) -> tuple[DeliveryStatus, PeerReply]:
         status = self.answers.get(recipient, DeliveryStatus.DELIVERED)

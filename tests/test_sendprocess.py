@@ -14,7 +14,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.config import Config
+from jsmail.config import loadConfig
 from jsmail.service import MailGateway
 from jsmail.send.service import SendLock
 
@@ -25,9 +25,11 @@ class SendProcessTests(TestCase):
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
         self.data = os.path.abspath(self.mktemp())
-        none: tuple[str, ...] = ()
-        config = Config(hostname="mx.test", dataDir=self.data, smtpListeners=("tcp:0:interface=127.0.0.1",),
-                        submissionListeners=none, smtpsListeners=none, deliveryProcess=True)
+        none: list[str] = []
+        config = loadConfig(settings={"server": {"hostname": "mx.test", "data": self.data},
+                                      "smtp": {"listen": "tcp:0:interface=127.0.0.1", "submission": none,
+                                               "smtps": none},
+                                      "queue": {"delivery_process": True}})
         self.gateway = MailGateway(config)
         self.events: list[dict] = []
         globalLogPublisher.addObserver(self.events.append)

@@ -18,7 +18,7 @@ from twisted.names import dns
 from twisted.trial.unittest import SkipTest, TestCase
 
 from jsmail.auth import setPassword
-from jsmail.config import Config
+from jsmail.config import loadConfig
 from jsmail.service import MailGateway
 from jsmail.testing import DNSServer
 
@@ -41,13 +41,14 @@ class GatewayTestCase(TestCase):
         certificate.private_key_and_cert_chain_pem.write_to_path(self.certPath)
         certificate.private_key_pem.write_to_path(self.keyPath)
         setPassword(os.path.join(self.data, "passwd"), "u", "secret")
-        ephemeral = ("tcp:0:interface=127.0.0.1",)
+        ephemeral = ["tcp:0:interface=127.0.0.1"]
         # Relayed test mail meets a null MX on a loopback DNS server: no lookup leaves the machine.
         dnsServer = DNSServer({"example.org": [("example.org", dns.Record_MX(0, b""))]})
         self.addCleanup(dnsServer.stop)
-        config = Config(hostname="mx.test", dataDir=self.data, tlsCertificate=self.certPath,
-                        smtpListeners=ephemeral, submissionListeners=ephemeral, smtpsListeners=ephemeral,
-                        authFailureDelay=0.0, dnsServer=dnsServer.start())
+        config = loadConfig(settings={
+            "server": {"hostname": "mx.test", "data": self.data, "tls_certificate": self.certPath},
+            "smtp": {"listen": ephemeral, "submission": ephemeral, "smtps": ephemeral},
+            "auth": {"failure_delay": 0}, "remote": {"dns_server": dnsServer.start()}})
         self.gateway = MailGateway(config)
         self.gateway.privilegedStartService()
         self.gateway.startService()

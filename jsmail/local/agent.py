@@ -45,30 +45,10 @@ from jsmail.local.dotqmail import (Forward, Instructions, Mailbox, Maildir, Mbox
 from jsmail.local.maildir import copyAsLF, makeMaildir, writeMaildirMessage
 from jsmail.local.mbox import appendMbox, fromLine
 from jsmail.local.program import ProgramStatus, runProgram
+from jsmail.local.settings import LocalSettings
 from jsmail.route import VirtualDomains
 
 _COPY_CHUNK = 65536
-
-
-@dataclass(frozen=True)
-class LocalSettings:
-    """Where instructions are looked for and how they run (``[local]`` in the
-    configuration)."""
-
-    usersDir: str = ""  # <dir>/<domain>/<user>/.qmail...; empty: no virtual users
-    homeDotQmail: bool = False  # system users' ~/.qmail files (needs root to read all)
-    separator: str = "-"  # between a user and an extension (qmail's conf-break)
-    plusExtensions: bool = True  # "+" separates an extension too (user+tag)
-    aliases: str = ""  # an /etc/aliases-style file; empty: none
-    programTimeout: float = 3600.0  # seconds a |program may run
-    noAtHost: str = ""  # added to forward addresses without "@" (qmail's envnoathost)
-    concurrency: int = 10  # recipients delivered at once (qmail's concurrencylocal)
-    virtualDomains: tuple[str, ...] = ()  # qmail's virtualdomains lines, "key:prepend"
-    localDomains: tuple[str, ...] = ()  # the first one holds virtual domains' users
-
-    @property
-    def separators(self) -> str:
-        return self.separator + ("+" if self.plusExtensions and self.separator != "+" else "")
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,13 @@ imports that package, so the built-in plugins may import the plugin API freely.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThread
 from twisted.plugin import getPlugins
 
 import jsmail.plugins
-from jsmail._threads import RunInThread
-from jsmail._dns import makeResolver
-from jsmail.config import Config, ConfigError
 from jsmail.interfaces import IMessagePolicy, IModifier, IPolicy
 from jsmail.policy.plugin import IPolicyPlugin, PluginError, PolicyContext
 from jsmail.policy.verdict import Verdict, asVerdict
@@ -62,32 +57,6 @@ def buildChain(names: Sequence[str], options: Mapping[str, Mapping[str, Any]], c
         if not (IModifier.providedBy(built) or IPolicy.providedBy(built) or IMessagePolicy.providedBy(built)):
             raise PluginError(f"plugins.{name}", f"plugin {name!r} built {built!r}, which is no check")
     return Chain(tuple(policies), tuple(modifiers))
-
-
-def checkPolicies(config: Config, reactor: Any) -> None:
-    """Build every listener's checks once and throw them away, so ``--check-config``
-    finds an unknown plugin or a bad plugin option."""
-    policyChains(config, reactor, lambda f, *args, **kwargs: deferToThread(f, *args, **kwargs))
-
-
-def policyChains(config: Config, reactor: Any, runInThread: RunInThread) -> dict[str, Chain]:
-    """Each listener's policy checks, built from their plugins (see :mod:`jsmail.policy.plugin`).
-
-    Raises :class:`ConfigError` for an unknown plugin or a bad plugin option."""
-    names = {"smtp": config.smtpChecks, "submission": config.submissionChecks, "smtps": config.smtpsChecks}
-    chains = {kind: Chain() for kind in names}
-    if not any(names.values()):
-        return chains  # no resolver either: it would watch resolv.conf for nothing
-    context = PolicyContext(reactor, makeResolver(config.dnsServer, reactor), runInThread, config.hostname,
-                            config.authservId or config.hostname, os.path.abspath(config.dataDir),
-                            frozenset(config.domains))
-    for kind, plugins in names.items():
-        try:
-            chains[kind] = buildChain(plugins, config.pluginOptions, context)
-        except PluginError as e:
-            key = f"policy.{kind}" if e.key == "policy" else e.key
-            raise ConfigError("configuration", key, str(e)) from None
-    return chains
 
 
 class PhaseRunner:

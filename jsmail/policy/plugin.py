@@ -29,6 +29,20 @@ from jsmail._threads import RunInThread
 
 
 @dataclass(frozen=True)
+class PolicySettings:
+    """Which checks each listener runs, by plugin name, in order (``config.policy``,
+    the ``[policy]`` section), and each plugin's ``[plugins.NAME]`` table."""
+
+    smtp: tuple[str, ...] = ()
+    submission: tuple[str, ...] = ()
+    smtps: tuple[str, ...] = ()
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def checksFor(self, listener: str) -> tuple[str, ...]:
+        return {"smtp": self.smtp, "submission": self.submission, "smtps": self.smtps}[listener]
+
+
+@dataclass(frozen=True)
 class PolicyContext:
     """What a plugin may use to build its check: the gateway's reactor, DNS resolver
     (twisted.names), thread pool, names and data directory."""

@@ -8,16 +8,14 @@ RFC 5321 section 3.9).  :class:`RcptHosts` is qmail-smtpd's rcpthosts test and
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from jsmail import reply
 from jsmail.address import Address
 from jsmail.error import SMTPReplyError
 from jsmail.address import BadMailbox, mailboxName
 from jsmail.policy.base import Policy
-
-if TYPE_CHECKING:
-    from jsmail.config import Config
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -114,8 +112,17 @@ class RcptHosts:
         return any(self._listed(domain[i:]) for i, c in enumerate(domain) if c == ".")
 
 
-def rcptHostsOf(config: Config) -> RcptHosts | None:
-    """The extra domains taken at RCPT (qmail's rcpthosts), if any are configured."""
-    if not config.rcptHosts and not config.moreRcptHosts:
-        return None
-    return RcptHosts(config.rcptHosts, config.moreRcptHosts)
+@dataclass(frozen=True)
+class RelaySettings:
+    """What is taken at RCPT and MAIL besides the local domains (``config.relay``, from
+    ``[smtp]``): qmail's rcpthosts entries, a morercpthosts.cdb, and badmailfrom."""
+
+    rcptHosts: tuple[str, ...] = ()
+    moreRcptHosts: str = ""
+    badMailFrom: tuple[str, ...] = ()
+
+    def rcptHostsCheck(self) -> RcptHosts | None:
+        """The rcpthosts test, if any entries are configured."""
+        if not self.rcptHosts and not self.moreRcptHosts:
+            return None
+        return RcptHosts(self.rcptHosts, self.moreRcptHosts)

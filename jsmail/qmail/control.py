@@ -4,7 +4,7 @@ The files that apply to jsmail are read with qmail's rules (qmail-interfaces
 reference, section 2.1): single-value files use their first line with trailing white
 space stripped; number files keep the default unless the first line starts with a
 digit; list files skip empty lines and ``#`` comments.  Each file maps onto one
-:class:`jsmail.config.Config` field:
+setting of :mod:`jsmail.config`, named as in TOML:
 
 =================  ============================  =====================================
 file               setting                       how
@@ -38,12 +38,11 @@ virtualdomains     local.virtual_domains         ``domain:prepend``: user@domain
                                                  delivered as local ``prepend-user``
 envnoathost        local.noathost                host added to forward and alias
                                                  targets without ``@`` (default: me)
-percenthack        local.percent_hack            domains whose ``user%host@domain``
-                                                 becomes ``user@host``
-defaultdomain,     inject.default_domain, ...    for jsmail-sendmail's header
-defaulthost,                                     completion (default: me)
-plusdomain, idhost
 =================  ============================  =====================================
+
+Not read: ``percenthack`` (jsmail never routes ``user%host@domain`` anywhere but the
+local mailbox it names) and qmail-inject's ``defaultdomain``, ``defaulthost``,
+``plusdomain`` and ``idhost`` (jsmail-sendmail completes headers with the host name).
 
 A host-name file that is absent falls back to ``me`` where qmail's does, which here
 means the setting keeps its default (which is the host name).  A setting given both
@@ -89,49 +88,47 @@ def readList(directory: str, name: str) -> list[str] | None:
 
 
 def readControlDirectory(directory: str) -> dict[str, tuple[Any, str]]:
-    """Config field -> (value, the file it came from), for the files present."""
+    """``"section.key"`` -> (value, the file it came from), for the files present."""
     found: dict[str, tuple[Any, str]] = {}
 
-    def put(field: str, value: Any, name: str) -> None:
+    def put(setting: str, value: Any, name: str) -> None:
         if value is not None:
-            found[field] = (value, os.path.join(directory, name))
+            found[setting] = (value, os.path.join(directory, name))
 
     me = readLine(directory, "me")
-    put("hostname", me, "me")
+    put("server.hostname", me, "me")
     locals_ = readList(directory, "locals")
-    put("domains", locals_ if locals_ is not None else ([me] if me else None), "locals" if locals_ is not None else "me")
+    put("server.domains", locals_ if locals_ is not None else ([me] if me else None), "locals" if locals_ is not None else "me")
     databytes = readInt(directory, "databytes")
-    put("maxMessageSize", databytes or None, "databytes")
+    put("smtp.max_message_size", databytes or None, "databytes")
     timeout = readInt(directory, "timeoutsmtpd")
-    put("idleTimeout", None if timeout is None else float(max(timeout, 1)), "timeoutsmtpd")
+    put("smtp.idle_timeout", None if timeout is None else float(max(timeout, 1)), "timeoutsmtpd")
     connect = readInt(directory, "timeoutconnect")
-    put("connectTimeout", None if connect is None else float(max(connect, 1)), "timeoutconnect")
+    put("remote.connect_timeout", None if connect is None else float(max(connect, 1)), "timeoutconnect")
     lifetime = readInt(directory, "queuelifetime")
-    put("giveUp", None if lifetime is None else float(max(lifetime, 1)), "queuelifetime")
+    put("queue.give_up", None if lifetime is None else float(max(lifetime, 1)), "queuelifetime")
     concurrency = readInt(directory, "concurrencyremote")
-    put("deliveryConcurrency", concurrency or None, "concurrencyremote")
-    for name, fieldName in (("smtpgreeting", "smtpGreeting"), ("helohost", "heloHost"),
-                            ("bouncefrom", "bounceFrom"), ("bouncehost", "bounceHost"),
-                            ("envnoathost", "envNoAtHost"), ("defaultdomain", "defaultDomain"),
-                            ("defaulthost", "defaultHost"), ("plusdomain", "plusDomain"), ("idhost", "idHost")):
+    put("queue.concurrency", concurrency or None, "concurrencyremote")
+    for name, fieldName in (("smtpgreeting", "smtp.greeting"), ("helohost", "remote.helo_host"),
+                            ("bouncefrom", "queue.bounce_from"), ("bouncehost", "queue.bounce_host"),
+                            ("envnoathost", "local.noathost")):
         put(fieldName, readLine(directory, name) or None, name)
-    for name, fieldName in (("badmailfrom", "badMailFrom"), ("percenthack", "percentHack"),
-                            ("virtualdomains", "virtualDomains")):
+    for name, fieldName in (("badmailfrom", "smtp.bad_mail_from"), ("virtualdomains", "local.virtual_domains")):
         entries = readList(directory, name)
         if name == "virtualdomains" and entries is not None:
             entries = [line for line in entries if ":" in line]  # qmail ignores lines without a colon
         put(fieldName, entries, name)
     rcpthosts = readList(directory, "rcpthosts")
-    put("rcptHosts", rcpthosts, "rcpthosts")
+    put("smtp.rcpt_hosts", rcpthosts, "rcpthosts")
     if rcpthosts is not None and os.path.exists(os.path.join(directory, "morercpthosts.cdb")):
-        put("moreRcptHosts", os.path.join(directory, "morercpthosts.cdb"), "morercpthosts.cdb")
+        put("smtp.more_rcpt_hosts", os.path.join(directory, "morercpthosts.cdb"), "morercpthosts.cdb")
     remote = readInt(directory, "timeoutremote")
-    put("replyTimeout", None if remote is None else float(max(remote, 1)), "timeoutremote")
+    put("remote.reply_timeout", None if remote is None else float(max(remote, 1)), "timeoutremote")
     local = readInt(directory, "concurrencylocal")
-    put("localConcurrency", local or None, "concurrencylocal")
+    put("local.concurrency", local or None, "concurrencylocal")
     bounceTo, bounceHost = readLine(directory, "doublebounceto"), readLine(directory, "doublebouncehost")
     if bounceTo or bounceHost:
-        put("postmaster", f"{bounceTo or 'postmaster'}@{bounceHost or me or 'localhost'}",
+        put("server.postmaster", f"{bounceTo or 'postmaster'}@{bounceHost or me or 'localhost'}",
             "doublebounceto" if bounceTo else "doublebouncehost")
     routes = readList(directory, "smtproutes")
     if routes is not None:
@@ -144,7 +141,7 @@ def readControlDirectory(directory: str) -> dict[str, tuple[Any, str]]:
             byDomain[domain.lower()] = Route(host=host, port=int(port) if port.isdigit() else 25, domain=domain.lower())
         smarthost = byDomain.pop("", None)
         if smarthost is not None and smarthost.host:
-            put("smarthost", f"{smarthost.host}:{smarthost.port}", "smtproutes")
-        put("routes", [{"domain": r.domain, "host": r.host, "port": r.port} for r in byDomain.values() if r.host],
+            put("remote.smarthost", f"{smarthost.host}:{smarthost.port}", "smtproutes")
+        put("remote.routes", [{"domain": r.domain, "host": r.host, "port": r.port} for r in byDomain.values() if r.host],
             "smtproutes")
     return found

@@ -84,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     from jsmail.qmail.queuesink import ProgramQueue
     from jsmail.queue.store import MaildirQueue
     from jsmail.queue.admin import wakeDelivery
-    from jsmail.policy.relay import rcptHostsOf
-    from jsmail.service import serverSettings
 
     parser = argparse.ArgumentParser(prog="jsmail-smtpd", description="jsmail's SMTP server under tcpserver.")
     parser.add_argument("--config", help="TOML configuration (domains, limits, data directory)")
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     if arguments.data or os.environ.get("JSMAIL_DATA"):
-        overrides["dataDir"] = arguments.data or os.environ["JSMAIL_DATA"]
+        overrides["server.data"] = arguments.data or os.environ["JSMAIL_DATA"]
     try:
         config = loadConfig(arguments.config, overrides)
     except ConfigError as e:
@@ -105,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RBLSMTPD"):
         policies.append(RBLRefusal(os.environ["RBLSMTPD"]))
     if relayClient is None:
-        policies.append(RelayControl(frozenset(config.domains).__contains__, config.trustedNetworks,
-                                     rcptHostsOf(config)))
-    if config.badMailFrom:
-        policies.append(BadMailFrom(config.badMailFrom))
-    queueDir = os.path.join(config.dataDir, "queue")
+        policies.append(RelayControl(frozenset(config.server.domains).__contains__, config.server.trustedNetworks,
+                                     config.relay.rcptHostsCheck()))
+    if config.relay.badMailFrom:
+        policies.append(BadMailFrom(config.relay.badMailFrom))
+    queueDir = os.path.join(config.server.dataDir, "queue")
     sink: Any
     queue = None
     if os.environ.get("QMAILQUEUE"):
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
         sink = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
-    session = UCSPISession(Listener(serverSettings(config), sink, reactor, "ucspi", tuple(policies)))
+    session = UCSPISession(Listener(config.smtp, sink, reactor, "ucspi", tuple(policies)))
     session.relaySuffix = relayClient
     stdio.StandardIO(session)
     reactor.run()  # type: ignore[attr-defined]

@@ -51,6 +51,7 @@ from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
 from jsmail.remote.mx import MailExchangers
+from jsmail.remote.settings import RemoteSettings
 from jsmail.route import Route
 from jsmail.smtp.client import ClientSettings, ESMTPClient
 from jsmail.smtp.commands import OutgoingMessage
@@ -75,39 +76,26 @@ class RemoteDelivery:
         reactor: Any,
         runInThread: RunInThread,
         resolver: Any,
-        heloName: str,
-        routes: dict[str, Route] | None = None,
-        smarthost: Route | None = None,
-        port: int = 25,
-        tls: str = "opportunistic",
+        settings: RemoteSettings,
         trustRoot: Any = None,
-        perHost: int = 5,
-        idleTimeout: float = 10.0,
-        connectTimeout: float = 60.0,
-        backoff: float = 60.0,
-        backoffMaximum: float = 3600.0,
         mtaSts: PolicyFetcher | None = None,
-        replyTimeout: float = 0.0,
         connect: Connect | None = None,
     ) -> None:
+        """``resolver`` answers the MX, address and TLSA questions; ``trustRoot`` is
+        the CA store ``verify`` trusts (None: the platform's); ``connect`` opens
+        client sessions (a fake network in tests)."""
         self.reactor = reactor
         self.connect: Connect = connect or partial(connectTo, reactor)
         self.runInThread = runInThread
         self.exchangers = MailExchangers(resolver)
-        self.heloName = heloName
+        self.settings = settings
         # qmail's timeoutremote: one limit for every reply, in place of RFC 5321's per phase
+        replyTimeout = settings.replyTimeout
         self.timeouts = {name: replyTimeout for name in ("greetingTimeout", "mailTimeout", "rcptTimeout",
                          "dataTimeout", "dataBlockTimeout", "finalDotTimeout", "commandTimeout")} if replyTimeout else {}
-        self.routes = {d.lower(): r for d, r in (routes or {}).items()}
-        self.smarthost = smarthost
-        self.port = port
-        self.tls = tls
+        self.routes = {r.domain.lower(): r for r in settings.routes}
+        self.smarthost = settings.smarthostRoute
         self.trustRoot = trustRoot
-        self.perHost = perHost
-        self.idleTimeout = idleTimeout
-        self.connectTimeout = connectTimeout
-        self.backoff = backoff
-        self.backoffMaximum = backoffMaximum
         self.mtaSts = mtaSts
         self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
         self._slots: dict[str, defer.DeferredSemaphore] = {}
@@ -131,12 +119,12 @@ class RemoteDelivery:
         if route:  # a route or smarthost is the operator's choice: MTA-STS and DANE are about MX hosts
             plan = [(host, route.tls) for host in hosts]
         else:
-            route = Route(host="", port=self.port, tls=self.tls)
+            route = Route(host="", port=self.settings.port, tls=self.settings.tls)
             policy = None
             if self.mtaSts is not None and not domain.startswith("["):
                 policy = yield self.mtaSts.policyFor(domain)
             try:
-                plan = applyPolicy(policy, domain, hosts, self.tls)
+                plan = applyPolicy(policy, domain, hosts, self.settings.tls)
             except DeliveryError as e:
                 return DeliveryResult.forAll(recipients, e)
         lastError = DeliveryError(reply.NO_HOST_REACHED.format(domain), False, f"hosts {', '.join(hosts)}")
@@ -165,7 +153,7 @@ class RemoteDelivery:
                      tlsa: tuple[TLSARecord, ...]) -> Any:
         """Results for the recipients, or a :class:`DeliveryError` saying why this host
         could not be tried.  ``tlsa``: the host's validated TLSA records, if any (DANE)."""
-        slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.perHost))
+        slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.settings.perHost))
         return slots.run(self._session, route, address, message, recipients, tlsa)
 
     @defer.inlineCallbacks
@@ -181,7 +169,7 @@ class RemoteDelivery:
                 client = yield self._open(route, address, tlsa)
             except DeliveryError as e:
                 why = f"{e} ({route.host} [{address}])"
-                delay = min(self.backoff * 2 ** failures, self.backoffMaximum)
+                delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
                 self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
                 return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
             self._down.pop(address, None)
@@ -195,7 +183,7 @@ class RemoteDelivery:
             eightBit=eightBit,
         )
         results = yield client.send(outgoing)
-        if self.idleTimeout > 0:
+        if self.settings.idleTimeout > 0:
             self._keepIdle(route, address, tlsa, client)
         else:
             client.quit()  # reuse turned off: one session per message
@@ -206,9 +194,9 @@ class RemoteDelivery:
         """A session ready for mail (see :func:`jsmail.smtp.connect.readySession`);
         fails with :class:`DeliveryError`."""
         tlsHostname = route.host if route.tls in ("verify", "implicit") or tlsa else None
-        settings = ClientSettings(heloName=self.heloName, tls=route.tls, tlsHostname=tlsHostname,
+        settings = ClientSettings(heloName=self.settings.heloHost, tls=route.tls, tlsHostname=tlsHostname,
                                   trustRoot=self.trustRoot, tlsa=tlsa, username=route.username,
-                                  password=route.password, connectTimeout=self.connectTimeout, **self.timeouts)
+                                  password=route.password, connectTimeout=self.settings.connectTimeout, **self.timeouts)
         return defer.Deferred.fromCoroutine(readySession(lambda s: self.connect(address, route.port, s), settings))
 
     @staticmethod
@@ -235,7 +223,7 @@ class RemoteDelivery:
             pool[:] = [(c, t) for c, t in pool if c is not client]
             client.quit()
 
-        pool.append((client, self.reactor.callLater(self.idleTimeout, expire)))
+        pool.append((client, self.reactor.callLater(self.settings.idleTimeout, expire)))
 
     def close(self) -> defer.Deferred[Any]:
         """Say QUIT on every idle session."""

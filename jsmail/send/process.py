@@ -1,7 +1,8 @@
 """Delivery in a process of its own, as qmail-send runs beside qmail-smtpd.
 
 The parent (:class:`SendProcess`, a service of the gateway) starts
-``python -m jsmail.send.process`` with the configuration in ``JSMAIL_CONFIG`` and:
+``python -m jsmail.send.process``, writes the configuration (JSON) to the child's
+file descriptor 3 and closes it, and then:
 
 - writes one line per newly queued message to the child's stdin: its queue id.  The
   line is only a hint: the queue on disk is the truth, and a child that starts (or
@@ -11,7 +12,9 @@ The parent (:class:`SendProcess`, a service of the gateway) starts
 - starts the child again if it dies, and at shutdown closes its stdin, which makes the
   child finish the deliveries in progress and exit.
 
-The child runs a :class:`jsmail.service.DeliveryService` until its stdin closes.
+The child runs a :class:`jsmail.send.service.DeliveryService` until its stdin closes.
+The configuration holds secrets (smarthost and route passwords), so it never travels
+in the environment, which every program the child runs would inherit.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from jsmail.config import Config, toJSON
 
 _log = Logger()
 
+CONFIG_FD = 3  # where the child reads its configuration
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 30.0
 
@@ -72,15 +76,13 @@ class SendProcess(Service):
     def _spawn(self) -> None:
         self._restart = None
         child = _ChildProtocol(self)
-        environment = {
-            **os.environ,
-            "JSMAIL_CONFIG": toJSON(self.config),
-            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-        }
-        self.reactor.spawnProcess(
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        transport = self.reactor.spawnProcess(
             child, sys.executable, [sys.executable, "-m", "jsmail.send.process"], env=environment,
-            childFDs={0: "w", 1: "r", 2: 2},
+            childFDs={0: "w", 1: "r", 2: 2, CONFIG_FD: "w"},
         )
+        transport.writeToChild(CONFIG_FD, toJSON(self.config).encode("utf-8"))
+        transport.closeChildFD(CONFIG_FD)
         self.child = child
 
     def notify(self, queueId: str) -> None:
@@ -137,7 +139,9 @@ def main() -> None:
     from jsmail.send.service import DeliveryService
 
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
-    delivery = DeliveryService(fromJSON(os.environ["JSMAIL_CONFIG"]), reactor, flushOnSignal=True)
+    with os.fdopen(CONFIG_FD, "rb") as f:
+        config = fromJSON(f.read().decode("utf-8"))
+    delivery = DeliveryService(config, reactor, flushOnSignal=True)
     delivery.startService()
     reactor.addSystemEventTrigger("before", "shutdown", delivery.stopService)
     stdio.StandardIO(_Notices(delivery, reactor), stdout=os.open(os.devnull, os.O_WRONLY))

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from jsmail import maillog, reply
 from jsmail._threads import RunInThread
+from jsmail.send.settings import QueueSettings
 from jsmail.send.bounce import wantsFailureNotice, writeBounce
 from jsmail.envelope import Envelope, Recipient, RecipientState
 from jsmail.error import DeliveryError
@@ -35,22 +36,9 @@ FINISHED_MEMORY = 100_000  # ids of removed messages kept, to ignore stale menti
 GAVE_UP = "gave up: in the queue for too long"
 
 
-@dataclass(frozen=True)
-class RetrySchedule:
-    """When to try again: ``first`` seconds after the first failure, growing by
-    ``factor`` each time up to ``maximum``; give up ``giveUp`` seconds after arrival.
-    The defaults follow RFC 5321 section 4.5.4.1 in spirit (retry within minutes, at
-    growing intervals, for 4-5 days)."""
-
-    first: float = 300.0
-    factor: float = 2.0
-    maximum: float = 4 * 3600.0
-    giveUp: float = 5 * 86400.0
-
-
-def retryDelay(attempts: int, schedule: RetrySchedule) -> float:
+def retryDelay(attempts: int, settings: QueueSettings) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt (1 for the first)."""
-    return float(min(schedule.first * schedule.factor ** max(attempts - 1, 0), schedule.maximum))
+    return float(min(settings.retryFirst * settings.retryFactor ** max(attempts - 1, 0), settings.retryMaximum))
 
 
 class Scheduler(Service):
@@ -63,21 +51,20 @@ class Scheduler(Service):
         clock: IReactorTime,
         runInThread: RunInThread,
         hostname: str,
-        retry: RetrySchedule = RetrySchedule(),
-        concurrency: int = 20,
+        settings: QueueSettings = QueueSettings(),
         postmaster: str = "",
-        bounceFrom: str = "MAILER-DAEMON",
     ) -> None:
+        """``hostname`` names this host in bounces; ``postmaster`` gets the bounces that
+        cannot be delivered (none when empty)."""
         self.queue = queue
         self.router = router
         self.clock = clock
         self.runInThread = runInThread
         self.hostname = hostname
-        self.retry = retry
+        self.settings = settings
         self.postmaster = postmaster
-        self.bounceFrom = bounceFrom
         self.funnel = Funnel(queue, self.schedule)
-        self._semaphore = defer.DeferredSemaphore(concurrency)
+        self._semaphore = defer.DeferredSemaphore(settings.concurrency)
         self._envelopes: dict[str, Envelope] = {}
         self._timers: dict[str, IDelayedCall] = {}
         self._attempting: set[str] = set()
@@ -193,8 +180,8 @@ class Scheduler(Service):
     def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> Any:
         now = self.clock.seconds()
         attempts = envelope.attempts + 1
-        retryIn = retryDelay(attempts, self.retry)
-        givingUp = now + retryIn > envelope.arrival + self.retry.giveUp
+        retryIn = retryDelay(attempts, self.settings)
+        givingUp = now + retryIn > envelope.arrival + self.settings.giveUp
         recipients = []
         for r in envelope.recipients:
             result = results.get(r.address)
@@ -258,7 +245,7 @@ class Scheduler(Service):
         def write() -> None:
             with self.queue.openMessage(queueId) as original:
                 writeBounce(incoming.write, original, queueId, envelope, failed, self.hostname, now, toPostmaster,
-                            self.bounceFrom)
+                            self.settings.bounceFrom)
 
         try:
             yield self.runInThread(write)

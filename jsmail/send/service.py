@@ -18,12 +18,12 @@ from jsmail._disk import unlinkQuietly
 from jsmail._dns import makeResolver
 from jsmail._threads import ThreadPoolService
 from jsmail.config import Config
-from jsmail.local.agent import LocalDelivery, LocalSettings
+from jsmail.local.agent import LocalDelivery
 from jsmail.queue.store import MaildirQueue
 from jsmail.remote.agent import RemoteDelivery
 from jsmail.remote.mtasts import PolicyFetcher
 from jsmail.route import Router
-from jsmail.send.scheduler import RetrySchedule, Scheduler
+from jsmail.send.scheduler import Scheduler
 
 _log = Logger()
 
@@ -45,35 +45,21 @@ class DeliveryService(ThreadPoolService):
     """
 
     def __init__(self, config: Config, reactor: Any = None, flushOnSignal: bool = False) -> None:
-        super().__init__(reactor or _globalReactor(), {"disk": config.diskThreads})
+        super().__init__(reactor or _globalReactor(), {"disk": config.queue.diskThreads})
         runInThread = self.threads("disk")
-        dataDir = os.path.abspath(config.dataDir)
+        server = config.server
+        dataDir = server.dataDir
         # Delivery queues only bounces: a couple of spare files is plenty.
         self.queue = MaildirQueue(os.path.join(dataDir, "queue"), runInThread, sweep=False, spares=2)
-        self.local = LocalDelivery(
-            os.path.join(dataDir, "mail"), runInThread, config.hostname, self.queue.syncer, reactor=self.reactor,
-            settings=LocalSettings(
-                usersDir=os.path.abspath(config.usersPath), homeDotQmail=config.homeDotQmail,
-                separator=config.extensionSeparator, plusExtensions=config.plusExtensions,
-                aliases=config.aliasesFile and os.path.abspath(config.aliasesFile),
-                programTimeout=config.programTimeout, concurrency=config.localConcurrency,
-                noAtHost=config.envNoAtHost, virtualDomains=config.virtualDomains, localDomains=config.domains),
-            newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
-        resolver = makeResolver(config.dnsServer, self.reactor)
-        self.remote = RemoteDelivery(
-            self.reactor, runInThread, resolver, config.heloHost or config.hostname,
-            routes={route.domain: route for route in config.routes}, smarthost=config.smarthostRoute,
-            port=config.remotePort, tls=config.remoteTLS, perHost=config.perHost,
-            idleTimeout=config.idleTimeoutRemote, connectTimeout=config.connectTimeout,
-            backoff=config.hostBackoff, backoffMaximum=config.hostBackoffMaximum,
-            mtaSts=PolicyFetcher(self.reactor, resolver) if config.mtaSts else None,
-            replyTimeout=config.replyTimeout,
-        )
-        retry = RetrySchedule(config.retryFirst, config.retryFactor, config.retryMaximum, config.giveUp)
-        self.scheduler = Scheduler(self.queue, Router(config.domains, self.local, self.remote, config.virtualDomains), self.reactor,
-                                   runInThread, config.bounceHost or config.hostname, retry,
-                                   config.deliveryConcurrency, config.postmaster or f"postmaster@{config.domains[0]}",
-                                   bounceFrom=config.bounceFrom)
+        self.local = LocalDelivery(os.path.join(dataDir, "mail"), runInThread, server.hostname, self.queue.syncer,
+                                   reactor=self.reactor, settings=config.local,
+                                   newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
+        resolver = makeResolver(config.remote.dnsServer, self.reactor)
+        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote,
+                                     mtaSts=PolicyFetcher(self.reactor, resolver) if config.remote.mtaSts else None)
+        router = Router(server.domains, self.local, self.remote, config.local.virtualDomains)
+        self.scheduler = Scheduler(self.queue, router, self.reactor, runInThread, config.queue.bounceHost, config.queue,
+                                   server.postmaster)
         self.scheduler.setServiceParent(self)
         self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
         self.flushOnSignal = flushOnSignal

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,9 +27,6 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
-
-if TYPE_CHECKING:
-    from jsmail.config import Config
 
 _log = Logger()
 
@@ -145,13 +142,6 @@ class ServerTLS:
             return False
         _log.info("TLS certificate reloaded from {path}", path=self.certificatePath)
         return True
-
-
-def makeTLS(config: Config, dataDir: str) -> ServerTLS:
-    """The configured certificate, or a self-signed one made under the data directory."""
-    if config.tlsCertificate:
-        return ServerTLS(config.tlsCertificate, config.tlsKey or config.tlsCertificate)
-    return ServerTLS(*ensureSelfSigned(os.path.join(dataDir, "tls"), config.hostname))
 
 
 def clientTLS(hostname: str | None, verify: bool, trustRoot: Any = None, dane: bool = False) -> Any:

@@ -1,0 +1,28 @@
+"""Local delivery's settings: a value the configuration can name without importing
+the delivery agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """Where instructions are looked for and how they run (``config.local``, the
+    ``[local]`` section; ``localDomains`` and an empty ``noAtHost`` are filled in
+    from ``[server]``)."""
+
+    usersDir: str = ""  # <dir>/<domain>/<user>/.qmail...; empty: no virtual users
+    homeDotQmail: bool = False  # system users' ~/.qmail files (needs root to read all)
+    separator: str = "-"  # between a user and an extension (qmail's conf-break)
+    plusExtensions: bool = True  # "+" separates an extension too (user+tag)
+    aliases: str = ""  # an /etc/aliases-style file; empty: none
+    programTimeout: float = 3600.0  # seconds a |program may run
+    noAtHost: str = ""  # added to forward addresses without "@" (qmail's envnoathost)
+    concurrency: int = 10  # recipients delivered at once (qmail's concurrencylocal)
+    virtualDomains: tuple[str, ...] = ()  # qmail's virtualdomains lines, "key:prepend"
+    localDomains: tuple[str, ...] = ()  # the first one holds virtual domains' users
+
+    @property
+    def separators(self) -> str:
+        return self.separator + ("+" if self.plusExtensions and self.separator != "+" else "")

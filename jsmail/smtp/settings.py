@@ -1,0 +1,35 @@
+"""The SMTP server's settings: a value with no behaviour, so the configuration can name
+it without importing the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What one SMTP listener enforces (``config.smtp``; the ``[smtp]`` section, with
+    the AUTH rules of ``[auth]`` and ``policy.authserv_id``).  Every limit is here, so
+    every limit is configurable (see ``etc/jsmail.toml`` for each one's meaning).
+    ``hostname`` and an empty ``authservId`` are filled in from ``server.hostname``."""
+
+    hostname: str = "localhost"
+    greeting: str = ""  # the 220 text before " ESMTP" (qmail's smtpgreeting); empty: jsmail's own
+    maxMessageSize: int = 25 * 1024 * 1024
+    maxCommandLine: int = 512  # RFC 5321 4.5.3.1.4, including CR LF
+    maxTextLine: int = 1000  # RFC 5321 4.5.3.1.6, including CR LF
+    maxRecipients: int = 100  # RFC 5321 4.5.3.1.8 says at least 100
+    maxErrors: int = 20
+    idleTimeout: float = 300.0  # RFC 5321 4.5.3.2.7
+    maxConnections: int = 1000
+    maxConnectionsPerClient: int = 20
+    normaliseLineEndings: bool = False
+    maxReceivedHeaders: int = 100  # loop detection, RFC 5321 6.3
+    requireTLS: bool = False  # submission (RFC 6409 + RFC 3207): STARTTLS before AUTH and MAIL
+    requireAuth: bool = False  # submission: AUTH before MAIL
+    allowPlaintextAuth: bool = False  # offer AUTH without TLS (RFC 4954 section 4 advises not to)
+    allowProxyAuth: bool = False  # PLAIN authzid may differ from authcid
+    maxAuthFailures: int = 3  # failures answered with 535; the next one closes with 421
+    authFailureDelay: float = 1.0  # seconds before the first 535, doubling each time
+    showAuthInReceived: bool = False
+    authservId: str = ""  # Authentication-Results authserv-id (RFC 8601 section 2.5); empty: hostname
