@@ -40,6 +40,16 @@ def runTwistd(*args: str, timeout: float = COMMAND_TIMEOUT) -> subprocess.Comple
 
 
 class PluginTests(unittest.TestCase):
+    def test_foundAsInstalledFromAnyDirectory(self) -> None:
+        """As installed (``pip install .`` or a contributor's ``pip install -e .``), with
+        no PYTHONPATH and another working directory, ``twistd jsmail --help`` lists
+        jsmail's options: the plugin stub is on the installed path."""
+        environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        result = subprocess.run(twistd("jsmail", "--help"), env=environment, cwd="/",
+                                capture_output=True, text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("--smarthost=", result.stdout)
+
     def test_found(self) -> None:
         """Twisted's plugin system finds exactly one service maker named jsmail, and
         its options build a gateway."""

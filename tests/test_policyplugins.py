@@ -110,7 +110,7 @@ class ThirdPartyTests(TestCase):
                    " 'policy': {'smtp': ['sender-domain']}})\n"
                    "chains = policyChains(config, reactor, None)\n"
                    "print(type(chains['smtp'].policies[0]).__name__)\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([TOP, top]))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(TOP, "src"), top]))
         result = subprocess.run([sys.executable, "-c", program], cwd=top, env=env, capture_output=True, timeout=60)
         self.assertEqual(result.stdout, b"SenderDomain\n", result.stderr)
 
