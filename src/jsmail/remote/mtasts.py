@@ -84,18 +84,6 @@ class Policy:
                    for pattern in self.mxPatterns)
 
 
-class NoMatchingHost(Exception):
-    """An ``enforce`` policy names none of the domain's MX hosts: the mail waits
-    (RFC 8461 section 5.1).  ``reply`` and ``permanent`` as in remote delivery's
-    DestinationError."""
-
-    permanent = False
-
-    def __init__(self, reply: str) -> None:
-        super().__init__(reply)
-        self.reply = reply
-
-
 def parseTXT(text: str) -> str:
     """The policy id in a ``v=STSv1`` TXT record (RFC 8461 section 3.1).  Raises
     ValueError saying what is wrong."""
