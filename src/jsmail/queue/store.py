@@ -5,36 +5,10 @@ that happens only once its file is renamed into ``active/`` and a sync of the fi
 system that started after the rename has finished (a group commit, see
 :mod:`jsmail._disk`), so the file's bytes and its name in ``active/`` are both on disk.
 The operator's side is :mod:`jsmail.queue.admin`, the same interface in memory
-:mod:`jsmail.queue.memory`.  The on-disk layout::
-
-    queue/tmp/NAME       a spare file made ahead of time, a message being received, or
-                         an envelope update being written
-    queue/active/ID      a queued message: one line of JSON envelope, LF, then the
-                         message exactly as received (CR LF line ends, dot-unstuffed)
-    queue/active/ID.env  the current envelope once delivery has changed it (per-recipient
-                         state, attempts, next attempt); overrides the first line of ID
-    queue/hold/ID[.env]  a message an operator held (``jsmail queue hold``)
-    queue/corrupt/       entries recovery could not read, set aside for a person
-
-States and transitions (each one an atomic rename or unlink, made durable by a sync):
-
-=====================  =========================  ====================================
-state                  on disk                    recovery at start
-=====================  =========================  ====================================
-receiving              tmp/NAME                   deleted: never acknowledged
-queued                 active/ID                  delivered from its first line
-in delivery            active/ID + active/ID.env  delivered from ID.env
-done                   (nothing)                  --
-half-removed           active/ID.env only         ID.env deleted
-=====================  =========================  ====================================
-
-receiving -> queued: close tmp/NAME, rename it to active/ID, sync (then 250).
-queued -> in delivery: write tmp/ID.env, rename it to active/ID.env, sync.
--> done: unlink active/ID, then active/ID.env (not synced: a crash that undoes a
-removal only delivers the message again).
-
-Delivery is at-least-once: a crash between a delivery and the envelope update that
-records it delivers that recipient again.
+:mod:`jsmail.queue.memory`.  The layout on disk, the envelope format, and the states
+and transitions with what start-up recovery does in each are in ``docs/queue.rst`` (the
+one state table).  Delivery is at-least-once: a crash between a delivery and the
+envelope update that records it delivers that recipient again.
 """
 
 from __future__ import annotations
