@@ -152,6 +152,34 @@ class AuthorDomainTests(SynchronousTestCase):
         self.assertIsNone(authorDomain(header(b"From: a@" + b"x" * 64 + b".org")))
 
 
+    def test_nestedCommentsAreNoAuthorNotARecursionError(self) -> None:
+        """L-5: six folded lines of 900 "(" made the address parser recurse until
+        RecursionError (451 and a 1000-frame traceback).  Unbalanced, they are no author;
+        balanced, they are skipped in one pass."""
+        self.assertIsNone(authorDomain(header(b"From: " + b"\r\n ".join([b"(" * 900] * 6))))
+        nested = b"(" * 3000 + b"x" + b")" * 3000
+        self.assertEqual(authorDomain(header(b"From: " + nested + b" a@example.org")), "example.org")
+        self.assertIsNone(authorDomain(header(b"From: " + b"(" * 5000 + b"x" + b")" * 5000 + b" a@example.org")),
+                          "over MAX_FROM octets")
+
+    def test_commentsAndQuotes(self) -> None:
+        self.assertEqual(authorDomain(header(b'From: "Doe (Jane)" <jane(x)@(y)example.org>')), "example.org")
+        self.assertIsNone(authorDomain(header(b"From: a@example.org)")))
+        self.assertIsNone(authorDomain(header(b'From: "unclosed <a@example.org>')))
+
+    def test_severalAddressesOfOneDomain(self) -> None:
+        """RFC 5322 lets one From field name several authors; one domain for all is
+        that domain, two are none."""
+        self.assertEqual(authorDomain(header(b"From: a@example.org, B <b@EXAMPLE.org>")), "example.org")
+        self.assertIsNone(authorDomain(header(b"From: a@example.org, b@sub.example.org")))
+
+    def test_fromWithoutColonSpaceAndObsoleteSpace(self) -> None:
+        self.assertEqual(authorDomain(header(b"from :a@example.org")), "example.org")
+
+    def test_addressLiteralIsNoAuthorDomain(self) -> None:
+        self.assertIsNone(authorDomain(header(b"From: a@[192.0.2.1]")))
+
+
 STRICT = Record(policy="reject", subdomainPolicy="quarantine", adkim="s", aspf="s")
 RELAXED = Record(policy="reject", subdomainPolicy="quarantine")
 

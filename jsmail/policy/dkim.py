@@ -49,6 +49,8 @@ from twisted.internet.defer import Deferred
 from twisted.names import dns
 
 from jsmail._dns import isNonexistent
+from jsmail.address import normaliseDomain
+from jsmail.error import SMTPReplyError
 from jsmail._threads import RunInThread, reactorThreads
 
 __all__ = ["DEFAULT_SIGNED_HEADERS", "DKIMResult", "DKIMSigner", "DKIMVerifier", "KeyLookup", "SigningError",
@@ -239,7 +241,11 @@ class SigningKey:
             kind, privateKey = _dkimpyKey(data)
         except ValueError as e:
             raise ValueError(f"DKIM key {keyFile}: {e}") from None
-        return cls(domain.rstrip(".").lower(), selector, keyFile, _ALGORITHMS[kind].decode(), privateKey)
+        try:
+            domain = normaliseDomain(domain.rstrip("."))  # d= is an A-label (RFC 6376 section 3.5)
+        except SMTPReplyError as e:
+            raise ValueError(f"DKIM key {keyFile}: domain {domain!r}: {e.reply.text}") from None
+        return cls(domain, selector, keyFile, _ALGORITHMS[kind].decode(), privateKey)
 
 
 def _dkimpyKey(data: bytes) -> tuple[str, bytes]:

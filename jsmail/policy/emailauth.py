@@ -10,9 +10,6 @@ checked: its sender is vouched for by AUTH, not by DNS.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-import email.utils
 import os
 from typing import Any, Mapping, Sequence
 
@@ -164,14 +161,6 @@ class DMARCCheck(MessagePolicy):
         return Verdict.accept(results=[entry])
 
 
-def _fromDomain(message: bytes) -> str | None:
-    header = message.split(b"\r\n\r\n", 1)[0]
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header + b"\r\n\r\n")
-    addresses = email.utils.getaddresses([str(v) for v in parsed.get_all("From") or []])
-    domains = {a.rpartition("@")[2].lower() for _, a in addresses if "@" in a}
-    return domains.pop() if len(domains) == 1 else None
-
-
 @implementer(IModifier)
 class DKIMSign:
     """Signs mail whose From domain has a key (DKIM, RFC 6376 section 5): mail from
@@ -183,7 +172,7 @@ class DKIMSign:
     def modify(self, session: Any, message: bytes) -> Any:
         if session.user is None and not self.everything:
             return []
-        domain = _fromDomain(message)
+        domain = authorDomain(message)  # the one From domain, as DMARC finds it
         if domain is None or self.signer.keyFor(domain) is None:
             return []
         return self.signer.sign(message, domain).addCallback(lambda field: [field.decode("ascii").rstrip("\r\n")])
