@@ -24,8 +24,8 @@ from jsmail import reply
 from jsmail.address import Address
 from jsmail.policy.arc import ARCSealer, ARCVerifier
 from jsmail.policy.authresults import claimsAuthservId
-from jsmail.smtp.assembly import headerFields
-from jsmail._threads import reactorThreads
+from jsmail.policy.header import headerFields, readHeader
+from jsmail._threads import RunInThread, runNow
 from jsmail.policy.dkim import DKIMResult, DKIMSigner, SigningKey, keyRecord, writeNewKey, zoneEntry
 from jsmail.policy.dmarc import DMARCTemporaryError, authorDomain, evaluate, fetchRecord
 from jsmail.interfaces import IMessagePolicy, IModifier
@@ -90,7 +90,7 @@ class DKIMCheck(MessagePolicy):
     def checkMessage(self, session: Any, content: Any) -> Any:
         if _isTrusted(session):
             return None
-        return content.read().addCallback(self.verifier.verify).addCallback(self._verdict, session)
+        return self.verifier.verifyChunks(content.chunks).addCallback(self._verdict, session)
 
     def _verdict(self, results: list[DKIMResult], session: Any) -> Verdict:
         session.transactionNotes["dkim"] = results
@@ -108,7 +108,7 @@ class ARCCheck(MessagePolicy):
     def checkMessage(self, session: Any, content: Any) -> Any:
         if _isTrusted(session):
             return None
-        return content.read().addCallback(self.verifier.verify).addCallback(self._verdict, session)
+        return self.verifier.verifyChunks(content.chunks).addCallback(self._verdict, session)
 
     def _verdict(self, arc: Any, session: Any) -> Verdict:
         session.transactionNotes["arc"] = arc
@@ -123,13 +123,17 @@ class DMARCCheck(MessagePolicy):
     5.7.1) or "tag" (the Authentication-Results entry only)."""
 
     def __init__(self, resolver: Any, onReject: str = "reject", onQuarantine: str = "tag",
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, runInThread: RunInThread = runNow) -> None:
         self.resolver, self.onReject, self.onQuarantine, self.timeout = resolver, onReject, onQuarantine, timeout
+        self._runInThread = runInThread
 
     def checkMessage(self, session: Any, content: Any) -> Any:
         if _isTrusted(session):
             return None
-        return content.read().addCallback(self._evaluate, session).addCallback(self._verdict)
+        # Only the header section is read (at most 256 KiB), in a thread: the spool
+        # may be on disk.
+        d = self._runInThread(lambda: readHeader(content.chunks())[0])
+        return d.addCallback(self._evaluate, session).addCallback(self._verdict)
 
     @defer.inlineCallbacks
     def _evaluate(self, message: bytes, session: Any) -> Any:
@@ -143,7 +147,9 @@ class DMARCCheck(MessagePolicy):
         record, foundAt = found if found is not None else (None, "")
         spf = session.transactionNotes.get("spf")
         spfDomain = spf.domain if spf is not None and spf.identity == "mailfrom" else ""
-        dkim = [r.domain for r in session.transactionNotes.get("dkim", ()) if r.result == "pass"]
+        # rsa-sha1 is never a pass here, and never counts (RFC 8301 section 3.1)
+        dkim = [r.domain for r in session.transactionNotes.get("dkim", ())
+                if r.result == "pass" and not r.algorithm.lower().endswith("-sha1")]
         return author, evaluate(record, foundAt, author, spf.result if spf else "none", spfDomain, dkim), ""
 
     def _verdict(self, outcome: tuple[Any, Any, str]) -> Verdict:
@@ -216,14 +222,15 @@ def buildDKIM(options: Mapping[str, Any], context: PolicyContext) -> DKIMCheck:
 
     o = Options(options)
     verifier = DKIMVerifier(context.reactor, context.resolver, o.get("timeout", 10.0),
-                            o.get("max_signatures", 5), runInThread=context.runInThread)
+                            o.get("max_signatures", 5), runInThread=context.runInThread,
+                            rsaSha1=o.choice("rsa_sha1", "fail", "fail", "neutral"))
     o.done()
     return DKIMCheck(verifier)
 
 
 def buildARC(options: Mapping[str, Any], context: PolicyContext) -> ARCCheck:
     o = Options(options)
-    verifier = ARCVerifier(context.reactor, context.resolver, o.get("timeout", 10.0))
+    verifier = ARCVerifier(context.reactor, context.resolver, o.get("timeout", 10.0), context.runInThread)
     o.done()
     return ARCCheck(verifier)
 
@@ -231,7 +238,7 @@ def buildARC(options: Mapping[str, Any], context: PolicyContext) -> ARCCheck:
 def buildDMARC(options: Mapping[str, Any], context: PolicyContext) -> DMARCCheck:
     o = Options(options)
     check = DMARCCheck(context.resolver, o.choice("reject", "reject", "reject", "tag"),
-                       o.choice("quarantine", "tag", "reject", "tag"), o.get("timeout", 5.0))
+                       o.choice("quarantine", "tag", "reject", "tag"), o.get("timeout", 5.0), context.runInThread)
     o.done()
     return check
 
