@@ -27,7 +27,7 @@ from jsmail.policy.authresults import claimsAuthservId
 from jsmail.policy.header import headerFields, readHeader
 from jsmail._threads import RunInThread, runNow
 from jsmail.policy.dkim import DKIMResult, DKIMSigner, SigningKey, keyRecord, writeNewKey, zoneEntry
-from jsmail.policy.dmarc import DMARCTemporaryError, authorDomain, evaluate, fetchRecord
+from jsmail.policy.dmarc import Discovery, DMARCTemporaryError, authorDomain, evaluate
 from jsmail.interfaces import IMessagePolicy, IModifier
 from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import MessagePolicy, Policy
@@ -118,7 +118,7 @@ class ARCCheck(MessagePolicy):
 
 
 class DMARCCheck(MessagePolicy):
-    """DMARC (RFC 7489) from the SPF and DKIM results before it.  ``onReject`` and
+    """DMARC (RFC 9989) from the SPF and DKIM results before it.  ``onReject`` and
     ``onQuarantine`` say what a failing message under that policy gets: "reject" (550
     5.7.1) or "tag" (the Authentication-Results entry only)."""
 
@@ -140,17 +140,17 @@ class DMARCCheck(MessagePolicy):
         author = authorDomain(message)
         if author is None:
             return None, "permerror", "not exactly one usable author address in From"
-        try:
-            found = yield fetchRecord(self.resolver, author, self.timeout)
-        except DMARCTemporaryError as e:
-            return author, "temperror", str(e)
-        record, foundAt = found if found is not None else (None, "")
         spf = session.transactionNotes.get("spf")
         spfDomain = spf.domain if spf is not None and spf.identity == "mailfrom" else ""
         # rsa-sha1 is never a pass here, and never counts (RFC 8301 section 3.1)
         dkim = [r.domain for r in session.transactionNotes.get("dkim", ())
                 if r.result == "pass" and not r.algorithm.lower().endswith("-sha1")]
-        return author, evaluate(record, foundAt, author, spf.result if spf else "none", spfDomain, dkim), ""
+        try:
+            evaluation = yield evaluate(Discovery(self.resolver, self.timeout), author,
+                                        spf.result if spf else "none", spfDomain, dkim)
+        except DMARCTemporaryError as e:
+            return author, "temperror", str(e)
+        return author, evaluation, ""
 
     def _verdict(self, outcome: tuple[Any, Any, str]) -> Verdict:
         author, evaluation, reason = outcome
