@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jsmail._dns import makeResolver
 from jsmail.auth import MailUser
 from jsmail.policy.arc import ARCSealer, ARCVerifier
-from jsmail.policy.dkim import DKIMSigner, DKIMVerifier, SigningKey, keyRecord
+from jsmail.policy.dkim import DKIMVerifier, SigningKey, keyRecord
 from jsmail.policy.dkimcheck import BodyCanonicalizer, parseKeyRecord
 from jsmail.policy.emailauth import DKIMCheck, DMARCCheck
 from jsmail.smtp.assembly import Spool
