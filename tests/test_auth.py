@@ -12,9 +12,11 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.auth import AnyOfCheckers, CheckpasswordChecker, HashedPasswordFile, MailRealm, MailUser, TemporaryAuthFailure, setPassword
+from jsmail.testing import runNow
 from jsmail.policy.relay import RelayControl
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
@@ -228,6 +230,83 @@ class CheckerTests(TestCase):
         self.assertEqual((yield checker.requestAvatarId(UsernamePassword(b"u", b"p"))), b"u")
         yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"u", b"x")), error.UnauthorizedLogin)
         yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"v", b"p")), error.UnauthorizedLogin)
+
+    def passwordFile(self, text: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(text)
+        return path
+
+    def refused(self, checker: HashedPasswordFile, user: bytes, password: bytes) -> defer.Deferred[object]:
+        return self.assertFailure(checker.requestAvatarId(UsernamePassword(user, password)), error.UnauthorizedLogin)
+
+    @defer.inlineCallbacks
+    def test_blankHashIsALockedAccount(self):  # type: ignore[no-untyped-def]
+        """H-2: "bob:" and a line "carol" without a colon once let anyone in with the
+        dummy hash's password, "no such user"."""
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        checker = HashedPasswordFile(self.passwordFile(b"bob:\ncarol\n"))
+        for user in (b"bob", b"carol"):
+            for password in (b"no such user", b"", b"x"):
+                yield self.refused(checker, user, password)
+        warnings = [e for e in events if "the account is locked" in e.get("log_format", "")]
+        self.assertEqual([(e["number"], e["user"]) for e in warnings], [(1, b"bob"), (2, b"carol")])
+
+    @defer.inlineCallbacks
+    def test_lockedMarkers(self):  # type: ignore[no-untyped-def]
+        """"!" and "*" (and "!" before a real hash) lock an account: bad credentials, as
+        for a wrong password, never a temporary failure that tells users apart."""
+        path = self.mktemp()
+        setPassword(path, "dave", "secret")
+        with open(path, "rb") as f:
+            daveHash = f.read().split(b":", 1)[1].strip()
+        checker = HashedPasswordFile(self.passwordFile(b"bob:!\ncarol:*\ndave:!" + daveHash + b"\n:nobody\n"))
+        for user, password in [(b"bob", b"!"), (b"carol", b"*"), (b"dave", b"secret"), (b"", b"nobody")]:
+            yield self.refused(checker, user, password)
+
+    @defer.inlineCallbacks
+    def test_longPasswordIsBadCredentialsNotATraceback(self):  # type: ignore[no-untyped-def]
+        """L-4: a password over bcrypt's 72 octets is checked like any other: wrong is
+        UnauthorizedLogin (bcrypt's ValueError never escapes), right is accepted, and
+        every octet of it counts."""
+        path = self.mktemp()
+        long = "correct horse battery staple " * 4  # 116 octets
+        setPassword(path, "u", long)
+        checker = HashedPasswordFile(path)
+        self.assertEqual((yield checker.requestAvatarId(UsernamePassword(b"u", long.encode()))), b"u")
+        yield self.refused(checker, b"u", b"A" * 100)
+        yield self.refused(checker, b"u", long.encode()[:72])
+        yield self.refused(checker, b"u", long.encode()[:-1] + b"!")  # differs after octet 72
+        yield self.refused(checker, b"nobody", b"A" * 100)
+        yield self.refused(checker, b"u", b"a\x00b")
+
+    @defer.inlineCallbacks
+    def test_hashesOfLongPasswordsMadeBeforeBcrypt5StillWork(self):  # type: ignore[no-untyped-def]
+        """bcrypt before 5.0 hashed the first 72 octets of a longer password."""
+        import bcrypt
+
+        long = b"x" * 72 + b"tail"
+        path = self.passwordFile(b"old:" + bcrypt.hashpw(long[:72], bcrypt.gensalt(4)) + b"\n")
+        checker = HashedPasswordFile(path)
+        self.assertEqual((yield checker.requestAvatarId(UsernamePassword(b"old", long))), b"old")
+        yield self.refused(checker, b"old", b"y" * 80)
+
+    def test_longPasswordOverSMTPAuthIs535(self) -> None:
+        """L-4 through an AUTH dialog: 535 after the failure delay, not 454 and a traceback."""
+        path = self.mktemp()
+        setPassword(path, "u", "p")
+        checker = HashedPasswordFile(path, runNow)
+        d = Dialog(ServerSettings(hostname="mx.test"), MemoryQueue(), implicitTLS=True,
+                   portal=Portal(MailRealm(["localhost"]), [AnyOfCheckers([checker])]))
+        d.read()
+        d.send(b"EHLO c\r\n")
+        for user in ("u", "bob"):
+            self.assertEqual(d.send(b"AUTH PLAIN " + b64(f"\0{user}\0" + "A" * 100) + b"\r\n"), b"")
+            d.clock.advance(60)
+            self.assertEqual(d.read(), BAD_CREDENTIALS)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def program(self) -> str:
         """A checkpassword program: u/p is good, "temp" is a temporary failure."""

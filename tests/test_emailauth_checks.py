@@ -315,6 +315,15 @@ class DMARCCheckTests(DNSTestCase):
                                             'reason="not exactly one usable author address in From"')
 
     @defer.inlineCallbacks
+    def test_nestedCommentsInFromAreAPermerrorNotA451(self) -> Any:
+        """L-5: the review's From of six folded lines of 900 "(" each."""
+        data = message("\r\n ".join(["(" * 900] * 6))
+        verdict = yield self.outcome("a@example.test", data, DMARCCheck(self.resolver))
+        self.assertIsNone(verdict.refusal)
+        self.assertEqual(rendered(verdict), 'Authentication-Results: mx.test; dmarc=permerror '
+                                            'reason="not exactly one usable author address in From"')
+
+    @defer.inlineCallbacks
     def test_unanswered_lookup_is_a_temperror(self) -> Any:
         verdict = yield self.outcome("a@slowdmarc.test", message("a@slowdmarc.test"),
                                  DMARCCheck(self.resolver, timeout=0.3))
@@ -408,6 +417,32 @@ class DKIMSignTests(DNSTestCase):
     def test_from_domains_that_differ_are_not_signed(self) -> None:
         data = message("a@example.test, b@other.test")
         self.assertEqual(self.sign(everything=True).modify(self.session(), data), [])
+
+    def test_twoFromFieldsAreNotSigned(self) -> None:
+        """RFC 5322 section 3.6 allows one From field: the signer follows the same rule
+        as DMARC, which finds no author in a message with two."""
+        data = message("a@example.test", "From: b@example.test")
+        self.assertEqual(self.sign(everything=True).modify(self.session(), data), [])
+
+    def test_nestedCommentsInFromAreNotSignedNotATraceback(self) -> None:
+        data = message("(" * 5000 + "a@example.test")
+        self.assertEqual(self.sign(everything=True).modify(self.session(), data), [])
+
+    @defer.inlineCallbacks
+    def test_uLabelFromDomainIsSignedAsItsALabel(self) -> Any:
+        """A key configured for the U-label domain signs d= with the A-label (RFC 6376
+        section 3.5), for a From field in either form."""
+        key = SigningKey.load("exämple.test", "sel", self.keyPath)
+        self.assertEqual(key.domain, "xn--exmple-cua.test")
+        server = DNSServer({"xn--exmple-cua.test": [("sel._domainkey.xn--exmple-cua.test", txt(keyRecord(KEY_PEM)))]})
+        resolver = makeResolver(server.start(), reactor)
+        self.addCleanup(server.stop)
+        for author in ("a@exämple.test", "a@xn--exmple-cua.test"):
+            data = message("a@example.test").replace(b"a@example.test", author.encode("utf-8"), 1)
+            [field] = yield DKIMSign(DKIMSigner(reactor, [key]), everything=True).modify(self.session(), data)
+            self.assertIn("d=xn--exmple-cua.test;", " ".join(field.split()))
+            [result] = yield DKIMVerifier(reactor, resolver, timeout=5).verify(field.encode("ascii") + b"\r\n" + data)
+            self.assertEqual((result.result, result.domain), ("pass", "xn--exmple-cua.test"))
 
 
 class FactoryTests(TestCase):

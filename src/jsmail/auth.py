@@ -15,12 +15,16 @@ the wire is :mod:`jsmail.smtp.sasl`.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import bcrypt
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm
@@ -127,7 +131,11 @@ class AnyOfCheckers:
 @implementer(ICredentialsChecker)
 class HashedPasswordFile:
     """``user:bcrypt-hash`` lines; the file is read again when it changes.  Hash checks
-    run in a thread (bcrypt is slow on purpose)."""
+    run in a thread (bcrypt is slow on purpose).
+
+    A user whose hash is not a bcrypt hash (empty, ``!``, ``*``, or ``!`` put before a
+    hash) is locked: always refused.  Every attempt costs one bcrypt check (against a
+    dummy hash for unknown and locked users), so timing does not tell them apart."""
 
     credentialInterfaces = (credentials.IUsernamePassword,)
 
@@ -148,54 +156,96 @@ class HashedPasswordFile:
         return self._hashes
 
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
-        import bcrypt
-
         try:
             hashed = self._current().get(creds.username)
         except OSError as e:
             return defer.fail(TemporaryAuthFailure(f"cannot read {self.path}: {e.strerror}"))
-        # Check unknown users against a dummy hash, so timing does not tell them apart.
+        usable = hashed if hashed is not None and _BCRYPT_HASH.match(hashed) else None
         runInThread = self._runInThread
         if runInThread is None:
             from twisted.internet import reactor
 
             runInThread = reactorThreads(reactor)
-        d = runInThread(bcrypt.checkpw, creds.password, hashed or _dummyHash())
+        d = runInThread(checkPassword, creds.password, usable)
 
         def checked(ok: bool) -> bytes:
-            if ok and hashed is not None:
+            if ok:
                 return creds.username  # type: ignore[no-any-return]
             raise error.UnauthorizedLogin()
 
         return d.addCallback(checked)
 
 
+#: What bcrypt makes (``$2b$``, cost, 22 octets of salt and 31 of hash); anything else
+#: in the hash column is a locked account.
+_BCRYPT_HASH = re.compile(rb"\$2[abxy]?\$[0-9]{2}\$[./A-Za-z0-9]{53}\Z")
+#: bcrypt reads at most 72 octets of a password (bcrypt 5 refuses longer ones).
+_BCRYPT_MAX = 72
+
+
+def _bcryptInput(password: bytes) -> bytes:
+    """What is given to bcrypt for ``password``: itself up to 72 octets; a longer one
+    pre-hashed (base64 of its SHA-256), so that every octet of it counts."""
+    if len(password) <= _BCRYPT_MAX:
+        return password
+    return base64.b64encode(hashlib.sha256(password).digest())
+
+
+def _bcryptCheck(password: bytes, hashed: bytes) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # a NUL in the password, or a hash bcrypt cannot read
+        return False
+
+
+def checkPassword(password: bytes, hashed: bytes | None) -> bool:
+    """Whether ``password`` matches the bcrypt hash ``hashed`` (blocking).  None (no such
+    user, or a locked one) is checked against a dummy hash and is always False.
+
+    A password over 72 octets is checked in its pre-hashed form (what :func:`setPassword`
+    writes) and, for hashes written by bcrypt before 5.0, which cut passwords at 72
+    octets, as its first 72 octets; both checks always run, so the time taken does not
+    depend on which matched."""
+    target = hashed or _dummyHash()
+    ok = _bcryptCheck(_bcryptInput(password), target)
+    if len(password) > _BCRYPT_MAX:
+        ok = _bcryptCheck(password[:_BCRYPT_MAX], target) | ok
+    return ok and hashed is not None
+
+
 @functools.cache
 def _dummyHash() -> bytes:
-    import bcrypt
-
     return bcrypt.hashpw(b"no such user", bcrypt.gensalt())
 
 
 def readPasswordFile(path: str) -> dict[bytes, bytes]:
+    """User name to hash, from ``user:hash`` lines (``#`` starts a comment).  A line
+    without a usable hash locks its user, and is logged (without the line's text past
+    the user name); a line without a user name is logged and skipped."""
     hashes = {}
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
-            if line and not line.startswith(b"#"):
-                user, _, hashed = line.partition(b":")
-                hashes[user] = hashed
+            if not line or line.startswith(b"#"):
+                continue
+            user, _, hashed = line.partition(b":")
+            if not user:
+                _log.warn("{path} line {number}: no user name; line ignored", path=path, number=number)
+                continue
+            if not _BCRYPT_HASH.match(hashed):
+                _log.warn("{path} line {number}: no bcrypt hash for {user!r}; the account is locked",
+                          path=path, number=number, user=user)
+            hashes[user] = hashed
     return hashes
 
 
 def setPassword(path: str, user: str, password: str) -> None:
-    """Add or replace ``user`` in a hashed password file (written atomically)."""
-    import bcrypt
-
+    """Add or replace ``user`` in a hashed password file (written atomically).  A
+    password over 72 octets is hashed in its pre-hashed form (see :func:`checkPassword`)."""
     if ":" in user or not user or any(c.isspace() for c in user):
         raise ValueError(f"bad user name {user!r}: no colon or white space")
     hashes = readPasswordFile(path) if os.path.exists(path) else {}
-    hashes[user.encode("utf-8")] = bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt())
+    hashes[user.encode("utf-8")] = bcrypt.hashpw(_bcryptInput(password.encode("utf-8")), bcrypt.gensalt())
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

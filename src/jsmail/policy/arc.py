@@ -2,7 +2,9 @@
 it before passing it on, so that a receiver after a forwarder or a list can see what
 jsmail's checks found.
 
-dkimpy does the work, in a thread, with keys fetched as :mod:`jsmail.policy.dkim` fetches them.
+dkimpy walks the chain and seals, in a thread; signatures are checked as
+:mod:`jsmail.policy.dkimcheck` checks them (keys refused when unsafe, the body
+streamed, OpenSSL for the cryptography), within one time budget per message.
 
 Decisions, and why:
 
@@ -17,13 +19,16 @@ Decisions, and why:
   trusted).  Its ``arc=`` result gives the seal's ``cv=``, so run
   :class:`ARCVerifier` first and put its result there (section 5.1.1).
 - ARC signs with rsa-sha256 only (section 4.1.3, and dkimpy).
+- A chain of more than 50 sets fails unchecked (section 5.2, step 1 of the
+  validator), as does one with an ARC field too long to parse safely
+  (:func:`~jsmail.policy.dkimcheck.untamed`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import dkim
 from twisted.internet import defer
@@ -31,7 +36,9 @@ from twisted.internet.defer import Deferred
 
 from jsmail._threads import RunInThread
 from jsmail._threads import reactorThreads
-from jsmail.policy.dkim import DEFAULT_SIGNED_HEADERS, KeyLookup, SigningError, SigningKey, oversigned
+from jsmail.policy.dkim import DEFAULT_SIGNED_HEADERS, SigningError, SigningKey, oversigned
+from jsmail.policy.dkimcheck import KeyLookup, Message, pieces, untamed, verifierFor
+from jsmail.policy.header import readHeader
 
 __all__ = ["ARCResult", "ARCSealer", "ARCVerifier"]
 
@@ -56,17 +63,39 @@ class ARCVerifier:
 
     def verify(self, message: bytes) -> Deferred[ARCResult]:
         """The chain's status; never fails."""
-        return self._runInThread(_verify, message, KeyLookup(self.reactor, self.resolver, self.timeout))
+        return self.verifyChunks(pieces(message))
+
+    def verifyChunks(self, source: Callable[[], Iterable[bytes]]) -> Deferred[ARCResult]:
+        """As :meth:`verify`, for a message that ``source()`` gives in chunks from its
+        first octet (see :meth:`jsmail.policy.dkim.DKIMVerifier.verifyChunks`)."""
+        return self._runInThread(_verify, source, KeyLookup(self.reactor, self.resolver, self.timeout))
 
 
-def _verify(message: bytes, lookup: KeyLookup) -> ARCResult:
+#: RFC 8617 section 5.2: more ARC sets than this and the chain fails.
+MAX_SETS = 50
+
+
+def _verify(source: Callable[[], Iterable[bytes]], lookup: KeyLookup) -> ARCResult:
     """In a thread: dkimpy's chain validation, in RFC 8617 words."""
     try:
-        arc = dkim.ARC(message, timeout=lookup.timeout)
+        message = Message(source, lookup.deadline)
+    except dkim.MessageFormatError as e:
+        return ARCResult("fail", str(e), _countSets(readHeader(source())[0]))
+    arcFields = [value for name, value in message.headers if name.lower() in dkim.ARC.ARC_HEADERS]
+    sets = _countSets(message.header)
+    if not arcFields:
+        return ARCResult("none", "", 0)
+    if sets > MAX_SETS:
+        return ARCResult("fail", f"more than {MAX_SETS} ARC sets (RFC 8617 section 5.2)", sets)
+    refused = next(filter(None, map(untamed, arcFields)), None)
+    if refused is not None:
+        return ARCResult("fail", refused, sets)
+    try:
+        arc = verifierFor("arc", message, lookup)
         instances, _ = arc.sorted_arc_headers()
-        cv, results, reason = arc.verify(dnsfunc=lookup)
+        cv, results, reason = arc.verify(dnsfunc=None)
     except Exception as e:  # dkimpy raises assorted errors on hostile input
-        return ARCResult("fail", f"{type(e).__name__}: {e}", _countSets(message))
+        return ARCResult("fail", f"{type(e).__name__}: {e}", sets)
     if cv == dkim.CV_Pass:
         return ARCResult("pass", "", instances)
     if cv == dkim.CV_None:
@@ -80,8 +109,7 @@ def _verify(message: bytes, lookup: KeyLookup) -> ARCResult:
     return ARCResult("fail", str(reason), instances)
 
 
-def _countSets(message: bytes) -> int:
-    header = message.partition(b"\r\n\r\n")[0]
+def _countSets(header: bytes) -> int:
     return len(re.findall(rb"(?im)^arc-seal[ \t]*:", header))
 
 

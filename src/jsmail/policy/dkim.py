@@ -1,21 +1,25 @@
 """DKIM (RFC 6376): verifying signatures on incoming mail, signing outgoing mail, and
 making signing keys.
 
-The cryptography and canonicalization are dkimpy's.  dkimpy blocks, so every call into
-it runs in a thread (``runInThread``, by default the reactor's thread pool); when it
-needs a key it calls :class:`KeyLookup`, which asks the reactor's twisted.names resolver
-and waits, bounded, for the answer.  The reactor itself never waits.
+Signing is dkimpy's.  Verifying is dkimpy's parsing of the signature field with
+:mod:`jsmail.policy.dkimcheck` doing what costs: keys fetched through the reactor's
+resolver and refused when unsafe, the body hashed as it streams from the spool, and
+signatures checked by OpenSSL.  Both run in a thread (``runInThread``, by default the
+reactor's thread pool); the reactor itself never waits.
 
 Decisions, and why:
 
 - Results use the RFC 8601 section 2.7.1 words: ``fail`` when the signature or the
-  body hash does not verify; ``neutral`` when the signature field cannot be processed
-  (syntax, bad tags, expiry); ``permerror`` when the key is missing or unusable (no
-  record, a bad record, a key shorter than 1024 bits: RFC 8301 section 3.2);
-  ``temperror`` when DNS did not answer (RFC 6376 section 6.1.2).
+  body hash does not verify, and for rsa-sha1 (RFC 8301 section 3.1); ``neutral``
+  when the signature field cannot be processed (syntax, bad tags, expiry, a field
+  too long to parse safely); ``permerror`` when the key is missing or unusable (no
+  record, a bad record, an RSA key outside 1024 to 4096 bits or with an odd
+  exponent: RFC 8301 section 3.2; a key whose ``h=`` excludes the hash: RFC 6376
+  section 3.6.1) or From is not signed (section 6.1.1); ``temperror`` when DNS did
+  not answer (RFC 6376 section 6.1.2) or the message's time budget ran out.
 - At most ``maxSignatures`` signatures are checked (RFC 6376 section 6.1 lets a
-  verifier limit them; each one may cost a DNS lookup).  A key is fetched once per
-  message however many signatures name it.
+  verifier limit them; each one may cost a DNS lookup), all within one time budget
+  (``timeout``).  A key is fetched once per message however many signatures name it.
 - The waiting thread gives up shortly after the resolver's own timeout even if the
   reactor never answers (a reactor shutting down joins its pool's threads: an
   unbounded wait there would hang shutdown), so this module does not use Twisted's
@@ -35,10 +39,9 @@ import base64
 import binascii
 import functools
 import os
-import queue
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import dkim
 from cryptography.hazmat.primitives import serialization
@@ -46,12 +49,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from dkim.util import InvalidTagValueList, parse_tag_value
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.names import dns
 
-from jsmail._dns import isNonexistent
+from jsmail.address import normaliseDomain
+from jsmail.error import SMTPReplyError
 from jsmail._threads import RunInThread, reactorThreads
+from jsmail.policy.dkimcheck import RSA_SHA1_REFUSED, KeyLookup, Message, Refused, pieces, untamed, verifierFor
+from jsmail.policy.header import readHeader
 
-__all__ = ["DEFAULT_SIGNED_HEADERS", "DKIMResult", "DKIMSigner", "DKIMVerifier", "KeyLookup", "SigningError",
+__all__ = ["DEFAULT_SIGNED_HEADERS", "DKIMResult", "DKIMSigner", "DKIMVerifier", "SigningError",
            "SigningKey", "generateKey", "keyRecord", "oversigned", "zoneEntry"]
 
 #: Header fields signed by default, each oversigned (RFC 6376 sections 5.4.1 and 8.15).
@@ -83,135 +88,88 @@ class SigningError(Exception):
     """A message could not be signed or sealed; the text says why."""
 
 
-class KeyLookup:
-    """dkimpy's ``dnsfunc``: called in a worker thread with a name such as
-    ``b"sel._domainkey.example.org."``, it looks up the TXT record through the reactor's
-    resolver and returns its strings joined (RFC 6376 section 3.6.2.2), or None when
-    there is none.  A DNS failure raises ``dkim.DnsTimeoutError``.
-
-    dkimpy turns every key problem into a bare ``False``; :meth:`problem` tells what
-    happened to one name, so that the verdict can be temperror or permerror."""
-
-    def __init__(self, reactor: Any, resolver: Any, timeout: float) -> None:
-        self.reactor, self.resolver, self.timeout = reactor, resolver, timeout
-        self._answers: dict[bytes, bytes | None | dkim.DnsTimeoutError] = {}
-
-    def __call__(self, name: bytes, timeout: float = 5) -> bytes | None:
-        if name not in self._answers:
-            self._answers[name] = self._fetch(name)
-        answer = self._answers[name]
-        if isinstance(answer, dkim.DnsTimeoutError):
-            raise answer
-        return answer
-
-    def problem(self, name: bytes) -> tuple[str, str] | None:
-        """(result, reason) if the key at ``name`` is unusable; None if it looks usable."""
-        if name not in self._answers:
-            return None
-        answer, shown = self._answers[name], name.decode("ascii", "replace")
-        if isinstance(answer, dkim.DnsTimeoutError):
-            return "temperror", f"DNS lookup of {shown} failed: {answer}"
-        if answer is None:
-            return "permerror", f"no key record at {shown}"
-        try:
-            dkim.evaluate_pk(name, answer)
-        except (dkim.DKIMException, binascii.Error, ValueError) as e:
-            return "permerror", f"bad key record at {shown}: {e}"
-        return None
-
-    def _fetch(self, name: bytes) -> bytes | dkim.DnsTimeoutError | None:
-        try:
-            text = name.decode("ascii").rstrip(".")
-        except UnicodeDecodeError:
-            return None  # d= and s= must reach DNS as A-labels (RFC 6376 section 3.5)
-        answers: queue.Queue[object] = queue.Queue()
-        self.reactor.callFromThread(lambda: self._lookup(text).addBoth(answers.put))
-        try:
-            answer = answers.get(timeout=self.timeout + 1.0)
-        except queue.Empty:
-            return dkim.DnsTimeoutError("no answer from the reactor")
-        if isinstance(answer, dkim.DnsTimeoutError):
-            return answer
-        return answer if isinstance(answer, bytes) else None
-
-    def _lookup(self, name: str) -> Deferred[object]:
-        """In the reactor: the TXT record, None, or a DnsTimeoutError (never fails)."""
-        # twisted.names resends, then gives up before the hard bound (cancelling a
-        # query leaves its own timer pending).
-        tries = (self.timeout * 0.1, self.timeout * 0.3, self.timeout * 0.4)
-        d = defer.maybeDeferred(self.resolver.lookupText, name, timeout=tries)
-        d.addTimeout(self.timeout, self.reactor)
-
-        def found(result: Any) -> bytes | None:
-            records = [b"".join(a.payload.data) for a in result[0]
-                       if a.type == dns.TXT and str(a.name).lower() == name.lower()]
-            return records[0] if records else None
-
-        def failed(reason: Any) -> dkim.DnsTimeoutError | None:
-            if isNonexistent(reason):
-                return None  # NXDOMAIN: no key (RFC 6376 section 6.1.2)
-            return dkim.DnsTimeoutError(type(reason.value).__name__)
-
-        return d.addCallbacks(found, failed)
-
-
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
 class DKIMVerifier:
-    """Verifies the DKIM signatures of a message (RFC 6376 section 6)."""
+    """Verifies the DKIM signatures of a message (RFC 6376 section 6).
+
+    ``rsaSha1`` says what an rsa-sha1 signature gets (RFC 8301 section 3.1: it must
+    not be verified): "fail", without looking at it, or "neutral" once it verifies,
+    for operators who still want to see legacy signers checked.  It never gives
+    pass, so DMARC never rests on it."""
 
     def __init__(self, reactor: Any, resolver: Any, timeout: float = 10.0, maxSignatures: int = 5,
-                 runInThread: RunInThread | None = None) -> None:
+                 runInThread: RunInThread | None = None, rsaSha1: str = "fail") -> None:
+        if rsaSha1 not in ("fail", "neutral"):
+            raise ValueError(f"rsaSha1 is fail or neutral, not {rsaSha1!r}")
         self.reactor, self.resolver, self.timeout = reactor, resolver, timeout
-        self.maxSignatures = maxSignatures
+        self.maxSignatures, self.rsaSha1 = maxSignatures, rsaSha1
         self._runInThread = runInThread or reactorThreads(reactor)
 
     def verify(self, message: bytes) -> Deferred[list[DKIMResult]]:
         """One result per DKIM-Signature field, top first (at most ``maxSignatures``);
         ``[]`` for an unsigned message.  Never fails."""
+        return self.verifyChunks(pieces(message))
+
+    def verifyChunks(self, source: Callable[[], Iterable[bytes]]) -> Deferred[list[DKIMResult]]:
+        """As :meth:`verify`, for a message that ``source()`` gives in chunks from its
+        first octet (called in the worker thread, once per body hash and once for the
+        header section): the message is never held whole.  ``timeout`` bounds the
+        key lookups and hashing of all the signatures together.  Fails only when
+        ``source`` does."""
         lookup = KeyLookup(self.reactor, self.resolver, self.timeout)
-        return self._runInThread(_verifyAll, message, lookup, self.maxSignatures)
+        return self._runInThread(_verifyAll, source, lookup, self.maxSignatures, self.rsaSha1)
 
 
-def _verifyAll(message: bytes, lookup: KeyLookup, maxSignatures: int) -> list[DKIMResult]:
-    """In a thread: verify each signature of ``message``."""
+def _verifyAll(source: Callable[[], Iterable[bytes]], lookup: KeyLookup, maxSignatures: int,
+               rsaSha1: str) -> list[DKIMResult]:
+    """In a thread: verify each signature of the message."""
     try:
-        verifier = dkim.DKIM(message, timeout=lookup.timeout)
+        message = Message(source, lookup.deadline)
     except dkim.MessageFormatError as e:
-        if re.search(rb"(?im)^dkim-signature:", message.partition(b"\r\n\r\n")[0]) is None:
+        header = readHeader(source())[0]
+        if re.search(rb"(?im)^dkim-signature[ \t]*:", header) is None:
             return []
         return [DKIMResult("permerror", "", "", "", "", f"the header section cannot be parsed: {e}", "")]
-    signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
-    return [_verifyOne(verifier, index, value, lookup) for index, value in enumerate(signatures[:maxSignatures])]
+    verifier = verifierFor("dkim", message, lookup, "fail" if rsaSha1 == "fail" else "verify")
+    signatures = [value for name, value in message.headers if name.lower() == b"dkim-signature"]
+    return [_verifyOne(verifier, index, value, rsaSha1) for index, value in enumerate(signatures[:maxSignatures])]
 
 
-def _verifyOne(verifier: dkim.DKIM, index: int, value: bytes, lookup: KeyLookup) -> DKIMResult:
+def _verifyOne(verifier: dkim.DKIM, index: int, value: bytes, rsaSha1: str) -> DKIMResult:
+    refused = untamed(value)
+    if refused is not None:
+        return DKIMResult("neutral", "", "", "", "", refused, "")
     try:
         tags = parse_tag_value(value)
     except InvalidTagValueList as e:
         return DKIMResult("neutral", "", "", "", "", f"the signature's tags cannot be parsed: {e}", "")
     domain, selector = tags.get(b"d", b""), tags.get(b"s", b"")
+    algorithm = tags.get(b"a", b"")
     made = functools.partial(DKIMResult, domain=_text(domain), selector=_text(selector),
                              identity=_text(tags.get(b"i") or b"@" + domain),
                              headerB=_text(re.sub(rb"\s+", b"", tags.get(b"b", b""))[:8]),
-                             algorithm=_text(tags.get(b"a", b"")))
+                             algorithm=_text(algorithm))
+    if b"h" in tags and b"from" not in [h.strip().lower() for h in tags[b"h"].split(b":")]:
+        return made(result="permerror", reason="From is not signed (RFC 6376 section 6.1.1)")
     try:
-        if verifier.verify(index, dnsfunc=lookup):
-            return made(result="pass", reason="")
+        if not verifier.verify(index):
+            return made(result="fail", reason="signature did not verify")
+    except Refused as e:
+        return made(result=e.result, reason=e.reason)
     except dkim.ValidationError as e:
         if str(e).startswith("body hash mismatch"):
             return made(result="fail", reason="body hash did not verify")
         return made(result="neutral", reason=str(e))
     except (dkim.MessageFormatError, dkim.ParameterError) as e:
         return made(result="neutral", reason=str(e))
-    except Exception as e:  # dkimpy raises assorted errors on hostile input (keys, base64, ASN.1)
+    except Exception as e:  # dkimpy raises assorted errors on hostile input
         return made(result="permerror", reason=f"{type(e).__name__}: {e}")
-    problem = lookup.problem(selector + b"._domainkey." + domain + b".")
-    if problem is not None:
-        return made(result=problem[0], reason=problem[1])
-    return made(result="fail", reason="signature did not verify")
+    if algorithm == b"rsa-sha1":  # rsaSha1 is "neutral": it verified, and is still not a pass
+        return made(result="neutral", reason=RSA_SHA1_REFUSED)
+    return made(result="pass", reason="")
 
 
 @dataclass(frozen=True)
@@ -239,7 +197,11 @@ class SigningKey:
             kind, privateKey = _dkimpyKey(data)
         except ValueError as e:
             raise ValueError(f"DKIM key {keyFile}: {e}") from None
-        return cls(domain.rstrip(".").lower(), selector, keyFile, _ALGORITHMS[kind].decode(), privateKey)
+        try:
+            domain = normaliseDomain(domain.rstrip("."))  # d= is an A-label (RFC 6376 section 3.5)
+        except SMTPReplyError as e:
+            raise ValueError(f"DKIM key {keyFile}: domain {domain!r}: {e.reply.text}") from None
+        return cls(domain, selector, keyFile, _ALGORITHMS[kind].decode(), privateKey)
 
 
 def _dkimpyKey(data: bytes) -> tuple[str, bytes]:

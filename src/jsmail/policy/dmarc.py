@@ -1,161 +1,305 @@
-"""DMARC (RFC 7489): does the author's domain stand behind this message?
+"""DMARC (RFC 9989, which obsoletes RFC 7489 and RFC 9091): does the author's domain
+stand behind this message?
 
-The author domain is the domain of the one address in the message's From field
-(section 3.1.1).  Its policy record is looked up at ``_dmarc.<domain>``, else at
-``_dmarc.<organizational domain>`` (section 6.6.3), the organizational domain coming
-from the public suffix list (section 3.2, the ``publicsuffixlist`` package).  DMARC
-passes when SPF or DKIM passed for a domain aligned with the author domain: the same
-domain (strict) or the same organizational domain (relaxed, the default).
+The author domain is the domain of the message's one From field (:func:`authorDomain`).
+Its policy record and every Organizational Domain are found by the DNS Tree Walk of
+RFC 9989 section 4.10 (:class:`Discovery`), not by a public suffix list: ``_dmarc``
+at the domain, then at its parents, jumping to the last seven labels of a longer name,
+at most eight queries.  DMARC passes when SPF or DKIM passed for a domain aligned with
+the author domain: the same domain (strict) or the same Organizational Domain
+(relaxed, the default).
+
+Records are read as RFC 9989 says: a record without ``p`` is ``p=none``; ``np``
+gives the policy for subdomains that do not exist, ``psd`` marks Public Suffix
+Domains, and ``t=y`` asks receivers to test rather than apply the policy.  Of the
+removed ``pct`` tag only 0 still means something: like ``t=y``.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import email.utils
-import random
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from publicsuffixlist import PublicSuffixList
 from twisted.internet import defer
 from twisted.names import dns, error as dnserror
 from jsmail._dns import isNonexistent
+from jsmail.address import normaliseDomain
+from jsmail.error import SMTPReplyError
+from jsmail.policy.header import MAX_HEADER, fieldValues, splitHeader
 
-_suffixes: PublicSuffixList | None = None
-
-
-def organizationalDomain(domain: str) -> str:
-    """The registered domain: one label below the public suffix (section 3.2)."""
-    global _suffixes
-    if _suffixes is None:
-        _suffixes = PublicSuffixList()
-    domain = domain.lower().rstrip(".")
-    return _suffixes.privatesuffix(domain) or domain
-
-
-def aligned(domain: str, authorDomain: str, mode: str) -> bool:
-    """Identifier alignment (section 3.1): ``mode`` "s" (strict) or "r" (relaxed)."""
-    domain, authorDomain = domain.lower().rstrip("."), authorDomain.lower().rstrip(".")
-    if mode == "s":
-        return domain == authorDomain
-    return organizationalDomain(domain) == organizationalDomain(authorDomain)
+_POLICIES = ("none", "quarantine", "reject")
+#: RFC 9989 section 4.10: a walk makes at most this many queries.
+MAX_WALK = 8
 
 
 @dataclass(frozen=True)
 class Record:
-    """A DMARC policy record's tags that decide what to do (section 6.3)."""
+    """A DMARC policy record's tags that decide what to do (RFC 9989 section 4.7)."""
 
     policy: str  # none | quarantine | reject
     subdomainPolicy: str
+    nonexistentPolicy: str
     adkim: str = "r"
     aspf: str = "r"
-    pct: int = 100
+    psd: str = "u"  # y: a Public Suffix Domain; n: an Organizational Domain; u: unsaid
+    testing: bool = False  # t=y (or the legacy pct=0): do not apply the policy
 
 
 def parseRecord(text: str) -> Record | None:
-    """The record, or None when ``text`` is not a valid DMARC record (section 6.3)."""
+    """The record, or None when ``text`` is not a valid DMARC record."""
     tags: dict[str, str] = {}
     for part in text.split(";"):
         name, sep, value = part.partition("=")
         if sep:
             tags.setdefault(name.strip().lower(), value.strip())
     if text.partition("=")[0].strip().lower() != "v" or tags.get("v") != "DMARC1":
-        return None  # v=DMARC1 must be the first tag (section 6.3)
-    policy = tags.get("p", "").lower()
-    if policy not in ("none", "quarantine", "reject"):
+        return None  # v=DMARC1 must be the first tag
+    policy = tags.get("p", "none").lower()  # a record without p is p=none
+    if policy not in _POLICIES:
         if "rua" not in tags:
             return None
-        policy = "none"  # section 6.6.3: an invalid p with a rua is taken as none
+        policy = "none"  # an invalid p with a rua is taken as none (RFC 7489 section 6.6.3 too)
     sub = tags.get("sp", "").lower()
-    pct = tags.get("pct", "100")
+    sub = sub if sub in _POLICIES else policy
+    nonexistent = tags.get("np", "").lower()
+    psd = tags.get("psd", "u").lower()
+    testing = tags.get("t", "").lower() == "y" if "t" in tags else tags.get("pct", "").strip() == "0"
     return Record(
         policy=policy,
-        subdomainPolicy=sub if sub in ("none", "quarantine", "reject") else policy,
+        subdomainPolicy=sub,
+        nonexistentPolicy=nonexistent if nonexistent in _POLICIES else sub,
         adkim="s" if tags.get("adkim", "r").lower() == "s" else "r",
         aspf="s" if tags.get("aspf", "r").lower() == "s" else "r",
-        pct=min(100, int(pct)) if pct.isdigit() else 100,
+        psd=psd if psd in ("y", "n") else "u",
+        testing=testing,
     )
 
 
 class DMARCTemporaryError(Exception):
-    """The policy could not be fetched for now (section 6.6.3: temperror)."""
+    """A record could not be fetched for now: temperror."""
 
 
 def _txtStrings(answers: Iterable[Any]) -> list[str]:
     return [b"".join(a.payload.data).decode("utf-8", "replace") for a in answers if a.type == dns.TXT]
 
 
-@defer.inlineCallbacks
-def _recordAt(resolver: Any, domain: str, timeout: float) -> Any:
-    try:
-        answers, _, _ = yield resolver.lookupText(f"_dmarc.{domain}", timeout=(timeout,))
-    except (dnserror.DomainError, dnserror.AuthoritativeDomainError, dnserror.DNSQueryTimeoutError,
-            defer.TimeoutError) as e:
-        if isNonexistent(e):
-            return None
-        raise DMARCTemporaryError(f"_dmarc.{domain}: {type(e).__name__}") from None
-    records = [r for r in (parseRecord(t) for t in _txtStrings(answers)) if r is not None]
-    return records[0] if len(records) == 1 else None  # several records: none (section 6.6.3)
+def walk(domain: str) -> list[str]:
+    """The names whose ``_dmarc`` records a DNS Tree Walk from ``domain`` reads, in
+    order (RFC 9989 section 4.10): the domain, then, below eight labels, each parent;
+    from eight labels on, the last seven labels and then each parent: at most eight."""
+    labels = domain.lower().rstrip(".").split(".")
+    return [".".join(labels)] + [".".join(labels[-count:]) for count in range(min(len(labels) - 1, MAX_WALK - 1), 0, -1)]
 
 
-@defer.inlineCallbacks
+class Discovery:
+    """The DMARC lookups for one message (RFC 9989 section 4.10), each ``_dmarc`` name
+    asked at most once however many walks pass it.  Each query waits at most
+    ``timeout`` seconds; a failed one fails the walk with
+    :class:`DMARCTemporaryError`."""
+
+    def __init__(self, resolver: Any, timeout: float = 5.0) -> None:
+        self.resolver, self.timeout = resolver, timeout
+        self._records: dict[str, Record | None] = {}
+        self._organizational: dict[str, str] = {}
+
+    @defer.inlineCallbacks
+    def recordAt(self, domain: str) -> Any:
+        """The one valid DMARC record at ``_dmarc.<domain>``, or None (none, or several)."""
+        if domain not in self._records:
+            self._records[domain] = yield self._fetch(domain)
+        return self._records[domain]
+
+    @defer.inlineCallbacks
+    def _fetch(self, domain: str) -> Any:
+        try:
+            answers, _, _ = yield self.resolver.lookupText(f"_dmarc.{domain}", timeout=(self.timeout,))
+        except (dnserror.DomainError, dnserror.AuthoritativeDomainError, dnserror.DNSQueryTimeoutError,
+                defer.TimeoutError) as e:
+            if isNonexistent(e):
+                return None
+            raise DMARCTemporaryError(f"_dmarc.{domain}: {type(e).__name__}") from None
+        records = [r for r in (parseRecord(t) for t in _txtStrings(answers)) if r is not None]
+        return records[0] if len(records) == 1 else None
+
+    @defer.inlineCallbacks
+    def policyRecord(self, author: str) -> Any:
+        """(record, the domain it was found at) for ``author``: the first record the
+        walk finds (policy discovery, RFC 9989 section 4.10); or None."""
+        for target in walk(author):
+            record = yield self.recordAt(target)
+            if record is not None:
+                return record, target
+        return None
+
+    @defer.inlineCallbacks
+    def organizationalDomain(self, domain: str) -> Any:
+        """The Organizational Domain of ``domain`` (RFC 9989 section 4.10): where the
+        walk finds ``psd=n``; one label below where it finds ``psd=y`` (above the
+        domain itself); else where it found a record with the fewest labels; else the
+        domain itself."""
+        domain = domain.lower().rstrip(".")
+        if domain not in self._organizational:
+            self._organizational[domain] = yield self._organization(domain)
+        return self._organizational[domain]
+
+    @defer.inlineCallbacks
+    def _organization(self, domain: str) -> Any:
+        labels, fewest = domain.split("."), domain
+        for target in walk(domain):
+            record = yield self.recordAt(target)
+            if record is None:
+                continue
+            if record.psd == "n":
+                return target
+            if record.psd == "y" and target != domain:
+                return ".".join(labels[-(target.count(".") + 2):])
+            fewest = target
+        return fewest
+
+    @defer.inlineCallbacks
+    def aligned(self, domain: str, author: str, mode: str) -> Any:
+        """Identifier alignment (RFC 9989 section 4.4): ``mode`` "s" (the same domain)
+        or "r" (the same Organizational Domain)."""
+        domain, author = domain.lower().rstrip("."), author.lower().rstrip(".")
+        if domain == author:
+            return True
+        if mode == "s":
+            return False
+        organization = yield self.organizationalDomain(author)
+        if domain != organization and not domain.endswith("." + organization):
+            return False  # an Organizational Domain is always the domain or a parent of it
+        return (yield self.organizationalDomain(domain)) == organization
+
+    @defer.inlineCallbacks
+    def exists(self, domain: str) -> Any:
+        """False when ``domain`` is a non-existent domain in RFC 9989's sense (section
+        3.2: NXDOMAIN or no data for A, AAAA and MX)."""
+        for lookup in (self.resolver.lookupAddress, self.resolver.lookupIPV6Address,
+                       self.resolver.lookupMailExchange):
+            try:
+                answers, _, _ = yield lookup(domain, timeout=(self.timeout,))
+            except (dnserror.DomainError, dnserror.AuthoritativeDomainError, dnserror.DNSQueryTimeoutError,
+                    defer.TimeoutError) as e:
+                if isNonexistent(e):
+                    return False  # NXDOMAIN holds for every type
+                raise DMARCTemporaryError(f"{domain}: {type(e).__name__}") from None
+            if answers:
+                return True
+        return False
+
+
 def fetchRecord(resolver: Any, authorDomain: str, timeout: float = 5.0) -> Any:
     """Fire with (record, domain it was found at) or None; fail with
     :class:`DMARCTemporaryError` on DNS trouble."""
-    record = yield _recordAt(resolver, authorDomain, timeout)
-    if record is not None:
-        return record, authorDomain
-    organizational = organizationalDomain(authorDomain)
-    if organizational != authorDomain.lower().rstrip("."):
-        record = yield _recordAt(resolver, organizational, timeout)
-        if record is not None:
-            return record, organizational
-    return None
+    return Discovery(resolver, timeout).policyRecord(authorDomain)
 
 
 def authorDomain(message: bytes) -> str | None:
-    """The domain of the From field's one address (as an A-label, RFC 5890), or None
-    when there is not exactly one From field with exactly one address, or its domain is
-    no usable domain name (section 6.6.1)."""
-    header = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")  # RFC 6532 allows UTF-8
-    parsed = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(header + "\r\n\r\n")
-    fields = parsed.get_all("From") or []
-    if len(fields) != 1:
+    """The author domain (RFC 9989 section 4.4; RFC 7489 section 3.1.1) as an A-label:
+    the domain of the addresses in the message's one From field (RFC 5322 section
+    3.6 allows exactly one).  None when there is not exactly one From field, it holds
+    no address, its addresses have different domains, or the domain is no usable
+    domain name.  ``message`` is the message or just its header section.
+
+    Both checking (DMARC) and signing (DKIM) use this rule.  The field is read
+    linearly and at most :data:`MAX_FROM` octets of it: nested comments are removed
+    by a scanner with a depth counter before the address parser sees the text (the
+    standard library's parser recurses once per nesting level)."""
+    found = splitHeader(message[:MAX_HEADER + 2])
+    values = fieldValues(found[0] if found is not None else message[:MAX_HEADER], b"from")
+    if len(values) != 1 or len(values[0]) > MAX_FROM:
         return None
-    addresses = email.utils.getaddresses([str(fields[0])])
-    if len(addresses) != 1 or "@" not in addresses[0][1]:
+    text = _withoutComments(values[0].decode("utf-8", "replace").replace("\r\n", " ").replace("\n", " "))
+    if text is None:
         return None
-    domain = addresses[0][1].rpartition("@")[2].strip().rstrip(".")
     try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:  # octets that are not UTF-8, an empty or over-long label: no domain to look up
+        addresses = email.utils.getaddresses([text])
+    except (RecursionError, ValueError):
         return None
-    return domain.lower() or None
+    domains = set()
+    for _, address in addresses:
+        local, at, domain = address.rpartition("@")
+        if not at or not local:
+            return None
+        try:
+            domains.add(normaliseDomain(domain.strip().rstrip(".")))
+        except SMTPReplyError:  # octets that are not UTF-8, an empty or over-long label
+            return None
+    if len(domains) != 1:
+        return None
+    [domain] = domains
+    return None if domain.startswith("[") else domain
+
+
+#: The longest From field value read (RFC 5322 section 2.1.1 allows 998-octet lines,
+#: folded as often as one likes; no real From comes near this).
+MAX_FROM = 8192
+
+
+def _withoutComments(text: str) -> str | None:
+    """``text`` with each comment (RFC 5322 section 3.2.2: they nest, and a backslash
+    quotes the next character) replaced by a space, outside quoted strings; None when
+    the parentheses or quotes do not balance."""
+    kept: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for character in text:
+        if escaped:
+            escaped = False
+            if not depth:
+                kept.append(character)
+        elif character == "\\":
+            escaped = True
+            if not depth:
+                kept.append(character)
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(character, 0)
+            if not depth:
+                kept.append(" ")
+        elif quoted:
+            quoted = character != '"'
+            kept.append(character)
+        elif character == '"':
+            quoted = True
+            kept.append(character)
+        elif character == "(":
+            depth = 1
+        elif character == ")":
+            return None
+        else:
+            kept.append(character)
+    return None if depth or quoted or escaped else "".join(kept)
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The DMARC result for one message (section 6.6.2)."""
+    """The DMARC result for one message."""
 
     result: str  # pass | fail | none | temperror | permerror
     authorDomain: str
-    policy: str = "none"  # the policy that applies: p=, or sp= for a subdomain
-    applied: bool = False  # the policy is to be applied (pct sampling said so)
+    policy: str = "none"  # the policy that applies: p=, sp= or np=
+    applied: bool = False  # a failing message gets the policy (no t=y)
     reason: str = ""
 
 
-def evaluate(record: Record | None, foundAt: str, author: str, spfResult: str, spfDomain: str,
-             dkimPasses: Iterable[str], sample: float | None = None) -> Evaluation:
-    """Alignment of SPF and DKIM with the author domain under ``record``."""
-    if record is None:
+@defer.inlineCallbacks
+def evaluate(discovery: Discovery, author: str, spfResult: str, spfDomain: str, dkimPasses: Iterable[str]) -> Any:
+    """Fire with the :class:`Evaluation` of SPF and DKIM results against the author
+    domain's policy; fail with :class:`DMARCTemporaryError` on DNS trouble."""
+    found = yield discovery.policyRecord(author)
+    if found is None:
         return Evaluation("none", author, reason="no DMARC record")
-    policy = record.policy if foundAt == author else record.subdomainPolicy
-    if spfResult == "pass" and spfDomain and aligned(spfDomain, author, record.aspf):
+    record, foundAt = found
+    policy = record.policy
+    if foundAt != author:  # a subdomain's policy: np when it does not exist, else sp
+        policy = record.subdomainPolicy
+        if record.nonexistentPolicy != policy and not (yield discovery.exists(author)):
+            policy = record.nonexistentPolicy
+    if spfResult == "pass" and spfDomain and (yield discovery.aligned(spfDomain, author, record.aspf)):
         return Evaluation("pass", author, policy, reason=f"SPF aligned ({spfDomain})")
     for domain in dkimPasses:
-        if aligned(domain, author, record.adkim):
+        if (yield discovery.aligned(domain, author, record.adkim)):
             return Evaluation("pass", author, policy, reason=f"DKIM aligned ({domain})")
-    sample = random.uniform(0, 100) if sample is None else sample
-    return Evaluation("fail", author, policy, applied=sample < record.pct,
-                      reason="neither SPF nor DKIM passed for an aligned domain")
+    return Evaluation("fail", author, policy, applied=not record.testing,
+                      reason="neither SPF nor DKIM passed for an aligned domain"
+                             + (" (t=y: testing, not applied)" if record.testing else ""))

@@ -10,9 +10,6 @@ checked: its sender is vouched for by AUTH, not by DNS.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-import email.utils
 import os
 from typing import Any, Mapping, Sequence
 
@@ -27,10 +24,10 @@ from jsmail import reply
 from jsmail.address import Address
 from jsmail.policy.arc import ARCSealer, ARCVerifier
 from jsmail.policy.authresults import claimsAuthservId
-from jsmail.smtp.assembly import headerFields
-from jsmail._threads import reactorThreads
+from jsmail.policy.header import headerFields, readHeader
+from jsmail._threads import RunInThread, runNow
 from jsmail.policy.dkim import DKIMResult, DKIMSigner, SigningKey, keyRecord, writeNewKey, zoneEntry
-from jsmail.policy.dmarc import DMARCTemporaryError, authorDomain, evaluate, fetchRecord
+from jsmail.policy.dmarc import Discovery, DMARCTemporaryError, authorDomain, evaluate
 from jsmail.interfaces import IMessagePolicy, IModifier
 from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import MessagePolicy, Policy
@@ -93,7 +90,7 @@ class DKIMCheck(MessagePolicy):
     def checkMessage(self, session: Any, content: Any) -> Any:
         if _isTrusted(session):
             return None
-        return content.read().addCallback(self.verifier.verify).addCallback(self._verdict, session)
+        return self.verifier.verifyChunks(content.chunks).addCallback(self._verdict, session)
 
     def _verdict(self, results: list[DKIMResult], session: Any) -> Verdict:
         session.transactionNotes["dkim"] = results
@@ -111,7 +108,7 @@ class ARCCheck(MessagePolicy):
     def checkMessage(self, session: Any, content: Any) -> Any:
         if _isTrusted(session):
             return None
-        return content.read().addCallback(self.verifier.verify).addCallback(self._verdict, session)
+        return self.verifier.verifyChunks(content.chunks).addCallback(self._verdict, session)
 
     def _verdict(self, arc: Any, session: Any) -> Verdict:
         session.transactionNotes["arc"] = arc
@@ -121,33 +118,39 @@ class ARCCheck(MessagePolicy):
 
 
 class DMARCCheck(MessagePolicy):
-    """DMARC (RFC 7489) from the SPF and DKIM results before it.  ``onReject`` and
+    """DMARC (RFC 9989) from the SPF and DKIM results before it.  ``onReject`` and
     ``onQuarantine`` say what a failing message under that policy gets: "reject" (550
     5.7.1) or "tag" (the Authentication-Results entry only)."""
 
     def __init__(self, resolver: Any, onReject: str = "reject", onQuarantine: str = "tag",
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, runInThread: RunInThread = runNow) -> None:
         self.resolver, self.onReject, self.onQuarantine, self.timeout = resolver, onReject, onQuarantine, timeout
+        self._runInThread = runInThread
 
     def checkMessage(self, session: Any, content: Any) -> Any:
         if _isTrusted(session):
             return None
-        return content.read().addCallback(self._evaluate, session).addCallback(self._verdict)
+        # Only the header section is read (at most 256 KiB), in a thread: the spool
+        # may be on disk.
+        d = self._runInThread(lambda: readHeader(content.chunks())[0])
+        return d.addCallback(self._evaluate, session).addCallback(self._verdict)
 
     @defer.inlineCallbacks
     def _evaluate(self, message: bytes, session: Any) -> Any:
         author = authorDomain(message)
         if author is None:
             return None, "permerror", "not exactly one usable author address in From"
-        try:
-            found = yield fetchRecord(self.resolver, author, self.timeout)
-        except DMARCTemporaryError as e:
-            return author, "temperror", str(e)
-        record, foundAt = found if found is not None else (None, "")
         spf = session.transactionNotes.get("spf")
         spfDomain = spf.domain if spf is not None and spf.identity == "mailfrom" else ""
-        dkim = [r.domain for r in session.transactionNotes.get("dkim", ()) if r.result == "pass"]
-        return author, evaluate(record, foundAt, author, spf.result if spf else "none", spfDomain, dkim), ""
+        # rsa-sha1 is never a pass here, and never counts (RFC 8301 section 3.1)
+        dkim = [r.domain for r in session.transactionNotes.get("dkim", ())
+                if r.result == "pass" and not r.algorithm.lower().endswith("-sha1")]
+        try:
+            evaluation = yield evaluate(Discovery(self.resolver, self.timeout), author,
+                                        spf.result if spf else "none", spfDomain, dkim)
+        except DMARCTemporaryError as e:
+            return author, "temperror", str(e)
+        return author, evaluation, ""
 
     def _verdict(self, outcome: tuple[Any, Any, str]) -> Verdict:
         author, evaluation, reason = outcome
@@ -164,14 +167,6 @@ class DMARCCheck(MessagePolicy):
         return Verdict.accept(results=[entry])
 
 
-def _fromDomain(message: bytes) -> str | None:
-    header = message.split(b"\r\n\r\n", 1)[0]
-    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header + b"\r\n\r\n")
-    addresses = email.utils.getaddresses([str(v) for v in parsed.get_all("From") or []])
-    domains = {a.rpartition("@")[2].lower() for _, a in addresses if "@" in a}
-    return domains.pop() if len(domains) == 1 else None
-
-
 @implementer(IModifier)
 class DKIMSign:
     """Signs mail whose From domain has a key (DKIM, RFC 6376 section 5): mail from
@@ -183,7 +178,7 @@ class DKIMSign:
     def modify(self, session: Any, message: bytes) -> Any:
         if session.user is None and not self.everything:
             return []
-        domain = _fromDomain(message)
+        domain = authorDomain(message)  # the one From domain, as DMARC finds it
         if domain is None or self.signer.keyFor(domain) is None:
             return []
         return self.signer.sign(message, domain).addCallback(lambda field: [field.decode("ascii").rstrip("\r\n")])
@@ -227,14 +222,15 @@ def buildDKIM(options: Mapping[str, Any], context: PolicyContext) -> DKIMCheck:
 
     o = Options(options)
     verifier = DKIMVerifier(context.reactor, context.resolver, o.get("timeout", 10.0),
-                            o.get("max_signatures", 5), runInThread=context.runInThread)
+                            o.get("max_signatures", 5), runInThread=context.runInThread,
+                            rsaSha1=o.choice("rsa_sha1", "fail", "fail", "neutral"))
     o.done()
     return DKIMCheck(verifier)
 
 
 def buildARC(options: Mapping[str, Any], context: PolicyContext) -> ARCCheck:
     o = Options(options)
-    verifier = ARCVerifier(context.reactor, context.resolver, o.get("timeout", 10.0))
+    verifier = ARCVerifier(context.reactor, context.resolver, o.get("timeout", 10.0), context.runInThread)
     o.done()
     return ARCCheck(verifier)
 
@@ -242,7 +238,7 @@ def buildARC(options: Mapping[str, Any], context: PolicyContext) -> ARCCheck:
 def buildDMARC(options: Mapping[str, Any], context: PolicyContext) -> DMARCCheck:
     o = Options(options)
     check = DMARCCheck(context.resolver, o.choice("reject", "reject", "reject", "tag"),
-                       o.choice("quarantine", "tag", "reject", "tag"), o.get("timeout", 5.0))
+                       o.choice("quarantine", "tag", "reject", "tag"), o.get("timeout", 5.0), context.runInThread)
     o.done()
     return check
 
