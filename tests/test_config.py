@@ -35,9 +35,9 @@ class ConfigTests(TestCase):
         example = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "jsmail.toml")
         with open(example) as f:
             text = f.read()
-        settings = re.findall(r"^# ([a-z_]+) = ", text, re.M)
+        settings = re.findall(r"^# ([a-z0-9_]+) = ", text, re.M)
         self.assertEqual(sorted(settings), sorted(o.key for o in OPTIONS if o.key != "*"))
-        uncommented = re.sub(r"^# ([a-z_]+ = )", r"\1", text, flags=re.M)
+        uncommented = re.sub(r"^# ([a-z0-9_]+ = )", r"\1", text, flags=re.M)
         config = loadConfig(self.write(uncommented.replace('hostname = "mail.example.org"', "")))
         self.assertEqual(config, loadConfig())
 

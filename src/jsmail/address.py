@@ -73,6 +73,8 @@ def normaliseDomain(domain: str) -> str:
 
 def _addressLiteral(literal: str) -> str:
     inner = literal[1:-1]
+    if "%" in inner or not inner.isascii() or any(c.isspace() for c in inner):
+        raise _refuse(f"Bad address literal {literal!r}")  # no zone ids (RFC 5321 4.1.3 has none)
     try:
         if inner[:5].lower() == "ipv6:":
             return f"[IPv6:{ipaddress.IPv6Address(inner[5:]).compressed}]"

@@ -206,6 +206,23 @@ def _pluginTables(value: Any) -> dict[str, dict[str, Any]]:
     return {str(name): dict(table) for name, table in value.items()}
 
 
+def _prefixLength(value: Any) -> int:
+    length = _integer(1)(value)
+    if length > 128:
+        raise ValueError(f"an IPv6 prefix length is at most 128, got {length}")
+    return length
+
+
+def _nulBytes(value: Any) -> bool:
+    """``nul_bytes``: "reject" or "accept" (ServerSettings.allowNul)."""
+    return _choice("reject", "accept")(value) == "accept"
+
+
+def _heloCheck(value: Any) -> bool:
+    """``helo_check``: "syntax" (refuse what is no domain or address literal) or "none"."""
+    return _choice("none", "syntax")(value) == "syntax"
+
+
 def _lineEndings(value: Any) -> bool:
     """``bare_line_endings``: "reject" or "normalise" (ServerSettings.normaliseLineEndings)."""
     return _choice("reject", "normalise")(value) == "normalise"
@@ -264,6 +281,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("smtp", "maxConnectionsPerClient", "smtp", "max_connections_per_client", _integer(1)),
     Option("smtp", "normaliseLineEndings", "smtp", "bare_line_endings", _lineEndings),
     Option("smtp", "maxReceivedHeaders", "smtp", "max_received_headers", _integer(1)),
+    Option("smtp", "maxJunkCommands", "smtp", "max_junk_commands", _integer(0)),
+    Option("smtp", "maxSessionTime", "smtp", "max_session_time", _seconds),
+    Option("smtp", "minDataRate", "smtp", "min_data_rate", _seconds),
+    Option("smtp", "clientPrefix6", "smtp", "client_ipv6_prefix", _prefixLength),
+    Option("smtp", "allowNul", "smtp", "nul_bytes", _nulBytes),
+    Option("smtp", "strictHelo", "smtp", "helo_check", _heloCheck),
+    Option("smtp", "minFreeSpace", "queue", "min_free", _integer(0)),
     Option("smtp", "maxAuthFailures", "auth", "max_failures", _integer(0)),
     Option("smtp", "authFailureDelay", "auth", "failure_delay", _nonNegativeSeconds),
     Option("smtp", "allowPlaintextAuth", "auth", "allow_plaintext", _boolean),

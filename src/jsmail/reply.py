@@ -84,6 +84,7 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again late
 TOO_MANY_FROM_ADDRESS = Reply(421, "4.7.0", "Too many connections from your address, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle for too long, closing connection")
+SESSION_TOO_LONG = Reply(421, "4.4.2", "Session lasted too long, closing connection")
 
 # Generic successes.
 OK = Reply(250, "2.0.0", "OK")
@@ -123,6 +124,9 @@ BARE_LINE_ENDING = Reply(
 )
 TEXT_LINE_TOO_LONG = Reply(550, "5.6.0", "Message has a line longer than {} octets")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many Received headers; the message is looping")
+NUL_IN_CONTENT = Reply(550, "5.6.0", "Message has NUL octets (see RFC 5322 section 2.3)")
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+BAD_HELO_NAME = Reply(501, "5.5.4", "EHLO/HELO needs a domain name or an address literal")
 
 # TLS and AUTH (RFC 3207, RFC 4954).
 TLS_READY = Reply(220, "2.0.0", "Ready to start TLS")

@@ -196,7 +196,7 @@ class MailGateway(ThreadPoolService):
             chain, implicitTLS = self.chains[kind], kind == "smtps"
             listener = Listener(replace(config.smtp, **rules[kind]), sink, self.reactor, kind,
                                 (*always, *chain.policies), chain.modifiers, self.tls, portal, implicitTLS,
-                                runInThread)
+                                runInThread, None if config.queue.program else self.queue.roomFor)
             factory: Factory = ESMTPServerFactory(listener)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)

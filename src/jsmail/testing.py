@@ -85,12 +85,13 @@ class Dialog:
         portal: Portal | None = None,
         implicitTLS: bool = False,
         modifiers: Sequence[IModifier] = (),
+        roomFor: Callable[[int], bool] | None = None,
     ) -> None:
         self.clock = clock or Clock()
         self.sink = sink if sink is not None else MemoryQueue()
         self.listener = Listener(settings or ServerSettings(hostname="mx.test"), self.sink, self.clock,
                                  checks=tuple(policies), modifiers=tuple(modifiers), tls=tls, portal=portal,
-                                 implicitTLS=implicitTLS)
+                                 implicitTLS=implicitTLS, roomFor=roomFor)
         self.server = ESMTPServer(self.listener)
         self.transport = RecordingTransport(peerAddress=IPv4Address("TCP", clientAddress, 40000))
         self.server.makeConnection(self.transport)

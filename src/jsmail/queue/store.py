@@ -145,9 +145,19 @@ class MaildirQueue:
         if sweep:
             self._sweepTmp()
         self.spares = _SpareFiles(self.tmpDir, runInThread, spares)
+        self._free, self._freeAt = 0, -1.0
 
     def newMessage(self, envelope: Envelope) -> IIncomingMessage:
         return _IncomingFile(self, newQueueId(), envelope)
+
+    def roomFor(self, octets: int) -> bool:
+        """Whether the queue's file system has ``octets`` free for unprivileged writers
+        (statvfs, asked at most once a second: a cheap call, but MAIL asks it)."""
+        now = time.monotonic()
+        if now - self._freeAt >= 1.0:
+            stat = os.statvfs(self.directory)
+            self._free, self._freeAt = stat.f_bavail * stat.f_frsize, now
+        return self._free >= octets
 
     def close(self) -> None:
         """Let go of the files kept ready for new messages."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
@@ -40,6 +40,7 @@ class Listener:
     portal: Portal | None = None
     implicitTLS: bool = False
     runInThread: RunInThread = runNow
+    roomFor: Callable[[int], bool] | None = None
 
     @cached_property
     def phases(self) -> PhaseRunner:

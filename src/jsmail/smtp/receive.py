@@ -82,7 +82,7 @@ class Transaction:
             protocol=session.withProtocol(),
         )
         self.message = server.listener.sink.newMessage(envelope)
-        self._tooBig = False
+        self._tooBig = self._writeFailed = self._nul = False
         self._size = 0
         self._hops = HopCounter()
         self._spool = server.listener.assembler.begin(session, self.message)
@@ -90,14 +90,19 @@ class Transaction:
     def write(self, data: bytes) -> None:
         """Content octets, dot-unstuffed, as they arrive."""
         message = self.message
-        if message is None or self._tooBig:
+        if message is None or self._tooBig or self._writeFailed:
             return
         self._size += len(data)
         if self._size > self.server.settings.maxMessageSize:
             self._tooBig = True
             return
         self._hops.feed(data)
-        (self._spool or message).write(data)
+        self._nul = self._nul or b"\0" in data
+        try:
+            (self._spool or message).write(data)
+        except OSError as e:  # a full disk: the rest is read and thrown away, and answered 452 at the end
+            _log.error("Cannot write queue file {queueId}: {error}", queueId=message.queueId, error=e)
+            self._writeFailed = True
 
     def contentEnded(self) -> Result:
         """The final dot, or the end of a BDAT chunk, has arrived."""
@@ -123,7 +128,9 @@ class Transaction:
         assert message is not None
         settings = server.settings
         refusal = None
-        if self._tooBig:
+        if self._writeFailed:
+            refusal = reply.INSUFFICIENT_STORAGE
+        elif self._tooBig:
             refusal = tooBig(settings.maxMessageSize)
         elif problems.bareLineEnding and not settings.normaliseLineEndings:
             refusal = reply.BARE_LINE_ENDING
@@ -131,6 +138,8 @@ class Transaction:
             refusal = reply.TEXT_LINE_TOO_LONG.format(settings.maxTextLine)
         elif self._hops.count > settings.maxReceivedHeaders:
             refusal = reply.TOO_MANY_HOPS
+        elif self._nul and not settings.allowNul:
+            refusal = reply.NUL_IN_CONTENT
         if refusal is not None:
             server.resetTransaction()
             raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
@@ -180,10 +189,14 @@ class Transaction:
         return d.addCallbacks(queued, notQueued)
 
     def abort(self) -> None:
-        """Throw away the message being received, if any."""
-        if self.message is not None:
-            self.message.abort()
-            self.message = None
-        if self._spool is not None:
-            self._spool.close()
-            self._spool = None
+        """Throw away the message being received, if any (never raising: this runs as
+        the connection ends, whatever went wrong before)."""
+        message, spool, self.message, self._spool = self.message, self._spool, None, None
+        try:
+            if message is not None:
+                message.abort()
+            if spool is not None:
+                spool.close()
+        except OSError as e:
+            _log.error("Cannot throw away queue file {queueId}: {error}", queueId=message and message.queueId,
+                       error=e)

@@ -16,15 +16,24 @@ its replies in the order of its commands (RFC 2920 section 3.1).
 Commands end in CR LF; a bare LF is tolerated there (as qmail and Postfix do), because
 a command line cannot smuggle anything.  Message content is stricter: see
 :mod:`jsmail.smtp.data`.
+
+Nothing a client does can hold the server's memory or a connection slot for long:
+reading stops while the replies already written wait in the transport (a client
+that pipelines NOOPs and never reads gets no more read from it); the idle time-out
+runs from the start of a command line, not from its last byte; message data must keep
+coming at ``minDataRate`` octets per second; a session ends after ``maxSessionTime``;
+and NOOP, RSET, VRFY and HELP past ``maxJunkCommands`` count as errors.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import ipaddress
+
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -32,7 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsmail import maillog, reply
-from jsmail.address import parsePath
+from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
@@ -41,11 +50,32 @@ from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import checkMailParams, checkRcptParams, octets
 from jsmail.smtp.receive import NO_REPLY, Result, Transaction
 from jsmail.smtp.sasl import MECHANISMS, AuthExchange
+from jsmail.smtp.assembly import sanitise
 from jsmail.smtp.session import Session
 
 __all__ = ["ESMTPServer", "ESMTPServerFactory", "Listener", "ServerSettings", "Session"]
 
 _log = Logger()
+
+_JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
+
+
+@implementer(IPushProducer)
+class _ReplyBackPressure:
+    """Registered with the transport: when the replies written but not yet sent fill
+    its buffer, the transport pauses us, and we stop reading the client's commands."""
+
+    def __init__(self, server: ESMTPServer) -> None:
+        self.server = server
+
+    def pauseProducing(self) -> None:
+        self.server.pauseReading("replies")
+
+    def resumeProducing(self) -> None:
+        self.server.resumeReading("replies")
+
+    def stopProducing(self) -> None:
+        pass
 
 
 @implementer(IHandshakeListener)
@@ -62,9 +92,12 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._auth: AuthExchange | None = None
         self._buffer = b""
         self._discardingLongLine = False
-        self._waiting = False
+        self._paused: set[str] = set()  # why reading is paused: a pending reply, unsent replies
         self._errors = 0
+        self._junk = 0
         self._closing = False
+        self._deadline = 0.0  # when the idle time-out fires, as last set
+        self._sessionTimer: Any = None
 
     # -- connection -----------------------------------------------------------------
 
@@ -77,6 +110,9 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self._auth = AuthExchange(self.listener.portal, self.session, self.clock, settings.allowProxyAuth,
                                       settings.maxAuthFailures, settings.authFailureDelay)
         maillog.connect(self.session.client, self.listener.name)
+        if not self.listener.implicitTLS:  # over TLS from the first byte: once the handshake is done
+            self._watchUnsentReplies()
+        self._sessionTimer = self.clock.callLater(self.settings.maxSessionTime, self._sessionTooLong)
         self.setTimeout(self.settings.idleTimeout)
         self._runCommand(lambda: self.checked("checkConnect", self._greeting))
 
@@ -91,7 +127,14 @@ class ESMTPServer(Protocol, TimeoutMixin):
             return reply.OWN_GREETING.format(self.settings.greeting)
         return reply.SERVICE_READY.format(self.settings.hostname)
 
+    def _watchUnsentReplies(self) -> None:
+        registerProducer = getattr(self.transport, "registerProducer", None)
+        if registerProducer is not None:
+            registerProducer(_ReplyBackPressure(self), True)
+
     def handshakeCompleted(self) -> None:
+        if self.listener.implicitTLS:
+            self._watchUnsentReplies()
         connection = self.transport.getHandle()
         self.session.tlsInfo = f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()}"
         maillog.tls(self.session.client, self.session.tlsInfo)
@@ -101,7 +144,20 @@ class ESMTPServer(Protocol, TimeoutMixin):
             maillog.tlsFailed(self.session.client, reason.getErrorMessage())
         self._closing = True
         self.setTimeout(None)
+        if self._sessionTimer is not None and self._sessionTimer.active():
+            self._sessionTimer.cancel()
         self.transaction.abort()
+
+    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]
+        """TimeoutMixin's, remembering when it fires (for the data-rate credit)."""
+        if period is not None:
+            self._deadline = self.clock.seconds() + period
+        return super().setTimeout(period)
+
+    def _sessionTooLong(self) -> None:
+        self._sessionTimer = None
+        self._sendReply(reply.SESSION_TOO_LONG)
+        self._close()
 
     def timeoutConnection(self) -> None:
         self._sendReply(reply.IDLE_TIMEOUT)
@@ -122,13 +178,36 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.resetTimeout()
+        if self.transaction.reader is not None:
+            self._creditData(len(data))
         self._buffer += data
         self._process()
 
+    def _creditData(self, octets: int) -> None:
+        """Message data buys time at ``minDataRate``: a client trickling data runs out
+        of it, one sending at the rate or faster never does (capped at the idle
+        time-out)."""
+        if self.timeOut is None:
+            return
+        remaining = self._deadline - self.clock.seconds()
+        self.setTimeout(min(self.settings.idleTimeout, remaining + octets / self.settings.minDataRate))
+
+    def pauseReading(self, why: str) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused.add(why)
+
+    def resumeReading(self, why: str) -> None:
+        if why not in self._paused:
+            return
+        self._paused.discard(why)
+        if not self._paused and not self._closing:
+            self.transport.resumeProducing()
+            self._process()
+
     def _process(self) -> None:
         """Handle buffered input until it runs out or a reply must be waited for."""
-        while self._buffer and not self._waiting and not self._closing:
+        while self._buffer and not self._paused and not self._closing:
             reader = self.transaction.reader
             if reader is not None:
                 rest = reader.feed(self._buffer)
@@ -150,6 +229,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             if self._discardingLongLine:
                 self._discardingLongLine = False
                 continue
+            self.resetTimeout()  # the idle time runs from a command line's start, not its last byte
             if self._auth is not None and self._auth.inProgress:
                 auth = self._auth
                 self._runCommand(lambda line=line: auth.respond(line.removesuffix(b"\r")))
@@ -169,9 +249,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
             _log.failure("Unexpected error handling a command from {client}", client=self.session.client)
             result = reply.CHECK_FAILED
         if isinstance(result, defer.Deferred):
-            self._waiting = True
             self.setTimeout(None)
-            self.transport.pauseProducing()
+            self.pauseReading("reply")
             result.addErrback(self.commandFailed)
             result.addCallback(self._commandDone)
         else:
@@ -185,15 +264,13 @@ class ESMTPServer(Protocol, TimeoutMixin):
         return reply.CHECK_FAILED
 
     def _commandDone(self, result: Reply) -> None:
-        self._waiting = False
         if self._closing:
             return  # the client went away while its reply was pending
         self._sendReply(result)
         if self._closing:
             return
         self.setTimeout(self.settings.idleTimeout)
-        self.transport.resumeProducing()
-        self._process()
+        self.resumeReading("reply")
 
     def refused(self, error: SMTPReplyError) -> Reply:
         """Log a refusal (with its private reason) and give its public reply."""
@@ -205,6 +282,9 @@ class ESMTPServer(Protocol, TimeoutMixin):
             return
         if result.code >= 400 and result.code != 421:
             self._errors += 1
+        elif self._currentCommand in _JUNK:
+            self._junk += 1
+            self._errors += self._junk > self.settings.maxJunkCommands
         self.transport.write(b"".join(result.lines()))
         if result.code == 421 or (self._currentCommand == "CONNECT" and result.code >= 400):
             self._close()
@@ -245,11 +325,13 @@ class ESMTPServer(Protocol, TimeoutMixin):
         name = argument.strip()
         if not name or " " in name or any(ord(c) < 32 for c in name):
             return reply.HELO_SYNTAX
+        if self.settings.strictHelo and not _isHeloName(name):
+            return reply.BAD_HELO_NAME
         self.resetTransaction()
 
         def accept() -> Reply:
             self.session.helo, self.session.esmtp = name, esmtp
-            greets = reply.GREETS.format(self.settings.hostname, name)
+            greets = reply.GREETS.format(self.settings.hostname, sanitise(name))
             if not esmtp:
                 return greets
             return greets.withText("\n".join([greets.text, *self.extensions()]))
@@ -285,6 +367,10 @@ class ESMTPServer(Protocol, TimeoutMixin):
         checkMailParams(params, self.session.esmtp, self.settings.maxMessageSize, self.listener.portal is not None)
         if "SMTPUTF8" not in params and not argument.isascii():
             return reply.SMTPUTF8_REQUIRED
+        size = int(params.get("SIZE") or 0)
+        roomFor = self.listener.roomFor
+        if roomFor is not None and not roomFor(size + self.settings.minFreeSpace):
+            raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, "queue file system below the free-space minimum")
         user = self.session.user
         if user is not None and not user.maySendAs(str(address)):
             raise SMTPReplyError(reply.SENDER_NOT_OWNED.withText(f"Sender <{address}> not allowed for user {user.name}"),
@@ -324,7 +410,10 @@ class ESMTPServer(Protocol, TimeoutMixin):
         if self.transaction.scanner is not None:  # this transaction's content came by BDAT
             return reply.BDAT_MIXED
         transaction = self.transaction
-        transaction.start()
+        try:
+            transaction.start()
+        except OSError as e:
+            raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, f"cannot start a queue file: {e}") from None
         transaction.reader = DataReader(transaction.write, self.settings.maxTextLine,
                                         self.settings.normaliseLineEndings)
         return reply.START_DATA
@@ -338,7 +427,11 @@ class ESMTPServer(Protocol, TimeoutMixin):
         problem = self._transactionProblem()
         transaction = self.transaction
         if problem is None and transaction.message is None:
-            transaction.start()
+            try:
+                transaction.start()
+            except OSError as e:
+                _log.error("Cannot start a queue file: {error}", error=e)
+                problem = reply.INSUFFICIENT_STORAGE
             transaction.scanner = ContentScanner(transaction.write, self.settings.maxTextLine,
                                                  self.settings.normaliseLineEndings)
         # The chunk's octets are read even when the command is refused, so they are
@@ -373,6 +466,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._buffer = b""
         self.resetTransaction()
         self.session.helo, self.session.esmtp, self.session.tls = None, False, True
+        self.session.user, self.session.notes = None, {}  # an AUTH made in plaintext too
         self.transport.startTLS(self.listener.tls)
         return NO_REPLY
 
@@ -441,17 +535,18 @@ class ESMTPServerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol:
         host = getattr(addr, "host", "unknown")
+        key = clientKey(host, self.settings.clientPrefix6)
         if self.connections >= self.settings.maxConnections:
             maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_CONNECTIONS, "connection limit reached")
             return _Refuse(reply.TOO_MANY_CONNECTIONS)
-        if self.perClient.get(host, 0) >= self.settings.maxConnectionsPerClient:
+        if self.perClient.get(key, 0) >= self.settings.maxConnectionsPerClient:
             maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_FROM_ADDRESS, "per-client connection limit reached")
             return _Refuse(reply.TOO_MANY_FROM_ADDRESS)
         self.connections += 1
-        self.perClient[host] = self.perClient.get(host, 0) + 1
+        self.perClient[key] = self.perClient.get(key, 0) + 1
         protocol = _CountedServer(self.listener)
         protocol.factory = self
-        protocol.countedHost = host
+        protocol.countedHost = key
         return protocol
 
     def released(self, host: str) -> None:
@@ -473,3 +568,25 @@ class _CountedServer(ESMTPServer):
             super().connectionLost(reason)
         finally:
             self.factory.released(self.countedHost)
+
+
+def _isHeloName(name: str) -> bool:
+    """Whether an EHLO/HELO argument is a domain or an address literal (RFC 5321 4.1.4)."""
+    try:
+        normaliseDomain(name)
+    except SMTPReplyError:
+        return False
+    return True
+
+
+def clientKey(host: str, prefix6: int) -> str:
+    """Who a client is for the per-client connection limit: its address, or for IPv6
+    its /``prefix6`` network (one site holds a /64, so each address would count as a
+    new client)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((address, prefix6), strict=False))
+    return str(address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else str(address)

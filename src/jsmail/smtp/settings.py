@@ -33,3 +33,10 @@ class ServerSettings:
     authFailureDelay: float = 1.0  # seconds before the first 535, doubling each time
     showAuthInReceived: bool = False
     authservId: str = ""  # Authentication-Results authserv-id (RFC 8601 section 2.5); empty: hostname
+    maxJunkCommands: int = 100  # NOOP, RSET, VRFY, HELP beyond this many each count as an error (Postfix's limit)
+    maxSessionTime: float = 3600.0  # a session's whole life, seconds
+    minDataRate: float = 500.0  # octets/s a message must keep coming at (Postfix's smtpd_min_data_rate)
+    clientPrefix6: int = 64  # IPv6 clients in one /64 count as one for maxConnectionsPerClient
+    allowNul: bool = False  # NUL octets in content (RFC 5322 section 2.3 forbids them): refused unless allowed
+    strictHelo: bool = False  # refuse an EHLO/HELO argument that is no domain or address literal
+    minFreeSpace: int = 64 * 1024 * 1024  # MAIL gets 452 4.3.1 when the queue has less room than this

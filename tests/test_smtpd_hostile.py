@@ -1,0 +1,229 @@
+"""Clients that try to hold the server's memory, time or connection slots, or to trick
+it: each attack from the security review, as a dialog in memory with a Clock."""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.address import IPv6Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from jsmail.auth import AnyOfCheckers, MailRealm
+from jsmail.envelope import Envelope
+from jsmail.interfaces import IIncomingMessage, IMessageSink
+from jsmail.policy.relay import RelayControl
+from jsmail.queue.memory import MemoryQueue
+from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
+from jsmail.testing import Dialog
+
+QUEUED = rb"250 2\.0\.0 Queued as \w+\r\n"
+
+
+def dialog(clock: Clock | None = None, **settings: object) -> Dialog:
+    settings.setdefault("hostname", "mx.test")
+    d = Dialog(ServerSettings(**settings), MemoryQueue(), clock=clock)  # type: ignore[arg-type]
+    d.read()
+    return d
+
+
+@implementer(IIncomingMessage)
+class _FullDiskMessage:
+    """A queue file on a disk that fills up: the first write (the Received field) fits,
+    every later one fails, and so does throwing the file away."""
+
+    queueId = "FULL"
+    size = 0
+    written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += 1
+        if self.written > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def commit(self) -> object:
+        raise AssertionError("a message that could not be written is never committed")
+
+    def abort(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@implementer(IMessageSink)
+class _FullDisk:
+    def newMessage(self, envelope: Envelope) -> IIncomingMessage:
+        return _FullDiskMessage()
+
+
+class ReplyFloodTests(SynchronousTestCase):
+    def test_pipelinedNoopFloodStopsReading(self) -> None:
+        """Security issue: a client that pipelines NOOPs and never reads the replies
+        made the server buffer them without end.  When the transport's buffer of
+        unsent replies is full, the server stops reading and answering."""
+        d = dialog()
+        d.send(b"EHLO client.test\r\n")
+        d.transport.producer.pauseProducing()  # the transport says: its write buffer is full
+        self.assertEqual(d.transport.producerState, "paused", "no more is read from the client")
+        self.assertEqual(d.send(b"NOOP\r\n" * 1000), b"", "nothing is answered while paused")
+        d.transport.producer.resumeProducing()
+        out = d.read()
+        self.assertEqual(out.count(b"250 2.0.0 OK\r\n"), 120, "then answered: 100 junk commands, then 20 errors")
+        self.assertTrue(out.endswith(b"421 4.7.0 Too many errors, closing connection\r\n"))
+
+    def test_junkCommandsCountAsErrors(self) -> None:
+        """NOOP, RSET, VRFY and HELP past max_junk_commands count as errors, so a
+        flood of them ends the session (Postfix's smtpd_junk_command_limit)."""
+        d = dialog(maxJunkCommands=3, maxErrors=2)
+        d.send(b"EHLO client.test\r\n")
+        out = d.send(b"NOOP\r\nRSET\r\nHELP\r\nNOOP\r\n")
+        self.assertFalse(d.closed, "the 4th junk command is the first error")
+        out = d.send(b"VRFY someone\r\n")
+        self.assertTrue(out.endswith(b"421 4.7.0 Too many errors, closing connection\r\n"), out)
+        self.assertTrue(d.closed)
+
+
+class SlowClientTests(SynchronousTestCase):
+    def test_slowlorisCommandLineTimesOut(self) -> None:
+        """Security review L-9: the idle timer used to restart at every byte, so one
+        byte every few seconds held a slot for ever.  A command line must now be
+        complete within the idle time-out of its first byte."""
+        clock = Clock()
+        d = dialog(clock, idleTimeout=10.0)
+        for _ in range(4):
+            d.send(b"N")
+            clock.advance(3)
+        self.assertEqual(d.read(), b"421 4.4.2 Idle for too long, closing connection\r\n")
+        self.assertTrue(d.closed)
+
+    def test_dataTrickleRunsOutOfTime(self) -> None:
+        """Message data sent below min_data_rate runs out of time."""
+        clock = Clock()
+        d = dialog(clock, idleTimeout=30.0, minDataRate=500.0)
+        d.send(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n")
+        out = b""
+        for _ in range(10):
+            out += d.send(b"x" * 10)  # 2 octets per second
+            clock.advance(5)
+        self.assertTrue(d.closed)
+        self.assertTrue((out + d.read()).endswith(b"421 4.4.2 Idle for too long, closing connection\r\n"))
+
+    def test_dataAtTheRateKeepsGoing(self) -> None:
+        """A client sending at least min_data_rate is never cut off, however long the
+        message takes (within the size limit)."""
+        clock = Clock()
+        d = dialog(clock, idleTimeout=30.0, minDataRate=500.0)
+        d.send(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n")
+        d.read()
+        for _ in range(60):  # two minutes at 1000 octets per second
+            d.send(b"y" * 998 + b"\r\n")
+            clock.advance(1)
+        self.assertFalse(d.closed)
+        self.assertRegex(d.send(b".\r\n"), QUEUED)
+
+    def test_sessionDeadline(self) -> None:
+        """However busy, a session ends after max_session_time."""
+        clock = Clock()
+        d = dialog(clock, maxSessionTime=60.0, maxJunkCommands=1000)
+        d.send(b"EHLO c.test\r\n")
+        for _ in range(59):
+            d.send(b"NOOP\r\n")
+            clock.advance(1)
+        d.read()
+        self.assertFalse(d.closed)
+        clock.advance(1)
+        self.assertEqual(d.read(), b"421 4.4.2 Session lasted too long, closing connection\r\n")
+        self.assertTrue(d.closed)
+
+    def test_ipv6ClientsOfOneSlash64CountAsOne(self) -> None:
+        """Security review L-9: the per-client limit was per address, and an IPv6
+        client holds 2^64 of them."""
+        factory = ESMTPServerFactory(Listener(ServerSettings(maxConnectionsPerClient=2), MemoryQueue(), Clock()))
+
+        def connect(host: str) -> bytes:
+            transport = StringTransport()
+            factory.buildProtocol(IPv6Address("TCP", host, 1)).makeConnection(transport)
+            return transport.value()
+
+        self.assertTrue(connect("2001:db8::1").startswith(b"220"))
+        self.assertTrue(connect("2001:db8::2").startswith(b"220"))
+        self.assertEqual(connect("2001:db8::ffff:1"), b"421 4.7.0 Too many connections from your address, "
+                                                      b"try again later\r\n")
+        self.assertTrue(connect("2001:db8:0:1::1").startswith(b"220"), "another /64 is another client")
+
+
+class FullDiskTests(SynchronousTestCase):
+    def test_writeErrorDuringDataIs452AndTheSessionGoesOn(self) -> None:
+        """A crash trial on a full disk: the write error escaped from dataReceived, the
+        connection dropped without a reply and its slot was never given back.  Now the
+        rest of the data is read, the client hears 452 4.3.1, and the session goes on."""
+        factory = ESMTPServerFactory(Listener(ServerSettings(hostname="mx.test"), _FullDisk(), Clock()))
+        transport = StringTransport()
+        server = factory.buildProtocol(IPv6Address("TCP", "2001:db8::1", 1))
+        server.makeConnection(transport)
+        server.dataReceived(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n")
+        transport.clear()
+        server.dataReceived(b"Subject: big\r\n\r\n" + b"z" * 100_000 + b"\r\n.\r\nNOOP\r\n")
+        self.assertEqual(transport.value(), b"452 4.3.1 Insufficient system storage, try again later\r\n"
+                                            b"250 2.0.0 OK\r\n")
+        server.dataReceived(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nshort\r\n")
+        server.connectionLost(None)  # throwing the half-written file away fails too
+        self.assertEqual((factory.connections, factory.perClient), (0, {}), "the slot is given back")
+
+    def test_mailRefusedWhileTheQueueIsNearlyFull(self) -> None:
+        """MAIL gets 452 4.3.1 at once while the queue's file system has less room than
+        the minimum (plus the SIZE given), rather than after the whole message."""
+        asked: list[int] = []
+        d = Dialog(ServerSettings(hostname="mx.test", minFreeSpace=1000), MemoryQueue(),
+                   roomFor=lambda octets: asked.append(octets) or False)
+        d.send(b"EHLO c.test\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.test> SIZE=5000\r\n"),
+                         b"452 4.3.1 Insufficient system storage, try again later\r\n")
+        self.assertEqual(asked, [6000])
+
+
+class TrickTests(SynchronousTestCase):
+    def test_plaintextAuthIsForgottenAtStarttls(self) -> None:
+        """Security review L-6: an AUTH made in plaintext survived STARTTLS (RFC 3207
+        section 4.2: forget everything), so a man in the middle could log a victim's
+        session in as himself."""
+        users = InMemoryUsernamePasswordDatabaseDontUse(u=b"p")
+        portal = Portal(MailRealm(["localhost"]), [AnyOfCheckers([users])])
+        d = Dialog(ServerSettings(hostname="mx.test", allowPlaintextAuth=True, authFailureDelay=0.0), MemoryQueue(),
+                   policies=(RelayControl(frozenset({"localhost"}).__contains__),), tls=object(), portal=portal)
+        d.send(b"EHLO c.test\r\n")
+        self.assertEqual(d.send(b"AUTH PLAIN AHUAcA==\r\n"), b"235 2.7.0 Authentication successful\r\n")
+        d.send(b"STARTTLS\r\n")
+        self.assertIn(b"AUTH PLAIN LOGIN", d.send(b"EHLO c.test\r\n"), "AUTH is offered again")
+        out = d.send(b"MAIL FROM:<u@localhost>\r\nRCPT TO:<x@remote.example>\r\n")
+        self.assertEqual(out, b"250 2.1.0 Sender OK\r\n550 5.7.1 Relaying to <x@remote.example> denied: "
+                              b"remote.example is not a local domain\r\n")
+
+    def test_nulOctetsInContentAreRefused(self) -> None:
+        """Security review I-2: NUL octets in content were stored and passed on,
+        breaking parsers downstream (RFC 5322 section 2.3 forbids them)."""
+        d = dialog()
+        out = d.send(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\x00there\r\n.\r\n")
+        self.assertTrue(out.endswith(b"550 5.6.0 Message has NUL octets (see RFC 5322 section 2.3)\r\n"), out)
+        allowed = dialog(allowNul=True)
+        out = allowed.send(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\nhi\x00\r\n.\r\n")
+        self.assertRegex(out, rb"250 2\.0\.0 Queued as \w+\r\n$")
+
+    def test_heloNameIsEchoedSafely(self) -> None:
+        """Security review I-7: the EHLO argument was echoed raw, line separators and
+        all; with helo_check = "syntax" a name that is no domain is refused."""
+        out = dialog().send("EHLO a\u2028b\u0085c\r\n".encode())
+        self.assertTrue(out.startswith(b"250-mx.test greets a?b?c\r\n"), out)
+        strict = dialog(strictHelo=True)
+        self.assertEqual(strict.send(b"EHLO not_a_domain!\r\n"),
+                         b"501 5.5.4 EHLO/HELO needs a domain name or an address literal\r\n")
+        self.assertTrue(strict.send(b"EHLO [192.0.2.1]\r\n").startswith(b"250-mx.test greets [192.0.2.1]\r\n"))
+
+    def test_ipv6ZoneIdInAnAddressLiteralIsRefused(self) -> None:
+        """Found by fuzzing: an IPv6 literal's zone id took any characters (spaces,
+        parentheses), which reached the Received header."""
+        d = dialog()
+        d.send(b"EHLO c.test\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@[IPv6:fe80::1%eth0 (x)]>\r\n")[:9], b"501 5.1.7")
