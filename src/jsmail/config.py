@@ -326,6 +326,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue", "program", "queue", "program", _optionalString),
     Option("queue", "bounceFrom", "queue", "bounce_from", _string),
     Option("queue", "bounceHost", "queue", "bounce_host", _optionalString),
+    Option("queue", "rescanInterval", "queue", "rescan_interval", _seconds),
     Option("policy", "smtp", "policy", "smtp", _listOf(_string)),
     Option("policy", "submission", "policy", "submission", _listOf(_string)),
     Option("policy", "smtps", "policy", "smtps", _listOf(_string)),

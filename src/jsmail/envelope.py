@@ -89,21 +89,72 @@ class Envelope:
 
     @classmethod
     def fromBytes(cls, raw: bytes) -> Envelope:
+        """Read an envelope line back, checking the type of every field: a queue file
+        is input too (a disk error, a hand edit, an attacker with the jsmail uid), and
+        one bad file must make an error here, never a crash in the scheduler later."""
+        if len(raw) > MAX_ENVELOPE:
+            raise EnvelopeFormatError(f"envelope of {len(raw)} octets is longer than {MAX_ENVELOPE}")
         try:
             data = json.loads(raw)
-            version = data.pop("version")
-        except (ValueError, KeyError, AttributeError, TypeError) as e:
-            raise EnvelopeFormatError(f"not a jsmail envelope: {e}") from None
-        if version not in (1, FORMAT_VERSION):
+        except (ValueError, RecursionError) as e:
+            raise EnvelopeFormatError(f"not a jsmail envelope: {type(e).__name__}") from None
+        if not isinstance(data, dict):
+            raise EnvelopeFormatError("not a jsmail envelope: not a JSON object")
+        version = data.pop("version", None)
+        if version not in (1, FORMAT_VERSION) or isinstance(version, bool):
             raise EnvelopeFormatError(f"envelope format version {version!r} is not {FORMAT_VERSION}")
+        _check(data, _ENVELOPE_FIELDS, "envelope")
+        recipients = data.pop("recipients", None)
+        if not isinstance(recipients, list) or not recipients:
+            raise EnvelopeFormatError("bad envelope field: recipients must be a non-empty list")
+        checked = []
+        for r in recipients:
+            if not isinstance(r, dict):
+                raise EnvelopeFormatError("bad envelope field: a recipient is not an object")
+            r = _fromVersion1(r) if version == 1 else r
+            _check(r, _RECIPIENT_FIELDS, "recipient")
+            try:
+                checked.append(Recipient(**{**r, "state": RecipientState(r["state"])}))
+            except (TypeError, ValueError, KeyError) as e:
+                raise EnvelopeFormatError(f"bad recipient field: {e}") from None
         try:
-            recipients = tuple(
-                Recipient(**{**(_fromVersion1(r) if version == 1 else r), "state": RecipientState(r["state"])})
-                for r in data.pop("recipients")
-            )
-            return cls(recipients=recipients, **data)
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            return cls(recipients=tuple(checked), **data)
+        except TypeError as e:
             raise EnvelopeFormatError(f"bad envelope field: {e}") from None
+
+
+MAX_ENVELOPE = 1024 * 1024  # octets: 100 recipients with long replies fit many times over
+
+
+def _params(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                           for k, v in value.items())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
+
+
+_TEXT = (lambda v: isinstance(v, str))
+_OPTIONAL_TEXT = (lambda v: v is None or isinstance(v, str))
+_ENVELOPE_FIELDS: dict[str, Any] = {
+    "sender": _TEXT, "recipients": lambda v: True, "mailParams": _params, "arrival": _number,
+    "clientAddress": _TEXT, "helo": _TEXT, "protocol": _TEXT,
+    "attempts": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "nextAttempt": _number,
+}
+_RECIPIENT_FIELDS: dict[str, Any] = {
+    "address": _TEXT, "params": _params, "state": _TEXT, "lastReply": _OPTIONAL_TEXT,
+    "lastStatus": _OPTIONAL_TEXT, "lastFromPeer": lambda v: isinstance(v, bool), "remoteMTA": _OPTIONAL_TEXT,
+}
+
+
+def _check(data: dict[str, Any], fields: dict[str, Any], what: str) -> None:
+    for key, value in data.items():
+        check = fields.get(key)
+        if check is None:
+            raise EnvelopeFormatError(f"bad {what} field: unknown field {key!r}")
+        if not check(value):
+            raise EnvelopeFormatError(f"bad {what} field: {key} has the wrong type")
 
 
 def _fromVersion1(recipient: dict[str, Any]) -> dict[str, Any]:

@@ -175,6 +175,9 @@ class MaildirQueue:
             unlinkQuietly(os.path.join(self.tmpDir, name))
 
     def _recover(self) -> list[tuple[str, Envelope]]:
+        """Every queued message with its envelope.  Nothing one file does stops the
+        others: one that vanished meanwhile (delivered and removed while we listed) is
+        skipped, one that cannot be read is set aside in corrupt/ with a log line."""
         names = set(os.listdir(self.activeDir))
         found = []
         for name in sorted(names):
@@ -185,12 +188,21 @@ class MaildirQueue:
                 continue
             try:
                 found.append((name, self._readEnvelope(name)))
+            except FileNotFoundError:
+                continue  # removed since the listing: delivered, or moved by an operator
             except (OSError, EnvelopeFormatError) as e:
                 _log.error("queue recovery: setting aside {name}: {error}", name=name, error=e)
-                for move in (name, name + ".env"):
-                    if move in names:
-                        os.replace(os.path.join(self.activeDir, move), os.path.join(self.corruptDir, move))
+                self._setAside(name)
         return found
+
+    def _setAside(self, queueId: str) -> None:
+        for name in (queueId, queueId + ".env"):
+            try:
+                os.replace(os.path.join(self.activeDir, name), os.path.join(self.corruptDir, name))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                _log.error("queue recovery: cannot set aside {name}: {error}", name=name, error=e)
 
     def _readEnvelope(self, queueId: str) -> Envelope:
         path = os.path.join(self.activeDir, queueId)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -24,7 +24,7 @@ from jsmail import maillog, reply
 from jsmail._threads import RunInThread
 from jsmail.send.settings import QueueSettings
 from jsmail.send.bounce import wantsFailureNotice, writeBounce
-from jsmail.envelope import Envelope, Recipient, RecipientState
+from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.error import DeliveryError
 from jsmail.queue.funnel import Funnel
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, NotQueued, QueuedMessage
@@ -71,10 +71,19 @@ class Scheduler(Service):
         self._inFlight: set[defer.Deferred[None]] = set()
         # Ids removed lately: recovery (or a late notice) may still name them.
         self._finished: dict[str, None] = {}
+        self._rescans: task.LoopingCall | None = None
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         super().startService()
+        # As qmail-send: look at the whole queue now and then, so that no message can
+        # stay unscheduled, whatever went wrong with the notice or an earlier pass.
+        self._rescans = task.LoopingCall(self._rescanLogged)
+        self._rescans.clock = self.clock
+        self._rescans.start(self.settings.rescanInterval, now=False)
         return self.rescan()
+
+    def _rescanLogged(self) -> defer.Deferred[None]:
+        return self.rescan().addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
 
     def rescan(self) -> defer.Deferred[None]:
         """Plan every message in the queue not yet planned: at start, and when another
@@ -97,6 +106,8 @@ class Scheduler(Service):
 
     def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
         super().stopService()
+        if self._rescans is not None and self._rescans.running:
+            self._rescans.stop()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -157,6 +168,11 @@ class Scheduler(Service):
         except NotQueued:
             self._forget(queueId)
             return
+        except EnvelopeFormatError as e:
+            # Damaged since it was queued: the next rescan's recovery sets it aside.
+            _log.error("Cannot read the envelope of {queueId}: {error}", queueId=queueId, error=e)
+            del self._envelopes[queueId]
+            return
         message = QueuedMessage(queueId, envelope, lambda: self.queue.openMessage(queueId))
         byAgent: dict[Any, list[Recipient]] = {}
         for recipient in envelope.pending:
@@ -207,7 +223,12 @@ class Scheduler(Service):
                                       lastFromPeer=result.fromPeer, remoteMTA=result.remoteMTA or None))
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
         if envelope.pending:
-            yield self.queue.update(queueId, envelope)
+            try:
+                yield self.queue.update(queueId, envelope)
+            except Exception:
+                # A full disk, say: the queue keeps the old envelope, so the worst is
+                # a recipient delivered twice.  The message stays planned either way.
+                _log.failure("Cannot record the attempt on {queueId}; retrying later", queueId=queueId)
             if self.running:
                 self._plan(queueId, envelope)
             else:

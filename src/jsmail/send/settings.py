@@ -26,3 +26,4 @@ class QueueSettings:
     program: str = ""  # a qmail-queue-compatible program to hand mail to, instead of jsmail's queue
     bounceFrom: str = "MAILER-DAEMON"
     bounceHost: str = ""
+    rescanInterval: float = 900.0  # seconds between looks at the whole queue (qmail-send's are 25 minutes)
