@@ -128,3 +128,18 @@ class StartTests(unittest.TestCase):
                 self.fail(f"twistd still running 10 s after failing to listen on {endpoint}")
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(endpoint, result.stdout + result.stderr)
+
+
+class BacklogTests(unittest.TestCase):
+    def test_tcpListenersGetAMailServersBacklog(self) -> None:
+        """Connection bursts: Twisted's default backlog of 50 dropped SYNs when 200
+        clients connected at once.  TCP endpoints get the kernel's somaxconn (at least
+        1024) unless the description sets a backlog itself."""
+        from jsmail.listen import listenBacklog, withBacklog
+
+        backlog = listenBacklog()
+        self.assertGreaterEqual(backlog, 1024)
+        self.assertEqual(withBacklog("tcp:25"), f"tcp:25:backlog={backlog}")
+        self.assertEqual(withBacklog("tcp6:25:interface=\\:\\:"), f"tcp6:25:interface=\\:\\::backlog={backlog}")
+        self.assertEqual(withBacklog("tcp:25:backlog=10"), "tcp:25:backlog=10")
+        self.assertEqual(withBacklog("unix:/run/smtp.sock"), "unix:/run/smtp.sock")

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from jsmail.auth import setPassword
 from jsmail.config import loadConfig
 from jsmail.service import MailGateway
+from jsmail.smtp.tls import ServerTLS, TLSError
 from jsmail.testing import DNSServer
 
 CLIENT_TIMEOUT = 10
@@ -262,3 +263,48 @@ class SwaksTests(GatewayTestCase):
         self.assertEqual(code, 0, out + err)
         [message] = yield self.delivered("localhost", "someone")
         self.assertIn(b"with ESMTPS id", message)
+
+
+class CertificateFileTests(TestCase):
+    """Newcomer review item 3: a certificate and key that do not go together were
+    accepted at start, by --check-config and by SIGHUP, after which every handshake
+    failed."""
+
+    def files(self, cert: bytes, key: bytes) -> tuple[str, str]:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        paths = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        for path, data in zip(paths, (cert, key)):
+            with open(path, "wb") as f:
+                f.write(data)
+        return paths
+
+    def test_keyOfAnotherCertificateIsRefusedAtLoad(self) -> None:
+        ca = trustme.CA()
+        one, other = ca.issue_cert("mx.test"), ca.issue_cert("mx.test")
+        cert, key = self.files(one.cert_chain_pems[0].bytes(), other.private_key_pem.bytes())
+        with self.assertRaises(TLSError) as caught:
+            ServerTLS(cert, key)
+        self.assertEqual(str(caught.exception), f"the key in {key} is not the key of the certificate in {cert}")
+
+    def test_chainOutOfOrderIsRefused(self) -> None:
+        ca = trustme.CA()
+        intermediate = ca.create_child_ca()
+        leaf = intermediate.issue_cert("mx.test")
+        shuffled = leaf.cert_chain_pems[0].bytes() + ca.cert_pem.bytes() + intermediate.cert_pem.bytes()
+        cert, key = self.files(shuffled, leaf.private_key_pem.bytes())
+        with self.assertRaises(TLSError) as caught:
+            ServerTLS(cert, key)
+        self.assertIn("the chain is out of order", str(caught.exception))
+
+    def test_badReloadKeepsTheWorkingCertificate(self) -> None:
+        ca = trustme.CA()
+        good = ca.issue_cert("mx.test")
+        cert, key = self.files(good.cert_chain_pems[0].bytes(), good.private_key_pem.bytes())
+        tls = ServerTLS(cert, key)
+        working = tls.options
+        with open(key, "wb") as f:
+            f.write(ca.issue_cert("mx.test").private_key_pem.bytes())  # a renewal gone wrong
+        self.assertFalse(tls.reload())
+        self.assertIs(tls.options, working, "the working context is kept")
+        self.assertEqual(len(self.flushLoggedErrors()), 0)

@@ -23,6 +23,25 @@ from twisted.python.failure import Failure
 _log = Logger()
 
 
+def listenBacklog() -> int:
+    """The kernel's limit on a listen queue (``somaxconn``), at least 1024: Twisted's
+    default of 50 drops SYNs when a few hundred clients connect at once."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return max(int(f.read().strip()), 1024)
+    except (OSError, ValueError):
+        return 1024
+
+
+def withBacklog(description: str) -> str:
+    """A TCP endpoint description with a mail server's listen backlog, unless it names
+    one itself (``backlog=``)."""
+    kind = description.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tcp6") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={listenBacklog()}"
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where each kind of listener listens (``config.listen``, from ``[smtp]``): SMTP
@@ -48,8 +67,8 @@ class ListenerService(Service):
 
     def __init__(self, reactor: Any, description: str, factory: Factory, kind: str = "smtp") -> None:
         self.kind = kind
-        self.description = description
-        self.endpoint = serverFromString(reactor, description)
+        self.description = withBacklog(description)
+        self.endpoint = serverFromString(reactor, self.description)
         self.factory = factory
         self.port: IListeningPort | None = None
         self._result: IListeningPort | Failure | None = None

@@ -44,7 +44,9 @@ class TLSError(Exception):
 
 
 def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOptions:
-    """A server context from PEM files: the certificate file may hold a chain."""
+    """A server context from PEM files: the certificate file may hold a chain.  The pair
+    and the chain are checked here, not at the first handshake: a key that belongs to
+    another certificate, or a chain out of order, would make every handshake fail."""
     try:
         with open(certificatePath, "rb") as f:
             chainPEM = f.read()
@@ -60,18 +62,31 @@ def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOpti
         key = crypto.load_privatekey(crypto.FILETYPE_PEM, keyPEM)
     except crypto.Error as e:
         raise TLSError(f"{keyPath}: not a PEM private key: {e}") from None
+    publicKey = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if (key.to_cryptography_key().public_key().public_bytes(*publicKey)
+            != certificates[0].public_key().public_bytes(*publicKey)):
+        raise TLSError(f"the key in {keyPath} is not the key of the certificate in {certificatePath}")
+    for issued, issuer in zip(certificates, certificates[1:]):
+        if issued.issuer != issuer.subject:
+            raise TLSError(f"{certificatePath}: the chain is out of order: {issued.subject.rfc4514_string()} "
+                           f"is not issued by the next certificate, {issuer.subject.rfc4514_string()}")
+    expires = certificates[0].not_valid_after_utc
+    if expires < datetime.datetime.now(datetime.timezone.utc):
+        _log.warn("The TLS certificate in {path} expired on {date}", path=certificatePath, date=expires.isoformat())
     leaf = crypto.X509.from_cryptography(certificates[0])
     chain = [crypto.X509.from_cryptography(c) for c in certificates[1:]]
     try:
-        return ssl.CertificateOptions(
+        options = ssl.CertificateOptions(
             privateKey=key,
             certificate=leaf,
             extraCertChain=chain,
             raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
             acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
         )
+        options.getContext()  # OpenSSL's own checks, now rather than at the first handshake
     except (SSL.Error, ValueError) as e:
         raise TLSError(f"{certificatePath} and {keyPath} do not go together: {e}") from None
+    return options
 
 
 def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
