@@ -17,6 +17,7 @@ from twisted.names import client, dns
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jsmail.error import DeliveryError
 from jsmail.remote.dane import DANE_EE, DANE_TA, TLSA, TLSARecord, _spki, lookupTLSA, matchesTLSA
 from jsmail.testing import DNSServer
 
@@ -244,11 +245,23 @@ class LookupTests(TestCase):
                                             "mx.example.test")))
 
     @defer.inlineCallbacks
-    def test_silent_resolver_no_records(self):  # type: ignore[no-untyped-def]
+    def test_silentResolverDefersInsteadOfDowngrading(self):  # type: ignore[no-untyped-def]
+        """Security review M-7: a TLSA lookup that times out is no evidence of "no
+        DANE"; the host must not be used now (RFC 7672 section 2.1)."""
         silent = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
         self.addCleanup(silent.stopListening)
         resolver = client.Resolver(servers=[("127.0.0.1", silent.getHost().port)], reactor=reactor)
-        self.assertIsNone((yield lookupTLSA(reactor, resolver, "mx.example.test", timeout=0.2)))
+        error = yield self.assertFailure(lookupTLSA(reactor, resolver, "mx.example.test", timeout=0.2), DeliveryError)
+        self.assertEqual((str(error.reply), error.permanent),
+                         ("451 4.7.5 The mail exchanger's TLSA records could not be looked up", False))
+
+    @defer.inlineCallbacks
+    def test_servfailDefersInsteadOfDowngrading(self):  # type: ignore[no-untyped-def]
+        """Security review M-7: SERVFAIL is what a validating resolver answers when an
+        attacker tampers with a signed TLSA answer: it used to mean "no DANE", and the
+        mail went out in plaintext."""
+        yield self.assertFailure(lookupTLSA(reactor, self.serve(ValidatingResolver(rCode=dns.ESERVER)),
+                                            "mx.example.test"), DeliveryError)
 
     @defer.inlineCallbacks
     def test_resolver_off_loopback_not_trusted(self):  # type: ignore[no-untyped-def]

@@ -294,3 +294,29 @@ class RemoteDeliveryTests(SynchronousTestCase):
         self.assertEqual([s.tls for _, _, s in self.network.attempts], ["opportunistic"])
         self.assertEqual((result.status, str(result.reply)),
                          (TEMPORARY, "454 4.7.5 TLS with the mail exchanger failed"))
+
+
+class PolicyFailureTests(SynchronousTestCase):
+    def test_tlsPolicyFailureDoesNotBackOffTheHostForOtherDomains(self) -> None:
+        """Security review M-6: one domain's TLS demand that a host fails (here: TLS
+        required, STARTTLS missing) backed the host's address off for every domain,
+        so an attacker pointing a domain at a big provider's MX deferred all mail to
+        that provider.  Only a host that cannot be reached is backed off."""
+        clock, network = Clock(), Network()
+        remote = RemoteDelivery(clock, runNow, Zone(failing=[]), RemoteSettings(heloHost="me.test", idleTimeout=0),
+                                connect=network.connect)
+        network.setupErrors = {"192.0.2.3": DeliveryError(reply.PEER_NO_STARTTLS, False, "no STARTTLS")}
+        envelope = Envelope("a@me.test", (Recipient("x@nomx.test"),))
+        message = QueuedMessage("Q1", envelope, lambda: io.BytesIO(b"x\r\n"))
+        [first] = self.successResultOf(remote.deliver(message, envelope.recipients))
+        self.assertEqual(str(first.reply), "454 4.7.5 TLS is required but the mail exchanger does not offer STARTTLS")
+        network.setupErrors = {}
+        [second] = self.successResultOf(remote.deliver(message, envelope.recipients))
+        self.assertEqual((second.status, len(network.attempts)), (DELIVERED, 2), "tried again at once")
+        network.down = {"192.0.2.3"}
+        self.successResultOf(remote.deliver(message, envelope.recipients))
+        network.down = set()
+        [backedOff] = self.successResultOf(remote.deliver(message, envelope.recipients))
+        self.assertEqual((str(backedOff.reply), len(network.attempts)),
+                         ("451 4.4.1 The mail exchanger failed lately; not tried again yet", 3),
+                         "a host that cannot be reached is backed off")

@@ -225,6 +225,7 @@ PEER_SESSION_FAILED = Reply(451, "4.4.2", "The session with the mail exchanger c
 PEER_SESSION_ENDED = Reply(451, "4.4.2", "The session with the mail exchanger has ended")
 PEER_NO_STARTTLS = Reply(454, "4.7.5", "TLS is required but the mail exchanger does not offer STARTTLS")
 PEER_STARTTLS_REFUSED = Reply(454, "4.7.5", "TLS is required but the mail exchanger refused STARTTLS")
+TLSA_LOOKUP_FAILED = Reply(451, "4.7.5", "The mail exchanger's TLSA records could not be looked up")
 PEER_TLSA_MISMATCH = Reply(454, "4.7.5", "The mail exchanger's certificate does not match its TLSA records")
 PEER_NO_AUTH = Reply(454, "4.7.0", "The relay does not offer AUTH PLAIN or LOGIN")
 PEER_AUTH_WITHOUT_TLS = Reply(454, "4.7.0", "Not sending credentials without TLS")

@@ -131,7 +131,11 @@ class RemoteDelivery:
         for host, tls in plan:
             tlsa: tuple[TLSARecord, ...] = ()
             if dane and tls in ("opportunistic", "verify"):
-                records = yield lookupTLSA(self.reactor, self.exchangers.resolver, host, route.port)
+                try:
+                    records = yield lookupTLSA(self.reactor, self.exchangers.resolver, host, route.port)
+                except DeliveryError as e:
+                    lastError = e  # not this host now, and never without its TLSA check
+                    continue
                 if records:
                     _log.info("DANE: {host} has TLSA records; its certificate must match them", host=host)
                     tls, tlsa = "opportunistic", tuple(records)
@@ -169,8 +173,13 @@ class RemoteDelivery:
                 client = yield self._open(route, address, tlsa)
             except DeliveryError as e:
                 why = f"{e} ({route.host} [{address}])"
-                delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
-                self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
+                if not _isPolicyFailure(e):
+                    # Only a host that cannot be reached is backed off for everyone: a
+                    # TLS or policy failure is about this destination's demands, and an
+                    # attacker's domain pointing at a big provider's MX must not defer
+                    # other domains' mail there (security review M-6).
+                    delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
+                    self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
                 return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
             self._down.pop(address, None)
         size, eightBit = yield self.runInThread(_measure, message)
@@ -245,3 +254,9 @@ def _measure(message: QueuedMessage) -> tuple[int, bool]:
         while not eightBit and (chunk := f.read(65536)):
             eightBit = not chunk.isascii()
         return f.seek(0, 2) - start, eightBit
+
+
+def _isPolicyFailure(error: DeliveryError) -> bool:
+    """A security or policy status (RFC 3463 class X.7.X: TLS required but missing, a
+    certificate or TLSA mismatch, AUTH refused), as opposed to a host that is down."""
+    return error.reply.enhanced[2:4] == "7."

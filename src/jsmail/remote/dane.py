@@ -14,9 +14,11 @@ Decisions, and why:
   return the dns.Message (and so its AD bit) but asks without setting AD: validating
   resolvers (BIND, Unbound) then leave AD clear (RFC 6840 section 5.7), and DANE would
   never apply.  A truncated answer is asked again over TCP.
-- A failed lookup is also "no usable DANE".  RFC 7672 (section 2.1) defers delivery
-  instead when the MX host's address records were DNSSEC-secure; twisted.names' address
-  lookups do not say whether they were, so that rule is not applied.
+- A lookup that fails (a SERVFAIL, REFUSED or other error code, a time-out) is not
+  "no DANE": it is what a validating resolver says when an attacker tampers with a
+  signed answer, so delivery to that host is deferred (RFC 7672 section 2.1), never
+  downgraded.  Only an answer (NOERROR or NXDOMAIN) without usable records means no
+  DANE: an authenticated denial, or an insecure (unsigned) zone.
 - Only DANE-TA(2) and DANE-EE(3) count (RFC 7672 section 3.1.3).  A DANE-EE match
   ignores names and dates (section 3.1.1).  A DANE-TA match needs the server to send
   the trust anchor in its chain (section 3.1.2); the chain must then pass OpenSSL's
@@ -42,6 +44,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.logger import Logger
 from twisted.names import dns
+
+from jsmail import reply
+from jsmail.error import DeliveryError
 
 __all__ = ["DANE_EE", "DANE_TA", "TLSA", "TLSARecord", "lookupTLSA", "matchesTLSA"]
 
@@ -90,7 +95,8 @@ def lookupTLSA(reactor: Any, resolver: Any, host: str, port: int = 25,
     """The TLSA records of ``_PORT._tcp.HOST`` (RFC 7672 section 2.3), or None when
     there are none that a loopback validating resolver vouched for (see the module
     docstring).  ``resolver`` is a ``twisted.names.client.Resolver``: its servers are
-    asked in turn.  Never fails."""
+    asked in turn.  Fails with a temporary :class:`DeliveryError` when the lookup itself
+    failed: the host must not be used now (RFC 7672 section 2.1)."""
     name = f"_{port}._tcp.{host.rstrip('.')}"
     return Deferred.fromCoroutine(_lookup(reactor, [*resolver.servers, *resolver.dynServers], name, timeout))
 
@@ -101,15 +107,18 @@ async def _lookup(reactor: Any, servers: Sequence[tuple[str, int]], name: str,
     if not trusted:
         _log.info("DANE: not asking for {name}: no resolver on loopback to trust the AD bit of", name=name)
         return None
-    message = None
+    message, why = None, "no answer"
     for server in trusted:
         try:
             message = await _ask(reactor, server, dns.Query(name, TLSA, dns.IN), timeout)
             break
         except Exception as e:
-            _log.info("DANE: asking {server} for {name} failed: {error}", server=server, name=name,
-                      error=str(e) or type(e).__name__)
-    if message is None or message.rCode != dns.OK or not message.authenticData:
+            why = str(e) or type(e).__name__
+            _log.info("DANE: asking {server} for {name} failed: {error}", server=server, name=name, error=why)
+    if message is None or message.rCode not in (dns.OK, dns.ENAME):
+        why = why if message is None else f"response code {message.rCode}"
+        raise DeliveryError(reply.TLSA_LOOKUP_FAILED, False, f"TLSA lookup of {name}: {why}")
+    if message.rCode != dns.OK or not message.authenticData:
         return None
     records = []
     for answer in message.answers:
