@@ -81,7 +81,9 @@ class Session:
         self.tlsFailed = tlsFailed
         self.closed = False
         self.sent: list[OutgoingMessage] = []
+        self.stalls = False  # a tarpit: send never answers until aborted
         self._setupError = setupError
+        self._pending: defer.Deferred[list[DeliveryResult]] | None = None
 
     @property
     def ready(self) -> defer.Deferred[None]:
@@ -89,6 +91,10 @@ class Session:
 
     def send(self, message: OutgoingMessage) -> defer.Deferred[list[DeliveryResult]]:
         self.sent.append(message)
+        if self.stalls:
+            self._pending = defer.Deferred()
+            self._recipients = message.recipients
+            return self._pending
         return defer.succeed([
             DeliveryResult(r.address, PERMANENT, PeerReply(550, "5.1.1", "no such user")) if r.address.startswith("bad")
             else DeliveryResult(r.address, DELIVERED, PeerReply(250, "2.0.0", "queued")) for r in message.recipients])
@@ -96,6 +102,12 @@ class Session:
     def quit(self) -> defer.Deferred[None]:
         self.closed = True
         return defer.succeed(None)
+
+    def abort(self, why: str) -> None:
+        self.closed = True
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.callback([DeliveryResult(r.address, TEMPORARY, reply.PEER_TIMEOUT, why) for r in self._recipients])
 
 
 class Network:
@@ -111,6 +123,8 @@ class Network:
         self.attempts: list[tuple[str, int, ClientSettings]] = []
         self.sessions: list[Session] = []
 
+    tarpits: set[str] = set()
+
     def connect(self, address: str, port: int, settings: ClientSettings) -> defer.Deferred[Session]:
         self.attempts.append((address, port, settings))
         if address in self.down:
@@ -119,6 +133,7 @@ class Network:
             session = Session(address, settings, DeliveryError(reply.PEER_TLS_FAILED, False, "handshake"), True)
         else:
             session = Session(address, settings, self.setupErrors.get(address), False)
+        session.stalls = address in self.tarpits
         self.sessions.append(session)
         return defer.succeed(session)
 
@@ -320,3 +335,25 @@ class PolicyFailureTests(SynchronousTestCase):
         self.assertEqual((str(backedOff.reply), len(network.attempts)),
                          ("451 4.4.1 The mail exchanger failed lately; not tried again yet", 3),
                          "a host that cannot be reached is backed off")
+
+    def test_tarpitHoldsFewAttemptsAndEachForAtMostTheDeadline(self) -> None:
+        """Security review M-5: deliveries to a host that answers each step just within
+        its time-out held every delivery slot.  Now at most as many attempts wait for a
+        host as are in session with it (the rest defer at once), and each session ends
+        at the transaction deadline."""
+        clock, network = Clock(), Network()
+        network.tarpits = {"192.0.2.3"}
+        remote = RemoteDelivery(clock, runNow, Zone(failing=[]),
+                                RemoteSettings(heloHost="me.test", idleTimeout=0, perHost=2, sessionDeadline=60.0),
+                                connect=network.connect)
+        envelope = Envelope("a@me.test", (Recipient("x@nomx.test"),))
+        message = QueuedMessage("Q1", envelope, lambda: io.BytesIO(b"x\r\n"))
+        attempts = [remote.deliver(message, envelope.recipients) for _ in range(6)]
+        busy = [self.successResultOf(d) for d in attempts[4:]]
+        self.assertEqual([str(r[0].reply) for r in busy],
+                         ["451 4.4.5 The mail exchanger is busy with other deliveries; trying later"] * 2)
+        self.assertEqual(len(network.attempts), 2, "two in session, two waiting")
+        clock.advance(60)
+        clock.advance(60)
+        results = [self.successResultOf(d) for d in attempts[:4]]
+        self.assertEqual({str(r[0].reply) for r in results}, {"451 4.4.2 Timed out waiting for the mail exchanger"})

@@ -360,3 +360,25 @@ class OperatorTests(TestCase):
         clock.advance(0)
         self.assertEqual(len(agent.deliveries), 1)
         self.assertEqual(scheduler.queued, 0)
+
+
+class StalledAgentTests(TestCase):
+    def test_stalledRemoteDeliveriesDoNotStopLocalDelivery(self) -> None:
+        """Security review M-5: every attempt, local or remote, took a slot of one
+        semaphore, so remote deliveries stuck on a tarpit stopped local delivery.
+        Each agent now has its own limit."""
+
+        class Stalled(RecordingAgent):
+            def deliver(self, message, recipients):  # type: ignore[no-untyped-def]
+                return defer.Deferred()  # a tarpit: never answers
+
+        clock, queue, local = Clock(), MemoryQueue(), RecordingAgent()
+        scheduler = Scheduler(queue, Router(["localhost"], local, Stalled()), clock, runNow, "mx.test",
+                              QueueSettings(concurrency=2))
+        scheduler.startService()
+        for n in range(5):
+            self.successResultOf(scheduler.funnel.enqueue(Envelope("a@b.test", (Recipient(f"r{n}@far.test"),)),
+                                                          b"x\r\n"))
+        self.successResultOf(scheduler.funnel.enqueue(Envelope("a@b.test", (Recipient("me@localhost"),)), b"x\r\n"))
+        clock.advance(0)
+        self.assertEqual([d.recipients for d in local.deliveries], [["me@localhost"]])

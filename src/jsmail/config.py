@@ -316,6 +316,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("remote", "hostBackoffMaximum", "remote", "host_backoff_max", _seconds),
     Option("remote", "heloHost", "remote", "helo_host", _optionalString),
     Option("remote", "replyTimeout", "remote", "reply_timeout", _nonNegativeSeconds),
+    Option("remote", "sessionDeadline", "remote", "session_deadline", _seconds),
     Option("queue", "retryFirst", "queue", "retry_first", _seconds),
     Option("queue", "retryFactor", "queue", "retry_factor", _factor),
     Option("queue", "retryMaximum", "queue", "retry_max", _seconds),

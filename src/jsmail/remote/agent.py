@@ -158,7 +158,18 @@ class RemoteDelivery:
         """Results for the recipients, or a :class:`DeliveryError` saying why this host
         could not be tried.  ``tlsa``: the host's validated TLSA records, if any (DANE)."""
         slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.settings.perHost))
-        return slots.run(self._session, route, address, message, recipients, tlsa)
+        if len(slots.waiting) >= self.settings.perHost:
+            # As many wait as are in session: a host that is slow on purpose (a tarpit)
+            # holds at most twice per_host attempts; the rest wait in the queue.
+            return defer.succeed(DeliveryError(reply.HOST_BUSY, False, f"{route.host} [{address}]"))
+        d = slots.run(self._session, route, address, message, recipients, tlsa)
+
+        def released(result: object) -> object:
+            if not slots.waiting and slots.tokens == slots.limit:
+                self._slots.pop(address, None)  # no map grows with the destinations seen
+            return result
+
+        return d.addBoth(released)
 
     @defer.inlineCallbacks
     def _session(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
@@ -191,13 +202,27 @@ class RemoteDelivery:
             open=message.open,
             eightBit=eightBit,
         )
-        results = yield client.send(outgoing)
+        results = yield self._withDeadline(client, client.send(outgoing), recipients)
         if self.settings.idleTimeout > 0:
             self._keepIdle(route, address, tlsa, client)
         else:
             client.quit()  # reuse turned off: one session per message
         remote = f"dns; {route.host}" if route.host else f"dns; [{address}]"
         return [replace(r, remoteMTA=remote) for r in results]
+
+    def _withDeadline(self, client: ESMTPClient, sending: defer.Deferred[list[DeliveryResult]],
+                      recipients: list[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
+        """A whole transaction gets ``sessionDeadline`` seconds, however slowly the peer
+        answers each step within its own time-outs (a tarpit)."""
+        timer = self.reactor.callLater(self.settings.sessionDeadline, client.abort,
+                                       f"the transaction took longer than {self.settings.sessionDeadline:g} s")
+
+        def done(results: list[DeliveryResult]) -> list[DeliveryResult]:
+            if timer.active():
+                timer.cancel()
+            return results
+
+        return sending.addBoth(done)
 
     def _open(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> defer.Deferred[ESMTPClient]:
         """A session ready for mail (see :func:`jsmail.smtp.connect.readySession`);

@@ -31,6 +31,7 @@ class RemoteSettings:
     hostBackoffMaximum: float = 3600.0
     heloHost: str = ""
     replyTimeout: float = 0.0
+    sessionDeadline: float = 1800.0  # seconds one delivery's whole SMTP transaction may take
 
     @property
     def smarthostRoute(self) -> Route | None:

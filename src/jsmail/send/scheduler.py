@@ -27,7 +27,7 @@ from jsmail.send.bounce import wantsFailureNotice, writeBounce
 from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.error import DeliveryError
 from jsmail.queue.funnel import Funnel
-from jsmail.interfaces import DeliveryResult, DeliveryStatus, IQueue, IRouter, NotQueued, QueuedMessage
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IQueue, IRouter, NotQueued, QueuedMessage
 
 _log = Logger()
 
@@ -64,7 +64,9 @@ class Scheduler(Service):
         self.settings = settings
         self.postmaster = postmaster
         self.funnel = Funnel(queue, self.schedule)
-        self._semaphore = defer.DeferredSemaphore(settings.concurrency)
+        # One limit per agent, not one for all: remote attempts stuck on a slow host
+        # must not stop local delivery (security review M-5).
+        self._slots: dict[IDeliveryAgent, defer.DeferredSemaphore] = {}
         self._envelopes: dict[str, Envelope] = {}
         self._timers: dict[str, IDelayedCall] = {}
         self._attempting: set[str] = set()
@@ -150,7 +152,7 @@ class Scheduler(Service):
     def _due(self, queueId: str) -> None:
         del self._timers[queueId]
         self._attempting.add(queueId)
-        d = self._semaphore.run(self._attempt, queueId)
+        d = self._attempt(queueId)
         d.addErrback(lambda f: _log.failure("Delivery attempt for {queueId} failed", f, queueId=queueId))
         self._inFlight.add(d)
 
@@ -179,13 +181,20 @@ class Scheduler(Service):
             byAgent.setdefault(self.router.agentFor(recipient.address), []).append(recipient)
         results: dict[str, DeliveryResult] = {}
         outcomes = yield defer.gatherResults([
-            defer.maybeDeferred(agent.deliver, message, rcpts).addErrback(self._agentFailed, rcpts)
+            self._slotsFor(agent).run(agent.deliver, message, rcpts).addErrback(self._agentFailed, rcpts)
             for agent, rcpts in byAgent.items()
         ])
         for agentResults in outcomes:
             for result in agentResults:
                 results[result.recipient] = result
         yield self._record(queueId, envelope, results)
+
+    def _slotsFor(self, agent: IDeliveryAgent) -> defer.DeferredSemaphore:
+        """At most ``concurrency`` deliveries at once per agent."""
+        slots = self._slots.get(agent)
+        if slots is None:
+            slots = self._slots[agent] = defer.DeferredSemaphore(self.settings.concurrency)
+        return slots
 
     def _agentFailed(self, failure: Any, recipients: list[Recipient]) -> list[DeliveryResult]:
         """An agent must report, not fail; if it fails anyway, nothing is lost: retry."""

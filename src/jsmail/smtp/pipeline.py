@@ -210,6 +210,11 @@ class CommandPipeline(Protocol):
         self._hangUp(Reason.of(replies.PEER_TIMEOUT,
                                f"timed out after {seconds:g} seconds waiting for {what} ({self.peer})"))
 
+    def abort(self, why: str) -> None:
+        """Give up on the session now (the caller's own deadline passed): every
+        command waiting, and every recipient in the transaction, gets a time-out."""
+        self._hangUp(Reason.of(replies.PEER_TIMEOUT, f"{why} ({self.peer})"))
+
     def _hangUp(self, reason: Reply) -> None:
         """Give up on a peer that is too slow or makes no sense: drop the connection."""
         self._break(reason)
