@@ -13,9 +13,11 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.auth import AnyOfCheckers, CheckpasswordChecker, HashedPasswordFile, MailRealm, MailUser, TemporaryAuthFailure, setPassword
+from jsmail.smtp.sasl import FailureCounter
 from jsmail.testing import runNow
 from jsmail.policy.relay import RelayControl
 from jsmail.queue.memory import MemoryQueue
@@ -135,9 +137,7 @@ class AuthDialogTests(SynchronousTestCase):
 
     def test_bad_credentials(self) -> None:
         d = self.dialog()
-        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0wrong") + b"\r\n"), b"")
-        d.clock.advance(1)
-        self.assertEqual(d.read(), BAD_CREDENTIALS)
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0wrong") + b"\r\n"), BAD_CREDENTIALS)
 
     def test_malformed_base64(self) -> None:
         d = self.dialog()
@@ -170,16 +170,17 @@ class AuthDialogTests(SynchronousTestCase):
                          b"454 4.7.0 Temporary authentication failure, try again later\r\n")
 
     def test_failures_slowed_then_closed(self) -> None:
-        """Each failure waits twice as long as the one before; past the limit, 421."""
+        """After each failure the next answer waits twice as long; past the limit, 421."""
         d = self.dialog(maxAuthFailures=2, authFailureDelay=1.0)
-        for delay in (1.0, 2.0):
-            self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0bad") + b"\r\n"), b"")
-            d.clock.advance(delay - 0.01)
-            self.assertEqual(d.read(), b"")
-            d.clock.advance(0.01)
-            self.assertEqual(d.read(), BAD_CREDENTIALS)
-        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0bad") + b"\r\n"),
-                         b"421 4.7.0 Too many authentication failures, closing connection\r\n")
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0bad") + b"\r\n"), BAD_CREDENTIALS)
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0bad") + b"\r\n"), b"")
+        d.clock.advance(0.99)
+        self.assertEqual(d.read(), b"")
+        d.clock.advance(0.01)
+        self.assertEqual(d.read(), BAD_CREDENTIALS)
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0bad") + b"\r\n"), b"")
+        d.clock.advance(2)
+        self.assertEqual(d.read(), b"421 4.7.0 Too many authentication failures, closing connection\r\n")
         self.assertTrue(d.closed)
 
     def test_relay_only_when_authenticated(self) -> None:
@@ -303,9 +304,9 @@ class CheckerTests(TestCase):
         d.read()
         d.send(b"EHLO c\r\n")
         for user in ("u", "bob"):
-            self.assertEqual(d.send(b"AUTH PLAIN " + b64(f"\0{user}\0" + "A" * 100) + b"\r\n"), b"")
+            out = d.send(b"AUTH PLAIN " + b64(f"\0{user}\0" + "A" * 100) + b"\r\n")
             d.clock.advance(60)
-            self.assertEqual(d.read(), BAD_CREDENTIALS)
+            self.assertEqual(out + d.read(), BAD_CREDENTIALS)
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def program(self) -> str:
@@ -347,3 +348,59 @@ class CheckerTests(TestCase):
         os.chmod(path, 0o755)
         checker = CheckpasswordChecker(path, timeout=0.5)
         yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"u", b"p")), TemporaryAuthFailure)
+
+
+class GuessingTests(SynchronousTestCase):
+    """Security review M-10: the slowdown was per session (a guesser hung up and
+    connected again) and a success was answered at once, before any delay (so a
+    client waiting 0.7 s knew a guess had failed)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.failures = FailureCounter(window=900.0)
+
+    def session(self, client: str = "192.0.2.1") -> Dialog:
+        d = Dialog(ServerSettings(hostname="mx.test", maxClientAuthFailures=4), MemoryQueue(), clock=self.clock,
+                   clientAddress=client, implicitTLS=True, portal=portal())
+        d.listener.__dict__["authFailures"] = self.failures  # as a gateway shares one count
+        d.server.connectionMade()  # the exchange takes the count when the session starts
+        d.read()
+        d.send(b"EHLO c\r\n")
+        return d
+
+    def test_failuresCountAcrossSessions(self) -> None:
+        for _ in range(4):
+            d = self.session()
+            d.send(b"AUTH PLAIN " + b64("\0u\0guess") + b"\r\n")
+            self.clock.advance(60)
+            d.read()
+        d = self.session()
+        self.assertEqual(d.send(b"AUTH PLAIN " + b64("\0u\0p") + b"\r\n"),
+                         b"421 4.7.0 Too many authentication failures, closing connection\r\n",
+                         "even the right password: the client is refused without a check")
+        other = self.session("192.0.2.2")
+        self.assertEqual(other.send(b"AUTH PLAIN " + b64("\0u\0p") + b"\r\n"), b"", "another client waits")
+        self.clock.advance(8)  # 4 failures for user u: 1 s doubling, 8 s
+        self.assertEqual(other.read(), b"235 2.7.0 Authentication successful\r\n")
+
+    def test_successTakesAsLongAsFailure(self) -> None:
+        """After a failure, the right password is answered as late as a wrong one."""
+        timings = []
+        for password in ("wrong", "p"):
+            self.failures = FailureCounter(window=900.0)
+            self.session().send(b"AUTH PLAIN " + b64("\0u\0guess") + b"\r\n")  # one failure, answered at once
+            d = self.session()
+            self.assertEqual(d.send(b"AUTH PLAIN " + b64(f"\0u\0{password}") + b"\r\n"), b"")
+            self.clock.advance(0.99)
+            self.assertEqual(d.read(), b"", "neither answer comes early")
+            self.clock.advance(0.01)
+            timings.append(d.read()[:3])
+        self.assertEqual(timings, [b"535", b"235"])
+
+    def test_failureCounterIsBounded(self) -> None:
+        counter = FailureCounter(window=900.0, maxKeys=100)
+        for n in range(10_000):
+            counter.add(f"client{n}", 0.0)
+        self.assertEqual(len(counter._failures), 100)
+        self.assertEqual(counter.count("client9999", 1.0), 1)
+        self.assertEqual(counter.count("client9999", 901.0), 0, "forgotten after the window")

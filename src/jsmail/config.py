@@ -290,6 +290,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("smtp", "minFreeSpace", "queue", "min_free", _integer(0)),
     Option("smtp", "maxAuthFailures", "auth", "max_failures", _integer(0)),
     Option("smtp", "authFailureDelay", "auth", "failure_delay", _nonNegativeSeconds),
+    Option("smtp", "maxClientAuthFailures", "auth", "max_client_failures", _integer(1)),
+    Option("smtp", "authFailureWindow", "auth", "failure_window", _seconds),
     Option("smtp", "allowPlaintextAuth", "auth", "allow_plaintext", _boolean),
     Option("smtp", "allowProxyAuth", "auth", "allow_proxy", _boolean),
     Option("smtp", "showAuthInReceived", "auth", "show_in_received", _boolean),

@@ -41,6 +41,7 @@ from jsmail.queue.store import MaildirQueue
 from jsmail.reply import PeerReply, Reply
 from jsmail.send.process import SendProcess
 from jsmail.send.service import DeliveryService
+from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.server import ESMTPServerFactory, Listener
 from jsmail.smtp.tls import ServerTLS, ensureSelfSigned
 
@@ -192,11 +193,12 @@ class MailGateway(ThreadPoolService):
         self.chains = policyChains(config, self.reactor, self.threads("checks"))
         self.listeners: list[ListenerService] = []
         rules = {"smtp": {}, "submission": {"requireTLS": True, "requireAuth": True}, "smtps": {"requireAuth": True}}
+        authFailures = FailureCounter(config.smtp.authFailureWindow)  # one count for all listeners
         for kind in LISTENER_KINDS:
             chain, implicitTLS = self.chains[kind], kind == "smtps"
             listener = Listener(replace(config.smtp, **rules[kind]), sink, self.reactor, kind,
                                 (*always, *chain.policies), chain.modifiers, self.tls, portal, implicitTLS,
-                                runInThread, None if config.queue.program else self.queue.roomFor)
+                                runInThread, None if config.queue.program else self.queue.roomFor, authFailures)
             factory: Factory = ESMTPServerFactory(listener)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)

@@ -4,7 +4,7 @@ once by the gateway and given to each session; its limits are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Sequence
 
@@ -15,6 +15,7 @@ from jsmail._threads import RunInThread, runNow
 from jsmail.interfaces import IMessageSink, IModifier
 from jsmail.policy.chain import PhaseRunner
 from jsmail.smtp.assembly import Assembler
+from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.settings import ServerSettings
 
 
@@ -41,6 +42,7 @@ class Listener:
     implicitTLS: bool = False
     runInThread: RunInThread = runNow
     roomFor: Callable[[int], bool] | None = None
+    authFailures: FailureCounter = field(default_factory=FailureCounter)  # shared by a gateway's listeners
 
     @cached_property
     def phases(self) -> PhaseRunner:

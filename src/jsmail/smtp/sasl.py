@@ -10,6 +10,7 @@ exchange: challenges, the login, and the slowdown after failed attempts.
 from __future__ import annotations
 
 import binascii
+from collections import OrderedDict
 from typing import Any
 
 from twisted.cred import credentials
@@ -96,20 +97,60 @@ class LoginMechanism:
 MECHANISMS = {"PLAIN": PlainMechanism, "LOGIN": LoginMechanism}
 
 
+class FailureCounter:
+    """Failed logins by key (a client's address or network, a user name), across
+    sessions: a guesser gains nothing by hanging up and connecting again.  A failure is
+    forgotten ``window`` seconds after it happened; at most ``maxKeys`` keys are kept
+    (the oldest go first), so the map is bounded whatever the attacker sends."""
+
+    def __init__(self, window: float = 900.0, maxKeys: int = 10_000) -> None:
+        self.window = window
+        self.maxKeys = maxKeys
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+
+    def count(self, key: str, now: float) -> int:
+        times = self._failures.get(key)
+        if times is None:
+            return 0
+        while times and times[0] <= now - self.window:
+            times.pop(0)
+        if not times:
+            del self._failures[key]
+        return len(times)
+
+    def add(self, key: str, now: float) -> None:
+        times = self._failures.pop(key, [])
+        times.append(now)
+        self._failures[key] = times[-64:]  # more are not needed to decide anything
+        while len(self._failures) > self.maxKeys:
+            self._failures.popitem(last=False)
+
+
 class AuthExchange:
     """One session's AUTH: a mechanism's challenges while it runs, then the login
-    through the portal.  Failed logins are answered ever more slowly
-    (``failureDelay`` seconds, doubling) and the one after ``maxFailures`` closes the
-    session with 421."""
+    through the portal.
+
+    Guessing is slowed down across sessions (security review M-10): after failures from
+    the client's address (its /64 for IPv6) or for the user name, every answer, success
+    or failure alike, waits ``failureDelay`` seconds doubling with each (at most
+    ``MAX_DELAY``), so the time of the answer tells nothing; ``maxClientFailures``
+    failures from one client within the counter's window get 421 without a password
+    check; and in one session the failure after ``maxFailures`` closes it with 421."""
+
+    MAX_DELAY = 30.0
 
     def __init__(self, portal: Portal, session: Session, clock: IReactorTime, allowProxy: bool,
-                 maxFailures: int, failureDelay: float) -> None:
+                 maxFailures: int, failureDelay: float, counter: FailureCounter | None = None,
+                 clientKey: str = "", maxClientFailures: int = 10) -> None:
         self.portal = portal
         self.session = session
         self.clock = clock
         self.allowProxy = allowProxy
         self.maxFailures = maxFailures
         self.failureDelay = failureDelay
+        self.counter = counter if counter is not None else FailureCounter()
+        self.clientKey = clientKey or session.clientAddress
+        self.maxClientFailures = maxClientFailures
         self.failures = 0
         self._mechanism: PlainMechanism | LoginMechanism | None = None
 
@@ -141,8 +182,19 @@ class AuthExchange:
         if isinstance(answer, str):
             return reply.AUTH_CHALLENGE.withText(answer)
         self._mechanism = None
+        now = self.clock.seconds()
+        name = answer.username.decode("utf-8", "replace")
+        if self.counter.count(self.clientKey, now) >= self.maxClientFailures:
+            maillog.auth(self.session.client, name, "refused: too many failures from this client lately")
+            return reply.AUTH_TOO_MANY_FAILURES
+        earlier = max(self.counter.count(self.clientKey, now), self.counter.count("user:" + name.lower(), now),
+                      self.failures)
+        delay = min(self.failureDelay * 2 ** (earlier - 1), self.MAX_DELAY) if earlier else 0.0
         d = self.portal.login(answer, None, IMailUser)
-        return d.addCallbacks(self._authenticated, self._failed, errbackArgs=(answer.username,))
+        d.addCallbacks(self._authenticated, self._failed, errbackArgs=(name,))
+        if not delay:
+            return d
+        return d.addCallback(lambda answered: deferLater(self.clock, delay, lambda: answered))
 
     def _authenticated(self, result: tuple[Any, IMailUser, Any]) -> Reply:
         _, user, _ = result
@@ -150,8 +202,7 @@ class AuthExchange:
         maillog.auth(self.session.client, user.name, "ok")
         return reply.AUTH_OK
 
-    def _failed(self, failure: Failure, username: bytes) -> Reply | defer.Deferred[Reply]:
-        name = username.decode("utf-8", "replace")
+    def _failed(self, failure: Failure, name: str) -> Reply:
         if failure.check(TemporaryAuthFailure):
             maillog.auth(self.session.client, name, f"temporary failure: {failure.getErrorMessage()}")
             return reply.AUTH_TEMPORARY
@@ -159,8 +210,10 @@ class AuthExchange:
             _log.failure("Authentication of {name} failed", failure, name=name)
             return reply.AUTH_TEMPORARY
         self.failures += 1
+        now = self.clock.seconds()
+        self.counter.add(self.clientKey, now)
+        self.counter.add("user:" + name.lower(), now)
         maillog.auth(self.session.client, name, f"bad credentials (failure {self.failures})")
         if self.failures > self.maxFailures:
             return reply.AUTH_TOO_MANY_FAILURES
-        delay = self.failureDelay * 2 ** (self.failures - 1)
-        return deferLater(self.clock, delay, lambda: reply.AUTH_BAD_CREDENTIALS)
+        return reply.AUTH_BAD_CREDENTIALS

@@ -108,7 +108,9 @@ class ESMTPServer(Protocol, TimeoutMixin):
         if self.listener.portal is not None:
             settings = self.settings
             self._auth = AuthExchange(self.listener.portal, self.session, self.clock, settings.allowProxyAuth,
-                                      settings.maxAuthFailures, settings.authFailureDelay)
+                                      settings.maxAuthFailures, settings.authFailureDelay, self.listener.authFailures,
+                                      clientKey(clientAddress, settings.clientPrefix6),
+                                      settings.maxClientAuthFailures)
         maillog.connect(self.session.client, self.listener.name)
         if not self.listener.implicitTLS:  # over TLS from the first byte: once the handshake is done
             self._watchUnsentReplies()

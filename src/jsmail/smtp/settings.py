@@ -30,7 +30,9 @@ class ServerSettings:
     allowPlaintextAuth: bool = False  # offer AUTH without TLS (RFC 4954 section 4 advises not to)
     allowProxyAuth: bool = False  # PLAIN authzid may differ from authcid
     maxAuthFailures: int = 3  # failures answered with 535; the next one closes with 421
-    authFailureDelay: float = 1.0  # seconds before the first 535, doubling each time
+    authFailureDelay: float = 1.0  # seconds an answer waits after one failure, doubling with each
+    maxClientAuthFailures: int = 10  # failures from one client (IPv6: its /64) before AUTH gets 421
+    authFailureWindow: float = 900.0  # seconds a failure counts against the client and the user
     showAuthInReceived: bool = False
     authservId: str = ""  # Authentication-Results authserv-id (RFC 8601 section 2.5); empty: hostname
     maxJunkCommands: int = 100  # NOOP, RSET, VRFY, HELP beyond this many each count as an error (Postfix's limit)
