@@ -27,7 +27,8 @@ import sys
 import time
 
 from jsmail.auth import setPassword
-from jsmail.send.bounce import readHeaders
+from jsmail.send.bounce import MAX_RETURNED_HEADERS
+from jsmail.headers import readHeader
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
 from jsmail.queue.admin import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
@@ -110,7 +111,7 @@ def queueShow(arguments: argparse.Namespace) -> int:
     try:
         entry = readQueueEntry(directory, arguments.id)
         with openEntry(directory, entry.queueId) as f:
-            headers = readHeaders(f).decode("utf-8", "replace")
+            headers = readHeader(f, MAX_RETURNED_HEADERS).header.decode("utf-8", "replace")
     except (NotQueued, FileNotFoundError, ValueError):
         print(f"jsmail queue: no message {arguments.id} in {directory}", file=sys.stderr)
         return 1

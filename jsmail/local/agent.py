@@ -39,6 +39,7 @@ from jsmail.local.aliases import AliasesFile
 from jsmail import reply
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import DeliveryError
+from jsmail.headers import fields, readHeader
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IIncomingMessage, QueuedMessage
 from jsmail.local.dotqmail import (Forward, Instructions, Mailbox, Maildir, Mbox, Program, commandEnvironment,
                                    findMailbox, newSender, readInstructions)
@@ -87,16 +88,8 @@ def _line(text: str) -> bytes:
 
 
 def isLooping(source: BinaryIO, dtline: bytes) -> bool:
-    """Whether the header section (up to its first empty line) holds ``dtline``
-    byte for byte (section 9.4)."""
-    wanted = dtline.rstrip(b"\n")
-    for line in source:
-        line = line.rstrip(b"\r\n")
-        if not line:
-            return False
-        if line == wanted:
-            return True
-    return False
+    """Whether the header section holds ``dtline`` byte for byte (section 9.4)."""
+    return dtline.rstrip(b"\n") in fields(readHeader(source).header)
 
 
 @implementer(IDeliveryAgent)

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from jsmail import reply
 from jsmail.address import Address
+from jsmail.headers import fieldName, fields
 from jsmail.interfaces import IMessagePolicy
 from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import MessagePolicy, Policy
@@ -135,12 +136,8 @@ class ContentFilter(MessagePolicy):
     def checkMessage(self, session: Any, content: Any) -> Any:
         message = yield content.read()
         code, stdout, stderr = yield self.program.run(session, {0: message})
-        added: list[str] = []
-        for line in stdout.decode("utf-8", "replace").splitlines():
-            if line[:1] in (" ", "\t") and added:
-                added[-1] += "\r\n" + line  # a folded field goes on
-            elif ":" in line:
-                added.append(line)
+        added = [b"\r\n".join(f.splitlines()).decode("utf-8", "replace") for f in fields(stdout)
+                 if fieldName(f) is not None]
         return verdictFor(self.program.command, code, stderr, Verdict.accept(added) if added else None)
 
 

@@ -23,6 +23,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from jsmail._threads import RunInThread
+from jsmail.headers import dropFields, splitHeader
+from jsmail.headers import fields as headerFields  # noqa: F401 (emailauth imports it from here)
 from jsmail.interfaces import IIncomingMessage, IModifier
 from jsmail.policy.authresults import authResultsField, claimsAuthservId
 from jsmail.smtp.session import Session
@@ -71,44 +73,14 @@ class Spool:
         self._file.close()
 
 
-def headerFields(block: bytes) -> list[bytes]:
-    """Split a header block (CR LF lines) into whole fields, folded lines included."""
-    fields: list[list[bytes]] = []
-    for line in block.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)  # joined once below: a field folded many times stays linear
-        elif line:
-            fields.append([line])
-    return [b"\r\n".join(parts) for parts in fields]
-
-
-def _splitHeader(chunks: Iterator[bytes]) -> tuple[bytes, bytes]:
-    """Read chunks until the empty line that ends the header (RFC 5322 section 2.1);
-    return (header block without its final CR LF CR LF, everything read after it)."""
-    held = bytearray()
-    for chunk in chunks:
-        start = max(0, len(held) - 3)  # the empty line may straddle two chunks
-        held += chunk
-        end = held.find(b"\r\n\r\n", start)
-        if end >= 0:
-            return bytes(held[: end + 2]), bytes(held[end + 2:])
-    return bytes(held), b""
-
-
-def dropFields(message: bytes, dropField: Callable[[bytes], bool]) -> bytes:
-    """``message`` without the header fields ``dropField`` picks."""
-    header, rest = _splitHeader(iter([message]))
-    return b"".join(f + b"\r\n" for f in headerFields(header) if not dropField(f)) + rest
-
-
 def transfer(spool: Spool, message: IIncomingMessage, prefix: bytes, dropField: Callable[[bytes], bool],
              clock: IReactorTime) -> defer.Deferred[None]:
     """Write ``prefix`` and then the spooled message into ``message``, leaving out the
     header fields ``dropField`` picks; a large message goes in turns of ``_TURN``
     octets, so other sessions are served in between."""
     chunks = spool.chunks()
-    header, rest = _splitHeader(chunks)
-    message.write(prefix + b"".join(f + b"\r\n" for f in headerFields(header) if not dropField(f)) + rest)
+    header, rest, _ = splitHeader(chunks, spool.size)  # no cut: every forged field goes, however far down
+    message.write(prefix + dropFields(header, dropField) + rest)
     done: defer.Deferred[None] = defer.Deferred()
 
     def turn() -> None:
