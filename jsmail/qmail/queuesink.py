@@ -21,6 +21,7 @@ from zope.interface import implementer
 from jsmail.envelope import Envelope
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage, IMessageSink
+from jsmail.qmail.envelope import encode
 from jsmail.queue.store import newQueueId
 from jsmail import reply
 from jsmail.reply import Reply
@@ -96,10 +97,7 @@ class _ProgramMessage:
         f, self._file = self._file, None
         f.flush()
         f.seek(0)
-        envelope = self._envelope
-        record = (b"F" + envelope.sender.encode("utf-8") + b"\0"
-                  + b"".join(b"T" + r.address.encode("utf-8") + b"\0" for r in envelope.recipients) + b"\0")
-        program = _Program(record)
+        program = _Program(encode(self._envelope.sender, [r.address for r in self._envelope.recipients]))
         try:
             self._sink.reactor.spawnProcess(
                 program, self._sink.program, [self._sink.program], env=os.environ.copy(),

@@ -30,6 +30,7 @@ from email.utils import format_datetime, formataddr, getaddresses
 from datetime import datetime, timezone
 from typing import BinaryIO
 
+from jsmail.qmail.envelope import EnvelopeError, encode
 from jsmail.qmail.queueprogram import SPOOL_IN_MEMORY, QueueRefusal, enqueue
 from jsmail.queue.admin import wakeDelivery
 
@@ -153,10 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             return EX_USAGE
         completed = completeHeaders(header, sender, fullName, fromHeaders, hostname)
         message = _Chain(completed + (separator or b"\n"), spool)
-        envelope = b"F" + sender.encode() + b"\0" + b"".join(b"T" + r.encode() + b"\0" for r in recipients) + b"\0"
         try:
-            enqueue(dataDir, message, envelope)  # type: ignore[arg-type]
-        except QueueRefusal as e:
+            enqueue(dataDir, message, encode(sender, recipients))  # type: ignore[arg-type]
+        except (QueueRefusal, EnvelopeError) as e:
             print(f"jsmail-sendmail: not queued: {e}", file=sys.stderr)
             return EX_DATAERR if 11 <= e.code <= 40 or e.code == 91 else EX_TEMPFAIL
         except OSError as e:
