@@ -27,6 +27,7 @@ from typing import BinaryIO, Callable
 
 from twisted.internet import defer
 
+from jsmail.datadir import dataDirectory
 from jsmail.envelope import Envelope, Recipient
 from jsmail.qmail.envelope import MAX_ENVELOPE, EnvelopeError, decode
 from jsmail.queue.store import MaildirQueue
@@ -85,9 +86,7 @@ def enqueue(dataDir: str, message: BinaryIO, envelope: bytes) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
-    dataDir = os.environ.get("JSMAIL_DATA") or "jsmail-data"
-    if len(arguments) == 2 and arguments[0] == "--data":
-        dataDir = arguments[1]
+    dataDir = dataDirectory(arguments[1] if len(arguments) == 2 and arguments[0] == "--data" else None)
     try:
         with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY) as spool:
             try:

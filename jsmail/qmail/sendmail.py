@@ -30,6 +30,7 @@ from email.utils import format_datetime, formataddr, getaddresses
 from datetime import datetime, timezone
 from typing import BinaryIO
 
+from jsmail.datadir import dataDirectory
 from jsmail.qmail.envelope import EnvelopeError, encode
 from jsmail.qmail.queueprogram import SPOOL_IN_MEMORY, QueueRefusal, enqueue
 from jsmail.queue.admin import wakeDelivery
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except getopt.GetoptError as e:
         print(f"jsmail-sendmail: {e}", file=sys.stderr)
         return EX_USAGE
-    dataDir = os.environ.get("JSMAIL_DATA") or "jsmail-data"
+    dataArgument = None
     fromHeaders, dotEnds = False, True
     sender, fullName, mode = None, None, "m"
     for option, value in options:
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         elif option == "-b":
             mode = value
         elif option == "--data":
-            dataDir = value
+            dataArgument = value
+    dataDir = dataDirectory(dataArgument)
     hostname = socket.getfqdn()
     sender = sender if sender is not None else f"{_user()}@{hostname}"
     if mode == "p":

@@ -25,6 +25,7 @@ import sys
 from typing import Any
 
 from jsmail.address import Address
+from jsmail.datadir import dataDirectory
 from jsmail.error import SMTPReplyError
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.policy.base import Policy
@@ -92,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or the configuration's]")
     arguments = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
-    if arguments.data or os.environ.get("JSMAIL_DATA"):
-        overrides["dataDir"] = arguments.data or os.environ["JSMAIL_DATA"]
+    dataDir = dataDirectory(arguments.data, default="")  # none given: the configuration's
+    if dataDir:
+        overrides["dataDir"] = dataDir
     try:
         config = loadConfig(arguments.config, overrides)
     except ConfigError as e:
