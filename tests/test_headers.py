@@ -150,8 +150,8 @@ class FromDomainTests(SynchronousTestCase):
 
     def test_not_exactly_one_address(self) -> None:
         for field in (b"From: a@example.org, b@example.net", b"From: a@example.org, a@example.org",
-                      b"From: undisclosed", b"From: a@", b"From: @example.org", b"From:", b"From: Group: a@example.org;",
-                      b"From: undisclosed-recipients:;", b"From: Jane a@example.org"):
+                      b"From: undisclosed", b"From: a@", b"From: @example.org", b"From:",
+                      b"From: Group: a@example.org;", b"From: undisclosed-recipients:;", b"From: Jane a@example.org"):
             self.assertIsNone(fromDomain(message(field)), field)
         self.assertEqual(fromDomain(message(b"From: a@example.org,")), "example.org")  # obs-mbox-list
 

@@ -33,6 +33,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from jsmail._disk import GroupSync
+from jsmail._process import allowedEnvironment
 from jsmail._threads import RunInThread
 from jsmail.address import BadMailbox, mailboxName
 from jsmail.local.aliases import AliasesFile
@@ -243,7 +244,7 @@ class LocalDelivery:
                 else:
                     copy = yield self.runInThread(lf)
                     env = commandEnvironment(plan.mailbox, sender, plan.newSender, recipient, plan.default,
-                                             self.settings.separators, (ufline, rpline, dtline), dict(os.environ))
+                                             self.settings.separators, (ufline, rpline, dtline), allowedEnvironment())
                     result = yield runProgram(self.reactor, instruction.command, copy.fileno(), env, plan.cwd,
                                               self.settings.programTimeout)
                     if result.status is ProgramStatus.PERMANENT:
