@@ -3,9 +3,10 @@
 A program that would run qmail-queue (qmail-smtpd, qmail-inject, a content filter)
 can run ``jsmail-queue`` instead (qmail-interfaces reference, section 3).  It reads the
 message from fd 0, then the envelope from fd 1: ``F<sender>\\0`` then ``T<recipient>\\0``
-for each recipient, then a final ``\\0``.  It queues the message with its own Received
-line, makes it durable, tells a running jsmail to take it up (SIGALRM to the pid in
-``queue/send.pid``), and exits 0.  Otherwise it exits with qmail-queue's codes and
+for each recipient, then a final ``\\0``.  It queues the message through the funnel,
+which adds the Received line owed to mail that did not come by SMTP, makes it durable,
+tells a running jsmail to take it up (SIGALRM to the pid in ``queue/send.pid``), and
+exits 0.  Otherwise it exits with qmail-queue's codes and
 queues nothing: 11 address too long, 54 message or envelope unreadable (including an
 envelope without its final NUL), 91 envelope format error, 31 envelope over 4 MiB, 53
 write error, 81 bug (:mod:`jsmail.qmail.envelope` reads the envelope).
@@ -21,8 +22,6 @@ import os
 import sys
 import tempfile
 import time
-from email.utils import format_datetime
-from datetime import datetime, timezone
 from typing import BinaryIO, Callable
 
 from twisted.internet import defer
@@ -30,8 +29,9 @@ from twisted.internet import defer
 from jsmail.datadir import dataDirectory
 from jsmail.envelope import Envelope, Recipient
 from jsmail.qmail.envelope import MAX_ENVELOPE, EnvelopeError, decode
-from jsmail.queue.store import MaildirQueue
 from jsmail.queue.admin import wakeDelivery
+from jsmail.queue.funnel import Funnel, Owed
+from jsmail.queue.store import MaildirQueue
 
 SPOOL_IN_MEMORY = 1 << 20  # larger messages wait in a temporary file, not in memory
 
@@ -57,21 +57,19 @@ def copyAsCRLF(source: BinaryIO, write: Callable[[bytes], None]) -> None:
     write(held)
 
 
-def enqueue(dataDir: str, message: BinaryIO, envelope: bytes) -> str:
-    """Queue the message durably; return its queue id (or raise QueueRefusal)."""
+def enqueue(dataDir: str, message: BinaryIO, envelope: bytes, owed: Owed = Owed(received=True)) -> str:
+    """Queue the message durably through the funnel, with what it is ``owed``, and
+    wake a running jsmail to deliver it; return its queue id (or raise QueueRefusal)."""
     try:
         sender, recipients = decode(envelope)
     except EnvelopeError as e:
         raise QueueRefusal(e.code, str(e)) from None
     queueDir = os.path.join(dataDir, "queue")
     queue = MaildirQueue(queueDir, defer.maybeDeferred, sweep=False, spares=0)
-    now = time.time()
-    incoming = queue.newMessage(Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=now,
-                                         clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local"))
+    funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))  # else a jsmail takes it up when it starts
+    incoming = funnel.newMessage(Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=time.time(),
+                                          clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local"), owed)
     try:
-        stamp = format_datetime(datetime.fromtimestamp(now, timezone.utc))
-        incoming.write(f"Received: (jsmail-queue {os.getpid()} invoked by uid {os.getuid()});\r\n"
-                       f"\t{stamp}\r\n".encode("ascii"))
         copyAsCRLF(message, incoming.write)
     except OSError as e:
         incoming.abort()
@@ -103,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except Exception:
         return BUG
-    wakeDelivery(os.path.join(dataDir, "queue"))  # else a jsmail takes it up when it starts
     return QUEUED
 
 
