@@ -145,6 +145,7 @@ def _smtpOnStdio(dataDir: str, hostname: str) -> int:
     from twisted.internet import reactor, stdio
     from twisted.internet.defer import maybeDeferred
 
+    from jsmail.qmail.tcpserver import SessionOnStdio, reactorStopper
     from jsmail.queue.funnel import Funnel
     from jsmail.queue.store import MaildirQueue
     from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings
@@ -152,17 +153,11 @@ def _smtpOnStdio(dataDir: str, hostname: str) -> int:
     queueDir = os.path.join(dataDir, "queue")
     queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
     funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
-
-    class _Session(ESMTPServer):
-        def connectionLost(self, reason: object = None) -> None:
-            super().connectionLost(reason)  # type: ignore[arg-type]
-            queue.close()
-            if reactor.running:  # type: ignore[attr-defined]
-                reactor.stop()  # type: ignore[attr-defined]
-
     sink = funnel.owing(Owed(complete=True, hostname=hostname))
-    stdio.StandardIO(_Session(Listener(ServerSettings(hostname=hostname), sink, reactor, "sendmail -bs")))
+    session = ESMTPServer(Listener(ServerSettings(hostname=hostname), sink, reactor, "sendmail -bs"))
+    stdio.StandardIO(SessionOnStdio(session, reactorStopper(reactor)))
     reactor.run()  # type: ignore[attr-defined]
+    queue.close()
     return EX_OK
 
 
