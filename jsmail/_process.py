@@ -67,8 +67,10 @@ class _Child(protocol.ProcessProtocol):
         self.kept: dict[int, int] = {}
         self.overflowed: set[int] = set()
         self.ended: defer.Deferred[int | None] = defer.Deferred()
+        self.pid = 0
 
     def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # kept: a program that exits at once is reaped before spawnProcess returns
         for fd, data in self.inputs.items():
             self.transport.writeToChild(fd, data)
             self.transport.closeChildFD(fd)
@@ -103,7 +105,7 @@ def run(reactor: Any, argv: Sequence[str], env: Mapping[str, str], *, inputs: Ma
         process = reactor.spawnProcess(child, args[0], args, env=dict(env), path=cwd, childFDs=childFDs)
     except OSError:
         return defer.fail()
-    timer = reactor.callLater(timeout, _kill, process, process.pid) if timeout is not None else None
+    timer = reactor.callLater(timeout, _kill, process, child.pid) if timeout is not None else None
 
     def ended(code: int | None) -> Finished:
         timedOut = timer is not None and not timer.active()

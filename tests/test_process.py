@@ -133,3 +133,15 @@ class RunTests(TestCase):
     def test_a_program_that_cannot_start_fails(self) -> None:
         d = run(reactor, [os.path.join(self.dir, "missing")], {})
         self.failureResultOf(d, OSError)
+
+    @defer.inlineCallbacks
+    def test_a_program_that_exits_at_once_leaving_a_child_behind(self) -> None:
+        """It may be reaped before the spawn returns; its group is still killed at the
+        time-out."""
+        pids = os.path.join(self.dir, "pids")
+        for _ in range(20):
+            finished = yield self.sh(f'sleep 60 & echo $! > "{pids}"', read=(1,), timeout=0.2)
+            [pid] = self.pidsIn("pids")
+            self.endLater(pid)
+            self.assertEqual((finished.code, finished.timedOut), (0, True))
+            self.assertGone(pid)
