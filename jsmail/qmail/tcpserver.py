@@ -74,8 +74,9 @@ class UCSPISession(ESMTPServer):
 
 class SessionOnStdio(Protocol):
     """Gives stdin/stdout (:class:`twisted.internet.stdio.StandardIO`) to ``session``
-    and calls ``ended`` once the connection is gone: the session only ends itself,
-    and the ``main()`` that owns the process and its reactor passes ``reactor.stop``."""
+    and calls ``ended`` once the connection is gone: the session only ends itself, and
+    the ``main()`` that owns the process and its reactor says what follows (it passes
+    :func:`reactorStopper`)."""
 
     def __init__(self, session: Protocol, ended: Callable[[], object]) -> None:
         self.session = session
