@@ -1,9 +1,9 @@
 """The one reader of a message's header section (RFC 5322 sections 2.2 and 3.6).
 
-Every part that looks at header fields (smtpd's assembly, the funnel, bounces, local
-delivery, the sendmail command, the content filter's output, the email-authentication
-checks) splits and walks them here, so that they all agree on where the header section
-ends, what a folded field is and which field a name picks.
+The parts that look at header fields (smtpd's assembly, the funnel, bounces, local
+delivery, the sendmail command, the content filter's output) split and walk them here,
+so that they all agree on where the header section ends, what a folded field is and
+which field a name picks; the email-authentication checks are to follow.
 
 - :class:`HeaderScanner` and :func:`splitHeader` find the empty line that ends the
   header section, in data that arrives in pieces, holding at most ``limit`` octets: a
