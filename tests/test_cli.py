@@ -122,3 +122,17 @@ class RequeueTests(CommandTests):
         [listed] = json.loads(self.run_("queue", "list", "--json")[1])
         self.assertEqual((listed["id"], listed["attempts"], listed["nextAttempt"]), (queueId, 0, None))
         self.assertEqual(self.run_("queue", "requeue", "NOSUCHID")[0], 1)
+
+
+class DataDirectoryTests(TestCase):
+    """One rule for every command: --data, else $JSMAIL_DATA, else ./jsmail-data."""
+
+    def test_order(self) -> None:
+        from jsmail.datadir import dataDirectory
+
+        with mock.patch.dict(os.environ, {"JSMAIL_DATA": "/from/env"}):
+            self.assertEqual(dataDirectory("/given"), "/given")
+            self.assertEqual(dataDirectory(None), "/from/env")
+        with mock.patch.dict(os.environ, {"JSMAIL_DATA": ""}):
+            self.assertEqual(dataDirectory(None), "jsmail-data")
+            self.assertEqual(dataDirectory(None, default=""), "")

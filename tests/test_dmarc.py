@@ -11,7 +11,8 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.policy.dmarc import (Discovery, DMARCTemporaryError, Evaluation, Record, authorDomain, evaluate,
+from jsmail.headers import fromDomain
+from jsmail.policy.dmarc import (Discovery, DMARCTemporaryError, Evaluation, Record, evaluate,
                                  fetchRecord, parseRecord, walk)
 from jsmail._dns import makeResolver
 from jsmail.address import Address
@@ -112,70 +113,70 @@ class AuthorDomainTests(SynchronousTestCase):
     """Sections 3.1.1 and 6.6.1: the one address in the one From field."""
 
     def test_one_address(self) -> None:
-        self.assertEqual(authorDomain(header(b"From: a@Example.ORG", b"To: b@example.net")), "example.org")
+        self.assertEqual(fromDomain(header(b"From: a@Example.ORG", b"To: b@example.net")), "example.org")
 
     def test_display_names(self) -> None:
-        self.assertEqual(authorDomain(header(b'From: "Doe, Jane" <jane@example.org>')), "example.org")
-        self.assertEqual(authorDomain(header(b"From: Jane Doe <jane@example.org>")), "example.org")
+        self.assertEqual(fromDomain(header(b'From: "Doe, Jane" <jane@example.org>')), "example.org")
+        self.assertEqual(fromDomain(header(b"From: Jane Doe <jane@example.org>")), "example.org")
 
     def test_folded_field(self) -> None:
-        self.assertEqual(authorDomain(header(b"Subject: s", b"From: A Very Long Display Name\r\n\t<a@example.org>")),
+        self.assertEqual(fromDomain(header(b"Subject: s", b"From: A Very Long Display Name\r\n\t<a@example.org>")),
                          "example.org")
 
     def test_two_from_fields(self) -> None:
-        self.assertIsNone(authorDomain(header(b"From: a@example.org", b"From: b@example.org")))
+        self.assertIsNone(fromDomain(header(b"From: a@example.org", b"From: b@example.org")))
 
     def test_two_addresses(self) -> None:
-        self.assertIsNone(authorDomain(header(b"From: a@example.org, b@example.net")))
+        self.assertIsNone(fromDomain(header(b"From: a@example.org, b@example.net")))
 
     def test_no_from_field(self) -> None:
-        self.assertIsNone(authorDomain(header(b"Subject: no author")))
+        self.assertIsNone(fromDomain(header(b"Subject: no author")))
 
     def test_a_from_line_in_the_body_does_not_count(self) -> None:
-        self.assertIsNone(authorDomain(header(b"Subject: s", body=b"From: a@example.org\r\n")))
+        self.assertIsNone(fromDomain(header(b"Subject: s", body=b"From: a@example.org\r\n")))
 
     def test_no_domain(self) -> None:
-        self.assertIsNone(authorDomain(header(b"From: undisclosed")))
-        self.assertIsNone(authorDomain(header(b"From: a@")))
+        self.assertIsNone(fromDomain(header(b"From: undisclosed")))
+        self.assertIsNone(fromDomain(header(b"From: a@")))
 
     def test_utf8_domain_is_an_a_label(self) -> None:
         """RFC 6532 mail: the record is looked up under the A-label."""
-        self.assertEqual(authorDomain(header("From: Zoë <zoe@Exämple.org>".encode("utf-8"))), "xn--exmple-cua.org")
+        self.assertEqual(fromDomain(header("From: Zoë <zoe@Exämple.org>".encode("utf-8"))), "xn--exmple-cua.org")
 
     def test_unusable_domains(self) -> None:
         """Octets that are not UTF-8, an empty label, a label over 63 octets: no author
         domain (and so no DNS lookup that could go wrong)."""
-        self.assertIsNone(authorDomain(header(b"From: <a@ex\xe9.org>")))
-        self.assertIsNone(authorDomain(header(b"From: a@example..org")))
-        self.assertIsNone(authorDomain(header(b"From: a@" + b"x" * 64 + b".org")))
+        self.assertIsNone(fromDomain(header(b"From: <a@ex\xe9.org>")))
+        self.assertIsNone(fromDomain(header(b"From: a@example..org")))
+        self.assertIsNone(fromDomain(header(b"From: a@" + b"x" * 64 + b".org")))
 
 
     def test_nestedCommentsAreNoAuthorNotARecursionError(self) -> None:
         """L-5: six folded lines of 900 "(" made the address parser recurse until
         RecursionError (451 and a 1000-frame traceback).  Unbalanced, they are no author;
         balanced, they are skipped in one pass."""
-        self.assertIsNone(authorDomain(header(b"From: " + b"\r\n ".join([b"(" * 900] * 6))))
+        self.assertIsNone(fromDomain(header(b"From: " + b"\r\n ".join([b"(" * 900] * 6))))
         nested = b"(" * 3000 + b"x" + b")" * 3000
-        self.assertEqual(authorDomain(header(b"From: " + nested + b" a@example.org")), "example.org")
-        self.assertIsNone(authorDomain(header(b"From: " + b"(" * 5000 + b"x" + b")" * 5000 + b" a@example.org")),
+        self.assertEqual(fromDomain(header(b"From: " + nested + b" a@example.org")), "example.org")
+        self.assertIsNone(fromDomain(header(b"From: " + b"(" * 5000 + b"x" + b")" * 5000 + b" a@example.org")),
                           "over MAX_FROM octets")
 
     def test_commentsAndQuotes(self) -> None:
-        self.assertEqual(authorDomain(header(b'From: "Doe (Jane)" <jane(x)@(y)example.org>')), "example.org")
-        self.assertIsNone(authorDomain(header(b"From: a@example.org)")))
-        self.assertIsNone(authorDomain(header(b'From: "unclosed <a@example.org>')))
+        self.assertEqual(fromDomain(header(b'From: "Doe (Jane)" <jane(x)@(y)example.org>')), "example.org")
+        self.assertIsNone(fromDomain(header(b"From: a@example.org)")))
+        self.assertIsNone(fromDomain(header(b'From: "unclosed <a@example.org>')))
 
     def test_severalAddressesOfOneDomain(self) -> None:
         """RFC 5322 lets one From field name several authors; one domain for all is
         that domain, two are none."""
-        self.assertEqual(authorDomain(header(b"From: a@example.org, B <b@EXAMPLE.org>")), "example.org")
-        self.assertIsNone(authorDomain(header(b"From: a@example.org, b@sub.example.org")))
+        self.assertEqual(fromDomain(header(b"From: a@example.org, B <b@EXAMPLE.org>")), "example.org")
+        self.assertIsNone(fromDomain(header(b"From: a@example.org, b@sub.example.org")))
 
     def test_fromWithoutColonSpaceAndObsoleteSpace(self) -> None:
-        self.assertEqual(authorDomain(header(b"from :a@example.org")), "example.org")
+        self.assertEqual(fromDomain(header(b"from :a@example.org")), "example.org")
 
     def test_addressLiteralIsNoAuthorDomain(self) -> None:
-        self.assertIsNone(authorDomain(header(b"From: a@[192.0.2.1]")))
+        self.assertIsNone(fromDomain(header(b"From: a@[192.0.2.1]")))
 
 
 def txt(*strings: str) -> Any:

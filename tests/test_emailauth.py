@@ -12,6 +12,7 @@ from __future__ import annotations
 import email
 import glob
 import os
+import re
 import smtplib
 import ssl
 from typing import Any
@@ -173,7 +174,8 @@ class EmailAuthenticationTests(TestCase):
                               timeout=CLIENT_TIMEOUT) as client:
                 client.starttls(context=context)
                 client.login("u", "secret")
-                return client.sendmail("u@example.test", ["x@localhost"], message("u@example.test"))
+                bare = b"From: u@example.test\r\nTo: x@localhost\r\nSubject: hi\r\n\r\nHello there.\r\n"
+                return client.sendmail("u@example.test", ["x@localhost"], bare)  # no Date, no Message-ID
 
         refused = yield deferToThread(submit)
         self.assertEqual(refused, {})
@@ -185,3 +187,12 @@ class EmailAuthenticationTests(TestCase):
         asQueued = delivered.split(b"\n", 2)[2].replace(b"\n", b"\r\n")
         [result] = yield verifier.verify(asQueued)
         self.assertEqual((result.result, result.domain, result.selector), ("pass", "example.test", "sel"))
+        # RFC 6409 section 8: the submission server adds Date and Message-ID where they
+        # are missing, before signing (newcomer review 15: the signer signed their
+        # absence, and a next hop that added them broke the signature).
+        header = asQueued.split(b"\r\n\r\n", 1)[0]
+        self.assertEqual(len(re.findall(rb"(?im)^Date: ", header)), 1)
+        self.assertEqual(len(re.findall(rb"(?im)^Message-ID: <\d{14}\.\w+\.jsmail@mx\.test>", header)), 1)
+        signed = re.search(rb"(?is)^DKIM-Signature:.*?\bh=([^;]+);", header).group(1)
+        self.assertIn(b"date", signed.lower())
+        self.assertIn(b"message-id", signed.lower())

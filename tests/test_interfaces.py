@@ -29,7 +29,7 @@ from jsmail.policy.programs import ContentFilter, Program, RecipientCheck
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.qmail.tcpserver import RBLRefusal
-from jsmail.queue.funnel import Funnel
+from jsmail.queue.funnel import Funnel, Owed
 from jsmail.queue.memory import MemoryQueue
 from jsmail.queue.store import MaildirQueue
 from jsmail.remote.agent import RemoteDelivery
@@ -39,6 +39,7 @@ from jsmail.smtp.session import Session
 from jsmail.testing import RecordingAgent, runNow
 
 ENVELOPE = Envelope("a@b.example", (Recipient("x@localhost"),))
+COMPLETE = Owed(complete=True, hostname="mx.test")
 INTERFACES = [v for v in vars(interfaces).values() if isinstance(v, InterfaceClass) and v is not Interface] + [
     IMailUser, IPolicyPlugin]
 
@@ -54,6 +55,9 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         MemoryQueue: lambda: queue,
         MaildirQueue: lambda: maildir,
         Funnel: lambda: Funnel(queue, lambda queueId, envelope: None),
+        type(Funnel(queue, lambda *a: None).owing(COMPLETE)): lambda: Funnel(queue, lambda *a: None).owing(COMPLETE),
+        type(Funnel(queue, lambda *a: None).newMessage(ENVELOPE, COMPLETE)): lambda: Funnel(
+            queue, lambda *a: None).newMessage(ENVELOPE, COMPLETE),
         ProgramQueue: lambda: ProgramQueue("/bin/true", clock),
         type(queue.newMessage(ENVELOPE)): lambda: queue.newMessage(ENVELOPE),
         type(maildir.newMessage(ENVELOPE)): lambda: maildir.newMessage(ENVELOPE),

@@ -298,7 +298,7 @@ class ForgeryTests(SynchronousTestCase):
             self.assertFalse(claimsAuthservId(field, "mx.test"), field)
 
     def test_a_header_folded_many_times_is_kept_whole(self) -> None:
-        from jsmail.smtp.assembly import headerFields
+        from jsmail.headers import fields
 
         folded = b"X-Long: a" + b"\r\n b" * 50000
-        self.assertEqual(headerFields(folded + b"\r\nSubject: s\r\n"), [folded, b"Subject: s"])
+        self.assertEqual(fields(folded + b"\r\nSubject: s\r\n"), [folded, b"Subject: s"])

@@ -36,7 +36,8 @@ class SendmailTests(TestCase):
         self.assertEqual([r.address for r in entry.envelope.recipients],
                          ["bob@example.org", "carol@example.net", "dave@localhost", "eve@localhost"])
         self.assertNotIn(b"eve@localhost", data)
-        self.assertRegex(data, rb"\r\nDate: .+\r\nMessage-ID: <\d{14}\.\d+\.jsmail@.+>\r\nFrom: me@example.org\r\n\r\nbody\r\n$")
+        self.assertRegex(data, rb"\r\nDate: .+\r\nMessage-ID: <\d{14}\." + entry.queueId.encode()
+                         + rb"\.jsmail@.+>\r\nFrom: me@example.org\r\n\r\nbody\r\n$")
 
     def test_arguments_and_full_name_and_dot(self) -> None:
         result = self.sendmail("-F", "Alice Example", "x@localhost", stdin=b"Subject: s\n\nline\n.\nnot sent\n")
@@ -73,3 +74,14 @@ class SendmailTests(TestCase):
         self.assertEqual(result.returncode, 0)
         self.assertIn(b"<x@localhost>", result.stdout)
         self.assertIn(b"-- 1 message(s) in the queue", result.stdout)
+
+    def test_bs_is_a_local_submission(self) -> None:
+        """Its mail gets the Date and Message-ID it lacks (no From: the session names
+        no author), below smtpd's own Received field."""
+        result = self.sendmail("-bs", stdin=(
+            b"EHLO local\r\nMAIL FROM:<a@localhost>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+            b"Subject: bs\r\n\r\nhi\r\n.\r\nQUIT\r\n"))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [(entry, data)] = self.queued()
+        self.assertRegex(data, rb"^Received: from local [^\r]*(?:\r\n\t[^\r]*)*\r\nSubject: bs\r\nDate: .+\r\n"
+                               rb"Message-ID: <\d{14}\." + entry.queueId.encode() + rb"\.jsmail@.+>\r\n\r\nhi\r\n$")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jsmail.queue.admin import listQueue, openEntry
 
@@ -112,3 +112,51 @@ class UCSPITests(TestCase):
             message, envelope = f.read().split(b"|")
         self.assertIn(b"Subject: via tcpserver", message)
         self.assertEqual(envelope, b"Fa@example.org\x00Tx@localhost\x00\x00")
+
+
+class SessionOnStdioTests(SynchronousTestCase):
+    """The session does not stop the reactor; the main() that owns it is told the
+    connection is gone, and stops it."""
+
+    def test_the_session_sees_everything_and_main_is_told_at_the_end(self) -> None:
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.testing import StringTransport
+
+        from jsmail.qmail.tcpserver import SessionOnStdio
+
+        events: list[object] = []
+
+        class Session(Protocol):
+            def connectionMade(self) -> None:
+                events.append(("made", self.transport))
+
+            def dataReceived(self, data: bytes) -> None:
+                events.append(data)
+
+            def connectionLost(self, reason: object = None) -> None:
+                events.append("lost")
+                raise RuntimeError("a session that fails as it ends")
+
+        transport = StringTransport()
+        wrapper = SessionOnStdio(Session(), lambda: events.append("ended"))
+        wrapper.makeConnection(transport)
+        wrapper.dataReceived(b"EHLO x\r\n")
+        self.assertRaises(RuntimeError, wrapper.connectionLost, None)
+        self.assertEqual(events, [("made", transport), b"EHLO x\r\n", "lost", "ended"])
+
+    def test_the_reactor_is_stopped_once(self) -> None:
+        from jsmail.qmail.tcpserver import reactorStopper
+
+        class Reactor:
+            running = True
+            stops = 0
+
+            def stop(self) -> None:
+                self.stops += 1
+                self.running = False
+
+        reactor = Reactor()
+        stop = reactorStopper(reactor)
+        stop()
+        stop()  # the connection ended because the reactor was stopping
+        self.assertEqual(reactor.stops, 1)

@@ -29,11 +29,12 @@ from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
 
+from jsmail._process import Finished, run
 from jsmail._threads import RunInThread, reactorThreads
 
 
@@ -255,21 +256,6 @@ def setPassword(path: str, user: str, password: str) -> None:
     os.replace(tmp, path)
 
 
-class _CheckpasswordProcess(protocol.ProcessProtocol):
-    """Writes the credentials to the child's fd 3; ``ended`` fires with its exit code."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.ended: defer.Deferred[int | None] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.writeToChild(3, self.payload)
-        self.transport.closeChildFD(3)
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(getattr(reason.value, "exitCode", None))
-
-
 @implementer(ICredentialsChecker)
 class CheckpasswordChecker:
     """Runs ``program /bin/true`` per attempt (the checkpassword interface); a program
@@ -288,33 +274,26 @@ class CheckpasswordChecker:
 
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
         payload = b"%s\x00%s\x00%d\x00" % (creds.username, creds.password, int(time.time()))
-        child = _CheckpasswordProcess(payload)
         # Only fd 3 is a pipe: a program that leaves children behind holding its stdout
         # cannot keep the check waiting.
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
-            process = self.reactor.spawnProcess(
-                child,
-                self.program,
-                [self.program, "/bin/true"],
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                childFDs={0: devnull, 1: devnull, 2: 2, 3: "w"},
-            )
+            d = run(self.reactor, [self.program, "/bin/true"], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                    inputs={3: payload}, files={0: devnull, 1: devnull, 2: 2}, timeout=self.timeout)
         finally:
             os.close(devnull)
-        killer = self.reactor.callLater(self.timeout, process.signalProcess, "KILL")
 
-        def decided(code: int | None) -> bytes:
-            if not killer.active():
+        def decided(finished: Finished) -> bytes:
+            code = finished.code
+            if finished.timedOut:
                 raise TemporaryAuthFailure(f"{self.program} took longer than {self.timeout:g} s")
-            killer.cancel()
             if code == 0:
                 return creds.username  # type: ignore[no-any-return]
             if code == 1:
                 raise error.UnauthorizedLogin()
             raise TemporaryAuthFailure(f"{self.program} exited with {code}")
 
-        return child.ended.addCallback(decided)
+        return d.addCallback(decided)
 
 
 @implementer(ICheckerFactory, IPlugin)

@@ -27,14 +27,12 @@ import sys
 import time
 
 from jsmail.auth import setPassword
-from jsmail.send.bounce import readHeaders
+from jsmail.datadir import dataDirectory
+from jsmail.send.bounce import MAX_RETURNED_HEADERS
+from jsmail.headers import readHeader
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
 from jsmail.queue.admin import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
-
-
-def _dataDir(arguments: argparse.Namespace) -> str:
-    return arguments.data or os.environ.get("JSMAIL_DATA") or "jsmail-data"
 
 
 def _readPassword(prompt: bool) -> str:
@@ -47,7 +45,7 @@ def _readPassword(prompt: bool) -> str:
 
 
 def passwd(arguments: argparse.Namespace) -> int:
-    path = arguments.file or os.path.join(_dataDir(arguments), "passwd")
+    path = arguments.file or os.path.join(dataDirectory(arguments.data), "passwd")
     password = _readPassword(sys.stdin.isatty())
     if not password:
         print("jsmail passwd: empty password; nothing changed", file=sys.stderr)
@@ -95,7 +93,7 @@ def _printEntry(entry: QueueEntry, now: float) -> None:
 
 def queueList(arguments: argparse.Namespace) -> int:
     now = time.time()
-    entries = listQueue(os.path.join(_dataDir(arguments), "queue"))
+    entries = listQueue(os.path.join(dataDirectory(arguments.data), "queue"))
     if arguments.json:
         print(json.dumps([_entryAsDict(e, now) for e in entries], indent=2, ensure_ascii=False))
         return 0
@@ -106,11 +104,11 @@ def queueList(arguments: argparse.Namespace) -> int:
 
 
 def queueShow(arguments: argparse.Namespace) -> int:
-    directory = os.path.join(_dataDir(arguments), "queue")
+    directory = os.path.join(dataDirectory(arguments.data), "queue")
     try:
         entry = readQueueEntry(directory, arguments.id)
         with openEntry(directory, entry.queueId) as f:
-            headers = readHeaders(f).decode("utf-8", "replace")
+            headers = readHeader(f, MAX_RETURNED_HEADERS).header.decode("utf-8", "replace")
     except (NotQueued, FileNotFoundError, ValueError):
         print(f"jsmail queue: no message {arguments.id} in {directory}", file=sys.stderr)
         return 1
@@ -126,7 +124,7 @@ def queueShow(arguments: argparse.Namespace) -> int:
 def queueMove(arguments: argparse.Namespace) -> int:
     """delete, hold and release: then wake the gateway (a released message is taken up
     at once; a deleted or held one is dropped when its next attempt comes)."""
-    directory = os.path.join(_dataDir(arguments), "queue")
+    directory = os.path.join(dataDirectory(arguments.data), "queue")
     to = {"delete": "delete", "hold": "hold", "release": "active"}[arguments.action]
     try:
         moveEntry(directory, arguments.id, to)
@@ -141,7 +139,7 @@ def queueMove(arguments: argparse.Namespace) -> int:
 
 def queueRequeue(arguments: argparse.Namespace) -> int:
     """Start the retry schedule of the given messages (or all) afresh, then flush."""
-    directory = os.path.join(_dataDir(arguments), "queue")
+    directory = os.path.join(dataDirectory(arguments.data), "queue")
     ids = arguments.ids or [entry.queueId for entry in listQueue(directory) if not entry.held]
     for queueId in ids:
         try:
@@ -155,7 +153,7 @@ def queueRequeue(arguments: argparse.Namespace) -> int:
 
 
 def queueFlush(arguments: argparse.Namespace) -> int:
-    directory = os.path.join(_dataDir(arguments), "queue")
+    directory = os.path.join(dataDirectory(arguments.data), "queue")
     pid = wakeDelivery(directory)
     if pid is None:
         print(f"jsmail queue flush: no running delivery process (see {directory}/send.pid)", file=sys.stderr)

@@ -36,7 +36,7 @@ from jsmail.policy.chain import Chain, buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.qmail.queuesink import ProgramQueue
-from jsmail.queue.funnel import Funnel
+from jsmail.queue.funnel import NOTHING, Funnel, Owed
 from jsmail.queue.store import MaildirQueue
 from jsmail.reply import PeerReply, Reply
 from jsmail.send.process import SendProcess
@@ -181,7 +181,12 @@ class MailGateway(ThreadPoolService):
             self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone)
             self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
         self.outcomes = Outcomes()
-        sink: Any = ProgramQueue(config.queue.program, self.reactor) if config.queue.program else self.funnel
+        # A qmail-queue program takes the mail instead of jsmail's queue, through a funnel
+        # of its own (nothing to tell the delivery process).
+        funnel = Funnel(ProgramQueue(config.queue.program, self.reactor), lambda *_: None) \
+            if config.queue.program else self.funnel
+        # Submissions are owed Date and Message-ID where they lack them (RFC 6409 section 8).
+        submitted = Owed(complete=True, hostname=server.hostname)
         self.delivery.setServiceParent(self)
         self.standalone = standalone
         self.tls = makeTLS(config)
@@ -196,9 +201,11 @@ class MailGateway(ThreadPoolService):
         authFailures = FailureCounter(config.smtp.authFailureWindow)  # one count for all listeners
         for kind in LISTENER_KINDS:
             chain, implicitTLS = self.chains[kind], kind == "smtps"
-            listener = Listener(replace(config.smtp, **rules[kind]), sink, self.reactor, kind,
+            owed = NOTHING if kind == "smtp" else submitted
+            listener = Listener(replace(config.smtp, **rules[kind]), funnel.owing(owed), self.reactor, kind,
                                 (*always, *chain.policies), chain.modifiers, self.tls, portal, implicitTLS,
-                                runInThread, None if config.queue.program else self.queue.roomFor, authFailures)
+                                runInThread, None if config.queue.program else self.queue.roomFor, authFailures,
+                                owed)
             factory: Factory = ESMTPServerFactory(listener)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)

@@ -33,12 +33,14 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from jsmail._disk import GroupSync
+from jsmail._process import allowedEnvironment
 from jsmail._threads import RunInThread
 from jsmail.address import BadMailbox, mailboxName
 from jsmail.local.aliases import AliasesFile
 from jsmail import reply
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import DeliveryError
+from jsmail.headers import fields, readHeader
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IIncomingMessage, QueuedMessage
 from jsmail.local.dotqmail import (Forward, Instructions, Mailbox, Maildir, Mbox, Program, commandEnvironment,
                                    findMailbox, newSender, readInstructions)
@@ -67,16 +69,8 @@ def _line(text: str) -> bytes:
 
 
 def isLooping(source: BinaryIO, dtline: bytes) -> bool:
-    """Whether the header section (up to its first empty line) holds ``dtline``
-    byte for byte (section 9.4)."""
-    wanted = dtline.rstrip(b"\n")
-    for line in source:
-        line = line.rstrip(b"\r\n")
-        if not line:
-            return False
-        if line == wanted:
-            return True
-    return False
+    """Whether the header section holds ``dtline`` byte for byte (section 9.4)."""
+    return dtline.rstrip(b"\n") in fields(readHeader(source).header)
 
 
 @implementer(IDeliveryAgent)
@@ -230,7 +224,7 @@ class LocalDelivery:
                 else:
                     copy = yield self.runInThread(lf)
                     env = commandEnvironment(plan.mailbox, sender, plan.newSender, recipient, plan.default,
-                                             self.settings.separators, (ufline, rpline, dtline), dict(os.environ))
+                                             self.settings.separators, (ufline, rpline, dtline), allowedEnvironment())
                     result = yield runProgram(self.reactor, instruction.command, copy.fileno(), env, plan.cwd,
                                               self.settings.programTimeout)
                     if result.status is ProgramStatus.PERMANENT:

@@ -15,18 +15,17 @@ the delivery is retried later.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.python.failure import Failure
+
+from jsmail._process import Finished, run
 
 MAX_OUTPUT = 3000
 PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
-_SETSID = shutil.which("setsid")  # util-linux: puts the command in its own process group
 
 
 class ProgramStatus(Enum):
@@ -54,63 +53,29 @@ def statusOfExit(code: int) -> ProgramStatus:
     return ProgramStatus.PERMANENT if code in PERMANENT_CODES else ProgramStatus.TEMPORARY
 
 
-class _Command(protocol.ProcessProtocol):
-    def __init__(self, done: defer.Deferred[ProgramResult], command: str) -> None:
-        self.done = done
-        self.command = command
-        self.output = b""
-        self.timedOut = False
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if len(self.output) <= MAX_OUTPUT:
-            self.output += data
-
-    def processEnded(self, reason: Failure) -> None:
-        text = self.output[:MAX_OUTPUT].decode("utf-8", "replace").strip()
-        if len(self.output) > MAX_OUTPUT:
-            text += "\nError report too long, sorry."
-        value = reason.value
-        if self.timedOut:
-            result = ProgramResult(ProgramStatus.TEMPORARY,
-                                   f"{text}\nTimeout: the program ran too long and was killed.".strip())
-        elif isinstance(value, (error.ProcessDone, error.ProcessTerminated)) and value.exitCode is not None:
-            code = value.exitCode
-            result = ProgramResult(statusOfExit(code), text or f"program exited with status {code}")
-        else:
-            result = ProgramResult(ProgramStatus.TEMPORARY, f"{text}\nAack, child crashed.".strip())
-        self.done.callback(result)
-
-
 def runProgram(reactor: Any, command: str, stdin: int, env: dict[str, str], cwd: str,
                timeout: float) -> defer.Deferred[ProgramResult]:
     """Run ``command`` with the open file ``stdin`` (rewound first) as its input;
     never fails: every outcome is a :class:`ProgramResult`."""
-    done: defer.Deferred[ProgramResult] = defer.Deferred()
-    proto = _Command(done, command)
     os.lseek(stdin, 0, os.SEEK_SET)
-    args = ["/bin/sh", "-c", command]
-    if _SETSID:
-        args = [_SETSID] + args
-    try:
-        transport = reactor.spawnProcess(proto, args[0], args, env=env, path=cwd,
-                                         childFDs={0: stdin, 1: "r", 2: "r"})
-    except OSError as e:
-        return defer.succeed(ProgramResult(ProgramStatus.TEMPORARY, f"Unable to run the program: {e.strerror}."))
+    d = run(reactor, ["/bin/sh", "-c", command], env, files={0: stdin}, read=(1, 2), cwd=cwd, timeout=timeout,
+            outputLimit=MAX_OUTPUT)
+    return d.addCallbacks(_result, _notStarted)
 
-    def kill() -> None:
-        proto.timedOut = True
-        pid = transport.pid
-        if pid is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL) if _SETSID else os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
-    timer = reactor.callLater(timeout, kill)
+def _result(finished: Finished) -> ProgramResult:
+    output = finished.read()
+    text = output[:MAX_OUTPUT].decode("utf-8", "replace").strip()
+    if len(output) > MAX_OUTPUT or finished.overflowed:
+        text += "\nError report too long, sorry."
+    if finished.timedOut:
+        return ProgramResult(ProgramStatus.TEMPORARY,
+                             f"{text}\nTimeout: the program ran too long and was killed.".strip())
+    if finished.code is not None:
+        return ProgramResult(statusOfExit(finished.code), text or f"program exited with status {finished.code}")
+    return ProgramResult(ProgramStatus.TEMPORARY, f"{text}\nAack, child crashed.".strip())
 
-    def finished(result: ProgramResult) -> ProgramResult:
-        if timer.active():
-            timer.cancel()
-        return result
 
-    return done.addCallback(finished)
+def _notStarted(failure: Failure) -> ProgramResult:
+    failure.trap(OSError)
+    return ProgramResult(ProgramStatus.TEMPORARY, f"Unable to run the program: {failure.value.strerror}.")

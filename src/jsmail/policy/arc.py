@@ -38,7 +38,7 @@ from jsmail._threads import RunInThread
 from jsmail._threads import reactorThreads
 from jsmail.policy.dkim import DEFAULT_SIGNED_HEADERS, SigningError, SigningKey, oversigned
 from jsmail.policy.dkimcheck import KeyLookup, Message, pieces, untamed, verifierFor
-from jsmail.policy.header import readHeader
+from jsmail.headers import splitHeader
 
 __all__ = ["ARCResult", "ARCSealer", "ARCVerifier"]
 
@@ -80,7 +80,7 @@ def _verify(source: Callable[[], Iterable[bytes]], lookup: KeyLookup) -> ARCResu
     try:
         message = Message(source, lookup.deadline)
     except dkim.MessageFormatError as e:
-        return ARCResult("fail", str(e), _countSets(readHeader(source())[0]))
+        return ARCResult("fail", str(e), _countSets(splitHeader(iter(source())).header))
     arcFields = [value for name, value in message.headers if name.lower() in dkim.ARC.ARC_HEADERS]
     sets = _countSets(message.header)
     if not arcFields:

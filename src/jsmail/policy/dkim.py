@@ -54,7 +54,7 @@ from jsmail.address import normaliseDomain
 from jsmail.error import SMTPReplyError
 from jsmail._threads import RunInThread, reactorThreads
 from jsmail.policy.dkimcheck import RSA_SHA1_REFUSED, KeyLookup, Message, Refused, pieces, untamed, verifierFor
-from jsmail.policy.header import readHeader
+from jsmail.headers import splitHeader
 
 __all__ = ["DEFAULT_SIGNED_HEADERS", "DKIMResult", "DKIMSigner", "DKIMVerifier", "SigningError",
            "SigningKey", "generateKey", "keyRecord", "oversigned", "zoneEntry"]
@@ -129,7 +129,7 @@ def _verifyAll(source: Callable[[], Iterable[bytes]], lookup: KeyLookup, maxSign
     try:
         message = Message(source, lookup.deadline)
     except dkim.MessageFormatError as e:
-        header = readHeader(source())[0]
+        header = splitHeader(iter(source())).header
         if re.search(rb"(?im)^dkim-signature[ \t]*:", header) is None:
             return []
         return [DKIMResult("permerror", "", "", "", "", f"the header section cannot be parsed: {e}", "")]

@@ -12,7 +12,7 @@ sends is done here instead:
   for seconds).  Signatures are checked by OpenSSL, never by dkimpy's RSA code.
 - A key record's ``h=`` list is honoured (RFC 6376 section 3.6.1), which dkimpy ignores.
 - The message is never held whole: the header section is read up to
-  :data:`~jsmail.policy.header.MAX_HEADER` octets and split linearly (dkimpy's parser
+  :data:`~jsmail.headers.MAX_HEADER` octets and split linearly (dkimpy's parser
   is quadratic in folded lines); the body is streamed and canonicalized as it goes
   (:class:`BodyCanonicalizer`), once per canonicalization, hash and ``l=``.
 - Header fields are selected for hashing in linear time (dkimpy's selection is the
@@ -45,7 +45,7 @@ from twisted.internet.defer import Deferred
 from twisted.names import dns
 
 from jsmail._dns import isNonexistent
-from jsmail.policy.header import MAX_HEADER, readHeader
+from jsmail.headers import MAX_HEADER, splitHeader
 
 __all__ = ["BodyCanonicalizer", "KeyLookup", "MAX_SIGNATURE_FIELD", "MAX_WHITESPACE_RUN", "Message", "PublicKey",
            "Refused", "RSA_SHA1_REFUSED", "parseKeyRecord", "pieces", "untamed", "verifierFor"]
@@ -309,8 +309,9 @@ class Message:
 
     def __init__(self, source: Callable[[], Iterable[bytes]], deadline: float) -> None:
         self.source, self.deadline = source, deadline
-        header, self.offset, complete = readHeader(source())
-        if not complete:
+        split = splitHeader(iter(source()))
+        header, self.offset = split.header, split.bodyOffset
+        if not split.whole:
             raise dkim.MessageFormatError(f"the header section is over {MAX_HEADER} octets")
         self.header = header
         self.headers = _fields(header)

@@ -1,7 +1,7 @@
 """DMARC (RFC 9989, which obsoletes RFC 7489 and RFC 9091): does the author's domain
 stand behind this message?
 
-The author domain is the domain of the message's one From field (:func:`authorDomain`).
+The author domain is the domain of the message's one From field (:func:`jsmail.headers.fromDomain`).
 Its policy record and every Organizational Domain are found by the DNS Tree Walk of
 RFC 9989 section 4.10 (:class:`Discovery`), not by a public suffix list: ``_dmarc``
 at the domain, then at its parents, jumping to the last seven labels of a longer name,
@@ -17,7 +17,6 @@ removed ``pct`` tag only 0 still means something: like ``t=y``.
 
 from __future__ import annotations
 
-import email.utils
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -26,7 +25,6 @@ from twisted.names import dns, error as dnserror
 from jsmail._dns import isNonexistent
 from jsmail.address import normaliseDomain
 from jsmail.error import SMTPReplyError
-from jsmail.policy.header import MAX_HEADER, fieldValues, splitHeader
 
 _POLICIES = ("none", "quarantine", "reject")
 #: RFC 9989 section 4.10: a walk makes at most this many queries.
@@ -193,82 +191,6 @@ def fetchRecord(resolver: Any, authorDomain: str, timeout: float = 5.0) -> Any:
     """Fire with (record, domain it was found at) or None; fail with
     :class:`DMARCTemporaryError` on DNS trouble."""
     return Discovery(resolver, timeout).policyRecord(authorDomain)
-
-
-def authorDomain(message: bytes) -> str | None:
-    """The author domain (RFC 9989 section 4.4; RFC 7489 section 3.1.1) as an A-label:
-    the domain of the addresses in the message's one From field (RFC 5322 section
-    3.6 allows exactly one).  None when there is not exactly one From field, it holds
-    no address, its addresses have different domains, or the domain is no usable
-    domain name.  ``message`` is the message or just its header section.
-
-    Both checking (DMARC) and signing (DKIM) use this rule.  The field is read
-    linearly and at most :data:`MAX_FROM` octets of it: nested comments are removed
-    by a scanner with a depth counter before the address parser sees the text (the
-    standard library's parser recurses once per nesting level)."""
-    found = splitHeader(message[:MAX_HEADER + 2])
-    values = fieldValues(found[0] if found is not None else message[:MAX_HEADER], b"from")
-    if len(values) != 1 or len(values[0]) > MAX_FROM:
-        return None
-    text = _withoutComments(values[0].decode("utf-8", "replace").replace("\r\n", " ").replace("\n", " "))
-    if text is None:
-        return None
-    try:
-        addresses = email.utils.getaddresses([text])
-    except (RecursionError, ValueError):
-        return None
-    domains = set()
-    for _, address in addresses:
-        local, at, domain = address.rpartition("@")
-        if not at or not local:
-            return None
-        try:
-            domains.add(normaliseDomain(domain.strip().rstrip(".")))
-        except SMTPReplyError:  # octets that are not UTF-8, an empty or over-long label
-            return None
-    if len(domains) != 1:
-        return None
-    [domain] = domains
-    return None if domain.startswith("[") else domain
-
-
-#: The longest From field value read (RFC 5322 section 2.1.1 allows 998-octet lines,
-#: folded as often as one likes; no real From comes near this).
-MAX_FROM = 8192
-
-
-def _withoutComments(text: str) -> str | None:
-    """``text`` with each comment (RFC 5322 section 3.2.2: they nest, and a backslash
-    quotes the next character) replaced by a space, outside quoted strings; None when
-    the parentheses or quotes do not balance."""
-    kept: list[str] = []
-    depth, quoted, escaped = 0, False, False
-    for character in text:
-        if escaped:
-            escaped = False
-            if not depth:
-                kept.append(character)
-        elif character == "\\":
-            escaped = True
-            if not depth:
-                kept.append(character)
-        elif depth:
-            depth += {"(": 1, ")": -1}.get(character, 0)
-            if not depth:
-                kept.append(" ")
-        elif quoted:
-            quoted = character != '"'
-            kept.append(character)
-        elif character == '"':
-            quoted = True
-            kept.append(character)
-        elif character == "(":
-            depth = 1
-        elif character == ")":
-            return None
-        else:
-            kept.append(character)
-    return None if depth or quoted or escaped else "".join(kept)
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ from jsmail import reply
 from jsmail.address import Address
 from jsmail.policy.arc import ARCSealer, ARCVerifier
 from jsmail.policy.authresults import claimsAuthservId
-from jsmail.policy.header import headerFields, readHeader
+from jsmail.headers import fields as headerFields
+from jsmail.headers import fromDomain, splitHeader
 from jsmail._threads import RunInThread, runNow
 from jsmail.policy.dkim import DKIMResult, DKIMSigner, SigningKey, keyRecord, writeNewKey, zoneEntry
-from jsmail.policy.dmarc import Discovery, DMARCTemporaryError, authorDomain, evaluate
+from jsmail.policy.dmarc import Discovery, DMARCTemporaryError, evaluate
 from jsmail.interfaces import IMessagePolicy, IModifier
 from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import MessagePolicy, Policy
@@ -132,12 +133,12 @@ class DMARCCheck(MessagePolicy):
             return None
         # Only the header section is read (at most 256 KiB), in a thread: the spool
         # may be on disk.
-        d = self._runInThread(lambda: readHeader(content.chunks())[0])
+        d = self._runInThread(lambda: splitHeader(iter(content.chunks())).header)
         return d.addCallback(self._evaluate, session).addCallback(self._verdict)
 
     @defer.inlineCallbacks
     def _evaluate(self, message: bytes, session: Any) -> Any:
-        author = authorDomain(message)
+        author = fromDomain(message)
         if author is None:
             return None, "permerror", "not exactly one usable author address in From"
         spf = session.transactionNotes.get("spf")
@@ -178,7 +179,7 @@ class DKIMSign:
     def modify(self, session: Any, message: bytes) -> Any:
         if session.user is None and not self.everything:
             return []
-        domain = authorDomain(message)  # the one From domain, as DMARC finds it
+        domain = fromDomain(message)  # the one From domain, as DMARC finds it
         if domain is None or self.signer.keyFor(domain) is None:
             return []
         return self.signer.sign(message, domain).addCallback(lambda field: [field.decode("ascii").rstrip("\r\n")])

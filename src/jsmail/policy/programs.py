@@ -16,45 +16,23 @@ after ``timeout`` seconds, which counts as a temporary failure.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from zope.interface import implementer
 
 from jsmail import reply
+from jsmail._process import Finished, allowedEnvironment, run
 from jsmail.address import Address
+from jsmail.headers import fieldName, fields
 from jsmail.interfaces import IMessagePolicy
 from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import MessagePolicy, Policy
 from jsmail.policy.verdict import Verdict
 
 _log = Logger()
-
-_OUTPUT_LIMIT = 64 * 1024
-
-
-class _Run(protocol.ProcessProtocol):
-    def __init__(self, inputs: Mapping[int, bytes]) -> None:
-        self.inputs = inputs
-        self.output = {1: b"", 2: b""}
-        self.ended: defer.Deferred[int | None] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        for fd, data in self.inputs.items():
-            self.transport.writeToChild(fd, data)
-            self.transport.closeChildFD(fd)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if len(self.output.get(childFD, b"")) < _OUTPUT_LIMIT:
-            self.output[childFD] = self.output.get(childFD, b"") + data
-
-    def processEnded(self, reason: Any) -> None:
-        code = reason.value.exitCode if isinstance(reason.value, (error.ProcessDone, error.ProcessTerminated)) else None
-        self.ended.callback(code)
 
 
 class Program:
@@ -64,38 +42,18 @@ class Program:
         self.reactor, self.command, self.timeout = reactor, command, timeout
 
     def run(self, session: Any, inputs: Mapping[int, bytes]) -> defer.Deferred[tuple[int | None, bytes, bytes]]:
-        run = _Run(inputs)
-        env = dict(os.environ)
+        env = allowedEnvironment()
         env.update(TCPREMOTEIP=session.clientAddress, SMTPHELO=session.helo or "",
                    SMTPSENDER=str(session.sender or ""),
                    SMTPRECIPIENTS="\n".join(r.address for r in session.recipients),
                    SMTPAUTHUSER=getattr(session.user, "name", "") if session.user is not None else "")
-        childFDs: dict[int, Any] = {fd: "w" for fd in inputs}
-        childFDs.update({1: "r", 2: "r"})
-        process = self.reactor.spawnProcess(run, "/bin/sh", ["/bin/sh", "-c", self.command], env=env,
-                                            childFDs=childFDs)
-        timer = self.reactor.callLater(self.timeout, _stop, process)
+        d = run(self.reactor, ["/bin/sh", "-c", self.command], env, inputs=inputs, read=(1, 2), timeout=self.timeout)
 
-        def ended(code: int | None) -> tuple[int | None, bytes, bytes]:
-            if not timer.active():
-                code = None  # stopped at its time-out, whatever its exit status
-            else:
-                timer.cancel()
-            return code, run.output[1], run.output[2]
+        def ended(finished: Finished) -> tuple[int | None, bytes, bytes]:
+            code = None if finished.timedOut else finished.code  # stopped at its time-out, whatever its exit status
+            return code, finished.read(1), finished.read(2)
 
-        return run.ended.addCallback(ended)
-
-
-def _stop(process: Any) -> None:
-    """Kill the program and close our ends of its pipes: a child it started (``sleep``
-    in ``sleep 60; exit 0``, or one left running in the background) outlives the KILL
-    and keeps the pipes open, and the process only counts as ended once they close."""
-    try:
-        process.signalProcess("KILL")
-    except error.ProcessExitedAlready:
-        pass
-    for pipe in list(process.pipes.values()):
-        pipe.connectionLost(Failure(error.ConnectionDone("the program's time-out")))
+        return d.addCallback(ended)
 
 
 def verdictFor(command: str, code: int | None, stderr: bytes, accepted: Verdict | None = None) -> Verdict | None:
@@ -135,12 +93,8 @@ class ContentFilter(MessagePolicy):
     def checkMessage(self, session: Any, content: Any) -> Any:
         message = yield content.read()
         code, stdout, stderr = yield self.program.run(session, {0: message})
-        added: list[str] = []
-        for line in stdout.decode("utf-8", "replace").splitlines():
-            if line[:1] in (" ", "\t") and added:
-                added[-1] += "\r\n" + line  # a folded field goes on
-            elif ":" in line:
-                added.append(line)
+        added = [b"\r\n".join(f.splitlines()).decode("utf-8", "replace") for f in fields(stdout)
+                 if fieldName(f) is not None]
         return verdictFor(self.program.command, code, stderr, Verdict.accept(added) if added else None)
 
 

@@ -3,11 +3,13 @@
 A program that would run qmail-queue (qmail-smtpd, qmail-inject, a content filter)
 can run ``jsmail-queue`` instead (qmail-interfaces reference, section 3).  It reads the
 message from fd 0, then the envelope from fd 1: ``F<sender>\\0`` then ``T<recipient>\\0``
-for each recipient, then a final ``\\0``.  It queues the message with its own Received
-line, makes it durable, tells a running jsmail to take it up (SIGALRM to the pid in
-``queue/send.pid``), and exits 0.  Otherwise it exits with qmail-queue's codes and
-queues nothing: 11 address too long, 54 message or envelope unreadable (including an
-envelope without its final NUL), 91 envelope format error, 53 write error, 81 bug.
+for each recipient, then a final ``\\0``.  It queues the message through the funnel,
+which adds the Received line owed to mail that did not come by SMTP, makes it durable,
+tells a running jsmail to take it up (SIGALRM to the pid in ``queue/send.pid``), and
+exits 0.  Otherwise it exits with qmail-queue's codes and queues nothing: 11 address
+too long, 54 message or envelope unreadable (including an envelope without its final
+NUL), 91 envelope format error, 31 envelope over 4 MiB, 53 write error, 81 bug
+(:mod:`jsmail.qmail.envelope` reads the envelope).
 
 The message arrives with LF line ends (qmail's convention) and is queued with CR LF,
 jsmail's; CR LF already there is kept.  The data directory comes from ``--data``,
@@ -20,20 +22,20 @@ import os
 import sys
 import tempfile
 import time
-from email.utils import format_datetime
-from datetime import datetime, timezone
 from typing import BinaryIO, Callable
 
 from twisted.internet import defer
 
+from jsmail.datadir import dataDirectory
 from jsmail.envelope import Envelope, Recipient
-from jsmail.queue.store import MaildirQueue
+from jsmail.qmail.envelope import MAX_ENVELOPE, EnvelopeError, decode
 from jsmail.queue.admin import wakeDelivery
+from jsmail.queue.funnel import Funnel, Owed
+from jsmail.queue.store import MaildirQueue
 
-MAX_ADDRESS = 1002  # octets, as qmail-queue
 SPOOL_IN_MEMORY = 1 << 20  # larger messages wait in a temporary file, not in memory
 
-QUEUED, ADDRESS_TOO_LONG, WRITE_ERROR, READ_ERROR, BUG, BAD_ENVELOPE = 0, 11, 53, 54, 81, 91
+QUEUED, WRITE_ERROR, READ_ERROR, BUG = 0, 53, 54, 81
 
 
 class QueueRefusal(Exception):
@@ -42,27 +44,6 @@ class QueueRefusal(Exception):
     def __init__(self, code: int, why: str) -> None:
         super().__init__(why)
         self.code = code
-
-
-def parseEnvelope(data: bytes) -> tuple[str, list[str]]:
-    """``F<sender>\\0 (T<rcpt>\\0)* \\0`` into the sender and the recipients."""
-    if not data.endswith(b"\x00\x00"):
-        raise QueueRefusal(READ_ERROR, "the envelope ended before its final NUL")
-    records = data[:-1].split(b"\x00")[:-1]
-    if not records or not records[0].startswith(b"F"):
-        raise QueueRefusal(BAD_ENVELOPE, "the envelope does not start with an F record")
-    if any(not r.startswith(b"T") for r in records[1:]):
-        raise QueueRefusal(BAD_ENVELOPE, "a recipient record does not start with T")
-    addresses = [r[1:] for r in records]
-    if any(len(a) > MAX_ADDRESS for a in addresses):
-        raise QueueRefusal(ADDRESS_TOO_LONG, f"an address is longer than {MAX_ADDRESS} octets")
-    try:
-        sender, *recipients = (a.decode("utf-8") for a in addresses)
-    except UnicodeDecodeError:
-        raise QueueRefusal(BAD_ENVELOPE, "an address is not UTF-8") from None
-    if not recipients:
-        raise QueueRefusal(BAD_ENVELOPE, "the envelope has no recipients")
-    return sender, recipients
 
 
 def copyAsCRLF(source: BinaryIO, write: Callable[[bytes], None]) -> None:
@@ -76,18 +57,19 @@ def copyAsCRLF(source: BinaryIO, write: Callable[[bytes], None]) -> None:
     write(held)
 
 
-def enqueue(dataDir: str, message: BinaryIO, envelope: bytes) -> str:
-    """Queue the message durably; return its queue id (or raise QueueRefusal)."""
-    sender, recipients = parseEnvelope(envelope)
+def enqueue(dataDir: str, message: BinaryIO, envelope: bytes, owed: Owed = Owed(received=True)) -> str:
+    """Queue the message durably through the funnel, with what it is ``owed``, and
+    wake a running jsmail to deliver it; return its queue id (or raise QueueRefusal)."""
+    try:
+        sender, recipients = decode(envelope)
+    except EnvelopeError as e:
+        raise QueueRefusal(e.code, str(e)) from None
     queueDir = os.path.join(dataDir, "queue")
     queue = MaildirQueue(queueDir, defer.maybeDeferred, sweep=False, spares=0)
-    now = time.time()
-    incoming = queue.newMessage(Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=now,
-                                         clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local"))
+    funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))  # else a jsmail takes it up when it starts
+    incoming = funnel.newMessage(Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=time.time(),
+                                          clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local"), owed)
     try:
-        stamp = format_datetime(datetime.fromtimestamp(now, timezone.utc))
-        incoming.write(f"Received: (jsmail-queue {os.getpid()} invoked by uid {os.getuid()});\r\n"
-                       f"\t{stamp}\r\n".encode("ascii"))
         copyAsCRLF(message, incoming.write)
     except OSError as e:
         incoming.abort()
@@ -102,9 +84,7 @@ def enqueue(dataDir: str, message: BinaryIO, envelope: bytes) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
-    dataDir = os.environ.get("JSMAIL_DATA") or "jsmail-data"
-    if len(arguments) == 2 and arguments[0] == "--data":
-        dataDir = arguments[1]
+    dataDir = dataDirectory(arguments[1] if len(arguments) == 2 and arguments[0] == "--data" else None)
     try:
         with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY) as spool:
             try:
@@ -112,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                     while chunk := stdin.read(65536):
                         spool.write(chunk)
                 with os.fdopen(1, "rb", closefd=False) as fd1:
-                    envelope = fd1.read()
+                    envelope = fd1.read(MAX_ENVELOPE + 1)
             except OSError as e:
                 raise QueueRefusal(READ_ERROR, str(e)) from None
             spool.seek(0)
@@ -121,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     except Exception:
         return BUG
-    wakeDelivery(os.path.join(dataDir, "queue"))  # else a jsmail takes it up when it starts
     return QUEUED
 
 

@@ -15,12 +15,15 @@ import os
 import tempfile
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from jsmail._process import Finished, run
 from jsmail.envelope import Envelope
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage, IMessageSink
+from jsmail.qmail.envelope import encode
 from jsmail.queue.store import newQueueId
 from jsmail import reply
 from jsmail.reply import Reply
@@ -60,25 +63,6 @@ def replyFor(code: int, custom: bytes = b"") -> Reply | None:
     return _EXITS.get(code, reply.QQ_PERMANENT_PROBLEM if 11 <= code <= 40 else reply.QQ_TEMPORARY_PROBLEM)
 
 
-class _Program(protocol.ProcessProtocol):
-    def __init__(self, envelope: bytes) -> None:
-        self.envelope = envelope
-        self.custom = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.writeToChild(1, self.envelope)
-        self.transport.closeChildFD(1)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == CUSTOM_ERROR_FD and len(self.custom) < 255:
-            self.custom += data[: 255 - len(self.custom)]
-
-    def processEnded(self, reason: Any) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        self.ended.callback(81 if code is None else code)  # killed by a signal: a bug
-
-
 @implementer(IIncomingMessage)
 class _ProgramMessage:
     def __init__(self, sink: ProgramQueue, envelope: Envelope) -> None:
@@ -96,27 +80,27 @@ class _ProgramMessage:
         f, self._file = self._file, None
         f.flush()
         f.seek(0)
-        envelope = self._envelope
-        record = (b"F" + envelope.sender.encode("utf-8") + b"\0"
-                  + b"".join(b"T" + r.address.encode("utf-8") + b"\0" for r in envelope.recipients) + b"\0")
-        program = _Program(record)
+        program = self._sink.program
         try:
-            self._sink.reactor.spawnProcess(
-                program, self._sink.program, [self._sink.program], env=os.environ.copy(),
-                childFDs={0: f.fileno(), 1: "w", 2: 2, CUSTOM_ERROR_FD: "r"},
-            )
-        except OSError as e:
-            f.close()
-            return defer.fail(SMTPReplyError(reply.QQ_EXEC_FAILED, f"{self._sink.program}: {e}"))
+            # The whole environment, as qmail-smtpd gives qmail-queue's: filters read tcpserver's variables.
+            d = run(self._sink.reactor, [program], os.environ, files={0: f.fileno(), 2: 2},
+                    inputs={1: encode(self._envelope.sender, [r.address for r in self._envelope.recipients])},
+                    read=(CUSTOM_ERROR_FD,), outputLimit=255)
+        finally:
+            f.close()  # the program has its own descriptor
 
-        def ended(code: int) -> str:
-            f.close()
-            refusal = replyFor(code, program.custom)
+        def ended(finished: Finished) -> str:
+            code = 81 if finished.code is None else finished.code  # killed by a signal: a bug
+            refusal = replyFor(code, finished.read(CUSTOM_ERROR_FD))
             if refusal is not None:
-                raise SMTPReplyError(refusal, f"{self._sink.program} exited with {code}")
+                raise SMTPReplyError(refusal, f"{program} exited with {code}")
             return self.queueId
 
-        return program.ended.addCallback(ended)
+        def notStarted(failure: Failure) -> str:
+            failure.trap(OSError)
+            raise SMTPReplyError(reply.QQ_EXEC_FAILED, f"{program}: {failure.value}")
+
+        return d.addCallbacks(ended, notStarted)
 
     def abort(self) -> None:
         if self._file is not None:

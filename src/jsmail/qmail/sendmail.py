@@ -8,10 +8,11 @@ Installable as ``sendmail`` for programs that send mail that way::
 
 The message (LF or CR LF lines) is read from stdin; with ``-t`` the recipients come
 from its To, Cc and Bcc fields (Bcc is then removed).  Without ``-i`` a line holding a
-single "." ends the message, as in sendmail.  Header fields a message lacks are added
-as qmail-inject does: Date, Message-ID, and From (the user, with the ``-F`` name).
-The message goes into the queue under ``--data``/``$JSMAIL_DATA``/``./jsmail-data``
-by the same path as ``jsmail-queue``, and a running gateway is woken to deliver it.
+single "." ends the message, as in sendmail.  The message goes into the queue under
+``--data``/``$JSMAIL_DATA``/``./jsmail-data`` by the same path as ``jsmail-queue``, and
+a running gateway is woken to deliver it.  On the way the funnel adds the header
+fields a local submission lacks, as qmail-inject does: Date, Message-ID, and (not
+with ``-bs``) From, the user with the ``-F`` name.
 Exit codes are sendmail's (sysexits): 0, 64 usage, 65 bad message, 74 I/O error, 75
 try again later, 70 internal error.
 """
@@ -25,16 +26,17 @@ import pwd
 import socket
 import sys
 import tempfile
-import time
-from email.utils import format_datetime, formataddr, getaddresses
-from datetime import datetime, timezone
+from email.utils import formataddr, getaddresses
 from typing import BinaryIO
 
+from jsmail.datadir import dataDirectory
+from jsmail.headers import dropFields, fieldName, fieldValue, fields, hasName, readHeader
+from jsmail.qmail.envelope import EnvelopeError, encode
 from jsmail.qmail.queueprogram import SPOOL_IN_MEMORY, QueueRefusal, enqueue
 from jsmail.queue.admin import wakeDelivery
+from jsmail.queue.funnel import Owed
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE, EX_IOERR, EX_TEMPFAIL = 0, 64, 65, 70, 74, 75
-MAX_HEADER = 256 * 1024  # octets of header section read to find fields and recipients
 
 
 def _user() -> str:
@@ -56,52 +58,9 @@ def readMessage(stdin: BinaryIO, dotEnds: bool) -> tempfile.SpooledTemporaryFile
     return spool
 
 
-def completeHeaders(header: bytes, sender: str, fullName: str | None, removeBcc: bool, hostname: str) -> bytes:
-    """The header section with Date, Message-ID and From added where missing, and Bcc
-    removed when the recipients were taken from it (qmail-inject's rules, reference
-    section 12)."""
-    lines = header.splitlines(keepends=True)
-    names = {line.split(b":", 1)[0].strip().lower() for line in lines if line[:1] not in (b" ", b"\t") and b":" in line}
-    if removeBcc:
-        kept, skipping = [], False
-        for line in lines:
-            if line[:1] in (b" ", b"\t"):
-                if not skipping:
-                    kept.append(line)
-                continue
-            skipping = line.split(b":", 1)[0].strip().lower() == b"bcc"
-            if not skipping:
-                kept.append(line)
-        lines = kept
-    added = []
-    if b"date" not in names:
-        added.append(f"Date: {format_datetime(datetime.now(timezone.utc))}\n")
-    if b"message-id" not in names:
-        added.append(f"Message-ID: <{time.strftime('%Y%m%d%H%M%S', time.gmtime())}.{os.getpid()}.jsmail@{hostname}>\n")
-    if b"from" not in names:
-        added.append(f"From: {formataddr((fullName or '', sender))}\n")
-    return b"".join(lines) + "".join(added).encode("utf-8")
-
-
-def _splitHeader(spool: BinaryIO) -> tuple[bytes, bytes]:
-    """The header section (without its blank line) and what follows it, from the start."""
-    header = []
-    size = 0
-    while line := spool.readline():
-        if line in (b"\n", b"\r\n"):
-            return b"".join(header), line
-        header.append(line)
-        size += len(line)
-        if size > MAX_HEADER:
-            break
-    return b"".join(header), b""
-
-
 def _recipientsFrom(header: bytes) -> list[str]:
-    from email.parser import BytesHeaderParser
-
-    fields = BytesHeaderParser().parsebytes(header + b"\n")
-    values = [str(v) for name in ("to", "cc", "bcc") for v in fields.get_all(name, [])]
+    values = [fieldValue(f).decode("utf-8", "replace") for f in fields(header)
+              if fieldName(f) in (b"to", b"cc", b"bcc")]
     return [address for _, address in getaddresses(values) if address]
 
 
@@ -112,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except getopt.GetoptError as e:
         print(f"jsmail-sendmail: {e}", file=sys.stderr)
         return EX_USAGE
-    dataDir = os.environ.get("JSMAIL_DATA") or "jsmail-data"
+    dataArgument = None
     fromHeaders, dotEnds = False, True
     sender, fullName, mode = None, None, "m"
     for option, value in options:
@@ -127,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         elif option == "-b":
             mode = value
         elif option == "--data":
-            dataDir = value
+            dataArgument = value
+    dataDir = dataDirectory(dataArgument)
     hostname = socket.getfqdn()
     sender = sender if sender is not None else f"{_user()}@{hostname}"
     if mode == "p":
@@ -145,29 +105,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jsmail-sendmail: cannot read the message: {e}", file=sys.stderr)
         return EX_IOERR
     with spool:
-        header, separator = _splitHeader(spool)
+        header, rest, _ = readHeader(spool)
         if fromHeaders:
             recipients = recipients + _recipientsFrom(header)
+            header = dropFields(header, lambda field: hasName(field, "bcc"))  # the recipients came from them
         if not recipients:
             print("jsmail-sendmail: no recipients (give them as arguments, or use -t)", file=sys.stderr)
             return EX_USAGE
-        completed = completeHeaders(header, sender, fullName, fromHeaders, hostname)
-        message = _Chain(completed + (separator or b"\n"), spool)
-        envelope = b"F" + sender.encode() + b"\0" + b"".join(b"T" + r.encode() + b"\0" for r in recipients) + b"\0"
+        owed = Owed(received=True, complete=True, hostname=hostname, author=formataddr((fullName or "", sender)))
         try:
-            enqueue(dataDir, message, envelope)  # type: ignore[arg-type]
-        except QueueRefusal as e:
+            enqueue(dataDir, _Chain(header + rest, spool), encode(sender, recipients), owed)  # type: ignore[arg-type]
+        except (QueueRefusal, EnvelopeError) as e:
             print(f"jsmail-sendmail: not queued: {e}", file=sys.stderr)
             return EX_DATAERR if 11 <= e.code <= 40 or e.code == 91 else EX_TEMPFAIL
         except OSError as e:
             print(f"jsmail-sendmail: not queued: {e}", file=sys.stderr)
             return EX_TEMPFAIL
-    wakeDelivery(os.path.join(dataDir, "queue"))
     return EX_OK
 
 
 class _Chain(io.RawIOBase):
-    """Reads ``head`` and then the rest of ``tail``: the completed header, then the body."""
+    """Reads ``head`` and then the rest of ``tail``: the header section, then the body."""
 
     def __init__(self, head: bytes, tail: BinaryIO) -> None:
         self._head = io.BytesIO(head)
@@ -182,10 +140,12 @@ class _Chain(io.RawIOBase):
 
 def _smtpOnStdio(dataDir: str, hostname: str) -> int:
     """-bs: jsmail's ESMTP server on stdin/stdout, queueing into the queue on disk, as
-    for a local user (no relay control: local users may send anywhere)."""
+    for a local user (no relay control: local users may send anywhere), whose mail
+    is a local submission."""
     from twisted.internet import reactor, stdio
     from twisted.internet.defer import maybeDeferred
 
+    from jsmail.qmail.tcpserver import SessionOnStdio, reactorStopper
     from jsmail.queue.funnel import Funnel
     from jsmail.queue.store import MaildirQueue
     from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings
@@ -193,16 +153,11 @@ def _smtpOnStdio(dataDir: str, hostname: str) -> int:
     queueDir = os.path.join(dataDir, "queue")
     queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
     funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
-
-    class _Session(ESMTPServer):
-        def connectionLost(self, reason: object = None) -> None:
-            super().connectionLost(reason)  # type: ignore[arg-type]
-            queue.close()
-            if reactor.running:  # type: ignore[attr-defined]
-                reactor.stop()  # type: ignore[attr-defined]
-
-    stdio.StandardIO(_Session(Listener(ServerSettings(hostname=hostname), funnel, reactor, "sendmail -bs")))
+    sink = funnel.owing(Owed(complete=True, hostname=hostname))
+    session = ESMTPServer(Listener(ServerSettings(hostname=hostname), sink, reactor, "sendmail -bs"))
+    stdio.StandardIO(SessionOnStdio(session, reactorStopper(reactor)))
     reactor.run()  # type: ignore[attr-defined]
+    queue.close()
     return EX_OK
 
 

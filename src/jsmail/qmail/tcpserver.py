@@ -11,9 +11,9 @@ header as ``from <helo> (<host> [<ip>])``, sanitised as qmail-smtpd does (sectio
 empty), lets the client relay and is appended to every RCPT address (qmail-smtpd's
 suffix rule); ``RBLSMTPD``, if set and not empty, refuses every recipient with its text
 (553 if it starts with "-", else 451, as rblsmtpd).  Without relaying, recipients must
-be in the configured domains.  Accepted mail goes to the program ``QMAILQUEUE`` names
-(any qmail-queue-compatible program), else straight into jsmail's queue, whose running
-gateway is woken to deliver it.
+be in the configured domains.  Accepted mail goes through the funnel to the program
+``QMAILQUEUE`` names (any qmail-queue-compatible program), else into jsmail's queue,
+whose running gateway is woken to deliver it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ import argparse
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, Callable
+
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 
 from jsmail.address import Address
+from jsmail.datadir import dataDirectory
 from jsmail.error import SMTPReplyError
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.policy.base import Policy
@@ -67,12 +71,39 @@ class UCSPISession(ESMTPServer):
             argument = re.sub(r">", lambda _: self.relaySuffix + ">", argument, count=1)  # type: ignore[operator]
         return super().smtp_RCPT(argument)
 
-    def connectionLost(self, reason: Any = None) -> None:
-        super().connectionLost(reason)
-        from twisted.internet import reactor
 
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+class SessionOnStdio(Protocol):
+    """Gives stdin/stdout (:class:`twisted.internet.stdio.StandardIO`) to ``session``
+    and calls ``ended`` once the connection is gone: the session only ends itself, and
+    the ``main()`` that owns the process and its reactor says what follows (it passes
+    :func:`reactorStopper`)."""
+
+    def __init__(self, session: Protocol, ended: Callable[[], object]) -> None:
+        self.session = session
+        self.ended = ended
+
+    def makeConnection(self, transport: Any) -> None:
+        self.session.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.session.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            self.session.connectionLost(reason)
+        finally:
+            self.ended()
+
+
+def reactorStopper(reactor: Any) -> Callable[[], None]:
+    """A callback that stops ``reactor``, unless it is stopping already (the connection
+    may end because it is)."""
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    return stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or the configuration's]")
     arguments = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
-    if arguments.data or os.environ.get("JSMAIL_DATA"):
-        overrides["server.data"] = arguments.data or os.environ["JSMAIL_DATA"]
+    dataDir = dataDirectory(arguments.data, default="")  # none given: the configuration's
+    if dataDir:
+        overrides["server.data"] = dataDir
     try:
         config = loadConfig(arguments.config, overrides)
     except ConfigError as e:
@@ -108,16 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     if config.relay.badMailFrom:
         policies.append(BadMailFrom(config.relay.badMailFrom))
     queueDir = os.path.join(config.server.dataDir, "queue")
-    sink: Any
+    funnel: Funnel
     queue = None
     if os.environ.get("QMAILQUEUE"):
-        sink = ProgramQueue(os.environ["QMAILQUEUE"], reactor)
+        funnel = Funnel(ProgramQueue(os.environ["QMAILQUEUE"], reactor), lambda queueId, envelope: None)
     else:
         queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
-        sink = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
-    session = UCSPISession(Listener(config.smtp, sink, reactor, "ucspi", tuple(policies)))
+        funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
+    session = UCSPISession(Listener(config.smtp, funnel, reactor, "ucspi", tuple(policies)))
     session.relaySuffix = relayClient
-    stdio.StandardIO(session)
+    stdio.StandardIO(SessionOnStdio(session, reactorStopper(reactor)))
     reactor.run()  # type: ignore[attr-defined]
     if queue is not None:
         queue.close()

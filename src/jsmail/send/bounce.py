@@ -17,20 +17,9 @@ from email.utils import format_datetime
 from typing import BinaryIO, Callable, Sequence
 
 from jsmail.envelope import Envelope, Recipient
+from jsmail.headers import readHeader
 
 MAX_RETURNED_HEADERS = 64 * 1024
-
-
-def readHeaders(message: BinaryIO, limit: int = MAX_RETURNED_HEADERS) -> bytes:
-    """The header section of a queued (CR LF) message, at most ``limit`` octets."""
-    lines = []
-    size = 0
-    for line in message:
-        if line in (b"\r\n", b"\n") or size + len(line) > limit:
-            break
-        lines.append(line)
-        size += len(line)
-    return b"".join(lines)
 
 
 def wantsFailureNotice(recipient: Recipient) -> bool:
@@ -110,7 +99,7 @@ Content-Type: {"message/rfc822" if full else "text/rfc822-headers"}
         while chunk := original.read(65536):
             write(chunk)
     else:
-        write(readHeaders(original))
+        write(readHeader(original, MAX_RETURNED_HEADERS).header)
     write(f"\r\n--{boundary}--\r\n".encode("ascii"))
 
 

@@ -23,8 +23,11 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from jsmail._threads import RunInThread
+from jsmail.headers import dropFields, fieldName, headerOf, splitHeader
+from jsmail.headers import fields as headerFields
 from jsmail.interfaces import IIncomingMessage, IModifier
 from jsmail.policy.authresults import authResultsField, claimsAuthservId
+from jsmail.queue.funnel import NOTHING, Owed
 from jsmail.smtp.session import Session
 
 _CHUNK = 65536
@@ -71,44 +74,14 @@ class Spool:
         self._file.close()
 
 
-def headerFields(block: bytes) -> list[bytes]:
-    """Split a header block (CR LF lines) into whole fields, folded lines included."""
-    fields: list[list[bytes]] = []
-    for line in block.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)  # joined once below: a field folded many times stays linear
-        elif line:
-            fields.append([line])
-    return [b"\r\n".join(parts) for parts in fields]
-
-
-def _splitHeader(chunks: Iterator[bytes]) -> tuple[bytes, bytes]:
-    """Read chunks until the empty line that ends the header (RFC 5322 section 2.1);
-    return (header block without its final CR LF CR LF, everything read after it)."""
-    held = bytearray()
-    for chunk in chunks:
-        start = max(0, len(held) - 3)  # the empty line may straddle two chunks
-        held += chunk
-        end = held.find(b"\r\n\r\n", start)
-        if end >= 0:
-            return bytes(held[: end + 2]), bytes(held[end + 2:])
-    return bytes(held), b""
-
-
-def dropFields(message: bytes, dropField: Callable[[bytes], bool]) -> bytes:
-    """``message`` without the header fields ``dropField`` picks."""
-    header, rest = _splitHeader(iter([message]))
-    return b"".join(f + b"\r\n" for f in headerFields(header) if not dropField(f)) + rest
-
-
 def transfer(spool: Spool, message: IIncomingMessage, prefix: bytes, dropField: Callable[[bytes], bool],
              clock: IReactorTime) -> defer.Deferred[None]:
     """Write ``prefix`` and then the spooled message into ``message``, leaving out the
     header fields ``dropField`` picks; a large message goes in turns of ``_TURN``
     octets, so other sessions are served in between."""
     chunks = spool.chunks()
-    header, rest = _splitHeader(chunks)
-    message.write(prefix + b"".join(f + b"\r\n" for f in headerFields(header) if not dropField(f)) + rest)
+    header, rest, _ = splitHeader(chunks, spool.size)  # no cut: every forged field goes, however far down
+    message.write(prefix + dropFields(header, dropField) + rest)
     done: defer.Deferred[None] = defer.Deferred()
 
     def turn() -> None:
@@ -144,9 +117,12 @@ class Assembler:
     and takes forged Authentication-Results fields out (RFC 8601 section 5)."""
 
     def __init__(self, hostname: str, authservId: str, showAuth: bool, modifiers: Sequence[IModifier],
-                 spoolAlways: bool, clock: IReactorTime, runInThread: RunInThread) -> None:
+                 spoolAlways: bool, clock: IReactorTime, runInThread: RunInThread, owed: Owed = NOTHING) -> None:
         """``spoolAlways``: the listener has end-of-message checks, so every message
-        waits in a spool for them."""
+        waits in a spool for them.  ``owed``: what the listener's sink adds to each
+        message (Date and Message-ID on submission, RFC 6409 section 8); when there are
+        modifiers it is added here instead, before them, so that a DKIM signature covers
+        the fields the message will carry rather than signing their absence."""
         self.hostname = hostname
         self.authservId = authservId or hostname
         self.showAuth = showAuth
@@ -154,6 +130,7 @@ class Assembler:
         self.spoolAlways = spoolAlways
         self.clock = clock
         self.runInThread = runInThread
+        self.owed = owed
 
     def begin(self, session: Session, message: IIncomingMessage) -> Spool | None:
         """Start the message: the trace header and the fields checks added so far go
@@ -197,8 +174,14 @@ class Assembler:
             return claimsAuthservId(field, self.authservId)
 
         if self.modifiers:
-            d: defer.Deferred[bytes] = spool.read().addCallback(
-                lambda data: self._modify(session, prefix + dropFields(data, forged)))
+
+            def modify(data: bytes) -> defer.Deferred[bytes]:
+                nonlocal prefix
+                present = {fieldName(f) for f in headerFields(headerOf(data))}
+                prefix += fieldLines(self.owed.fieldsFor(present, message.queueId, self.clock.seconds()))
+                return self._modify(session, prefix + dropFields(data, forged))
+
+            d: defer.Deferred[bytes] = spool.read().addCallback(modify)
         else:
             d = defer.succeed(b"")
         return d.addCallback(lambda added: transfer(spool, message, added + prefix, forged, self.clock))

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from jsmail._threads import RunInThread, runNow
 from jsmail.interfaces import IMessageSink, IModifier
 from jsmail.policy.chain import PhaseRunner
+from jsmail.queue.funnel import NOTHING, Owed
 from jsmail.smtp.assembly import Assembler
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.settings import ServerSettings
@@ -43,6 +44,7 @@ class Listener:
     runInThread: RunInThread = runNow
     roomFor: Callable[[int], bool] | None = None
     authFailures: FailureCounter = field(default_factory=FailureCounter)  # shared by a gateway's listeners
+    owed: Owed = NOTHING  # what the sink adds to each message (see Assembler)
 
     @cached_property
     def phases(self) -> PhaseRunner:
@@ -52,4 +54,4 @@ class Listener:
     def assembler(self) -> Assembler:
         settings = self.settings
         return Assembler(settings.hostname, settings.authservId, settings.showAuthInReceived, self.modifiers,
-                         bool(self.phases.messagePolicies), self.clock, self.runInThread)
+                         bool(self.phases.messagePolicies), self.clock, self.runInThread, self.owed)

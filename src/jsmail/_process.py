@@ -1,0 +1,131 @@
+"""The one way jsmail runs a child program: ``.qmail`` program deliveries, the policy
+programs (recipient checks and content filters), checkpassword and the QMAILQUEUE
+program.
+
+:func:`run` gives the program data on descriptors of its choice, open files as other
+descriptors, reads what it writes on others (at most ``outputLimit`` octets each; the
+rest is read and dropped, so the program never blocks on a full pipe), and fires with
+a :class:`Finished`.  A program with a ``timeout`` runs in a session of its own; at
+the time-out its whole process group is killed (``sleep 60 & sleep 60`` leaves no
+``sleep`` behind) and our ends of its pipes are closed, so that a descendant that
+left the group and still holds them cannot keep the run from ending.
+
+The environment is the caller's to build; :func:`allowedEnvironment` starts one from
+``PATH``, ``HOME`` and ``LANG`` only, never from the whole of ``os.environ``, which may
+hold secrets meant for jsmail alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from twisted.internet import defer, error, protocol
+from twisted.python.failure import Failure
+
+ALLOWED_ENVIRONMENT = ("PATH", "HOME", "LANG")
+OUTPUT_LIMIT = 64 * 1024
+
+_PYTHON_SETSID = [  # what util-linux's setsid(1) does, where it is missing
+    sys.executable, "-I", "-S", "-c",
+    "import os, sys\nos.setsid()\ntry:\n    os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "except OSError as e:\n    sys.stderr.write(f'{sys.argv[1]}: {e.strerror}\\n')\n    os._exit(127)\n",
+]
+_SETSID = shutil.which("setsid")
+_NEW_SESSION = [_SETSID] if _SETSID else _PYTHON_SETSID  # argv prefix: run the rest in a session of its own
+
+
+def allowedEnvironment(source: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables of ``source`` a child may see whatever it is: PATH, HOME, LANG."""
+    return {name: source[name] for name in ALLOWED_ENVIRONMENT if name in source}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a program ended, and what it wrote."""
+
+    code: int | None  # its exit status; None when a signal ended it
+    timedOut: bool  # it was still running (or its descendants held its pipes) at the time-out, and was killed
+    output: tuple[tuple[int, bytes], ...]  # (descriptor, data), in the order they arrived
+    overflowed: frozenset[int]  # descriptors that wrote more than the limit; the rest was dropped
+
+    def read(self, *fds: int) -> bytes:
+        """What the program wrote on ``fds`` (on every descriptor read, if none are
+        named), in the order it arrived."""
+        return b"".join(data for fd, data in self.output if not fds or fd in fds)
+
+
+class _Child(protocol.ProcessProtocol):
+    def __init__(self, inputs: Mapping[int, bytes], outputLimit: int) -> None:
+        self.inputs = inputs
+        self.outputLimit = outputLimit
+        self.output: list[tuple[int, bytes]] = []
+        self.kept: dict[int, int] = {}
+        self.overflowed: set[int] = set()
+        self.ended: defer.Deferred[int | None] = defer.Deferred()
+        self.pid = 0
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # kept: a program that exits at once is reaped before spawnProcess returns
+        for fd, data in self.inputs.items():
+            self.transport.writeToChild(fd, data)
+            self.transport.closeChildFD(fd)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        kept = self.kept.get(childFD, 0)
+        room = self.outputLimit - kept
+        if len(data) > room:
+            self.overflowed.add(childFD)
+            data = data[:room]
+        if data:
+            self.output.append((childFD, data))
+            self.kept[childFD] = kept + len(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        code = value.exitCode if isinstance(value, (error.ProcessDone, error.ProcessTerminated)) else None
+        self.ended.callback(code)
+
+
+def run(reactor: Any, argv: Sequence[str], env: Mapping[str, str], *, inputs: Mapping[int, bytes] = {},
+        files: Mapping[int, int] = {}, read: Iterable[int] = (), cwd: str | None = None,
+        timeout: float | None = None, outputLimit: int = OUTPUT_LIMIT) -> defer.Deferred[Finished]:
+    """Run ``argv`` with ``inputs`` written to (and then closed on) the given child
+    descriptors, the open descriptors ``files`` given as the child's, and pipes on the
+    ``read`` descriptors; the child has no other descriptors.  Fails only when the
+    program cannot be started (OSError)."""
+    child = _Child(inputs, outputLimit)
+    childFDs: dict[int, Any] = {**files, **{fd: "w" for fd in inputs}, **{fd: "r" for fd in read}}
+    args = [*_NEW_SESSION, *argv] if timeout is not None else list(argv)
+    try:
+        process = reactor.spawnProcess(child, args[0], args, env=dict(env), path=cwd, childFDs=childFDs)
+    except OSError:
+        return defer.fail()
+    timer = reactor.callLater(timeout, _kill, process, child.pid) if timeout is not None else None
+
+    def ended(code: int | None) -> Finished:
+        timedOut = timer is not None and not timer.active()
+        if timer is not None and not timedOut:
+            timer.cancel()
+        return Finished(code, timedOut, tuple(child.output), frozenset(child.overflowed))
+
+    return child.ended.addCallback(ended)
+
+
+def _kill(process: Any, group: int) -> None:
+    """Kill the program's process group (it leads a session of its own), then close
+    our ends of its pipes: a descendant outside the group may still hold them, and a
+    process only counts as ended once they close."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:  # no such group: not made yet, or everything in it has gone
+        try:
+            process.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+    for pipe in list(process.pipes.values()):
+        pipe.connectionLost(Failure(error.ConnectionDone("the program's time-out")))

@@ -1,0 +1,259 @@
+"""The one reader of a message's header section (RFC 5322 sections 2.2 and 3.6).
+
+The parts that look at header fields (smtpd's assembly, the funnel, bounces, local
+delivery, the sendmail command, the content filter's output, the email-authentication
+checks) split and walk them here, so that they all agree on where the header section
+ends, what a folded field is and which field a name picks.
+
+- :class:`HeaderScanner` and :func:`splitHeader` find the empty line that ends the
+  header section, in data that arrives in pieces, holding at most ``limit`` octets: a
+  longer header section is cut at a field boundary, so fields can still be added there.
+  A bare LF ends a line too, as dkimpy reads it, so every check sees the same fields.
+- :func:`fields` gives whole (folded) fields; :func:`fieldName` and :func:`hasName`
+  compare names without case; :func:`dropFields` leaves fields out.
+- :func:`fromDomain` is the one From-domain rule (DMARC's author domain, the domain a
+  DKIM signature is made for).
+
+All of it is linear in its input: no pass over the data is repeated per line or per
+fold, and nothing recurses, so a field folded 100,000 times or a comment nested
+thousands deep costs what its length costs.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO, Callable, Iterator, NamedTuple
+
+from jsmail.address import normaliseDomain
+from jsmail.error import SMTPReplyError
+
+MAX_HEADER = 256 * 1024  # octets of header section held to find its end
+MAX_FROM_FIELD = 8192  # octets: a longer From field is no usable author (no real one comes near)
+_READ = 65536
+_WSP = b" \t"
+
+
+class Split(NamedTuple):
+    """A message cut after its header section."""
+
+    header: bytes  # whole fields, each with its line end as it came
+    rest: bytes  # what was read after them: the empty line and the body so far, or the fields past the cut
+    whole: bool  # False when the header section was longer than the limit and cut there
+
+    @property
+    def bodyOffset(self) -> int:
+        """Where the body starts in the message, past the empty line (for a header
+        section cut at the limit: where the cut is)."""
+        if not self.whole:
+            return len(self.header)
+        return len(self.header) + (2 if self.rest.startswith(b"\r\n") else 1 if self.rest.startswith(b"\n") else 0)
+
+
+class HeaderScanner:
+    """Finds the end of the header section in data fed piece by piece; holds at most
+    ``limit`` octets (plus the piece that crosses it) until it knows."""
+
+    def __init__(self, limit: int = MAX_HEADER) -> None:
+        self._held = bytearray()
+        self._line = 0  # start of the first line not yet looked at
+        self._field = 0  # start of the field that line belongs to
+        self._searched = 0  # no line end before this offset, from self._line on
+        self._limit = limit
+
+    def feed(self, data: bytes) -> Split | None:
+        """Take the next piece; the split once the header section's end (or the limit)
+        is reached, else None."""
+        held = self._held
+        held += data
+        while (end := held.find(b"\n", self._searched)) >= 0:
+            line = self._line
+            if end == line or (end == line + 1 and held[line] == 0x0D):
+                return self._cut(line, True)  # the empty line
+            if held[line] not in _WSP:
+                self._field = line
+            self._line = self._searched = end + 1
+            if self._line > self._limit:
+                return self._cut(self._field, False)
+        self._searched = len(held)
+        if len(held) > self._limit:
+            line = self._line  # the line that crosses the limit has begun: cut before its field
+            return self._cut(line if held[line] not in _WSP else self._field, False)
+        return None
+
+    def close(self) -> Split:
+        """The input ended inside the header section: all of it is header."""
+        return self._cut(len(self._held), True)
+
+    def _cut(self, at: int, whole: bool) -> Split:
+        held = self._held
+        self._held = bytearray()
+        return Split(bytes(held[:at]), bytes(held[at:]), whole)
+
+
+def splitHeader(chunks: Iterator[bytes], limit: int = MAX_HEADER) -> Split:
+    """Read ``chunks`` until the header section ends (or ``limit`` is passed); what
+    ``chunks`` still holds after that is the rest of the message."""
+    scanner = HeaderScanner(limit)
+    for chunk in chunks:
+        split = scanner.feed(chunk)
+        if split is not None:
+            return split
+    return scanner.close()
+
+
+def readHeader(source: BinaryIO, limit: int = MAX_HEADER) -> Split:
+    """:func:`splitHeader` on an open file, read from where it stands."""
+    return splitHeader(iter(lambda: source.read(_READ), b""), limit)
+
+
+def headerOf(message: bytes) -> bytes:
+    """The whole header section of a message held in memory."""
+    return splitHeader(iter([message]), len(message)).header
+
+
+def _spans(header: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of each field, its line end included; a line that starts with white
+    space continues the field before it (RFC 5322 section 2.2.3)."""
+    start = None
+    pos, size = 0, len(header)
+    while pos < size:
+        end = header.find(b"\n", pos)
+        end = size if end < 0 else end + 1
+        if header[pos] not in _WSP or start is None:
+            if start is not None:
+                yield start, pos
+            start = None if header[pos:end].strip(b"\r\n") == b"" else pos
+        pos = end
+    if start is not None:
+        yield start, size
+
+
+def _withoutLineEnd(field: bytes) -> bytes:
+    field = field[:-1] if field.endswith(b"\n") else field
+    return field[:-1] if field.endswith(b"\r") else field
+
+
+def fields(header: bytes) -> list[bytes]:
+    """The header section's fields, whole: folded lines stay inside their field, with
+    their line ends as they came; each field's final line end is left off."""
+    return [_withoutLineEnd(header[start:end]) for start, end in _spans(header)]
+
+
+def fieldName(field: bytes) -> bytes | None:
+    """The field's name, lower-cased (white space before the colon allowed, RFC 5322
+    section 4.5.3); None when the field has no well-formed name."""
+    name, colon, _ = field.partition(b":")
+    name = name.rstrip(_WSP)
+    if not colon or not name or any(c < 33 or c > 126 for c in name):
+        return None
+    return name.lower()
+
+
+def hasName(field: bytes, name: str) -> bool:
+    """Whether ``field`` is a ``name`` field, compared without case."""
+    return fieldName(field) == name.lower().encode("ascii")
+
+
+def fieldValue(field: bytes) -> bytes:
+    """The field's body, unfolded (RFC 5322 section 2.2.3)."""
+    return field.partition(b":")[2].replace(b"\r\n", b"").replace(b"\n", b"")
+
+
+def dropFields(message: bytes, drop: Callable[[bytes], bool]) -> bytes:
+    """``message`` without the header fields ``drop`` picks; everything else, line ends
+    included, is left as it was."""
+    split = splitHeader(iter([message]), len(message))
+    header = split.header
+    kept = (header[start:end] for start, end in _spans(header) if not drop(_withoutLineEnd(header[start:end])))
+    return b"".join(kept) + split.rest
+
+
+def fromDomain(message: bytes) -> str | None:
+    """The author domain (RFC 9989 section 4.4; the domain a DKIM signature is made
+    for): the domain of the addresses in the message's one From field (RFC 5322 section
+    3.6 allows exactly one), as a lower-case A-label.  RFC 5322 lets the field name
+    several authors: one domain for all of them is that domain.  None when there is no
+    From field or more than one, it holds no address or addresses of two domains, does
+    not parse, is longer than :data:`MAX_FROM_FIELD`, or its domain is no usable domain
+    name (an address literal included)."""
+    found = [f for f in fields(headerOf(message)) if hasName(f, "from")]
+    if len(found) != 1 or len(found[0]) > MAX_FROM_FIELD:
+        return None
+    addresses = _mailboxes(fieldValue(found[0]).decode("utf-8", "replace"))  # RFC 6532 allows UTF-8
+    domains = set()
+    for address in addresses or ():
+        local, at, domain = address.rpartition("@")
+        domain = domain.strip()
+        if not at or not local.strip() or not domain or domain.startswith("["):
+            return None
+        try:
+            domains.add(normaliseDomain(domain[:-1] if domain.endswith(".") else domain))
+        except SMTPReplyError:
+            return None
+    return domains.pop() if len(domains) == 1 else None
+
+
+def _mailboxes(value: str) -> list[str] | None:
+    """The addr-specs of a mailbox-list (no groups); None when it does not parse."""
+    text = _withoutCommentsAndQuotes(value)
+    if text is None:
+        return None
+    elements, start, angled = [], 0, False
+    for i, c in enumerate(text):
+        if c == "<":
+            if angled:
+                return None
+            angled = True
+        elif c == ">":
+            if not angled:
+                return None
+            angled = False
+        elif not angled and c in ":;":
+            return None  # a group: From holds mailboxes only
+        elif not angled and c == ",":
+            elements.append(text[start:i])
+            start = i + 1
+    elements.append(text[start:])
+    if angled:
+        return None
+    addresses = []
+    for mailbox in (e for e in elements if e.strip()):  # obs-mbox-list allows empty elements
+        if "<" not in mailbox:
+            address = mailbox.strip()
+            if any(c.isspace() for c in address):
+                return None
+        else:
+            _, _, inside = mailbox.partition("<")
+            address, _, after = inside.partition(">")
+            if after.strip():
+                return None
+            address = address.rpartition(":")[2]  # obs-route: <@relay,@relay:local@domain>
+        addresses.append(address)
+    return addresses
+
+
+def _withoutCommentsAndQuotes(value: str) -> str | None:
+    """``value`` with comments (which nest) turned into a space and each quoted string
+    into ``""``, so what is left can be split on its specials; None when a comment or a
+    quoted string is not closed.  One pass with a depth counter: nothing recurses."""
+    out: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for c in value:
+        if escaped:
+            escaped = False
+        elif (depth or quoted) and c == "\\":
+            escaped = True
+        elif depth:
+            depth += (c == "(") - (c == ")")
+            if not depth:
+                out.append(" ")
+        elif quoted:
+            if c == '"':
+                quoted = False
+                out.append('""')
+        elif c == "(":
+            depth = 1
+        elif c == '"':
+            quoted = True
+        else:
+            out.append(c)
+    return None if depth or quoted else "".join(out)

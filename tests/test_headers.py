@@ -1,0 +1,181 @@
+"""jsmail.headers: where the header section ends, its fields, and the From domain."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jsmail.headers import (HeaderScanner, Split, dropFields, fieldName, fieldValue, fields, fromDomain, hasName,
+                            headerOf, readHeader, splitHeader)
+
+
+def message(*lines: bytes, body: bytes = b"Hello.\r\n") -> bytes:
+    return b"".join(line + b"\r\n" for line in lines) + b"\r\n" + body
+
+
+class SplitHeaderTests(SynchronousTestCase):
+    def test_crlf(self) -> None:
+        self.assertEqual(splitHeader(iter([b"A: 1\r\nB: 2\r\n\r\nbody\r\n"])),
+                         Split(b"A: 1\r\nB: 2\r\n", b"\r\nbody\r\n", True))
+
+    def test_lf(self) -> None:
+        self.assertEqual(splitHeader(iter([b"A: 1\nB: 2\n\nbody\n"])), Split(b"A: 1\nB: 2\n", b"\nbody\n", True))
+
+    def test_no_header_section(self) -> None:
+        self.assertEqual(splitHeader(iter([b"\r\nbody\r\n"])), Split(b"", b"\r\nbody\r\n", True))
+
+    def test_no_empty_line_means_all_header(self) -> None:
+        self.assertEqual(splitHeader(iter([b"A: 1\r\n", b"B: 2"])), Split(b"A: 1\r\nB: 2", b"", True))
+
+    def test_any_piecing_gives_the_same_split(self) -> None:
+        """The empty line may straddle pieces; feeding one octet at a time changes nothing."""
+        data = b"A: 1\r\n folded\r\nB: 2\r\n\r\nbody\r\nC: not a field\r\n"
+        whole = splitHeader(iter([data]))
+        octets = iter([data[i:i + 1] for i in range(len(data))])
+        split = splitHeader(octets)
+        self.assertEqual((split.header, split.rest + b"".join(octets), split.whole), whole)
+        for cut in range(len(data)):
+            pieces = iter([data[:cut], data[cut:]])
+            split = splitHeader(pieces)
+            self.assertEqual(split.header, whole.header)
+            self.assertEqual(split.rest + b"".join(pieces), whole.rest)
+
+    def test_what_follows_stays_in_the_iterator(self) -> None:
+        chunks = iter([b"A: 1\r\n\r\nbo", b"dy\r\n"])
+        self.assertEqual(splitHeader(chunks), Split(b"A: 1\r\n", b"\r\nbo", True))
+        self.assertEqual(list(chunks), [b"dy\r\n"])
+
+    def test_cut_at_the_limit_on_a_field_boundary(self) -> None:
+        """A header section longer than the limit is cut before the field that crosses
+        it, so that fields may still be added at the cut."""
+        data = b"A: 12345\r\nB: 1\r\n 2\r\n 3\r\nC: 1\r\n\r\nbody"
+        self.assertEqual(splitHeader(iter([data]), limit=14), Split(b"A: 12345\r\n", data[10:], False))
+        self.assertEqual(splitHeader(iter([data]), limit=len(b"A: 12345\r\nB: 1\r\n 2\r\n 3\r\n")),
+                         Split(b"A: 12345\r\nB: 1\r\n 2\r\n 3\r\n", data[24:], False))
+
+    def test_a_line_without_end_longer_than_the_limit(self) -> None:
+        scanner = HeaderScanner(limit=100)
+        self.assertIsNone(scanner.feed(b"A: 1\r\nB: "))
+        self.assertEqual(scanner.feed(b"x" * 200), Split(b"A: 1\r\n", b"B: " + b"x" * 200, False))
+        scanner = HeaderScanner(limit=100)
+        self.assertEqual(scanner.feed(b"A: 1\r\n " + b"x" * 200), Split(b"", b"A: 1\r\n " + b"x" * 200, False))
+
+    def test_a_field_folded_100000_times_is_linear(self) -> None:
+        folded = b"X-Long: a" + b"\r\n b" * 100_000
+        data = folded + b"\r\nSubject: s\r\n\r\nbody\r\n"
+        started = time.monotonic()
+        split = splitHeader(iter([data]), limit=len(data))
+        found = fields(split.header)
+        kept = dropFields(data, lambda f: hasName(f, "subject"))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(found, [folded, b"Subject: s"])
+        self.assertEqual(kept, folded + b"\r\n\r\nbody\r\n")
+        self.assertEqual(splitHeader(iter([data])), Split(b"", data, False))  # past the default limit
+
+    def test_read_header_from_a_file(self) -> None:
+        source = io.BytesIO(message(b"A: 1", body=b"x" * 100_000))
+        split = readHeader(source, limit=1000)
+        self.assertEqual(split.header, b"A: 1\r\n")
+        self.assertEqual(split.rest + source.read(), b"\r\n" + b"x" * 100_000)
+
+    def test_header_of(self) -> None:
+        self.assertEqual(headerOf(message(b"A: 1", b"B: 2")), b"A: 1\r\nB: 2\r\n")
+
+
+class FieldTests(SynchronousTestCase):
+    def test_folded_fields_stay_whole(self) -> None:
+        self.assertEqual(fields(b"A: 1\r\n\t2\r\nB: 3\r\n"), [b"A: 1\r\n\t2", b"B: 3"])
+        self.assertEqual(fields(b"A: 1\n 2\nB: 3"), [b"A: 1\n 2", b"B: 3"])
+
+    def test_a_leading_continuation_line_is_a_field_of_its_own(self) -> None:
+        self.assertEqual(fields(b" x\r\nA: 1\r\n"), [b" x", b"A: 1"])
+
+    def test_names_compare_without_case(self) -> None:
+        self.assertEqual(fieldName(b"Message-ID: <x@y>"), b"message-id")
+        self.assertEqual(fieldName(b"Subject : obsolete space"), b"subject")
+        self.assertTrue(hasName(b"FROM: a@b", "From"))
+        self.assertFalse(hasName(b"Resent-From: a@b", "from"))
+
+    def test_no_name(self) -> None:
+        for field in (b"not a field", b": empty name", b"two words: x", b"\tx: y"):
+            self.assertIsNone(fieldName(field), field)
+            self.assertFalse(hasName(field, "x"))
+
+    def test_value_is_unfolded(self) -> None:
+        self.assertEqual(fieldValue(b"To: a@b,\r\n c@d,\n e@f"), b" a@b, c@d, e@f")
+
+    def test_drop_fields_keeps_everything_else_as_it_came(self) -> None:
+        data = b"A: 1\r\nBcc: x\r\n y\r\nB: 2\nbcc: z\r\n\r\nBcc: body\r\n"
+        self.assertEqual(dropFields(data, lambda f: hasName(f, "bcc")), b"A: 1\r\nB: 2\n\r\nBcc: body\r\n")
+
+
+class FromDomainTests(SynchronousTestCase):
+    """RFC 5322 section 3.6.2: the one address of the one From field."""
+
+    def test_one_address(self) -> None:
+        self.assertEqual(fromDomain(message(b"From: a@Example.ORG", b"To: b@example.net")), "example.org")
+
+    def test_display_names(self) -> None:
+        for field in (b'From: "Doe, Jane" <jane@example.org>', b"From: Jane Doe <jane@example.org>",
+                      b'From: "a@evil.test" <jane@example.org>', b"From: =?utf-8?q?Jane?= <jane@example.org>",
+                      b"From: <jane@example.org>", b"From: Zo\xe9 <jane@example.org>"):
+            self.assertEqual(fromDomain(message(field)), "example.org", field)
+
+    def test_comments(self) -> None:
+        for field in (b"From: a@example.org (Jane)", b"From: (x@evil.test) a@example.org",
+                      b"From: Jane <a@example.org> (a (nested) comment)", b"From: a@example.org (\\) quoted paren)"):
+            self.assertEqual(fromDomain(message(field)), "example.org", field)
+
+    def test_folded_field(self) -> None:
+        self.assertEqual(fromDomain(message(b"Subject: s", b"From: A Very Long Display Name\r\n\t<a@example.org>")),
+                         "example.org")
+
+    def test_lf_line_ends(self) -> None:
+        self.assertEqual(fromDomain(b"Subject: s\nFrom: a@example.org\n\nbody\n"), "example.org")
+
+    def test_trailing_dot_and_obsolete_route(self) -> None:
+        self.assertEqual(fromDomain(message(b"From: a@example.org.")), "example.org")
+        self.assertEqual(fromDomain(message(b"From: <@relay.test,@other.test:a@example.org>")), "example.org")
+
+    def test_utf8_domain_is_an_a_label(self) -> None:
+        self.assertEqual(fromDomain(message("From: Zoë <zoe@Exämple.org>".encode("utf-8"))), "xn--exmple-cua.org")
+
+    def test_not_exactly_one_from_field(self) -> None:
+        self.assertIsNone(fromDomain(message(b"From: a@example.org", b"from: b@example.org")))
+        self.assertIsNone(fromDomain(message(b"Subject: no author")))
+        self.assertIsNone(fromDomain(message(b"Resent-From: a@example.org")))
+        self.assertIsNone(fromDomain(message(b"Subject: s", body=b"From: a@example.org\r\n")))
+
+    def test_no_one_author_domain(self) -> None:
+        """Several authors of one domain are that domain (RFC 5322 allows several);
+        two domains, or no address, are none."""
+        self.assertEqual(fromDomain(message(b"From: a@example.org, B <b@EXAMPLE.org>")), "example.org")
+        for field in (b"From: a@example.org, b@example.net", b"From: undisclosed", b"From: a@", b"From: @example.org", b"From:",
+                      b"From: Group: a@example.org;", b"From: undisclosed-recipients:;", b"From: Jane a@example.org"):
+            self.assertIsNone(fromDomain(message(field)), field)
+        self.assertEqual(fromDomain(message(b"From: a@example.org,")), "example.org")  # obs-mbox-list
+
+    def test_unparsable(self) -> None:
+        for field in (b'From: "Jane <a@example.org>', b"From: (Jane <a@example.org>", b"From: <a@example.org",
+                      b"From: a@example.org>", b"From: <<a@example.org>>", b"From: <a@example.org> trailing"):
+            self.assertIsNone(fromDomain(message(field)), field)
+
+    def test_unusable_domains(self) -> None:
+        for field in (b"From: <a@ex\xe9.org>", b"From: a@example..org", b"From: a@" + b"x" * 64 + b".org",
+                      b"From: a@[192.0.2.1]", b"From: <a@exa mple.org>", b"From: a@-example.org"):
+            self.assertIsNone(fromDomain(message(field)), field)
+
+    def test_nested_comments_do_not_recurse(self) -> None:
+        """Thousands of nested comments cost a pass, not a RecursionError (the DMARC
+        log flood of the security review, L-5)."""
+        deep = b"From: " + b"(" * 1900 + b"x" + b")" * 1900 + b" a@example.org"
+        self.assertEqual(fromDomain(message(deep)), "example.org")
+        folded = b"From: " + b"\r\n ".join([b"(" * 900] * 6) + b"a@example.org"
+        self.assertIsNone(fromDomain(message(folded)))  # unclosed, and over 4 KiB besides
+
+    def test_a_field_over_8_kib_is_unusable(self) -> None:
+        field = b"From: " + b"x" * 8180 + b" <a@example.org>"
+        self.assertIsNone(fromDomain(message(field)))
+        self.assertEqual(fromDomain(message(b"From: " + b"x" * 8000 + b" <a@example.org>")), "example.org")
