@@ -160,9 +160,11 @@ def _listeners(value: Any) -> tuple[str, ...]:
 def _checker(value: Any) -> str:
     from twisted.cred import strcred
 
+    from jsmail.auth import forSMTPAuth
+
     description = _string(value)
     try:
-        strcred.makeChecker(description)
+        forSMTPAuth(strcred.makeChecker(description), description)
     except strcred.InvalidAuthType as e:
         raise ValueError(f"unknown checker type {str(e)!r} (twistd jsmail --help-auth lists them)") from None
     except (strcred.InvalidAuthArgumentString, ValueError) as e:

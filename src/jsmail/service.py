@@ -27,7 +27,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from jsmail import __version__
 from jsmail._dns import makeResolver
 from jsmail._threads import RunInThread, ThreadPoolService, reactorThreads
-from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm
+from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm, forSMTPAuth
 from jsmail.config import Config, ConfigError
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
@@ -66,8 +66,8 @@ def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = ()
     then any given on the command line (``--auth``).  Password hashes are checked with
     ``runInThread``."""
     checkers: list[ICredentialsChecker] = [HashedPasswordFile(config.auth.passwordFile, runInThread)]
-    checkers += [strcred.makeChecker(description) for description in config.auth.checkers]
-    checkers += list(extraCheckers)
+    checkers += [forSMTPAuth(strcred.makeChecker(d), d) for d in config.auth.checkers]
+    checkers += [forSMTPAuth(checker) for checker in extraCheckers]
     return Portal(MailRealm(config.server.domains, config.auth.senderRule), [AnyOfCheckers(checkers)])
 
 
