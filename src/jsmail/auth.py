@@ -50,7 +50,7 @@ class AuthSettings:
 
     passwordFile: str = ""
     checkers: tuple[str, ...] = ()
-    senderRule: str = "any"
+    senderRule: str = "own"
 
 
 class TemporaryAuthFailure(Exception):
@@ -76,7 +76,7 @@ class MailUser:
 
     name: str
     localDomains: frozenset[str] = frozenset()
-    senderRule: str = "any"
+    senderRule: str = "own"
     mayRelay: bool = True
 
     def maySendAs(self, sender: str) -> bool:
@@ -90,7 +90,7 @@ class MailUser:
 class MailRealm:
     """Makes :class:`MailUser` avatars with the configured sender rule."""
 
-    def __init__(self, localDomains: Iterable[str] = (), senderRule: str = "any") -> None:
+    def __init__(self, localDomains: Iterable[str] = (), senderRule: str = "own") -> None:
         self.localDomains = frozenset(d.lower() for d in localDomains)
         self.senderRule = senderRule
 

@@ -16,7 +16,8 @@ from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import Spool
-from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader, HopCounter
+from jsmail.headers import FieldWatcher, fieldName, fieldValue, mailboxes
+from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import tooBig
 from jsmail.smtp.session import Session
@@ -45,6 +46,9 @@ class Server(Protocol):
 
     def checked(self, phase: str, accept: Callable[[], Result], *args: Any) -> Result: ...
 
+#: The header fields read as the content streams by (see Transaction._headerRefusal).
+_WATCHED = ("delivered-to", "from", "sender")
+
 #: What a command answers when its reply comes later, or was already written.
 NO_REPLY = Reply(0, "", "")
 
@@ -62,7 +66,7 @@ class Transaction:
         self._spool: Spool | None = None
         self._tooBig = False
         self._size = 0
-        self._hops = HopCounter()
+        self._header = FieldWatcher()
 
     @property
     def queueId(self) -> str:
@@ -84,7 +88,7 @@ class Transaction:
         self.message = server.listener.sink.newMessage(envelope)
         self._tooBig = self._writeFailed = self._nul = False
         self._size = 0
-        self._hops = HopCounter()
+        self._header = FieldWatcher(_WATCHED, limit=64 * 1024)
         self._spool = server.listener.assembler.begin(session, self.message)
 
     def write(self, data: bytes) -> None:
@@ -96,7 +100,7 @@ class Transaction:
         if self._size > self.server.settings.maxMessageSize:
             self._tooBig = True
             return
-        self._hops.feed(data)
+        self._header.feed(data)
         self._nul = self._nul or b"\0" in data
         try:
             (self._spool or message).write(data)
@@ -136,10 +140,11 @@ class Transaction:
             refusal = reply.BARE_LINE_ENDING
         elif problems.longLine:
             refusal = reply.TEXT_LINE_TOO_LONG.format(settings.maxTextLine)
-        elif self._hops.count > settings.maxReceivedHeaders:
-            refusal = reply.TOO_MANY_HOPS
         elif self._nul and not settings.allowNul:
             refusal = reply.NUL_IN_CONTENT
+        else:
+            self._header.close()
+            refusal = self._headerRefusal()
         if refusal is not None:
             server.resetTransaction()
             raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
@@ -167,6 +172,32 @@ class Transaction:
             d = defer.maybeDeferred(server.checked, "checkMessage", lambda: NO_REPLY, spool)
         d.addCallback(complete)
         return d.addCallbacks(checked, failed)
+
+    def _headerRefusal(self) -> Reply | None:
+        """Refusals the header section earns, so that nothing that can be refused now
+        is bounced later: a loop (too many hops, or a Delivered-To line for one of the
+        recipients, which local delivery would fail), or an authenticated user's From
+        or Sender that the user may not send as (the rule MAIL FROM is held to)."""
+        header, session = self._header, self.server.session
+        if header.count > self.server.settings.maxReceivedHeaders:
+            return reply.TOO_MANY_HOPS
+        recipients = {r.address.lower(): r.address for r in session.recipients}
+        user = session.user
+        for field in header.kept:
+            name = fieldName(field)
+            if name == b"delivered-to":
+                address = fieldValue(field).decode("utf-8", "replace").strip().lower()
+                if address in recipients:
+                    return reply.ALREADY_DELIVERED.format(recipients[address])
+            elif user is not None:
+                assert name is not None
+                label = name.decode("ascii").capitalize()
+                found = mailboxes(field)
+                if found is None or not all(user.maySendAs(a.strip()) for a in found):
+                    return reply.AUTHOR_NOT_OWNED.format(label)
+        if user is not None and header.overflow:
+            return reply.AUTHOR_NOT_OWNED.format("From")  # too much header to tell
+        return None
 
     def _commit(self, message: IIncomingMessage) -> Result:
         server = self.server
