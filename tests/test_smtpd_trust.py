@@ -126,3 +126,119 @@ class BackscatterTests(SynchronousTestCase):
         d = port25()
         self.assertRegex(transaction(d, "a@else.test", "bob@example.test",
                                      "Subject: hi\n\nDelivered-To: bob@example.test\n"), QUEUED)
+
+
+class UnknownRecipientTests(SynchronousTestCase):
+    """M-8 and M-1: every local part was accepted (and got four directories), so a
+    stranger could fill the disk's inodes, and any bounce had a valid recipient."""
+
+    def setUp(self) -> None:
+        import os
+
+        from jsmail.auth import setPassword
+
+        self.root = self.mktemp()
+        self.mail = os.path.join(self.root, "mail")
+        self.users = os.path.join(self.root, "users")
+        os.makedirs(os.path.join(self.mail, "example.test", "maildirowner", "new"))
+        os.makedirs(os.path.join(self.users, "example.test", "virtual"))
+        with open(os.path.join(self.users, "example.test", "virtual", ".qmail-list"), "w") as f:
+            f.write("./Maildir/\n")
+        self.aliases = os.path.join(self.root, "aliases")
+        with open(self.aliases, "w") as f:
+            f.write("staff: virtual@example.test\n")
+        self.passwd = os.path.join(self.root, "passwd")
+        setPassword(self.passwd, "carol", "pw")
+
+    def dialog(self) -> Dialog:
+        from jsmail._threads import runNow
+        from jsmail.auth import HashedPasswordFile
+        from jsmail.local.directory import RecipientDirectory
+        from jsmail.local.settings import LocalSettings
+        from jsmail.policy.recipients import KnownRecipients
+
+        settings = LocalSettings(usersDir=self.users, aliases=self.aliases, localDomains=("example.test",),
+                                 virtualDomains=("virt.test:virtual",))
+        directory = RecipientDirectory(self.mail, settings, "mx.example.test",
+                                       HashedPasswordFile(self.passwd).userNames)
+        d = Dialog(ServerSettings(hostname="mx.example.test", postmasterDomain="example.test"), MemoryQueue(),
+                   policies=(RelayControl(lambda domain: domain in ("example.test", "virt.test")),
+                             KnownRecipients(directory, runNow)))
+        d.read()
+        d.send(b"EHLO client.test\r\nMAIL FROM:<someone@else.test>\r\n")
+        return d
+
+    def rcpt(self, d: Dialog, address: str) -> bytes:
+        return d.send(f"RCPT TO:<{address}>\r\n".encode())
+
+    def test_unknownRecipientRefusedAtRcpt(self) -> None:
+        self.assertEqual(self.rcpt(self.dialog(), "nobody@example.test"),
+                         b"550 5.1.1 No such user here: <nobody@example.test>\r\n")
+
+    def test_randomLocalPartsMakeNoMaildirs(self) -> None:
+        """The review's reproduction, in small: 100 new local parts, no new directory."""
+        import os
+
+        before = sum(len(dirs) for _, dirs, _ in os.walk(self.root))
+        for session in range(10):  # (more than 20 refusals in one session end it with 421)
+            d = self.dialog()
+            for i in range(10):
+                self.assertTrue(self.rcpt(d, f"r{session}{i}x@example.test").startswith(b"550 5.1.1 "))
+        self.assertEqual(sum(len(dirs) for _, dirs, _ in os.walk(self.root)), before)
+
+    def test_knownRecipientsAccepted(self) -> None:
+        d = self.dialog()
+        for address in ("maildirowner@example.test", "MailDirOwner@Example.Test", "virtual@example.test",
+                        "virtual-list@example.test", "staff@example.test", "staff+x@example.test",
+                        "carol@example.test", "list@virt.test"):
+            self.assertEqual(self.rcpt(d, address), b"250 2.1.5 Recipient OK\r\n", address)
+
+    def test_extensionWithoutInstructionsRefused(self) -> None:
+        d = self.dialog()
+        self.assertTrue(self.rcpt(d, "virtual-nonexistent@example.test").startswith(b"550 5.1.1 "))
+        self.assertTrue(self.rcpt(d, "other@virt.test").startswith(b"550 5.1.1 "))
+
+    def test_postmasterAlwaysAccepted(self) -> None:
+        """I-3: <postmaster> was postmaster@<hostname>, refused when the host name is no
+        local domain; RFC 5321 section 4.5.1 says it must be taken."""
+        d = self.dialog()
+        self.assertEqual(self.rcpt(d, "postmaster"), b"250 2.1.5 Recipient OK\r\n")
+        self.assertEqual(self.rcpt(d, "PostMaster@example.test"), b"250 2.1.5 Recipient OK\r\n")
+        d.send(b"DATA\r\n")
+        self.assertRegex(d.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n"), QUEUED)
+        [(envelope, _)] = d.sink.messages.values()
+        self.assertEqual([r.address for r in envelope.recipients], ["postmaster@example.test"])
+
+    def test_percentHackStaysLocal(self) -> None:
+        """Local parts with %, ! or a quoted @ name a local mailbox, never another host."""
+        from jsmail.route import Router
+        from jsmail.testing import RecordingAgent
+
+        d = self.dialog()
+        for address in ("victim%elsewhere.test@example.test", "elsewhere.test!victim@example.test",
+                        '"victim@elsewhere.test"@example.test'):
+            self.assertTrue(self.rcpt(d, address).startswith(b"550 5.1.1 "), address)
+        local, remote = RecordingAgent(), RecordingAgent()
+        router = Router(["example.test"], local, remote)
+        for address in ("victim%elsewhere.test@example.test", '"victim@elsewhere.test"@example.test'):
+            self.assertIs(router.agentFor(address), local)
+
+    def test_duplicateRecipientsDeliveredOnce(self) -> None:
+        d = self.dialog()
+        for address in ("carol@example.test", "CAROL@example.test", "staff@example.test", "carol@example.test"):
+            self.assertEqual(self.rcpt(d, address), b"250 2.1.5 Recipient OK\r\n")
+        d.send(b"DATA\r\n")
+        self.assertRegex(d.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n"), QUEUED)
+        [(envelope, _)] = d.sink.messages.values()
+        self.assertEqual([r.address for r in envelope.recipients], ["carol@example.test", "staff@example.test"])
+
+
+class CatchAllTests(SynchronousTestCase):
+    def test_catchAllOnlyInTheTryItDefault(self) -> None:
+        from jsmail.config import loadConfig
+
+        self.assertTrue(loadConfig().local.catchAll, "the README's someone@localhost path")
+        self.assertFalse(loadConfig(overrides={"server.domains": ["example.test"]}).local.catchAll)
+        self.assertFalse(loadConfig(overrides={"server.domains": ["localhost", "example.test"]}).local.catchAll)
+        self.assertTrue(loadConfig(overrides={"server.domains": ["example.test"], "local.catch_all": True}
+                                   ).local.catchAll)

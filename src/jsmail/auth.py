@@ -186,6 +186,13 @@ class HashedPasswordFile:
             self._stamp = (stat.st_mtime, stat.st_size)
         return self._hashes
 
+    def userNames(self) -> frozenset[str]:
+        """The users in the file, lower-cased (blocking: it may read the file)."""
+        try:
+            return frozenset(name.decode("utf-8", "replace").lower() for name in self._current())
+        except OSError:
+            return frozenset()
+
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
         try:
             hashed = self._current().get(creds.username)

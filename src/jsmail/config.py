@@ -345,6 +345,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "concurrency", "local", "concurrency", _integer(1)),
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
+    Option("local", "catchAll", "local", "catch_all", _boolean),
 )
 
 BY_NAME = {f"{option.section}.{option.key}": option for option in OPTIONS}
@@ -435,11 +436,13 @@ def _derive(config: Config) -> Config:
     return replace(
         config,
         server=replace(server, dataDir=dataDir, postmaster=server.postmaster or f"postmaster@{server.domains[0]}"),
-        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname),
+        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname,
+                     postmasterDomain=server.domains[0]),
         auth=replace(auth, passwordFile=os.path.abspath(auth.passwordFile or os.path.join(dataDir, "passwd"))),
         remote=replace(config.remote, heloHost=config.remote.heloHost or hostname),
         queue=replace(config.queue, bounceHost=config.queue.bounceHost or hostname),
         local=replace(local, noAtHost=local.noAtHost or hostname, localDomains=server.domains,
+                      catchAll=server.domains == ("localhost",) if local.catchAll is None else local.catchAll,
                       usersDir=os.path.abspath(local.usersDir or os.path.join(dataDir, "users")),
                       aliases=local.aliases and os.path.abspath(local.aliases)),
     )
@@ -485,6 +488,7 @@ def fromJSON(text: str) -> Config:
 
 assert {(o.part, o.field) for o in OPTIONS} >= {
     (part, f.name) for part, cls in _PARTS.items() for f in fields(cls)
-    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "requireTLS"), ("smtp", "requireAuth"),
+    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "postmasterDomain"), ("smtp", "requireTLS"),
+                              ("smtp", "requireAuth"),
                               ("local", "localDomains")}
 }, "every settings field is an option, but those filled in from others and the listeners' own rules"

@@ -117,6 +117,7 @@ SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 # Addresses, relay and limits.
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 BAD_MAILBOX = Reply(550, "5.1.1", "No such mailbox")
+NO_SUCH_USER = Reply(550, "5.1.1", "No such user here: <{}>")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the fixed maximum of {} octets")
 BARE_LINE_ENDING = Reply(

@@ -32,8 +32,11 @@ from jsmail.config import Config, ConfigError
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.listen import ListenerService, ListeningError
+from jsmail.local.directory import RecipientDirectory
 from jsmail.policy.chain import Chain, buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext
+from jsmail.policy.base import Policy
+from jsmail.policy.recipients import KnownRecipients
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.queue.funnel import NOTHING, Funnel, Owed
@@ -69,6 +72,20 @@ def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = ()
     checkers += [forSMTPAuth(strcred.makeChecker(d), d) for d in config.auth.checkers]
     checkers += [forSMTPAuth(checker) for checker in extraCheckers]
     return Portal(MailRealm(config.server.domains, config.auth.senderRule), [AnyOfCheckers(checkers)])
+
+
+def knownRecipients(config: Config, runInThread: RunInThread) -> list[Policy]:
+    """The RCPT check that refuses unknown local recipients, unless catch-all delivery
+    is on (then the start-up log says so)."""
+    if config.local.catchAll:
+        _log.info("Catch-all delivery: mail for any local part @{domains} is accepted and gets a Maildir "
+                  "of its own (set [local] catch_all = false to refuse unknown recipients)",
+                  domains=",".join(config.server.domains))
+        return []
+    names = HashedPasswordFile(config.auth.passwordFile).userNames
+    directory = RecipientDirectory(os.path.join(config.server.dataDir, "mail"), config.local,
+                                   config.server.hostname, names)
+    return [KnownRecipients(directory, runInThread)]
 
 
 def makeTLS(config: Config) -> ServerTLS:
@@ -194,7 +211,9 @@ class MailGateway(ThreadPoolService):
         relay = config.relay
         relayControl = RelayControl(frozenset(server.domains).__contains__, server.trustedNetworks,
                                     relay.rcptHostsCheck())
-        always = [relayControl, BadMailFrom(relay.badMailFrom)] if relay.badMailFrom else [relayControl]
+        always: list[Policy] = [relayControl, *knownRecipients(config, self.threads("checks"))]
+        if relay.badMailFrom:
+            always.append(BadMailFrom(relay.badMailFrom))
         self.chains = policyChains(config, self.reactor, self.threads("checks"))
         self.listeners: list[ListenerService] = []
         rules = {"smtp": {}, "submission": {"requireTLS": True, "requireAuth": True}, "smtps": {"requireAuth": True}}

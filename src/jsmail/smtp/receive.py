@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jsmail import maillog, reply
-from jsmail.envelope import Envelope
+from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage
 from jsmail.reply import Reply
@@ -46,6 +46,19 @@ class Server(Protocol):
 
     def checked(self, phase: str, accept: Callable[[], Result], *args: Any) -> Result: ...
 
+def _once(recipients: list[Recipient]) -> tuple[Recipient, ...]:
+    """The recipients with repeats left out (the first one's parameters kept), so a
+    message given the same recipient twice is delivered to it once."""
+    seen: set[str] = set()
+    kept = []
+    for recipient in recipients:
+        key = recipient.address.lower()
+        if key not in seen:
+            seen.add(key)
+            kept.append(recipient)
+    return tuple(kept)
+
+
 #: The header fields read as the content streams by (see Transaction._headerRefusal).
 _WATCHED = ("delivered-to", "from", "sender")
 
@@ -78,7 +91,7 @@ class Transaction:
         session = server.session
         envelope = Envelope(
             sender=str(session.sender),
-            recipients=tuple(session.recipients),
+            recipients=_once(session.recipients),
             mailParams=dict(session.mailParams),
             arrival=server.clock.seconds(),
             clientAddress=session.clientAddress,

@@ -394,7 +394,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         if len(self.session.recipients) >= self.settings.maxRecipients:
             return reply.TOO_MANY_RECIPIENTS
         utf8 = "SMTPUTF8" in self.session.mailParams
-        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.hostname)
+        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)
         checkRcptParams(params)
 
         def accept() -> Reply:
