@@ -296,7 +296,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def checked(self, phase: str, accept: Callable[[], Result], *args: Any) -> Result:
         """``accept()`` once every check of ``phase`` has said yes."""
-        result: Result = self.listener.phases.run(phase, self.session, accept, *args)
+        result: Result = self.listener.phases.run(phase, self.session, self.session.added, accept, *args)
         return result
 
     # -- commands ---------------------------------------------------------------------
