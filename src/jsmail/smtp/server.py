@@ -45,7 +45,6 @@ from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
-from jsmail.smtp.data import ChunkReader, ContentScanner, DataReader
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import checkMailParams, checkRcptParams, octets
 from jsmail.smtp.receive import NO_REPLY, Result, Transaction
@@ -411,13 +410,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             return problem
         if self.transaction.scanner is not None:  # this transaction's content came by BDAT
             return reply.BDAT_MIXED
-        transaction = self.transaction
-        try:
-            transaction.start()
-        except OSError as e:
-            raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, f"cannot start a queue file: {e}") from None
-        transaction.reader = DataReader(transaction.write, self.settings.maxTextLine,
-                                        self.settings.normaliseLineEndings)
+        self.transaction.startData()
         return reply.START_DATA
 
     def smtp_BDAT(self, argument: str) -> Result:
@@ -426,25 +419,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         size = octets(words[0]) if words else None
         if size is None or len(words) > 2 or (len(words) == 2 and not last):
             return reply.BAD_SYNTAX.withText("Syntax: BDAT <size> [LAST]")
-        problem = self._transactionProblem()
-        transaction = self.transaction
-        if problem is None and transaction.message is None:
-            try:
-                transaction.start()
-            except OSError as e:
-                _log.error("Cannot start a queue file: {error}", error=e)
-                problem = reply.INSUFFICIENT_STORAGE
-            transaction.scanner = ContentScanner(transaction.write, self.settings.maxTextLine,
-                                                 self.settings.normaliseLineEndings)
-        # The chunk's octets are read even when the command is refused, so they are
-        # never taken for commands (RFC 3030 section 3).
-        scanner = transaction.scanner if problem is None else ContentScanner(lambda _: None, 0, False)
-        assert scanner is not None
-        transaction.reader = ChunkReader(scanner, size)
-        transaction.chunk = (size, last, problem)
-        if size == 0:
-            return transaction.contentEnded()
-        return NO_REPLY  # the reply comes once the chunk's octets are in
+        return self.transaction.startChunk(size, last, self._transactionProblem())
 
     def _transactionProblem(self) -> Reply | None:
         if self.session.sender is None:
