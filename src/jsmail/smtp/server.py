@@ -42,7 +42,7 @@ from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
 from jsmail.smtp.limits import ReplyBackPressure, TimeLimits, clientKey
 from jsmail.smtp.listener import Listener, ServerSettings
-from jsmail.smtp.params import checkMailParams, checkRcptParams, octets
+from jsmail.smtp.params import checkMailParams, checkRcptParams, ehloKeywords, octets
 from jsmail.smtp.receive import NO_REPLY, Result, Transaction
 from jsmail.smtp.sasl import MECHANISMS, AuthExchange
 from jsmail.smtp.assembly import sanitise
@@ -290,19 +290,11 @@ class ESMTPServer(Protocol):
             greets = reply.GREETS.format(self.settings.hostname, sanitise(name))
             if not esmtp:
                 return greets
-            return greets.withText("\n".join([greets.text, *self.extensions()]))
+            startTLS = self.listener.tls is not None and not self.session.tls
+            keywords = ehloKeywords(self.settings.maxMessageSize, startTLS, MECHANISMS if self._authOffered() else ())
+            return greets.withText("\n".join([greets.text, *keywords]))
 
         return self.checked("checkHelo", accept, name)
-
-    def extensions(self) -> list[str]:
-        """The EHLO keywords this session offers."""
-        keywords = ["PIPELINING", f"SIZE {self.settings.maxMessageSize}", "8BITMIME", "SMTPUTF8",
-                    "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
-        if self.listener.tls is not None and not self.session.tls:
-            keywords.append("STARTTLS")
-        if self._authOffered():
-            keywords.append("AUTH " + " ".join(MECHANISMS))
-        return keywords
 
     def _authOffered(self) -> bool:
         return (self._auth is not None and self.session.user is None
