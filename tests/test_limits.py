@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from jsmail import reply
 from jsmail.reply import Reply
-from jsmail.smtp.limits import ReplyBackPressure, TimeLimits, clientKey
+from jsmail.smtp.limits import Refuse, ReplyBackPressure, TimeLimits, clientKey
 from jsmail.smtp.settings import ServerSettings
 
 
@@ -90,3 +91,11 @@ class ClientKeyTests(SynchronousTestCase):
 
     def test_anything_else_is_itself(self) -> None:
         self.assertEqual(clientKey("unknown", 64), "unknown")
+
+
+class RefuseTests(SynchronousTestCase):
+    def test_one_reply_then_hang_up(self) -> None:
+        transport = StringTransport()
+        Refuse(reply.TOO_MANY_CONNECTIONS).makeConnection(transport)
+        self.assertEqual(transport.value(), b"".join(reply.TOO_MANY_CONNECTIONS.lines()))
+        self.assertTrue(transport.disconnecting)

@@ -7,7 +7,8 @@ slots (security review L-9), for :class:`~jsmail.smtp.server.ESMTPServer`:
 - :class:`TimeLimits`: the idle time-out runs from the start of a command line, not
   from its last byte; message data must keep coming at ``minDataRate`` octets per
   second; a session ends after ``maxSessionTime``.
-- :func:`clientKey`: who counts as one client for ``maxConnectionsPerClient``.
+- :func:`clientKey`: who counts as one client for ``maxConnectionsPerClient``, and
+  :class:`Refuse`, what a client gets past that limit or ``maxConnections``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ipaddress
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
@@ -105,3 +107,14 @@ def clientKey(host: str, prefix6: int) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
         return str(ipaddress.IPv6Network((address, prefix6), strict=False))
     return str(address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else str(address)
+
+
+class Refuse(Protocol):
+    """Says one 421 reply and hangs up: used when connection limits are reached."""
+
+    def __init__(self, refusal: Reply) -> None:
+        self.refusal = refusal
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"".join(self.refusal.lines()))
+        self.transport.loseConnection()

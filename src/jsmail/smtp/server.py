@@ -40,7 +40,7 @@ from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
-from jsmail.smtp.limits import ReplyBackPressure, TimeLimits, clientKey
+from jsmail.smtp.limits import Refuse, ReplyBackPressure, TimeLimits, clientKey
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import checkMailParams, checkRcptParams, ehloKeywords, octets
 from jsmail.smtp.receive import NO_REPLY, Result, Transaction
@@ -434,17 +434,6 @@ class ESMTPServer(Protocol):
         self.session.resetTransaction()
 
 
-class _Refuse(Protocol):
-    """Says one 421 reply and hangs up: used when connection limits are reached."""
-
-    def __init__(self, refusal: Reply) -> None:
-        self.refusal = refusal
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"".join(self.refusal.lines()))
-        self.transport.loseConnection()
-
-
 class ESMTPServerFactory(Factory):
     """Builds :class:`ESMTPServer` sessions for one listener, enforcing the limits on
     connections in total and per client address."""
@@ -462,10 +451,10 @@ class ESMTPServerFactory(Factory):
         key = clientKey(host, self.settings.clientPrefix6)
         if self.connections >= self.settings.maxConnections:
             maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_CONNECTIONS, "connection limit reached")
-            return _Refuse(reply.TOO_MANY_CONNECTIONS)
+            return Refuse(reply.TOO_MANY_CONNECTIONS)
         if self.perClient.get(key, 0) >= self.settings.maxConnectionsPerClient:
             maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_FROM_ADDRESS, "per-client connection limit reached")
-            return _Refuse(reply.TOO_MANY_FROM_ADDRESS)
+            return Refuse(reply.TOO_MANY_FROM_ADDRESS)
         self.connections += 1
         self.perClient[key] = self.perClient.get(key, 0) + 1
         protocol = _CountedServer(self.listener)
