@@ -85,7 +85,7 @@ class Transaction:
     def queueId(self) -> str:
         return self.message.queueId if self.message is not None else "-"
 
-    def start(self) -> None:
+    def _open(self) -> None:
         """Open the message in the queue, with what goes on top of its content."""
         server = self.server
         session = server.session
@@ -103,6 +103,35 @@ class Transaction:
         self._size = 0
         self._header = FieldWatcher(_WATCHED, limit=64 * 1024)
         self._spool = server.listener.assembler.begin(session, self.message)
+
+    def startData(self) -> None:
+        """DATA: open the message; the content comes next, up to the final dot."""
+        try:
+            self._open()
+        except OSError as e:
+            raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, f"cannot start a queue file: {e}") from None
+        settings = self.server.settings
+        self.reader = DataReader(self.write, settings.maxTextLine, settings.normaliseLineEndings)
+
+    def startChunk(self, size: int, last: bool, problem: Reply | None) -> Result:
+        """BDAT: ``size`` octets come next, the first chunk opening the message.  They
+        are read even when the command is refused (``problem``), so they are never
+        taken for commands (RFC 3030 section 3)."""
+        settings = self.server.settings
+        if problem is None and self.message is None:
+            try:
+                self._open()
+            except OSError as e:
+                _log.error("Cannot start a queue file: {error}", error=e)
+                problem = reply.INSUFFICIENT_STORAGE
+            self.scanner = ContentScanner(self.write, settings.maxTextLine, settings.normaliseLineEndings)
+        scanner = self.scanner if problem is None else ContentScanner(lambda _: None, 0, False)
+        assert scanner is not None
+        self.reader = ChunkReader(scanner, size)
+        self.chunk = (size, last, problem)
+        if size == 0:
+            return self.contentEnded()
+        return NO_REPLY  # the reply comes once the chunk's octets are in
 
     def write(self, data: bytes) -> None:
         """Content octets, dot-unstuffed, as they arrive."""
