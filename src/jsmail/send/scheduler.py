@@ -181,13 +181,24 @@ class Scheduler(Service):
             byAgent.setdefault(self.router.agentFor(recipient.address), []).append(recipient)
         results: dict[str, DeliveryResult] = {}
         outcomes = yield defer.gatherResults([
-            self._slotsFor(agent).run(agent.deliver, message, rcpts).addErrback(self._agentFailed, rcpts)
+            self._slotsFor(agent).run(self._timed, agent, message, rcpts).addErrback(self._agentFailed, rcpts)
             for agent, rcpts in byAgent.items()
         ])
         for agentResults in outcomes:
             for result in agentResults:
                 results[result.recipient] = result
         yield self._record(queueId, envelope, results)
+
+    def _timed(self, agent: IDeliveryAgent, message: QueuedMessage,
+               recipients: list[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
+        """``agent.deliver``, logged as an ``attempt`` with the time it took."""
+        started, name = self.clock.seconds(), type(agent).__name__.removesuffix("Delivery").lower()
+
+        def done(results: list[DeliveryResult]) -> list[DeliveryResult]:
+            maillog.attempt(message.queueId, name, self.clock.seconds() - started, results)
+            return results
+
+        return agent.deliver(message, recipients).addCallback(done)
 
     def _slotsFor(self, agent: IDeliveryAgent) -> defer.DeferredSemaphore:
         """At most ``concurrency`` deliveries at once per agent."""

@@ -19,6 +19,7 @@ from jsmail.smtp.assembly import Spool
 from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader, HopCounter
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import tooBig
+from jsmail.smtp.peek import MessageIdPeek
 from jsmail.smtp.session import Session
 
 _log = Logger()
@@ -63,6 +64,7 @@ class Transaction:
         self._tooBig = False
         self._size = 0
         self._hops = HopCounter()
+        self._peek = MessageIdPeek()
 
     @property
     def queueId(self) -> str:
@@ -82,9 +84,11 @@ class Transaction:
             protocol=session.withProtocol(),
         )
         self.message = server.listener.sink.newMessage(envelope)
+        session.queueId = self.message.queueId
         self._tooBig = self._writeFailed = self._nul = False
         self._size = 0
         self._hops = HopCounter()
+        self._peek = MessageIdPeek()
         self._spool = server.listener.assembler.begin(session, self.message)
 
     def write(self, data: bytes) -> None:
@@ -97,6 +101,7 @@ class Transaction:
             self._tooBig = True
             return
         self._hops.feed(data)
+        self._peek.feed(data)
         self._nul = self._nul or b"\0" in data
         try:
             (self._spool or message).write(data)
@@ -170,14 +175,16 @@ class Transaction:
 
     def _commit(self, message: IIncomingMessage) -> Result:
         server = self.server
-        sender, count, client = str(server.session.sender), len(server.session.recipients), server.session.client
+        session = server.session
+        sender, count, client = str(session.sender), len(session.recipients), session.client
+        logged = (session.sessionId, server.listener.name, self._peek.messageId)
         self.message = None
         server.resetTransaction()
         size = message.size
         d = message.commit()
 
         def queued(queueId: str) -> Reply:
-            maillog.queued(queueId, sender, count, size, client)
+            maillog.queued(queueId, sender, count, size, client, *logged)
             return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:

@@ -104,14 +104,14 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         clientAddress, clientPort = self.clientOf(self.transport)
         self.session = Session(clientAddress=clientAddress, clientPort=clientPort, listener=self.listener.name,
-                               tls=self.listener.implicitTLS)
+                               tls=self.listener.implicitTLS, sessionId=maillog.newSessionId())
         if self.listener.portal is not None:
             settings = self.settings
             self._auth = AuthExchange(self.listener.portal, self.session, self.clock, settings.allowProxyAuth,
                                       settings.maxAuthFailures, settings.authFailureDelay, self.listener.authFailures,
                                       clientKey(clientAddress, settings.clientPrefix6),
                                       settings.maxClientAuthFailures)
-        maillog.connect(self.session.client, self.listener.name)
+        maillog.connect(self.session.client, self.listener.name, self.session.sessionId)
         if not self.listener.implicitTLS:  # over TLS from the first byte: once the handshake is done
             self._watchUnsentReplies()
         self._sessionTimer = self.clock.callLater(self.settings.maxSessionTime, self._sessionTooLong)
@@ -139,11 +139,11 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self._watchUnsentReplies()
         connection = self.transport.getHandle()
         self.session.tlsInfo = f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()}"
-        maillog.tls(self.session.client, self.session.tlsInfo)
+        maillog.tls(self.session.client, self.session.tlsInfo, self.session.sessionId)
 
     def connectionLost(self, reason: Failure = None) -> None:
         if reason is not None and reason.check(SSL.Error) and not self.session.tlsInfo:
-            maillog.tlsFailed(self.session.client, reason.getErrorMessage())
+            maillog.tlsFailed(self.session.client, reason.getErrorMessage(), self.session.sessionId)
         self._closing = True
         self.setTimeout(None)
         if self._sessionTimer is not None and self._sessionTimer.active():
@@ -276,7 +276,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def refused(self, error: SMTPReplyError) -> Reply:
         """Log a refusal (with its private reason) and give its public reply."""
-        maillog.reject(self.session.client, self._currentCommand, error.reply, error.reason, self.transaction.queueId)
+        maillog.reject(self.session.client, self._currentCommand, error.reply, error.reason, self.transaction.queueId,
+                       self.session.sessionId, self.listener.name)
         return error.reply
 
     def _sendReply(self, result: Reply) -> None:
