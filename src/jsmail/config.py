@@ -26,6 +26,7 @@ from jsmail.error import SMTPReplyError
 from jsmail.auth import AuthSettings
 from jsmail.listen import Endpoints
 from jsmail.local.settings import LocalSettings
+from jsmail.ops.settings import MetricsSettings
 from jsmail.policy.plugin import PolicySettings
 from jsmail.policy.relay import RelaySettings
 from jsmail.remote.settings import RemoteSettings
@@ -148,6 +149,11 @@ def _optionalString(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
     return value
+
+
+def _optionalEndpoint(value: Any) -> str:
+    """An endpoint, or empty for none."""
+    return "" if value == "" else _endpoint(value)
 
 
 def _listeners(value: Any) -> tuple[str, ...]:
@@ -343,6 +349,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "concurrency", "local", "concurrency", _integer(1)),
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
+    Option("metrics", "listen", "metrics", "listen", _optionalEndpoint),
 )
 
 BY_NAME = {f"{option.section}.{option.key}": option for option in OPTIONS}
@@ -363,13 +370,15 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     #: The checked settings as TOML-shaped tables (what :func:`toJSON` passes on).
     source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
 _PARTS: dict[str, type] = {"server": GatewaySettings, "listen": Endpoints, "smtp": ServerSettings,
                            "relay": RelaySettings, "auth": AuthSettings, "remote": RemoteSettings,
-                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings}
+                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings,
+                           "metrics": MetricsSettings}
 
 
 def defaultHostname() -> str:

@@ -40,7 +40,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail import maillog, reply
+from jsmail import maillog, metrics, reply
 from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
@@ -289,6 +289,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self._junk += 1
             self._errors += self._junk > self.settings.maxJunkCommands
         self.transport.write(b"".join(result.lines()))
+        metrics.replySent(self._currentCommand, result.code, result.enhanced)
         if result.code == 421 or (self._currentCommand == "CONNECT" and result.code >= 400):
             self._close()
         elif self._errors >= self.settings.maxErrors:
