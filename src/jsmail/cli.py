@@ -194,6 +194,13 @@ def traceMessage(arguments: argparse.Namespace) -> int:
                arguments.log or ["twistd.log"], sys.stdout)
 
 
+def checkGateway(arguments: argparse.Namespace) -> int:
+    from jsmail.ops.check import run
+
+    overrides = {"server.data": arguments.data} if arguments.data else {}
+    return run(arguments.config, overrides, sys.stdout, arguments.dns_timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jsmail", description="Administer a jsmail gateway.")
     parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
@@ -236,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--log", action="append", metavar="FILE",
                    help="twistd's log, text or JSON, with its rotated files (repeatable) [default: twistd.log]")
     t.set_defaults(run=traceMessage)
+    c = commands.add_parser("check", help="check the configuration and what it needs (exit 0 OK, 1 WARNING, 2 CRITICAL)")
+    c.add_argument("--config", "-c", help="the TOML configuration file [default: built-in defaults]")
+    c.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: the configuration's]")
+    c.add_argument("--dns-timeout", type=float, default=3.0, help="seconds to wait for DNS [default: 3]")
+    c.set_defaults(run=checkGateway)
     arguments = parser.parse_args(argv)
     return int(arguments.run(arguments))
 
