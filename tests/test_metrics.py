@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
@@ -105,6 +109,36 @@ class EndpointTests(GatewayTestCase):
         self.assertIn(f"127.0.0.1:{self.metricsPort}", page)
         self.assertIn('id="certificate"', page)
         self.assertIn(gateway.tls.certificatePath, page)
+
+
+    @defer.inlineCallbacks
+    def test_status_page_in_a_browser(self) -> Any:
+        """Headless Chromium renders the page to a PNG (look at it:
+        ``_trial_temp/.../status.png``); the HTML it got has the queue table and both charts."""
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium is None:
+            raise unittest.SkipTest("chromium is not installed (.ci/run installs Debian's when run as root)")
+        yield self.startWithMetrics(queue__delivery_process=False, remote__dns_server="127.0.0.1:53")
+        yield self.send(("a@example.org", ["someone@localhost"], b"Subject: s\r\n\r\nhi\r\n", []),
+                        ("a@example.org", ["x@example.net"], b"Subject: s\r\n\r\nhi\r\n", []))
+        yield self.queueDrained()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        screenshot = os.path.join(directory, "status.png")
+        url = f"http://127.0.0.1:{self.metricsPort}/"
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                   "--disable-component-update", "--no-first-run", f"--user-data-dir={directory}/profile",
+                   "--window-size=1100,1500", f"--screenshot={screenshot}", url]
+        result = yield deferToThread(subprocess.run, command, capture_output=True, timeout=90)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        with open(screenshot, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(os.path.getsize(screenshot), 10_000)
+        dumped = yield deferToThread(subprocess.run, command[:-2] + ["--dump-dom", url], capture_output=True,
+                                     timeout=90, text=True)
+        self.assertIn('<table id="queue">', dumped.stdout)
+        self.assertEqual(dumped.stdout.count('<svg class="chart"'), 2)
+        self.assertIn("someone@localhost", dumped.stdout)
 
 
 class OffByDefaultTests(GatewayTestCase):
