@@ -254,6 +254,11 @@ class MailGateway(ThreadPoolService):
                 service = ListenerService(self.reactor, description, factory, kind)
                 service.setServiceParent(self)
                 self.listeners.append(service)
+        if config.metrics.listen:
+            from jsmail.ops.web import OperationsService  # prometheus_client only when asked for
+
+            self.operations = OperationsService(self, config.metrics.listen)
+            self.operations.setServiceParent(self)
 
     @defer.inlineCallbacks
     def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:
