@@ -136,3 +136,122 @@ class DataDirectoryTests(TestCase):
         with mock.patch.dict(os.environ, {"JSMAIL_DATA": ""}):
             self.assertEqual(dataDirectory(None), "jsmail-data")
             self.assertEqual(dataDirectory(None, default=""), "")
+
+
+class QueueToolsTests(CommandTests):
+    """Newcomer review 12: the queue tools read the gateway's configuration, and a
+    wrong or unreadable directory is an error, never an empty queue."""
+
+    def runArgv(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(argv))
+            except SystemExit as e:  # argparse's --version and usage errors
+                code = int(e.code or 0)
+        return code, out.getvalue(), err.getvalue()
+
+    def test_config_names_the_data_directory(self) -> None:
+        queueId = self.enqueue(Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0), b"S: x\r\n\r\nb\r\n")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f'[server]\ndata = "{self.data}"\n')
+        code, out, _ = self.runArgv("--config", path, "queue", "list")
+        self.assertEqual(code, 0)
+        self.assertIn(queueId, out)
+
+    def test_a_bad_config_is_one_line(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[server]\ndata = 3\n")
+        self.assertEqual(self.runArgv("--config", path, "queue", "list"),
+                         (2, "", f"jsmail: configuration error: {path}: server.data: expected a non-empty string, "
+                                 "got 3\n"))
+
+    def test_a_directory_without_a_queue_is_an_error_not_an_empty_list(self) -> None:
+        elsewhere = os.path.abspath(self.mktemp())
+        code, out, err = self.runArgv("--data", elsewhere, "queue", "list")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err, f"jsmail queue: no queue in {elsewhere}/queue (give the gateway's --config, or --data)\n")
+
+    def test_an_unreadable_queue_is_one_line_not_a_traceback(self) -> None:
+        code, out, err = runAsAnotherUser(lambda: self.run_("queue", "list"),
+                                          os.path.join(self.data, "queue", "active"))
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("cannot read the queue", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_json_from_every_queue_command(self) -> None:
+        queueId = self.enqueue(Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0), b"S: x\r\n\r\nb\r\n")
+        self.assertEqual(json.loads(self.run_("queue", "hold", queueId, "--json")[1]), {"id": queueId, "done": "held"})
+        self.assertEqual(json.loads(self.run_("queue", "release", queueId, "--json")[1])["done"], "released")
+        self.assertEqual(json.loads(self.run_("queue", "requeue", "--json")[1]), {"requeued": [queueId]})
+        self.assertEqual(json.loads(self.run_("queue", "delete", queueId, "--json")[1])["done"], "deleted")
+
+    def test_passwd_deletes_a_user(self) -> None:
+        self.run_("passwd", "u", stdin="secret\n")
+        self.run_("passwd", "v", stdin="other\n")
+        self.assertEqual(self.run_("passwd", "--delete", "u")[0], 0)
+        with open(os.path.join(self.data, "passwd")) as f:
+            self.assertEqual([line.split(":")[0] for line in f], ["v"])
+        code, _, err = self.run_("passwd", "--delete", "u")
+        self.assertEqual(code, 1)
+        self.assertIn("no user u in", err)
+
+    def test_version_is_jsmails(self) -> None:
+        from jsmail import __version__
+
+        self.assertEqual(self.runArgv("--version")[:2], (0, f"jsmail {__version__}\n"))
+
+
+def runAsAnotherUser(command, unreadable: str):  # type: ignore[no-untyped-def]
+    """Run ``command`` as a user who may not read ``unreadable``: in a child that has
+    become nobody when this is root (root reads everything), else here with the
+    directory's permissions taken away."""
+    if os.getuid() != 0:
+        os.chmod(unreadable, 0)
+        try:
+            return command()
+        finally:
+            os.chmod(unreadable, 0o700)
+    readFrom, writeTo = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(readFrom)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(writeTo, json.dumps(command()).encode())
+        finally:
+            os._exit(0)
+    os.close(writeTo)
+    with os.fdopen(readFrom, "rb") as f:
+        result = f.read()
+    os.waitpid(pid, 0)
+    return tuple(json.loads(result))
+
+
+class PackagingTests(TestCase):
+    """Newcomer review 20: what Python users of the package expect of it."""
+
+    def test_python_dash_m_jsmail_runs_the_command(self) -> None:
+        import subprocess
+        import sys
+
+        from jsmail import __version__
+        from tests.test_plugin import twistdEnvironment
+
+        done = subprocess.run([sys.executable, "-m", "jsmail", "--version"], env=twistdEnvironment(),
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd="/")
+        self.assertEqual((done.returncode, done.stdout), (0, f"jsmail {__version__}\n"))
+
+    def test_the_package_says_it_is_typed(self) -> None:
+        """PEP 561: mypy reads an installed package's annotations only beside ``py.typed``."""
+        import configparser
+        from importlib.resources import files
+
+        self.assertTrue(files("jsmail").joinpath("py.typed").is_file())
+        setup = configparser.ConfigParser()
+        setup.read(os.path.join(os.path.dirname(__file__), os.pardir, "setup.cfg"))
+        self.assertIn("py.typed", setup["options.package_data"]["jsmail"])

@@ -284,6 +284,20 @@ def setPassword(path: str, user: str, password: str) -> None:
         raise ValueError(f"bad user name {user!r}: no colon or white space")
     hashes = readPasswordFile(path) if os.path.exists(path) else {}
     hashes[user.encode("utf-8")] = bcrypt.hashpw(_bcryptInput(password.encode("utf-8")), bcrypt.gensalt())
+    _writePasswordFile(path, hashes)
+
+
+def removeUser(path: str, user: str) -> bool:
+    """Take ``user`` out of a hashed password file (written atomically); False if the
+    user was not in it, and then the file is left as it was."""
+    hashes = readPasswordFile(path) if os.path.exists(path) else {}
+    if hashes.pop(user.encode("utf-8"), None) is None:
+        return False
+    _writePasswordFile(path, hashes)
+    return True
+
+
+def _writePasswordFile(path: str, hashes: dict[bytes, bytes]) -> None:
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

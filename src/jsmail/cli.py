@@ -18,7 +18,11 @@
 - ``jsmail check`` checks a configuration and what it needs, for monitoring
   (:mod:`jsmail.ops.check`).
 
-The data directory comes from ``--data``, else ``$JSMAIL_DATA``, else ``./jsmail-data``.
+The data directory (and the password file) come from ``--data``, else the
+configuration file named by ``--config`` (the one the gateway runs with), else
+``$JSMAIL_DATA``, else ``./jsmail-data``.  ``--json`` makes every queue command print
+JSON.  A directory that holds no queue, or one this user may not read, is an error
+(exit 1) with a one-line reason, never an empty list.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import os
 import sys
 import time
 
-from jsmail.auth import setPassword
+from jsmail import __version__
+from jsmail.auth import removeUser, setPassword
+from jsmail.config import ConfigError, loadConfig
 from jsmail.datadir import dataDirectory
 from jsmail.send.bounce import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
@@ -48,8 +54,54 @@ def _readPassword(prompt: bool) -> str:
     return first
 
 
+class Refused(Exception):
+    """What a command cannot do, said in one line (exit status 1)."""
+
+
+def _settings(arguments: argparse.Namespace) -> tuple[str, str]:
+    """The data directory and the password file the gateway uses: ``--data``, else the
+    ``--config`` file's, else ``$JSMAIL_DATA`` or ``./jsmail-data``."""
+    if arguments.config:
+        overrides = {"server.data": arguments.data} if arguments.data else {}
+        config = loadConfig(arguments.config, overrides)
+        return config.server.dataDir, config.auth.passwordFile
+    data = dataDirectory(arguments.data)
+    return data, os.path.join(data, "passwd")
+
+
+def _queue(arguments: argparse.Namespace) -> str:
+    """The queue directory; a directory without one is refused (a wrong ``--data``
+    must not look like an empty queue)."""
+    directory = os.path.join(_settings(arguments)[0], "queue")
+    active = os.path.join(directory, "active")
+    try:
+        os.stat(active)
+        readable = os.access(active, os.R_OK | os.X_OK)
+    except PermissionError:
+        readable = False
+    except FileNotFoundError:
+        raise Refused(f"no queue in {directory} (give the gateway's --config, or --data)") from None
+    if not readable:
+        raise Refused(f"cannot read the queue {directory}: permission denied (run as the gateway's user)")
+    return directory
+
+
+def _say(arguments: argparse.Namespace, text: str, **fields: object) -> None:
+    """One result, as a line of text or (``--json``) as a JSON object."""
+    print(json.dumps(fields) if getattr(arguments, "json", False) else text)
+
+
 def passwd(arguments: argparse.Namespace) -> int:
-    path = arguments.file or os.path.join(dataDirectory(arguments.data), "passwd")
+    path = arguments.file or _settings(arguments)[1]
+    if arguments.delete:
+        try:
+            removed = removeUser(path, arguments.user)
+        except OSError as e:
+            raise Refused(f"{path}: {e.strerror}; nothing changed") from None
+        if not removed:
+            raise Refused(f"no user {arguments.user} in {path}; nothing changed")
+        print(f"jsmail passwd: {arguments.user} deleted from {path}")
+        return 0
     password = _readPassword(sys.stdin.isatty())
     if not password:
         print("jsmail passwd: empty password; nothing changed", file=sys.stderr)
@@ -97,7 +149,7 @@ def _printEntry(entry: QueueEntry, now: float) -> None:
 
 def queueList(arguments: argparse.Namespace) -> int:
     now = time.time()
-    entries = listQueue(os.path.join(dataDirectory(arguments.data), "queue"))
+    entries = listQueue(_queue(arguments))
     if arguments.json:
         print(json.dumps([_entryAsDict(e, now) for e in entries], indent=2, ensure_ascii=False))
         return 0
@@ -108,7 +160,7 @@ def queueList(arguments: argparse.Namespace) -> int:
 
 
 def queueShow(arguments: argparse.Namespace) -> int:
-    directory = os.path.join(dataDirectory(arguments.data), "queue")
+    directory = _queue(arguments)
     try:
         entry = readQueueEntry(directory, arguments.id)
         with openEntry(directory, entry.queueId) as f:
@@ -128,7 +180,7 @@ def queueShow(arguments: argparse.Namespace) -> int:
 def queueMove(arguments: argparse.Namespace) -> int:
     """delete, hold and release: then wake the gateway (a released message is taken up
     at once; a deleted or held one is dropped when its next attempt comes)."""
-    directory = os.path.join(dataDirectory(arguments.data), "queue")
+    directory = _queue(arguments)
     to = {"delete": "delete", "hold": "hold", "release": "active"}[arguments.action]
     try:
         moveEntry(directory, arguments.id, to)
@@ -136,14 +188,14 @@ def queueMove(arguments: argparse.Namespace) -> int:
         print(f"jsmail queue: no message {arguments.id} in {directory}", file=sys.stderr)
         return 1
     done = {"delete": "deleted", "hold": "held", "release": "released"}[arguments.action]
-    print(f"jsmail queue: {arguments.id} {done}")
+    _say(arguments, f"jsmail queue: {arguments.id} {done}", id=arguments.id, done=done)
     wakeDelivery(directory)
     return 0
 
 
 def queueRequeue(arguments: argparse.Namespace) -> int:
     """Start the retry schedule of the given messages (or all) afresh, then flush."""
-    directory = os.path.join(dataDirectory(arguments.data), "queue")
+    directory = _queue(arguments)
     ids = arguments.ids or [entry.queueId for entry in listQueue(directory) if not entry.held]
     for queueId in ids:
         try:
@@ -151,18 +203,18 @@ def queueRequeue(arguments: argparse.Namespace) -> int:
         except (NotQueued, FileNotFoundError):
             print(f"jsmail queue: no message {queueId} in {directory}", file=sys.stderr)
             return 1
-    print(f"jsmail queue: {len(ids)} message(s) requeued")
+    _say(arguments, f"jsmail queue: {len(ids)} message(s) requeued", requeued=ids)
     wakeDelivery(directory)
     return 0
 
 
 def queueFlush(arguments: argparse.Namespace) -> int:
-    directory = os.path.join(dataDirectory(arguments.data), "queue")
+    directory = _queue(arguments)
     pid = wakeDelivery(directory)
     if pid is None:
         print(f"jsmail queue flush: no running delivery process (see {directory}/send.pid)", file=sys.stderr)
         return 1
-    print(f"jsmail queue flush: asked process {pid} to retry every queued message now")
+    _say(arguments, f"jsmail queue flush: asked process {pid} to retry every queued message now", pid=pid)
     return 0
 
 
@@ -203,10 +255,13 @@ def checkGateway(arguments: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jsmail", description="Administer a jsmail gateway.")
-    parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
+    parser.add_argument("--version", action="version", version=f"jsmail {__version__}")
+    parser.add_argument("--config", "-c", help="the gateway's TOML configuration, for its data directory")
+    parser.add_argument("--data", help="data directory [default: the configuration's, $JSMAIL_DATA or ./jsmail-data]")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("passwd", help="add or change an AUTH user (password from the terminal or stdin)")
     p.add_argument("user")
+    p.add_argument("--delete", action="store_true", help="remove the user instead")
     p.add_argument("--file", help="password file [default: DATA/passwd]")
     p.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
     p.set_defaults(run=passwd)
@@ -225,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             q.add_argument("id")
         if name == "requeue":
             q.add_argument("ids", nargs="*", metavar="ID")
-        if name != "flush":
-            q.add_argument("--json", action="store_true", help="print JSON")
+        q.add_argument("--json", action="store_true", help="print JSON")
         q.set_defaults(run=run)
     dkim = commands.add_parser("dkim", help="DKIM keys").add_subparsers(dest="action", required=True)
     k = dkim.add_parser("keygen", help="make a signing key; print the DNS TXT record that publishes it")
@@ -244,12 +298,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="twistd's log, text or JSON, with its rotated files (repeatable) [default: twistd.log]")
     t.set_defaults(run=traceMessage)
     c = commands.add_parser("check", help="check the configuration and what it needs (exit 0 OK, 1 WARNING, 2 CRITICAL)")
-    c.add_argument("--config", "-c", help="the TOML configuration file [default: built-in defaults]")
+    c.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                   help="the TOML configuration file [default: built-in defaults]")
     c.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: the configuration's]")
     c.add_argument("--dns-timeout", type=float, default=3.0, help="seconds to wait for DNS [default: 3]")
     c.set_defaults(run=checkGateway)
     arguments = parser.parse_args(argv)
-    return int(arguments.run(arguments))
+    try:
+        return int(arguments.run(arguments))
+    except ConfigError as e:
+        print(f"jsmail: configuration error: {e}", file=sys.stderr)
+        return 2
+    except Refused as e:
+        print(f"jsmail {arguments.command}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a queue file this user may not read
+        print(f"jsmail {arguments.command}: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
