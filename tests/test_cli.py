@@ -152,7 +152,8 @@ class QueueToolsTests(CommandTests):
         return code, out.getvalue(), err.getvalue()
 
     def test_config_names_the_data_directory(self) -> None:
-        queueId = self.enqueue(Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0), b"S: x\r\n\r\nb\r\n")
+        queueId = self.enqueue(Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0),
+                               b"S: x\r\n\r\nb\r\n")
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(f'[server]\ndata = "{self.data}"\n')
@@ -182,7 +183,8 @@ class QueueToolsTests(CommandTests):
         self.assertNotIn("Traceback", err)
 
     def test_json_from_every_queue_command(self) -> None:
-        queueId = self.enqueue(Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0), b"S: x\r\n\r\nb\r\n")
+        queueId = self.enqueue(Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0),
+                               b"S: x\r\n\r\nb\r\n")
         self.assertEqual(json.loads(self.run_("queue", "hold", queueId, "--json")[1]), {"id": queueId, "done": "held"})
         self.assertEqual(json.loads(self.run_("queue", "release", queueId, "--json")[1])["done"], "released")
         self.assertEqual(json.loads(self.run_("queue", "requeue", "--json")[1]), {"requeued": [queueId]})

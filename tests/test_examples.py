@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import trustme
 from twisted.trial import unittest
 
 from jsmail.config import loadConfig
@@ -16,11 +17,17 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "examples")
 class ExampleTests(unittest.TestCase):
     def checkConfig(self, name: str) -> None:
         """``twistd jsmail --config etc/examples/NAME --check-config``, with the data
-        directory moved somewhere writable."""
+        directory moved somewhere writable and the certificate (which --check-config
+        reads) replaced by one made here."""
         data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        certificate = trustme.CA().issue_cert("mx.example.org")
+        certificate.cert_chain_pems[0].write_to_path(os.path.join(data, "cert.pem"))
+        certificate.private_key_pem.write_to_path(os.path.join(data, "key.pem"))
         path = os.path.join(EXAMPLES, name)
         result = subprocess.run(twistd("jsmail", "--config", path, "--data", data, "--dns-server", "127.0.0.1:53",
-                                       "--check-config"), env=twistdEnvironment(), capture_output=True, text=True,
+                                       "--tls-certificate", os.path.join(data, "cert.pem"),
+                                       "--tls-key", os.path.join(data, "key.pem"), "--check-config"), env=twistdEnvironment(), capture_output=True, text=True,
                                 timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
         self.assertEqual((result.returncode, result.stdout), (0, f"jsmail: configuration OK ({path})\n"),
                          result.stderr)

@@ -19,12 +19,10 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
-from twisted.internet.endpoints import serverFromString
-
 from jsmail.address import hostPort, normaliseDomain
 from jsmail.error import SMTPReplyError
 from jsmail.auth import AuthSettings
-from jsmail.listen import Endpoints
+from jsmail.listen import Endpoints, checkEndpoint, checkListeners
 from jsmail.local.settings import LocalSettings
 from jsmail.ops.settings import MetricsSettings
 from jsmail.policy.plugin import PolicySettings
@@ -106,15 +104,6 @@ def _listOf(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
     return check
 
 
-def _endpoint(value: Any) -> str:
-    description = _string(value)
-    try:
-        serverFromString(None, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"bad endpoint {description!r}: {e}") from None
-    return description
-
-
 def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(_string(value), strict=False)
@@ -153,14 +142,7 @@ def _optionalString(value: Any) -> str:
 
 def _optionalEndpoint(value: Any) -> str:
     """An endpoint, or empty for none."""
-    return "" if value == "" else _endpoint(value)
-
-
-def _listeners(value: Any) -> tuple[str, ...]:
-    """Endpoints to listen on; ``"none"`` (or an empty list) turns the listener off."""
-    if value in ("none", ["none"], ("none",)):
-        return ()
-    return _listOf(_endpoint)(value)
+    return "" if value == "" else checkEndpoint(value)
 
 
 def _checker(value: Any) -> str:
@@ -266,9 +248,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("server", "trustedNetworks", "server", "trusted_networks", _listOf(_network)),
     Option("server", "postmaster", "server", "postmaster", _optionalString),
     Option("server", "controlDir", "server", "control_dir", _optionalString),
-    Option("listen", "smtp", "smtp", "listen", _listeners),
-    Option("listen", "submission", "smtp", "submission", _listeners),
-    Option("listen", "smtps", "smtp", "smtps", _listeners),
+    Option("listen", "smtp", "smtp", "listen", checkListeners),
+    Option("listen", "submission", "smtp", "submission", checkListeners),
+    Option("listen", "smtps", "smtp", "smtps", lambda value: checkListeners(value, implicitTLS=True)),
     Option("smtp", "greeting", "smtp", "greeting", _optionalString),
     Option("smtp", "maxMessageSize", "smtp", "max_message_size", _integer(1)),
     Option("smtp", "maxCommandLine", "smtp", "max_command_line", _integer(512)),

@@ -9,6 +9,7 @@ and :meth:`ListenerService.whenListening` gives the bound port (tests listen on 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,56 @@ def withBacklog(description: str) -> str:
     if kind not in ("tcp", "tcp6") or "backlog=" in description:
         return description
     return f"{description}:backlog={listenBacklog()}"
+
+
+#: Twisted's parsers complain as Python functions do; the person who wrote the endpoint
+#: is told which option, in the endpoint's own terms.
+_PARSER_COMPLAINTS = (
+    (re.compile(r"\w[\w.]*\(\) got an unexpected keyword argument '(\w+)'"), "unknown option '{}'"),
+    (re.compile(r"\w[\w.]*\(\) got multiple values for argument '(\w+)'"),
+     "'{}' given twice (a colon inside a value is written \\:, and the shell needs that quoted)"),
+    (re.compile(r"\w[\w.]*\(\) missing \d+ required positional arguments?: '(\w+)'"), "no {} given"),
+    (re.compile(r"invalid literal for int\(\) with base 10: ('.*')"), "{} is not a number"),
+)
+
+
+def checkEndpoint(description: str) -> str:
+    """A server endpoint description Twisted can build, or ValueError saying what is
+    wrong with it (never a traceback: an ``ssl:`` endpoint reads its files here)."""
+    if not isinstance(description, str) or not description:
+        raise ValueError(f"expected a non-empty string, got {description!r}")
+    try:
+        serverFromString(None, description)
+    except OSError as e:
+        raise ValueError(f"bad endpoint {description!r}: cannot read {e.filename}: {e.strerror}") from None
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        problem = str(e)
+        for pattern, text in _PARSER_COMPLAINTS:
+            match = pattern.fullmatch(problem)
+            if match:
+                problem = text.format(match.group(1))
+                break
+        raise ValueError(f"bad endpoint {description!r}: {problem}") from None
+    return description
+
+
+def checkListeners(value: Any, implicitTLS: bool = False) -> tuple[str, ...]:
+    """Endpoints to listen on; ``"none"`` (or an empty list) turns the listener off.
+    An implicit-TLS listener takes plain stream endpoints: jsmail puts TLS on it
+    itself, with the certificate it reloads, and an ``ssl:`` endpoint inside would
+    wait for a second handshake that never comes."""
+    if value in ("none", ["none"], ("none",)):
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list, got {value!r}")
+    for description in value:
+        checkEndpoint(description)
+        if implicitTLS and description.split(":", 1)[0].lower() in ("ssl", "tls"):
+            raise ValueError(f"{description!r}: give a plain endpoint such as tcp:465; jsmail wraps this listener "
+                             "in TLS itself, with server.tls_certificate")
+    return tuple(value)
 
 
 @dataclass(frozen=True)

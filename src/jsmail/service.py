@@ -128,7 +128,7 @@ def makeTLS(config: Config) -> ServerTLS:
     return ServerTLS(*ensureSelfSigned(os.path.join(server.dataDir, "tls"), server.hostname))
 
 
-def policyChains(config: Config, reactor: Any, runInThread: RunInThread) -> dict[str, Chain]:
+def policyChains(config: Config, reactor: Any, runInThread: RunInThread, checkOnly: bool = False) -> dict[str, Chain]:
     """Each listener's policy checks, built from their plugins (see :mod:`jsmail.policy`).
 
     Raises :class:`ConfigError` for an unknown plugin or a bad plugin option."""
@@ -138,7 +138,7 @@ def policyChains(config: Config, reactor: Any, runInThread: RunInThread) -> dict
         return chains  # no resolver either: it would watch resolv.conf for nothing
     server = config.server
     context = PolicyContext(reactor, makeResolver(config.remote.dnsServer, reactor), runInThread, server.hostname,
-                            config.smtp.authservId, server.dataDir, frozenset(server.domains))
+                            config.smtp.authservId, server.dataDir, frozenset(server.domains), checkOnly)
     for kind in LISTENER_KINDS:
         try:
             chains[kind] = buildChain(policy.checksFor(kind), policy.plugins, context)
@@ -150,8 +150,8 @@ def policyChains(config: Config, reactor: Any, runInThread: RunInThread) -> dict
 
 def checkPolicies(config: Config, reactor: Any) -> None:
     """Build every listener's checks once and throw them away, so ``--check-config``
-    finds an unknown plugin or a bad plugin option."""
-    policyChains(config, reactor, reactorThreads(reactor))
+    finds an unknown plugin or a bad plugin option (creating none of their files)."""
+    policyChains(config, reactor, reactorThreads(reactor), checkOnly=True)
 
 
 class Outcomes:

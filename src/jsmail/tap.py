@@ -10,8 +10,8 @@ from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from jsmail.config import Config, ConfigError, loadConfig
-from jsmail.ops import logformat
-from jsmail.service import MailGateway, checkPolicies
+from jsmail.ops import logformat, preflight
+from jsmail.service import MailGateway
 from jsmail.smtp.tls import TLSError
 
 
@@ -103,15 +103,7 @@ class Options(usage.Options, AuthOptionMixin):
             sys.stderr.write(f"jsmail: configuration error: {e}\n")
             sys.exit(2)
         if self["check-config"]:
-            try:
-                from twisted.internet import reactor
-
-                checkPolicies(self.config, reactor)
-            except ConfigError as e:
-                sys.stderr.write(f"jsmail: configuration error: {e}\n")
-                sys.exit(2)
-            sys.stdout.write(f"jsmail: configuration OK ({self['config'] or 'built-in defaults'})\n")
-            sys.exit(0)
+            sys.exit(preflight.checkConfig(self.config, self["config"], sys.stdout, sys.stderr))
 
 
     def _logFormat(self) -> None:
@@ -135,5 +127,8 @@ def makeService(options: Options) -> MailGateway:
         sys.stderr.write(f"jsmail: TLS configuration error: {e}\n")
         sys.exit(2)
     except ConfigError as e:
-        sys.stderr.write(f"jsmail: configuration error: {e}\n")
+        sys.stderr.write(f"jsmail: configuration error: {preflight.named(e, options['config'])}\n")
+        sys.exit(2)
+    except OSError as e:  # the data directory cannot be made or used
+        sys.stderr.write(f"jsmail: cannot use {e.filename}: {e.strerror} (--check-config tells more)\n")
         sys.exit(2)

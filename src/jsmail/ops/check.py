@@ -2,7 +2,8 @@
 system (Nagios-style: exit status 0 OK, 1 WARNING, 2 CRITICAL, and the first line says
 which and why).
 
-It checks that the configuration loads (policy plugins included); that each listener
+It checks that the configuration loads (policy plugins included) and that the files it
+names can be used (:mod:`jsmail.ops.preflight`, as ``--check-config``); that each listener
 can bind (bound and released at once; a port that answers as a mail or status server
 counts as the running gateway's own); that the queue directory is writable and how
 much room its file system has; that DNS answers within a few seconds; and when the TLS
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 
 from jsmail.config import Config, ConfigError, loadConfig
 from jsmail.ops.certinfo import readCertificate
+from jsmail.ops.preflight import named, problems
 
 OK, WARNING, CRITICAL = 0, 1, 2
 LEVELS = ("OK", "WARNING", "CRITICAL")
@@ -44,7 +46,7 @@ def checkConfiguration(path: str | None, overrides: dict[str, Any]) -> tuple[Con
         config = loadConfig(path, overrides)
         checkPolicies(config, reactor)
     except ConfigError as e:
-        return None, Finding(CRITICAL, f"configuration: {e}")
+        return None, Finding(CRITICAL, f"configuration: {named(e, path)}")
     return config, Finding(OK, f"configuration {path or '(built-in defaults)'} is valid")
 
 
@@ -169,6 +171,7 @@ def run(path: str | None, overrides: dict[str, Any], out: TextIO, dnsTimeout: fl
         listeners = [(kind, d) for kind in ("smtp", "submission", "smtps") for d in getattr(config.listen, kind)]
         listeners += [("metrics", config.metrics.listen)] if config.metrics.listen else []
         findings += [checkListener(kind, description) for kind, description in listeners]
+        findings += [Finding(CRITICAL, problem) for problem in problems(config)]
         findings += checkQueue(config)
         findings.append(checkDNS(config, dnsTimeout))
         findings.append(checkCertificate(config, time.time()))

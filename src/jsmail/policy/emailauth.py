@@ -11,6 +11,8 @@ checked: its sender is vouched for by AUTH, not by DNS.
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 import authres
@@ -265,10 +267,27 @@ def _signingKeys(value: Any, context: PolicyContext) -> Sequence[SigningKey]:
         if not isinstance(entry, dict) or set(entry) != {"domain", "selector", "key"}:
             raise ValueError(f"a key is a table of domain, selector and key (a file); got {entry!r}")
         path = _path(context, entry["key"])
+        if not os.path.exists(path) and context.checkOnly:
+            keys.append(_keyToBeMade(path, entry["domain"], entry["selector"]))
+            continue
         if not os.path.exists(path):
             _makeKey(path, entry["domain"], entry["selector"])
         keys.append(SigningKey.load(entry["domain"], entry["selector"], path))
     return keys
+
+
+def _keyToBeMade(path: str, domain: str, selector: str) -> SigningKey:
+    """For ``--check-config``: whether the key could be made at start, and a throwaway
+    key in its place (made outside the data directory, which is left as it is)."""
+    from jsmail.ops.preflight import writableDirectory
+
+    problem = writableDirectory(os.path.dirname(path))
+    if problem is not None:
+        raise ValueError(f"cannot make the DKIM key {path}: {problem}")
+    with tempfile.TemporaryDirectory() as scratch:
+        stand = os.path.join(scratch, "key")
+        writeNewKey(stand, "ed25519")
+        return replace(SigningKey.load(domain, selector, stand), keyFile=path)
 
 
 def _makeKey(path: str, domain: str, selector: str) -> None:

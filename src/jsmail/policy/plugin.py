@@ -45,7 +45,9 @@ class PolicySettings:
 @dataclass(frozen=True)
 class PolicyContext:
     """What a plugin may use to build its check: the gateway's reactor, DNS resolver
-    (twisted.names), thread pool, names and data directory."""
+    (twisted.names), thread pool, names and data directory.  With ``checkOnly``
+    (``--check-config``) the check is built only to be thrown away: it reads the
+    files it names but must create none of them."""
 
     reactor: Any
     resolver: Any
@@ -54,6 +56,7 @@ class PolicyContext:
     authservId: str
     dataDir: str
     localDomains: frozenset[str] = field(default_factory=frozenset)
+    checkOnly: bool = False
 
 
 class IPolicyPlugin(Interface):
