@@ -30,6 +30,9 @@ class UCSPITests(TestCase):
         if shutil.which("tcpserver") is None:
             raise SkipTest("tcpserver is not installed (apt-get install ucspi-tcp)")
         self.data = os.path.abspath(self.mktemp())
+        self.log = os.path.abspath(self.mktemp())
+        self.stderr = open(self.log, "wb")
+        self.addCleanup(self.stderr.close)
 
     def serve(self, rules: str = "", *arguments: str, **environment: str) -> int:
         """tcpserver on a free loopback port running jsmail-smtpd with ``environment``
@@ -43,7 +46,8 @@ class UCSPITests(TestCase):
         server = subprocess.Popen(
             ["tcpserver", "-q", "-R", "-H", *options, "127.0.0.1", str(port),
              sys.executable, "-m", "jsmail.qmail.tcpserver", "--data", self.data, *arguments],
-            env={"PATH": os.environ["PATH"], "PYTHONPATH": ROOT, **environment},
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": os.path.join(ROOT, "src"), **environment},
+            stderr=self.stderr,
         )
         self.addCleanup(server.wait, 10)
         self.addCleanup(server.kill)
@@ -71,6 +75,21 @@ class UCSPITests(TestCase):
         self.assertEqual((code, text[:5]), (550, b"5.7.1"))
         [entry] = listQueue(os.path.join(self.data, "queue"))
         self.assertEqual(entry.envelope.clientAddress, "127.0.0.1", "from tcpserver's TCPREMOTEIP")
+
+    def test_the_daemons_log_lines_on_stderr(self) -> None:
+        """As qmail-smtpd's users expect with multilog: what the daemon logs of a
+        session (newcomer review 18: nothing was logged in this mode)."""
+        port = self.serve()
+        self.transaction(port, "x@localhost")
+        self.transaction(port, "x@example.net")
+        with open(self.log) as f:
+            lines = f.read().splitlines()
+        events = [line.split("] ", 1)[1].split()[0] for line in lines if "[jsmail.maillog#info]" in line]
+        # serve()'s probe that tcpserver listens is a connection too
+        self.assertEqual([e for e in events if e not in ("check", "connect")], ["queued", "reject"], lines)
+        self.assertGreaterEqual(events.count("connect"), 2)
+        [queued] = [line for line in lines if "] queued id=" in line]
+        self.assertIn("from=<a@example.org> nrcpt=1", queued)
 
     def test_tcpremotehost_in_received(self) -> None:
         """A name tcpserver gives (here from a tcprules line) is in the Received header,

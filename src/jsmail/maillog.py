@@ -102,25 +102,33 @@ def attempt(queueId: str, agent: str, seconds: float, results: list[DeliveryResu
 
 
 def _outcome(result: DeliveryResult) -> dict[str, object]:
-    """A delivery result's fields: ``detail`` for people, the reply's parts for programs."""
+    """A delivery result's fields: ``detail`` for people (one line: a local delivery's
+    report has a line per step), the reply's parts for programs, and ``relay``, the
+    server a remote delivery talked to."""
     reply = result.reply
-    return {"recipient": result.recipient, "detail": result.describe(), "code": reply.code,
+    detail = "; ".join(line.strip() for line in result.describe().splitlines() if line.strip())
+    return {"recipient": result.recipient, "detail": detail, "code": reply.code,
             "enhanced": reply.enhanced, "text": reply.text, "peer": result.fromPeer, "reason": result.detail,
-            "remoteMTA": result.remoteMTA}
+            "remoteMTA": result.remoteMTA, "relay": result.remoteMTA.partition("; ")[2]}
+
+
+def _to(result: DeliveryResult) -> str:
+    """The recipient, and the relay when a remote server was talked to."""
+    return "to=<{recipient}> relay={relay}" if result.remoteMTA else "to=<{recipient}>"
 
 
 def delivered(queueId: str, result: DeliveryResult) -> None:
-    _log.info("delivered id={queueId} to=<{recipient}> detail={detail!r}",
+    _log.info("delivered id={queueId} " + _to(result) + " detail={detail!r}",
               queueId=queueId, event="delivered", **_outcome(result))
 
 
 def deferred(queueId: str, result: DeliveryResult, retryIn: float) -> None:
-    _log.info("deferred id={queueId} to=<{recipient}> detail={detail!r} retry_in={retryIn:.0f}s",
+    _log.info("deferred id={queueId} " + _to(result) + " detail={detail!r} retry_in={retryIn:.0f}s",
               queueId=queueId, retryIn=retryIn, event="deferred", **_outcome(result))
 
 
 def failed(queueId: str, result: DeliveryResult) -> None:
-    _log.info("failed id={queueId} to=<{recipient}> detail={detail!r}",
+    _log.info("failed id={queueId} " + _to(result) + " detail={detail!r}",
               queueId=queueId, event="failed", **_outcome(result))
 
 

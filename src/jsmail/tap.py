@@ -107,16 +107,19 @@ class Options(usage.Options, AuthOptionMixin):
 
 
     def _logFormat(self) -> None:
-        """``--log-format json``: name the JSON observer as twistd's ``--logger``."""
+        """Name jsmail's observer (JSON, or text without Twisted's chatter) as twistd's
+        ``--logger``, unless twistd was given a logger or syslog of its own."""
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
         parent = self.parent
-        if self["log-format"] == "text" or parent is None:
+        if parent is None:
             return
-        if parent.get("logger") is not None:
-            raise usage.UsageError("--log-format json and twistd's --logger are two ways of saying one thing")
+        if parent.get("logger") is not None or parent.get("syslog"):
+            if self["log-format"] == "json":
+                raise usage.UsageError("--log-format json and twistd's --logger are two ways of saying one thing")
+            return
         logformat.configure(parent.get("logfile"), bool(parent.get("nodaemon")))
-        parent["logger"] = logformat.FACTORY
+        parent["logger"] = logformat.FACTORY if self["log-format"] == "json" else logformat.TEXT_FACTORY
 
 
 def makeService(options: Options) -> MailGateway:

@@ -1,4 +1,5 @@
-"""``twistd jsmail --log-format json``: the log as one JSON object per line.
+"""twistd's log for jsmail: text lines (the default) or, with ``--log-format json``,
+one JSON object per line; either way without Twisted's chatter.
 
 twistd picks its log observer before it builds the service, from its own ``--logger``
 option (a dotted name of a factory taking no arguments).  So the ``jsmail`` options
@@ -12,10 +13,16 @@ operator-log event (``event``, ``queueId``, ``session``, ``client``, ``sender``,
 ``recipient``, ``reply``, ``check``, ...) plus Twisted's own (``log_time``,
 ``log_namespace``, ``log_level``, ``log_format``).  The silent events that carry the
 delivery process's measurements (:data:`jsmail.metrics.NAMESPACE`) are left out.
+
+Left out of both (newcomer review 13): the four lines Twisted writes for every DNS
+query (a UDP port and a protocol, each started and stopped), its "starting on" line
+for each listening port (jsmail's own "Listening for ..." line says more), factories
+started and stopped for each outgoing connection, and resolv.conf being read.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 from typing import Any, TextIO
@@ -26,13 +33,24 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     PredicateResult,
     jsonFileLogObserver,
+    textFileLogObserver,
 )
 from twisted.python.logfile import LogFile
 
 from jsmail.metrics import NAMESPACE
 
-#: The dotted name given to twistd's ``--logger``.
+#: The dotted names given to twistd's ``--logger``.
 FACTORY = "jsmail.ops.logformat.jsonObserver"
+TEXT_FACTORY = "jsmail.ops.logformat.textObserver"
+
+#: Twisted's legacy log lines that say nothing an operator needs (see above).
+_CHATTER = re.compile(
+    r"\S+(?: \(TLS\))? starting on \S+"
+    r"|\(UDP Port \d+ Closed\)"
+    r"|(?:Starting|Stopping) protocol <twisted\.names\.dns\.DNSDatagramProtocol object at \w+>"
+    r"|\S+ changed, reparsing"
+    r"|Resolver added \(.*\) to server list")
+_FACTORY_EVENTS = ("Starting factory {factory!r}", "Stopping factory {factory!r}")
 
 _destination: tuple[str, bool] = ("", True)
 
@@ -62,7 +80,23 @@ def _notMeasurement(event: dict[str, Any]) -> PredicateResult:
     return PredicateResult.no if event.get("log_namespace") == NAMESPACE else PredicateResult.maybe
 
 
+def notChatter(event: dict[str, Any]) -> PredicateResult:
+    """Leave out Twisted's lines about its own machinery (see the module docstring)."""
+    if event.get("log_format") in _FACTORY_EVENTS:
+        return PredicateResult.no
+    message = event.get("message")
+    if event.get("log_namespace") == "log_legacy" and message and not event.get("isError"):
+        if _CHATTER.fullmatch(" ".join(str(m) for m in message)):
+            return PredicateResult.no
+    return PredicateResult.maybe
+
+
 def jsonObserver() -> ILogObserver:
     """twistd's log observer for ``--log-format json``."""
     observer = jsonFileLogObserver(_open(*_destination), recordSeparator="")
-    return FilteringLogObserver(observer, [_notMeasurement, LogLevelFilterPredicate()])
+    return FilteringLogObserver(observer, [_notMeasurement, notChatter, LogLevelFilterPredicate()])
+
+
+def textObserver() -> ILogObserver:
+    """twistd's log observer for text lines, as twistd's own but for the chatter."""
+    return FilteringLogObserver(textFileLogObserver(_open(*_destination)), [notChatter])

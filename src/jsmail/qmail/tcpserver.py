@@ -15,7 +15,8 @@ the listener named by ``--listener`` (``smtp``, the default, or ``submission``) 
 the same built-in checks (relay control unless RELAYCLIENT is set, unknown local
 recipients, badmailfrom), the same ``[policy]`` checks and modifiers, STARTTLS with the
 same certificate and AUTH with the same users; a configuration it cannot use gets
-``421`` and a reason on stderr, never a session that skips them.  Accepted mail goes through the funnel to the program
+``421`` and a reason on stderr, never a session that skips them.  The daemon's log
+lines go to stderr, for multilog.  Accepted mail goes through the funnel to the program
 ``QMAILQUEUE`` names (any qmail-queue-compatible program), else into jsmail's queue,
 whose running gateway is woken to deliver it.
 """
@@ -133,6 +134,17 @@ def reactorStopper(reactor: Any) -> Callable[[], None]:
     return stop
 
 
+def logToStderr() -> None:
+    """The daemon's log lines (connect, check, reject, queued, ...) on stderr, where
+    tcpserver's users collect qmail-smtpd's with multilog; stdout is the SMTP channel."""
+    from twisted.logger import FilteringLogObserver, globalLogBeginner, textFileLogObserver
+
+    from jsmail.ops.logformat import notChatter
+
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [notChatter])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor, stdio
     from twisted.internet.defer import maybeDeferred
@@ -154,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listener", choices=("smtp", "submission"), default="smtp",
                         help="whose rules and [policy] checks to apply [default: smtp, port 25's]")
     arguments = parser.parse_args(argv)
+    logToStderr()
     overrides: dict[str, Any] = {}
     dataDir = dataDirectory(arguments.data, default="")  # none given: the configuration's
     if dataDir:
