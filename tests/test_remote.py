@@ -280,6 +280,16 @@ class SubmitTests(RemoteTestCase):
     def test_with_delivery_process(self):  # type: ignore[no-untyped-def]
         return self.check(deliveryProcess=True)
 
+    @defer.inlineCallbacks
+    def test_lf_only_message_is_delivered_with_crlf(self):  # type: ignore[no-untyped-def]
+        """``EmailMessage.as_bytes()`` ends lines with LF: such a message used to be
+        queued, refused by the next hop ("bare CR or LF") and bounced."""
+        gateway = yield self.gateway(queue__delivery_process=False)
+        [result] = yield gateway.submit("a@localhost", ["good@example.test"], b"Subject: lf\n\nbare LF body\n")
+        self.assertEqual(result.status.value, "delivered")
+        [(_, _, data)] = self.sink.received
+        self.assertTrue(data.endswith(b"Subject: lf\r\n\r\nbare LF body\r\n"), data)
+
 
 class BackoffTests(RemoteTestCase):
     @defer.inlineCallbacks

@@ -44,6 +44,7 @@ from jsmail.queue.store import MaildirQueue
 from jsmail.reply import PeerReply, Reply
 from jsmail.send.process import SendProcess
 from jsmail.send.service import DeliveryService
+from jsmail.smtp.commands import withCRLF
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.server import ESMTPServerFactory, Listener
 from jsmail.smtp.tls import ServerTLS, ensureSelfSigned
@@ -262,9 +263,12 @@ class MailGateway(ThreadPoolService):
 
     @defer.inlineCallbacks
     def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:
-        """Queue ``message`` (CR LF lines) for delivery, as if received by SMTP, and fire
-        with one :class:`DeliveryResult` per recipient once it has left the queue:
-        delivered, or failed for good (after the retries; the sender got a bounce)."""
+        """Queue ``message`` for delivery, as if received by SMTP, and fire with one
+        :class:`DeliveryResult` per recipient once it has left the queue: delivered, or
+        failed for good (after the retries; the sender got a bounce).  Lines ending in
+        LF alone (as ``EmailMessage.as_bytes()`` makes them) are made CR LF, as SMTP
+        carries them: a peer would refuse them, and the sender get a bounce."""
+        message = withCRLF(message)
         envelope = Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=self.reactor.seconds(),
                             clientAddress="127.0.0.1", helo=self.config.server.hostname, protocol="local")
         incoming = self.funnel.newMessage(envelope)

@@ -12,6 +12,7 @@ without a connection), and the dot-stuffed content.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Mapping, Sequence
@@ -20,10 +21,24 @@ from jsmail import reply
 from jsmail.envelope import Recipient
 from jsmail.error import DeliveryError
 
-__all__ = ["CHUNK", "UNSAFE", "DotStuffer", "OutgoingMessage", "has8bit", "mailCommand", "rcptCommand"]
+__all__ = ["CHUNK", "UNSAFE", "DotStuffer", "OutgoingMessage", "bareLineEnding", "has8bit", "mailCommand",
+           "rcptCommand", "withCRLF"]
 
 CHUNK = 16 * 1024  # octets read from the message file at a time
 UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # could end a command line early: never sent from an address
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def withCRLF(data: bytes) -> bytes:
+    """``data`` with every line ending CR LF, as SMTP carries mail (RFC 5321 section
+    2.3.8): Python's ``EmailMessage.as_bytes()`` ends lines with LF alone."""
+    return _LINE_END.sub(b"\r\n", data)
+
+
+def bareLineEnding(data: bytes) -> bool:
+    """Whether ``data`` has a CR or LF that is not part of a CR LF."""
+    return _BARE.search(data) is not None
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,14 @@ class OutgoingMessage:
     size: int
     open: Callable[[], BinaryIO]
     eightBit: bool | None = None
+
+    @classmethod
+    def fromBytes(cls, sender: str, recipients: Sequence[str | Recipient], data: bytes,
+                  mailParams: Mapping[str, str | None] | None = None) -> OutgoingMessage:
+        """A message held in memory, its lines made to end with CR LF (:func:`withCRLF`)."""
+        data = withCRLF(data)
+        return cls(sender, tuple(r if isinstance(r, Recipient) else Recipient(r) for r in recipients),
+                   dict(mailParams or {}), len(data), lambda: io.BytesIO(data), has8bit(io.BytesIO(data), 0))
 
 
 def mailCommand(message: OutgoingMessage, extensions: Mapping[str, str]) -> str:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol,
                                         wrapClientTLS)
 from twisted.logger import Logger
@@ -18,7 +18,7 @@ from jsmail import reply
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult
 from jsmail.smtp.client import ClientSettings, ESMTPClient
-from jsmail.smtp.commands import OutgoingMessage
+from jsmail.smtp.commands import CHUNK, OutgoingMessage, bareLineEnding
 
 __all__ = ["connectTo", "readySession", "sendmail"]
 
@@ -70,8 +70,29 @@ def sendmail(reactor: Any, host: str, port: int, message: OutgoingMessage,
              settings: ClientSettings = ClientSettings()) -> Deferred[list[DeliveryResult]]:
     """Connect to ``host`` (a name or an IPv4 or IPv6 address), deliver ``message``, say
     QUIT.  ``reactor`` provides TCP and time.  Never fails: not reaching the peer is a
-    temporary result for every recipient (see :func:`readySession` for TLS)."""
+    temporary result for every recipient (see :func:`readySession` for TLS).
+
+    A message whose lines do not all end with CR LF is refused at once, before
+    connecting (a peer would refuse it after DATA, or pass it on damaged): build it
+    with :meth:`OutgoingMessage.fromBytes`, which converts them.  The check reads a
+    message whose ``eightBit`` is not given, as the client would to find that out."""
+    if message.eightBit is None and _bareLineEnding(message):
+        detail = "lines must end with CR LF; OutgoingMessage.fromBytes converts them"
+        return succeed(DeliveryResult.forAll(message.recipients, DeliveryError(reply.BARE_LINE_ENDING, True, detail)))
     return Deferred.fromCoroutine(_sendmail(reactor, host, port, message, settings))
+
+
+def _bareLineEnding(message: OutgoingMessage) -> bool:
+    """Whether the message has a CR or LF outside a CR LF, read in chunks."""
+    tail = b""
+    with message.open() as f:
+        while chunk := f.read(CHUNK):
+            window = tail + chunk
+            held = window.endswith(b"\r")  # its LF may start the next chunk
+            if bareLineEnding(window[:-1] if held else window):
+                return True
+            tail = window[-2:]
+    return tail.endswith(b"\r")
 
 
 async def _sendmail(reactor: Any, host: str, port: int, message: OutgoingMessage,
