@@ -134,3 +134,39 @@ class ControlDirectoryTests(TestCase):
         with self.assertRaises(ConfigError) as caught:
             loadConfig(None, {"server.control_dir": "/nonexistent/control"})
         self.assertEqual(str(caught.exception), "command line: server.control_dir: /nonexistent/control is not a directory")
+
+
+class BuiltInCodeTests(TestCase):
+    """Newcomer review 11: a ``Config(...)`` an embedder builds in code is checked and
+    completed as a TOML file is, when the gateway is made from it."""
+
+    def gateway(self, config: Config):  # type: ignore[no-untyped-def]
+        from twisted.internet.testing import MemoryReactorClock
+
+        from jsmail.service import MailGateway
+
+        return MailGateway(config, reactor=MemoryReactorClock())
+
+    def test_a_wrong_value_is_the_error_a_file_would_get(self) -> None:
+        from jsmail.config import GatewaySettings
+        from jsmail.smtp.settings import ServerSettings
+
+        data = os.path.abspath(self.mktemp())
+        with self.assertRaises(ConfigError) as caught:
+            self.gateway(Config(server=GatewaySettings(dataDir=data), smtp=ServerSettings(maxMessageSize="10M")))
+        self.assertEqual(str(caught.exception), "Config(...): smtp.max_message_size: expected a whole number, got '10M'")
+        self.assertFalse(os.path.exists(data))
+
+    def test_settings_are_completed_as_from_a_file(self) -> None:
+        """A string for a list is one item (it was iterated as characters); the host
+        name is the machine's, as under twistd; the local domains and paths follow."""
+        from jsmail.config import GatewaySettings, defaultHostname
+
+        data = os.path.abspath(self.mktemp())
+        gateway = self.gateway(Config(server=GatewaySettings(dataDir=data, domains="myapp.example")))
+        self.addCleanup(gateway.queue.close)
+        config = gateway.config
+        self.assertEqual((config.server.domains, config.local.localDomains), (("myapp.example",),) * 2)
+        self.assertEqual((config.server.hostname, config.smtp.hostname), (defaultHostname(),) * 2)
+        self.assertEqual(config.server.postmaster, "postmaster@myapp.example")
+        self.assertEqual(config, loadConfig(settings={"server": {"data": data, "domains": ["myapp.example"]}}))

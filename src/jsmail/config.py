@@ -206,7 +206,11 @@ def _prefixLength(value: Any) -> int:
 def _either(no: str, yes: str) -> Callable[[Any], bool]:
     """A setting of two words, read as False for ``no`` and True for ``yes`` (e.g.
     ``nul_bytes = "reject"`` or ``"accept"``, ``helo_check = "none"`` or ``"syntax"``)."""
-    return lambda value: _choice(no, yes)(value) == yes
+    def check(value: Any) -> bool:
+        return _choice(no, yes)(value) == yes
+
+    check.words = (no, yes)  # type: ignore[attr-defined]
+    return check
 
 
 @dataclass(frozen=True)
@@ -366,14 +370,15 @@ def defaultHostname() -> str:
 
 
 def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = None,
-               settings: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+               settings: Mapping[str, Mapping[str, Any]] | None = None, source: str = "configuration") -> Config:
     """Build the configuration: defaults, then ``settings`` (tables shaped as the TOML
     file, for embedders) or the TOML file at ``path``, then a qmail control directory
     (``server.control_dir``; a setting in both is an error), then ``overrides`` (keyed
-    ``"section.key"``, from the command line).  Every value is checked the same way."""
+    ``"section.key"``, from the command line).  Every value is checked the same way;
+    errors in ``settings`` name ``source``."""
     raw: dict[str, tuple[Any, str]] = {}  # "section.key" -> (value, where it came from)
     if settings is not None:
-        raw.update(_flatten(settings, "configuration"))
+        raw.update(_flatten(settings, source))
     if path is not None:
         raw.update(_readFile(path))
     controlDir = (overrides or {}).get("server.control_dir") or raw.get("server.control_dir", ("", ""))[0]

@@ -29,6 +29,7 @@ from jsmail._dns import makeResolver
 from jsmail._threads import RunInThread, ThreadPoolService, reactorThreads
 from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm, forSMTPAuth
 from jsmail.config import Config, ConfigError
+from jsmail.configcheck import checkedConfig
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.listen import ListenerService, ListeningError
@@ -205,7 +206,9 @@ class MailGateway(ThreadPoolService):
     cannot be bound stops start-up with one line; an embedding application gets
     :class:`ListeningError` instead, and may call :meth:`reload` itself.
 
-    Raises :class:`jsmail.smtp.tls.TLSError` when the certificate cannot be used.
+    Raises :class:`jsmail.smtp.tls.TLSError` when the certificate cannot be used, and
+    :class:`ConfigError` for a ``Config(...)`` built in code with a value a TOML file
+    could not have (it is checked and completed as :func:`loadConfig` does).
     """
 
     def __init__(
@@ -215,6 +218,7 @@ class MailGateway(ThreadPoolService):
         extraCheckers: Sequence[ICredentialsChecker] = (),
         standalone: bool = False,
     ) -> None:
+        config = checkedConfig(config)  # one built in code is checked as a file is
         super().__init__(reactor or _globalReactor(),
                          {"disk": config.queue.diskThreads, "auth": AUTH_THREADS, "checks": CHECK_THREADS})
         self.config = config
