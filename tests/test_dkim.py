@@ -407,3 +407,20 @@ class KeygenTests(TestCase):
         self.assertEqual((code, stdout), (1, b""))
         self.assertEqual(stderr.decode(), f"jsmail dkim keygen: {out}/example.test.s.key: File exists; no key written\n")
 
+    @defer.inlineCallbacks
+    def test_keygen_refuses_what_is_not_a_dns_name(self) -> Any:
+        """``--domain 'bad domain' --selector 's/../x'`` wrote keys/x.key, made a
+        directory "keys/bad domain.s" and printed a record nobody can look up."""
+        out = os.path.abspath(self.mktemp())
+        for args, named in ((["--domain", "bad domain", "--selector", "s"], "--domain 'bad domain'"),
+                            (["--domain", "example.test", "--selector", "s/../x"], "--selector 's/../x'"),
+                            (["--domain", "example.test", "--selector", "-s"], "--selector '-s'"),
+                            (["--domain", "[192.0.2.1]", "--selector", "s"], "--domain '[192.0.2.1]'")):
+            stdout, stderr, code = yield self.keygen(*args, "--out", out)
+            self.assertEqual((code, stdout), (2, b""), stderr)
+            self.assertTrue(stderr.decode().startswith(f"jsmail dkim keygen: {named}: "), stderr)
+            self.assertTrue(stderr.decode().endswith("; no key written\n"), stderr)
+        self.assertFalse(os.path.exists(out))
+        stdout, stderr, code = yield self.keygen("--domain", "example.test", "--selector", "mail.2026-12",
+                                                 "--type", "ed25519", "--out", out)
+        self.assertEqual(code, 0, stderr)

@@ -31,13 +31,16 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 import time
 
 from jsmail import __version__
+from jsmail.address import normaliseDomain
 from jsmail.auth import removeUser, setPassword
 from jsmail.config import ConfigError, loadConfig
 from jsmail.datadir import dataDirectory
+from jsmail.error import SMTPReplyError
 from jsmail.send.bounce import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
@@ -220,8 +223,19 @@ def queueFlush(arguments: argparse.Namespace) -> int:
 
 def dkimKeygen(arguments: argparse.Namespace) -> int:
     """Write a new private key (never over an existing file) and print its key record
-    as a zone file line (RFC 6376 section 3.6.2.1)."""
-    domain = arguments.domain.rstrip(".").lower()
+    as a zone file line (RFC 6376 section 3.6.2.1).  The domain and the selector are
+    DNS names (section 3.1): anything else would name a file outside ``--out`` and
+    publish a record no verifier can look up."""
+    try:
+        domain = normaliseDomain(arguments.domain.rstrip("."))
+    except SMTPReplyError as e:
+        print(f"jsmail dkim keygen: --domain {arguments.domain!r}: {e.reply.text}; no key written", file=sys.stderr)
+        return 2
+    if domain.startswith("[") or not _SELECTOR.fullmatch(arguments.selector):
+        what = f"--domain {arguments.domain!r}" if domain.startswith("[") else f"--selector {arguments.selector!r}"
+        print(f"jsmail dkim keygen: {what}: expected DNS labels (letters, digits, hyphens) separated by dots "
+              "(RFC 6376 section 3.1); no key written", file=sys.stderr)
+        return 2
     path = os.path.join(arguments.out, f"{domain}.{arguments.selector}.key")
     try:
         key = writeNewKey(path, arguments.type, arguments.bits)
@@ -234,6 +248,10 @@ def dkimKeygen(arguments: argparse.Namespace) -> int:
     print(f"jsmail dkim keygen: private key written to {path}", file=sys.stderr)
     print(zoneEntry(arguments.selector, domain, keyRecord(key)))
     return 0
+
+
+#: A selector: one or more DNS labels (RFC 6376 section 3.1, sub-domain *("." sub-domain)).
+_SELECTOR = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 def traceMessage(arguments: argparse.Namespace) -> int:
