@@ -414,7 +414,7 @@ class KeygenTests(TestCase):
         out = os.path.abspath(self.mktemp())
         for args, named in ((["--domain", "bad domain", "--selector", "s"], "--domain 'bad domain'"),
                             (["--domain", "example.test", "--selector", "s/../x"], "--selector 's/../x'"),
-                            (["--domain", "example.test", "--selector", "-s"], "--selector '-s'"),
+                            (["--domain", "example.test", "--selector=-s"], "--selector '-s'"),
                             (["--domain", "[192.0.2.1]", "--selector", "s"], "--domain '[192.0.2.1]'")):
             stdout, stderr, code = yield self.keygen(*args, "--out", out)
             self.assertEqual((code, stdout), (2, b""), stderr)
