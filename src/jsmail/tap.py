@@ -66,8 +66,8 @@ class Options(usage.Options, AuthOptionMixin):
         self.config: Config | None = None
 
     def opt_smtp(self, description: str) -> None:
-        """Listen for SMTP (port 25 rules) on this endpoint, e.g. tcp:25 or
-        tcp6:25:interface=\\:\\: (repeatable; "none" turns it off) [default: tcp:2525:interface=127.0.0.1]."""
+        """Listen for SMTP (port 25 rules) on this endpoint, e.g. tcp:25, or 'tcp6:25:interface=\\:\\:' (quoted)
+        for IPv6 and IPv4 at once on Linux (repeatable; "none" turns it off) [default: tcp:2525:interface=127.0.0.1]."""
         self["smtp"].append(description)
 
     def opt_submission(self, description: str) -> None:
@@ -120,6 +120,11 @@ class Options(usage.Options, AuthOptionMixin):
             return
         logformat.configure(parent.get("logfile"), bool(parent.get("nodaemon")))
         parent["logger"] = logformat.FACTORY if self["log-format"] == "json" else logformat.TEXT_FACTORY
+
+
+# --help prints an option's docstring as it is, indentation and all.
+for _option in (Options.opt_smtp, Options.opt_submission, Options.opt_smtps):
+    _option.__doc__ = " ".join((_option.__doc__ or "").split())
 
 
 def makeService(options: Options) -> MailGateway:
