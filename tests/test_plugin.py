@@ -67,6 +67,16 @@ class PluginTests(unittest.TestCase):
             self.assertIn(option, result.stdout)
 
 
+class VersionTests(unittest.TestCase):
+    def test_version_is_jsmails(self) -> None:
+        """``twistd jsmail --version`` printed Twisted's version only."""
+        import twisted
+
+        result = runTwistd("jsmail", "--version")
+        self.assertEqual((result.returncode, result.stdout),
+                         (0, f"jsmail {jsmail.__version__} (Twisted {twisted.__version__})\n"))
+
+
 class CheckConfigTests(unittest.TestCase):
     def configFile(self, text: str) -> str:
         path = os.path.abspath(self.mktemp())

@@ -80,6 +80,15 @@ class Options(usage.Options, AuthOptionMixin):
         (repeatable; "none" turns it off) [default: tcp:2465:interface=127.0.0.1]."""
         self["smtps"].append(description)
 
+    def opt_version(self) -> None:
+        """Print jsmail's version (and Twisted's) and exit."""
+        from twisted import __version__ as twistedVersion
+
+        from jsmail import __version__
+
+        sys.stdout.write(f"jsmail {__version__} (Twisted {twistedVersion})\n")
+        sys.exit(0)
+
     def opt_domain(self, name: str) -> None:
         """Accept and deliver locally mail for this domain (repeatable) [default: localhost]."""
         self["domain"].append(name)
