@@ -154,7 +154,8 @@ class BuiltInCodeTests(TestCase):
         data = os.path.abspath(self.mktemp())
         with self.assertRaises(ConfigError) as caught:
             self.gateway(Config(server=GatewaySettings(dataDir=data), smtp=ServerSettings(maxMessageSize="10M")))
-        self.assertEqual(str(caught.exception), "Config(...): smtp.max_message_size: expected a whole number, got '10M'")
+        self.assertEqual(str(caught.exception),
+                         "Config(...): smtp.max_message_size: expected a whole number, got '10M'")
         self.assertFalse(os.path.exists(data))
 
     def test_settings_are_completed_as_from_a_file(self) -> None:

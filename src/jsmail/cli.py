@@ -251,7 +251,8 @@ def dkimKeygen(arguments: argparse.Namespace) -> int:
 
 
 #: A selector: one or more DNS labels (RFC 6376 section 3.1, sub-domain *("." sub-domain)).
-_SELECTOR = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 def traceMessage(arguments: argparse.Namespace) -> int:

@@ -82,9 +82,8 @@ class Options(usage.Options, AuthOptionMixin):
 
     def opt_version(self) -> None:
         """Print jsmail's version (and Twisted's) and exit."""
-        from twisted import __version__ as twistedVersion
-
         from jsmail import __version__
+        from twisted import __version__ as twistedVersion
 
         sys.stdout.write(f"jsmail {__version__} (Twisted {twistedVersion})\n")
         sys.exit(0)

@@ -48,7 +48,8 @@ def problems(config: Config) -> list[str]:
     if dataProblem is not None:
         found.append(f"server.data: {dataProblem}")
     if server.tlsCertificate:
-        certificate, key, where = server.tlsCertificate, server.tlsKey or server.tlsCertificate, "server.tls_certificate"
+        certificate, key = server.tlsCertificate, server.tlsKey or server.tlsCertificate
+        where = "server.tls_certificate"
     else:
         directory = os.path.join(server.dataDir, "tls")
         certificate, key = os.path.join(directory, "selfsigned-cert.pem"), os.path.join(directory, "selfsigned-key.pem")
