@@ -447,14 +447,19 @@ class CheckerFitnessTests(SynchronousTestCase):
         self.assertIn("cannot be used for SMTP AUTH", str(caught.exception))
 
     def test_anonymousOnTheCommandLineRefused(self) -> None:
-        from twisted.python import usage
+        """Refused in one line on stderr (exit status 2), not after twistd's usage text."""
+        import contextlib
+        import io
 
         from jsmail.tap import Options
 
         for description in ("anonymous", "sshkey"):
-            with self.assertRaises(usage.UsageError) as caught:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as caught:
                 Options().parseOptions(["--auth", description])
-            self.assertIn("not supported", str(caught.exception))
+            self.assertEqual(caught.exception.code, 2)
+            self.assertTrue(err.getvalue().startswith(f"jsmail: configuration error: command line: --auth "
+                                                      f"{description}: Auth plugin not supported"), err.getvalue())
 
     def test_sshkeyCheckerNeverCrashesAuth(self) -> None:
         """A checker given straight to the embedding API is refused too, and one that

@@ -74,6 +74,21 @@ class FilesTests(Refusals):
         self.assertRefused(result, path, "plugins.dkim-sign", "cannot make the DKIM key /proc/nope/example.org.s.key")
 
 
+    def test_a_password_file_that_cannot_be_read_is_not_ok(self) -> None:
+        path, result = self.check('[auth]\npassword_file = "/etc"\n')
+        self.assertRefused(result, path, "auth.password_file: /etc: not a readable file")
+
+    def test_a_queue_program_that_is_not_there_is_not_ok(self) -> None:
+        """It passed, and then every message got 451."""
+        path, result = self.check('[queue]\nprogram = "/nonexistent/qmail-queue"\n')
+        self.assertRefused(result, path, "queue.program: /nonexistent/qmail-queue: not an executable file")
+
+    def test_an_unknown_auth_checker_is_one_line(self) -> None:
+        """twistd printed its whole usage text before the reason."""
+        self.assertRefused(runTwistd("jsmail", "--auth", "bogus:x", "--check-config"),
+                           "--auth bogus:x", "Auth plugin not recognized: bogus")
+
+
 class EndpointTests(Refusals):
     def test_an_unknown_option_is_named_without_twisteds_function_names(self) -> None:
         result = runTwistd("jsmail", "--smtp", "tcp:25:interfac=127.0.0.1", "--check-config")

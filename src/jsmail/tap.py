@@ -80,6 +80,15 @@ class Options(usage.Options, AuthOptionMixin):
         (repeatable; "none" turns it off) [default: tcp:2465:interface=127.0.0.1]."""
         self["smtps"].append(description)
 
+    def opt_auth(self, description: str) -> None:
+        try:
+            super().opt_auth(description)
+        except usage.UsageError as e:  # one line, not twistd's whole usage text before it
+            sys.stderr.write(f"jsmail: configuration error: command line: --auth {description}: {e}\n")
+            sys.exit(2)
+
+    opt_auth.__doc__ = AuthOptionMixin.opt_auth.__doc__
+
     def opt_version(self) -> None:
         """Print jsmail's version (and Twisted's) and exit."""
         from jsmail import __version__

@@ -61,6 +61,12 @@ def problems(config: Config) -> list[str]:
             loadServerContext(certificate, key)
         except TLSError as e:
             found.append(f"{where}: {e}")
+    passwords = config.auth.passwordFile
+    if os.path.exists(passwords) and not (os.path.isfile(passwords) and os.access(passwords, os.R_OK)):
+        found.append(f"auth.password_file: {passwords}: not a readable file")  # missing is fine: no users yet
+    program = config.queue.program
+    if program and not (os.path.isfile(program) and os.access(program, os.X_OK)):
+        found.append(f"queue.program: {program}: not an executable file")
     if config.local.aliases:
         try:
             AliasesFile(config.local.aliases, config.local.noAtHost).load()
