@@ -37,11 +37,11 @@ class SenderDomain(Policy):
     """Refuses MAIL FROM at a domain without MX and without an address (RFC 5321
     section 5.1: such a domain cannot receive a bounce)."""
 
-    def __init__(self, resolver: Any, timeout: float) -> None:
-        self.resolver, self.timeout = resolver, timeout
+    def __init__(self, resolver: Any, timeout: float, localDomains: frozenset[str] = frozenset()) -> None:
+        self.resolver, self.timeout, self.localDomains = resolver, timeout, localDomains
 
     def checkSender(self, session: Any, address: Address, params: dict) -> Any:
-        if not address.domain:  # the null sender <>
+        if not address.domain or address.domain.lower() in self.localDomains:  # <>, or this server's own
             return None
         d = self.resolver.lookupMailExchange(address.domain, timeout=(self.timeout,))
 
@@ -60,7 +60,7 @@ class SenderDomain(Policy):
 
 def build(options: Mapping[str, Any], context: PolicyContext) -> SenderDomain:
     o = Options(options)  # refuses unknown options, so typos fail at start
-    check = SenderDomain(context.resolver, o.get("timeout", 5.0))
+    check = SenderDomain(context.resolver, o.get("timeout", 5.0), context.localDomains)
     o.done()
     return check
 

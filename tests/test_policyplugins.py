@@ -128,3 +128,27 @@ class ExampleConfigurationTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(b"configuration OK", result.stdout)
         self.assertEqual(os.listdir(workdir), [])
+
+
+class ExamplePluginTests(TestCase):
+    def test_the_servers_own_domains_are_good_senders(self) -> None:
+        """docs/example_plugin.py as shipped refused mail from the server's own local
+        domains ("Sender domain localhost does not accept mail")."""
+        import importlib.util
+
+        from jsmail.address import Address
+        from jsmail.policy import PolicyContext
+
+        spec = importlib.util.spec_from_file_location("example_plugin", os.path.join(TOP, "docs", "example_plugin.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+        class NoDNS:
+            def lookupMailExchange(self, name: str, timeout: object = None) -> None:
+                raise AssertionError(f"looked {name} up")
+
+        context = PolicyContext(reactor, NoDNS(), None, "mx.test", "mx.test", self.mktemp(),  # type: ignore[arg-type]
+                                frozenset({"localhost"}))
+        check = module.senderDomain.build({}, context)
+        self.assertIsNone(check.checkSender(None, Address("someone", "localhost"), {}))

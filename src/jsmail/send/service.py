@@ -126,7 +126,7 @@ class SendLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not self._waited:
-                _log.info("Waiting for the delivery process before to finish ({path} is locked)", path=self.path)
+                _log.info("Waiting for the delivery process that holds {path} to finish", path=self.path)
                 self._waited = True
             self._retry = self.clock.callLater(0.2, self._try, d)
             return
