@@ -233,6 +233,7 @@ TLSA_LOOKUP_FAILED = Reply(451, "4.7.5", "The mail exchanger's TLSA records coul
 PEER_TLSA_MISMATCH = Reply(454, "4.7.5", "The mail exchanger's certificate does not match its TLSA records")
 PEER_NO_AUTH = Reply(454, "4.7.0", "The relay does not offer AUTH PLAIN or LOGIN")
 PEER_AUTH_WITHOUT_TLS = Reply(454, "4.7.0", "Not sending credentials without TLS")
+PEER_AUTH_UNVERIFIED = Reply(454, "4.7.0", "Not sending credentials to a relay whose certificate was not verified")
 BAD_SENDER_ADDRESS = Reply(501, "5.1.7", "Bad sender address")
 BAD_RECIPIENT_ADDRESS = Reply(501, "5.1.3", "Bad recipient address")
 PEER_SIZE_LIMIT = Reply(552, "5.3.4", "The message of {} octets exceeds the {} octets the mail exchanger accepts")

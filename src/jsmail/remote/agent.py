@@ -230,7 +230,8 @@ class RemoteDelivery:
         tlsHostname = route.host if route.tls in ("verify", "implicit") or tlsa else None
         settings = ClientSettings(heloName=self.settings.heloHost, tls=route.tls, tlsHostname=tlsHostname,
                                   trustRoot=self.trustRoot, tlsa=tlsa, username=route.username,
-                                  password=route.password, connectTimeout=self.settings.connectTimeout, **self.timeouts)
+                                  password=route.password, allowInsecureAuth=self.settings.allowInsecureAuth,
+                                  connectTimeout=self.settings.connectTimeout, **self.timeouts)
         return defer.Deferred.fromCoroutine(readySession(lambda s: self.connect(address, route.port, s), settings))
 
     @staticmethod
