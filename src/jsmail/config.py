@@ -313,6 +313,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("remote", "smarthostPassword", "remote", "smarthost_password", _optionalString),
     Option("remote", "routes", "remote", "routes", _listOf(_route)),
     Option("remote", "allowInsecureAuth", "remote", "allow_insecure_auth", _boolean),
+    Option("remote", "allowInternal", "remote", "allow_internal", _listOf(_network)),
     Option("remote", "perHost", "remote", "per_host", _integer(1)),
     Option("remote", "idleTimeout", "remote", "idle_timeout", _nonNegativeSeconds),
     Option("remote", "connectTimeout", "remote", "connect_timeout", _seconds),
@@ -426,8 +427,8 @@ def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = No
     parts = {part: _PARTS[part](**fieldValues) for part, fieldValues in values.items()}
     credentials = parts["remote"].credentialProblem()
     if credentials is not None:
-        where = raw.get(credentials[0]) or raw["remote.smarthost"]  # a smarthost's problem may be a default
-        raise ConfigError(where[1], *credentials)
+        origin = raw.get(credentials[0]) or raw["remote.smarthost"]  # a smarthost's problem may be a default
+        raise ConfigError(origin[1], *credentials)
     return _derive(Config(**parts, source=source))
 
 

@@ -47,6 +47,7 @@ from jsmail import reply
 from jsmail.error import DeliveryError
 from jsmail._threads import RunInThread
 from jsmail.remote.dane import TLSARecord, lookupTLSA
+from jsmail.remote.destinations import Destinations, Sieve
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
@@ -80,10 +81,12 @@ class RemoteDelivery:
         trustRoot: Any = None,
         mtaSts: PolicyFetcher | None = None,
         connect: Connect | None = None,
+        destinations: Destinations | None = None,
     ) -> None:
         """``resolver`` answers the MX, address and TLSA questions; ``trustRoot`` is
         the CA store ``verify`` trusts (None: the platform's); ``connect`` opens
-        client sessions (a fake network in tests)."""
+        client sessions (a fake network in tests); ``destinations`` says which MX
+        addresses may be used (by default: public ones and ``settings.allowInternal``)."""
         self.reactor = reactor
         self.connect: Connect = connect or partial(connectTo, reactor)
         self.runInThread = runInThread
@@ -97,6 +100,7 @@ class RemoteDelivery:
         self.smarthost = settings.smarthostRoute
         self.trustRoot = trustRoot
         self.mtaSts = mtaSts
+        self.destinations = destinations or Destinations(settings.allowInternal)
         self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
         self._slots: dict[str, defer.DeferredSemaphore] = {}
         self._idle: dict[_PoolKey, list[tuple[ESMTPClient, Any]]] = {}
@@ -111,6 +115,7 @@ class RemoteDelivery:
     @defer.inlineCallbacks
     def _deliverDomain(self, domain: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
         route = self.routes.get(domain) or self.smarthost
+        sieve = None if route else Sieve(self.destinations, domain, self.settings.port)  # routes: the operator's choice
         try:
             hosts = [route.host] if route else (yield self.exchangers.hostsFor(domain))
         except DeliveryError as e:
@@ -144,12 +149,19 @@ class RemoteDelivery:
             except DeliveryError as e:
                 lastError = e
                 continue
+            if sieve is not None:
+                addresses = sieve.sift(host, addresses)
+                if sieve.loopsAt:
+                    break  # this host: the MX hosts after it are its backups, not it theirs
             for address in addresses:
                 outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients,
                                                   tlsa)
                 if isinstance(outcome, list):
                     return outcome
                 lastError = outcome
+        refused = sieve.verdict([host for host, _ in plan]) if sieve else None
+        if refused is not None:
+            return DeliveryResult.forAll(recipients, refused)  # no host to try, now or later
         # No host took the session: another, or this one later, may (even after a 5xx to AUTH).
         return DeliveryResult.forAll(recipients, DeliveryError(lastError.reply, False, lastError.detail))
 

@@ -3,10 +3,13 @@ configuration can name without importing the delivery agent."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from jsmail.address import hostPort
 from jsmail.route import Route
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -14,7 +17,8 @@ class RemoteSettings:
     """Where mail for other domains goes and how.  ``heloHost`` is filled in from
     ``server.hostname`` when empty.  ``replyTimeout`` (qmail's timeoutremote) replaces
     RFC 5321's per-phase timeouts when not 0.  ``smarthostTLS`` empty means ``verify``
-    with credentials, ``opportunistic`` without."""
+    with credentials, ``opportunistic`` without.  ``allowInternal``: the internal
+    networks MX answers may point into (see :mod:`jsmail.remote.destinations`)."""
 
     dnsServer: str = ""  # HOST:PORT; empty: /etc/resolv.conf
     port: int = 25
@@ -25,6 +29,7 @@ class RemoteSettings:
     smarthostPassword: str = ""
     routes: tuple[Route, ...] = ()
     allowInsecureAuth: bool = False  # credentials over unverified TLS, or plaintext with tls "none"
+    allowInternal: tuple[Network, ...] = ()
     perHost: int = 5
     idleTimeout: float = 10.0
     connectTimeout: float = 60.0
