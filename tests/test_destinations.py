@@ -1,7 +1,7 @@
 """No delivery to internal addresses by accident (security review M-9): MX answers that
-point into loopback or private networks, an MX that is this host.  First without
-sockets (an in-process zone, fake sessions), then end to end: a real DNS server on
-loopback, a real gateway, a real SMTP peer that must see nothing."""
+point into loopback or private networks, an MX that is this host, address-literal
+senders.  First without sockets (an in-process zone, fake sessions), then end to end:
+a real DNS server on loopback, a real gateway, a real SMTP peer that must see nothing."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, QueuedMessage
+from jsmail.policy.relay import RelayControl
 from jsmail.remote.agent import RemoteDelivery
 from jsmail.remote.destinations import Destinations, isHostAddress, listenedOn
 from jsmail.remote.settings import RemoteSettings
 from jsmail.route import Route
-from jsmail.testing import runNow
+from jsmail.smtp.server import ServerSettings
+from jsmail.testing import Dialog, runNow
 from tests.test_remote import RemoteTestCase, freePort
 from tests.test_remotedelivery import DELIVERED, PERMANENT, TEMPORARY, Network, Zone
 
@@ -136,6 +138,27 @@ class DestinationsTests(SynchronousTestCase):
                                                              "fd00::1", "ff02::1", "192.0.2.1", "2001:db8::1")],
                          ["unspecified", "shared (carrier-grade NAT)", "link-local", "multicast",
                           "private (unique local)", "multicast", None, None])
+
+
+class AddressLiteralSenderTests(SynchronousTestCase):
+    def dialog(self, clientAddress: str) -> Dialog:
+        relay = RelayControl(lambda domain: domain == "localhost", [ipaddress.ip_network("10.0.0.0/8")])
+        d = Dialog(ServerSettings(hostname="mx.test"), policies=(relay,), clientAddress=clientAddress)
+        d.send(b"EHLO c.test\r\n")
+        return d
+
+    def test_addressLiteralSenderRefused(self) -> None:
+        """Security review M-9: ``MAIL FROM:<anyone@[127.0.0.1]>`` from anyone made the
+        bounce go to loopback."""
+        d = self.dialog("198.51.100.7")
+        self.assertEqual(d.send(b"MAIL FROM:<anyone@[127.0.0.1]>\r\n"),
+                         b"553 5.7.1 Sender address <anyone@[127.0.0.1]> refused: an address literal is taken only "
+                         b"from authenticated or trusted clients\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@example.org>\r\n"), b"250 2.1.0 Sender OK\r\n")
+
+    def test_addressLiteralSenderFromTrustedClient(self) -> None:
+        d = self.dialog("10.1.2.3")
+        self.assertEqual(d.send(b"MAIL FROM:<app@[10.1.2.3]>\r\n"), b"250 2.1.0 Sender OK\r\n")
 
 
 class EndToEndTests(RemoteTestCase):

@@ -150,6 +150,8 @@ AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try agai
 AUTH_ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
 SENDER_REFUSED = Reply(553, "5.7.1", "Sender address refused")
+SENDER_LITERAL_REFUSED = Reply(553, "5.7.1", "Sender address <{}> refused: an address literal is taken only from "
+                               "authenticated or trusted clients")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not allowed for this user")
 AUTHOR_NOT_OWNED = Reply(550, "5.7.1", "{} header address not allowed for this user")
 
