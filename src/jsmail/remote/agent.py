@@ -8,7 +8,7 @@ next address or MX; once a host has answered for the recipients, its answers sta
 
 TLS, per destination (``tls``): ``none``; ``opportunistic`` (STARTTLS when offered; a
 failed handshake is retried once in plaintext on the same host, and logged, unless the
-route has credentials, which go only over TLS);
+route has credentials, which go only over verified TLS: ``verify`` is their default);
 ``verify`` (STARTTLS required, certificate checked against the host name with
 service_identity; a failure is temporary); ``implicit`` (TLS from the first byte, as on
 port 465).  What ``verify`` trusts: the platform's CA store (or the configured trust
@@ -24,6 +24,9 @@ the CA store, whatever MTA-STS said (DANE's DNSSEC is the stronger proof).  Not 
 routes and the smarthost (the operator's choice), nor with ``none`` or ``implicit``
 (DANE for SMTP is about STARTTLS).  TLSA records are looked up for every delivery, not
 cached.
+
+MX addresses in internal networks, or of this host itself, are not used
+(:mod:`jsmail.remote.destinations`).
 
 Connections are reused: a session that delivered stays open for the next message to
 the same host (up to ``idleTimeout`` seconds), and each host gets at most
