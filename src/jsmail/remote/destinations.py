@@ -26,9 +26,9 @@ smarthost (the operator named those hosts):
 - MTA-STS policy hosts (:mod:`jsmail.remote.mtasts`) get the same address check.
 
 "This host's addresses" for a listener bound to a wildcard address are found by
-asking the kernel to bind a socket to the address (a system call that does not wait):
-only an address of this host can be bound.  Not covered: addresses this host answers
-on through NAT (Postfix's ``proxy_interfaces``).
+asking the kernel's routing table (:func:`isHostAddress`, system calls that do not
+wait).  Not covered: addresses this host answers on through NAT (Postfix's
+``proxy_interfaces``).
 """
 
 from __future__ import annotations
@@ -76,14 +76,18 @@ _WILDCARDS = ("", "0.0.0.0", "::")
 
 
 def isHostAddress(address: str) -> bool:
-    """Whether ``address`` is one of this host's own: only those can be bound."""
+    """Whether ``address`` is one of this host's own: the kernel routes a datagram to
+    one of its own addresses from that very address.  (Connecting a UDP socket sends
+    nothing and does not wait; binding would say yes to any address where
+    ``ip_nonlocal_bind`` is on, as on many load-balanced hosts.)"""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((address, 0))
-    except OSError:  # EADDRNOTAVAIL, or no IPv6 here: then the internal check still applies
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))
+            source = probe.getsockname()[0]
+    except OSError:  # no route, or no IPv6 here: then the internal check still applies
         return False
-    return True
+    return ipaddress.ip_address(source) == ipaddress.ip_address(address)
 
 
 def listenedOn(descriptions: Iterable[str]) -> tuple[tuple[str, int], ...]:
