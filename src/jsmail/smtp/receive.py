@@ -4,6 +4,7 @@ and the commit that makes it durable before the client hears 250."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Protocol
 
 from twisted.internet import defer
@@ -59,8 +60,10 @@ def _once(recipients: list[Recipient]) -> tuple[Recipient, ...]:
     return tuple(kept)
 
 
-#: The header fields read as the content streams by (see Transaction._headerRefusal).
-_WATCHED = ("delivered-to", "from", "sender")
+#: The header fields read as the content streams by: for Transaction._headerRefusal,
+#: and the Message-ID for the operator log (``jsmail trace --message-id``).
+_WATCHED = ("delivered-to", "from", "sender", "message-id")
+_MESSAGE_ID = re.compile(rb"^[ \t]*(<[^<>\s]{1,250}>)")
 
 #: What a command answers when its reply comes later, or was already written.
 NO_REPLY = Reply(0, "", "")
@@ -85,7 +88,7 @@ class Transaction:
     def queueId(self) -> str:
         return self.message.queueId if self.message is not None else "-"
 
-    def start(self) -> None:
+    def _open(self) -> None:
         """Open the message in the queue, with what goes on top of its content."""
         server = self.server
         session = server.session
@@ -99,10 +102,40 @@ class Transaction:
             protocol=session.withProtocol(),
         )
         self.message = server.listener.sink.newMessage(envelope)
+        session.queueId = self.message.queueId
         self._tooBig = self._writeFailed = self._nul = False
         self._size = 0
         self._header = FieldWatcher(_WATCHED, limit=64 * 1024)
         self._spool = server.listener.assembler.begin(session, self.message)
+
+    def startData(self) -> None:
+        """DATA: open the message; the content comes next, up to the final dot."""
+        try:
+            self._open()
+        except OSError as e:
+            raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, f"cannot start a queue file: {e}") from None
+        settings = self.server.settings
+        self.reader = DataReader(self.write, settings.maxTextLine, settings.normaliseLineEndings)
+
+    def startChunk(self, size: int, last: bool, problem: Reply | None) -> Result:
+        """BDAT: ``size`` octets come next, the first chunk opening the message.  They
+        are read even when the command is refused (``problem``), so they are never
+        taken for commands (RFC 3030 section 3)."""
+        settings = self.server.settings
+        if problem is None and self.message is None:
+            try:
+                self._open()
+            except OSError as e:
+                _log.error("Cannot start a queue file: {error}", error=e)
+                problem = reply.INSUFFICIENT_STORAGE
+            self.scanner = ContentScanner(self.write, settings.maxTextLine, settings.normaliseLineEndings)
+        scanner = self.scanner if problem is None else ContentScanner(lambda _: None, 0, False)
+        assert scanner is not None
+        self.reader = ChunkReader(scanner, size)
+        self.chunk = (size, last, problem)
+        if size == 0:
+            return self.contentEnded()
+        return NO_REPLY  # the reply comes once the chunk's octets are in
 
     def write(self, data: bytes) -> None:
         """Content octets, dot-unstuffed, as they arrive."""
@@ -202,7 +235,7 @@ class Transaction:
                 address = fieldValue(field).decode("utf-8", "replace").strip().lower()
                 if address in recipients:
                     return reply.ALREADY_DELIVERED.format(recipients[address])
-            elif user is not None:
+            elif user is not None and name != b"message-id":
                 assert name is not None
                 label = name.decode("ascii").capitalize()
                 found = mailboxes(field)
@@ -212,16 +245,26 @@ class Transaction:
             return reply.AUTHOR_NOT_OWNED.format("From")  # too much header to tell
         return None
 
+    def _messageId(self) -> str:
+        """The first Message-ID, with its angle brackets, or "" where there is none."""
+        for field in self._header.kept:
+            if fieldName(field) == b"message-id":
+                match = _MESSAGE_ID.match(fieldValue(field))
+                return match.group(1).decode("ascii", "replace") if match else ""
+        return ""
+
     def _commit(self, message: IIncomingMessage) -> Result:
         server = self.server
-        sender, count, client = str(server.session.sender), len(server.session.recipients), server.session.client
+        session = server.session
+        sender, count, client = str(session.sender), len(session.recipients), session.client
+        logged = (session.sessionId, server.listener.name, self._messageId())
         self.message = None
         server.resetTransaction()
         size = message.size
         d = message.commit()
 
         def queued(queueId: str) -> Reply:
-            maillog.queued(queueId, sender, count, size, client)
+            maillog.queued(queueId, sender, count, size, client, *logged)
             return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:
