@@ -4,21 +4,24 @@ loopback."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import trustme
 from twisted.internet import defer, reactor, task
 from twisted.internet.ssl import Certificate, PrivateCertificate
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import client, dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from jsmail.error import DeliveryError
+from jsmail.remote.destinations import Destinations
 from jsmail.remote.mtasts import MAX_AGE, Policy, PolicyFetcher, applyPolicy, parsePolicy, parseTXT
 from jsmail.testing import DNSServer
 
+LOOPBACK_ALLOWED = Destinations(allowed=(ipaddress.ip_network("127.0.0.0/8"),))  # where the test servers are
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: *.mx.example.test\r\nmax_age: 86400\r\n"
 
 
@@ -169,7 +172,7 @@ class DiscoveryTests(TestCase):
     def makeFetcher(self, **overrides: Any) -> PolicyFetcher:
         resolver = client.Resolver(servers=[("127.0.0.1", self.dns.port)], timeout=(1,), reactor=reactor)
         settings: dict[str, Any] = dict(clock=self.clock, trustRoot=Certificate.loadPEM(self.ca.cert_pem.bytes()),
-                                        httpsPort=self.httpsPort, timeout=5.0)
+                                        httpsPort=self.httpsPort, timeout=5.0, destinations=LOOPBACK_ALLOWED)
         settings.update(overrides)
         return PolicyFetcher(reactor, resolver, **settings)
 
@@ -179,6 +182,20 @@ class DiscoveryTests(TestCase):
         zone.records.pop(b"_mta-sts.example.test", None)
         if texts:
             zone.records[b"_mta-sts.example.test"] = [dns.Record_TXT(text) for text in texts]
+
+    @defer.inlineCallbacks
+    def test_mtaStsFetchToPrivateAddressRefused(self):  # type: ignore[no-untyped-def]
+        """Security review I-6: a domain whose mta-sts name points at loopback gets no
+        request from us (the server there sees none), and so no policy."""
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        policy = yield self.makeFetcher(destinations=Destinations()).policyFor("example.test")
+        self.assertIsNone(policy)
+        self.assertEqual(self.policy.requests, 0)
+        self.assertIn("MTA-STS: no policy for example.test: An error occurred while connecting: "
+                      "mta-sts.example.test has internal addresses only: 127.0.0.1 is loopback.",
+                      [formatEvent(e) for e in logged])
 
     @defer.inlineCallbacks
     def test_policy_fetched_and_parsed(self):  # type: ignore[no-untyped-def]

@@ -171,9 +171,9 @@ def _route(value: Any) -> Route:
     """One route: a table with domain, host and optionally port, tls, username, password."""
     if not isinstance(value, dict) or set(value) - {"domain", "host", "port", "tls", "username", "password"}:
         raise ValueError(f"a route is a table of domain, host, port, tls, username, password; got {value!r}")
+    tls = value.get("tls", "verify" if value.get("username") else "opportunistic")  # credentials: verify
     try:
-        return Route(host=_string(value["host"]), port=_integer(1)(value.get("port", 25)),
-                     tls=_choice(*TLS_MODES)(value.get("tls", "opportunistic")),
+        return Route(host=_string(value["host"]), port=_integer(1)(value.get("port", 25)), tls=_choice(*TLS_MODES)(tls),
                      username=value.get("username"), password=value.get("password"),
                      domain=_hostname(value["domain"]))
     except KeyError as e:
@@ -291,10 +291,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("remote", "port", "remote", "port", _integer(1)),
     Option("remote", "tls", "remote", "tls", _choice(*TLS_MODES)),
     Option("remote", "smarthost", "remote", "smarthost", _optionalHostPort),
-    Option("remote", "smarthostTLS", "remote", "smarthost_tls", _choice(*TLS_MODES)),
+    Option("remote", "smarthostTLS", "remote", "smarthost_tls", _choice("", *TLS_MODES)),  # "": see RemoteSettings
     Option("remote", "smarthostUsername", "remote", "smarthost_username", _optionalString),
     Option("remote", "smarthostPassword", "remote", "smarthost_password", _optionalString),
     Option("remote", "routes", "remote", "routes", _listOf(_route)),
+    Option("remote", "allowInsecureAuth", "remote", "allow_insecure_auth", _boolean),
+    Option("remote", "allowInternal", "remote", "allow_internal", _listOf(_network)),
     Option("remote", "perHost", "remote", "per_host", _integer(1)),
     Option("remote", "idleTimeout", "remote", "idle_timeout", _nonNegativeSeconds),
     Option("remote", "connectTimeout", "remote", "connect_timeout", _seconds),
@@ -410,6 +412,10 @@ def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = No
             source.setdefault(option.section, {})[option.key] = value
     source.get("server", {}).pop("control_dir", None)  # what it held is in the other tables now
     parts = {part: _PARTS[part](**fieldValues) for part, fieldValues in values.items()}
+    credentials = parts["remote"].credentialProblem()
+    if credentials is not None:
+        origin = raw.get(credentials[0]) or raw["remote.smarthost"]  # a smarthost's problem may be a default
+        raise ConfigError(origin[1], *credentials)
     return _derive(Config(**parts, source=source))
 
 

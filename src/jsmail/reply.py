@@ -150,6 +150,8 @@ AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try agai
 AUTH_ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
 SENDER_REFUSED = Reply(553, "5.7.1", "Sender address refused")
+SENDER_LITERAL_REFUSED = Reply(553, "5.7.1", "Sender address <{}> refused: an address literal is taken only from "
+                               "authenticated or trusted clients")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not allowed for this user")
 AUTHOR_NOT_OWNED = Reply(550, "5.7.1", "{} header address not allowed for this user")
 
@@ -214,6 +216,8 @@ NO_ROUTE = Reply(554, "5.4.4", "No route to a non-local domain: remote delivery 
 NO_SUCH_DOMAIN = Reply(550, "5.1.2", "Domain {} does not exist")
 NULL_MX = Reply(556, "5.1.10", "Domain {} accepts no mail (null MX, RFC 7505)")
 DNS_FAILED = Reply(451, "4.4.3", "DNS lookup for {} failed")
+LOOPS_BACK = Reply(550, "5.4.6", "Mail for {} loops back to myself")  # qmail's and Postfix's words
+INTERNAL_DESTINATION = Reply(550, "5.4.4", "Mail for {} is not sent to internal addresses")
 HOST_WITHOUT_ADDRESS = Reply(451, "4.4.4", "A mail exchanger of {} has no address")
 NO_HOST_REACHED = Reply(451, "4.4.1", "No mail exchanger for {} could be reached")
 CANNOT_CONNECT = Reply(451, "4.4.1", "Cannot connect to the mail exchanger")
@@ -233,6 +237,7 @@ TLSA_LOOKUP_FAILED = Reply(451, "4.7.5", "The mail exchanger's TLSA records coul
 PEER_TLSA_MISMATCH = Reply(454, "4.7.5", "The mail exchanger's certificate does not match its TLSA records")
 PEER_NO_AUTH = Reply(454, "4.7.0", "The relay does not offer AUTH PLAIN or LOGIN")
 PEER_AUTH_WITHOUT_TLS = Reply(454, "4.7.0", "Not sending credentials without TLS")
+PEER_AUTH_UNVERIFIED = Reply(454, "4.7.0", "Not sending credentials to a relay whose certificate was not verified")
 BAD_SENDER_ADDRESS = Reply(501, "5.1.7", "Bad sender address")
 BAD_RECIPIENT_ADDRESS = Reply(501, "5.1.3", "Bad recipient address")
 PEER_SIZE_LIMIT = Reply(552, "5.3.4", "The message of {} octets exceeds the {} octets the mail exchanger accepts")

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from jsmail import reply
-from jsmail.address import Address
+from jsmail.address import Address, BadMailbox, mailboxName
 from jsmail.error import SMTPReplyError
-from jsmail.address import BadMailbox, mailboxName
 from jsmail.policy.base import Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -38,6 +37,12 @@ class RelayControl(Policy):
     in a local part is refused at RCPT rather than failing later.  ``rcptHosts`` (qmail's
     rcpthosts, :class:`RcptHosts`) names more domains taken from anyone,
     such as those this server is a backup MX for.
+
+    A sender address literal (``MAIL FROM:<u@[10.0.0.1]>``) is taken only from the
+    same trusted clients and authenticated users (security review M-9): from anyone
+    else it names no domain that could be checked, and a bounce to it would go to
+    whatever address it names, internal ones included.  Postfix's sender
+    restrictions refuse with the same 553 5.7.1.
     """
 
     def __init__(self, isLocalDomain: Callable[[str], bool], trustedNetworks: Iterable[Network] = (),
@@ -45,6 +50,15 @@ class RelayControl(Policy):
         self.isLocalDomain = isLocalDomain
         self.trustedNetworks = tuple(trustedNetworks)
         self.rcptHosts = rcptHosts
+
+    def checkSender(self, session: object, address: Address, params: dict) -> None:
+        if not address.domain.startswith("[") or getattr(session, "user", None) is not None:
+            return None
+        clientAddress = getattr(session, "clientAddress", "")
+        if not isTrusted(clientAddress, self.trustedNetworks):
+            raise SMTPReplyError(reply.SENDER_LITERAL_REFUSED.format(address),
+                                 f"address-literal sender from untrusted {clientAddress}")
+        return None
 
     def checkRecipient(self, session: object, address: Address, params: dict) -> None:
         if self.isLocalDomain(address.domain):

@@ -8,7 +8,7 @@ next address or MX; once a host has answered for the recipients, its answers sta
 
 TLS, per destination (``tls``): ``none``; ``opportunistic`` (STARTTLS when offered; a
 failed handshake is retried once in plaintext on the same host, and logged, unless the
-route has credentials, which go only over TLS);
+route has credentials, which go only over verified TLS: ``verify`` is their default);
 ``verify`` (STARTTLS required, certificate checked against the host name with
 service_identity; a failure is temporary); ``implicit`` (TLS from the first byte, as on
 port 465).  What ``verify`` trusts: the platform's CA store (or the configured trust
@@ -24,6 +24,9 @@ the CA store, whatever MTA-STS said (DANE's DNSSEC is the stronger proof).  Not 
 routes and the smarthost (the operator's choice), nor with ``none`` or ``implicit``
 (DANE for SMTP is about STARTTLS).  TLSA records are looked up for every delivery, not
 cached.
+
+MX addresses in internal networks, or of this host itself, are not used
+(:mod:`jsmail.remote.destinations`).
 
 Connections are reused: a session that delivered stays open for the next message to
 the same host (up to ``idleTimeout`` seconds), and each host gets at most
@@ -47,6 +50,7 @@ from jsmail import maillog, reply
 from jsmail.error import DeliveryError
 from jsmail._threads import RunInThread
 from jsmail.remote.dane import TLSARecord, lookupTLSA
+from jsmail.remote.destinations import Destinations, Sieve
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
@@ -80,10 +84,12 @@ class RemoteDelivery:
         trustRoot: Any = None,
         mtaSts: PolicyFetcher | None = None,
         connect: Connect | None = None,
+        destinations: Destinations | None = None,
     ) -> None:
         """``resolver`` answers the MX, address and TLSA questions; ``trustRoot`` is
         the CA store ``verify`` trusts (None: the platform's); ``connect`` opens
-        client sessions (a fake network in tests)."""
+        client sessions (a fake network in tests); ``destinations`` says which MX
+        addresses may be used (by default: public ones and ``settings.allowInternal``)."""
         self.reactor = reactor
         self.connect: Connect = connect or partial(connectTo, reactor)
         self.runInThread = runInThread
@@ -97,6 +103,7 @@ class RemoteDelivery:
         self.smarthost = settings.smarthostRoute
         self.trustRoot = trustRoot
         self.mtaSts = mtaSts
+        self.destinations = destinations or Destinations(settings.allowInternal)
         self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
         self._slots: dict[str, defer.DeferredSemaphore] = {}
         self._idle: dict[_PoolKey, list[tuple[ESMTPClient, Any]]] = {}
@@ -111,6 +118,7 @@ class RemoteDelivery:
     @defer.inlineCallbacks
     def _deliverDomain(self, domain: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
         route = self.routes.get(domain) or self.smarthost
+        sieve = None if route else Sieve(self.destinations, domain, self.settings.port)  # routes: the operator's choice
         try:
             hosts = [route.host] if route else (yield self.exchangers.hostsFor(domain))
         except DeliveryError as e:
@@ -144,12 +152,19 @@ class RemoteDelivery:
             except DeliveryError as e:
                 lastError = e
                 continue
+            if sieve is not None:
+                addresses = sieve.sift(host, addresses)
+                if sieve.loopsAt:
+                    break  # this host: the MX hosts after it are its backups, not it theirs
             for address in addresses:
                 outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients,
                                                   tlsa)
                 if isinstance(outcome, list):
                     return outcome
                 lastError = outcome
+        refused = sieve.verdict([host for host, _ in plan]) if sieve else None
+        if refused is not None:
+            return DeliveryResult.forAll(recipients, refused)  # no host to try, now or later
         # No host took the session: another, or this one later, may (even after a 5xx to AUTH).
         return DeliveryResult.forAll(recipients, DeliveryError(lastError.reply, False, lastError.detail))
 
@@ -232,7 +247,8 @@ class RemoteDelivery:
         tlsHostname = route.host if route.tls in ("verify", "implicit") or tlsa else None
         settings = ClientSettings(heloName=self.settings.heloHost, tls=route.tls, tlsHostname=tlsHostname,
                                   trustRoot=self.trustRoot, tlsa=tlsa, username=route.username,
-                                  password=route.password, connectTimeout=self.settings.connectTimeout, **self.timeouts)
+                                  password=route.password, allowInsecureAuth=self.settings.allowInsecureAuth,
+                                  connectTimeout=self.settings.connectTimeout, **self.timeouts)
         return defer.Deferred.fromCoroutine(readySession(lambda s: self.connect(address, route.port, s), settings))
 
     @staticmethod

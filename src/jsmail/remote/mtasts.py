@@ -11,6 +11,9 @@ Decisions, and why:
 
 - Every lookup, the policy host's addresses included, goes through the twisted.names
   resolver remote delivery uses, never the system's: one DNS view for MX and policy.
+- The policy host is connected to only at public addresses (or networks
+  ``remote.allow_internal`` names): the domain is the sender's choice, and so is where
+  its ``mta-sts`` name points (security review I-6; :mod:`jsmail.remote.destinations`).
 - The fetch follows no redirect (section 3.3), takes at most 64 KiB, wants status 200
   and ``text/plain``, and checks the certificate against ``mta-sts.<domain>`` with
   Twisted's browser-like policy.
@@ -47,6 +50,7 @@ from zope.interface import implementer
 
 from jsmail import reply
 from jsmail.error import DeliveryError
+from jsmail.remote.destinations import Destinations
 
 __all__ = ["MAX_AGE", "Policy", "PolicyFetcher", "applyPolicy", "parsePolicy", "parseTXT"]
 
@@ -177,7 +181,8 @@ class PolicyFetcher:
     addresses; ``clock`` times the cache (the reactor's by default); ``trustRoot``
     checks the policy host's certificate (the platform's by default); ``httpsPort``
     and ``timeout`` (for the whole fetch) are there for tests and slow hosts;
-    ``maxCacheAge`` caps how long a policy is kept whatever its ``max_age``.
+    ``maxCacheAge`` caps how long a policy is kept whatever its ``max_age``;
+    ``destinations`` says which addresses policy hosts may have (public ones by default).
     """
 
     def __init__(
@@ -189,6 +194,7 @@ class PolicyFetcher:
         httpsPort: int = 443,
         timeout: float = 60.0,
         maxCacheAge: int = MAX_AGE,
+        destinations: Destinations | None = None,
     ) -> None:
         self.reactor = reactor
         self.resolver = resolver
@@ -196,7 +202,8 @@ class PolicyFetcher:
         self.httpsPort = httpsPort
         self.timeout = timeout
         self.maxCacheAge = maxCacheAge
-        hosts = _PolicyHosts(reactor, resolver, BrowserLikePolicyForHTTPS(trustRoot), timeout)
+        hosts = _PolicyHosts(reactor, resolver, BrowserLikePolicyForHTTPS(trustRoot), timeout,
+                             destinations or Destinations())
         self._agent = Agent.usingEndpointFactory(reactor, hosts)
         self._cache: dict[str, tuple[Policy, float]] = {}
         self._waiting: dict[str, list[Deferred[Policy | None]]] = {}
@@ -320,23 +327,28 @@ class _PolicyHosts:
     """Endpoints for policy hosts: TLS checked against the host name, addresses from
     the twisted.names resolver."""
 
-    def __init__(self, reactor: Any, resolver: Any, tls: BrowserLikePolicyForHTTPS, timeout: float) -> None:
+    def __init__(self, reactor: Any, resolver: Any, tls: BrowserLikePolicyForHTTPS, timeout: float,
+                 destinations: Destinations) -> None:
         self.reactor = reactor
         self.resolver = resolver
         self.tls = tls
         self.timeout = timeout
+        self.destinations = destinations
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        address = _ResolvedEndpoint(self.reactor, self.resolver, uri.host.decode("ascii"), uri.port, self.timeout)
+        address = _ResolvedEndpoint(self.reactor, self.resolver, uri.host.decode("ascii"), uri.port, self.timeout,
+                                    self.destinations)
         return wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), address)
 
 
 @implementer(IStreamClientEndpoint)
 class _ResolvedEndpoint:
     """TCP to a host name's IPv6 then IPv4 addresses, looked up through twisted.names,
-    trying each in turn."""
+    trying each in turn, but none that ``destinations`` calls internal."""
 
-    def __init__(self, reactor: Any, resolver: Any, host: str, port: int, timeout: float) -> None:
+    def __init__(self, reactor: Any, resolver: Any, host: str, port: int, timeout: float,
+                 destinations: Destinations) -> None:
+        self.destinations = destinations
         self.reactor = reactor
         self.resolver = resolver
         self.host = host
@@ -353,6 +365,10 @@ class _ResolvedEndpoint:
                      else a.payload.dottedQuad()
                      for ok, result in lookups if ok for a in result[0] if a.type in (dns.A, dns.AAAA)]
         error: Exception = ConnectError(string=f"{self.host} has no address")
+        internal = [f"{a} is {what}" for a in addresses if (what := self.destinations.internal(a))]
+        if internal:
+            addresses = [a for a in addresses if self.destinations.internal(a) is None]
+            error = ConnectError(string=f"{self.host} has internal addresses only: {', '.join(internal)}")
         for address in addresses:
             endpointType = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
             try:

@@ -21,6 +21,7 @@ from jsmail.config import Config
 from jsmail.local.agent import LocalDelivery
 from jsmail.queue.store import MaildirQueue
 from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.destinations import Destinations, listenedOn
 from jsmail.remote.mtasts import PolicyFetcher
 from jsmail.route import Router
 from jsmail.send.scheduler import Scheduler
@@ -55,8 +56,11 @@ class DeliveryService(ThreadPoolService):
                                    reactor=self.reactor, settings=config.local,
                                    newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.remote.dnsServer, self.reactor)
-        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote,
-                                     mtaSts=PolicyFetcher(self.reactor, resolver) if config.remote.mtaSts else None)
+        listen = config.listen
+        destinations = Destinations(config.remote.allowInternal, listenedOn(listen.smtp + listen.submission + listen.smtps))
+        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations) if config.remote.mtaSts else None
+        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote, mtaSts=mtaSts,
+                                     destinations=destinations)
         router = Router(server.domains, self.local, self.remote, config.local.virtualDomains)
         self.scheduler = Scheduler(self.queue, router, self.reactor, runInThread, config.queue.bounceHost, config.queue,
                                    server.postmaster)

@@ -19,7 +19,11 @@ Decisions, and why:
   qmail-remote: another MX, or the same one later, may take the message.
 - After STARTTLS's 220, bytes already read in plaintext are thrown away (RFC 3207
   section 4.2; CVE-2011-0411 seen from the client side), and EHLO is said again.
-- Credentials go only over TLS, unless the settings say ``tls="none"``.
+- Credentials go only over TLS whose certificate was verified (``verify``, ``implicit``
+  with a host name, or DANE records that matched): an attacker in the path, or one who
+  forged the relay's DNS, would otherwise get them (security review M-3).  This holds
+  whatever the configuration checks said: ``allowInsecureAuth`` alone lets them go over
+  unverified TLS, or in plaintext with ``tls="none"``.
 - With TLSA records (DANE, RFC 7672) STARTTLS is required and the records, not the CA
   store, say which certificate is right: the handshake checks nothing, and the chain is
   matched against the records afterwards (:func:`jsmail.remote.dane.matchesTLSA`).  No usable
@@ -70,7 +74,9 @@ class ClientSettings:
     ``None``); ``"implicit"`` means the caller made the transport TLS already (port 465).
     ``tlsa``: the DNSSEC-validated TLSA records of ``tlsHostname`` (DANE, RFC 7672);
     when given they replace ``tls``'s certificate check and require STARTTLS.
-    With ``username`` set, AUTH is required.  The timeouts are RFC 5321 section
+    With ``username`` set, AUTH is required, and only over verified TLS unless
+    ``allowInsecureAuth`` (then unverified TLS, or plaintext with ``tls="none"``, will
+    do).  The timeouts are RFC 5321 section
     4.5.3.2's; ``commandTimeout`` covers the replies it gives no figure for (EHLO,
     STARTTLS and the handshake, AUTH, RSET, QUIT), ``connectTimeout`` the connection
     (:func:`jsmail.smtp.connect.connectTo`).
@@ -83,6 +89,7 @@ class ClientSettings:
     tlsa: tuple[TLSARecord, ...] = ()
     username: str | None = None
     password: str | None = None
+    allowInsecureAuth: bool = False
     maxRecipients: int = 100
     connectTimeout: float = 60.0
     greetingTimeout: float = 300.0
@@ -154,6 +161,8 @@ class ESMTPClient(CommandPipeline):
         self.peerExtensions: dict[str, str] = {}
         self.tlsFailed = False
         self._secure = settings.tls == "implicit"
+        # Whether the peer proved who it is: implicit TLS checks the name it is given.
+        self._verified = settings.tls == "implicit" and settings.tlsHostname is not None
         self._tlsPhase = settings.tls == "implicit"  # a break now is a TLS failure
         self._setupDone = False
         self._setupError: DeliveryError | None = None
@@ -303,6 +312,8 @@ class ESMTPClient(CommandPipeline):
             self._hangUp(mismatch)  # not even QUIT to a server that may be an impostor
             raise _error(mismatch)
         self._secure = True
+        usable = any(record.usable for record in self.settings.tlsa)
+        self._verified = usable or (self.settings.tls == "verify" and not self.settings.tlsa)
         await self._hello()
 
     def _matchesTLSA(self) -> bool:
@@ -312,11 +323,15 @@ class ESMTPClient(CommandPipeline):
                            self.settings.tlsHostname or "")
 
     async def _authenticate(self) -> None:
-        """AUTH PLAIN, else LOGIN (RFC 4954); refusing to send credentials in the clear."""
+        """AUTH PLAIN, else LOGIN (RFC 4954); refusing to send credentials in the clear or
+        to a peer that did not prove its name (see the module docstring)."""
         if "AUTH" not in self.peerExtensions:
             raise _error(Reason.of(replies.PEER_NO_AUTH, f"{self.peer} does not offer AUTH"))
         if not self._secure and self.settings.tls != "none":
             raise _error(Reason.of(replies.PEER_AUTH_WITHOUT_TLS, f"{self.peer} did not offer STARTTLS"))
+        if not self._verified and not self.settings.allowInsecureAuth:
+            how = "TLS without a verified certificate" if self._secure else "no TLS"
+            raise _error(Reason.of(replies.PEER_AUTH_UNVERIFIED, f"{self.peer}: {how}, tls={self.settings.tls}"))
         mechanisms = self.peerExtensions["AUTH"].upper().split()
         username = (self.settings.username or "").encode("utf-8")
         password = (self.settings.password or "").encode("utf-8")
