@@ -25,7 +25,7 @@ class QmailQueueTests(TestCase):
         try:
             result = subprocess.run([sys.executable, "-m", "jsmail.qmail.queueprogram", "--data", self.data],
                                     input=message, stdout=envelopeRead, stderr=subprocess.PIPE, timeout=30,
-                                    env={**os.environ, "PYTHONPATH": ROOT})
+                                    env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")})
         finally:
             os.close(envelopeRead)
         self.assertEqual(result.stderr, b"", "qmail-queue prints no diagnostics")

@@ -20,7 +20,7 @@ class SendmailTests(TestCase):
     def sendmail(self, *arguments: str, stdin: bytes) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "jsmail.qmail.sendmail", "--data", self.data, *arguments],
                               input=stdin, capture_output=True, timeout=30,
-                              env={**os.environ, "PYTHONPATH": ROOT, "USER": "alice"})
+                              env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src"), "USER": "alice"})
 
     def queued(self) -> list:
         entries = listQueue(os.path.join(self.data, "queue"))

@@ -106,7 +106,7 @@ class SendProcessTests(TestCase):
         result = yield deferToThread(
             subprocess.run, [sys.executable, "-m", "jsmail.qmail.queueprogram", "--data", self.data],
             input=b"Subject: via qmail-queue\n\nhi\n", stdout=envelopeRead, timeout=30,
-            env={**os.environ, "PYTHONPATH": root})
+            env={**os.environ, "PYTHONPATH": os.path.join(root, "src")})
         os.close(envelopeRead)
         self.assertEqual(result.returncode, 0)
         yield self.waitFor(lambda: self.delivered("qq") == 1, "the delivery")
