@@ -79,7 +79,7 @@ def runAndRelay(dataDir: str, dnsServer: str, relayPort: int) -> list[str]:
     queue; every line logged (blocking)."""
     config = os.path.join(dataDir, "relay.toml")
     with open(config, "w") as f:
-        f.write(f'[remote]\nport = {relayPort}\ntls = "none"\nmta_sts = false\n')
+        f.write(f'[remote]\nport = {relayPort}\ntls = "none"\nmta_sts = false\nallow_internal = ["127.0.0.0/8"]\n')
     process = subprocess.Popen(
         twistd("-n", "--pidfile=", "jsmail", "--config", config, "--data", dataDir, "--hostname", "mx.test",
                "--dns-server", dnsServer, "--trusted-network", "127.0.0.0/8",
