@@ -89,6 +89,12 @@ class FilesTests(Refusals):
                            "--auth bogus:x", "Auth plugin not recognized: bogus")
 
 
+    def test_an_option_without_its_value_does_not_swallow_the_next(self) -> None:
+        """``--hostname --check-config`` took "--check-config" as the host name."""
+        self.assertRefused(runTwistd("jsmail", "--hostname", "--check-config"),
+                           "--hostname needs a value, not the option --check-config")
+
+
 class EndpointTests(Refusals):
     def test_an_unknown_option_is_named_without_twisteds_function_names(self) -> None:
         result = runTwistd("jsmail", "--smtp", "tcp:25:interfac=127.0.0.1", "--check-config")

@@ -109,6 +109,10 @@ class Options(usage.Options, AuthOptionMixin):
         self._logFormat()
         overrides: dict[str, Any] = {}
         for option, field in self._single.items():
+            if self[option] is not None and str(self[option]).startswith("--"):  # "--hostname --check-config"
+                sys.stderr.write(f"jsmail: configuration error: command line: --{option} needs a value, "
+                                 f"not the option {self[option]}\n")
+                sys.exit(2)
             if self[option] is not None:
                 overrides[field] = self[option]
         for option, field in self._repeatable.items():
