@@ -130,3 +130,15 @@ class CheckTests(unittest.TestCase):
                                  "got 'many'"])
 
 
+
+    @defer.inlineCallbacks
+    def test_files_the_configuration_names(self) -> Any:
+        """The same file checks as ``--check-config``: an aliases file that is not
+        there is critical (every local delivery would be deferred)."""
+        path = self.writeConfig()
+        with open(path, "a") as f:
+            f.write(f'[local]\naliases = "{self.directory}/aliases"\n')
+        status, lines = yield self.check(path)
+        self.assertEqual(status, 2, lines)
+        self.assertEqual(lines[0], f"JSMAIL CRITICAL - local.aliases: {self.directory}/aliases: cannot read the "
+                                   "aliases file: No such file or directory")
