@@ -276,12 +276,14 @@ class BounceTests(TestCase):
         return [d for d in self.agent.deliveries if d.envelope.isBounce]
 
     def test_ret_full_envid_orcpt(self) -> None:
+        """ENVID and ORCPT come back as the client gave them, in xtext (RFC 3461 section
+        4; security review L-1), and RET=FULL returns the whole message."""
         [bounce] = self.deliver(Envelope("a@localhost", (Recipient("bad@localhost", {"ORCPT": "rfc822;bad+2Bx@localhost"}),),
                                      mailParams={"RET": "FULL", "ENVID": "ID+2B1"}))
         report = email.message_from_bytes(bounce.data)
         status = report.get_payload()[1].get_payload()
-        self.assertEqual(status[0]["Original-Envelope-Id"], "ID+1")
-        self.assertEqual(status[1]["Original-Recipient"], "rfc822; bad+x@localhost")
+        self.assertEqual(status[0]["Original-Envelope-Id"], "ID+2B1")
+        self.assertEqual(status[1]["Original-Recipient"], "rfc822; bad+2Bx@localhost")
         returned = report.get_payload()[2]
         self.assertEqual(returned.get_content_type(), "message/rfc822")
         self.assertIn(b"the body", bounce.data)

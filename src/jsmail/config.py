@@ -330,6 +330,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue", "bounceFrom", "queue", "bounce_from", _string),
     Option("queue", "bounceHost", "queue", "bounce_host", _optionalString),
     Option("queue", "rescanInterval", "queue", "rescan_interval", _seconds),
+    Option("queue", "delayWarning", "queue", "delay_warning", _nonNegativeSeconds),
     Option("policy", "smtp", "policy", "smtp", _listOf(_string)),
     Option("policy", "submission", "policy", "submission", _listOf(_string)),
     Option("policy", "smtps", "policy", "smtps", _listOf(_string)),
@@ -437,7 +438,7 @@ def _derive(config: Config) -> Config:
         auth=replace(auth, passwordFile=os.path.abspath(auth.passwordFile or os.path.join(dataDir, "passwd"))),
         remote=replace(config.remote, heloHost=config.remote.heloHost or hostname),
         queue=replace(config.queue, bounceHost=config.queue.bounceHost or hostname),
-        local=replace(local, noAtHost=local.noAtHost or hostname, localDomains=server.domains,
+        local=replace(local, noAtHost=local.noAtHost or server.domains[0], localDomains=server.domains,
                       usersDir=os.path.abspath(local.usersDir or os.path.join(dataDir, "users")),
                       aliases=local.aliases and os.path.abspath(local.aliases)),
     )
