@@ -65,10 +65,12 @@ class IQueue(IMessageSink):
         """Open the message bytes for reading (blocking I/O: call from a thread)."""
 
     def update(queueId: str, envelope: Envelope) -> Deferred[None]:
-        """Durably replace the envelope (per-recipient state, attempts, next attempt)."""
+        """Durably replace the envelope (per-recipient state, attempts, next attempt);
+        fails with :class:`NotQueued` if the message is no longer there."""
 
     def remove(queueId: str) -> Deferred[None]:
-        """Remove a message whose every recipient is done."""
+        """Remove a message whose every recipient is done; fails with
+        :class:`NotQueued` if it is no longer there (an operator held it meanwhile)."""
 
 
 class DeliveryStatus(Enum):

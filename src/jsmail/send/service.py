@@ -82,9 +82,12 @@ class DeliveryService(ThreadPoolService):
             service.startService()
 
     def _flush(self) -> None:
-        """SIGALRM: retry everything now, and take up what other programs queued."""
-        self.scheduler.flush()
-        self.scheduler.rescan().addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+        """SIGALRM: take up what other programs queued and what an operator released or
+        requeued, then retry everything now (``jsmail queue flush``, ``release``,
+        ``requeue``)."""
+        d = self.scheduler.rescan()
+        d.addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+        d.addCallback(lambda _: self.scheduler.flush())
 
     def childrenStopped(self) -> None:
         self.queue.close()
