@@ -152,7 +152,7 @@ class SuccessTests(NoticeTestCase):
         self.assertEqual((group["Action"], group["Remote-MTA"]), ("relayed", "dns; mx.example.net"))
 
     def test_nextHopWithDSNReportsInstead(self) -> None:
-        """RFC 3461 section 5.2.2: the next hop got NOTIFY and reports from there."""
+        """RFC 3461 section 5.2.1: the next hop got NOTIFY and reports from there."""
         self.agent.script["far@far.test"] = (DeliveryStatus.DELIVERED, Handoff.PASSED_ON)
         self.send(Recipient("far@far.test", {"NOTIFY": "SUCCESS"}))
         self.assertEqual(self.notices(), [])

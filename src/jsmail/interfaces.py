@@ -81,7 +81,7 @@ class DeliveryStatus(Enum):
 
 class Handoff(Enum):
     """Where a delivered message went, which decides who owes the sender a success
-    notice when NOTIFY asks for one (RFC 3461 section 5.2.2; the actions of RFC 3464
+    notice when NOTIFY asks for one (RFC 3461 sections 5.2.1-5.2.3; the actions of RFC 3464
     section 2.3.3)."""
 
     DELIVERED = "delivered"  # final delivery: a mailbox, a program

@@ -12,7 +12,7 @@ so a restart does not report it again.
 - A success is reported only when NOTIFY asks for SUCCESS, and only where jsmail is
   the last to know: a final delivery ("delivered"), a forward ("expanded") or a relay
   to a next hop without DSN ("relayed").  A next hop that offered DSN got NOTIFY and
-  ORCPT with the message and reports from there (section 5.2.2).
+  ORCPT with the message and reports from there (section 5.2.1).
 - A delay warning goes once per message, to the recipients whose NOTIFY has DELAY,
   once the message has waited ``queue.delay_warning`` seconds (0: never).  No NOTIFY
   gets none: section 4.1 lets the default be FAILURE alone, which is what Postfix does

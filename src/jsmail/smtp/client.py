@@ -47,7 +47,7 @@ from jsmail.remote.dane import TLSARecord, matchesTLSA
 from jsmail.envelope import Recipient
 from jsmail import reply as replies
 from jsmail.error import DeliveryError
-from jsmail.interfaces import DeliveryResult, DeliveryStatus
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff
 from jsmail.reply import Reply
 from jsmail.route import TLS_MODES
 from jsmail.smtp.commands import UNSAFE, OutgoingMessage, has8bit, mailCommand, rcptCommand
@@ -380,7 +380,11 @@ class ESMTPClient(CommandPipeline):
                 part = batch[first : first + size]
                 outcome = await self._transaction(mail, [r for _, r in part], file, start)
                 results.update(zip((i for i, _ in part), outcome))
-        return [results[i] for i in range(len(recipients))]
+        # A peer that offered DSN took NOTIFY and ORCPT with the message and reports
+        # from now on; to one that did not, the message was "relayed" (RFC 3461 5.2.1-5.2.2).
+        handoff = Handoff.PASSED_ON if "DSN" in self.peerExtensions else Handoff.RELAYED
+        return [replace(results[i], handoff=handoff) if results[i].status is DeliveryStatus.DELIVERED else results[i]
+                for i in range(len(recipients))]
 
     async def _transaction(self, mail: str, recipients: list[Recipient], file: BinaryIO,
                            start: int) -> list[DeliveryResult]:
