@@ -80,6 +80,7 @@ class Session:
         self.settings = settings
         self.tlsFailed = tlsFailed
         self.closed = False
+        self.resetFailed = False
         self.sent: list[OutgoingMessage] = []
         self.stalls = False  # a tarpit: send never answers until aborted
         self._setupError = setupError

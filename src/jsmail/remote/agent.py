@@ -27,7 +27,9 @@ cached.
 
 Connections are reused: a session that delivered stays open for the next message to
 the same host (up to ``idleTimeout`` seconds), and each host gets at most
-``perHost`` sessions at once.  A host address that could not be reached is backed off
+``perHost`` sessions at once.  A pooled session the peer has closed is not reused; one
+whose close crosses the RSET that takes it up is replaced by a new session at once,
+once, so a peer's idle timeout never turns into temporary failures.  A host address that could not be reached is backed off
 as a whole (like qmail's ``tcpto``): for ``backoff`` seconds, doubling with each
 further failure up to ``backoffMaximum``, mail for it is deferred without trying, so a
 dead MX does not cost every queued message a connection timeout.
@@ -175,24 +177,11 @@ class RemoteDelivery:
     def _session(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
                  tlsa: tuple[TLSARecord, ...]) -> Any:
         client = self._takeIdle(route, address, tlsa)
+        reused = client is not None
         if client is None:
-            now = self.reactor.seconds()
-            until, failures, why = self._down.get(address, (0.0, 0, ""))
-            if until > now:
-                return DeliveryError(reply.HOST_BACKED_OFF, False, f"{why}; not tried again for {until - now:.0f} s")
-            try:
-                client = yield self._open(route, address, tlsa)
-            except DeliveryError as e:
-                why = f"{e} ({route.host} [{address}])"
-                if not _isPolicyFailure(e):
-                    # Only a host that cannot be reached is backed off for everyone: a
-                    # TLS or policy failure is about this destination's demands, and an
-                    # attacker's domain pointing at a big provider's MX must not defer
-                    # other domains' mail there (security review M-6).
-                    delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
-                    self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
-                return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
-            self._down.pop(address, None)
+            client = yield self._fresh(route, address, tlsa)
+            if isinstance(client, DeliveryError):
+                return client
         size, eightBit = yield self.runInThread(_measure, message)
         outgoing = OutgoingMessage(
             sender=message.envelope.sender,
@@ -203,12 +192,44 @@ class RemoteDelivery:
             eightBit=eightBit,
         )
         results = yield self._withDeadline(client, client.send(outgoing), recipients)
-        if self.settings.idleTimeout > 0:
+        if reused and client.resetFailed:
+            # The peer closed the pooled session just as it was reused (its close crossed
+            # our RSET): nothing was sent, so one new session tries now, not a retry later.
+            _log.info("The idle session with {host} [{address}] was closed by the peer; opening a new one",
+                      host=route.host, address=address)
+            client = yield self._fresh(route, address, tlsa)
+            if isinstance(client, DeliveryError):
+                return client
+            results = yield self._withDeadline(client, client.send(outgoing), recipients)
+        if self.settings.idleTimeout > 0 and not client.closed:
             self._keepIdle(route, address, tlsa, client)
         else:
-            client.quit()  # reuse turned off: one session per message
+            client.quit()  # reuse turned off (one session per message), or nothing left to reuse
         remote = f"dns; {route.host}" if route.host else f"dns; [{address}]"
         return [replace(r, remoteMTA=remote) for r in results]
+
+    @defer.inlineCallbacks
+    def _fresh(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> Any:
+        """A new session, or the :class:`DeliveryError` why there is none (a host that
+        cannot be reached is backed off; a host still backed off is not tried)."""
+        now = self.reactor.seconds()
+        until, failures, why = self._down.get(address, (0.0, 0, ""))
+        if until > now:
+            return DeliveryError(reply.HOST_BACKED_OFF, False, f"{why}; not tried again for {until - now:.0f} s")
+        try:
+            client = yield self._open(route, address, tlsa)
+        except DeliveryError as e:
+            why = f"{e} ({route.host} [{address}])"
+            if not _isPolicyFailure(e):
+                # Only a host that cannot be reached is backed off for everyone: a
+                # TLS or policy failure is about this destination's demands, and an
+                # attacker's domain pointing at a big provider's MX must not defer
+                # other domains' mail there (security review M-6).
+                delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
+                self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
+            return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
+        self._down.pop(address, None)
+        return client
 
     def _withDeadline(self, client: ESMTPClient, sending: defer.Deferred[list[DeliveryResult]],
                       recipients: list[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
