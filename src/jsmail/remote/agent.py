@@ -281,13 +281,15 @@ class RemoteDelivery:
         pool.append((client, self.reactor.callLater(self.settings.idleTimeout, expire)))
 
     def close(self) -> defer.Deferred[Any]:
-        """Say QUIT on every idle session."""
+        """Say QUIT on every idle session; let MTA-STS refreshes under way finish."""
         quits = []
         for pool in self._idle.values():
             for client, timer in pool:
                 timer.cancel()
                 quits.append(defer.maybeDeferred(client.quit))
             pool.clear()
+        if self.mtaSts is not None:
+            quits.append(self.mtaSts.close())
         return defer.DeferredList(quits)
 
 

@@ -55,8 +55,9 @@ class DeliveryService(ThreadPoolService):
                                    reactor=self.reactor, settings=config.local,
                                    newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.remote.dnsServer, self.reactor)
-        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote,
-                                     mtaSts=PolicyFetcher(self.reactor, resolver) if config.remote.mtaSts else None)
+        mtaSts = PolicyFetcher(self.reactor, resolver, directory=os.path.join(dataDir, "mta-sts"),
+                               runInThread=runInThread) if config.remote.mtaSts else None
+        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote, mtaSts=mtaSts)
         router = Router(server.domains, self.local, self.remote, config.local.virtualDomains)
         self.scheduler = Scheduler(self.queue, router, self.reactor, runInThread, config.queue.bounceHost, config.queue,
                                    server.postmaster)
