@@ -22,17 +22,18 @@ hosts whose TLSA records a validating resolver on loopback vouches for: such a h
 tried with STARTTLS required and its certificate matched against the records instead of
 the CA store, whatever MTA-STS said (DANE's DNSSEC is the stronger proof).  Not for
 routes and the smarthost (the operator's choice), nor with ``none`` or ``implicit``
-(DANE for SMTP is about STARTTLS).  TLSA records are looked up for every delivery, not
-cached.
+(DANE for SMTP is about STARTTLS).  TLSA answers are kept for their TTL
+(:class:`~jsmail.remote.dane.TLSACache`); a failed lookup is asked again next time.
 
 Connections are reused: a session that delivered stays open for the next message to
 the same host (up to ``idleTimeout`` seconds), and each host gets at most
 ``perHost`` sessions at once.  A pooled session the peer has closed is not reused; one
 whose close crosses the RSET that takes it up is replaced by a new session at once,
-once, so a peer's idle timeout never turns into temporary failures.  A host address that could not be reached is backed off
-as a whole (like qmail's ``tcpto``): for ``backoff`` seconds, doubling with each
-further failure up to ``backoffMaximum``, mail for it is deferred without trying, so a
-dead MX does not cost every queued message a connection timeout.
+once, so a peer's idle timeout never turns into temporary failures.  A host address
+that could not be reached is backed off as a whole (like qmail's ``tcpto``): for
+``backoff`` seconds, doubling with each further failure up to ``backoffMaximum``, mail
+for it is deferred without trying, so a dead MX does not cost every queued message a
+connection timeout.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from zope.interface import implementer
 from jsmail import reply
 from jsmail.error import DeliveryError
 from jsmail._threads import RunInThread
-from jsmail.remote.dane import TLSARecord, lookupTLSA
+from jsmail.remote.dane import TLSACache, TLSARecord
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
@@ -90,6 +91,7 @@ class RemoteDelivery:
         self.connect: Connect = connect or partial(connectTo, reactor)
         self.runInThread = runInThread
         self.exchangers = MailExchangers(resolver)
+        self.tlsa = TLSACache(reactor, resolver)
         self.settings = settings
         # qmail's timeoutremote: one limit for every reply, in place of RFC 5321's per phase
         replyTimeout = settings.replyTimeout
@@ -134,7 +136,7 @@ class RemoteDelivery:
             tlsa: tuple[TLSARecord, ...] = ()
             if dane and tls in ("opportunistic", "verify"):
                 try:
-                    records = yield lookupTLSA(self.reactor, self.exchangers.resolver, host, route.port)
+                    records = yield self.tlsa.lookup(host, route.port)
                 except DeliveryError as e:
                     lastError = e  # not this host now, and never without its TLSA check
                     continue
