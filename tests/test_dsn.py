@@ -128,7 +128,8 @@ class WhenTests(NoticeTestCase):
         self.refuse("later@far.test", DeliveryStatus.TEMPORARY)
         self.send(Recipient("later@far.test"))
         self.clock.pump([HOUR] * 12)
-        [notice] = self.notices()
+        warning, notice = self.notices()
+        self.assertEqual(groups(warning.data), [("rfc822; later@far.test", "delayed", "4.2.0")])
         self.assertEqual(groups(notice.data), [("rfc822; later@far.test", "failed", "4.2.0")])
         self.assertEqual(self.queue.messages, {})
 
@@ -179,20 +180,22 @@ class SuccessTests(NoticeTestCase):
 class DelayTests(NoticeTestCase):
     def test_notifyDelayIsWarnedOnceAfterTheDelay(self) -> None:
         """Once the message has waited ``queue.delay_warning`` (4 hours here), the
-        recipients whose NOTIFY has DELAY are warned, once; the one without NOTIFY is
-        not (RFC 3461 section 4.1 lets the default be FAILURE alone)."""
-        for address in ("slow@far.test", "other@far.test"):
+        recipients whose NOTIFY has DELAY, or who gave no NOTIFY (RFC 3461 section 4.1
+        lets that mean FAILURE,DELAY), are warned about, once; NOTIFY=FAILURE is not."""
+        for address in ("slow@far.test", "other@far.test", "quiet@far.test"):
             self.refuse(address, DeliveryStatus.TEMPORARY)
-        queueId = self.send(Recipient("slow@far.test", {"NOTIFY": "DELAY,FAILURE"}), Recipient("other@far.test"))
+        queueId = self.send(Recipient("slow@far.test", {"NOTIFY": "DELAY,FAILURE"}), Recipient("other@far.test"),
+                            Recipient("quiet@far.test", {"NOTIFY": "FAILURE"}))
         self.clock.pump([HOUR] * 3)
         self.assertEqual(self.notices(), [])
         self.clock.advance(HOUR)
         [warning] = self.notices()
         message, blocks, returned = report(warning.data)
         self.assertEqual(message["Subject"], "Delayed Mail (still being retried)")
-        [group] = blocks[1:]
+        group, default = blocks[1:]
         self.assertEqual((group["Final-Recipient"], group["Action"], group["Status"]),
                          ("rfc822; slow@far.test", "delayed", "4.2.0"))
+        self.assertEqual((default["Final-Recipient"], default["Action"]), ("rfc822; other@far.test", "delayed"))
         self.assertEqual(group["Will-Retry-Until"], email.utils.format_datetime(
             email.utils.datetime.datetime.fromtimestamp(1_000_000 + 10 * HOUR, email.utils.datetime.timezone.utc)))
         self.assertTrue(self.queue.messages[queueId][0].delayWarned)
@@ -201,7 +204,8 @@ class DelayTests(NoticeTestCase):
         self.clock.pump([HOUR] * 4)
         final = self.notices()[1:]
         self.assertEqual([groups(n.data) for n in final], [[("rfc822; slow@far.test", "failed", "4.2.0"),
-                                                           ("rfc822; other@far.test", "failed", "4.2.0")]])
+                                                           ("rfc822; other@far.test", "failed", "4.2.0"),
+                                                           ("rfc822; quiet@far.test", "failed", "4.2.0")]])
 
     def test_delayWarningZeroTurnsThemOff(self) -> None:
         self.successResultOf(self.scheduler.stopService())

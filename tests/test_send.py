@@ -76,7 +76,8 @@ class SchedulerTests(TestCase):
 
     def test_retries_then_exactly_one_bounce(self) -> None:
         """Temporary failures are retried on schedule; at the give-up age the sender
-        gets one bounce naming the recipient and the last error."""
+        gets one bounce naming the recipient and the last error (and before it, after
+        4 hours, one delay warning)."""
         self.answers["x@localhost"] = DeliveryStatus.TEMPORARY
         self.scheduler.startService()
         queueId = self.enqueue("a@localhost", "x@localhost", "ok@localhost")
@@ -93,7 +94,8 @@ class SchedulerTests(TestCase):
         self.assertEqual(gaps[:5], [300, 600, 1200, 2400, 3600])
         self.assertLessEqual(attemptTimes[-1] - attemptTimes[0], DAY)
         self.assertNotIn(queueId, self.queue.messages)
-        [(bounce, body)] = self.bounces()
+        [(_, warning), (bounce, body)] = self.bounces()
+        self.assertIn(b"Action: delayed", warning)
         self.assertEqual((bounce.sender, [r.address for r in bounce.recipients]), ("", ["a@localhost"]))
         report = email.message_from_bytes(body)
         self.assertEqual(report.get_content_type(), "multipart/report")

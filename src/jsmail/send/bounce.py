@@ -7,16 +7,16 @@ waiting for: a permanent failure is reported at once, not days later when the la
 deferred recipient is given up on.  The envelope records it (``Recipient.reported``),
 so a restart does not report it again.
 
-- A failure is reported unless the recipient's NOTIFY leaves out FAILURE (no NOTIFY
-  means FAILURE, section 4.1).
+- A failure is reported unless the recipient's NOTIFY leaves out FAILURE.
 - A success is reported only when NOTIFY asks for SUCCESS, and only where jsmail is
   the last to know: a final delivery ("delivered"), a forward ("expanded") or a relay
   to a next hop without DSN ("relayed").  A next hop that offered DSN got NOTIFY and
   ORCPT with the message and reports from there (section 5.2.1).
-- A delay warning goes once per message, to the recipients whose NOTIFY has DELAY,
-  once the message has waited ``queue.delay_warning`` seconds (0: never).  No NOTIFY
-  gets none: section 4.1 lets the default be FAILURE alone, which is what Postfix does
-  unless told otherwise.
+- A delay warning goes once per message, about the recipients whose NOTIFY has DELAY,
+  once the message has waited ``queue.delay_warning`` seconds (4 hours by default, as
+  Postfix's usual setting; 0: never).  No NOTIFY means FAILURE,DELAY (section 4.1 lets
+  the MTA choose between that and FAILURE alone): a sender who did not say otherwise
+  learns that a message is stuck, hours before it comes back.
 - Notices go from the null reverse-path, so they never cause another (RFC 5321
   section 4.5.5).  A bounce (sender ``<>``) is never bounced: one that fails goes to the
   postmaster, once, as a double bounce (:attr:`Envelope.isDoubleBounce`), and a double
@@ -37,10 +37,10 @@ _SUCCESS = {Handoff.DELIVERED: Action.DELIVERED, Handoff.EXPANDED: Action.EXPAND
 
 def wantsNotice(recipient: Recipient, kind: str) -> bool:
     """Whether the recipient's NOTIFY (RFC 3461 section 4.1) asks for ``kind``
-    (SUCCESS, FAILURE or DELAY); no NOTIFY means FAILURE alone."""
+    (SUCCESS, FAILURE or DELAY); no NOTIFY means FAILURE,DELAY."""
     notify = recipient.params.get("NOTIFY")
     if notify is None:
-        return kind == "FAILURE"
+        return kind in ("FAILURE", "DELAY")
     return kind in notify.upper().split(",")
 
 

@@ -15,7 +15,8 @@ class QueueSettings:
     are in delivery at once; blocking disk work gets ``diskThreads`` threads.
     ``bounceHost`` (filled in from ``server.hostname`` when empty) and ``bounceFrom``
     make the bounces' From.  A message still waiting ``delayWarning`` seconds after
-    arrival warns the recipients' senders who asked with NOTIFY=DELAY, once (0: never)."""
+    arrival warns the sender, once, about the recipients whose NOTIFY has DELAY or who
+    gave none (0: never)."""
 
     retryFirst: float = 300.0
     retryFactor: float = 2.0
