@@ -92,8 +92,10 @@ class NoticeTestCase(TestCase):
         scheduler.startService()
         return scheduler
 
-    def send(self, *recipients: Recipient, sender: str = "a@localhost", **mailParams: str | None) -> str:
-        envelope = Envelope(sender, recipients, mailParams=dict(mailParams), arrival=self.clock.seconds())
+    def send(self, *recipients: Recipient, sender: str = "a@localhost", trusted: bool = False,
+             **mailParams: str | None) -> str:
+        envelope = Envelope(sender, recipients, mailParams=dict(mailParams), arrival=self.clock.seconds(),
+                            trusted=trusted)
         queueId = self.successResultOf(self.scheduler.funnel.enqueue(envelope, BODY))
         self.clock.advance(0)
         return queueId
@@ -247,7 +249,7 @@ class ContentTests(NoticeTestCase):
         envid = "abc+0D+0A+0D+0A--INJECTED-PART+0D+0AX-Injected:+20yes"
         orcpt = "rfc822;x+0AFinal-Recipient:+20rfc822;+20ceo@bank.example+0AAction:+20delivered"
         self.refuse("b@far.test")
-        self.send(Recipient("b@far.test", {"ORCPT": orcpt}), RET="FULL", ENVID=envid)
+        self.send(Recipient("b@far.test", {"ORCPT": orcpt}), RET="FULL", ENVID=envid, trusted=True)
         [notice] = self.notices()
         self.assertIsNone(_BARE.search(notice.data))
         message, blocks, returned = report(notice.data)

@@ -279,9 +279,10 @@ class BounceTests(TestCase):
 
     def test_ret_full_envid_orcpt(self) -> None:
         """ENVID and ORCPT come back as the client gave them, in xtext (RFC 3461 section
-        4; security review L-1), and RET=FULL returns the whole message."""
+        4; security review L-1), and RET=FULL returns the whole message to a trusted
+        sender."""
         [bounce] = self.deliver(Envelope("a@localhost", (Recipient("bad@localhost", {"ORCPT": "rfc822;bad+2Bx@localhost"}),),
-                                     mailParams={"RET": "FULL", "ENVID": "ID+2B1"}))
+                                         mailParams={"RET": "FULL", "ENVID": "ID+2B1"}, trusted=True))
         report = email.message_from_bytes(bounce.data)
         status = report.get_payload()[1].get_payload()
         self.assertEqual(status[0]["Original-Envelope-Id"], "ID+2B1")

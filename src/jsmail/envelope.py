@@ -9,7 +9,10 @@ recipients is retried only for those still pending.
 Format versions: 3 records, per recipient, whether its end has been reported
 (``reported``: the delivery status notification it was owed is queued, so a
 permanent failure is reported at once, not when the message's last recipient is
-done) and, per message, whether the delay warning went (``delayWarned``).  2 keeps
+done) and whether its last reply is private (``lastPrivate``: see
+:class:`jsmail.reply.Reply`); per message, whether the delay warning went
+(``delayWarned``) and whether the sender was authenticated or trusted (``trusted``:
+only then may its notices return the whole message and private replies).  2 keeps
 each recipient's last reply as text (``lastReply``, what a bounce shows) with its
 enhanced status code (``lastStatus``) and whether a remote server said it
 (``lastFromPeer``), so a bounce needs no parsing.  Versions 1 and 2 are still read:
@@ -54,6 +57,7 @@ class Recipient:
     lastFromPeer: bool = False  # whether a remote server said it (a bounce's smtp;) or jsmail (X-jsmail;)
     remoteMTA: str | None = None
     reported: bool = False  # its end (delivered or failed) has had the notice it was owed
+    lastPrivate: bool = False  # lastReply and remoteMTA are for trusted senders only (Reply.private)
 
     @property
     def isDone(self) -> bool:
@@ -66,7 +70,11 @@ class Envelope:
 
     ``sender`` is ``""`` for the null reverse-path (a bounce).  ``mailParams`` are the
     MAIL FROM parameters (SIZE, BODY, SMTPUTF8, ...).  ``attempts`` and ``nextAttempt``
-    belong to the scheduler; the queue only stores them.
+    belong to the scheduler; the queue only stores them.  ``trusted``: the message
+    came from an authenticated client, a client in ``trusted_networks`` or a program
+    on this host (sendmail, ``submit()``), so its delivery notices may return the whole
+    message (RET=FULL) and every reply's text; anyone else could make jsmail reflect
+    content of their choosing to an address they forged (security review M-1, I-5).
     """
 
     sender: str
@@ -79,6 +87,7 @@ class Envelope:
     attempts: int = 0
     nextAttempt: float = 0.0
     delayWarned: bool = False  # the one delay warning (RFC 3464 action "delayed") has gone
+    trusted: bool = False  # from an authenticated or trusted client, or a local program
 
     @property
     def pending(self) -> tuple[Recipient, ...]:
@@ -158,12 +167,12 @@ _ENVELOPE_FIELDS: dict[str, Any] = {
     "sender": _TEXT, "recipients": lambda v: True, "mailParams": _params, "arrival": _number,
     "clientAddress": _TEXT, "helo": _TEXT, "protocol": _TEXT,
     "attempts": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "nextAttempt": _number,
-    "delayWarned": lambda v: isinstance(v, bool),
+    "delayWarned": lambda v: isinstance(v, bool), "trusted": lambda v: isinstance(v, bool),
 }
 _RECIPIENT_FIELDS: dict[str, Any] = {
     "address": _TEXT, "params": _params, "state": _TEXT, "lastReply": _OPTIONAL_TEXT,
     "lastStatus": _OPTIONAL_TEXT, "lastFromPeer": lambda v: isinstance(v, bool), "remoteMTA": _OPTIONAL_TEXT,
-    "reported": lambda v: isinstance(v, bool),
+    "reported": lambda v: isinstance(v, bool), "lastPrivate": lambda v: isinstance(v, bool),
 }
 
 

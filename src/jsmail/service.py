@@ -220,7 +220,8 @@ class MailGateway(ThreadPoolService):
         with one :class:`DeliveryResult` per recipient once it has left the queue:
         delivered, or failed for good (after the retries; the sender got a bounce)."""
         envelope = Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=self.reactor.seconds(),
-                            clientAddress="127.0.0.1", helo=self.config.server.hostname, protocol="local")
+                            clientAddress="127.0.0.1", helo=self.config.server.hostname, protocol="local",
+                            trusted=True)
         incoming = self.funnel.newMessage(envelope)
         incoming.write(message)
         outcome = self.outcomes.watch(incoming.queueId)

@@ -286,7 +286,8 @@ class LocalDelivery:
         original = message.envelope
         envelope = Envelope(sender, tuple(Recipient(a) for a in addresses), mailParams=_carried(original.mailParams),
                             arrival=self.reactor.seconds(), clientAddress="127.0.0.1", helo=self.hostname,
-                            protocol=DOUBLE_BOUNCE if original.isDoubleBounce else "local")
+                            protocol=DOUBLE_BOUNCE if original.isDoubleBounce else "local",
+                            trusted=original.trusted)  # a forward does not make its sender trusted
         incoming = self.newMessage(envelope)
 
         def write() -> None:

@@ -19,6 +19,9 @@ from jsmail.policy.base import Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: The transaction note :class:`RelayControl` sets for a client in the trusted networks.
+TRUSTED_CLIENT = "trustedClient"
+
 
 def isTrusted(clientAddress: str, networks: Iterable[Network]) -> bool:
     try:
@@ -45,6 +48,14 @@ class RelayControl(Policy):
         self.isLocalDomain = isLocalDomain
         self.trustedNetworks = tuple(trustedNetworks)
         self.rcptHosts = rcptHosts
+
+    def checkSender(self, session: object, address: Address, params: dict) -> None:
+        """Note a client in the trusted networks, for the envelope (its bounces may
+        return the whole message)."""
+        notes = getattr(session, "transactionNotes", None)
+        if notes is not None and isTrusted(getattr(session, "clientAddress", ""), self.trustedNetworks):
+            notes[TRUSTED_CLIENT] = True
+        return None
 
     def checkRecipient(self, session: object, address: Address, params: dict) -> None:
         if self.isLocalDomain(address.domain):

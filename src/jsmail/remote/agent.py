@@ -120,6 +120,7 @@ class RemoteDelivery:
         except DeliveryError as e:
             return DeliveryResult.forAll(recipients, e)
         dane = not route and not domain.startswith("[")
+        ours = route is not None  # the operator's own relay: its words and name are private (security review I-5)
         if route:  # a route or smarthost is the operator's choice: MTA-STS and DANE are about MX hosts
             plan = [(host, route.tls) for host in hosts]
         else:
@@ -152,7 +153,7 @@ class RemoteDelivery:
                 outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients,
                                                   tlsa)
                 if isinstance(outcome, list):
-                    return outcome
+                    return [replace(r, reply=replace(r.reply, private=True)) for r in outcome] if ours else outcome
                 lastError = outcome
         # No host took the session: another, or this one later, may (even after a 5xx to AUTH).
         return DeliveryResult.forAll(recipients, DeliveryError(lastError.reply, False, lastError.detail))

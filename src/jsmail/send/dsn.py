@@ -21,8 +21,15 @@ Decisions, and why:
   the whole notice is checked for a bare CR or LF as it is written: one found stops the
   notice before it is queued (:class:`BareLineEnd`).
 - The original comes whole only in a report of failure, when the sender asked with
-  RET=FULL, or to the postmaster; success and delay notices carry the header section
-  (RFC 3461 section 4.3: RET is about failures).
+  RET=FULL and was authenticated or trusted (:attr:`Envelope.trusted`), or to the
+  postmaster; success and delay notices carry the header section (RFC 3461 section
+  4.3: RET is about failures).  Anyone can forge a reverse-path: returning the whole
+  message to it would let them send content of their choosing from this server to a
+  victim (security review M-1).  RFC 3461 section 4.3 lets an MTA return less.
+- For the same reason a private reply (a program's output, the words and name of a
+  relay host of the operator's own: :attr:`jsmail.reply.Reply.private`) reaches only
+  an authenticated or trusted sender; anyone else reads its status code and a generic
+  text, and no Remote-MTA (security review I-5).  The operator log has it all.
 """
 
 from __future__ import annotations
@@ -72,6 +79,8 @@ class BareLineEnd(ValueError):
 
 
 _STATUS = {Action.FAILED: "5.0.0", Action.DELAYED: "4.0.0"}  # when a recipient has no reply yet
+_WITHHELD = {Action.FAILED: "delivery failed", Action.DELAYED: "delivery delayed"}
+_WITHHELD_NOTE = "; the details are in this mail system's log"
 _TEXT = {
     Action.FAILED: "It could not be delivered to these recipients, and will not be:",
     Action.DELAYED: "It has not been delivered to these recipients yet; delivery will be tried again:",
@@ -131,7 +140,9 @@ def writeDSN(
     checked = _Checked(write)
     actions = {n.action for n in notices}
     international = isInternational(envelope)
-    full = toPostmaster or (Action.FAILED in actions and (envelope.mailParams.get("RET") or "").upper() == "FULL")
+    trusted = toPostmaster or envelope.trusted
+    full = toPostmaster or (trusted and Action.FAILED in actions
+                            and (envelope.mailParams.get("RET") or "").upper() == "FULL")
     boundary = f"{queueId}.{int(now)}/{hostname}"
     recipient = f"postmaster@{hostname}" if toPostmaster else envelope.sender
     if toPostmaster:
@@ -143,7 +154,7 @@ def writeDSN(
                    "Delayed Mail (still being retried)" if Action.DELAYED in actions else
                    "Successful Mail Delivery Report")
         about = "\n\n".join(f"{_TEXT[action]}\n\n" + "\n".join(
-            f"<{_oneLine(n.recipient.address)}>: {_oneLine(n.recipient.lastReply or action.value)}"
+            f"<{_oneLine(n.recipient.address)}>: {_oneLine(_shown(n, trusted) or action.value)}"
             for n in notices if n.action is action) for action in Action if action in actions)
         about = f"This is about your message with queue id {queueId}.\n\n{about}"
     envid = envelope.mailParams.get("ENVID")
@@ -151,7 +162,7 @@ def writeDSN(
     if envid:
         perMessage.append(f"Original-Envelope-Id: {xtext(envid)}")
     perMessage += [f"X-Jsmail-Queue-ID: {_oneLine(queueId)}", f"Arrival-Date: {_date(envelope.arrival)}"]
-    groups = "\n\n".join(_recipientGroup(n, retryUntil) for n in notices)
+    groups = "\n\n".join(_recipientGroup(n, retryUntil, trusted) for n in notices)
     statusType = "message/global-delivery-status" if international else "message/delivery-status"
     returnedType = (("message/global" if full else "message/global-headers") if international else
                     ("message/rfc822" if full else "text/rfc822-headers"))
@@ -197,9 +208,21 @@ Content-Type: {returnedType}
     checked.close()
 
 
-def _recipientGroup(notice: Notice, retryUntil: float) -> str:
+def _shown(notice: Notice, trusted: bool) -> str | None:
+    """The recipient's last reply as the notice may show it: a private one only to a
+    trusted sender, else a generic text (or nothing, for a success)."""
+    r = notice.recipient
+    if trusted or not r.lastPrivate or r.lastReply is None:
+        return r.lastReply
+    withheld = _WITHHELD.get(notice.action)
+    return withheld and withheld + _WITHHELD_NOTE
+
+
+def _recipientGroup(notice: Notice, retryUntil: float, trusted: bool) -> str:
     """One per-recipient group of the status part (RFC 3464 section 2.3)."""
     r, action = notice.recipient, notice.action
+    shown = _shown(notice, trusted)
+    withheld = shown != r.lastReply
     lines = []
     addressType, semicolon, address = (r.params.get("ORCPT") or "").partition(";")
     if semicolon and _ADDRESS_TYPE.fullmatch(addressType.strip()):
@@ -208,12 +231,12 @@ def _recipientGroup(notice: Notice, retryUntil: float) -> str:
     # reports it: the reader learns it was a time-out, not a refusal.
     lines += [f"Final-Recipient: {_address(r.address)}", f"Action: {action.value}",
               f"Status: {_oneLine(r.lastStatus or _STATUS.get(action, '2.0.0'))}"]
-    if r.remoteMTA:
+    if r.remoteMTA and not withheld:
         lines.append(f"Remote-MTA: {_oneLine(r.remoteMTA)}")
-    if r.lastReply:
+    if shown:
         # RFC 3464 section 2.3.6: the remote server's reply is "smtp"; jsmail's own
         # reason goes under a type of its own.
-        lines.append(f"Diagnostic-Code: {'smtp' if r.lastFromPeer else 'X-jsmail'}; {_oneLine(r.lastReply)}")
+        lines.append(f"Diagnostic-Code: {'smtp' if r.lastFromPeer and not withheld else 'X-jsmail'}; {_oneLine(shown)}")
     elif action is Action.FAILED:
         lines.append("Diagnostic-Code: X-jsmail; delivery failed")
     if action is Action.DELAYED and retryUntil:

@@ -238,7 +238,8 @@ class Scheduler(Service):
                 maillog.deferred(queueId, result, retryIn)
                 state = RecipientState.PENDING
             recipients.append(replace(r, state=state, lastReply=shown, lastStatus=result.reply.status,
-                                      lastFromPeer=result.fromPeer, remoteMTA=result.remoteMTA or None))
+                                      lastFromPeer=result.fromPeer, remoteMTA=result.remoteMTA or None,
+                                      lastPrivate=result.reply.private))
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
         notices, envelope = noticesOwed(envelope, handoffs, now, self.settings.delayWarning)
         if notices:

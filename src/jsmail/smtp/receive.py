@@ -14,6 +14,7 @@ from jsmail import maillog, reply
 from jsmail.envelope import Envelope
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage
+from jsmail.policy.relay import TRUSTED_CLIENT
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import Spool
 from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader, HopCounter
@@ -80,6 +81,8 @@ class Transaction:
             clientAddress=session.clientAddress,
             helo=session.helo or "",
             protocol=session.withProtocol(),
+            # Only these senders may have whole messages and private replies returned.
+            trusted=session.user is not None or bool(session.transactionNotes.get(TRUSTED_CLIENT)),
         )
         self.message = server.listener.sink.newMessage(envelope)
         self._tooBig = self._writeFailed = self._nul = False
