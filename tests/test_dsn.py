@@ -7,11 +7,15 @@ from __future__ import annotations
 import email
 import io
 import re
+import smtplib
+import socket
+import time
 from email.message import Message
 from typing import Any, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -23,6 +27,7 @@ from jsmail.send.dsn import Action, BareLineEnd, Notice, _Checked, writeDSN, xte
 from jsmail.send.scheduler import Scheduler
 from jsmail.send.settings import QueueSettings
 from jsmail.testing import Delivery, MemoryQueue, runNow
+from tests.test_integration import CLIENT_TIMEOUT, DELIVERY_TIMEOUT, POLL_INTERVAL, GatewayTestCase
 
 HOUR = 3600.0
 BODY = b"Subject: the report\r\nMessage-ID: <m1@example.org>\r\n\r\nthe body\r\n"
@@ -301,3 +306,47 @@ class ContentTests(NoticeTestCase):
             ("rfc822; failed@far.test", "failed", "5.0.0"), ("rfc822; delayed@far.test", "delayed", "4.0.0"),
             ("rfc822; delivered@far.test", "delivered", "2.0.0"), ("rfc822; relayed@far.test", "relayed", "2.0.0"),
             ("rfc822; expanded@far.test", "expanded", "2.0.0")])
+
+
+
+def sendWithNotify(port: int, sender: str, recipients: list[str], message: bytes) -> list[tuple[int, bytes]]:
+    """One transaction over smtplib, every RCPT with NOTIFY=SUCCESS,DELAY (blocking)."""
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=CLIENT_TIMEOUT) as client:
+        client.ehlo()
+        replies = [client.mail(sender, ["RET=HDRS", "ENVID=e1"])]
+        replies += [client.rcpt(r, ["NOTIFY=SUCCESS,DELAY"]) for r in recipients]
+        return replies + [client.data(message)]
+
+
+class GatewayNoticeTests(GatewayTestCase):
+    """Issue 13's test as a user would run it: the whole gateway, one message with
+    NOTIFY=SUCCESS,DELAY to a local user and to a remote host that takes no
+    connection (a route to a closed port on 127.0.0.1)."""
+
+    @defer.inlineCallbacks
+    def reported(self, address: str, count: int) -> Any:
+        """The (Final-Recipient, Action, Status) groups of the notices in ``address``'s
+        mailbox, once they name ``count`` recipients (a bounded poll)."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        while len(found := sorted(g for n in self.mailbox(address) for g in groups(n))) < count:
+            if time.monotonic() > deadline:
+                self.fail(f"{address} was told only {found} after {DELIVERY_TIMEOUT} s")
+            yield task.deferLater(reactor, POLL_INTERVAL, lambda: None)
+        return found
+
+    @defer.inlineCallbacks
+    def test_localSuccessAndRemoteDelayAreReported(self):  # type: ignore[no-untyped-def]
+        """The success and the delay come in one notice or two, depending on whether
+        the delay (0.01 s here) has passed at the first attempt."""
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        self.addCleanup(closed.close)
+        route = {"domain": "far.test", "host": "127.0.0.1", "port": closed.getsockname()[1], "tls": "none"}
+        yield self.startGateway(server__trusted_networks=["127.0.0.0/8"], remote__routes=[route],
+                                queue__retry_first=0.05, queue__delay_warning=0.01)
+        replies = yield deferToThread(sendWithNotify, self.port, "s@localhost", ["u@localhost", "x@far.test"], BODY)
+        self.assertEqual([code for code, _ in replies], [250, 250, 250, 250])
+        found = yield self.reported("s@localhost", 2)
+        self.assertEqual(found, [("rfc822; u@localhost", "delivered", "2.0.0"),
+                                 ("rfc822; x@far.test", "delayed", "4.4.1")])
+        self.assertIn(b"the body", self.mailbox("u@localhost")[0])
