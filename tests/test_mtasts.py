@@ -190,7 +190,7 @@ class DiscoveryTests(TestCase):
                                         httpsPort=self.httpsPort, timeout=5.0)
         settings.update(overrides)
         fetcher = PolicyFetcher(reactor, resolver, **settings)
-        self.addCleanup(fetcher.close)  # refreshes in the background end with the test
+        self.addCleanup(fetcher.settled)  # refreshes in the background end with the test
         return fetcher
 
     def setTXT(self, *texts: bytes) -> None:
@@ -214,7 +214,7 @@ class DiscoveryTests(TestCase):
         self.clock.advance(64799)
         second = yield self.fetcher.policyFor("example.test")
         self.assertIs(second, first)
-        yield self.fetcher.close()
+        yield self.fetcher.settled()
         self.assertEqual(self.policy.requests, 1)
 
     @defer.inlineCallbacks
@@ -222,7 +222,7 @@ class DiscoveryTests(TestCase):
         first = yield self.fetcher.policyFor("example.test")
         self.clock.advance(64800)
         self.assertIs((yield self.fetcher.policyFor("example.test")), first, "served at once meanwhile")
-        yield self.fetcher.close()
+        yield self.fetcher.settled()
         self.assertEqual(self.policy.requests, 2)
         self.clock.advance(86400 - 64800)
         renewed = yield self.fetcher.policyFor("example.test")
@@ -242,7 +242,7 @@ class DiscoveryTests(TestCase):
         self.policy.body = POLICY.replace(b"enforce", b"testing")
         meanwhile = yield self.fetcher.policyFor("example.test")
         self.assertEqual(meanwhile.id, "1")
-        yield self.fetcher.close()
+        yield self.fetcher.settled()
         policy = yield self.fetcher.policyFor("example.test")
         self.assertEqual((policy.id, policy.mode, self.policy.requests), ("2", "testing", 2))
 
@@ -340,7 +340,7 @@ class DiscoveryTests(TestCase):
         self.setTXT(b"v=STSv1; id=2")
         self.policy.code = 500
         self.assertIs((yield self.fetcher.policyFor("example.test")), first)
-        yield self.fetcher.close()
+        yield self.fetcher.settled()
         self.assertEqual(self.policy.requests, 2)
         self.assertIs((yield self.fetcher.policyFor("example.test")), first)
 
@@ -351,7 +351,7 @@ class DiscoveryTests(TestCase):
         before = self.makeFetcher(directory=directory)
         policy = yield before.policyFor("example.test")
         self.assertEqual(policy.mode, "enforce")
-        yield before.close()
+        yield before.settled()
         yield self.https.stopListening()
         return self.makeFetcher(directory=directory)
 
@@ -380,9 +380,27 @@ class DiscoveryTests(TestCase):
         self.setTXT(b"v=STSv1; id=2")
         self.policy.body = POLICY.replace(b"enforce", b"testing")
         yield before.policyFor("example.test")
-        yield before.close()
+        yield before.settled()
         after = self.makeFetcher(directory=directory)
         self.assertEqual(((yield after.policyFor("example.test")).id, self.policy.requests), ("2", 2))
+
+    @defer.inlineCallbacks
+    def test_slowPolicyHostDoesNotHoldUpAShutdown(self):  # type: ignore[no-untyped-def]
+        """A refresh stuck on a policy host that never answers (with a minute to go
+        before its time-out) is called off by close(), which a stopping gateway waits
+        for; the policy in force stays stored."""
+        directory = self.mktemp()
+        fetcher = self.makeFetcher(directory=directory, timeout=60.0)
+        first = yield fetcher.policyFor("example.test")
+        self.setTXT(b"v=STSv1; id=2")
+        self.policy.hang = True
+        self.assertIs((yield fetcher.policyFor("example.test")), first)
+        while self.policy.requests < 2:  # the refresh reached the policy host, which hangs
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield fetcher.close()
+        self.policy.hang = False
+        after = self.makeFetcher(directory=directory)
+        self.assertEqual((yield after.policyFor("example.test")), first)
 
     @defer.inlineCallbacks
     def test_expiredStoredPolicyNotLoaded(self):  # type: ignore[no-untyped-def]

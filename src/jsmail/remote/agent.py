@@ -284,7 +284,8 @@ class RemoteDelivery:
         pool.append((client, self.reactor.callLater(self.settings.idleTimeout, expire)))
 
     def close(self) -> defer.Deferred[Any]:
-        """Say QUIT on every idle session; let MTA-STS refreshes under way finish."""
+        """Say QUIT on every idle session; call off MTA-STS refreshes, and let their
+        stored-policy writes finish."""
         quits = []
         for pool in self._idle.values():
             for client, timer in pool:

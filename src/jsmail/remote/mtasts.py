@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
@@ -228,9 +228,17 @@ class PolicyFetcher:
         Deferred.fromCoroutine(self._discover(domain)).addBoth(self._answer, domain)
         return d
 
-    def close(self) -> Deferred[Any]:
+    def settled(self) -> Deferred[Any]:
         """Fires once the refreshes and stored-policy writes under way are done."""
         return DeferredList(list(self._refreshing.values())).addCallback(lambda _: self._store.settled())
+
+    def close(self) -> Deferred[Any]:
+        """Call off the refreshes under way (the policies in force stay stored); fires
+        once the stored-policy writes are done.  No refresh keeps a shutdown waiting
+        for a slow policy host."""
+        for refresh in list(self._refreshing.values()):
+            refresh.cancel()
+        return self._store.settled()
 
     def _answer(self, result: Policy | None | Failure, domain: str) -> None:
         if isinstance(result, Failure):
@@ -251,7 +259,7 @@ class PolicyFetcher:
             if domain not in self._refreshing:
                 refresh = Deferred.fromCoroutine(self._refresh(domain, *cached))
                 self._refreshing[domain] = refresh
-                refresh.addErrback(lambda f: _log.failure("MTA-STS refresh for {domain} failed", f, domain=domain))
+                refresh.addErrback(self._refreshFailed, domain)
                 refresh.addBoth(lambda _: self._refreshing.pop(domain, None) and None)
             return cached[0]
         try:
@@ -259,6 +267,10 @@ class PolicyFetcher:
         except Exception as e:
             _log.info("MTA-STS: no policy for {domain}: {reason}", domain=domain, reason=_why(e))
             return None
+
+    def _refreshFailed(self, failure: Failure, domain: str) -> None:
+        if not failure.check(CancelledError):  # called off by close()
+            _log.failure("MTA-STS refresh for {domain} failed", failure, domain=domain)
 
     def _cached(self, domain: str) -> tuple[Policy, float] | None:
         """The unexpired policy kept for ``domain`` and when it expires."""

@@ -90,13 +90,15 @@ class DeliveryService(ThreadPoolService):
         d.addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
         d.addCallback(lambda _: self.scheduler.flush())
 
-    def childrenStopped(self) -> None:
+    def childrenStopped(self) -> defer.Deferred[Any]:
+        """The scheduler has stopped (no delivery in progress): close the idle remote
+        sessions and end MTA-STS work while the disk pool still runs its writes."""
         self.queue.close()
+        return self.remote.close()
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         self._lock.cancel()
         d = super().stopService()
-        d.addBoth(lambda result: self.remote.close().addCallback(lambda _: result))
         return d.addBoth(self._released)
 
     def _released(self, result: object) -> object:
