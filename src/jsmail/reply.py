@@ -27,13 +27,14 @@ class Reply:
     A ``private`` reply's text may say what a sender outside must not learn (a local
     program's output, the words of a relay host of the operator's own): a delivery
     notice to a sender who was neither authenticated nor trusted shows a generic text
-    in its place (security review I-5).  It takes no part in comparisons.
+    in its place (security review I-5).  It takes no part in comparisons, and is
+    keyword-only, so a subclass may add positional fields (``smtp.pipeline.Reason``).
     """
 
     code: int
     enhanced: str
     text: str
-    private: bool = field(default=False, compare=False)
+    private: bool = field(default=False, compare=False, kw_only=True)
 
     def withText(self, text: str) -> Reply:
         """The same codes with another text."""
