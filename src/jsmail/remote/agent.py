@@ -46,7 +46,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jsmail import reply
+from jsmail import maillog, reply
 from jsmail.error import DeliveryError
 from jsmail._threads import RunInThread
 from jsmail.remote.dane import TLSACache, TLSARecord
@@ -182,9 +182,10 @@ class RemoteDelivery:
         client = self._takeIdle(route, address, tlsa)
         reused = client is not None
         if client is None:
-            client = yield self._fresh(route, address, tlsa)
+            client = yield self._fresh(route, address, tlsa, message)
             if isinstance(client, DeliveryError):
                 return client
+        _logSession(message, route, address, tlsa, client)
         size, eightBit = yield self.runInThread(_measure, message)
         outgoing = OutgoingMessage(
             sender=message.envelope.sender,
@@ -200,9 +201,10 @@ class RemoteDelivery:
             # our RSET): nothing was sent, so one new session tries now, not a retry later.
             _log.info("The idle session with {host} [{address}] was closed by the peer; opening a new one",
                       host=route.host, address=address)
-            client = yield self._fresh(route, address, tlsa)
+            client = yield self._fresh(route, address, tlsa, message)
             if isinstance(client, DeliveryError):
                 return client
+            _logSession(message, route, address, tlsa, client)
             results = yield self._withDeadline(client, client.send(outgoing), recipients)
         if self.settings.idleTimeout > 0 and not client.closed:
             self._keepIdle(route, address, tlsa, client)
@@ -212,7 +214,7 @@ class RemoteDelivery:
         return [replace(r, remoteMTA=remote) for r in results]
 
     @defer.inlineCallbacks
-    def _fresh(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> Any:
+    def _fresh(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...], message: QueuedMessage) -> Any:
         """A new session, or the :class:`DeliveryError` why there is none (a host that
         cannot be reached is backed off; a host still backed off is not tried)."""
         now = self.reactor.seconds()
@@ -222,6 +224,7 @@ class RemoteDelivery:
         try:
             client = yield self._open(route, address, tlsa)
         except DeliveryError as e:
+            _logSession(message, route, address, tlsa, None, "failed" if _isPolicyFailure(e) else "unreachable")
             why = f"{e} ({route.host} [{address}])"
             if not _isPolicyFailure(e):
                 # Only a host that cannot be reached is backed off for everyone: a
@@ -306,6 +309,17 @@ def _measure(message: QueuedMessage) -> tuple[int, bool]:
         while not eightBit and (chunk := f.read(65536)):
             eightBit = not chunk.isascii()
         return f.seek(0, 2) - start, eightBit
+
+
+def _logSession(message: QueuedMessage, route: Route, address: str, tlsa: tuple[TLSARecord, ...],
+                client: ESMTPClient | None, failure: str = "") -> None:
+    """The operator log's ``remote`` event: which host, and how it went with TLS."""
+    handle: Any = getattr(getattr(client, "transport", None), "getHandle", lambda: None)()
+    tls = ""
+    if hasattr(handle, "get_protocol_version_name"):
+        tls = f"{handle.get_protocol_version_name()} with cipher {handle.get_cipher_name()}"
+    maillog.remote(message.queueId, route.host, address, route.port, "dane" if tlsa else route.tls, tls,
+                   failure or ("tls" if tls else "plaintext"))
 
 
 def _isPolicyFailure(error: DeliveryError) -> bool:
