@@ -141,7 +141,8 @@ class QueueToolTests(TestCase):
         queueId = yield self.deferredMessage()
         makeMaildir(self.maildir)
         printed = yield self.jsmailQueue("flush")
-        self.assertEqual(printed, f"jsmail queue flush: asked process {os.getpid()} to retry every queued message now\n")
+        self.assertEqual(printed,
+                         f"jsmail queue flush: asked process {os.getpid()} to retry every queued message now\n")
         yield self.assertDeliveredOnce(queueId)
 
     @defer.inlineCallbacks

@@ -140,8 +140,9 @@ class ESMTPClient(CommandPipeline):
     so the caller may try again without TLS (never with TLSA records: RFC 7672
     section 2.2 forbids it).  ``resetFailed`` becomes true when a :meth:`send` found
     the session gone at its first RSET (the peer closed a reused session meanwhile):
-    nothing of the message was sent, so the caller may try it on a new session.  ``peerExtensions`` maps the EHLO keywords
-    the peer offered (upper case) to their parameters.
+    nothing of the message was sent, so the caller may try it on a new session.
+    ``peerExtensions`` maps the EHLO keywords the peer offered (upper case) to their
+    parameters.
     """
 
     def __init__(self, settings: ClientSettings, reactor: IReactorTime) -> None:
