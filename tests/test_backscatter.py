@@ -18,13 +18,15 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from jsmail.config import loadConfig
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, Handoff
 from jsmail.policy.relay import RelayControl
 from jsmail.queue.memory import MemoryQueue
 from jsmail.reply import PeerReply
+from jsmail.service import builtInChecks
 from jsmail.smtp.settings import ServerSettings
-from jsmail.testing import Dialog
+from jsmail.testing import Dialog, runNow
 from tests.test_auth import portal
 from tests.test_dsn import NoticeTestCase, report
 from tests.test_integration import GatewayTestCase, queuedId
@@ -61,6 +63,17 @@ class EnvelopeTrustTests(SynchronousTestCase):
     def test_clientInTrustedNetworksIsTrusted(self) -> None:
         self.assertTrue(self.queued("10.1.2.3", trusted=("10.0.0.0/8",)).trusted)
         self.assertFalse(self.queued("192.0.2.1", trusted=("10.0.0.0/8",)).trusted)
+
+    def test_relayClientUnderTcpserverIsTrusted(self) -> None:
+        """tcpserver's RELAYCLIENT leaves relay control out: the client is trusted."""
+        config = loadConfig(overrides={"server.data": self.mktemp(), "server.domains": ["localhost"]})
+        queue = MemoryQueue()
+        d = Dialog(ServerSettings(hostname="mx.test"), queue, policies=builtInChecks(config, runNow, False))
+        for line in [b"EHLO client.test\r\n", b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<x@far.example>\r\n",
+                     b"DATA\r\n", b"Subject: s\r\n\r\nbody\r\n.\r\n"]:
+            self.assertIn(d.send(line)[:1], b"23")
+        [(envelope, _)] = queue.messages.values()
+        self.assertTrue(envelope.trusted)
 
     def test_oldEnvelopesAreNotTrusted(self) -> None:
         """An envelope written before the mark existed reads as untrusted."""

@@ -78,6 +78,18 @@ class RelayControl(Policy):
         return None
 
 
+class TrustedClient(Policy):
+    """In place of :class:`RelayControl` where the client may relay whatever its
+    address (tcpserver's RELAYCLIENT): notes it as trusted, as RelayControl does for
+    the trusted networks, so its bounces may return the whole message."""
+
+    def checkSender(self, session: object, address: Address, params: dict) -> None:
+        notes = getattr(session, "transactionNotes", None)
+        if notes is not None:
+            notes[TRUSTED_CLIENT] = True
+        return None
+
+
 class BadMailFrom(Policy):
     """qmail-smtpd's badmailfrom (qmail-interfaces reference, section 11.3): a sender
     listed exactly, or whose domain is listed as ``@domain``, is refused at MAIL."""
