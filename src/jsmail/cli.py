@@ -41,7 +41,7 @@ from jsmail.auth import removeUser, setPassword
 from jsmail.config import ConfigError, loadConfig
 from jsmail.datadir import dataDirectory
 from jsmail.error import SMTPReplyError
-from jsmail.send.bounce import MAX_RETURNED_HEADERS
+from jsmail.send.dsn import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued

@@ -15,7 +15,8 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from jsmail.config import _PARTS, OPTIONS, Config, Option, loadConfig
+from jsmail.config import _PARTS, Config, loadConfig
+from jsmail.options import OPTIONS, Option
 from jsmail.route import Route
 
 

@@ -18,6 +18,9 @@ from jsmail.policy.base import Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: The transaction note :class:`RelayControl` sets for a client in the trusted networks.
+TRUSTED_CLIENT = "trustedClient"
+
 
 def isTrusted(clientAddress: str, networks: Iterable[Network]) -> bool:
     try:
@@ -52,10 +55,15 @@ class RelayControl(Policy):
         self.rcptHosts = rcptHosts
 
     def checkSender(self, session: object, address: Address, params: dict) -> None:
-        if not address.domain.startswith("[") or getattr(session, "user", None) is not None:
-            return None
+        """Note a client in the trusted networks, for the envelope (its bounces may
+        return the whole message); refuse an address-literal sender from a client that
+        is neither authenticated nor trusted."""
         clientAddress = getattr(session, "clientAddress", "")
-        if not isTrusted(clientAddress, self.trustedNetworks):
+        trusted = isTrusted(clientAddress, self.trustedNetworks)
+        notes = getattr(session, "transactionNotes", None)
+        if notes is not None and trusted:
+            notes[TRUSTED_CLIENT] = True
+        if address.domain.startswith("[") and getattr(session, "user", None) is None and not trusted:
             raise SMTPReplyError(reply.SENDER_LITERAL_REFUSED.format(address),
                                  f"address-literal sender from untrusted {clientAddress}")
         return None
@@ -78,6 +86,18 @@ class RelayControl(Policy):
                 reply.RELAY_DENIED.withText(f"Relaying to <{address}> denied: {address.domain} is not a local domain"),
                 f"relay attempt from untrusted {clientAddress} to {address}",
             )
+        return None
+
+
+class TrustedClient(Policy):
+    """In place of :class:`RelayControl` where the client may relay whatever its
+    address (tcpserver's RELAYCLIENT): notes it as trusted, as RelayControl does for
+    the trusted networks, so its bounces may return the whole message."""
+
+    def checkSender(self, session: object, address: Address, params: dict) -> None:
+        notes = getattr(session, "transactionNotes", None)
+        if notes is not None:
+            notes[TRUSTED_CLIENT] = True
         return None
 
 

@@ -58,7 +58,8 @@ class DeliveryService(ThreadPoolService):
         resolver = makeResolver(config.remote.dnsServer, self.reactor)
         listen = config.listen
         destinations = Destinations(config.remote.allowInternal, listenedOn(listen.smtp + listen.submission + listen.smtps))
-        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations) if config.remote.mtaSts else None
+        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations, directory=os.path.join(dataDir, "mta-sts"),
+                               runInThread=runInThread) if config.remote.mtaSts else None
         self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote, mtaSts=mtaSts,
                                      destinations=destinations)
         router = Router(server.domains, self.local, self.remote, config.local.virtualDomains)
@@ -86,17 +87,22 @@ class DeliveryService(ThreadPoolService):
             service.startService()
 
     def _flush(self) -> None:
-        """SIGALRM: retry everything now, and take up what other programs queued."""
-        self.scheduler.flush()
-        self.scheduler.rescan().addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+        """SIGALRM: take up what other programs queued and what an operator released or
+        requeued, then retry everything now (``jsmail queue flush``, ``release``,
+        ``requeue``)."""
+        d = self.scheduler.rescan()
+        d.addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+        d.addCallback(lambda _: self.scheduler.flush())
 
-    def childrenStopped(self) -> None:
+    def childrenStopped(self) -> defer.Deferred[Any]:
+        """The scheduler has stopped (no delivery in progress): close the idle remote
+        sessions and end MTA-STS work while the disk pool still runs its writes."""
         self.queue.close()
+        return self.remote.close()
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         self._lock.cancel()
         d = super().stopService()
-        d.addBoth(lambda result: self.remote.close().addCallback(lambda _: result))
         return d.addBoth(self._released)
 
     def _released(self, result: object) -> object:

@@ -51,7 +51,7 @@ from jsmail.remote.dane import TLSARecord, matchesTLSA
 from jsmail.envelope import Recipient
 from jsmail import reply as replies
 from jsmail.error import DeliveryError
-from jsmail.interfaces import DeliveryResult, DeliveryStatus
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff
 from jsmail.reply import Reply
 from jsmail.route import TLS_MODES
 from jsmail.smtp.commands import UNSAFE, OutgoingMessage, has8bit, mailCommand, rcptCommand
@@ -145,8 +145,11 @@ class ESMTPClient(CommandPipeline):
 
     ``tlsFailed`` becomes true when the connection broke while TLS was being set up,
     so the caller may try again without TLS (never with TLSA records: RFC 7672
-    section 2.2 forbids it).  ``peerExtensions`` maps the EHLO keywords
-    the peer offered (upper case) to their parameters.
+    section 2.2 forbids it).  ``resetFailed`` becomes true when a :meth:`send` found
+    the session gone at its first RSET (the peer closed a reused session meanwhile):
+    nothing of the message was sent, so the caller may try it on a new session.
+    ``peerExtensions`` maps the EHLO keywords the peer offered (upper case) to their
+    parameters.
     """
 
     def __init__(self, settings: ClientSettings, reactor: IReactorTime) -> None:
@@ -169,6 +172,7 @@ class ESMTPClient(CommandPipeline):
         self._readyWaiters: list[Deferred[None]] = []
         self._lostWaiters: list[Deferred[None]] = []
         self._needReset = False
+        self.resetFailed = False
         self._lock = DeferredLock()
         self._lock.acquire()  # held until the session is set up
 
@@ -361,6 +365,7 @@ class ESMTPClient(CommandPipeline):
                         Reason.of(replies.DELIVERY_ERROR, f"local error while delivering to {self.peer}"))
 
     async def _deliverAll(self, message: OutgoingMessage) -> list[DeliveryResult]:
+        self.resetFailed = False
         recipients = list(message.recipients)
         if not recipients:
             return []
@@ -393,17 +398,25 @@ class ESMTPClient(CommandPipeline):
             size = self.settings.maxRecipients
             for first in range(0, len(batch), size):
                 part = batch[first : first + size]
-                outcome = await self._transaction(mail, [r for _, r in part], file, start)
+                outcome = await self._transaction(mail, [r for _, r in part], file, start, first == 0)
                 results.update(zip((i for i, _ in part), outcome))
-        return [results[i] for i in range(len(recipients))]
+        # A peer that offered DSN took NOTIFY and ORCPT with the message and reports
+        # from now on; to one that did not, the message was "relayed" (RFC 3461 5.2.1-5.2.2).
+        handoff = Handoff.PASSED_ON if "DSN" in self.peerExtensions else Handoff.RELAYED
+        return [replace(results[i], handoff=handoff) if results[i].status is DeliveryStatus.DELIVERED else results[i]
+                for i in range(len(recipients))]
 
     async def _transaction(self, mail: str, recipients: list[Recipient], file: BinaryIO,
-                           start: int) -> list[DeliveryResult]:
-        """One MAIL, its RCPTs and DATA: one result per recipient."""
+                           start: int, first: bool) -> list[DeliveryResult]:
+        """One MAIL, its RCPTs and DATA: one result per recipient.  ``first``: the
+        first transaction of this :meth:`send`."""
         settings = self.settings
         if self._needReset:
             reset = await self._command("RSET", settings.commandTimeout)
             if reset.code != 250:
+                # A reused session that the peer closed (or is closing, 421) as it was
+                # taken up: nothing of the message went, so a new session may try at once.
+                self.resetFailed = first and (self._broken is not None or reset.code == 421)
                 return _all(recipients, DeliveryStatus.TEMPORARY, reset)
         self._needReset = True
         rcpts = [(rcptCommand(r, self.peerExtensions), settings.rcptTimeout) for r in recipients]

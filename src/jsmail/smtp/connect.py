@@ -8,13 +8,14 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol,
                                         wrapClientTLS)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jsmail import reply
+from jsmail._threads import RunInThread, reactorThreads
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult
 from jsmail.smtp.client import ClientSettings, ESMTPClient
@@ -67,36 +68,47 @@ async def readySession(connect: Callable[[ClientSettings], Deferred[ESMTPClient]
 
 
 def sendmail(reactor: Any, host: str, port: int, message: OutgoingMessage,
-             settings: ClientSettings = ClientSettings()) -> Deferred[list[DeliveryResult]]:
+             settings: ClientSettings = ClientSettings(),
+             runInThread: RunInThread | None = None) -> Deferred[list[DeliveryResult]]:
     """Connect to ``host`` (a name or an IPv4 or IPv6 address), deliver ``message``, say
     QUIT.  ``reactor`` provides TCP and time.  Never fails: not reaching the peer is a
     temporary result for every recipient (see :func:`readySession` for TLS).
 
-    A message whose lines do not all end with CR LF is refused at once, before
-    connecting (a peer would refuse it after DATA, or pass it on damaged): build it
-    with :meth:`OutgoingMessage.fromBytes`, which converts them.  The check reads a
-    message whose ``eightBit`` is not given, as the client would to find that out."""
-    if message.eightBit is None and _bareLineEnding(message):
-        detail = "lines must end with CR LF; OutgoingMessage.fromBytes converts them"
-        return succeed(DeliveryResult.forAll(message.recipients, DeliveryError(reply.BARE_LINE_ENDING, True, detail)))
-    return Deferred.fromCoroutine(_sendmail(reactor, host, port, message, settings))
+    When ``message.eightBit`` is not given, the message is read with ``runInThread``
+    (the reactor's thread pool by default), never on the reactor thread: for 8-bit
+    octets, and for line ends other than CR LF, which are refused at once, before
+    connecting (a peer would refuse the message after DATA, or pass it on damaged);
+    :meth:`OutgoingMessage.fromBytes` converts them."""
+    return Deferred.fromCoroutine(_sendmail(reactor, host, port, message, settings,
+                                            runInThread or reactorThreads(reactor)))
 
 
-def _bareLineEnding(message: OutgoingMessage) -> bool:
-    """Whether the message has a CR or LF outside a CR LF, read in chunks."""
-    tail = b""
+def _measure(message: OutgoingMessage) -> tuple[bool, bool]:
+    """Whether the message has octets above 127, and whether it has a CR or LF outside
+    a CR LF: one read, in chunks (blocking)."""
+    eightBit, tail = False, b""
     with message.open() as f:
         while chunk := f.read(CHUNK):
+            eightBit = eightBit or not chunk.isascii()
             window = tail + chunk
             held = window.endswith(b"\r")  # its LF may start the next chunk
             if bareLineEnding(window[:-1] if held else window):
-                return True
+                return eightBit, True
             tail = window[-2:]
-    return tail.endswith(b"\r")
+    return eightBit, tail.endswith(b"\r")
 
 
 async def _sendmail(reactor: Any, host: str, port: int, message: OutgoingMessage,
-                    settings: ClientSettings) -> list[DeliveryResult]:
+                    settings: ClientSettings, runInThread: RunInThread) -> list[DeliveryResult]:
+    if message.eightBit is None:
+        try:
+            eightBit, bare = await runInThread(_measure, message)
+        except OSError as e:
+            return DeliveryResult.forAll(message.recipients, DeliveryError(reply.CANNOT_READ_MESSAGE, False, str(e)))
+        if bare:
+            detail = "lines must end with CR LF; OutgoingMessage.fromBytes converts them"
+            return DeliveryResult.forAll(message.recipients, DeliveryError(reply.BARE_LINE_ENDING, True, detail))
+        message = replace(message, eightBit=eightBit)
     try:
         client = await readySession(lambda s: connectTo(reactor, host, port, s), settings)
     except DeliveryError as e:

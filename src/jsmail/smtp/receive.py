@@ -15,6 +15,7 @@ from jsmail import maillog, reply
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage
+from jsmail.policy.relay import TRUSTED_CLIENT
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import Spool
 from jsmail.headers import FieldDropper, FieldWatcher, fieldName, fieldValue, mailboxes
@@ -101,6 +102,8 @@ class Transaction:
             clientAddress=session.clientAddress,
             helo=session.helo or "",
             protocol=session.withProtocol(),
+            # Only these senders may have whole messages and private replies returned.
+            trusted=session.user is not None or bool(session.transactionNotes.get(TRUSTED_CLIENT)),
         )
         self.message = server.listener.sink.newMessage(envelope)
         session.queueId = self.message.queueId
