@@ -137,4 +137,4 @@ class SendmailTests(TestCase):
         [result] = yield sendmail(reactor, "127.0.0.1", port.getHost().port, message,
                                   ClientSettings(heloName="me.test", tls="none"), runInThread=runInThread)
         self.assertEqual(result.status, DeliveryStatus.DELIVERED)
-        self.assertEqual((scans, opened), (["_hasEightBit"], [False, True]))
+        self.assertEqual((scans, opened), (["_measure"], [False, True]))  # 8-bit octets and bare line ends
