@@ -157,9 +157,10 @@ class QueueToolsTests(CommandTests):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(f'[server]\ndata = "{self.data}"\n')
-        code, out, _ = self.runArgv("--config", path, "queue", "list")
-        self.assertEqual(code, 0)
-        self.assertIn(queueId, out)
+        for argv in (("--config", path, "queue", "list"), ("queue", "list", "--config", path)):
+            code, out, _ = self.runArgv(*argv)
+            self.assertEqual(code, 0)
+            self.assertIn(queueId, out)
 
     def test_a_bad_config_is_one_line(self) -> None:
         path = self.mktemp()

@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delete", action="store_true", help="remove the user instead")
     p.add_argument("--file", help="password file [default: DATA/passwd]")
     p.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
+    p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="the gateway's configuration, for its password file")
     p.set_defaults(run=passwd)
     queue = commands.add_parser("queue", help="look at the queue, or have it retried now").add_subparsers(
         dest="action", required=True)
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                             ("requeue", queueRequeue, "start the retry schedule afresh, for IDs or all")):
         q = queue.add_parser(name, help=help)
         q.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
+        q.add_argument("--config", "-c", default=argparse.SUPPRESS, help="the gateway's configuration, for its data")
         if name in ("show", "delete", "hold", "release"):
             q.add_argument("id")
         if name == "requeue":
