@@ -1,4 +1,5 @@
-"""Security review L-8: waking the delivery process signals nobody."""
+"""Security review L-8: waking the delivery process signals nobody, and files written
+into the queue's tmp/ are never opened through a name planted there."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import subprocess
 import time
 
 from twisted.internet import defer, reactor, task
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jsmail._disk import createNew, writeAndRename
 from jsmail.cli import main as jsmailMain
-from jsmail.queue.admin import wakeDelivery
+from jsmail.envelope import Envelope, Recipient
+from jsmail.queue.admin import listQueue, wakeDelivery
 from jsmail.queue.store import MaildirQueue
 from jsmail.queue.trigger import TriggerReader, pull
 
@@ -95,3 +98,49 @@ class WakeTests(TestCase):
                 return
             yield task.deferLater(reactor, 0.01, lambda: None)
         self.fail("timed out")
+
+
+class TemporaryFileTests(SynchronousTestCase):
+    """tmp/ files are always new files, never opened through what is there."""
+
+    def setUp(self) -> None:
+        self.data = os.path.abspath(self.mktemp())
+        self.queueDir = os.path.join(self.data, "queue")
+        self.queue = MaildirQueue(self.queueDir, defer.maybeDeferred)
+        self.victim = os.path.join(self.data, "victim")
+        with open(self.victim, "wb") as f:
+            f.write(b"precious")
+
+    def test_tmpSymlinkNotFollowed(self) -> None:
+        """L-8: root running jsmail queue requeue used to open tmp/<id>.env, following
+        a symlink the jsmail user planted there, and overwrite its target."""
+        incoming = self.queue.newMessage(Envelope("a@example.org", (Recipient("x@localhost"),), arrival=1.0,
+                                                  attempts=3, nextAttempt=9e9))
+        incoming.write(b"Subject: x\r\n\r\nx\r\n")
+        queueId = self.successResultOf(incoming.commit())
+        os.symlink(self.victim, os.path.join(self.queueDir, "tmp", queueId + ".env"))
+        self.assertEqual(jsmail("--data", self.data, "queue", "requeue", queueId)[0], 0)
+        with open(self.victim, "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+        [entry] = listQueue(self.queueDir)
+        self.assertEqual((entry.envelope.attempts, entry.envelope.nextAttempt), (0, 0.0))
+
+    def test_createNewRefusesWhatIsThere(self) -> None:
+        path = os.path.join(self.data, "planted")
+        os.symlink(self.victim, path)
+        self.assertRaises(FileExistsError, createNew, path)
+        os.unlink(path)
+        os.symlink(os.path.join(self.data, "nowhere"), path)  # dangling: O_CREAT alone would make its target
+        self.assertRaises(FileExistsError, createNew, path)
+        self.assertFalse(os.path.exists(os.path.join(self.data, "nowhere")))
+        with open(self.victim, "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+
+    def test_writeAndRenameLeavesNothingBehind(self) -> None:
+        final = os.path.join(self.data, "final")
+        writeAndRename(os.path.join(self.queueDir, "tmp", "x.env"), final, b"data")
+        with open(final, "rb") as f:
+            self.assertEqual(f.read(), b"data")
+        self.assertEqual(os.stat(final).st_mode & 0o777, 0o600)
+        self.assertEqual([n for n in os.listdir(os.path.join(self.queueDir, "tmp")) if not n.startswith("spare.")],
+                         [])
