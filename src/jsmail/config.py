@@ -32,6 +32,7 @@ from jsmail.remote.settings import RemoteSettings
 from jsmail.route import TLS_MODES, Route
 from jsmail.send.settings import QueueSettings
 from jsmail.smtp.settings import ServerSettings
+from jsmail.submit.settings import SubmitSettings, senderPatterns
 
 
 class ConfigError(Exception):
@@ -343,6 +344,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "concurrency", "local", "concurrency", _integer(1)),
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
+    Option("submit", "socket", "submit", "socket", _optionalString),
+    Option("submit", "trustedUsers", "submit", "trusted_users", _listOf(_string)),
+    Option("submit", "senders", "submit", "senders", senderPatterns),
 )
 
 BY_NAME = {f"{option.section}.{option.key}": option for option in OPTIONS}
@@ -363,13 +367,15 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    submit: SubmitSettings = field(default_factory=SubmitSettings)
     #: The checked settings as TOML-shaped tables (what :func:`toJSON` passes on).
     source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
 _PARTS: dict[str, type] = {"server": GatewaySettings, "listen": Endpoints, "smtp": ServerSettings,
                            "relay": RelaySettings, "auth": AuthSettings, "remote": RemoteSettings,
-                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings}
+                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings,
+                           "submit": SubmitSettings}
 
 
 def defaultHostname() -> str:
@@ -429,7 +435,7 @@ def _derive(config: Config) -> Config:
     part reads a complete section of its own wherever its process runs."""
     server = config.server
     hostname, dataDir = server.hostname, os.path.abspath(server.dataDir)
-    local, auth = config.local, config.auth
+    local, auth, submitSocket = config.local, config.auth, config.submit.socket
     return replace(
         config,
         server=replace(server, dataDir=dataDir, postmaster=server.postmaster or f"postmaster@{server.domains[0]}"),
@@ -440,6 +446,8 @@ def _derive(config: Config) -> Config:
         local=replace(local, noAtHost=local.noAtHost or hostname, localDomains=server.domains,
                       usersDir=os.path.abspath(local.usersDir or os.path.join(dataDir, "users")),
                       aliases=local.aliases and os.path.abspath(local.aliases)),
+        submit=replace(config.submit, socket="" if submitSocket == "none" else
+                       os.path.abspath(submitSocket or os.path.join(dataDir, "submit", "socket"))),
     )
 
 

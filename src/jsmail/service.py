@@ -44,6 +44,7 @@ from jsmail.send.service import DeliveryService
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.server import ESMTPServerFactory, Listener
 from jsmail.smtp.tls import ServerTLS, ensureSelfSigned
+from jsmail.submit.listener import forGateway
 
 _log = Logger()
 
@@ -213,6 +214,11 @@ class MailGateway(ThreadPoolService):
                 service = ListenerService(self.reactor, description, factory, kind)
                 service.setServiceParent(self)
                 self.listeners.append(service)
+        if config.submit.socket:  # local users' mail, from jsmail-sendmail (jsmail.submit)
+            local = forGateway(config, funnel.owing(submitted), self.reactor, self.threads("auth"),
+                               None if config.queue.program else self.queue.roomFor)
+            local.setServiceParent(self)
+            self.listeners.append(local)
 
     @defer.inlineCallbacks
     def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:
