@@ -43,6 +43,8 @@ class LocalGateway:
             f.write(f'[server]\nhostname = "mx.test"\ndata = "{self.data}"\ndomains = ["localhost"]\n'
                     f'[smtp]\nlisten = "none"\nsubmission = "none"\nsmtps = "none"\n{smtp}'
                     f'[queue]\ndelivery_process = false\n[remote]\ndns_server = "127.0.0.1:1"\n{extra}')
+        if reachable:
+            os.chmod(self.configPath, 0o644)  # what a packaged /etc/jsmail/jsmail.toml without secrets is
         return self.configPath
 
     @defer.inlineCallbacks

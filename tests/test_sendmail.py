@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from twisted.internet import defer
@@ -21,6 +23,7 @@ from jsmail.qmail.sendmailoptions import Invocation, UsageError, parse, usage, x
 from jsmail.queue.admin import listQueue, openEntry
 from jsmail.queue.store import MaildirQueue
 from tests.localgateway import LocalGateway
+from tests.systemuser import throwawayUser
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(jsmail.__file__)))  # the jsmail under test, not an installed one
 CRON = ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "user"]  # Debian cron's exact call (cron's do_command.c)
@@ -220,6 +223,76 @@ class BatchTests(LocalGateway, TestCase):
 
 def deferToThreadRun(argv: list[str], cwd: str, env: dict[str, str], stdin: bytes) -> defer.Deferred:
     return deferToThread(subprocess.run, argv, cwd=cwd, env=env, input=stdin, capture_output=True, timeout=60)
+
+
+# -- as another local user, a real process --------------------------------------------------
+
+
+class OtherUserTests(LocalGateway, TestCase):
+    """A user who is neither root nor the gateway's, in a process of their own: the
+    uid the gateway sees is the kernel's, and the queue stays closed to them."""
+
+    timeout = 120
+
+    def setUp(self) -> Any:
+        self.user = throwawayUser(self)
+        run = tempfile.mkdtemp(prefix="jsmail-run-")  # as /run/jsmail: outside the (closed) data directory
+        os.chmod(run, 0o755)
+        self.addCleanup(shutil.rmtree, run, True)
+        return self.startGateway(f'[submit]\nsocket = "{run}/jsmail/submit.sock"\n', reachable=True)
+
+    def sendmailAs(self, *argv: str, stdin: bytes) -> defer.Deferred[subprocess.CompletedProcess[bytes]]:
+        return deferToThread(self.user.run, ["python", "-m", "jsmail.qmail.sendmail", *argv],
+                             environment(JSMAIL_CONFIG=self.configPath), stdin)
+
+    @defer.inlineCallbacks
+    def test_sendmailTAsAnotherUserDelivers(self):  # type: ignore[no-untyped-def]
+        """Issue 11: `jsmail-sendmail -t` run as another unprivileged user delivers,
+        with that user's uid in the Received field and their address as sender."""
+        result = yield self.sendmailAs("-t", stdin=b"To: someone@localhost\nSubject: from cron\n\nhello\n")
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        [message] = yield self.delivered("someone")
+        name, uid = self.user.name, self.user.uid
+        self.assertTrue(message.startswith(f"Return-Path: <{name}@localhost>\n".encode()), message)
+        self.assertIn(f"\nReceived: by mx.test (jsmail, from userid {uid} ({name}) pid ".encode(), message)
+        self.assertIn(f"\nFrom: {name}@localhost\n".encode(), message)
+        self.assertTrue(message.endswith(b"\n\nhello\n"), message)
+
+    @defer.inlineCallbacks
+    def test_forgedEnvelopeSenderOfAnotherUser(self):  # type: ignore[no-untyped-def]
+        """A user may not give another user's address (nor root's, nor one outside
+        this host) as the envelope sender: not with -f, not in their own SMTP (-bs).
+        Refused at MAIL (553 5.7.1, exit 77): nothing is queued."""
+        name = self.user.name
+        for sender in ("root", "root@localhost", "ceo@bank.example"):
+            result = yield self.sendmailAs("-f", sender, "victim@localhost", stdin=b"Subject: forged\n\nx\n")
+            address = sender if "@" in sender else f"{sender}@localhost"
+            self.assertEqual(result.returncode, EX_NOPERM, result.stderr)
+            self.assertIn(f"553 5.7.1 Sender <{address}> not allowed for user {name}".encode(), result.stderr)
+        result = yield self.sendmailAs("-bs", stdin=b"EHLO x\r\nMAIL FROM:<root@localhost>\r\nQUIT\r\n")
+        replies = [line for line in result.stdout.split(b"\r\n") if line[3:4] == b" "]
+        self.assertEqual(replies[2], f"553 5.7.1 Sender <root@localhost> not allowed for user {name}".encode())
+        self.assertEqual((listQueue(os.path.join(self.data, "queue")), self.mailbox("victim")), ([], []))
+
+    @defer.inlineCallbacks
+    def test_ownAddressAndNullSenderAreAllowed(self):  # type: ignore[no-untyped-def]
+        for sender in (self.user.name, "<>"):
+            result = yield self.sendmailAs("-f", sender, "own@localhost", stdin=b"Subject: mine\n\nx\n")
+            self.assertEqual((result.returncode, result.stderr), (0, b""))
+        messages = yield self.delivered("own", 2)
+        self.assertEqual(sorted(m.split(b"\n", 1)[0] for m in messages),
+                         [b"Return-Path: <>", f"Return-Path: <{self.user.name}@localhost>".encode()])
+
+    @defer.inlineCallbacks
+    def test_queueStaysClosedWhenNoGatewayListens(self):  # type: ignore[no-untyped-def]
+        """With the gateway down, another user is told to try again (75) and queues
+        nothing: only the queue's owner writes it directly."""
+        yield self.gateway.stopService()
+        result = yield self.sendmailAs("-t", stdin=b"To: someone@localhost\n\nx\n")
+        self.assertEqual(result.returncode, EX_TEMPFAIL)
+        self.assertIn(b"no jsmail gateway listens on", result.stderr)
+        self.assertIn(b"the mail is not sent", result.stderr)
+        self.assertEqual(listQueue(os.path.join(self.data, "queue")), [])
 
 
 # -- when no gateway takes the mail -------------------------------------------------------
