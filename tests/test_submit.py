@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import socket
 import stat
+import tempfile
 from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.settings import ServerSettings
-from jsmail.submit.endpoint import SocketPlaceError, SubmissionEndpoint
+from jsmail.submit.endpoint import SocketPlaceError, SubmissionEndpoint, closedDirectory
 from jsmail.submit.listener import LocalListener, LocalSubmissionFactory, SenderRule, qualified
 from jsmail.submit.unix import connect, peerCredentials, reachable
 from tests.localgateway import LocalGateway
@@ -118,6 +121,24 @@ class EndpointTests(TestCase):
         yield self.listen()
         failure = self.failureResultOf(SubmissionEndpoint(reactor, self.path).listen(Factory()), SocketPlaceError)
         self.assertIn("another process listens on", failure.getErrorMessage())
+
+    @defer.inlineCallbacks
+    def test_aSocketOtherUsersCannotReachIsReported(self):  # type: ignore[no-untyped-def]
+        """Under a data directory closed to others (0750), cron's mail would fail for
+        every user but jsmail's: the operator is told at start, with the fix."""
+        data = tempfile.mkdtemp(prefix="jsmail-data-")  # trial's own directory is closed already
+        self.addCleanup(shutil.rmtree, data, True)
+        os.chmod(data, 0o750)
+        path = os.path.join(data, "submit", "socket")
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.listen(path)
+        [text] = [formatEvent(e) for e in events if e.get("log_namespace") == "jsmail.submit.endpoint"]
+        self.assertEqual(text, f"Local submission: other users cannot reach {path}, since {data} is "
+                               f"closed to them; only its owner and group can use jsmail-sendmail.  Set [submit] "
+                               f"socket to a path every user can reach, such as /run/jsmail/submit.sock")
+        self.assertIsNone(closedDirectory(os.path.join(tempfile.gettempdir(), "socket")))
 
     @defer.inlineCallbacks
     def test_aPathLongerThanSunPathWorks(self):  # type: ignore[no-untyped-def]

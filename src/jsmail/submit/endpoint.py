@@ -23,10 +23,13 @@ from typing import Any
 from twisted.internet import address, defer, tcp, unix
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsmail.submit.unix import connect, reachable
+
+_log = Logger()
 
 
 class SocketPlaceError(Exception):
@@ -63,6 +66,28 @@ def preparePlace(path: str) -> None:
     if _answers(path):
         raise SocketPlaceError(f"another process listens on {path}")
     os.unlink(path)
+
+
+def closedDirectory(path: str) -> str | None:
+    """The first directory above ``path`` that other users may not pass through
+    (no search permission for others), or None: through it only its owner and
+    group reach the socket, which is fine for the jsmail user's own programs but
+    not for cron and other users (a data directory is often 0700 or 0750)."""
+    directory = os.path.dirname(path)
+    parents = []
+    while True:
+        parents.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for directory in reversed(parents):
+        try:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return directory
+        except OSError:
+            return directory
+    return None
 
 
 def _answers(path: str) -> bool:
@@ -120,4 +145,9 @@ class SubmissionEndpoint:
             return defer.fail(e)
         except Exception as e:
             return defer.fail(SocketPlaceError(str(getattr(e, "socketError", None) or e)))
+        closed = closedDirectory(self.path)
+        if closed is not None:
+            _log.warn("Local submission: other users cannot reach {path}, since {closed} is closed to them; only "
+                      "its owner and group can use jsmail-sendmail.  Set [submit] socket to a path every user can "
+                      "reach, such as /run/jsmail/submit.sock", path=self.path, closed=closed)
         return defer.succeed(port)
