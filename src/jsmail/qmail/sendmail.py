@@ -239,7 +239,7 @@ def send(invocation: Invocation, place: Place, stdin: BinaryIO, stderr: TextIO) 
         except NoGateway as e:
             if place.ownsQueue():
                 return _enqueue(place, sender, recipients, message, stderr)
-            print(f"jsmail-sendmail: {e}; the mail is not sent (try again once the gateway runs)", file=stderr)
+            print(f"jsmail-sendmail: {e}; the mail is not sent", file=stderr)
             return EX_TEMPFAIL
         except GatewayLost as e:
             print(f"jsmail-sendmail: {e}; the mail may not be sent", file=stderr)

@@ -58,7 +58,7 @@ def _open(path: str, timeout: float) -> socket.socket:
     try:
         return connect(path, timeout)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
-        raise NoGateway(f"no jsmail gateway listens on {path} ({e.strerror})") from None
+        raise NoGateway(f"no jsmail gateway listens on {path} ({e.strerror}); try again once it runs") from None
     except PermissionError:
         raise NoGateway(f"cannot reach {path}: permission denied (every directory above the socket must be "
                         f"searchable by all users)") from None
