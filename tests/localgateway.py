@@ -55,7 +55,7 @@ class LocalGateway:
         self.gateway.privilegedStartService()
         self.gateway.startService()
         self.addCleanup(lambda: self.gateway.stopService() if self.gateway.running else None)  # type: ignore[attr-defined]
-        yield self.gateway.listeners[-1].whenListening()
+        yield self.gateway.localSubmission.whenListening()
         return self.gateway
 
     def sendmail(self, *argv: str, stdin: bytes = b"Subject: s\n\nx\n",

@@ -26,6 +26,9 @@ from jsmail.policy.dnsbl import DNSBL
 from jsmail.policy.emailauth import ARCCheck, ARCSeal, DKIMCheck, DKIMSign, DMARCCheck, SPFCheck
 from jsmail.policy.plugin import IPolicyPlugin, PolicyPlugin
 from jsmail.policy.programs import ContentFilter, Program, RecipientCheck
+from jsmail.local.directory import RecipientDirectory
+from jsmail.local.settings import LocalSettings
+from jsmail.policy.recipients import KnownRecipients
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.qmail.tcpserver import RBLRefusal
@@ -36,6 +39,7 @@ from jsmail.remote.agent import RemoteDelivery
 from jsmail.remote.settings import RemoteSettings
 from jsmail.route import NoRemoteDelivery, Router
 from jsmail.smtp.session import Session
+from jsmail.submit.listener import LocalUser
 from jsmail.testing import RecordingAgent, runNow
 
 ENVELOPE = Envelope("a@b.example", (Recipient("x@localhost"),))
@@ -74,6 +78,7 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         MessagePolicy: MessagePolicy,
         RelayControl: lambda: RelayControl(lambda domain: True),
         BadMailFrom: lambda: BadMailFrom(["@bad.example"]),
+        KnownRecipients: lambda: KnownRecipients(RecipientDirectory(test.mktemp(), LocalSettings()), runNow),
         RBLRefusal: lambda: RBLRefusal("-listed"),
         AccessLists: lambda: AccessLists({}),
         DNSBL: lambda: DNSBL(object(), ["bl.test"]),
@@ -87,6 +92,7 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         ContentFilter: lambda: ContentFilter(program),
         Session: lambda: Session("192.0.2.1"),
         MailUser: lambda: MailUser("u"),
+        LocalUser: lambda: LocalUser("u", 1000),
         PolicyPlugin: lambda: PolicyPlugin("x", "a plugin", lambda options, context: Policy()),
     }
 

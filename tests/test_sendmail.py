@@ -275,6 +275,19 @@ class OtherUserTests(LocalGateway, TestCase):
         self.assertEqual((listQueue(os.path.join(self.data, "queue")), self.mailbox("victim")), ([], []))
 
     @defer.inlineCallbacks
+    def test_cronMailOfAnotherUserIsDelivered(self):  # type: ignore[no-untyped-def]
+        """cron runs sendmail as the job's user with its own From field ("root (Cron
+        Daemon)"): delivered, the envelope sender and the trace still the user's."""
+        result = yield self.sendmailAs(*CRON[:-1], "cronjob", stdin=(
+            b"From: root (Cron Daemon)\nTo: cronjob\nSubject: Cron <job@host> backup\n\nbackup done\n"))
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        [message] = yield self.delivered("cronjob")
+        name = self.user.name
+        self.assertTrue(message.startswith(f"Return-Path: <{name}@localhost>\n".encode()), message)
+        self.assertIn(f"(jsmail, from userid {self.user.uid} ({name}) pid ".encode(), message)
+        self.assertIn(b"\nFrom: root (Cron Daemon)\n", message)
+
+    @defer.inlineCallbacks
     def test_ownAddressAndNullSenderAreAllowed(self):  # type: ignore[no-untyped-def]
         for sender in (self.user.name, "<>"):
             result = yield self.sendmailAs("-f", sender, "own@localhost", stdin=b"Subject: mine\n\nx\n")

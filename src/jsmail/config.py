@@ -161,9 +161,11 @@ def _listeners(value: Any) -> tuple[str, ...]:
 def _checker(value: Any) -> str:
     from twisted.cred import strcred
 
+    from jsmail.auth import forSMTPAuth
+
     description = _string(value)
     try:
-        strcred.makeChecker(description)
+        forSMTPAuth(strcred.makeChecker(description), description)
     except strcred.InvalidAuthType as e:
         raise ValueError(f"unknown checker type {str(e)!r} (twistd jsmail --help-auth lists them)") from None
     except (strcred.InvalidAuthArgumentString, ValueError) as e:
@@ -344,6 +346,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "concurrency", "local", "concurrency", _integer(1)),
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
+    Option("local", "catchAll", "local", "catch_all", _boolean),
     Option("submit", "socket", "submit", "socket", _optionalString),
     Option("submit", "trustedUsers", "submit", "trusted_users", _listOf(_string)),
     Option("submit", "senders", "submit", "senders", senderPatterns),
@@ -372,10 +375,8 @@ class Config:
     source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
-_PARTS: dict[str, type] = {"server": GatewaySettings, "listen": Endpoints, "smtp": ServerSettings,
-                           "relay": RelaySettings, "auth": AuthSettings, "remote": RemoteSettings,
-                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings,
-                           "submit": SubmitSettings}
+#: Each part's settings class, by section: the Config fields above, in their order.
+_PARTS: dict[str, type] = {f.name: f.default_factory for f in fields(Config) if f.name != "source"}  # type: ignore[misc]
 
 
 def defaultHostname() -> str:
@@ -435,19 +436,20 @@ def _derive(config: Config) -> Config:
     part reads a complete section of its own wherever its process runs."""
     server = config.server
     hostname, dataDir = server.hostname, os.path.abspath(server.dataDir)
-    local, auth, submitSocket = config.local, config.auth, config.submit.socket
+    local, auth = config.local, config.auth
     return replace(
         config,
         server=replace(server, dataDir=dataDir, postmaster=server.postmaster or f"postmaster@{server.domains[0]}"),
-        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname),
+        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname,
+                     postmasterDomain=server.domains[0]),
         auth=replace(auth, passwordFile=os.path.abspath(auth.passwordFile or os.path.join(dataDir, "passwd"))),
         remote=replace(config.remote, heloHost=config.remote.heloHost or hostname),
         queue=replace(config.queue, bounceHost=config.queue.bounceHost or hostname),
         local=replace(local, noAtHost=local.noAtHost or hostname, localDomains=server.domains,
+                      catchAll=server.domains == ("localhost",) if local.catchAll is None else local.catchAll,
                       usersDir=os.path.abspath(local.usersDir or os.path.join(dataDir, "users")),
                       aliases=local.aliases and os.path.abspath(local.aliases)),
-        submit=replace(config.submit, socket="" if submitSocket == "none" else
-                       os.path.abspath(submitSocket or os.path.join(dataDir, "submit", "socket"))),
+        submit=config.submit.placed(dataDir),
     )
 
 
@@ -491,6 +493,7 @@ def fromJSON(text: str) -> Config:
 
 assert {(o.part, o.field) for o in OPTIONS} >= {
     (part, f.name) for part, cls in _PARTS.items() for f in fields(cls)
-    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "requireTLS"), ("smtp", "requireAuth"),
+    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "postmasterDomain"), ("smtp", "requireTLS"),
+                              ("smtp", "requireAuth"),
                               ("local", "localDomains")}
 }, "every settings field is an option, but those filled in from others and the listeners' own rules"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
@@ -15,6 +16,9 @@ from jsmail.smtp.tls import TLSError
 
 class Options(usage.Options, AuthOptionMixin):
     synopsis = "[options]"
+    # SMTP AUTH carries a user name and password; --auth refuses (and --help-auth hides)
+    # checkers that cannot judge one, such as anonymous or sshkey.
+    supportedInterfaces = (IUsernamePassword,)
     longdesc = (
         "Run the jsmail mail gateway. With no options: SMTP on 127.0.0.1:2525, submission "
         "(STARTTLS + AUTH) on 127.0.0.1:2587, implicit TLS on 127.0.0.1:2465, data under "

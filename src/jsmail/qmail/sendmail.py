@@ -213,10 +213,11 @@ def prepare(invocation: Invocation, spool: BinaryIO, domain: str) -> tuple[str, 
         raise Refusal(EX_USAGE, "no recipients (give them as arguments, or use -t)")
     sender = invocation.sender if invocation.sender is not None else _loginName()
     if not any(fieldName(f) == b"from" for f in fields(header)):
-        author = sender if "@" in sender or not sender else f"{sender}@{domain}"
+        author = sender or _loginName()  # the null sender names no author: the user is one
+        author = author if "@" in author else f"{author}@{domain}"
         if header and not header.endswith(b"\n"):
             header += b"\n"
-        header += f"From: {formataddr((invocation.fullName or '', author or 'MAILER-DAEMON@' + domain))}\n".encode()
+        header += f"From: {formataddr((invocation.fullName or '', author))}\n".encode()
     return sender, recipients, _Chain(header + rest, spool)  # type: ignore[return-value]
 
 

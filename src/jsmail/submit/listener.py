@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import cached_property
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, connectionDone
@@ -45,9 +45,8 @@ from jsmail import maillog, reply
 from jsmail._threads import RunInThread
 from jsmail.auth import IMailUser
 from jsmail.config import Config
-from jsmail.interfaces import IMessageSink
 from jsmail.listen import ListenerService
-from jsmail.queue.funnel import Owed
+from jsmail.queue.funnel import Funnel, Owed
 from jsmail.smtp.assembly import Assembler, sanitise
 from jsmail.smtp.listener import Listener
 from jsmail.smtp.server import ESMTPServer
@@ -87,6 +86,13 @@ class LocalUser:
             return True
         sender = sender.lower()
         return sender in self.own or sender in self.patterns or "@" + sender.rpartition("@")[2] in self.patterns
+
+    def mayWriteAs(self, author: str) -> bool:
+        """Any From or Sender: cron writes "From: root (Cron Daemon)" as the job's own
+        user, and mail readers the user's address elsewhere.  What the user is held
+        to is the envelope sender, and the Received field names their uid; mail from
+        this socket is never DKIM-signed (docs/submission.rst)."""
+        return True
 
 
 @dataclass(frozen=True)
@@ -295,16 +301,18 @@ def loginName(uid: int) -> str:
         raise UnknownUser(uid) from None
 
 
-def localSubmission(reactor: Any, path: str, sink: IMessageSink, settings: ServerSettings, rule: SenderRule,
-                    qualifier: str, runInThread: RunInThread,
-                    roomFor: Callable[[int], bool] | None = None) -> ListenerService:
-    """The listener service for the socket at ``path``, queueing into ``sink`` (the
-    funnel, owing what a submission is owed) under ``settings``' limits; ``roomFor``
-    says whether the queue has room for a message (see :class:`Listener`)."""
+def localSubmission(reactor: Any, path: str, funnel: Funnel, settings: ServerSettings, rule: SenderRule,
+                    qualifier: str, runInThread: RunInThread, roomFor: Callable[[int], bool] | None = None,
+                    checks: Sequence[object] = ()) -> ListenerService:
+    """The listener service for the socket at ``path``, queueing through ``funnel``
+    (owing what a submission is owed) under ``settings``' limits; ``roomFor`` says
+    whether the queue has room for a message (see :class:`Listener`); ``checks``
+    judge recipients (unknown local ones are refused at RCPT, not bounced)."""
     settings = replace(settings, greeting="", requireTLS=False, requireAuth=False, normaliseLineEndings=True,
                        strictHelo=False)
-    listener = LocalListener(settings, sink, reactor, NAME, runInThread=runInThread, roomFor=roomFor,
-                             owed=Owed(complete=True, hostname=settings.hostname))
+    owed = Owed(complete=True, hostname=settings.hostname)
+    listener = LocalListener(settings, funnel.owing(owed), reactor, NAME, tuple(checks), runInThread=runInThread,
+                             roomFor=roomFor, owed=owed)
     description = "unix:" + path.replace("\\", "\\\\").replace(":", "\\:")  # for the log; not parsed again
     service = ListenerService(reactor, description, LocalSubmissionFactory(listener, rule, qualifier, runInThread),
                               NAME)
@@ -312,12 +320,13 @@ def localSubmission(reactor: Any, path: str, sink: IMessageSink, settings: Serve
     return service
 
 
-def forGateway(config: Config, sink: IMessageSink, reactor: Any, runInThread: RunInThread,
-               roomFor: Callable[[int], bool] | None = None) -> ListenerService:
+def forGateway(config: Config, funnel: Funnel, reactor: Any, runInThread: RunInThread,
+               roomFor: Callable[[int], bool] | None = None, checks: Sequence[object] = ()) -> ListenerService:
     """The gateway's local submission listener, as ``config`` says (``[submit]``, the
     ``[smtp]`` limits, the host name and local domains)."""
     server = config.server
     qualifier = qualifyingDomain(config)
     domains = tuple(dict.fromkeys((server.hostname, qualifier, *server.domains)))
     rule = SenderRule.fromSettings(config.submit, domains)
-    return localSubmission(reactor, config.submit.socket, sink, config.smtp, rule, qualifier, runInThread, roomFor)
+    return localSubmission(reactor, config.submit.socket, funnel, config.smtp, rule, qualifier, runInThread, roomFor,
+                           checks)

@@ -3,7 +3,8 @@ the configuration can name without importing the listener."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 #: Where ``jsmail-sendmail`` looks when it may not read the configuration (a file that
@@ -27,6 +28,12 @@ class SubmitSettings:
     socket: str = ""
     trustedUsers: tuple[str, ...] = ()
     senders: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def placed(self, dataDir: str) -> SubmitSettings:
+        """These settings as read: the socket's absolute path, "" for none."""
+        if self.socket == "none":
+            return replace(self, socket="")
+        return replace(self, socket=os.path.abspath(self.socket or os.path.join(dataDir, "submit", "socket")))
 
 
 def senderPatterns(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
