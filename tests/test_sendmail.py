@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import jsmail
 from jsmail.qmail import sendmail
-from jsmail.qmail.sendmail import EX_CONFIG, EX_NOPERM, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, main
+from jsmail.qmail.sendmail import EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, main
 from jsmail.qmail.sendmailoptions import Invocation, UsageError, parse, usage, xtext
 from jsmail.queue.admin import listQueue, openEntry
 from jsmail.queue.store import MaildirQueue
@@ -203,6 +203,22 @@ class SubmissionTests(LocalGateway, TestCase):
         yield self.delivered("elsewhere")
         self.assertEqual(os.listdir(elsewhere), [])
 
+
+
+class UnknownRecipientTests(LocalGateway, TestCase):
+    timeout = 60
+
+    def setUp(self) -> Any:
+        return self.startGateway("[local]\ncatch_all = false\n")
+
+    @defer.inlineCallbacks
+    def test_unknownLocalRecipientIsRefusedNotBounced(self):  # type: ignore[no-untyped-def]
+        """Without a catch-all, a typo in a local address is told to the program at
+        once (550 5.1.1, exit 67), as on port 25, instead of a bounce later."""
+        code, _, err = yield self.sendmail("nosuch@localhost")
+        self.assertEqual(code, EX_NOUSER)
+        self.assertIn("jsmail-sendmail: <nosuch@localhost>: 550 5.1.1 ", err)
+        self.assertEqual(listQueue(os.path.join(self.data, "queue")), [])
 
 
 class BatchTests(LocalGateway, TestCase):
