@@ -20,7 +20,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.settings import ServerSettings
 from jsmail.submit.endpoint import SocketPlaceError, SubmissionEndpoint, closedDirectory
-from jsmail.submit.listener import LocalListener, LocalSubmissionFactory, SenderRule, qualified
+from jsmail.submit.listener import (
+    USER_CACHE_SIZE,
+    USER_CACHE_TIME,
+    LocalListener,
+    LocalSubmissionFactory,
+    SenderRule,
+    qualified,
+)
 from jsmail.submit.unix import connect, peerCredentials, reachable
 from tests.localgateway import LocalGateway
 
@@ -226,3 +233,25 @@ class LookupDeadlineTests(TestCase):
         self.assertEqual((yield deferToThread(client.recv, 200)),
                          b"421 4.3.0 Cannot look up your user name now, try again later\r\n")
         self.assertEqual(factory.connections, 0)
+
+    def test_userNamesAreCachedForAMinuteAndBounded(self) -> None:
+        """A busy cron does not ask the user database for every message, a uid
+        renamed is seen within a minute, and a flood of uids keeps the cache small."""
+        clock, asked = task.Clock(), []
+
+        def lookUp(f: Any, uid: int) -> defer.Deferred[str]:
+            asked.append(uid)
+            return defer.succeed(f"user{uid}")
+
+        listener = LocalListener(ServerSettings(hostname="mx.test"), MemoryQueue(), clock, "local")
+        factory = LocalSubmissionFactory(listener, SenderRule(("mx.test",)), "mx.test", lookUp)
+        for _ in range(2):
+            self.assertEqual(self.successResultOf(factory.userFor(1000)).name, "user1000")
+        self.assertEqual(asked, [1000])
+        clock.advance(USER_CACHE_TIME + 1)
+        factory.userFor(1000)
+        self.assertEqual(asked, [1000, 1000])
+        for uid in range(2000, 2000 + 2 * USER_CACHE_SIZE):
+            factory.userFor(uid)
+        self.assertEqual(len(factory._names), USER_CACHE_SIZE)
+

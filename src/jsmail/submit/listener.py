@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -281,13 +280,13 @@ class LocalSubmissionFactory(Factory):
     def userFor(self, uid: int) -> defer.Deferred[LocalUser]:
         """The user with ``uid``, by a name found recently or looked up in a thread."""
         known = self._names.get(uid)
-        if known is not None and known[1] > time.monotonic():
+        if known is not None and known[1] > self.listener.clock.seconds():
             return defer.succeed(self.rule.userFor(uid, known[0]))
 
         def found(name: str) -> LocalUser:
             if len(self._names) >= USER_CACHE_SIZE:
                 self._names.pop(next(iter(self._names)))
-            self._names[uid] = (name, time.monotonic() + USER_CACHE_TIME)
+            self._names[uid] = (name, self.listener.clock.seconds() + USER_CACHE_TIME)
             return self.rule.userFor(uid, name)
 
         return self.runInThread(loginName, uid).addCallback(found)
