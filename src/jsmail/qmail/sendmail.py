@@ -41,7 +41,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from email.utils import formataddr, getaddresses
-from typing import Any, BinaryIO, Iterator, TextIO
+from typing import Any, BinaryIO, Iterator, TextIO, cast
 
 from jsmail.headers import dropFields, fieldName, fields, fieldValue, hasName, readHeader
 from jsmail.qmail.sendmailoptions import Invocation, UsageError, parse, usage
@@ -229,7 +229,7 @@ def send(invocation: Invocation, place: Place, stdin: BinaryIO, stderr: TextIO) 
     config = place.config
     limit = config.smtp.maxMessageSize if config is not None else None
     with readMessage(stdin, invocation.dotEnds, limit) as spool:
-        sender, recipients, message = prepare(invocation, spool,
+        sender, recipients, message = prepare(invocation, cast(BinaryIO, spool),
                                               qualifyingDomain(config) if config is not None else socket.getfqdn())
         options = invocation.mailOptions
         if any(not a.isascii() for a in (sender, *recipients)):
@@ -388,12 +388,16 @@ def _smtpOnStdio(place: Place) -> int:
     queueDir = place.queueDir
     assert queueDir is not None and place.config is not None
     queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
-    funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
+
+    def queued(queueId: str, envelope: object) -> None:
+        wakeDelivery(queueDir)
+
+    funnel = Funnel(queue, queued)
     hostname = place.config.server.hostname
     sink = funnel.owing(Owed(complete=True, hostname=hostname))
     session = ESMTPServer(Listener(place.config.smtp, sink, reactor, "sendmail -bs"))
     stdio.StandardIO(SessionOnStdio(session, reactorStopper(reactor)))
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     queue.close()
     return EX_OK
 

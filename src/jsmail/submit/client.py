@@ -120,6 +120,7 @@ def _transaction(client: _SocketSMTP, sender: str, recipients: list[str], messag
     code, text = client.docmd("DATA")
     if code == 354:
         message.seek(0)
+        assert client.sock is not None, "connected"
         for chunk in wireData(message):
             client.sock.sendall(chunk)  # not client.send, which -v would make print the message
         code, text = client.getreply()

@@ -21,8 +21,7 @@ import stat
 from typing import Any
 
 from twisted.internet import address, defer, tcp, unix
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -105,13 +104,13 @@ class _Port(unix.Port):
     ``/proc/self/fd``) and removes its socket when it stops only if the socket is still
     its own and it still may."""
 
-    def __init__(self, bindName: str, factory: Factory, backlog: int, reactor: Any, path: str) -> None:
+    def __init__(self, bindName: str, factory: Any, backlog: int, reactor: Any, path: str) -> None:
         super().__init__(bindName, factory, backlog, 0o666, reactor)  # type: ignore[arg-type]
         self.path = path
         self._made: os.stat_result | None = None
 
     def startListening(self) -> None:
-        super().startListening()  # type: ignore[no-untyped-call]
+        super().startListening()
         self._made = os.lstat(self.path)
 
     def getHost(self) -> address.UNIXAddress:
@@ -135,7 +134,7 @@ class SubmissionEndpoint:
         self.path = path
         self.backlog = backlog
 
-    def listen(self, factory: Factory) -> defer.Deferred[IListeningPort]:
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         try:
             preparePlace(self.path)
             with reachable(self.path) as name:

@@ -169,13 +169,18 @@ class LocalSession(ESMTPServer):
         self._timer: Any = None
         self._early = b""
 
+    @property
+    def _transport(self) -> Any:
+        """The UNIX socket's transport (typed as a bare ITransport by Protocol)."""
+        return self.transport
+
     def clientOf(self, transport: Any) -> tuple[str, int]:
         assert self.peer is not None
         return f"uid={self.peer.uid}", self.peer.pid  # "[uid=1000]:4242" in the operator log
 
     def connectionMade(self) -> None:
         try:
-            self.peer = peerCredentials(self.transport.getHandle())
+            self.peer = peerCredentials(self._transport.getHandle())
         except OSError as e:
             self._refuse(reply.LOCAL_NO_CREDENTIALS, f"no peer credentials: {e}")
             return
@@ -214,8 +219,8 @@ class LocalSession(ESMTPServer):
         client = f"[uid={self.peer.uid}]:{self.peer.pid}" if self.peer is not None else "[local]"
         maillog.reject(client, "CONNECT", refusal, reason)
         self._gone = True
-        self.transport.write(b"".join(refusal.lines()))
-        self.transport.loseConnection()
+        self._transport.write(b"".join(refusal.lines()))
+        self._transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._started:
