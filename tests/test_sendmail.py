@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 import jsmail
 from jsmail.qmail import sendmail
@@ -22,6 +22,7 @@ from jsmail.qmail.sendmail import EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_TEMPFAIL, 
 from jsmail.qmail.sendmailoptions import Invocation, UsageError, parse, usage, xtext
 from jsmail.queue.admin import listQueue, openEntry
 from jsmail.queue.store import MaildirQueue
+from jsmail.submit.settings import WELL_KNOWN_SOCKET
 from tests.localgateway import LocalGateway
 from tests.systemuser import throwawayUser
 
@@ -311,6 +312,17 @@ class OtherUserTests(LocalGateway, TestCase):
         messages = yield self.delivered("own", 2)
         self.assertEqual(sorted(m.split(b"\n", 1)[0] for m in messages),
                          [b"Return-Path: <>", f"Return-Path: <{self.user.name}@localhost>".encode()])
+
+    @defer.inlineCallbacks
+    def test_unreadableConfigurationLeadsToTheWellKnownSocket(self):  # type: ignore[no-untyped-def]
+        """A configuration file with passwords (0600) tells another user nothing:
+        they try the packaged socket, and are told when nothing listens there."""
+        if os.path.exists(WELL_KNOWN_SOCKET):
+            raise SkipTest(f"{WELL_KNOWN_SOCKET} exists on this host: a real gateway may take the test's mail")
+        os.chmod(self.configPath, 0o600)
+        result = yield self.sendmailAs("-t", stdin=b"To: someone@localhost\n\nx\n")
+        self.assertEqual(result.returncode, EX_TEMPFAIL)
+        self.assertIn(f"no jsmail gateway listens on {WELL_KNOWN_SOCKET}".encode(), result.stderr)
 
     @defer.inlineCallbacks
     def test_queueStaysClosedWhenNoGatewayListens(self):  # type: ignore[no-untyped-def]
