@@ -47,7 +47,7 @@ from jsmail.headers import dropFields, fieldName, fields, fieldValue, hasName, r
 from jsmail.qmail.sendmailoptions import Invocation, UsageError, parse, usage
 from jsmail.submit.settings import WELL_KNOWN_SOCKET, qualifyingDomain
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE, EX_SOFTWARE = 0, 64, 65, 67, 69, 70
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE = 0, 64, 65, 67, 69
 EX_IOERR, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 74, 75, 77, 78
 
 DEFAULT_CONFIG = "/etc/jsmail/jsmail.toml"
