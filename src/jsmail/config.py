@@ -26,6 +26,7 @@ from jsmail.error import SMTPReplyError
 from jsmail.auth import AuthSettings
 from jsmail.listen import Endpoints
 from jsmail.local.settings import LocalSettings
+from jsmail.ops.settings import MetricsSettings
 from jsmail.policy.plugin import PolicySettings
 from jsmail.policy.relay import RelaySettings
 from jsmail.remote.settings import RemoteSettings
@@ -151,6 +152,11 @@ def _optionalString(value: Any) -> str:
     return value
 
 
+def _optionalEndpoint(value: Any) -> str:
+    """An endpoint, or empty for none."""
+    return "" if value == "" else _endpoint(value)
+
+
 def _listeners(value: Any) -> tuple[str, ...]:
     """Endpoints to listen on; ``"none"`` (or an empty list) turns the listener off."""
     if value in ("none", ["none"], ("none",)):
@@ -216,19 +222,10 @@ def _prefixLength(value: Any) -> int:
     return length
 
 
-def _nulBytes(value: Any) -> bool:
-    """``nul_bytes``: "reject" or "accept" (ServerSettings.allowNul)."""
-    return _choice("reject", "accept")(value) == "accept"
-
-
-def _heloCheck(value: Any) -> bool:
-    """``helo_check``: "syntax" (refuse what is no domain or address literal) or "none"."""
-    return _choice("none", "syntax")(value) == "syntax"
-
-
-def _lineEndings(value: Any) -> bool:
-    """``bare_line_endings``: "reject" or "normalise" (ServerSettings.normaliseLineEndings)."""
-    return _choice("reject", "normalise")(value) == "normalise"
+def _either(no: str, yes: str) -> Callable[[Any], bool]:
+    """A setting of two words, read as False for ``no`` and True for ``yes`` (e.g.
+    ``nul_bytes = "reject"`` or ``"accept"``, ``helo_check = "none"`` or ``"syntax"``)."""
+    return lambda value: _choice(no, yes)(value) == yes
 
 
 @dataclass(frozen=True)
@@ -282,14 +279,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("smtp", "idleTimeout", "smtp", "idle_timeout", _seconds),
     Option("smtp", "maxConnections", "smtp", "max_connections", _integer(1)),
     Option("smtp", "maxConnectionsPerClient", "smtp", "max_connections_per_client", _integer(1)),
-    Option("smtp", "normaliseLineEndings", "smtp", "bare_line_endings", _lineEndings),
+    Option("smtp", "normaliseLineEndings", "smtp", "bare_line_endings", _either("reject", "normalise")),
     Option("smtp", "maxReceivedHeaders", "smtp", "max_received_headers", _integer(1)),
     Option("smtp", "maxJunkCommands", "smtp", "max_junk_commands", _integer(0)),
     Option("smtp", "maxSessionTime", "smtp", "max_session_time", _seconds),
     Option("smtp", "minDataRate", "smtp", "min_data_rate", _seconds),
     Option("smtp", "clientPrefix6", "smtp", "client_ipv6_prefix", _prefixLength),
-    Option("smtp", "allowNul", "smtp", "nul_bytes", _nulBytes),
-    Option("smtp", "strictHelo", "smtp", "helo_check", _heloCheck),
+    Option("smtp", "allowNul", "smtp", "nul_bytes", _either("reject", "accept")),
+    Option("smtp", "strictHelo", "smtp", "helo_check", _either("none", "syntax")),
     Option("smtp", "minFreeSpace", "queue", "min_free", _integer(0)),
     Option("smtp", "maxAuthFailures", "auth", "max_failures", _integer(0)),
     Option("smtp", "authFailureDelay", "auth", "failure_delay", _nonNegativeSeconds),
@@ -350,6 +347,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("submit", "socket", "submit", "socket", _optionalString),
     Option("submit", "trustedUsers", "submit", "trusted_users", _listOf(_string)),
     Option("submit", "senders", "submit", "senders", senderPatterns),
+    Option("metrics", "listen", "metrics", "listen", _optionalEndpoint),
 )
 
 BY_NAME = {f"{option.section}.{option.key}": option for option in OPTIONS}
@@ -371,6 +369,7 @@ class Config:
     policy: PolicySettings = field(default_factory=PolicySettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     submit: SubmitSettings = field(default_factory=SubmitSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     #: The checked settings as TOML-shaped tables (what :func:`toJSON` passes on).
     source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 

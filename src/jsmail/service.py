@@ -262,6 +262,11 @@ class MailGateway(ThreadPoolService):
                                               None if config.queue.program else self.queue.roomFor,
                                               knownRecipients(config, self.threads("checks")))
             self.localSubmission.setServiceParent(self)
+        if config.metrics.listen:
+            from jsmail.ops.web import OperationsService  # prometheus_client only when asked for
+
+            self.operations = OperationsService(self, config.metrics.listen)
+            self.operations.setServiceParent(self)
 
     @defer.inlineCallbacks
     def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:

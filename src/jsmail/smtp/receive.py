@@ -4,6 +4,7 @@ and the commit that makes it durable before the client hears 250."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Protocol
 
 from twisted.internet import defer
@@ -59,8 +60,10 @@ def _once(recipients: list[Recipient]) -> tuple[Recipient, ...]:
     return tuple(kept)
 
 
-#: The header fields read as the content streams by (see Transaction._headerRefusal).
-_WATCHED = ("delivered-to", "from", "sender")
+#: The header fields read as the content streams by: for Transaction._headerRefusal,
+#: and the Message-ID for the operator log (``jsmail trace --message-id``).
+_WATCHED = ("delivered-to", "from", "sender", "message-id")
+_MESSAGE_ID = re.compile(rb"^[ \t]*(<[^<>\s]{1,250}>)")
 
 #: What a command answers when its reply comes later, or was already written.
 NO_REPLY = Reply(0, "", "")
@@ -99,6 +102,7 @@ class Transaction:
             protocol=session.withProtocol(),
         )
         self.message = server.listener.sink.newMessage(envelope)
+        session.queueId = self.message.queueId
         self._tooBig = self._writeFailed = self._nul = False
         self._size = 0
         self._header = FieldWatcher(_WATCHED, limit=64 * 1024)
@@ -231,7 +235,7 @@ class Transaction:
                 address = fieldValue(field).decode("utf-8", "replace").strip().lower()
                 if address in recipients:
                     return reply.ALREADY_DELIVERED.format(recipients[address])
-            elif user is not None:
+            elif user is not None and name != b"message-id":
                 assert name is not None
                 label = name.decode("ascii").capitalize()
                 found = mailboxes(field)
@@ -241,16 +245,26 @@ class Transaction:
             return reply.AUTHOR_NOT_OWNED.format("From")  # too much header to tell
         return None
 
+    def _messageId(self) -> str:
+        """The first Message-ID, with its angle brackets, or "" where there is none."""
+        for field in self._header.kept:
+            if fieldName(field) == b"message-id":
+                match = _MESSAGE_ID.match(fieldValue(field))
+                return match.group(1).decode("ascii", "replace") if match else ""
+        return ""
+
     def _commit(self, message: IIncomingMessage) -> Result:
         server = self.server
-        sender, count, client = str(server.session.sender), len(server.session.recipients), server.session.client
+        session = server.session
+        sender, count, client = str(session.sender), len(session.recipients), session.client
+        logged = (session.sessionId, server.listener.name, self._messageId())
         self.message = None
         server.resetTransaction()
         size = message.size
         d = message.commit()
 
         def queued(queueId: str) -> Reply:
-            maillog.queued(queueId, sender, count, size, client)
+            maillog.queued(queueId, sender, count, size, client, *logged)
             return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:
