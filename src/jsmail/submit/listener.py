@@ -217,7 +217,7 @@ class LocalSession(ESMTPServer):
 
     def _refuse(self, refusal: reply.Reply, reason: str) -> None:
         client = f"[uid={self.peer.uid}]:{self.peer.pid}" if self.peer is not None else "[local]"
-        maillog.reject(client, "CONNECT", refusal, reason)
+        maillog.reject(client, "CONNECT", refusal, reason, listener=NAME)
         self._gone = True
         self._transport.write(b"".join(refusal.lines()))
         self._transport.loseConnection()
