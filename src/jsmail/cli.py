@@ -32,7 +32,7 @@ import time
 
 from jsmail.auth import setPassword
 from jsmail.datadir import dataDirectory
-from jsmail.send.bounce import MAX_RETURNED_HEADERS
+from jsmail.send.dsn import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
@@ -126,8 +126,9 @@ def queueShow(arguments: argparse.Namespace) -> int:
 
 
 def queueMove(arguments: argparse.Namespace) -> int:
-    """delete, hold and release: then wake the gateway (a released message is taken up
-    at once; a deleted or held one is dropped when its next attempt comes)."""
+    """delete, hold and release: then wake the gateway with a flush, so that a released
+    message is taken up at once and a deleted or held one leaves the plan now (its
+    attempt, made due, finds it gone)."""
     directory = os.path.join(dataDirectory(arguments.data), "queue")
     to = {"delete": "delete", "hold": "hold", "release": "active"}[arguments.action]
     try:
@@ -137,7 +138,7 @@ def queueMove(arguments: argparse.Namespace) -> int:
         return 1
     done = {"delete": "deleted", "hold": "held", "release": "released"}[arguments.action]
     print(f"jsmail queue: {arguments.id} {done}")
-    wakeDelivery(directory)
+    wakeDelivery(directory, flush=True)
     return 0
 
 

@@ -287,7 +287,8 @@ def _enqueue(place: Place, sender: str, recipients: list[str], message: BinaryIO
 
     envelope = [qualified(address) for address in (sender, *recipients)]
     try:
-        enqueue(place.dataDir, _Reader(normalised(message)), encode(envelope[0], envelope[1:]), owed)  # type: ignore[arg-type]
+        enqueue(place.dataDir, _Reader(normalised(message)), encode(envelope[0], envelope[1:]), owed,  # type: ignore[arg-type]
+                trusted=True)  # a user of this host, as on the socket
     except (QueueRefusal, EnvelopeError) as e:
         print(f"jsmail-sendmail: not queued: {e}", file=stderr)
         return EX_DATAERR if 11 <= e.code <= 40 or e.code == 91 else EX_TEMPFAIL

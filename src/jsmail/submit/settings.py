@@ -56,11 +56,7 @@ def senderPatterns(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 def qualifyingDomain(config: Any) -> str:
     """The domain an address without one gets when a local user submits it (cron's
-    ``root``): ``local.noathost`` when set, else the host name if it is a local
-    domain, else the first local domain, so that such mail stays on this host (the
-    host name is not always one of ``server.domains``).  ``config``: a
-    :class:`jsmail.config.Config`."""
-    if config.source.get("local", {}).get("noathost"):
-        return str(config.local.noAtHost)
-    hostname, domains = config.server.hostname, config.server.domains
-    return str(hostname if hostname in domains else domains[0])
+    ``root``): ``local.noathost``, the same as forward and alias targets get, which is
+    a local domain unless set otherwise, so that such mail stays on this host.
+    ``config``: a :class:`jsmail.config.Config`."""
+    return str(config.local.noAtHost)
