@@ -6,7 +6,7 @@
   sender, and each recipient with its state and last error; ``jsmail queue show ID``
   adds the header section; ``--json`` gives the same as JSON.
 - ``jsmail queue flush`` asks the running delivery process to retry everything now,
-  by sending SIGALRM to the pid in ``DATA/queue/send.pid`` (as qmail-send takes it).
+  through its wake-up FIFO ``DATA/queue/trigger`` (:mod:`jsmail.queue.trigger`).
 - ``jsmail queue hold|release|delete ID`` move a message to ``queue/hold/`` and back,
   or remove it; the scheduler reads each message afresh before every attempt.
 - ``jsmail queue requeue [ID...]`` starts the retry schedule of messages afresh (all,
@@ -18,9 +18,10 @@
 - ``jsmail check`` checks a configuration and what it needs, for monitoring
   (:mod:`jsmail.ops.check`).
 
-The data directory (and the password file) come from ``--data``, else the
-configuration file named by ``--config`` (the one the gateway runs with), else
-``$JSMAIL_DATA``, else ``./jsmail-data``.  ``--json`` makes every queue command print
+The data directory (and the password file) come from the gateway's configuration
+(``--config``, ``$JSMAIL_CONFIG`` or ``/etc/jsmail/jsmail.toml``, as jsmail-sendmail
+finds it), with ``--data`` or ``$JSMAIL_DATA`` taking the data directory's place; with
+neither, ``./jsmail-data``.  ``--json`` makes every queue command print
 JSON.  A directory that holds no queue, or one this user may not read, is an error
 (exit 1) with a one-line reason, never an empty list.
 """
@@ -62,13 +63,21 @@ class Refused(Exception):
 
 
 def _settings(arguments: argparse.Namespace) -> tuple[str, str]:
-    """The data directory and the password file the gateway uses: ``--data``, else the
-    ``--config`` file's, else ``$JSMAIL_DATA`` or ``./jsmail-data``."""
-    if arguments.config:
-        overrides = {"server.data": arguments.data} if arguments.data else {}
-        config = loadConfig(arguments.config, overrides)
+    """The data directory and the password file the gateway uses, found as
+    jsmail-sendmail finds them: the configuration from ``--config``, else
+    ``$JSMAIL_CONFIG``, else :data:`~jsmail.qmail.sendmail.DEFAULT_CONFIG` if this user
+    may read it; the data directory from ``--data`` or ``$JSMAIL_DATA`` over the
+    configuration's; with neither, ``./jsmail-data``."""
+    from jsmail.qmail.sendmail import DEFAULT_CONFIG
+
+    path = arguments.config or os.environ.get("JSMAIL_CONFIG")
+    if not path and os.access(DEFAULT_CONFIG, os.R_OK):
+        path = DEFAULT_CONFIG
+    data = arguments.data or os.environ.get("JSMAIL_DATA")
+    if path:
+        config = loadConfig(path, {"server.data": data} if data else {})
         return config.server.dataDir, config.auth.passwordFile
-    data = dataDirectory(arguments.data)
+    data = dataDirectory(data)
     return data, os.path.join(data, "passwd")
 
 
@@ -181,8 +190,9 @@ def queueShow(arguments: argparse.Namespace) -> int:
 
 
 def queueMove(arguments: argparse.Namespace) -> int:
-    """delete, hold and release: then wake the gateway (a released message is taken up
-    at once; a deleted or held one is dropped when its next attempt comes)."""
+    """delete, hold and release: then wake the gateway with a flush, so that a released
+    message is taken up at once and a deleted or held one leaves the plan now (its
+    attempt, made due, finds it gone)."""
     directory = _queue(arguments)
     to = {"delete": "delete", "hold": "hold", "release": "active"}[arguments.action]
     try:
@@ -192,7 +202,7 @@ def queueMove(arguments: argparse.Namespace) -> int:
         return 1
     done = {"delete": "deleted", "hold": "held", "release": "released"}[arguments.action]
     _say(arguments, f"jsmail queue: {arguments.id} {done}", id=arguments.id, done=done)
-    wakeDelivery(directory)
+    wakeDelivery(directory, flush=True)
     return 0
 
 
@@ -207,17 +217,16 @@ def queueRequeue(arguments: argparse.Namespace) -> int:
             print(f"jsmail queue: no message {queueId} in {directory}", file=sys.stderr)
             return 1
     _say(arguments, f"jsmail queue: {len(ids)} message(s) requeued", requeued=ids)
-    wakeDelivery(directory)
+    wakeDelivery(directory, flush=True)
     return 0
 
 
 def queueFlush(arguments: argparse.Namespace) -> int:
     directory = _queue(arguments)
-    pid = wakeDelivery(directory)
-    if pid is None:
-        print(f"jsmail queue flush: no running delivery process (see {directory}/send.pid)", file=sys.stderr)
+    if not wakeDelivery(directory, flush=True):
+        print(f"jsmail queue flush: no running delivery process (nothing reads {directory}/trigger)", file=sys.stderr)
         return 1
-    _say(arguments, f"jsmail queue flush: asked process {pid} to retry every queued message now", pid=pid)
+    _say(arguments, "jsmail queue flush: asked the delivery process to retry every queued message now", flushed=True)
     return 0
 
 
