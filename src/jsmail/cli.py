@@ -40,7 +40,7 @@ from jsmail import __version__
 from jsmail.address import normaliseDomain
 from jsmail.auth import removeUser, setPassword
 from jsmail.config import ConfigError, loadConfig
-from jsmail.datadir import dataDirectory
+from jsmail.datadir import DEFAULT_CONFIG, dataDirectory
 from jsmail.error import SMTPReplyError
 from jsmail.send.dsn import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
@@ -65,11 +65,9 @@ class Refused(Exception):
 def _settings(arguments: argparse.Namespace) -> tuple[str, str]:
     """The data directory and the password file the gateway uses, found as
     jsmail-sendmail finds them: the configuration from ``--config``, else
-    ``$JSMAIL_CONFIG``, else :data:`~jsmail.qmail.sendmail.DEFAULT_CONFIG` if this user
+    ``$JSMAIL_CONFIG``, else :data:`~jsmail.datadir.DEFAULT_CONFIG` if this user
     may read it; the data directory from ``--data`` or ``$JSMAIL_DATA`` over the
     configuration's; with neither, ``./jsmail-data``."""
-    from jsmail.qmail.sendmail import DEFAULT_CONFIG
-
     path = arguments.config or os.environ.get("JSMAIL_CONFIG")
     if not path and os.access(DEFAULT_CONFIG, os.R_OK):
         path = DEFAULT_CONFIG

@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 
 DEFAULT = "jsmail-data"
+#: The gateway's configuration where no ``--config``/``-C`` or ``$JSMAIL_CONFIG`` names
+#: one: jsmail-sendmail and the ``jsmail`` command both look here.
+DEFAULT_CONFIG = "/etc/jsmail/jsmail.toml"
 
 
 def dataDirectory(argument: str | None, default: str = DEFAULT) -> str:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from email.utils import formataddr, getaddresses
 from typing import Any, BinaryIO, Iterator, TextIO, cast
 
+from jsmail import datadir
 from jsmail.headers import dropFields, fieldName, fields, fieldValue, hasName, readHeader
 from jsmail.qmail.sendmailoptions import Invocation, UsageError, parse, usage
 from jsmail.submit.settings import WELL_KNOWN_SOCKET, qualifyingDomain
@@ -50,7 +51,7 @@ from jsmail.submit.settings import WELL_KNOWN_SOCKET, qualifyingDomain
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE = 0, 64, 65, 67, 69
 EX_IOERR, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 74, 75, 77, 78
 
-DEFAULT_CONFIG = "/etc/jsmail/jsmail.toml"
+DEFAULT_CONFIG = datadir.DEFAULT_CONFIG
 SPOOL_IN_MEMORY = 1 << 20  # larger messages wait in a temporary file
 
 
