@@ -1,4 +1,4 @@
-"""The whole gateway as one :class:`MultiService`: what twistd and embedders start.
+"""The whole gateway as one :class:`twisted.application.service.MultiService`: what twistd and embedders start.
 
 :class:`MailGateway` receives: the SMTP listeners and the queue's incoming side.
 :class:`DeliveryService` delivers: the scheduler and its agents (qmail-send and
