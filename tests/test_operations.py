@@ -84,6 +84,11 @@ class DocumentationTests(unittest.TestCase):
         doc = read(DOC)
         self.assertEqual({e for e in events if f"``{e}``" not in doc}, set())
 
+    def test_builds_without_warnings(self) -> None:
+        from docutils.core import publish_doctree
+
+        publish_doctree(read(DOC), source_path=DOC, settings_overrides={"report_level": 2, "halt_level": 2})
+
     def test_every_metric_is_documented(self) -> None:
         names = registryNames()
         self.assertIn("jsmail_queue_oldest_seconds", names)
