@@ -22,9 +22,10 @@ COMMANDS = {
     "twistd-jsmail": ["-c", "from twisted.scripts.twistd import run; run()", "jsmail"],
     "jsmail": ["-m", "jsmail.cli"],
     "jsmail-smtpd": ["-m", "jsmail.qmail.tcpserver"],
+    "jsmail-sendmail": ["-m", "jsmail.qmail.sendmail"],
 }
-#: The commands without ``--help`` (sendmail's and qmail-queue's command lines have none).
-WITHOUT_HELP = {"jsmail-sendmail": "qmail/sendmail.py", "jsmail-queue": "qmail/queueprogram.py"}
+#: The command without ``--help`` (qmail-queue's command line has none).
+WITHOUT_HELP = {"jsmail-queue": "qmail/queueprogram.py"}
 PAGES = sorted([*COMMANDS, *WITHOUT_HELP])
 
 _OPTION_LINE = re.compile(r"^\s+(-.*?)(?:\s{2,}|$)", re.M)
