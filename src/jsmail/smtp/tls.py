@@ -28,6 +28,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from jsmail._disk import makeDirectories, openNew
+
 _log = Logger()
 
 # TLS 1.2 AEAD suites with forward secrecy; TLS 1.3 suites are all acceptable.
@@ -96,7 +98,7 @@ def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
     keyPath = os.path.join(directory, "selfsigned-key.pem")
     if os.path.exists(certificatePath) and os.path.exists(keyPath):
         return certificatePath, keyPath
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    makeDirectories(directory)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -118,10 +120,9 @@ def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
     keyBytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(keyPath + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with os.fdopen(openNew(keyPath + ".tmp", exclusive=False), "wb") as f:
         f.write(keyBytes)
-    with open(certificatePath + ".tmp", "wb") as f:
+    with os.fdopen(openNew(certificatePath + ".tmp", exclusive=False), "wb") as f:
         f.write(certificate.public_bytes(serialization.Encoding.PEM))
     os.replace(keyPath + ".tmp", keyPath)
     os.replace(certificatePath + ".tmp", certificatePath)
