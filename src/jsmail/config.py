@@ -220,6 +220,37 @@ def _nulBytes(value: Any) -> bool:
     return _choice("reject", "accept")(value) == "accept"
 
 
+def _account(kind: str) -> Callable[[Any], str]:
+    """A user or group that exists here, by name or number; empty: none."""
+
+    def check(value: Any) -> str:
+        import grp
+        import pwd
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        name = _optionalString(value)
+        if not name:
+            return ""
+        lookup = {"user": (pwd.getpwuid, pwd.getpwnam), "group": (grp.getgrgid, grp.getgrnam)}[kind]
+        try:
+            lookup[0](int(name)) if name.isdigit() else lookup[1](name)
+        except (KeyError, OverflowError):
+            raise ValueError(f"no such {kind} {name!r}") from None
+        return name
+
+    return check
+
+
+def _directories(value: Any) -> tuple[str, ...]:
+    """Absolute directory paths (they may not exist yet)."""
+    paths = _listOf(_string)(value)
+    for path in paths:
+        if not os.path.isabs(path):
+            raise ValueError(f"expected an absolute path, got {path!r}")
+    return tuple(os.path.normpath(p) for p in paths)
+
+
 def _heloCheck(value: Any) -> bool:
     """``helo_check``: "syntax" (refuse what is no domain or address literal) or "none"."""
     return _choice("none", "syntax")(value) == "syntax"
@@ -242,6 +273,8 @@ class GatewaySettings:
     trustedNetworks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     postmaster: str = ""  # where undeliverable bounces go; filled in as postmaster@ the first domain
     controlDir: str = ""  # a qmail control directory read as well (see jsmail.qmail.control)
+    user: str = ""  # started as root, run as this user once the ports are bound (see jsmail.privileges)
+    group: str = ""  # ... and this group; empty: the user's own
 
 
 @dataclass(frozen=True)
@@ -269,6 +302,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("server", "trustedNetworks", "server", "trusted_networks", _listOf(_network)),
     Option("server", "postmaster", "server", "postmaster", _optionalString),
     Option("server", "controlDir", "server", "control_dir", _optionalString),
+    Option("server", "user", "server", "user", _account("user")),
+    Option("server", "group", "server", "group", _account("group")),
     Option("listen", "smtp", "smtp", "listen", _listeners),
     Option("listen", "submission", "smtp", "submission", _listeners),
     Option("listen", "smtps", "smtp", "smtps", _listeners),
@@ -345,6 +380,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "concurrency", "local", "concurrency", _integer(1)),
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
+    Option("local", "minimumUid", "local", "minimum_uid", _integer(1)),
+    Option("local", "allowedPaths", "local", "allowed_paths", _directories),
 )
 
 BY_NAME = {f"{option.section}.{option.key}": option for option in OPTIONS}
