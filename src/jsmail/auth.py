@@ -51,7 +51,7 @@ class AuthSettings:
 
     passwordFile: str = ""
     checkers: tuple[str, ...] = ()
-    senderRule: str = "any"
+    senderRule: str = "own"
 
 
 class TemporaryAuthFailure(Exception):
@@ -77,7 +77,7 @@ class MailUser:
 
     name: str
     localDomains: frozenset[str] = frozenset()
-    senderRule: str = "any"
+    senderRule: str = "own"
     mayRelay: bool = True
 
     def maySendAs(self, sender: str) -> bool:
@@ -91,7 +91,7 @@ class MailUser:
 class MailRealm:
     """Makes :class:`MailUser` avatars with the configured sender rule."""
 
-    def __init__(self, localDomains: Iterable[str] = (), senderRule: str = "any") -> None:
+    def __init__(self, localDomains: Iterable[str] = (), senderRule: str = "own") -> None:
         self.localDomains = frozenset(d.lower() for d in localDomains)
         self.senderRule = senderRule
 
@@ -186,6 +186,13 @@ class HashedPasswordFile:
             self._hashes = readPasswordFile(self.path)
             self._stamp = (stat.st_mtime, stat.st_size)
         return self._hashes
+
+    def userNames(self) -> frozenset[str]:
+        """The users in the file, lower-cased (blocking: it may read the file)."""
+        try:
+            return frozenset(name.decode("utf-8", "replace").lower() for name in self._current())
+        except OSError:
+            return frozenset()
 
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
         try:

@@ -12,7 +12,6 @@ whose one-line message names where the value came from, the key and what is wron
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import socket
 import tomllib
@@ -28,6 +27,7 @@ from jsmail.listen import Endpoints
 from jsmail.local.settings import LocalSettings
 from jsmail.policy.plugin import PolicySettings
 from jsmail.policy.relay import RelaySettings
+from jsmail.privileges import accountSetting
 from jsmail.remote.settings import RemoteSettings
 from jsmail.route import TLS_MODES, Route
 from jsmail.send.settings import QueueSettings
@@ -220,34 +220,11 @@ def _nulBytes(value: Any) -> bool:
     return _choice("reject", "accept")(value) == "accept"
 
 
-def _account(kind: str) -> Callable[[Any], str]:
-    """A user or group that exists here, by name or number; empty: none."""
-
-    def check(value: Any) -> str:
-        import grp
-        import pwd
-
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        name = _optionalString(value)
-        if not name:
-            return ""
-        lookup = {"user": (pwd.getpwuid, pwd.getpwnam), "group": (grp.getgrgid, grp.getgrnam)}[kind]
-        try:
-            lookup[0](int(name)) if name.isdigit() else lookup[1](name)
-        except (KeyError, OverflowError):
-            raise ValueError(f"no such {kind} {name!r}") from None
-        return name
-
-    return check
-
-
 def _directories(value: Any) -> tuple[str, ...]:
     """Absolute directory paths (they may not exist yet)."""
     paths = _listOf(_string)(value)
-    for path in paths:
-        if not os.path.isabs(path):
-            raise ValueError(f"expected an absolute path, got {path!r}")
+    if any(not os.path.isabs(path) for path in paths):
+        raise ValueError(f"expected absolute paths, got {list(paths)!r}")
     return tuple(os.path.normpath(p) for p in paths)
 
 
@@ -302,8 +279,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("server", "trustedNetworks", "server", "trusted_networks", _listOf(_network)),
     Option("server", "postmaster", "server", "postmaster", _optionalString),
     Option("server", "controlDir", "server", "control_dir", _optionalString),
-    Option("server", "user", "server", "user", _account("user")),
-    Option("server", "group", "server", "group", _account("group")),
+    Option("server", "user", "server", "user", accountSetting("user")),
+    Option("server", "group", "server", "group", accountSetting("group")),
     Option("listen", "smtp", "smtp", "listen", _listeners),
     Option("listen", "submission", "smtp", "submission", _listeners),
     Option("listen", "smtps", "smtp", "smtps", _listeners),
@@ -382,6 +359,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "noAtHost", "local", "noathost", _optionalString),
     Option("local", "minimumUid", "local", "minimum_uid", _integer(1)),
     Option("local", "allowedPaths", "local", "allowed_paths", _directories),
+    Option("local", "catchAll", "local", "catch_all", _boolean),
 )
 
 BY_NAME = {f"{option.section}.{option.key}": option for option in OPTIONS}
@@ -402,7 +380,7 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     local: LocalSettings = field(default_factory=LocalSettings)
-    #: The checked settings as TOML-shaped tables (what :func:`toJSON` passes on).
+    #: The checked settings as TOML-shaped tables (what the delivery process is sent).
     source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -472,11 +450,13 @@ def _derive(config: Config) -> Config:
     return replace(
         config,
         server=replace(server, dataDir=dataDir, postmaster=server.postmaster or f"postmaster@{server.domains[0]}"),
-        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname),
+        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname,
+                     postmasterDomain=server.domains[0]),
         auth=replace(auth, passwordFile=os.path.abspath(auth.passwordFile or os.path.join(dataDir, "passwd"))),
         remote=replace(config.remote, heloHost=config.remote.heloHost or hostname),
         queue=replace(config.queue, bounceHost=config.queue.bounceHost or hostname),
         local=replace(local, noAtHost=local.noAtHost or hostname, localDomains=server.domains,
+                      catchAll=server.domains == ("localhost",) if local.catchAll is None else local.catchAll,
                       usersDir=os.path.abspath(local.usersDir or os.path.join(dataDir, "users")),
                       aliases=local.aliases and os.path.abspath(local.aliases)),
     )
@@ -508,20 +488,9 @@ def _readFile(path: str) -> dict[str, tuple[Any, str]]:
     return _flatten(document, path)
 
 
-def toJSON(config: Config) -> str:
-    """The configuration as JSON that :func:`fromJSON` checks and reads back (for the
-    delivery process), with the data directory made absolute."""
-    source = {section: dict(table) for section, table in config.source.items()}
-    source.setdefault("server", {})["data"] = config.server.dataDir
-    return json.dumps(source)
-
-
-def fromJSON(text: str) -> Config:
-    return loadConfig(settings=json.loads(text))
-
-
 assert {(o.part, o.field) for o in OPTIONS} >= {
     (part, f.name) for part, cls in _PARTS.items() for f in fields(cls)
-    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "requireTLS"), ("smtp", "requireAuth"),
+    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "postmasterDomain"), ("smtp", "requireTLS"),
+                              ("smtp", "requireAuth"),
                               ("local", "localDomains")}
 }, "every settings field is an option, but those filled in from others and the listeners' own rules"

@@ -14,6 +14,7 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass
+from typing import Any, Callable
 
 
 class PrivilegeError(Exception):
@@ -47,6 +48,25 @@ def _lookupGroup(group: str) -> int:
         return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
     except (KeyError, OverflowError):
         raise PrivilegeError(f"no such group {group!r}") from None
+
+
+def accountSetting(kind: str) -> Callable[[Any], str]:
+    """The check of ``[server] user`` (``kind`` "user") or ``group``: a name or a
+    number that exists here, or empty for none; raises ValueError."""
+    lookup: Callable[[str], object] = _lookupUser if kind == "user" else _lookupGroup
+
+    def check(value: Any) -> str:
+        name = str(value) if type(value) is int else value
+        if not isinstance(name, str):
+            raise ValueError(f"expected a {kind} name or number, got {value!r}")
+        try:
+            if name.strip():
+                lookup(name.strip())
+        except PrivilegeError as e:
+            raise ValueError(str(e)) from None
+        return name.strip()
+
+    return check
 
 
 def identityOf(user: str, group: str = "") -> Identity:

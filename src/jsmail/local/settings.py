@@ -22,6 +22,7 @@ class LocalSettings:
     concurrency: int = 10  # recipients delivered at once (qmail's concurrencylocal)
     virtualDomains: tuple[str, ...] = ()  # qmail's virtualdomains lines, "key:prepend"
     localDomains: tuple[str, ...] = ()  # the first one holds virtual domains' users
+    catchAll: bool | None = None  # take any local part (None: only when the one local domain is localhost)
     minimumUid: int = 1000  # system users below it (and root) are never delivered to as themselves
     allowedPaths: tuple[str, ...] = ()  # where virtual users' mbox and Maildir lines may go besides their home
 

@@ -25,6 +25,7 @@ descriptor 4 (``--spawner-fd``), for deliveries made as a mailbox's owner.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -36,7 +37,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from jsmail._process import LogLines
-from jsmail.config import Config, toJSON
+from jsmail.config import Config, loadConfig
 
 _log = Logger()
 
@@ -44,6 +45,18 @@ CONFIG_FD = 3  # where the child reads its configuration
 SPAWNER_FD = 4  # where it finds its connection to the local spawner, if any
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 30.0
+
+
+def toJSON(config: Config) -> str:
+    """The configuration as JSON that :func:`fromJSON` checks and reads back, with the
+    data directory made absolute."""
+    source = {section: dict(table) for section, table in config.source.items()}
+    source.setdefault("server", {})["data"] = config.server.dataDir
+    return json.dumps(source)
+
+
+def fromJSON(text: str) -> Config:
+    return loadConfig(settings=json.loads(text))
 
 
 class _ChildProtocol(protocol.ProcessProtocol):
@@ -145,7 +158,6 @@ def main() -> None:
     from twisted.internet import reactor, stdio
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
 
-    from jsmail.config import fromJSON
     from jsmail.privileges import PrivilegeError, becomeUser, identityOf
     from jsmail.send.service import DeliveryService
 
