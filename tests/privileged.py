@@ -3,6 +3,7 @@ users may pass through, and an interpreter such a user can run."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import pwd
 import shutil
@@ -69,10 +70,22 @@ def reachableByOthers(path: str) -> bool:
         path = os.path.dirname(path)
 
 
+#: What a gateway running as another user imports, each of which that user must read.
+_NEEDED = ("jsmail", "twisted", "zope.interface", "cryptography", "OpenSSL", "bcrypt")
+
+
+def _whereIs(name: str) -> str:
+    return os.path.dirname(importlib.import_module(name).__file__ or "/")
+
+
 def userPython(testCase: unittest.TestCase) -> list[str]:
     """An interpreter an unprivileged user can run, with this one's modules: this
     one, or (when it lives under a directory closed to others, as a Python built in
     root's home does) the system's of the same version."""
+    closed = [name for name in _NEEDED if not reachableByOthers(_whereIs(name))]
+    if closed:
+        raise unittest.SkipTest(f"other users cannot read where {', '.join(closed)} is installed (under a "
+                                "directory closed to them), so jsmail cannot run as one of them")
     if reachableByOthers(sys.executable) and all(reachableByOthers(p) for p in sys.path if p and os.path.exists(p)):
         return [sys.executable]
     system = shutil.which("python3", path="/usr/bin:/bin")
