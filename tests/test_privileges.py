@@ -144,6 +144,22 @@ class HomeDotqmailTests(SpawnerTestCase):
         self.assertEqual(len(glob.glob(os.path.join(self.base, "mail", "localhost", other.pw_name, "new", "*"))), 1)
 
     @defer.inlineCallbacks
+    def test_concurrentDeliveriesAsOwnerAllArrive(self) -> None:
+        """Deliveries under way at once send their descriptors ahead of their requests
+        (Twisted sends one with each octet); the spawner must not take that for an
+        attack and drop the connection, failing every one of them."""
+        self.spawner = Spawner(SpawnerSettings(self.users, 100, 30.0, 10), reactor)
+        self.spawner.privilegedStartService()
+        self.addCleanup(self.spawner.stopService)
+        entry = self.user()
+        writeAs(entry, os.path.join(entry.pw_dir, ".qmail"), "./mbox\n")
+        agent = self.agent(homeDotQmail=True, concurrency=10)
+        results = yield defer.gatherResults([self.deliver(agent, f"{entry.pw_name}@localhost") for _ in range(10)])
+        self.assertEqual([r.status for r in results], [DeliveryStatus.DELIVERED] * 10, [r.detail for r in results])
+        with open(os.path.join(entry.pw_dir, "mbox"), "rb") as f:
+            self.assertEqual(f.read().count(b"\nhello\n"), 10)
+
+    @defer.inlineCallbacks
     def test_virtualHomeOwnedByUserIsFollowedAsThatUser(self) -> None:
         entry = systemUser(self)
         home = os.path.join(self.users, "localhost", "joe")

@@ -201,8 +201,12 @@ class _Connection(Int32StringReceiver):
         self.descriptors: list[int] = []
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
+        # One rides with each request, on the first octet of what Twisted sends after
+        # it, so a delivery process with several requests under way sends their
+        # descriptors ahead of their frames; more than it may have under way at once
+        # (the local concurrency) is no request.
         self.descriptors.append(descriptor)
-        if len(self.descriptors) > 2 and self.transport is not None:  # one rides with each frame; more is no request
+        if len(self.descriptors) > self.spawner.settings.concurrency and self.transport is not None:
             self.transport.loseConnection()
 
     def stringReceived(self, frame: bytes) -> None:
