@@ -66,6 +66,19 @@ class ConfigTests(TestCase):
         self.assertError('[server]\ntrusted_networks = ["10.0.0.300/8"]\n',
                          "server.trusted_networks: bad network '10.0.0.300/8': '10.0.0.300/8' does not appear to be an IPv4 or IPv6 network")
 
+    def test_bad_submit_senders(self) -> None:
+        self.assertError('[submit]\nsenders = { "www-data" = ["shop"] }\n',
+                         "submit.senders: www-data: 'shop' is not an address, @domain or *")
+        self.assertError('[submit]\nsenders = ["@shop.example"]\n',
+                         "submit.senders: expected a table such as { \"www-data\" = [\"@example.org\"] }, "
+                         "got ['@shop.example']")
+
+    def test_submit_socket(self) -> None:
+        """By default under the data directory; "none" turns local submission off."""
+        self.assertEqual(loadConfig(overrides={"server.data": "/srv/jsmail"}).submit.socket,
+                         "/srv/jsmail/submit/socket")
+        self.assertEqual(loadConfig(overrides={"submit.socket": "none"}).submit.socket, "")
+
     def test_bad_choice(self) -> None:
         self.assertError('[smtp]\nbare_line_endings = "fix"\n', "smtp.bare_line_endings: must be one of reject, normalise; got 'fix'")
 
@@ -87,6 +100,44 @@ class ConfigTests(TestCase):
         with self.assertRaises(ConfigError) as caught:
             loadConfig(None, {"smtp.max_message_size": "lots"})
         self.assertEqual(str(caught.exception), "command line: smtp.max_message_size: expected a whole number, got 'lots'")
+
+    def test_smarthostCredentialsOverUnverifiedTLSRefused(self) -> None:
+        """Security review M-3: credentials over TLS nobody checks go to whoever is in the path."""
+        self.assertError('[remote]\nsmarthost = "relay.example.net:587"\nsmarthost_tls = "opportunistic"\n'
+                         'smarthost_username = "u"\nsmarthost_password = "p"\n',
+                         'remote.smarthost_tls: smarthost_username and smarthost_password: credentials go only over '
+                         'TLS with a verified certificate, not tls = "opportunistic"; use tls = "verify" or "implicit" '
+                         '(the default with credentials), or set remote.allow_insecure_auth = true to send them anyway')
+
+    def test_routeCredentialsInPlaintextRefused(self) -> None:
+        self.assertError('[remote]\nroutes = [{domain = "b.test", host = "relay.b.test", tls = "none", '
+                         'username = "u", password = "p"}]\n',
+                         'remote.routes: the route for b.test: credentials go only over TLS with a verified '
+                         'certificate, not tls = "none"; use tls = "verify" or "implicit" (the default with '
+                         'credentials), or set remote.allow_insecure_auth = true to send them anyway')
+
+    def test_credentialsMeanVerifyByDefault(self) -> None:
+        path = self.write('[remote]\nsmarthost = "relay.example.net:587"\nsmarthost_username = "u"\n'
+                          'smarthost_password = "p"\nroutes = [{domain = "b.test", host = "relay.b.test", '
+                          'username = "u", password = "p"}, {domain = "c.test", host = "relay.c.test"}]\n')
+        remote = loadConfig(path).remote
+        smarthost = remote.smarthostRoute
+        assert smarthost is not None
+        self.assertEqual([smarthost.tls, *(route.tls for route in remote.routes)], ["verify", "verify", "opportunistic"])
+        anonymous = loadConfig(None, {"remote.smarthost": "relay.example.net"}).remote.smarthostRoute
+        self.assertEqual(anonymous and anonymous.tls, "opportunistic")
+
+    def test_insecureAuthWhenAllowed(self) -> None:
+        config = loadConfig(None, {"remote.smarthost": "relay.example.net", "remote.smarthost_tls": "none",
+                                   "remote.smarthost_username": "u", "remote.smarthost_password": "p",
+                                   "remote.allow_insecure_auth": True})
+        self.assertEqual(config.remote.smarthostRoute.tls, "none")  # type: ignore[union-attr]
+
+    def test_usernameWithoutPasswordRefused(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(None, {"remote.smarthost": "relay.example.net", "remote.smarthost_username": "u"})
+        self.assertEqual(str(caught.exception), "command line: remote.smarthost_tls: smarthost_username and "
+                         "smarthost_password: a user name and a password go together; one is missing")
 
 
 class ControlDirectoryTests(TestCase):

@@ -29,7 +29,7 @@ from jsmail.policy.programs import ContentFilter, Program, RecipientCheck
 from jsmail.local.directory import RecipientDirectory
 from jsmail.local.settings import LocalSettings
 from jsmail.policy.recipients import KnownRecipients
-from jsmail.policy.relay import BadMailFrom, RelayControl
+from jsmail.policy.relay import BadMailFrom, RelayControl, TrustedClient
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.qmail.tcpserver import RBLRefusal
 from jsmail.queue.funnel import Funnel, Owed
@@ -39,6 +39,7 @@ from jsmail.remote.agent import RemoteDelivery
 from jsmail.remote.settings import RemoteSettings
 from jsmail.route import NoRemoteDelivery, Router
 from jsmail.smtp.session import Session
+from jsmail.submit.listener import LocalUser
 from jsmail.testing import RecordingAgent, runNow
 
 ENVELOPE = Envelope("a@b.example", (Recipient("x@localhost"),))
@@ -77,6 +78,7 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         MessagePolicy: MessagePolicy,
         RelayControl: lambda: RelayControl(lambda domain: True),
         BadMailFrom: lambda: BadMailFrom(["@bad.example"]),
+        TrustedClient: TrustedClient,
         KnownRecipients: lambda: KnownRecipients(RecipientDirectory(test.mktemp(), LocalSettings()), runNow),
         RBLRefusal: lambda: RBLRefusal("-listed"),
         AccessLists: lambda: AccessLists({}),
@@ -91,6 +93,7 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         ContentFilter: lambda: ContentFilter(program),
         Session: lambda: Session("192.0.2.1"),
         MailUser: lambda: MailUser("u"),
+        LocalUser: lambda: LocalUser("u", 1000),
         PolicyPlugin: lambda: PolicyPlugin("x", "a plugin", lambda options, context: Policy()),
     }
 

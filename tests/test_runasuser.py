@@ -92,7 +92,7 @@ class DataTreeTests(unittest.TestCase):
 
     def test_filesRootWritesIntoTheTreeAreTheGatewaysAndNeverThroughLinks(self) -> None:
         """``jsmail passwd`` or ``jsmail queue requeue`` run as root: the new file
-        belongs to the tree's owner, 0600; a link at the temporary name is refused."""
+        belongs to the tree's owner, 0600; a link planted at the temporary name is not written through."""
         requireRoot()
         entry = systemUser(self)
         base = openDirectory(self)
@@ -106,9 +106,11 @@ class DataTreeTests(unittest.TestCase):
             f.write("root's\n")
         tmp = os.path.join(data, "queue", "tmp", "Q1.env")
         os.symlink(target, tmp)
-        self.assertRaises(OSError, writeAndRename, tmp, os.path.join(data, "queue", "active", "Q1.env"), b"x")
+        final = os.path.join(data, "queue", "active", "Q1.env")
+        writeAndRename(tmp, final, b"x")
         with open(target) as f:
             self.assertEqual(f.read(), "root's\n")
+        self.assertEqual((ownerOf(final), stat.S_IMODE(os.stat(final).st_mode)), (entry.pw_uid, 0o600))
 
 
 

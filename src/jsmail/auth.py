@@ -67,6 +67,9 @@ class IMailUser(Interface):
     def maySendAs(sender: str) -> bool:
         """Whether the user may use ``sender`` as the MAIL FROM address."""
 
+    def mayWriteAs(author: str) -> bool:
+        """Whether the user may name ``author`` in the From or Sender header field."""
+
 
 @implementer(IMailUser)
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class MailUser:
             return True
         own = {self.name.lower()} if "@" in self.name else {f"{self.name}@{d}".lower() for d in self.localDomains}
         return sender.lower() in own
+
+    def mayWriteAs(self, author: str) -> bool:
+        return self.maySendAs(author)  # submission signs with DKIM: the author is held to the same rule
 
 
 @implementer(IRealm)
@@ -348,10 +354,20 @@ class HashedPasswordFileFactory:
 class CheckpasswordFactory:
     authType = "checkpassword"
     authHelp = "Run a checkpassword-interface program (user, password on fd 3; exit 0 ok, 1 bad, 111 retry)."
-    argStringFormat = "The path of the program."
+    argStringFormat = "The path of the program, then :timeout=SECONDS if 30 is not right."
     credentialInterfaces = CheckpasswordChecker.credentialInterfaces
 
     def generateChecker(self, argstring: str) -> CheckpasswordChecker:
-        if not os.access(argstring, os.X_OK):
-            raise ValueError(f"{argstring!r} is not an executable program")
-        return CheckpasswordChecker(argstring)
+        program, option, value = argstring.rpartition(":timeout=")
+        if not option:
+            program, timeout = argstring, 30.0
+        else:
+            try:
+                timeout = float(value)
+            except ValueError:
+                timeout = 0.0
+            if not 0 < timeout <= 3600:
+                raise ValueError(f"timeout={value!r}: give the seconds a program may take, above 0 and at most 3600")
+        if not os.access(program, os.X_OK):
+            raise ValueError(f"{program!r} is not an executable program")
+        return CheckpasswordChecker(program, timeout=timeout)

@@ -6,13 +6,17 @@
   sender, and each recipient with its state and last error; ``jsmail queue show ID``
   adds the header section; ``--json`` gives the same as JSON.
 - ``jsmail queue flush`` asks the running delivery process to retry everything now,
-  by sending SIGALRM to the pid in ``DATA/queue/send.pid`` (as qmail-send takes it).
+  through its wake-up FIFO ``DATA/queue/trigger`` (:mod:`jsmail.queue.trigger`).
 - ``jsmail queue hold|release|delete ID`` move a message to ``queue/hold/`` and back,
   or remove it; the scheduler reads each message afresh before every attempt.
 - ``jsmail queue requeue [ID...]`` starts the retry schedule of messages afresh (all,
   by default) and flushes.
 - ``jsmail dkim keygen --domain D --selector S`` writes a new DKIM private key
   (``DIR/D.S.key``, mode 0600) and prints the TXT record that publishes it.
+- ``jsmail trace ID`` (or ``--message-id``, ``--recipient``) tells from the log what
+  happened to a message (:mod:`jsmail.ops.trace`).
+- ``jsmail check`` checks a configuration and what it needs, for monitoring
+  (:mod:`jsmail.ops.check`).
 
 The data directory comes from ``--data``, else ``$JSMAIL_DATA``, else ``./jsmail-data``.
 """
@@ -28,7 +32,7 @@ import time
 
 from jsmail.auth import setPassword
 from jsmail.datadir import dataDirectory
-from jsmail.send.bounce import MAX_RETURNED_HEADERS
+from jsmail.send.dsn import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
@@ -122,8 +126,9 @@ def queueShow(arguments: argparse.Namespace) -> int:
 
 
 def queueMove(arguments: argparse.Namespace) -> int:
-    """delete, hold and release: then wake the gateway (a released message is taken up
-    at once; a deleted or held one is dropped when its next attempt comes)."""
+    """delete, hold and release: then wake the gateway with a flush, so that a released
+    message is taken up at once and a deleted or held one leaves the plan now (its
+    attempt, made due, finds it gone)."""
     directory = os.path.join(dataDirectory(arguments.data), "queue")
     to = {"delete": "delete", "hold": "hold", "release": "active"}[arguments.action]
     try:
@@ -133,7 +138,7 @@ def queueMove(arguments: argparse.Namespace) -> int:
         return 1
     done = {"delete": "deleted", "hold": "held", "release": "released"}[arguments.action]
     print(f"jsmail queue: {arguments.id} {done}")
-    wakeDelivery(directory)
+    wakeDelivery(directory, flush=True)
     return 0
 
 
@@ -148,17 +153,16 @@ def queueRequeue(arguments: argparse.Namespace) -> int:
             print(f"jsmail queue: no message {queueId} in {directory}", file=sys.stderr)
             return 1
     print(f"jsmail queue: {len(ids)} message(s) requeued")
-    wakeDelivery(directory)
+    wakeDelivery(directory, flush=True)
     return 0
 
 
 def queueFlush(arguments: argparse.Namespace) -> int:
     directory = os.path.join(dataDirectory(arguments.data), "queue")
-    pid = wakeDelivery(directory)
-    if pid is None:
-        print(f"jsmail queue flush: no running delivery process (see {directory}/send.pid)", file=sys.stderr)
+    if not wakeDelivery(directory, flush=True):
+        print(f"jsmail queue flush: no running delivery process (nothing reads {directory}/trigger)", file=sys.stderr)
         return 1
-    print(f"jsmail queue flush: asked process {pid} to retry every queued message now")
+    print("jsmail queue flush: asked the delivery process to retry every queued message now")
     return 0
 
 
@@ -178,6 +182,23 @@ def dkimKeygen(arguments: argparse.Namespace) -> int:
     print(f"jsmail dkim keygen: private key written to {path}", file=sys.stderr)
     print(zoneEntry(arguments.selector, domain, keyRecord(key)))
     return 0
+
+
+def traceMessage(arguments: argparse.Namespace) -> int:
+    from jsmail.ops.trace import Selection, run
+
+    if not (arguments.id or arguments.message_id or arguments.recipient):
+        print("jsmail trace: give a queue or session id, --message-id or --recipient", file=sys.stderr)
+        return 2
+    return run(Selection(arguments.id or "", arguments.message_id or "", arguments.recipient or ""),
+               arguments.log or ["twistd.log"], sys.stdout)
+
+
+def checkGateway(arguments: argparse.Namespace) -> int:
+    from jsmail.ops.check import run
+
+    overrides = {"server.data": arguments.data} if arguments.data else {}
+    return run(arguments.config, overrides, sys.stdout, arguments.dns_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--bits", type=int, default=2048, help="RSA key length, 1024 to 4096 [default: 2048]")
     k.add_argument("--out", default=".", help="directory for DOMAIN.SELECTOR.key [default: .]")
     k.set_defaults(run=dkimKeygen)
+    t = commands.add_parser("trace", help="what happened to a message, from the log")
+    t.add_argument("id", nargs="?", help="a queue id, or a session id")
+    t.add_argument("--message-id", help="the message's Message-ID")
+    t.add_argument("--recipient", help="a recipient's address")
+    t.add_argument("--log", action="append", metavar="FILE",
+                   help="twistd's log, text or JSON, with its rotated files (repeatable) [default: twistd.log]")
+    t.set_defaults(run=traceMessage)
+    c = commands.add_parser("check", help="check the configuration and what it needs (exit 0 OK, 1 WARNING, 2 CRITICAL)")
+    c.add_argument("--config", "-c", help="the TOML configuration file [default: built-in defaults]")
+    c.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: the configuration's]")
+    c.add_argument("--dns-timeout", type=float, default=3.0, help="seconds to wait for DNS [default: 3]")
+    c.set_defaults(run=checkGateway)
     arguments = parser.parse_args(argv)
     return int(arguments.run(arguments))
 

@@ -44,7 +44,7 @@ from jsmail.policy.chain import Chain, buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext
 from jsmail.policy.base import Policy
 from jsmail.policy.recipients import KnownRecipients
-from jsmail.policy.relay import BadMailFrom, RelayControl
+from jsmail.policy.relay import BadMailFrom, RelayControl, TrustedClient
 from jsmail.privileges import Identity, PrivilegeError, becomeUser, identityOf, isRoot
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.queue.funnel import NOTHING, Funnel, Owed
@@ -55,6 +55,7 @@ from jsmail.send.service import DeliveryService
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.server import ESMTPServerFactory, Listener
 from jsmail.smtp.tls import ServerTLS, ensureSelfSigned
+from jsmail.submit.listener import forGateway
 
 _log = Logger()
 
@@ -127,6 +128,8 @@ def builtInChecks(config: Config, runInThread: RunInThread, relayControl: bool =
     if relayControl:
         checks.append(RelayControl(frozenset(server.domains).__contains__, server.trustedNetworks,
                                    relay.rcptHostsCheck()))
+    else:
+        checks.append(TrustedClient())
     checks += knownRecipients(config, runInThread)
     if relay.badMailFrom:
         checks.append(BadMailFrom(relay.badMailFrom))
@@ -292,6 +295,18 @@ class MailGateway(ThreadPoolService):
                 service = ListenerService(self.reactor, description, factory, kind)
                 service.setServiceParent(self)
                 self.listeners.append(service)
+        #: Local users' mail, from jsmail-sendmail (jsmail.submit); not among the TCP ``listeners``.
+        self.localSubmission: ListenerService | None = None
+        if config.submit.socket:
+            self.localSubmission = forGateway(config, funnel, self.reactor, self.threads("auth"),
+                                              None if config.queue.program else self.queue.roomFor,
+                                              knownRecipients(config, self.threads("checks")))
+            self.localSubmission.setServiceParent(self)
+        if config.metrics.listen:
+            from jsmail.ops.web import OperationsService  # prometheus_client only when asked for
+
+            self.operations = OperationsService(self, config.metrics.listen)
+            self.operations.setServiceParent(self)
 
     @defer.inlineCallbacks
     def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:
@@ -299,7 +314,8 @@ class MailGateway(ThreadPoolService):
         with one :class:`DeliveryResult` per recipient once it has left the queue:
         delivered, or failed for good (after the retries; the sender got a bounce)."""
         envelope = Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=self.reactor.seconds(),
-                            clientAddress="127.0.0.1", helo=self.config.server.hostname, protocol="local")
+                            clientAddress="127.0.0.1", helo=self.config.server.hostname, protocol="local",
+                            trusted=True)
         incoming = self.funnel.newMessage(envelope)
         incoming.write(message)
         outcome = self.outcomes.watch(incoming.queueId)

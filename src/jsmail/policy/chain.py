@@ -14,8 +14,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
 
 import jsmail.plugins
+from jsmail import maillog
+from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IMessagePolicy, IModifier, IPolicy, ISession
 from jsmail.policy.plugin import IPolicyPlugin, PluginError, PolicyContext
 from jsmail.policy.verdict import Verdict, asVerdict
@@ -94,6 +97,7 @@ class PhaseRunner:
     refusal wins (raised as :class:`~jsmail.error.SMTPReplyError`); any other exception
     propagates for smtpd to answer 451.  What accepting verdicts add goes into the
     session's :class:`Additions` only once the whole phase has said yes.
+    Each check's answer goes to the operator log (``check``), named by its class.
     """
 
     def __init__(self, checks: Iterable[object]) -> None:
@@ -111,20 +115,60 @@ class PhaseRunner:
             additions.keep(phase, kept)
             return accept()
 
-        return self._next([getattr(c, phase) for c in checks], kept, accepted, (session, *args))
+        return self._next([(c, getattr(c, phase)) for c in checks], kept, accepted, (session, *args),
+                          _PHASES.get(phase, phase))
 
-    def _next(self, pending: list[Callable[..., Any]], kept: list[Verdict], accept: Callable[[], Any],
-              args: tuple[Any, ...]) -> Any:
+    def _next(self, pending: list[tuple[object, Callable[..., Any]]], kept: list[Verdict], accept: Callable[[], Any],
+              args: tuple[Any, ...], phase: str) -> Any:
         while pending:
-            answer = pending.pop(0)(*args)
+            check, method = pending.pop(0)
+            logged = (args[0], phase, type(check).__name__, args[1] if len(args) > 1 and phase != "data" else "")
+            try:
+                answer = method(*args)
+            except SMTPReplyError as e:
+                _logRefusal(e, logged)
+                raise
             if isinstance(answer, defer.Deferred):
-                return answer.addCallback(_keep, kept).addCallback(lambda _: self._next(pending, kept, accept, args))
-            _keep(answer, kept)
+                answer.addErrback(_logFailure, logged)
+                return answer.addCallback(_keep, kept, logged).addCallback(
+                    lambda _: self._next(pending, kept, accept, args, phase))
+            _keep(answer, kept, logged)
         return accept()
 
 
-def _keep(answer: object, kept: list[Verdict]) -> None:
+#: The operator log's names for the phases.
+_PHASES = {"checkConnect": "connect", "checkHelo": "helo", "checkSender": "mail", "checkRecipient": "rcpt",
+           "checkMessage": "data"}
+
+
+#: What a check's answer is logged with: the session, the phase, the check's name and
+#: what the phase is about (the HELO name, the sender or the recipient).
+_Logged = tuple[Any, str, str, object]
+
+
+def _log(logged: _Logged, verdict: Verdict) -> None:
+    session, phase, name, about = logged
+    refusal = verdict.refusal
+    outcome = "accept" if refusal is None else "tempfail" if refusal.code < 500 else "reject"
+    maillog.check(getattr(session, "sessionId", "-"), phase, name, outcome, "" if about is None else str(about),
+                  refusal or "", verdict.reason, getattr(session, "queueId", "-"))
+
+
+def _logRefusal(error: SMTPReplyError, logged: _Logged) -> None:
+    """A check that raised its refusal instead of answering it."""
+    reply = error.reply
+    _log(logged, Verdict(reply, error.reason) if reply.code >= 400 else Verdict(reason=error.reason))
+
+
+def _logFailure(failure: Failure, logged: _Logged) -> Failure:
+    if isinstance(failure.value, SMTPReplyError):
+        _logRefusal(failure.value, logged)
+    return failure
+
+
+def _keep(answer: object, kept: list[Verdict], logged: _Logged) -> None:
     verdict = asVerdict(answer)
+    _log(logged, verdict)
     verdict.raiseIfRefused()
     if verdict.headers or verdict.results:
         kept.append(verdict)

@@ -5,8 +5,8 @@ can run ``jsmail-queue`` instead (qmail-interfaces reference, section 3).  It re
 message from fd 0, then the envelope from fd 1: ``F<sender>\\0`` then ``T<recipient>\\0``
 for each recipient, then a final ``\\0``.  It queues the message through the funnel,
 which adds the Received line owed to mail that did not come by SMTP, makes it durable,
-tells a running jsmail to take it up (SIGALRM to the pid in ``queue/send.pid``), and
-exits 0.  Otherwise it exits with qmail-queue's codes and queues nothing: 11 address
+tells a running jsmail to take it up (through ``queue/trigger``, see
+:mod:`jsmail.queue.trigger`), and exits 0.  Otherwise it exits with qmail-queue's codes and queues nothing: 11 address
 too long, 54 message or envelope unreadable (including an envelope without its final
 NUL), 91 envelope format error, 31 envelope over 4 MiB, 53 write error, 81 bug
 (:mod:`jsmail.qmail.envelope` reads the envelope).
@@ -57,9 +57,12 @@ def copyAsCRLF(source: BinaryIO, write: Callable[[bytes], None]) -> None:
     write(held)
 
 
-def enqueue(dataDir: str, message: BinaryIO, envelope: bytes, owed: Owed = Owed(received=True)) -> str:
+def enqueue(dataDir: str, message: BinaryIO, envelope: bytes, owed: Owed = Owed(received=True),
+            trusted: bool = False) -> str:
     """Queue the message durably through the funnel, with what it is ``owed``, and
-    wake a running jsmail to deliver it; return its queue id (or raise QueueRefusal)."""
+    wake a running jsmail to deliver it; return its queue id (or raise QueueRefusal).
+    ``trusted``: the sender is a user of this host (jsmail-sendmail); jsmail-queue
+    cannot tell (qmail-smtpd runs it for anyone), so its mail is not."""
     try:
         sender, recipients = decode(envelope)
     except EnvelopeError as e:
@@ -68,7 +71,8 @@ def enqueue(dataDir: str, message: BinaryIO, envelope: bytes, owed: Owed = Owed(
     queue = MaildirQueue(queueDir, defer.maybeDeferred, sweep=False, spares=0)
     funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))  # else a jsmail takes it up when it starts
     incoming = funnel.newMessage(Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=time.time(),
-                                          clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local"), owed)
+                                          clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local",
+                                          trusted=trusted), owed)
     try:
         copyAsCRLF(message, incoming.write)
     except OSError as e:

@@ -22,7 +22,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jsmail._disk import GroupSync, makeDirectories, openNew, unlinkQuietly, writeAndRename
+from jsmail._disk import GroupSync, createNew, makeDirectories, unlinkQuietly, writeAndRename
 from jsmail._threads import RunInThread
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
@@ -106,7 +106,7 @@ class _SpareFiles:
 
     def _make(self) -> tuple[str, BinaryIO]:
         path = os.path.join(self.directory, f"spare.{newQueueId()}")
-        return path, os.fdopen(openNew(path), "wb", buffering=65536)  # 0600: no one else reads mail
+        return path, createNew(path, buffering=65536)
 
     def _makeMany(self, count: int) -> list[tuple[str, BinaryIO]]:
         return [self._make() for _ in range(count)]
@@ -229,18 +229,24 @@ class MaildirQueue:
 
     def update(self, queueId: str, envelope: Envelope) -> defer.Deferred[None]:
         data = envelope.toBytes()
-        d = self.runInThread(
-            writeAndRename,
-            os.path.join(self.tmpDir, queueId + ".env"),
-            os.path.join(self.activeDir, queueId + ".env"),
-            data,
-        )
-        return d.addCallback(lambda _: self.syncer.sync(self.activeDir))
+
+        def write() -> None:
+            base = os.path.join(self.activeDir, queueId)
+            writeAndRename(os.path.join(self.tmpDir, queueId + ".env"), base + ".env", data)
+            if not os.path.exists(base):
+                unlinkQuietly(base + ".env")  # held or deleted meanwhile: leave no lone .env
+                raise NotQueued(queueId)
+
+        return self.runInThread(write).addCallback(lambda _: self.syncer.sync(self.activeDir))
 
     def remove(self, queueId: str) -> defer.Deferred[None]:
         def unlink() -> None:
             base = os.path.join(self.activeDir, queueId)
-            os.unlink(base)
-            unlinkQuietly(base + ".env")
+            try:
+                os.unlink(base)
+            except FileNotFoundError:
+                raise NotQueued(queueId) from None
+            finally:
+                unlinkQuietly(base + ".env")
 
         return self.runInThread(unlink)

@@ -25,7 +25,6 @@ descriptor 4 (``--spawner-fd``), for deliveries made as a mailbox's owner.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -37,7 +36,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from jsmail._process import LogLines
-from jsmail.config import Config, loadConfig
+from jsmail.config import Config, toJSON
 
 _log = Logger()
 
@@ -45,18 +44,6 @@ CONFIG_FD = 3  # where the child reads its configuration
 SPAWNER_FD = 4  # where it finds its connection to the local spawner, if any
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 30.0
-
-
-def toJSON(config: Config) -> str:
-    """The configuration as JSON that :func:`fromJSON` checks and reads back, with the
-    data directory made absolute."""
-    source = {section: dict(table) for section, table in config.source.items()}
-    source.setdefault("server", {})["data"] = config.server.dataDir
-    return json.dumps(source)
-
-
-def fromJSON(text: str) -> Config:
-    return loadConfig(settings=json.loads(text))
 
 
 class _ChildProtocol(protocol.ProcessProtocol):
@@ -158,6 +145,8 @@ def main() -> None:
     from twisted.internet import reactor, stdio
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
 
+    from jsmail import metrics
+    from jsmail.config import fromJSON
     from jsmail.privileges import PrivilegeError, becomeUser, identityOf
     from jsmail.send.service import DeliveryService
 
@@ -171,6 +160,8 @@ def main() -> None:
         except PrivilegeError as e:
             sys.stderr.write(f"jsmail delivery process: {e}\n")
             sys.exit(111)
+    if config.metrics.listen:  # the parent counts what this process measures
+        metrics.install(metrics.Forwarder())
     spawner: list[socket.socket] = []
     if sys.argv[1:3] == ["--spawner-fd", str(SPAWNER_FD)]:
         spawner.append(socket.socket(fileno=SPAWNER_FD))

@@ -22,7 +22,9 @@ from jsmail.config import Config
 from jsmail.local.agent import LocalDelivery
 from jsmail.local.spawn import SpawnClient
 from jsmail.queue.store import MaildirQueue
+from jsmail.queue.trigger import TriggerReader
 from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.destinations import Destinations, listenedOn
 from jsmail.remote.mtasts import PolicyFetcher
 from jsmail.route import Router
 from jsmail.send.scheduler import Scheduler
@@ -40,10 +42,12 @@ class DeliveryService(ThreadPoolService):
     """The scheduler and local delivery over the queue on disk.
 
     Only one may run per queue: it takes ``queue/send.lock`` before starting (a new
-    delivery process waits for an old one to finish its deliveries in progress).  With
-    ``flushOnSignal`` it also answers SIGALRM by making every retry due now (as
-    qmail-send does), and writes its pid to ``queue/send.pid`` for ``jsmail queue
-    flush`` to signal.
+    delivery process waits for an old one to finish its deliveries in progress), and
+    then reads ``queue/trigger`` (:mod:`jsmail.queue.trigger`), which programs that
+    queue mail and ``jsmail queue`` write to wake it.  With ``flushOnSignal`` it also
+    answers SIGALRM by making every retry due now (as qmail-send does), and writes its
+    pid to ``queue/send.pid`` for an operator's ``kill -ALRM``; no jsmail program
+    signals that pid.
     """
 
     def __init__(self, config: Config, reactor: Any = None, flushOnSignal: bool = False,
@@ -61,8 +65,12 @@ class DeliveryService(ThreadPoolService):
                                    reactor=self.reactor, settings=config.local,
                                    newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.remote.dnsServer, self.reactor)
-        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote,
-                                     mtaSts=PolicyFetcher(self.reactor, resolver) if config.remote.mtaSts else None)
+        listen = config.listen
+        destinations = Destinations(config.remote.allowInternal, listenedOn(listen.smtp + listen.submission + listen.smtps))
+        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations, directory=os.path.join(dataDir, "mta-sts"),
+                               runInThread=runInThread) if config.remote.mtaSts else None
+        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote, mtaSts=mtaSts,
+                                     destinations=destinations)
         router = Router(server.domains, self.local, self.remote, config.local.virtualDomains)
         self.scheduler = Scheduler(self.queue, router, self.reactor, runInThread, config.queue.bounceHost, config.queue,
                                    server.postmaster)
@@ -70,6 +78,7 @@ class DeliveryService(ThreadPoolService):
         self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
         self.flushOnSignal = flushOnSignal
         self.pidPath = os.path.join(dataDir, "queue", "send.pid")
+        self.trigger = TriggerReader(os.path.join(dataDir, "queue"), self.reactor, self._woken)
 
     def startService(self) -> None:
         # Not MultiService.startService: the children start only once the lock is held.
@@ -89,24 +98,42 @@ class DeliveryService(ThreadPoolService):
                 f.write(f"{os.getpid()}\n")
         for service in self:
             service.startService()
+        try:
+            self.trigger.start()
+        except OSError as e:
+            _log.error("Cannot make the wake-up FIFO {path}: {error}", path=self.trigger.path, error=e)
+
+    def _woken(self, flush: bool) -> defer.Deferred[None]:
+        """A byte in the trigger: take up what other programs queued and what an
+        operator released or requeued, then, for a flush, retry everything now."""
+        d = self.scheduler.rescan()
+        if flush:
+            d.addCallback(lambda _: self.scheduler.flush())
+        return d
 
     def _flush(self) -> None:
-        """SIGALRM: retry everything now, and take up what other programs queued."""
-        self.scheduler.flush()
-        self.scheduler.rescan().addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+        """SIGALRM: take up what other programs queued and what an operator released or
+        requeued, then retry everything now (``jsmail queue flush``, ``release``,
+        ``requeue``)."""
+        d = self.scheduler.rescan()
+        d.addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+        d.addCallback(lambda _: self.scheduler.flush())
 
-    def childrenStopped(self) -> None:
+    def childrenStopped(self) -> defer.Deferred[Any]:
+        """The scheduler has stopped (no delivery in progress): close the idle remote
+        sessions and end MTA-STS work while the disk pool still runs its writes."""
         self.queue.close()
+        return self.remote.close()
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         self._lock.cancel()
         d = super().stopService()
-        d.addBoth(lambda result: self.remote.close().addCallback(lambda _: result))
         return d.addBoth(self._released)
 
     def _released(self, result: object) -> object:
         if self.local.spawn is not None:
             self.local.spawn.close()
+        self.trigger.stop()
         if self._lock.held and self.flushOnSignal:
             unlinkQuietly(self.pidPath)
         self._lock.release()

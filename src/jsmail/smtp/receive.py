@@ -4,6 +4,7 @@ and the commit that makes it durable before the client hears 250."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Protocol
 
 from twisted.internet import defer
@@ -14,9 +15,10 @@ from jsmail import maillog, reply
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage
+from jsmail.policy.relay import TRUSTED_CLIENT
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import Spool
-from jsmail.headers import FieldWatcher, fieldName, fieldValue, mailboxes
+from jsmail.headers import FieldDropper, FieldWatcher, fieldName, fieldValue, mailboxes
 from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import tooBig
@@ -59,8 +61,10 @@ def _once(recipients: list[Recipient]) -> tuple[Recipient, ...]:
     return tuple(kept)
 
 
-#: The header fields read as the content streams by (see Transaction._headerRefusal).
-_WATCHED = ("delivered-to", "from", "sender")
+#: The header fields read as the content streams by: for Transaction._headerRefusal,
+#: and the Message-ID for the operator log (``jsmail trace --message-id``).
+_WATCHED = ("delivered-to", "from", "sender", "message-id")
+_MESSAGE_ID = re.compile(rb"^[ \t]*(<[^<>\s]{1,250}>)")
 
 #: What a command answers when its reply comes later, or was already written.
 NO_REPLY = Reply(0, "", "")
@@ -77,6 +81,7 @@ class Transaction:
         self.scanner: ContentScanner | None = None  # the BDAT transaction's content, across chunks
         self.chunk: tuple[int, bool, Reply | None] = (0, False, None)  # size, LAST, why it is refused
         self._spool: Spool | None = None
+        self._out: Spool | FieldDropper | None = None  # where content octets go
         self._tooBig = False
         self._size = 0
         self._header = FieldWatcher()
@@ -97,12 +102,17 @@ class Transaction:
             clientAddress=session.clientAddress,
             helo=session.helo or "",
             protocol=session.withProtocol(),
+            # Only these senders may have whole messages and private replies returned.
+            trusted=session.user is not None or bool(session.transactionNotes.get(TRUSTED_CLIENT)),
         )
         self.message = server.listener.sink.newMessage(envelope)
+        session.queueId = self.message.queueId
         self._tooBig = self._writeFailed = self._nul = False
         self._size = 0
         self._header = FieldWatcher(_WATCHED, limit=64 * 1024)
-        self._spool = server.listener.assembler.begin(session, self.message)
+        assembler = server.listener.assembler
+        self._spool = assembler.begin(session, self.message)
+        self._out = self._spool or assembler.direct(self.message)
 
     def startData(self) -> None:
         """DATA: open the message; the content comes next, up to the final dot."""
@@ -145,7 +155,8 @@ class Transaction:
         self._header.feed(data)
         self._nul = self._nul or b"\0" in data
         try:
-            (self._spool or message).write(data)
+            assert self._out is not None
+            self._out.write(data)
         except OSError as e:  # a full disk: the rest is read and thrown away, and answered 452 at the end
             _log.error("Cannot write queue file {queueId}: {error}", queueId=message.queueId, error=e)
             self._writeFailed = True
@@ -192,6 +203,13 @@ class Transaction:
             raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
         spool = self._spool
         if spool is None:
+            try:
+                assert self._out is not None
+                self._out.close()
+            except OSError as e:
+                server.resetTransaction()
+                _log.error("Cannot write queue file {queueId}: {error}", queueId=message.queueId, error=e)
+                raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, f"(queue id {message.queueId} discarded)") from None
             return self._commit(message)
 
         def checked(_: object) -> Result:
@@ -218,8 +236,8 @@ class Transaction:
     def _headerRefusal(self) -> Reply | None:
         """Refusals the header section earns, so that nothing that can be refused now
         is bounced later: a loop (too many hops, or a Delivered-To line for one of the
-        recipients, which local delivery would fail), or an authenticated user's From
-        or Sender that the user may not send as (the rule MAIL FROM is held to)."""
+        recipients, which local delivery would fail), or a known user's From or Sender
+        that the user may not write (for AUTH users, the rule MAIL FROM is held to)."""
         header, session = self._header, self.server.session
         if header.count > self.server.settings.maxReceivedHeaders:
             return reply.TOO_MANY_HOPS
@@ -231,26 +249,36 @@ class Transaction:
                 address = fieldValue(field).decode("utf-8", "replace").strip().lower()
                 if address in recipients:
                     return reply.ALREADY_DELIVERED.format(recipients[address])
-            elif user is not None:
+            elif user is not None and name != b"message-id":
                 assert name is not None
                 label = name.decode("ascii").capitalize()
                 found = mailboxes(field)
-                if found is None or not all(user.maySendAs(a.strip()) for a in found):
+                if found is None or not all(user.mayWriteAs(a.strip()) for a in found):
                     return reply.AUTHOR_NOT_OWNED.format(label)
         if user is not None and header.overflow:
             return reply.AUTHOR_NOT_OWNED.format("From")  # too much header to tell
         return None
 
+    def _messageId(self) -> str:
+        """The first Message-ID, with its angle brackets, or "" where there is none."""
+        for field in self._header.kept:
+            if fieldName(field) == b"message-id":
+                match = _MESSAGE_ID.match(fieldValue(field))
+                return match.group(1).decode("ascii", "replace") if match else ""
+        return ""
+
     def _commit(self, message: IIncomingMessage) -> Result:
         server = self.server
-        sender, count, client = str(server.session.sender), len(server.session.recipients), server.session.client
+        session = server.session
+        sender, count, client = str(session.sender), len(session.recipients), session.client
+        logged = (session.sessionId, server.listener.name, self._messageId())
         self.message = None
         server.resetTransaction()
         size = message.size
         d = message.commit()
 
         def queued(queueId: str) -> Reply:
-            maillog.queued(queueId, sender, count, size, client)
+            maillog.queued(queueId, sender, count, size, client, *logged)
             return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:
@@ -264,7 +292,7 @@ class Transaction:
     def abort(self) -> None:
         """Throw away the message being received, if any (never raising: this runs as
         the connection ends, whatever went wrong before)."""
-        message, spool, self.message, self._spool = self.message, self._spool, None, None
+        message, spool, self.message, self._spool, self._out = self.message, self._spool, None, None, None
         try:
             if message is not None:
                 message.abort()

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail import maillog, reply
+from jsmail import maillog, metrics, reply
 from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
@@ -79,14 +79,14 @@ class ESMTPServer(Protocol):
     def connectionMade(self) -> None:
         clientAddress, clientPort = self.clientOf(self.transport)
         self.session = Session(clientAddress=clientAddress, clientPort=clientPort, listener=self.listener.name,
-                               tls=self.listener.implicitTLS)
+                               tls=self.listener.implicitTLS, sessionId=maillog.newSessionId())
         if self.listener.portal is not None:
             settings = self.settings
             self._auth = AuthExchange(self.listener.portal, self.session, self.clock, settings.allowProxyAuth,
                                       settings.maxAuthFailures, settings.authFailureDelay, self.listener.authFailures,
                                       clientKey(clientAddress, settings.clientPrefix6),
                                       settings.maxClientAuthFailures)
-        maillog.connect(self.session.client, self.listener.name)
+        maillog.connect(self.session.client, self.listener.name, self.session.sessionId)
         if not self.listener.implicitTLS:  # over TLS from the first byte: once the handshake is done
             self._watchUnsentReplies()
         self._timeLimits.start()
@@ -114,11 +114,11 @@ class ESMTPServer(Protocol):
             self._watchUnsentReplies()
         connection = self.transport.getHandle()
         self.session.tlsInfo = f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()}"
-        maillog.tls(self.session.client, self.session.tlsInfo)
+        maillog.tls(self.session.client, self.session.tlsInfo, self.session.sessionId)
 
     def connectionLost(self, reason: Failure = None) -> None:
         if reason is not None and reason.check(SSL.Error) and not self.session.tlsInfo:
-            maillog.tlsFailed(self.session.client, reason.getErrorMessage())
+            maillog.tlsFailed(self.session.client, reason.getErrorMessage(), self.session.sessionId)
         self._closing = True
         self._timeLimits.stop()
         self.transaction.abort()
@@ -230,7 +230,8 @@ class ESMTPServer(Protocol):
 
     def refused(self, error: SMTPReplyError) -> Reply:
         """Log a refusal (with its private reason) and give its public reply."""
-        maillog.reject(self.session.client, self._currentCommand, error.reply, error.reason, self.transaction.queueId)
+        maillog.reject(self.session.client, self._currentCommand, error.reply, error.reason, self.transaction.queueId,
+                       self.session.sessionId, self.listener.name)
         return error.reply
 
     def _sendReply(self, result: Reply) -> None:
@@ -242,6 +243,7 @@ class ESMTPServer(Protocol):
             self._junk += 1
             self._errors += self._junk > self.settings.maxJunkCommands
         self.transport.write(b"".join(result.lines()))
+        metrics.replySent(self._currentCommand, result.code, result.enhanced)
         if result.code == 421 or (self._currentCommand == "CONNECT" and result.code >= 400):
             self._close()
         elif self._errors >= self.settings.maxErrors:

@@ -24,6 +24,8 @@ class Session:
     clientPort: int = 0
     clientHost: str = ""  # the client's name where known (tcpserver's TCPREMOTEHOST), for Received
     listener: str = "smtp"
+    sessionId: str = "-"  # the operator log's id for this session (jsmail.maillog.newSessionId)
+    queueId: str = "-"  # the current message's, once its content has begun
     helo: str | None = None
     esmtp: bool = False
     tls: bool = False
@@ -41,6 +43,7 @@ class Session:
         return f"[{self.clientAddress}]:{self.clientPort}"
 
     def resetTransaction(self) -> None:
+        self.queueId = "-"
         self.sender = None
         self.mailParams = {}
         self.recipients = []

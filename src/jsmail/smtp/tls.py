@@ -14,6 +14,7 @@ The ESMTP client's options are here too: :func:`clientTLS`.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
 import os
 from typing import Any
@@ -65,7 +66,10 @@ def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOpti
     except crypto.Error as e:
         raise TLSError(f"{keyPath}: not a PEM private key: {e}") from None
     publicKey = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if (key.to_cryptography_key().public_key().public_bytes(*publicKey)
+    private = key.to_cryptography_key()
+    if not hasattr(private, "public_key"):
+        raise TLSError(f"{keyPath}: holds a public key, not a private one")
+    if (private.public_key().public_bytes(*publicKey)
             != certificates[0].public_key().public_bytes(*publicKey)):
         raise TLSError(f"the key in {keyPath} is not the key of the certificate in {certificatePath}")
     for issued, issuer in zip(certificates, certificates[1:]):
@@ -93,12 +97,28 @@ def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOpti
 
 def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
     """Make a self-signed certificate for ``hostname`` in ``directory`` unless one is
-    there; return the (certificate, key) paths."""
+    there; return the (certificate, key) paths.
+
+    Under tcpserver every connection is a process of its own, and the first few may all
+    find no certificate: an exclusive lock makes one of them write the pair, the others
+    then use it, so no process reads a key from one run and a certificate from another.
+    """
     certificatePath = os.path.join(directory, "selfsigned-cert.pem")
     keyPath = os.path.join(directory, "selfsigned-key.pem")
     if os.path.exists(certificatePath) and os.path.exists(keyPath):
         return certificatePath, keyPath
     makeDirectories(directory)
+    lockFd = os.open(os.path.join(directory, ".selfsigned.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lockFd, fcntl.LOCK_EX)
+        if not (os.path.exists(certificatePath) and os.path.exists(keyPath)):
+            _writeSelfSigned(certificatePath, keyPath, hostname)
+    finally:
+        os.close(lockFd)
+    return certificatePath, keyPath
+
+
+def _writeSelfSigned(certificatePath: str, keyPath: str, hostname: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -127,7 +147,6 @@ def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
     os.replace(keyPath + ".tmp", keyPath)
     os.replace(certificatePath + ".tmp", certificatePath)
     _log.info("Made a self-signed TLS certificate for {hostname} in {path}", hostname=hostname, path=certificatePath)
-    return certificatePath, keyPath
 
 
 @implementer(IOpenSSLServerConnectionCreator)
