@@ -10,12 +10,14 @@ here (and its field beside the part that uses it, and its text in
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from jsmail.address import hostPort, normaliseDomain
 from jsmail.error import SMTPReplyError
 from jsmail.listen import checkEndpoint, checkListeners
+from jsmail.privileges import accountSetting
 from jsmail.route import TLS_MODES, Route
 from jsmail.submit.settings import senderPatterns
 
@@ -111,6 +113,14 @@ def _virtualDomain(value: Any) -> str:
     if ":" not in line:
         raise ValueError(f"expected 'domain:prepend', got {line!r}")
     return line
+
+
+def _directories(value: Any) -> tuple[str, ...]:
+    """Absolute directory paths (they may not exist yet)."""
+    paths = _listOf(_string)(value)
+    if any(not os.path.isabs(path) for path in paths):
+        raise ValueError(f"expected absolute paths, got {list(paths)!r}")
+    return tuple(os.path.normpath(p) for p in paths)
 
 
 def _optionalString(value: Any) -> str:
@@ -218,6 +228,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("server", "trustedNetworks", "server", "trusted_networks", _listOf(_network)),
     Option("server", "postmaster", "server", "postmaster", _optionalString),
     Option("server", "controlDir", "server", "control_dir", _optionalString),
+    Option("server", "user", "server", "user", accountSetting("user")),
+    Option("server", "group", "server", "group", accountSetting("group")),
     Option("listen", "smtp", "smtp", "listen", checkListeners),
     Option("listen", "submission", "smtp", "submission", checkListeners),
     Option("listen", "smtps", "smtp", "smtps", lambda value: checkListeners(value, implicitTLS=True)),
@@ -298,6 +310,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
     Option("local", "catchAll", "local", "catch_all", _boolean),
+    Option("local", "minimumUid", "local", "minimum_uid", _integer(1)),
+    Option("local", "allowedPaths", "local", "allowed_paths", _directories),
     Option("submit", "socket", "submit", "socket", _optionalString),
     Option("submit", "trustedUsers", "submit", "trusted_users", _listOf(_string)),
     Option("submit", "senders", "submit", "senders", senderPatterns),
