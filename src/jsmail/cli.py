@@ -257,7 +257,7 @@ def dkimKeygen(arguments: argparse.Namespace) -> int:
     return 0
 
 
-#: A selector: one or more DNS labels (RFC 6376 section 3.1, sub-domain *("." sub-domain)).
+#: A selector: one or more DNS labels joined by dots (RFC 6376 section 3.1).
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 

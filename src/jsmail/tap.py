@@ -21,6 +21,12 @@ from jsmail.service import MailGateway
 from jsmail.smtp.tls import TLSError
 
 
+def _oneLine(method: Any) -> Any:
+    """--help prints an option's docstring as it is written, indentation and all."""
+    method.__doc__ = " ".join((method.__doc__ or "").split())
+    return method
+
+
 class Options(usage.Options, AuthOptionMixin):
     synopsis = "[options]"
     # SMTP AUTH carries a user name and password; --auth refuses (and --help-auth hides)
@@ -71,29 +77,31 @@ class Options(usage.Options, AuthOptionMixin):
             self[option] = []
         self.config: Config | None = None
 
+    @_oneLine
     def opt_smtp(self, description: str) -> None:
         """Listen for SMTP (port 25 rules) on this endpoint, e.g. tcp:25, or 'tcp6:25:interface=\\:\\:' (quoted)
         for IPv6 and IPv4 at once on Linux (repeatable; "none" turns it off) [default: tcp:2525:interface=127.0.0.1]."""
         self["smtp"].append(description)
 
+    @_oneLine
     def opt_submission(self, description: str) -> None:
         """Listen for submission (STARTTLS and AUTH required) on this endpoint
         (repeatable; "none" turns it off) [default: tcp:2587:interface=127.0.0.1]."""
         self["submission"].append(description)
 
+    @_oneLine
     def opt_smtps(self, description: str) -> None:
         """Listen for submission over implicit TLS on this plain tcp:/tcp6: endpoint
         (repeatable; "none" turns it off) [default: tcp:2465:interface=127.0.0.1]."""
         self["smtps"].append(description)
 
     def opt_auth(self, description: str) -> None:
+        """Specify an authentication method for the server."""
         try:
             super().opt_auth(description)
         except usage.UsageError as e:  # one line, not twistd's whole usage text before it
             sys.stderr.write(f"jsmail: configuration error: command line: --auth {description}: {e}\n")
             sys.exit(2)
-
-    opt_auth.__doc__ = AuthOptionMixin.opt_auth.__doc__
 
     def opt_version(self) -> None:
         """Print jsmail's version (and Twisted's) and exit."""
@@ -152,11 +160,6 @@ class Options(usage.Options, AuthOptionMixin):
             return
         logformat.configure(parent.get("logfile"), bool(parent.get("nodaemon")))
         parent["logger"] = logformat.FACTORY if self["log-format"] == "json" else logformat.TEXT_FACTORY
-
-
-# --help prints an option's docstring as it is, indentation and all.
-for _option in (Options.opt_smtp, Options.opt_submission, Options.opt_smtps):
-    _option.__doc__ = " ".join((_option.__doc__ or "").split())
 
 
 def makeService(options: Options) -> MailGateway:
