@@ -126,9 +126,12 @@ class LocalDelivery:
         dtline = _line(f"Delivered-To: {address}")
         rpline = _line(f"Return-Path: <{sender}>")
         try:
-            plan = yield self.runInThread(self._plan, message, address, usersDomain, dtline)
-            if plan.instructions is None:
-                detail = yield self._deliverDefault(message, address, rpline + dtline)
+            plan, written = yield self.runInThread(self._planAndWrite, message, address, usersDomain, rpline,
+                                                   dtline)
+            if written is not None:
+                maildir, path = written
+                yield self._synced(maildir, path)
+                detail = f"maildir {maildir}"
             else:
                 detail = yield self._follow(message, address, plan, rpline, dtline)
         except DeliveryError as e:
@@ -138,11 +141,44 @@ class LocalDelivery:
             return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR, f"local delivery: {e}")
         return DeliveryResult(recipient, DeliveryStatus.DELIVERED, reply.DELIVERED, detail)
 
-    def _plan(self, message: QueuedMessage, recipient: str, usersDomain: str, dtline: bytes) -> _Plan:
-        """Loop check and the instructions to follow (blocking)."""
+    def _planAndWrite(self, message: QueuedMessage, recipient: str, usersDomain: str, rpline: bytes,
+                      dtline: bytes) -> tuple[_Plan, tuple[str, str] | None]:
+        """The loop check, the instructions, and for a recipient without any the copy
+        into its own Maildir (made on first delivery), all in one blocking call: one
+        thread hop and one open of the queue file for the usual local message.  Returns
+        the plan and (Maildir, path in ``new/``) when the copy was made."""
         with message.open() as source:
+            start = source.tell()
             if isLooping(source, dtline):
                 raise DeliveryError(reply.LOOPING, True, dtline.decode("utf-8", "replace").strip())
+            plan = self._plan(message, recipient, usersDomain)
+            if plan.instructions is not None:
+                return plan, None
+            try:
+                maildir = self.maildirFor(recipient)
+            except BadMailbox as e:
+                raise DeliveryError(reply.BAD_LOCAL_MAILBOX, True, str(e)) from None
+            source.seek(start)
+            try:
+                if maildir not in self._made:
+                    makeMaildir(maildir)
+                    self._made.add(maildir)
+                return plan, (maildir, writeMaildirMessage(maildir, rpline + dtline, source, self.hostname))
+            except OSError as e:
+                self._made.discard(maildir)  # made again next time, should it have been removed
+                raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {e}") from None
+
+    def _synced(self, maildir: str, path: str) -> defer.Deferred[None]:
+        """The group commit of a message written into ``maildir``."""
+
+        def failed(failure: Any) -> None:
+            self._made.discard(maildir)
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
+
+        return self.syncer.sync(os.path.dirname(path)).addErrback(failed)
+
+    def _plan(self, message: QueuedMessage, recipient: str, usersDomain: str) -> _Plan:
+        """The instructions to follow (blocking)."""
         local, _, domain = recipient.rpartition("@")
         sender = message.envelope.sender
         separators = self.settings.separators
@@ -156,31 +192,6 @@ class LocalDelivery:
         found = readInstructions(mailbox, separators)
         return _Plan(mailbox, found.instructions, found.default, newSender(mailbox, sender),
                      mailbox.home or self.root)
-
-    def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
-        """Into the recipient's own Maildir, made on first delivery; fires with the log
-        detail, or fails with :class:`DeliveryError`."""
-        try:
-            maildir = self.maildirFor(recipient)
-        except BadMailbox as e:
-            return defer.fail(DeliveryError(reply.BAD_LOCAL_MAILBOX, True, str(e)))
-
-        def write() -> str:
-            if maildir not in self._made:
-                makeMaildir(maildir)
-                self._made.add(maildir)
-            with message.open() as source:
-                return writeMaildirMessage(maildir, headers, source, self.hostname)
-
-        def written(path: str) -> defer.Deferred[str]:
-            return self.syncer.sync(os.path.dirname(path)).addCallback(lambda _: f"maildir {maildir}")
-
-        def failed(failure: Any) -> None:
-            self._made.discard(maildir)
-            raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
-
-        d: defer.Deferred[str] = self.runInThread(write).addCallback(written)
-        return d.addErrback(failed)
 
     @defer.inlineCallbacks
     def _follow(self, message: QueuedMessage, recipient: str, plan: _Plan, rpline: bytes, dtline: bytes) -> Any:

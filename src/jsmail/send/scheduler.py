@@ -70,6 +70,9 @@ class Scheduler(Service):
         self._envelopes: dict[str, Envelope] = {}
         self._timers: dict[str, IDelayedCall] = {}
         self._attempting: set[str] = set()
+        # Ids whose envelope was read from the queue for an attempt due at once: that
+        # attempt uses it instead of reading it again a moment later.
+        self._fresh: set[str] = set()
         self._inFlight: set[defer.Deferred[None]] = set()
         # Ids removed lately: recovery (or a late notice) may still name them.
         self._finished: dict[str, None] = {}
@@ -100,9 +103,10 @@ class Scheduler(Service):
             # listed: what the scheduler already knows of wins over the listing.
             for queueId, envelope in new:
                 self._envelopes[queueId] = envelope
+            adopted = {queueId for queueId, _ in new}
             for queueId, envelope in list(self._envelopes.items()):
                 if self.running and queueId not in self._timers and queueId not in self._attempting:
-                    self._plan(queueId, envelope)
+                    self._plan(queueId, envelope, fresh=queueId in adopted)
 
         return self.queue.recover().addCallback(adopt)
 
@@ -113,6 +117,7 @@ class Scheduler(Service):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._fresh.clear()
         return defer.DeferredList(list(self._inFlight))
 
     @property
@@ -120,15 +125,17 @@ class Scheduler(Service):
         """How many messages the scheduler is looking after."""
         return len(self._envelopes)
 
-    def schedule(self, queueId: str, envelope: Envelope) -> None:
+    def schedule(self, queueId: str, envelope: Envelope, fresh: bool = False) -> None:
         """A message is in the queue: plan its first attempt (now, or at its
         ``nextAttempt``).  A message already planned is left as it is, so hearing of
-        one twice (from recovery and from a notice) delivers it once."""
+        one twice (from recovery and from a notice) delivers it once.  ``fresh``: the
+        envelope was just read from the queue, so an attempt due now need not read it
+        again."""
         if queueId in self._envelopes or queueId in self._finished:
             return
         self._envelopes[queueId] = envelope
         if self.running:
-            self._plan(queueId, envelope)
+            self._plan(queueId, envelope, fresh)
 
     def scheduleFromQueue(self, queueId: str) -> defer.Deferred[None]:
         """Like :meth:`schedule`, reading the envelope from the queue (a notice from
@@ -136,7 +143,7 @@ class Scheduler(Service):
         and delivered it first, or an operator removed it) is nothing to schedule."""
         if queueId in self._envelopes or queueId in self._finished:
             return defer.succeed(None)
-        d = self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope))
+        d = self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope, True))
         return d.addErrback(lambda f: f.trap(NotQueued) and None)
 
     def flush(self) -> None:
@@ -146,9 +153,13 @@ class Scheduler(Service):
             timer.reset(0)
         _log.info("Flush: {count} message(s) due now", count=len(self._timers))
 
-    def _plan(self, queueId: str, envelope: Envelope) -> None:
+    def _plan(self, queueId: str, envelope: Envelope, fresh: bool = False) -> None:
         self._envelopes[queueId] = envelope
         delay = max(0.0, envelope.nextAttempt - self.clock.seconds())
+        if fresh and delay == 0:
+            self._fresh.add(queueId)
+        else:
+            self._fresh.discard(queueId)
         self._timers[queueId] = self.clock.callLater(delay, self._due, queueId)
 
     def _due(self, queueId: str) -> None:
@@ -167,8 +178,13 @@ class Scheduler(Service):
     @defer.inlineCallbacks
     def _attempt(self, queueId: str) -> Any:
         try:
-            # Read afresh: an operator may have held or deleted the message meanwhile.
-            envelope = yield self.queue.loadEnvelope(queueId)
+            # Read afresh (an operator may have held or deleted the message meanwhile),
+            # unless it was read for this very attempt.
+            if queueId in self._fresh:
+                self._fresh.discard(queueId)
+                envelope = self._envelopes[queueId]
+            else:
+                envelope = yield self.queue.loadEnvelope(queueId)
         except NotQueued:
             self._forget(queueId)
             return
