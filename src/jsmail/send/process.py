@@ -8,7 +8,10 @@ file descriptor 3 and closes it, and then:
   line is only a hint: the queue on disk is the truth, and a child that starts (or
   starts again) recovers everything queued from there;
 - reads the child's log events, one JSON object per line on its stdout, and publishes
-  them in its own log, so the operator log stays one stream;
+  them in its own log, so the operator log stays one stream.  An event whose fields
+  are all plain values (every operator-log event) travels as those fields with its
+  level's name (:func:`eventLine`); only the rare others, a failure with its
+  traceback say, take Twisted's slower :func:`~twisted.logger.eventAsJSON`;
 - starts the child again if it dies, and at shutdown closes its stdin, which makes the
   child finish the deliveries in progress and exit.
 
@@ -19,13 +22,15 @@ in the environment, which every program the child runs would inherit.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from typing import Any
+from typing import IO, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
-from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, eventAsJSON, eventFromJSON, globalLogPublisher
+from zope.interface import implementer
 from twisted.protocols.basic import LineOnlyReceiver
 
 from jsmail.config import Config, toJSON
@@ -35,6 +40,52 @@ _log = Logger()
 CONFIG_FD = 3  # where the child reads its configuration
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 30.0
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+_TWISTED_KEYS = frozenset(("log_logger", "log_source", "log_level", "log_namespace", "log_format", "log_time"))
+
+
+def eventLine(event: dict[str, Any]) -> str:
+    """One event as one line of JSON.  Plain fields go as they are, the level by its
+    name: half the cost of flattening the event for Twisted's own encoding,
+    which is kept for events carrying anything else (a failure, an object)."""
+    fields: dict[str, Any] = {}
+    twisted: dict[str, Any] = {}
+    for key, value in event.items():
+        (twisted if key.startswith("log_") else fields)[key] = value
+    if twisted.keys() <= _TWISTED_KEYS and {"log_level", "log_namespace", "log_format", "log_time"} <= twisted.keys() \
+            and all(type(v) in _PLAIN for v in fields.values()):
+        fields["log_namespace"] = twisted["log_namespace"]
+        fields["log_level"] = twisted["log_level"].name
+        fields["log_format"] = twisted["log_format"]
+        fields["log_time"] = twisted["log_time"]
+        return json.dumps(fields, separators=(",", ":"))
+    return eventAsJSON(event)
+
+
+def eventFromLine(line: str) -> dict[str, Any]:
+    """An event from :func:`eventLine` (raises ValueError if it is not one)."""
+    event = json.loads(line)
+    if not isinstance(event, dict):
+        raise ValueError("not an event")
+    level = event.get("log_level")
+    if isinstance(level, str):
+        event["log_level"] = LogLevel.lookupByName(level)
+        return event
+    return dict(eventFromJSON(line))  # Twisted's encoding: failures and objects restored
+
+
+@implementer(ILogObserver)
+class _EventWriter:
+    """The child's log observer: one :func:`eventLine` per event on ``out``."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.out.write(eventLine(event) + "\n")
+        self.out.flush()
 
 
 class _ChildProtocol(protocol.ProcessProtocol):
@@ -49,7 +100,7 @@ class _ChildProtocol(protocol.ProcessProtocol):
             if not line.strip():
                 continue
             try:
-                event = eventFromJSON(line.decode("utf-8"))
+                event = eventFromLine(line.decode("utf-8"))
             except ValueError:
                 _log.warn("delivery process said: {line!r}", line=line)
                 continue
@@ -133,13 +184,13 @@ class _Notices(LineOnlyReceiver):
 
 def main() -> None:
     from twisted.internet import reactor, stdio
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+    from twisted.logger import globalLogBeginner
 
     from jsmail import metrics
     from jsmail.config import fromJSON
     from jsmail.send.service import DeliveryService
 
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([_EventWriter(sys.stdout)], redirectStandardIO=False)
     with os.fdopen(CONFIG_FD, "rb") as f:
         config = fromJSON(f.read().decode("utf-8"))
     if config.metrics.listen:  # the parent counts what this process measures
