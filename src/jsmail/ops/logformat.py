@@ -1,4 +1,4 @@
-"""``twistd jsmail --log-format json``: the log as one JSON object per line.
+"""``twistd jsmail --log-format``: the log as text lines, or as one JSON object per line.
 
 twistd picks its log observer before it builds the service, from its own ``--logger``
 option (a dotted name of a factory taking no arguments).  So the ``jsmail`` options
@@ -7,7 +7,11 @@ where twistd would have written: stdout under ``-n`` without ``--logfile``, else
 file (``twistd.log`` by default), rotated as twistd rotates its text log (at 1 MB, and
 on SIGUSR1).
 
-Each line is :func:`twisted.logger.eventAsJSON` of one event: every field of an
+The text lines are twistd's own (:func:`textObserver`), with each second's timestamp
+formatted once instead of once per line: a time zone lookup and an ``strftime`` per
+line were the costliest part of writing the operator log.
+
+Each JSON line is :func:`twisted.logger.eventAsJSON` of one event: every field of an
 operator-log event (``event``, ``queueId``, ``session``, ``client``, ``sender``,
 ``recipient``, ``reply``, ``check``, ...) plus Twisted's own (``log_time``,
 ``log_namespace``, ``log_level``, ``log_format``).  The silent events that carry the
@@ -21,18 +25,22 @@ import sys
 from typing import Any, TextIO
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevelFilterPredicate,
     PredicateResult,
+    formatEventAsClassicLogText,
+    formatTime,
     jsonFileLogObserver,
 )
 from twisted.python.logfile import LogFile
 
 from jsmail.metrics import NAMESPACE
 
-#: The dotted name given to twistd's ``--logger``.
+#: The dotted names given to twistd's ``--logger``.
 FACTORY = "jsmail.ops.logformat.jsonObserver"
+TEXT_FACTORY = "jsmail.ops.logformat.textObserver"
 
 _destination: tuple[str, bool] = ("", True)
 
@@ -66,3 +74,27 @@ def jsonObserver() -> ILogObserver:
     """twistd's log observer for ``--log-format json``."""
     observer = jsonFileLogObserver(_open(*_destination), recordSeparator="")
     return FilteringLogObserver(observer, [_notMeasurement, LogLevelFilterPredicate()])
+
+
+class _SecondsCache:
+    """:func:`twisted.logger.formatTime`, remembered for the last second it was asked
+    (its format shows whole seconds, and a time zone's offset changes only between
+    two of them)."""
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = ""
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(when)
+        second = int(when // 1)
+        if second != self._second:
+            self._second, self._text = second, formatTime(when)
+        return self._text
+
+
+def textObserver() -> ILogObserver:
+    """twistd's log observer for ``--log-format text``, the default: twistd's own lines."""
+    cachedTime = _SecondsCache()
+    return FileLogObserver(_open(*_destination), lambda event: formatEventAsClassicLogText(event, cachedTime))
