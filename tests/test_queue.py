@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -179,6 +180,17 @@ class EnvelopeFormatTests(TestCase):
         raw = envelope.toBytes()
         self.assertTrue(raw.startswith(b'{"version":2,'), raw)
         self.assertEqual(Envelope.fromBytes(raw), envelope)
+
+    def test_every_field_is_written(self) -> None:
+        """The hand-written encoding has every field of both dataclasses, in their order."""
+        envelope = replace(ENVELOPE, mailParams={"SIZE": "10"}, attempts=2, nextAttempt=5.5, recipients=(
+            Recipient("y@localhost", {"NOTIFY": None}, RecipientState.PENDING, "451 later", "4.0.0", True, "dns; m"),))
+        data = json.loads(envelope.toBytes())
+        self.assertEqual(list(data), ["version"] + [f.name for f in fields(Envelope)])
+        self.assertEqual(list(data["recipients"][0]), [f.name for f in fields(Recipient)])
+        self.assertEqual(data["recipients"][0], {**asdict(envelope.recipients[0]), "state": "pending"})
+        self.assertEqual({k: v for k, v in data.items() if k not in ("version", "recipients")},
+                         {k: v for k, v in asdict(envelope).items() if k != "recipients"})
 
     def test_unknown_version_refused(self) -> None:
         raw = self.VERSION_1.replace(b'"version":1', b'"version":3')
