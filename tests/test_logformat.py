@@ -13,10 +13,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.logger import formatTime
+from twisted.logger import Logger, formatEventAsClassicLogText, formatTime, globalLogPublisher
 from twisted.trial import unittest
 
-from jsmail.ops.logformat import _SecondsCache
+from jsmail import maillog, reply
+from jsmail.interfaces import DeliveryResult, DeliveryStatus
+from jsmail.ops.logformat import _SecondsCache, classicLine
 
 TIMEOUT = 30.0
 
@@ -85,6 +87,41 @@ class TextLogTests(unittest.TestCase):
         self.assertEqual(set(maillog) >= {"connect", "queued", "attempt", "delivered", "removed"}, True, maillog)
         self.assertRegex(maillog["delivered"],
                          r"^delivered id=\w+ to=<someone@localhost> detail='250 2.0.0 Delivered \(maildir ")
+
+    def test_operator_log_lines_as_twisted_writes_them(self) -> None:
+        """Every operator-log event, odd values included, makes the line Twisted's
+        formatter makes; so do other events."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            odd = "it's \"odd\"\nsecond line \u00e9 {braces}"
+            result = DeliveryResult("to@example.test", DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR, odd)
+            maillog.connect("[127.0.0.1]:1", "smtp", "s1")
+            maillog.tls("[127.0.0.1]:1", "TLSv1.3", "s1")
+            maillog.tlsFailed("[127.0.0.1]:1", odd, "s1")
+            maillog.auth("[127.0.0.1]:1", odd, "failed", "s1")
+            maillog.check("s1", "rcpt", "KnownRecipients", "reject", odd, reply.DELIVERY_ERROR, odd)
+            maillog.reject("[127.0.0.1]:1", "RCPT", reply.DELIVERY_ERROR, odd)
+            maillog.queued("Q1", odd, 1, 10, "[127.0.0.1]:1", messageId=odd)
+            maillog.remote("Q1", "mx.test", "192.0.2.1", 25, "dane", odd, "tls")
+            maillog.attempt("Q1", "local", 0.1234, [result])
+            maillog.delivered("Q1", result)
+            maillog.deferred("Q1", result, 300.4)
+            maillog.failed("Q1", result)
+            maillog.bounced("Q1", odd, "Q2")
+            maillog.removed("Q1")
+            Logger(namespace="other").info("not the operator log: {x!r}", x=odd)
+            try:
+                raise OSError("broken")
+            except OSError:
+                Logger(namespace="jsmail.maillog").failure("with a traceback")
+            Logger(namespace="jsmail.maillog").info("a field missing: {nothere}")
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.flushLoggedErrors(OSError)
+        self.assertEqual(len(events), 17)
+        for event in events:
+            self.assertEqual(classicLine(event, _SecondsCache()), formatEventAsClassicLogText(event))
 
     def test_timestamp_of_each_second_as_twisted_formats_it(self) -> None:
         cached = _SecondsCache()

@@ -7,9 +7,11 @@ where twistd would have written: stdout under ``-n`` without ``--logfile``, else
 file (``twistd.log`` by default), rotated as twistd rotates its text log (at 1 MB, and
 on SIGUSR1).
 
-The text lines are twistd's own (:func:`textObserver`), with each second's timestamp
-formatted once instead of once per line: a time zone lookup and an ``strftime`` per
-line were the costliest part of writing the operator log.
+The text lines are twistd's own (:func:`textObserver`), written with less work: each
+second's timestamp is formatted once instead of once per line, and an operator-log
+event's text is made by ``str.format_map``, not by Twisted's formatter (written in
+Python, to allow calls in a format).  The two made most of the cost of logging, which
+came to a fifth of the receiving process's CPU.
 
 Each JSON line is :func:`twisted.logger.eventAsJSON` of one event: every field of an
 operator-log event (``event``, ``queueId``, ``session``, ``client``, ``sender``,
@@ -94,7 +96,27 @@ class _SecondsCache:
         return self._text
 
 
+_MAILLOG = "jsmail.maillog"
+_NOT_PLAIN = ("log_failure", "log_system", "log_flattened")
+
+
+def classicLine(event: dict[str, Any], formatTime: Any = formatTime) -> str | None:
+    """:func:`twisted.logger.formatEventAsClassicLogText`, the same line made faster
+    for an operator-log event (whose format has only plain fields)."""
+    if event.get("log_namespace") == _MAILLOG and not any(key in event for key in _NOT_PLAIN):
+        try:
+            text = event["log_format"].format_map(event)
+            level = event["log_level"].name
+        except Exception:
+            pass  # Twisted's formatter says what went wrong in the line
+        else:
+            if text:
+                text = text.replace("\n", "\n\t")
+                return f"{formatTime(event.get('log_time'))} [{_MAILLOG}#{level}] {text}\n"
+    return formatEventAsClassicLogText(event, formatTime)
+
+
 def textObserver() -> ILogObserver:
     """twistd's log observer for ``--log-format text``, the default: twistd's own lines."""
     cachedTime = _SecondsCache()
-    return FileLogObserver(_open(*_destination), lambda event: formatEventAsClassicLogText(event, cachedTime))
+    return FileLogObserver(_open(*_destination), lambda event: classicLine(event, cachedTime))
