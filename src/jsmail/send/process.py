@@ -43,6 +43,7 @@ STOP_TIMEOUT = 30.0
 
 
 _PLAIN = frozenset((str, int, float, bool, type(None)))
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 _TWISTED_KEYS = frozenset(("log_logger", "log_source", "log_level", "log_namespace", "log_format", "log_time"))
 
 
@@ -71,7 +72,10 @@ def eventFromLine(line: str) -> dict[str, Any]:
         raise ValueError("not an event")
     level = event.get("log_level")
     if isinstance(level, str):
-        event["log_level"] = LogLevel.lookupByName(level)
+        try:
+            event["log_level"] = _LEVELS[level]
+        except KeyError:
+            raise ValueError(f"no log level {level!r}") from None
         return event
     return dict(eventFromJSON(line))  # Twisted's encoding: failures and objects restored
 
