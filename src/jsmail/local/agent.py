@@ -117,29 +117,37 @@ class LocalDelivery:
         return os.path.join(self.root, domain.lower(), mailboxName(local))
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
+        if len(recipients) == 1:
+            return self._semaphore.run(self._deliverOne, message, recipients[0].address).addCallback(lambda r: [r])
         return defer.gatherResults([self._semaphore.run(self._deliverOne, message, r.address) for r in recipients])
 
-    @defer.inlineCallbacks
-    def _deliverOne(self, message: QueuedMessage, recipient: str) -> Any:
+    def _deliverOne(self, message: QueuedMessage, recipient: str) -> defer.Deferred[DeliveryResult]:
+        """Fires with the recipient's result, never fails (plain callbacks: this runs
+        for every local message)."""
         sender = message.envelope.sender
         address, usersDomain = self.localAddress(recipient)
         dtline = _line(f"Delivered-To: {address}")
         rpline = _line(f"Return-Path: <{sender}>")
-        try:
-            plan, written = yield self.runInThread(self._planAndWrite, message, address, usersDomain, rpline,
-                                                   dtline)
-            if written is not None:
-                maildir, path = written
-                yield self._synced(maildir, path)
-                detail = f"maildir {maildir}"
-            else:
-                detail = yield self._follow(message, address, plan, rpline, dtline)
-        except DeliveryError as e:
-            [result] = DeliveryResult.forAll([Recipient(recipient)], e)
-            return result
-        except Exception as e:
-            return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR, f"local delivery: {e}")
-        return DeliveryResult(recipient, DeliveryStatus.DELIVERED, reply.DELIVERED, detail)
+
+        def planned(answer: tuple[_Plan, tuple[str, str] | None]) -> Any:
+            plan, written = answer
+            if written is None:
+                return self._follow(message, address, plan, rpline, dtline)
+            maildir, path = written
+            return self._synced(maildir, path).addCallback(lambda _: f"maildir {maildir}")
+
+        def failed(failure: Any) -> DeliveryResult:
+            if failure.check(DeliveryError):
+                [result] = DeliveryResult.forAll([Recipient(recipient)], failure.value)
+                return result
+            return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR,
+                                  f"local delivery: {failure.value}")
+
+        def delivered(detail: str) -> DeliveryResult:
+            return DeliveryResult(recipient, DeliveryStatus.DELIVERED, reply.DELIVERED, detail)
+
+        d = self.runInThread(self._planAndWrite, message, address, usersDomain, rpline, dtline).addCallback(planned)
+        return d.addCallbacks(delivered, failed)
 
     def _planAndWrite(self, message: QueuedMessage, recipient: str, usersDomain: str, rpline: bytes,
                       dtline: bytes) -> tuple[_Plan, tuple[str, str] | None]:

@@ -19,6 +19,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from jsmail import maillog, reply
 from jsmail._threads import RunInThread
@@ -165,7 +166,7 @@ class Scheduler(Service):
     def _due(self, queueId: str) -> None:
         del self._timers[queueId]
         self._attempting.add(queueId)
-        d = self._attempt(queueId)
+        d = defer.maybeDeferred(self._attempt, queueId)
         d.addErrback(lambda f: _log.failure("Delivery attempt for {queueId} failed", f, queueId=queueId))
         self._inFlight.add(d)
 
@@ -175,37 +176,44 @@ class Scheduler(Service):
 
         d.addBoth(ended)
 
-    @defer.inlineCallbacks
-    def _attempt(self, queueId: str) -> Any:
-        try:
-            # Read afresh (an operator may have held or deleted the message meanwhile),
-            # unless it was read for this very attempt.
-            if queueId in self._fresh:
-                self._fresh.discard(queueId)
-                envelope = self._envelopes[queueId]
-            else:
-                envelope = yield self.queue.loadEnvelope(queueId)
-        except NotQueued:
+    def _attempt(self, queueId: str) -> defer.Deferred[None]:
+        """One attempt at a message's pending recipients, through plain callbacks: the
+        common attempt (one agent, nothing left to do after) passes no generator."""
+        # Read afresh (an operator may have held or deleted the message meanwhile),
+        # unless it was read for this very attempt.
+        if queueId in self._fresh:
+            self._fresh.discard(queueId)
+            return self._deliver(queueId, self._envelopes[queueId])
+        d = self.queue.loadEnvelope(queueId)
+        return d.addCallbacks(lambda envelope: self._deliver(queueId, envelope), self._unreadable,
+                              errbackArgs=(queueId,))
+
+    def _unreadable(self, failure: Failure, queueId: str) -> Failure | None:
+        if failure.check(NotQueued):
             self._forget(queueId)
-            return
-        except EnvelopeFormatError as e:
+            return None
+        if failure.check(EnvelopeFormatError):
             # Damaged since it was queued: the next rescan's recovery sets it aside.
-            _log.error("Cannot read the envelope of {queueId}: {error}", queueId=queueId, error=e)
+            _log.error("Cannot read the envelope of {queueId}: {error}", queueId=queueId, error=failure.value)
             del self._envelopes[queueId]
-            return
+            return None
+        return failure
+
+    def _deliver(self, queueId: str, envelope: Envelope) -> defer.Deferred[None]:
         message = QueuedMessage(queueId, envelope, lambda: self.queue.openMessage(queueId))
         byAgent: dict[Any, list[Recipient]] = {}
         for recipient in envelope.pending:
             byAgent.setdefault(self.router.agentFor(recipient.address), []).append(recipient)
-        results: dict[str, DeliveryResult] = {}
-        outcomes = yield defer.gatherResults([
-            self._slotsFor(agent).run(self._timed, agent, message, rcpts).addErrback(self._agentFailed, rcpts)
-            for agent, rcpts in byAgent.items()
-        ])
-        for agentResults in outcomes:
-            for result in agentResults:
-                results[result.recipient] = result
-        yield self._record(queueId, envelope, results)
+        attempts = [self._slotsFor(agent).run(self._timed, agent, message, rcpts).addErrback(self._agentFailed, rcpts)
+                    for agent, rcpts in byAgent.items()]
+
+        def record(outcomes: list[list[DeliveryResult]]) -> defer.Deferred[None]:
+            results = {result.recipient: result for agentResults in outcomes for result in agentResults}
+            return self._record(queueId, envelope, results)
+
+        if len(attempts) == 1:
+            return attempts[0].addCallback(lambda results: record([results]))
+        return defer.gatherResults(attempts).addCallback(record)
 
     def _timed(self, agent: IDeliveryAgent, message: QueuedMessage,
                recipients: list[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
@@ -230,8 +238,7 @@ class Scheduler(Service):
         _log.failure("Delivery agent failed", failure)
         return DeliveryResult.forAll(recipients, DeliveryError(reply.DELIVERY_ERROR, False, failure.getErrorMessage()))
 
-    @defer.inlineCallbacks
-    def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> Any:
+    def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> defer.Deferred[None]:
         now = self.clock.seconds()
         attempts = envelope.attempts + 1
         retryIn = retryDelay(attempts, self.settings)
@@ -261,26 +268,38 @@ class Scheduler(Service):
                                       lastFromPeer=result.fromPeer, remoteMTA=result.remoteMTA or None))
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
         if envelope.pending:
-            try:
-                yield self.queue.update(queueId, envelope)
-            except Exception:
-                # A full disk, say: the queue keeps the old envelope, so the worst is
-                # a recipient delivered twice.  The message stays planned either way.
-                _log.failure("Cannot record the attempt on {queueId}; retrying later", queueId=queueId)
-            if self.running:
-                self._plan(queueId, envelope)
-            else:
-                self._envelopes[queueId] = envelope
-            return
+            return self._keep(queueId, envelope)
         failed = [r for r in envelope.recipients if r.state is RecipientState.FAILED]
-        if failed and not envelope.isBounce:
+        if failed and (not envelope.isBounce or (envelope.protocol != DOUBLE_BOUNCE and self.postmaster)):
+            return self._bounceAndRemove(queueId, envelope, failed)
+        return self._remove(queueId)
+
+    @defer.inlineCallbacks
+    def _keep(self, queueId: str, envelope: Envelope) -> Any:
+        """Record an attempt that left recipients pending, and plan the next one."""
+        try:
+            yield self.queue.update(queueId, envelope)
+        except Exception:
+            # A full disk, say: the queue keeps the old envelope, so the worst is
+            # a recipient delivered twice.  The message stays planned either way.
+            _log.failure("Cannot record the attempt on {queueId}; retrying later", queueId=queueId)
+        if self.running:
+            self._plan(queueId, envelope)
+        else:
+            self._envelopes[queueId] = envelope
+
+    @defer.inlineCallbacks
+    def _bounceAndRemove(self, queueId: str, envelope: Envelope, failed: list[Recipient]) -> Any:
+        if not envelope.isBounce:
             notify = [r for r in failed if wantsFailureNotice(r)]
             if notify:
                 yield self._bounce(queueId, envelope, notify, envelope.sender)
-        elif failed and envelope.protocol != DOUBLE_BOUNCE and self.postmaster:
+        else:
             yield self._bounce(queueId, envelope, failed, self.postmaster)
-        yield self.queue.remove(queueId)
-        self._forget(queueId)
+        yield self._remove(queueId)
+
+    def _remove(self, queueId: str) -> defer.Deferred[None]:
+        return self.queue.remove(queueId).addCallback(lambda _: self._forget(queueId))
 
     def _forget(self, queueId: str) -> None:
         """The message has left the queue: drop it from the plan, and remember the id
