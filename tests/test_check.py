@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from jsmail.config import loadConfig
 from jsmail.ops import check
 from jsmail.service import MailGateway
-from jsmail.testing import DNSServer
+from jsmail.testing import DNSServer, freePort
 
 
 def writeCertificate(directory: str, days: float) -> tuple[str, str]:
@@ -37,12 +37,6 @@ def writeCertificate(directory: str, days: float) -> tuple[str, str]:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
     return paths
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CheckTests(unittest.TestCase):
