@@ -8,7 +8,7 @@ operator turns it on."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -37,8 +37,10 @@ class KnownRecipients(Policy):
         self.directory = directory
         self.runInThread = runInThread
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
-        self.clock = clock
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock: IReactorTime = clock
         self._known: dict[str, float] = {}  # recipient -> when it was found
 
     def checkRecipient(self, session: object, address: Address, params: dict) -> Any:
