@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.config import loadConfig
 from jsmail.service import MailGateway
-from jsmail.send.process import eventFromLine, eventLine
+from jsmail._process import eventFromLine, eventLine
 from jsmail.send.service import SendLock
 
 

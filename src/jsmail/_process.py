@@ -13,19 +13,30 @@ left the group and still holds them cannot keep the run from ending.
 The environment is the caller's to build; :func:`allowedEnvironment` starts one from
 ``PATH``, ``HOME`` and ``LANG`` only, never from the whole of ``os.environ``, which may
 hold secrets meant for jsmail alone.
+
+jsmail's own processes that start as root (the local spawner and the processes it
+starts for users) are run by :func:`pythonModule`: isolated from the environment, the
+working directory and the user's site directory, with this process's ``sys.path``
+given on the command line.  :class:`LogLines` publishes the log events such a process
+writes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import IO, Any, Iterable, Mapping, Sequence
 
 from twisted.internet import defer, error, protocol
+from twisted.logger import ILogObserver, Logger, LogLevel, eventAsJSON, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+_log = Logger()
 
 ALLOWED_ENVIRONMENT = ("PATH", "HOME", "LANG")
 OUTPUT_LIMIT = 64 * 1024
@@ -37,6 +48,99 @@ _PYTHON_SETSID = [  # what util-linux's setsid(1) does, where it is missing
 ]
 _SETSID = shutil.which("setsid")
 _NEW_SESSION = [_SETSID] if _SETSID else _PYTHON_SETSID  # argv prefix: run the rest in a session of its own
+
+
+#: What ``python -I -S -c`` runs for :func:`pythonModule`: argv is the path (JSON), the
+#: module, then the module's arguments; ``main(arguments)`` is called.  Nothing but the
+#: interpreter's own modules is imported before the path is set.
+_BOOT = (
+    "import json, sys\n"
+    "sys.path[:] = json.loads(sys.argv[1])\n"
+    "import importlib\n"
+    "importlib.import_module(sys.argv[2]).main(sys.argv[3:])\n"
+)
+
+
+def pythonModule(module: str, *arguments: str) -> list[str]:
+    """The argv that runs ``module.main(arguments)`` in a new interpreter that reads
+    nothing from the environment, the working directory or any user's site
+    directory (``-I -S``), with this process's ``sys.path``: what a process started as
+    root must be."""
+    return [sys.executable, "-I", "-S", "-c", _BOOT, json.dumps([p for p in sys.path if p]), module, *arguments]
+
+
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
+_TWISTED_KEYS = frozenset(("log_logger", "log_source", "log_level", "log_namespace", "log_format", "log_time"))
+
+
+def eventLine(event: dict[str, Any]) -> str:
+    """One event as one line of JSON.  Plain fields go as they are, the level by its
+    name: half the cost of flattening the event for Twisted's own encoding, which is
+    kept for events carrying anything else (a failure, an object)."""
+    fields: dict[str, Any] = {}
+    twisted: dict[str, Any] = {}
+    for key, value in event.items():
+        (twisted if key.startswith("log_") else fields)[key] = value
+    if twisted.keys() <= _TWISTED_KEYS and {"log_level", "log_namespace", "log_format", "log_time"} <= twisted.keys() \
+            and all(type(v) in _PLAIN for v in fields.values()):
+        fields["log_namespace"] = twisted["log_namespace"]
+        fields["log_level"] = twisted["log_level"].name
+        fields["log_format"] = twisted["log_format"]
+        fields["log_time"] = twisted["log_time"]
+        return json.dumps(fields, separators=(",", ":"))
+    return eventAsJSON(event)
+
+
+def eventFromLine(line: str) -> dict[str, Any]:
+    """An event from :func:`eventLine` or Twisted's ``eventAsJSON`` (raises
+    ValueError if it is neither)."""
+    event = json.loads(line)
+    if not isinstance(event, dict):
+        raise ValueError("not an event")
+    level = event.get("log_level")
+    if isinstance(level, str):
+        try:
+            event["log_level"] = _LEVELS[level]
+        except KeyError:
+            raise ValueError(f"no log level {level!r}") from None
+        return event
+    return dict(eventFromJSON(line))  # Twisted's encoding: failures and objects restored
+
+
+@implementer(ILogObserver)
+class EventWriter:
+    """A child process's log observer: one :func:`eventLine` per event on ``out``."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.out.write(eventLine(event) + "\n")
+        self.out.flush()
+
+
+class LogLines:
+    """Log events a child process writes as JSON lines (:class:`EventWriter`, or
+    Twisted's ``jsonFileLogObserver``), published in this process's log, so the
+    operator log stays one stream."""
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+        self._partial = b""
+
+    def received(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self._partial = self._partial[-65536:]
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = eventFromLine(line.decode("utf-8"))
+            except ValueError:
+                _log.warn("{who} said: {line!r}", who=self.who, line=line[:1000])
+                continue
+            globalLogPublisher(event)
 
 
 def allowedEnvironment(source: Mapping[str, str] = os.environ) -> dict[str, str]:
