@@ -147,8 +147,10 @@ class Options(usage.Options, AuthOptionMixin):
 
 
     def _logFormat(self) -> None:
-        """Name jsmail's observer (JSON, or text without Twisted's chatter) as twistd's
-        ``--logger``, unless twistd was given a logger or syslog of its own."""
+        """Name jsmail's log observer as twistd's ``--logger``: JSON lines for
+        ``--log-format json``, twistd's text lines written faster otherwise, either
+        without Twisted's chatter (unless twistd was asked for syslog or a logger of
+        its own)."""
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
         parent = self.parent
