@@ -7,6 +7,7 @@ Bounded (see :mod:`tests.fuzzsupport`); ``fuzz/`` runs the same oracles for long
 
 from __future__ import annotations
 
+import base64
 from typing import Sequence
 
 from hypothesis import given
@@ -86,3 +87,22 @@ class SessionPropertyTests(SynchronousTestCase):
         checkReplies(whole)
         self.assertEqual(sameReplies(split), sameReplies(whole))
 
+
+class SaslPropertyTests(SynchronousTestCase):
+    """A SASL response is a line like a command: over the command-line limit it is
+    refused the same way however its octets are split across reads."""
+
+    @bounded(60)
+    @given(st.integers(300, 1400), st.sampled_from([b"PLAIN", b"LOGIN"]), readSizes)
+    def test_longSaslResponseIsRefusedTheSameHoweverSplit(self, length: int, mechanism: bytes,
+                                                         sizes: list[int]) -> None:
+        response = base64.b64encode(b"\0u\0" + b"p" * length)
+        wire = b"EHLO client.test\r\nAUTH " + mechanism + b"\r\n" + response + b"\r\nNOOP\r\n"
+        whole, _ = converse(wire, None, withAuth=True)
+        split, _ = converse(wire, sizes, withAuth=True)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        checkReplies(whole)
+        self.assertEqual(split, whole)
+        self.assertTrue(whole.endswith(b"250 2.0.0 OK\r\n"), "the NOOP after the response is a command")
+        if len(response) + 2 > 512:
+            self.assertIn(b"500 5.5.6 Authentication Exchange line is too long\r\n", whole)

@@ -225,21 +225,28 @@ class ESMTPServer(Protocol, TimeoutMixin):
                     self._buffer = b""
                     if not self._discardingLongLine:
                         self._discardingLongLine = True
-                        self._sendReply(reply.LINE_TOO_LONG)
+                        self._sendReply(self._lineTooLong())
                 return
             line, self._buffer = self._buffer[:lf], self._buffer[lf + 1 :]
             if self._discardingLongLine:
                 self._discardingLongLine = False
                 continue
             self.resetTimeout()  # the idle time runs from a command line's start, not its last byte
+            if len(line) + 1 > self.settings.maxCommandLine:
+                self._sendReply(self._lineTooLong())
+                continue
             if self._auth is not None and self._auth.inProgress:
                 auth = self._auth
                 self._runCommand(lambda line=line: auth.respond(line.removesuffix(b"\r")))
                 continue
-            if len(line) + 1 > self.settings.maxCommandLine:
-                self._sendReply(reply.LINE_TOO_LONG)
-                continue
             self._runCommand(lambda line=line: self._dispatch(line.removesuffix(b"\r")))
+
+    def _lineTooLong(self) -> Reply:
+        """The refusal of a line over the limit, the same whether it came in one read or
+        many; a SASL response that long also ends the AUTH exchange."""
+        if self._auth is not None and self._auth.inProgress:
+            return self._auth.lineTooLong()
+        return reply.LINE_TOO_LONG
 
     def _runCommand(self, command: Callable[[], Result]) -> None:
         """Run one command; if its reply is not ready, hold all later input until it is."""

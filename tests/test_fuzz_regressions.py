@@ -1,0 +1,29 @@
+"""One test for each bug the property tests and the fuzz runs (``fuzz/``) found, named
+after what was found; the inputs are the shrunk ones (``fuzz/crashes/`` keeps the raw
+reproducers of the fuzz runs)."""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.fuzzsupport import pieces
+from tests.test_fuzz_smtpd import converse
+
+
+class SaslSplitTests(SynchronousTestCase):
+    def test_saslResponseOverTheLineLimitIsRefusedAlikeWholeOrSplit(self) -> None:
+        """A PLAIN response of 830 octets was read as a response when it came in one
+        read (535), but refused as a long line when it came in two, leaving the
+        exchange open so that the next command (NOOP) was taken as the response (501).
+        Both ways it now ends the exchange with RFC 4954's 500 5.5.6."""
+        response = base64.b64encode(b"\0u\0" + b"p" * 600)
+        wire = b"EHLO client.test\r\nAUTH PLAIN\r\n" + response + b"\r\nNOOP\r\n"
+        whole, _ = converse(wire, None, withAuth=True)
+        split, _ = converse(wire, [520, 1000], withAuth=True)
+        expected = (b"334 \r\n500 5.5.6 Authentication Exchange line is too long\r\n"
+                    b"250 2.0.0 OK\r\n")
+        self.assertTrue(whole.endswith(expected), whole)
+        self.assertEqual(split, whole)
+        self.assertEqual(len(pieces(wire, [520, 1000])), 2)
