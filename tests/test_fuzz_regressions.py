@@ -8,6 +8,8 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jsmail.address import parsePath
+from jsmail.error import SMTPReplyError
 from tests.fuzzsupport import pieces
 from tests.test_fuzz_smtpd import converse
 
@@ -27,3 +29,19 @@ class SaslSplitTests(SynchronousTestCase):
         self.assertTrue(whole.endswith(expected), whole)
         self.assertEqual(split, whole)
         self.assertEqual(len(pieces(wire, [520, 1000])), 2)
+
+
+class PathLengthTests(SynchronousTestCase):
+    def test_pathLongerThan256OctetsAsALabelsIsRefused(self) -> None:
+        """A path of 181 characters with six U-labels was accepted, but its A-label form
+        (as jsmail stores and sends it) has 265 octets, over RFC 5321's 256, so it did
+        not parse again; and the limit was counted in characters, not octets."""
+        domain = ".".join(["日本語" * 6] * 6) + ".test"
+        error = self.assertRaises(SMTPReplyError, parsePath, f"<{'x' * 60}@{domain}>", allowNull=False, utf8=True)
+        self.assertEqual(str(error.reply), "501 5.1.7 Path longer than 256 octets")
+        utf8Local = "ü" * 32  # 64 octets in 32 characters: the path has 235 characters, 267 octets
+        path = f"<{utf8Local}@{'a' * 63}.{'b' * 63}.{'c' * 63}.{'d' * 8}>"
+        error = self.assertRaises(SMTPReplyError, parsePath, path, allowNull=False, utf8=True)
+        self.assertEqual(str(error.reply), "501 5.1.7 Path longer than 256 octets")
+        address, _ = parsePath(f"<{'x' * 60}@{'.'.join(['日本語' * 6] * 5)}.test>", allowNull=False, utf8=True)
+        self.assertEqual(len(f"<{address}>".encode()), 232)

@@ -20,8 +20,18 @@ from jsmail.auth import AnyOfCheckers, MailRealm
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog
-from tests.fuzzsupport import (Script, bounded, checkReplies, mutated, pieces, readSizes, sameReplies, scripts,
-                               storedMessages, withoutReceived)
+from tests.fuzzsupport import (
+    Script,
+    bounded,
+    checkReplies,
+    mutated,
+    pieces,
+    readSizes,
+    sameReplies,
+    scripts,
+    storedMessages,
+    withoutReceived,
+)
 
 
 def portal() -> Portal:

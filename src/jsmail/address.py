@@ -144,7 +144,10 @@ def parsePath(
             raise _refuse("Bad source route")
     if postmasterDomain is not None and path.lower() == "postmaster":
         return Address("postmaster", postmasterDomain), params
-    return parseMailbox(path, utf8=utf8), params
+    address = parseMailbox(path, utf8=utf8)
+    if len(str(address).encode("utf-8")) + 2 > MAX_PATH:  # in octets, and as it goes on: with A-labels
+        raise _refuse(f"Path longer than {MAX_PATH} octets")
+    return address, params
 
 
 def _closingBracket(argument: str) -> int:
