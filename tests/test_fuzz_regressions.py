@@ -9,7 +9,9 @@ import base64
 from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail.address import parsePath
-from jsmail.error import SMTPReplyError
+from jsmail.error import DeliveryError, SMTPReplyError
+from jsmail.local.aliases import AliasesError, parseAliases
+from jsmail.local.dotqmail import Forward, parseInstructions
 from tests.fuzzsupport import pieces
 from tests.test_fuzz_smtpd import converse
 
@@ -45,3 +47,17 @@ class PathLengthTests(SynchronousTestCase):
         self.assertEqual(str(error.reply), "501 5.1.7 Path longer than 256 octets")
         address, _ = parsePath(f"<{'x' * 60}@{'.'.join(['日本語' * 6] * 5)}.test>", allowNull=False, utf8=True)
         self.assertEqual(len(f"<{address}>".encode()), 232)
+
+
+class ForwardAddressTests(SynchronousTestCase):
+    def test_forwardAddressWithAControlCharacterIsRefused(self) -> None:
+        """A .qmail line of one CR (the blank last line of a file saved with CR LF line
+        ends) was a forward to the address "\\r", and "joe@example.org\\r" one to an
+        address ending in CR, which would go out in RCPT TO as a bare CR; in an aliases
+        file a NUL made an address too.  Both are refused now, as other non-addresses are."""
+        for line in ("\r", "joe@example.org\r", "&a\x00b@example.org", "a\x1b@example.org", "a\x7f@example.org"):
+            error = self.assertRaises(DeliveryError, parseInstructions, f"./Maildir/\n{line}\n")
+            self.assertEqual(str(error.reply), "550 5.1.3 Unable to forward: not a bare address")
+        for target in ("\x00", "joe\x00@example.org", "a\tb@example.org"):
+            self.assertRaises(AliasesError, parseAliases, f"staff: {target}\n", "aliases", "mx.test")
+        self.assertEqual(parseInstructions("joe@example.org\n").lines, (Forward("joe@example.org"),))

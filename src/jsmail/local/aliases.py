@@ -59,7 +59,7 @@ def targetInstruction(target: str, noAtHost: str) -> Instruction:
         return Program(target[1:].strip())
     if target.startswith("/"):
         return Maildir(target) if target.endswith("/") else Mbox(target)
-    if any(c in target for c in " \t<>()\"\\;"):
+    if any(c in " \t<>()\"\\;\x7f" or c < " " for c in target):  # NUL and the other controls too
         raise ValueError(f"{target!r} is not a bare address")
     return Forward(target if "@" in target else f"{target}@{noAtHost}")
 
