@@ -61,3 +61,26 @@ class ForwardAddressTests(SynchronousTestCase):
         for target in ("\x00", "joe\x00@example.org", "a\tb@example.org"):
             self.assertRaises(AliasesError, parseAliases, f"staff: {target}\n", "aliases", "mx.test")
         self.assertEqual(parseInstructions("joe@example.org\n").lines, (Forward("joe@example.org"),))
+
+
+class AliasesExpansionTests(SynchronousTestCase):
+    def test_includeFilesThatMultiplyAreRefused(self) -> None:
+        """Nine files, the first eight each naming the next six times, made one alias of
+        1.7 million targets after as many reads (the property test's guard stopped it at
+        20,000 :include: reads): such a fan-out never reaches the nesting limit of 10.
+        An alias may now take 10,000 targets and reads in all; past that the file is
+        refused, naming the line."""
+        files = {f"/f{n}": ", ".join([f":include:/f{n + 1}"] * 6) for n in range(8)}
+        files["/f8"] = "a@b.test"
+        reads = []
+
+        def readInclude(path: str) -> str:
+            reads.append(path)
+            return files[path]
+
+        error = self.assertRaises(AliasesError, parseAliases, "list: :include:/f0\n", "aliases", "mx.test",
+                                  readInclude)
+        self.assertEqual(str(error), "aliases:1: alias 'list': more than 10000 targets and :include: files")
+        self.assertLessEqual(len(reads), 10_000)
+        files["/f0"] = ", ".join(f"u{n}@b.test" for n in range(5000))
+        self.assertEqual(len(parseAliases("list: :include:/f0\n", "aliases", "mx.test", readInclude)["list"]), 5000)

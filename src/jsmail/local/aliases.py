@@ -94,10 +94,19 @@ def parseAliases(text: str, source: str, noAtHost: str,
     return aliases
 
 
+#: Targets and :include: reads one alias may take: files that name the next file a few
+#: times each multiply them level by level (six names over ten levels: 60 million).
+MAX_EXPANSION = 10_000
+
+
 def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str] | None,
-            depth: int) -> list[Instruction]:
+            depth: int, spent: list[int] | None = None) -> list[Instruction]:
+    spent = [0] if spent is None else spent
     out: list[Instruction] = []
     for target in targets:
+        spent[0] += 1
+        if spent[0] > MAX_EXPANSION:
+            raise ValueError(f"more than {MAX_EXPANSION} targets and :include: files")
         if target.startswith(":include:"):
             path = target[len(":include:"):].strip()
             if readInclude is None:
@@ -105,7 +114,7 @@ def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str]
             if depth >= 10:
                 raise ValueError(f":include: nested too deeply at {path}")
             lines = [line for line in readInclude(path).splitlines() if line.strip() and not line.startswith("#")]
-            out += _expand(splitTargets(",".join(lines)), noAtHost, readInclude, depth + 1)
+            out += _expand(splitTargets(",".join(lines)), noAtHost, readInclude, depth + 1, spent)
         else:
             out.append(targetInstruction(target, noAtHost))
     return out
