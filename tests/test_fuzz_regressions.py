@@ -9,9 +9,13 @@ import base64
 from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail.address import parsePath
+from jsmail.envelope import Envelope, Recipient
 from jsmail.error import DeliveryError, SMTPReplyError
+from jsmail.headers import MAX_HEADER, splitHeader
 from jsmail.local.aliases import AliasesError, parseAliases
 from jsmail.local.dotqmail import Forward, parseInstructions
+from jsmail.queue.funnel import Funnel, Owed
+from jsmail.queue.memory import MemoryQueue
 from tests.fuzzsupport import pieces
 from tests.test_fuzz_smtpd import converse
 
@@ -84,3 +88,27 @@ class AliasesExpansionTests(SynchronousTestCase):
         self.assertLessEqual(len(reads), 10_000)
         files["/f0"] = ", ".join(f"u{n}@b.test" for n in range(5000))
         self.assertEqual(len(parseAliases("list: :include:/f0\n", "aliases", "mx.test", readInclude)["list"]), 5000)
+
+
+class HeaderEndAtTheLimitTests(SynchronousTestCase):
+    def test_emptyLineWhoseCrEndsAPieceAtTheLimitStillEndsTheHeader(self) -> None:
+        """A header section of exactly the limit whose empty line's CR came as the last
+        octet of a piece was taken as cut at the limit, not whole, so a submission
+        got no Date or Message-ID; in one piece it was whole.  Found by the
+        piece-independence property of splitHeader."""
+        message = b"\x00\x00\x00\r\n\r\nbody\r\n"
+        self.assertEqual(tuple(splitHeader(iter([message]), 5)), (b"\x00\x00\x00\r\n", b"\r\nbody\r\n", True))
+        chunks = iter([message[:6], message[6:]])
+        self.assertEqual(tuple(splitHeader(chunks, 5)), (b"\x00\x00\x00\r\n", b"\r\nbody\r\n", True))
+        queue = MemoryQueue()
+        funnel = Funnel(queue, lambda queueId, envelope: None)
+        subject = b"Subject: " + b"s" * (MAX_HEADER - 11) + b"\r\n"
+        message = funnel.newMessage(Envelope("a@example.org", (Recipient("b@example.net"),)),
+                                    Owed(complete=True, hostname="mx.test"))
+        for piece in (subject + b"\r", b"\nbody\r\n"):
+            message.write(piece)
+        queueId = self.successResultOf(message.commit())
+        data = queue.messages[queueId][1]
+        added = b"Date: Thu, 01 Jan 1970 00:00:00 +0000\r\nMessage-ID: <"
+        self.assertTrue(data.startswith(subject + added), data[len(subject):])
+        self.assertTrue(data.endswith(b">\r\n\r\nbody\r\n"))
