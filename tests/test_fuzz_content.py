@@ -12,10 +12,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail.address import normaliseDomain
-from jsmail.headers import fields, fromDomain, splitHeader
+from jsmail.headers import fromDomain
 from jsmail.policy.authresults import ID_WINDOW, claimsAuthservId
-from tests.fuzzsupport import bounded, content, decodeChunks, decodeData, pieces, readChunks, readData, readSizes
+from tests.fuzzoracles import checkAuthResults, checkChunkReaders, checkDataReader, checkFromDomain, checkSplitHeader
+from tests.fuzzsupport import bounded, content, readSizes
 
 
 class ReaderPropertyTests(SynchronousTestCase):
@@ -26,10 +26,7 @@ class ReaderPropertyTests(SynchronousTestCase):
                                                           normalise: bool) -> None:
         """No smuggling: the message ends where the reference says (CR LF . CR LF after
         a real CR LF) and nowhere else; content, problems and what follows agree."""
-        stream += b"NOOP\r\n"
-        expected = decodeData(stream, normalise)
-        self.assertEqual(readData(stream, [len(stream)], normalise), expected)
-        self.assertEqual(readData(stream, sizes, normalise), expected)
+        checkDataReader(stream + b"NOOP\r\n", sizes, normalise)
 
     @bounded(200)
     @given(st.lists(content, max_size=4), readSizes, st.booleans())
@@ -37,9 +34,7 @@ class ReaderPropertyTests(SynchronousTestCase):
                                                            normalise: bool) -> None:
         """BDAT: each chunk is exactly its octets (the NOOP after each is left over),
         the chunks' content is what the reference reads from them joined."""
-        expected = decodeChunks(chunks, normalise)
-        self.assertEqual(readChunks(chunks, sizes, normalise), expected)
-        self.assertEqual(readChunks([b"".join(chunks)], [4096], normalise), expected)
+        checkChunkReaders(chunks, sizes, normalise)
 
 
 _HEADER_TOKENS = [b"From: a@b.test", b"Subject: x", b"X: y", b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b"a",
@@ -53,48 +48,19 @@ class HeaderPropertyTests(SynchronousTestCase):
     def test_splitHeaderDoesNotDependOnThePieces(self, message: bytes, sizes: list[int], limit: int) -> None:
         """The header section, where it ends or is cut, and the rest (with what the
         pieces still hold) are the same however the message arrives."""
-        whole = splitHeader(iter([message]) if message else iter([]), limit)
-        chunks = iter(pieces(message, sizes))
-        split = splitHeader(chunks, limit)
-        self.assertEqual((split.header, split.rest + b"".join(chunks), split.whole), tuple(whole))
-        self.assertEqual(split.bodyOffset, whole.bodyOffset)
-        self.assertTrue(message.startswith(whole.header + whole.rest))
-        if whole.whole and whole.rest:
-            self.assertTrue(whole.rest.startswith((b"\r\n", b"\n")), whole)
+        checkSplitHeader(message, sizes, limit)
 
     @bounded(300)
     @given(headerish)
     def test_fieldsAreTheHeaderInOrder(self, message: bytes) -> None:
         """Every field is a piece of the header section, in order, starting a line;
         folded lines stay inside their field."""
-        header = splitHeader(iter([message]), len(message)).header
-        position = 0
-        for field in fields(header):
-            self.assertTrue(field)
-            found = header.find(field, position)
-            self.assertGreaterEqual(found, position, (field, header))
-            self.assertTrue(found == 0 or header[found - 1:found] == b"\n", (field, header))
-            position = found + len(field)
+        checkSplitHeader(message, [len(message) or 1], len(message))
 
 
 _FROM_TOKENS = ["(", ")", "\\", '"', "<", ">", "@", ",", ":", ";", " ", "\r\n ", "a", "b.test", "[", "]", ".",
                 "é", "=?utf-8?q?x?=", "example.test", "\u2028"]
 fromValues = st.lists(st.sampled_from(_FROM_TOKENS), max_size=60).map("".join)
-
-
-def withRecursionLimit(headroom: int, call: Callable[[], Any]) -> Any:
-    """``call()`` with only ``headroom`` frames left above this one: code that
-    recurses per nesting level runs out of them."""
-    depth = 0
-    frame = sys._getframe()
-    while frame is not None:
-        depth, frame = depth + 1, frame.f_back
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(depth + headroom)
-    try:
-        return call()
-    finally:
-        sys.setrecursionlimit(old)
 
 
 def lineEvents(call: Callable[[], Any]) -> int:
@@ -123,10 +89,7 @@ class FromDomainPropertyTests(SynchronousTestCase):
     @given(fromValues, st.integers(0, 3))
     def test_fromDomainIsADomainOrNoneAndNeverRecurses(self, value: str, nesting: int) -> None:
         value = "(" * (1000 * nesting) + value + ")" * (1000 * nesting)
-        message = b"Subject: x\r\nFrom: " + value.encode() + b"\r\n\r\nbody\r\n"
-        domain = withRecursionLimit(60, lambda: fromDomain(message))
-        if domain is not None:
-            self.assertEqual(normaliseDomain(domain), domain)
+        checkFromDomain(b"Subject: x\r\nFrom: " + value.encode() + b"\r\n\r\nbody\r\n")
 
     def test_fromDomainIsLinearInTheNesting(self) -> None:
         """Doubling a hostile From field (nested comments, quotes, angle brackets,
@@ -149,8 +112,7 @@ class AuthResultsPropertyTests(SynchronousTestCase):
     @bounded(300)
     @given(st.binary(max_size=300))
     def test_anyFieldGivesABool(self, raw: bytes) -> None:
-        self.assertIn(claimsAuthservId(b"Authentication-Results:" + raw, "mx.test"), (True, False))
-        self.assertIn(claimsAuthservId(raw, "mx.test"), (True, False))
+        checkAuthResults(raw)
 
     @bounded(300)
     @given(st.lists(_AR_COMMENTS | st.sampled_from([" ", "\t", "\r\n "]), max_size=4).map("".join),

@@ -4,19 +4,12 @@ one documented error, whatever the input; and what it accepts is sane."""
 
 from __future__ import annotations
 
-import os
-
 from hypothesis import example, given, target
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail.address import MAX_PATH, Address, parsePath
-from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient
-from jsmail.error import DeliveryError, SMTPReplyError
-from jsmail.local.aliases import AliasesError, parseAliases
-from jsmail.local.dotqmail import Forward, Instructions, Maildir, Mbox, Program, parseInstructions
-from jsmail.queue.store import MaildirQueue
-from jsmail.testing import runNow
+from jsmail.envelope import Envelope, Recipient
+from tests.fuzzoracles import checkAliases, checkEnvelope, checkInstructions, checkPath, checkRecovery
 from tests.fuzzsupport import bounded
 
 # -- paths --------------------------------------------------------------------------------
@@ -43,10 +36,6 @@ pathArguments = st.one_of(
 )
 
 
-def formatPath(address: Address, params: dict[str, str | None]) -> str:
-    words = "".join(f" {k}" if v is None else f" {k}={v}" for k, v in params.items())
-    return f"<{address}>{words}"
-
 
 class PathPropertyTests(SynchronousTestCase):
     @bounded(400)
@@ -57,18 +46,9 @@ class PathPropertyTests(SynchronousTestCase):
                                                postmaster: str | None) -> None:
         """Never anything but a result or :class:`SMTPReplyError`; what is accepted has
         a clean domain, fits RFC 5321's 256 octets, and parses again to itself."""
-        try:
-            address, params = parsePath(argument, allowNull=allowNull, utf8=utf8, postmasterDomain=postmaster)
-        except SMTPReplyError:
-            return
-        self.assertIsInstance(address, Address)
-        self.assertFalse(any(c in address.domain for c in "\r\n\x00 "), address)
-        self.assertFalse(any(c in address.local for c in "\r\n\x00"), address)
-        self.assertTrue(address.domain.isascii() and address.domain == address.domain.lower(), address)
-        text = formatPath(address, params)
-        target(float(len(text.encode())), label="octets of the accepted path")
-        self.assertLessEqual(len(f"<{address}>".encode()), MAX_PATH, text)
-        self.assertEqual(parsePath(text, allowNull=allowNull, utf8=utf8), (address, params))
+        octets = checkPath(argument, allowNull, utf8, postmaster)
+        if octets is not None:
+            target(float(octets), label="octets of the accepted path")
 
 
 # -- .qmail and aliases -----------------------------------------------------------------
@@ -81,16 +61,6 @@ _ALIAS_PIECES = ["name", "Staff", ":", ": ", ",", " ", "\t", "\n", "\r\n", "\r",
                  ":include:", ":include:/a", ":include:/b", "a@b.test", "bob", "\x00", "<", "\\", "\u2028", "\x0c"]
 aliasTexts = st.lists(st.sampled_from(_ALIAS_PIECES) | st.text(max_size=3), max_size=30).map("".join)
 
-#: Control characters an address to forward to must never hold: it becomes an SMTP
-#: RCPT argument and an envelope field (CR, LF and NUL inject; the rest is no address).
-_CONTROLS = {chr(c) for c in range(32)} | {"\x7f"}
-
-
-def instructionText(instruction: object) -> str:
-    for kind, name in ((Program, "command"), (Mbox, "path"), (Maildir, "path"), (Forward, "address")):
-        if isinstance(instruction, kind):
-            return str(getattr(instruction, name))
-    raise AssertionError(f"not an instruction: {instruction!r}")
 
 
 class DotQmailPropertyTests(SynchronousTestCase):
@@ -99,18 +69,7 @@ class DotQmailPropertyTests(SynchronousTestCase):
     def test_parseInstructionsGivesInstructionsOrADeliveryError(self, text: str, forwardOnly: bool) -> None:
         """Bounded output: at most one instruction a line, each from its line; a
         forward address holds no control character."""
-        try:
-            parsed = parseInstructions(text, "~/.qmail", forwardOnly)
-        except DeliveryError:
-            return
-        self.assertIsInstance(parsed, Instructions)
-        self.assertLessEqual(len(parsed.lines), text.count("\n") + 1)
-        lines = text.split("\n")
-        for instruction in parsed.lines:
-            value = instructionText(instruction)
-            self.assertTrue(any(value in line for line in lines), instruction)
-            if isinstance(instruction, Forward):
-                self.assertFalse(_CONTROLS & set(instruction.address), instruction)
+        checkInstructions(text, forwardOnly)
 
 
 @st.composite
@@ -133,30 +92,7 @@ class AliasesPropertyTests(SynchronousTestCase):
     def test_parseAliasesGivesAliasesOrAnAliasesError(self, text: str, includes: dict[str, str]) -> None:
         """Bounded output however the included files name each other; a forward
         address holds no control character."""
-
-        reads = []
-
-        def readInclude(path: str) -> str:
-            reads.append(path)
-            if len(reads) > 20_000:
-                raise AssertionError("more than 20,000 :include: reads for one file")
-            if path not in includes:
-                raise FileNotFoundError(2, "No such file", path)
-            return includes[path]
-
-        try:
-            aliases = parseAliases(text, "aliases", "mx.test", readInclude)
-        except AliasesError:
-            return
-        total = sum(len(targets) for targets in aliases.values())
-        self.assertLessEqual(total, 10_000 * max(len(aliases), 1), "the targets multiplied through :include:")
-        for name, targets in aliases.items():
-            self.assertEqual(name, name.lower())
-            self.assertTrue(name and not any(c in name for c in " \t"), name)
-            for instruction in targets:
-                instructionText(instruction)
-                if isinstance(instruction, Forward):
-                    self.assertFalse(_CONTROLS & set(instruction.address), instruction)
+        checkAliases(text, includes)
 
 
 # -- envelopes and recovery ----------------------------------------------------------------
@@ -189,35 +125,11 @@ class EnvelopePropertyTests(SynchronousTestCase):
     @given(envelopeBytes())
     def test_anyBytesGiveAnEnvelopeOrAFormatError(self, raw: bytes) -> None:
         """And an envelope read back is written again as itself."""
-        try:
-            envelope = Envelope.fromBytes(raw)
-        except EnvelopeFormatError:
-            return
-        self.assertIsInstance(envelope, Envelope)
-        self.assertEqual(Envelope.fromBytes(envelope.toBytes()), envelope)
-        self.assertTrue(envelope.recipients)
+        checkEnvelope(raw)
 
     @bounded(25)
     @given(st.lists(envelopeBytes() | st.just(GOOD.toBytes()), min_size=1, max_size=6), st.booleans())
     def test_recoverySetsAsideCorruptFilesAndKeepsTheRest(self, lines: list[bytes], separate: bool) -> None:
         """Every queue file whose envelope reads is recovered, every other one is set
         aside in corrupt/, and nothing one file holds stops the others."""
-        queue = MaildirQueue(self.mktemp(), runNow, spares=0)
-        self.addCleanup(queue.close)
-        expected, corrupt = {}, set()
-        for n, line in enumerate(lines):
-            queueId = f"Q{n:03d}"
-            with open(os.path.join(queue.activeDir, queueId), "wb") as f:
-                f.write((b"" if separate else line.replace(b"\n", b" ") + b"\n") + b"Subject: x\r\n\r\nbody\r\n")
-            if separate:
-                with open(os.path.join(queue.activeDir, queueId + ".env"), "wb") as f:
-                    f.write(line)
-            try:
-                expected[queueId] = Envelope.fromBytes(line if separate else line.replace(b"\n", b" "))
-            except EnvelopeFormatError:
-                corrupt.add(queueId)
-        recovered = dict(self.successResultOf(queue.recover()))
-        self.assertEqual(recovered, expected)
-        inCorrupt = {name.removesuffix(".env") for name in os.listdir(queue.corruptDir)}
-        self.assertEqual(inCorrupt, corrupt)
-        self.assertEqual(set(os.listdir(queue.activeDir)) & {f"{c}" for c in corrupt}, set())
+        checkRecovery(self.mktemp(), lines, separate)

@@ -16,8 +16,8 @@ from jsmail.local.aliases import AliasesError, parseAliases
 from jsmail.local.dotqmail import Forward, parseInstructions
 from jsmail.queue.funnel import Funnel, Owed
 from jsmail.queue.memory import MemoryQueue
+from tests.fuzzoracles import converse
 from tests.fuzzsupport import pieces
-from tests.test_fuzz_smtpd import converse
 
 
 class SaslSplitTests(SynchronousTestCase):
