@@ -5,17 +5,20 @@ reproducers of the fuzz runs)."""
 from __future__ import annotations
 
 import base64
+import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail.address import parsePath
-from jsmail.envelope import Envelope, Recipient
+from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient
 from jsmail.error import DeliveryError, SMTPReplyError
 from jsmail.headers import MAX_HEADER, splitHeader
 from jsmail.local.aliases import AliasesError, parseAliases
 from jsmail.local.dotqmail import Forward, parseInstructions
 from jsmail.queue.funnel import Funnel, Owed
 from jsmail.queue.memory import MemoryQueue
+from jsmail.queue.store import MaildirQueue
+from jsmail.testing import runNow
 from tests.fuzzoracles import converse
 from tests.fuzzsupport import pieces
 
@@ -112,3 +115,24 @@ class HeaderEndAtTheLimitTests(SynchronousTestCase):
         added = b"Date: Thu, 01 Jan 1970 00:00:00 +0000\r\nMessage-ID: <"
         self.assertTrue(data.startswith(subject + added), data[len(subject):])
         self.assertTrue(data.endswith(b">\r\n\r\nbody\r\n"))
+
+
+class EnvelopeVersion1Tests(SynchronousTestCase):
+    def test_version1RecipientWithANonTextReplyIsAFormatErrorNotATypeError(self) -> None:
+        """A version-1 envelope whose recipient's lastReply was not text raised a
+        TypeError from the conversion to version 2 (which ran before the type checks),
+        and MaildirQueue.recover, which sets aside only unreadable files, failed as a
+        whole: no message was recovered.  fuzz/crashes/envelope-crash-9a1145a6... is
+        the fuzzer's input."""
+        line = (b'{"version":1,"sender":"a@b.test","recipients":[{"address":"x@localhost","params":{},'
+                b'"state":"pending","lastReply":false,"remoteMTA":null}],"mailParams":{},"arrival":1.5,'
+                b'"clientAddress":"","helo":"P","attempts":0,"nextAttempt":0}')
+        self.assertRaises(EnvelopeFormatError, Envelope.fromBytes, line)
+        queue = MaildirQueue(self.mktemp(), runNow, spares=0)
+        self.addCleanup(queue.close)
+        good = Envelope("a@b.test", (Recipient("x@localhost"),))
+        for queueId, envelopeLine in (("Q1", line), ("Q2", good.toBytes())):
+            with open(os.path.join(queue.activeDir, queueId), "wb") as f:
+                f.write(envelopeLine + b"\nSubject: x\r\n\r\nx\r\n")
+        self.assertEqual(self.successResultOf(queue.recover()), [("Q2", good)])
+        self.assertEqual(os.listdir(queue.corruptDir), ["Q1"])

@@ -111,8 +111,8 @@ class Envelope:
         for r in recipients:
             if not isinstance(r, dict):
                 raise EnvelopeFormatError("bad envelope field: a recipient is not an object")
+            _check(r, _RECIPIENT_FIELDS, "recipient")  # first: version 1's conversion reads lastReply
             r = _fromVersion1(r) if version == 1 else r
-            _check(r, _RECIPIENT_FIELDS, "recipient")
             try:
                 checked.append(Recipient(**{**r, "state": RecipientState(r["state"])}))
             except (TypeError, ValueError, KeyError) as e:
