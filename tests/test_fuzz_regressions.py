@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail.address import parsePath
+from jsmail.address import NULL, parsePath
 from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient
 from jsmail.error import DeliveryError, SMTPReplyError
 from jsmail.headers import MAX_HEADER, splitHeader
@@ -18,8 +18,9 @@ from jsmail.local.dotqmail import Forward, parseInstructions
 from jsmail.queue.funnel import Funnel, Owed
 from jsmail.queue.memory import MemoryQueue
 from jsmail.queue.store import MaildirQueue
-from jsmail.testing import runNow
-from tests.fuzzoracles import converse
+from jsmail.smtp.server import ServerSettings
+from jsmail.testing import Dialog, runNow
+from tests.fuzzoracles import checkPath, converse
 from tests.fuzzsupport import pieces
 
 
@@ -47,13 +48,52 @@ class PathLengthTests(SynchronousTestCase):
         not parse again; and the limit was counted in characters, not octets."""
         domain = ".".join(["日本語" * 6] * 6) + ".test"
         error = self.assertRaises(SMTPReplyError, parsePath, f"<{'x' * 60}@{domain}>", allowNull=False, utf8=True)
-        self.assertEqual(str(error.reply), "501 5.1.7 Path longer than 256 octets")
+        self.assertEqual(str(error.reply), "501 5.1.3 Path longer than 256 octets")
         utf8Local = "ü" * 32  # 64 octets in 32 characters: the path has 235 characters, 267 octets
         path = f"<{utf8Local}@{'a' * 63}.{'b' * 63}.{'c' * 63}.{'d' * 8}>"
         error = self.assertRaises(SMTPReplyError, parsePath, path, allowNull=False, utf8=True)
-        self.assertEqual(str(error.reply), "501 5.1.7 Path longer than 256 octets")
+        self.assertEqual(str(error.reply), "501 5.1.3 Path longer than 256 octets")
         address, _ = parsePath(f"<{'x' * 60}@{'.'.join(['日本語' * 6] * 5)}.test>", allowNull=False, utf8=True)
         self.assertEqual(len(f"<{address}>".encode()), 232)
+
+
+class NullPathTests(SynchronousTestCase):
+    """The three path crashes of the first fuzz run (``fuzz/crashes/path-crash-*``)
+    were all the null reverse-path ``<>``, which the parser took as it should: the
+    oracle had asked every accepted path for a domain, and the null path has none (it
+    now checks that a null path comes only where one is allowed).  Replayed through a
+    session, the same inputs showed a parser fault: a recipient it refused got the
+    sender's enhanced code, 5.1.7, where RFC 3463 has 5.1.3."""
+
+    def test_nullReversePathWithASpaceBeforeOrAfterIsTheNullPath(self) -> None:
+        for argument in (" <>", "<> ", "  <>  "):
+            self.assertEqual(parsePath(argument, allowNull=True, utf8=True), (NULL, {}))
+            self.assertEqual(checkPath(argument, True, True, None), 2)  # "<>": two octets
+            self.assertRaises(SMTPReplyError, parsePath, argument, allowNull=False, utf8=True)
+        d = Dialog(ServerSettings(hostname="mx.test"))
+        d.send(b"EHLO client.test\r\n")
+        self.assertEqual(d.send(b"MAIL FROM: <> \r\n"), b"250 2.1.0 Sender OK\r\n")
+
+    def test_nullPathAsRecipientGetsTheRecipientsCode513(self) -> None:
+        d = Dialog(ServerSettings(hostname="mx.test"))
+        d.send(b"EHLO client.test\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<> \r\n"), b"501 5.1.3 The null path <> is not a valid recipient\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<a b@x.test>\r\n"), b"501 5.1.3 Bad local part 'a b'\r\n")
+        self.assertEqual(d.send(b"RSET\r\nMAIL FROM:<a b@x.test>\r\n"),
+                         b"250 2.0.0 Reset OK\r\n501 5.1.7 Bad local part 'a b'\r\n")
+
+    def test_nullReversePathWithAMalformedSizeIsRefusedForTheSize(self) -> None:
+        """``<> SIZE=06s<at> zzzz``: the parameters of a null path are read as any
+        path's; the SIZE that is not a number gets 501 5.5.4, not a 250 or a 451."""
+        address, params = parsePath("<> SIZE=06s<at> zzzz", allowNull=True, utf8=False)
+        self.assertEqual((address, params), (NULL, {"SIZE": "06s<at>", "ZZZZ": None}))
+        self.assertEqual(checkPath("<> SIZE=06s<at> zzzz", True, False, None), 2)
+        d = Dialog(ServerSettings(hostname="mx.test"))
+        d.send(b"EHLO client.test\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<> SIZE=06s<at> zzzz\r\n"),
+                         b"501 5.5.4 SIZE needs a number of octets\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<> SIZE=06 zzzz\r\n"), b"555 5.5.4 Unsupported parameter ZZZZ\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<> SIZE=06\r\n"), b"250 2.1.0 Sender OK\r\n")
 
 
 class ForwardAddressTests(SynchronousTestCase):
