@@ -312,8 +312,16 @@ class Script:
                 decoded = step.decoded(self.normalise)
                 if decoded.acceptable(self.normalise, self.allowNul):
                     params = dict(p.split("=", 1) if "=" in p else (p, None) for p in step.params.split())
-                    found.append(((step.sender, step.recipients, params), decoded.content))
+                    found.append(((step.sender, _once(step.recipients), params), decoded.content))
         return found
+
+
+def _once(addresses: Sequence[str]) -> tuple[str, ...]:
+    """A recipient given twice is delivered to once (compared without case)."""
+    kept: dict[str, str] = {}
+    for address in addresses:
+        kept.setdefault(address.lower(), address)
+    return tuple(kept.values())
 
 
 _ADDRESSES = ["a@example.test", "b.c@d.example", "x+y@[192.0.2.7]", "postmaster@mx.test", '"q s"@example.test']

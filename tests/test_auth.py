@@ -404,3 +404,75 @@ class GuessingTests(SynchronousTestCase):
         self.assertEqual(len(counter._failures), 100)
         self.assertEqual(counter.count("client9999", 1.0), 1)
         self.assertEqual(counter.count("client9999", 901.0), 0, "forgotten after the window")
+
+
+class CheckerFitnessTests(SynchronousTestCase):
+    """Newcomer review item 5 and issue 13.1: only checkers that judge a user name and
+    password serve AUTH, and the ``memory:`` checker works."""
+
+    def gateway(self, checkers: tuple[str, ...] = (), extra: tuple = ()) -> Dialog:
+        from jsmail.config import loadConfig
+        from jsmail.service import makePortal
+
+        data = self.mktemp()
+        os.makedirs(data)
+        config = loadConfig(None, {"server.data": data, "auth.checkers": list(checkers)})
+        d = Dialog(ServerSettings(hostname="mx.test"), MemoryQueue(), implicitTLS=True,
+                   portal=makePortal(config, extra, runNow),
+                   policies=(RelayControl(lambda domain: domain == "localhost"),))
+        d.read()
+        d.send(b"EHLO c\r\n")
+        return d
+
+    def auth(self, d: Dialog, user: str, password: str) -> bytes:
+        out = d.send(b"AUTH PLAIN " + b64(f"\0{user}\0{password}") + b"\r\n")
+        d.clock.advance(60)
+        return out + d.read()
+
+    def test_memoryCheckerAuthenticates(self) -> None:
+        from twisted.cred import strcred
+
+        d = self.gateway(("memory:alice:pw1",), (strcred.makeChecker("memory:dave:pw2"),))
+        self.assertEqual(self.auth(d, "alice", "pw1"), AUTH_OK)
+        d = self.gateway(("memory:alice:pw1",), (strcred.makeChecker("memory:dave:pw2"),))
+        self.assertEqual(self.auth(d, "dave", "pw2"), AUTH_OK)
+        d = self.gateway(("memory:alice:pw1",))
+        self.assertEqual(self.auth(d, "alice", "wrong"), BAD_CREDENTIALS)
+
+    def test_anonymousCheckerCannotRelay(self) -> None:
+        from jsmail.config import ConfigError, loadConfig
+
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(None, {"auth.checkers": ["anonymous"]})
+        self.assertIn("cannot be used for SMTP AUTH", str(caught.exception))
+
+    def test_anonymousOnTheCommandLineRefused(self) -> None:
+        from twisted.python import usage
+
+        from jsmail.tap import Options
+
+        for description in ("anonymous", "sshkey"):
+            with self.assertRaises(usage.UsageError) as caught:
+                Options().parseOptions(["--auth", description])
+            self.assertIn("not supported", str(caught.exception))
+
+    def test_sshkeyCheckerNeverCrashesAuth(self) -> None:
+        """A checker given straight to the embedding API is refused too, and one that
+        slips in behind AnyOfCheckers is skipped, not fed a password it cannot read."""
+        from twisted.conch.checkers import SSHPublicKeyChecker, InMemorySSHKeyDB
+
+        from jsmail.auth import UnfitChecker
+
+        sshkeys = SSHPublicKeyChecker(InMemorySSHKeyDB({}))
+        with self.assertRaises(UnfitChecker):
+            self.gateway((), (sshkeys,))
+        d = Dialog(ServerSettings(hostname="mx.test"), MemoryQueue(), implicitTLS=True,
+                   portal=portal(sshkeys))
+        d.read()
+        d.send(b"EHLO c\r\n")
+        self.assertEqual(self.auth(d, "u", "p"), AUTH_OK)
+        d = Dialog(ServerSettings(hostname="mx.test"), MemoryQueue(), implicitTLS=True, portal=portal(sshkeys))
+        d.read()
+        d.send(b"EHLO c\r\n")
+        self.assertEqual(self.auth(d, "nobody", "x"), BAD_CREDENTIALS)
+        self.assertEqual(self.flushLoggedErrors(), [])

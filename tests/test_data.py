@@ -6,7 +6,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail.smtp.data import ChunkReader, ContentScanner, DataReader, HopCounter
+from jsmail.smtp.data import ChunkReader, ContentScanner, DataReader
 
 
 def dotStuff(content: bytes) -> bytes:
@@ -88,13 +88,3 @@ class ChunkReaderTests(SynchronousTestCase):
         scanner.finish()
         self.assertTrue(scanner.problems.bareLineEnding)
         self.assertEqual(b"".join(out), b"a\r")
-
-
-class HopCounterTests(SynchronousTestCase):
-    def test_counts_header_section_only_across_pieces(self) -> None:
-        message = b"Received: 1\r\nX: y\r\nRECEIVED: 2\r\nReceivedX: no\r\n\r\nReceived: body\r\n"
-        for size in (1, 2, 5, 100):
-            counter = HopCounter()
-            for i in range(0, len(message), size):
-                counter.feed(message[i : i + size])
-            self.assertEqual(counter.count, 2, size)

@@ -78,7 +78,7 @@ class EmailAuthenticationTests(TestCase):
         certificate = self.ca.issue_cert("mx.test", "127.0.0.1")
         certPath = os.path.join(self.data, "cert.pem")
         certificate.private_key_and_cert_chain_pem.write_to_path(certPath)
-        setPassword(os.path.join(self.data, "passwd"), "u", "secret")
+        setPassword(os.path.join(self.data, "passwd"), "u@example.test", "secret")
         ephemeral = ["tcp:0:interface=127.0.0.1"]
         config = loadConfig(settings={
             "server": {"hostname": "mx.test", "data": self.data, "tls_certificate": certPath, "domains": ["localhost"]},
@@ -173,7 +173,7 @@ class EmailAuthenticationTests(TestCase):
             with smtplib.SMTP("127.0.0.1", self.ports["submission"], local_hostname="client.test",
                               timeout=CLIENT_TIMEOUT) as client:
                 client.starttls(context=context)
-                client.login("u", "secret")
+                client.login("u@example.test", "secret")
                 bare = b"From: u@example.test\r\nTo: x@localhost\r\nSubject: hi\r\n\r\nHello there.\r\n"
                 return client.sendmail("u@example.test", ["x@localhost"], bare)  # no Date, no Message-ID
 

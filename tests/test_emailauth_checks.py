@@ -389,9 +389,16 @@ class DKIMSignTests(DNSTestCase):
 
     @defer.inlineCallbacks
     def test_signs_mail_of_authenticated_users(self) -> Any:
-        fields = yield self.sign().modify(self.session(user=MailUser("u")), message())
+        fields = yield self.sign().modify(self.session(user=MailUser("a@example.test")), message())
         result = yield self.verified(fields, message())
         self.assertEqual((result.result, result.domain, result.selector), ("pass", "example.test", "sel"))
+
+    def test_spoofedFromIsNotSigned(self) -> None:
+        """M-11: the key signs only a From (and Sender) the user may send as."""
+        user = MailUser("alice@example.test")
+        self.assertEqual(self.sign().modify(self.session(user=user), message("ceo@example.test")), [])
+        spoofedSender = message("alice@example.test", "Sender: ceo@example.test")
+        self.assertEqual(self.sign().modify(self.session(user=user), spoofedSender), [])
 
     def test_unauthenticated_mail_is_not_signed(self) -> None:
         self.assertEqual(self.sign().modify(self.session(), message()), [])
@@ -405,7 +412,7 @@ class DKIMSignTests(DNSTestCase):
     @defer.inlineCallbacks
     def test_parent_domain_key(self) -> Any:
         data = message("a@News.Example.Test")
-        fields = yield self.sign().modify(self.session(user=MailUser("u")), data)
+        fields = yield self.sign().modify(self.session(user=MailUser("a@news.example.test")), data)
         result = yield self.verified(fields, data)
         self.assertEqual((result.result, result.domain), ("pass", "example.test"))
 

@@ -7,7 +7,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail.headers import (HeaderScanner, Split, dropFields, fieldName, fieldValue, fields, fromDomain, hasName,
+from jsmail.headers import (FieldWatcher, HeaderScanner, Split, dropFields, fieldName, fieldValue, fields, fromDomain, hasName,
                             headerOf, readHeader, splitHeader)
 
 
@@ -179,3 +179,47 @@ class FromDomainTests(SynchronousTestCase):
         field = b"From: " + b"x" * 8180 + b" <a@example.org>"
         self.assertIsNone(fromDomain(message(field)))
         self.assertEqual(fromDomain(message(b"From: " + b"x" * 8000 + b" <a@example.org>")), "example.org")
+
+
+class FieldWatcherTests(SynchronousTestCase):
+    """The streaming reader smtpd uses for the hop count, the Delivered-To loop check
+    and the sender rule: every split of the input gives the same answer."""
+
+    def watch(self, message: bytes, keep: tuple[str, ...] = ("delivered-to", "from"), limit: int = 1024,
+              ) -> list[FieldWatcher]:
+        watchers = []
+        for size in (1, 2, 3, 7, 100, len(message)):
+            watcher = FieldWatcher(keep, limit)
+            for i in range(0, len(message), size):
+                watcher.feed(message[i : i + size])
+            watcher.close()
+            watchers.append(watcher)
+        return watchers
+
+    def test_countsReceivedInTheHeaderSectionOnly(self) -> None:
+        message = b"Received: 1\r\nX: y\r\nRECEIVED : 2\r\nReceivedX: no\r\n\r\nReceived: body\r\n"
+        for watcher in self.watch(message):
+            self.assertEqual(watcher.count, 2)
+
+    def test_keepsNamedFieldsWholeWithTheirFolds(self) -> None:
+        message = (b"Subject: a\r\nFrom: A <a@x.test>,\r\n\tB <b@x.test>\r\n X-Other: no\r\n"
+                   b"Delivered-To: d@x.test\nfrom: second\r\n\r\nFrom: body@x.test\r\n")
+        for watcher in self.watch(message):
+            self.assertEqual(watcher.kept, [b"From: A <a@x.test>,\r\n\tB <b@x.test>\r\n X-Other: no",
+                                            b"Delivered-To: d@x.test", b"from: second"])
+            self.assertFalse(watcher.overflow)
+
+    def test_longNamesAndNamelessLinesAreSkipped(self) -> None:
+        message = b"X-" + b"n" * 100 + b": From: x\r\nno colon here at all\r\nFrom: a@x.test\r\n\r\n"
+        for watcher in self.watch(message):
+            self.assertEqual(watcher.kept, [b"From: a@x.test"])
+
+    def test_overflowKeepsMemoryBounded(self) -> None:
+        message = b"From: " + b"a" * 5000 + b"\r\nFrom: b@x.test\r\n\r\n"
+        for watcher in self.watch(message, limit=1024):
+            self.assertTrue(watcher.overflow)
+            self.assertEqual(watcher.kept, [])
+
+    def test_headerWithoutEnd(self) -> None:
+        for watcher in self.watch(b"Received: a\r\nFrom: a@x.test"):
+            self.assertEqual((watcher.count, watcher.kept), (1, [b"From: a@x.test"]))

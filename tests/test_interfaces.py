@@ -26,6 +26,9 @@ from jsmail.policy.dnsbl import DNSBL
 from jsmail.policy.emailauth import ARCCheck, ARCSeal, DKIMCheck, DKIMSign, DMARCCheck, SPFCheck
 from jsmail.policy.plugin import IPolicyPlugin, PolicyPlugin
 from jsmail.policy.programs import ContentFilter, Program, RecipientCheck
+from jsmail.local.directory import RecipientDirectory
+from jsmail.local.settings import LocalSettings
+from jsmail.policy.recipients import KnownRecipients
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.qmail.tcpserver import RBLRefusal
@@ -74,6 +77,7 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         MessagePolicy: MessagePolicy,
         RelayControl: lambda: RelayControl(lambda domain: True),
         BadMailFrom: lambda: BadMailFrom(["@bad.example"]),
+        KnownRecipients: lambda: KnownRecipients(RecipientDirectory(test.mktemp(), LocalSettings()), runNow),
         RBLRefusal: lambda: RBLRefusal("-listed"),
         AccessLists: lambda: AccessLists({}),
         DNSBL: lambda: DNSBL(object(), ["bl.test"]),

@@ -11,10 +11,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from jsmail import reply
+from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IMessagePolicy, IModifier
 from jsmail.policy.base import Policy
+from jsmail.policy.chain import Additions, PhaseRunner
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
+from jsmail.smtp.session import Session
 from jsmail.testing import Dialog
 from jsmail.policy.verdict import Verdict
 
@@ -302,3 +305,75 @@ class ForgeryTests(SynchronousTestCase):
 
         folded = b"X-Long: a" + b"\r\n b" * 50000
         self.assertEqual(fields(folded + b"\r\nSubject: s\r\n"), [folded, b"Subject: s"])
+
+
+@implementer(IMessagePolicy)
+class _MessageOnly:
+    """A check of the whole message and nothing else."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def checkMessage(self, session: object, content: object) -> None:
+        self.log.append("message")
+
+
+class PhaseRunnerTests(SynchronousTestCase):
+    """The runner on its own: which checks a phase runs, when it decides, what it keeps."""
+
+    def setUp(self) -> None:
+        self.session = Session("192.0.2.1")
+        self.added = Additions()
+
+    def phase(self, runner: PhaseRunner, phase: str, *args: Any) -> Any:
+        return runner.run(phase, self.session, self.added, lambda: "accepted", *args)
+
+    def test_checks_are_picked_by_interface(self) -> None:
+        log: list[str] = []
+        runner = PhaseRunner([Recording("a", log), _MessageOnly(log), object()])
+        self.assertEqual(self.phase(runner, "checkSender", "a@b.example", {}), "accepted")
+        self.assertEqual(self.phase(runner, "checkMessage", b"content"), "accepted")
+        self.assertEqual(log, ["a:mail", "message"])
+
+    def test_an_answer_at_once_decides_at_once(self) -> None:
+        log: list[str] = []
+        refusal = Verdict.reject(reply.RELAY_DENIED, "listed")
+        runner = PhaseRunner([Recording("a", log, {"rcpt": refusal}), Recording("b", log)])
+        error = self.assertRaises(SMTPReplyError, self.phase, runner, "checkRecipient", "x@mx.test", {})
+        self.assertEqual(error.reply, reply.RELAY_DENIED)
+        self.assertEqual(log, ["a:rcpt"])
+
+    def test_a_deferred_makes_the_reply_wait(self) -> None:
+        log: list[str] = []
+        pending: defer.Deferred[Verdict] = defer.Deferred()
+        runner = PhaseRunner([Recording("a", log, {"mail": lambda: pending}), Recording("b", log)])
+        result = self.phase(runner, "checkSender", "a@b.example", {})
+        self.assertIsInstance(result, defer.Deferred)
+        self.assertEqual(log, ["a:mail"], "later checks wait for the slow one")
+        self.assertNoResult(result)
+        pending.callback(Verdict.accept(["X-Slow: 1"]))
+        self.assertEqual(self.successResultOf(result), "accepted")
+        self.assertEqual(log, ["a:mail", "b:mail"])
+        self.assertEqual([v.headers for v in self.added.inOrder()], [("X-Slow: 1",)])
+
+    def test_a_refused_phase_keeps_nothing(self) -> None:
+        runner = PhaseRunner([Recording("a", [], {"rcpt": Verdict.accept(["X-A: 1"])}),
+                              Recording("b", [], {"rcpt": Verdict.reject(reply.RELAY_DENIED)})])
+        self.assertRaises(SMTPReplyError, self.phase, runner, "checkRecipient", "x@mx.test", {})
+        self.assertEqual(self.added.inOrder(), [])
+
+
+class AdditionsTests(SynchronousTestCase):
+    def test_phase_order_helo_replaced_transaction_forgotten(self) -> None:
+        added = Additions()
+        mail, rcpt1, rcpt2 = Verdict.accept(["X-Mail: 1"]), Verdict.accept(["X-R: 1"]), Verdict.accept(["X-R: 2"])
+        conn, helo1, helo2 = Verdict.accept(["X-C: 1"]), Verdict.accept(["X-H: 1"]), Verdict.accept(["X-H: 2"])
+        added.keep("checkRecipient", [rcpt1])
+        added.keep("checkSender", [mail])
+        added.keep("checkRecipient", [rcpt2])
+        added.keep("checkHelo", [helo1])
+        added.keep("checkConnect", [conn])
+        added.keep("checkHelo", [helo2])
+        self.assertEqual(added.inOrder(), [conn, helo2, mail, rcpt1, rcpt2])
+        added.forgetTransaction()
+        self.assertEqual(added.inOrder(), [conn, helo2])

@@ -113,7 +113,7 @@ class RemoteTestCase(TestCase):
             "server.hostname": "a.test", "server.data": data, "smtp.listen": "tcp:0:interface=127.0.0.1",
             "smtp.submission": NONE, "smtp.smtps": NONE, "server.trusted_networks": LOOPBACK,
             "remote.dns_server": self.dnsAddress, "remote.port": self.peerPort, "queue.delivery_process": False,
-            "remote.connect_timeout": 5.0,
+            "remote.connect_timeout": 5.0, "local.catch_all": True,
         }
         settings.update({name.replace("__", "."): value for name, value in overrides.items()})
         gateway = MailGateway(loadConfig(overrides=settings))

@@ -206,6 +206,14 @@ class NoticeTests(TestCase):
         self.assertEqual(len(agent.deliveries), 1)
         self.assertEqual(queue.messages, {})
 
+    def test_noticeForAMessageAlreadyGoneIsIgnored(self) -> None:
+        """The notice can come after a rescan delivered the message and removed it."""
+        clock = Clock()
+        scheduler = Scheduler(MemoryQueue(), Router(["localhost"], RecordingAgent()), clock, runNow, "mx.test")
+        scheduler.startService()
+        self.assertIsNone(self.successResultOf(scheduler.scheduleFromQueue("1234.gone")))
+        self.assertEqual(scheduler.queued, 0)
+
     def test_accepted_while_recovering(self) -> None:
         """A message queued (and being delivered) while recovery lists the queue is
         delivered once, not again when the listing arrives."""

@@ -782,7 +782,7 @@ class LoopbackTests(TestCase):
     def jsmail(self, implicitTLS: bool = False, tls: Any = "default", **settings: Any) -> int:
         """jsmail's server on a loopback port, with STARTTLS and AUTH (user u, password p)."""
         self.queue = MemoryQueue()
-        portal = Portal(MailRealm(["localhost"]), [InMemoryUsernamePasswordDatabaseDontUse(u=b"p")])
+        portal = Portal(MailRealm(["localhost"]), [InMemoryUsernamePasswordDatabaseDontUse(**{"u": b"p", "a@example.org": b"p"})])
         tlsOptions = ServerTLS(self.certPath, self.keyPath) if tls == "default" else tls
         factory = self.factory = ESMTPServerFactory(Listener(
             ServerSettings(hostname="mx.test", authFailureDelay=0.0, **settings), self.queue, _reactor,
@@ -922,7 +922,7 @@ class LoopbackTests(TestCase):
     def test_auth_after_starttls(self) -> Any:
         port = self.jsmail(requireAuth=True)
         result = yield self.sendmail(port, message(b"x\r\n", "x@example.com"), tls="verify", tlsHostname="mx.test",
-                                     trustRoot=self.trustRoot, username="u", password="p")
+                                     trustRoot=self.trustRoot, username="a@example.org", password="p")
         self.assertEqual(result[0].status, DELIVERED)
         self.assertIn(b" with ESMTPSA id ", self.received()[0])
 
@@ -937,7 +937,7 @@ class LoopbackTests(TestCase):
     def test_implicit_tls(self) -> Any:
         port = self.jsmail(implicitTLS=True)
         result = yield self.sendmail(port, message(b"x\r\n", "x@localhost"), tls="implicit", tlsHostname="mx.test",
-                                     trustRoot=self.trustRoot, username="u", password="p")
+                                     trustRoot=self.trustRoot, username="a@example.org", password="p")
         self.assertEqual(result[0].status, DELIVERED)
         self.assertIn(b" with ESMTPSA id ", self.received()[0])
 

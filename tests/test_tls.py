@@ -308,3 +308,27 @@ class CertificateFileTests(TestCase):
         self.assertFalse(tls.reload())
         self.assertIs(tls.options, working, "the working context is kept")
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+
+class SelfSignedRaceTests(TestCase):
+    """Under tcpserver each connection is a process; the first few race to make the
+    self-signed certificate."""
+
+    def test_concurrentFirstConnectionsGetOneMatchingPair(self) -> None:
+        import subprocess
+        import sys
+        import time
+
+        directory = self.mktemp()
+        program = (
+            "import sys, time; from jsmail.smtp.tls import ensureSelfSigned\n"
+            "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+            "ensureSelfSigned(sys.argv[1], 'mx.test')"
+        )
+        startAll = str(time.time() + 3)
+        processes = [subprocess.Popen([sys.executable, "-c", program, directory, startAll]) for _ in range(8)]
+        self.assertEqual([p.wait(timeout=60) for p in processes], [0] * 8)
+        from jsmail.smtp.tls import loadServerContext
+
+        loadServerContext(os.path.join(directory, "selfsigned-cert.pem"), os.path.join(directory, "selfsigned-key.pem"))
+        self.assertEqual(oct(os.stat(os.path.join(directory, "selfsigned-key.pem")).st_mode & 0o777), "0o600")

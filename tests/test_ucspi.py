@@ -31,9 +31,9 @@ class UCSPITests(TestCase):
             raise SkipTest("tcpserver is not installed (apt-get install ucspi-tcp)")
         self.data = os.path.abspath(self.mktemp())
 
-    def serve(self, rules: str = "", **environment: str) -> int:
+    def serve(self, rules: str = "", *arguments: str, **environment: str) -> int:
         """tcpserver on a free loopback port running jsmail-smtpd with ``environment``
-        (and tcprules ``rules``, if given)."""
+        (and tcprules ``rules``, if given, and more command-line ``arguments``)."""
         port = freePort()
         options = []
         if rules:
@@ -42,7 +42,7 @@ class UCSPITests(TestCase):
             options = ["-x", cdb]
         server = subprocess.Popen(
             ["tcpserver", "-q", "-R", "-H", *options, "127.0.0.1", str(port),
-             sys.executable, "-m", "jsmail.qmail.tcpserver", "--data", self.data],
+             sys.executable, "-m", "jsmail.qmail.tcpserver", "--data", self.data, *arguments],
             env={"PATH": os.environ["PATH"], "PYTHONPATH": ROOT, **environment},
         )
         self.addCleanup(server.wait, 10)
@@ -99,6 +99,67 @@ class UCSPITests(TestCase):
         port = self.serve(RBLSMTPD="-listed at dnsbl.example")
         self.assertEqual(self.transaction(port, "x@localhost"), (553, b"5.7.1 listed at dnsbl.example"))
 
+    def configFile(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_policyChecksRunUnderTcpserver(self) -> None:
+        """I-1: jsmail-smtpd built only the relay and badmailfrom checks, so [policy]
+        in the same file was skipped without a word."""
+        os.makedirs(self.data)
+        with open(os.path.join(self.data, "deny-senders"), "w") as f:
+            f.write("@spam.test\n")
+        config = self.configFile('[policy]\nsmtp = ["access"]\n[plugins.access]\ndeny_senders = "deny-senders"\n')
+        port = self.serve("", "--config", config)
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=15) as client:
+            client.ehlo()
+            code, text = client.mail("x@spam.test")
+        self.assertEqual((code, text), (553, b"5.7.1 Sender address <x@spam.test> refused"))
+
+    def test_starttlsAndAuthUnderTcpserver(self) -> None:
+        """The daemon's certificate and users serve jsmail-smtpd too: STARTTLS, then
+        AUTH, then the submission rules (here: own sender only)."""
+        import ssl
+
+        import trustme
+
+        from jsmail.auth import setPassword
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("mx.test", "127.0.0.1")
+        certPath = os.path.abspath(self.mktemp())
+        cert.private_key_and_cert_chain_pem.write_to_path(certPath)
+        os.makedirs(self.data)
+        setPassword(os.path.join(self.data, "passwd"), "u@localhost", "secret")
+        config = self.configFile(f'[server]\nhostname = "mx.test"\ntls_certificate = "{certPath}"\n')
+        port = self.serve("", "--config", config, "--listener", "submission")
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=15) as client:
+            client.ehlo()
+            self.assertEqual(client.mail("u@localhost")[0], 530, "submission: STARTTLS first")
+            client.rset()
+            client.starttls(context=context)
+            client.login("u@localhost", "secret")
+            self.assertEqual(client.mail("ceo@localhost")[0], 553)
+            client.rset()
+            client.sendmail("u@localhost", ["x@example.net"], b"From: u@localhost\r\nSubject: s\r\n\r\nhi\r\n")
+        [entry] = listQueue(os.path.join(self.data, "queue"))
+        self.assertEqual([r.address for r in entry.envelope.recipients], ["x@example.net"])
+        with openEntry(os.path.join(self.data, "queue"), entry.queueId) as f:
+            message = f.read()
+        self.assertIn(b"with ESMTPSA", message)
+        self.assertIn(b"\r\nMessage-ID: <", message, "submission is owed a Message-ID")
+
+    def test_unusableConfigurationGets421(self) -> None:
+        config = self.configFile('[server]\ntls_certificate = "/nonexistent/cert.pem"\n')
+        port = self.serve("", "--config", config)
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+            greeting = s.makefile("rb").readline()
+        self.assertEqual(greeting, b"421 4.3.0 Temporary local problem, try again later\r\n")
+
     def test_qmailqueue_program(self) -> None:
         saved = os.path.abspath(self.mktemp())
         program = os.path.abspath(self.mktemp())
@@ -128,7 +189,7 @@ class SessionOnStdioTests(SynchronousTestCase):
 
         class Session(Protocol):
             def connectionMade(self) -> None:
-                events.append(("made", self.transport))
+                events.append(("made", self.transport._transport))  # behind the wrapper that adds startTLS
 
             def dataReceived(self, data: bytes) -> None:
                 events.append(data)

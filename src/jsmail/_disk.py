@@ -14,10 +14,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import time
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from jsmail import metrics
 from jsmail._threads import RunInThread
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -78,8 +80,10 @@ class GroupSync:
     def _start(self, device: int, path: str) -> None:
         waiters = self._waiting.pop(device)
         self._running.add(device)
+        started = time.monotonic()
 
         def done(result: object) -> None:
+            metrics.committed(time.monotonic() - started)
             self._running.discard(device)
             if device in self._waiting:
                 self._start(device, path)

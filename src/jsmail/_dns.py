@@ -11,11 +11,14 @@ have.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.names import error
 from twisted.names.client import Resolver
 
+from jsmail import metrics
 from jsmail.address import hostPort
 
 
@@ -31,5 +34,18 @@ def makeResolver(server: str | None, reactor: Any) -> Resolver:
     """A twisted.names resolver: ``HOST:PORT`` of one DNS server, or the system's
     resolv.conf when ``server`` is empty."""
     if not server:
-        return Resolver(resolv="/etc/resolv.conf", reactor=reactor)
-    return Resolver(servers=[hostPort(server, 53)], reactor=reactor)
+        return TimedResolver(resolv="/etc/resolv.conf", reactor=reactor)
+    return TimedResolver(servers=[hostPort(server, 53)], reactor=reactor)
+
+
+class TimedResolver(Resolver):
+    """A resolver that reports each lookup's latency (``jsmail_dns_seconds``)."""
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> Deferred[Any]:
+        started = time.monotonic()
+
+        def done(result: Any) -> Any:
+            metrics.resolved(time.monotonic() - started)
+            return result
+
+        return super()._lookup(name, cls, type, timeout).addBoth(done)

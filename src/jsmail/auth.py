@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import bcrypt
 from twisted.cred import credentials, error
-from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm
 from twisted.cred.strcred import ICheckerFactory
 from twisted.internet import defer
@@ -50,7 +50,7 @@ class AuthSettings:
 
     passwordFile: str = ""
     checkers: tuple[str, ...] = ()
-    senderRule: str = "any"
+    senderRule: str = "own"
 
 
 class TemporaryAuthFailure(Exception):
@@ -76,7 +76,7 @@ class MailUser:
 
     name: str
     localDomains: frozenset[str] = frozenset()
-    senderRule: str = "any"
+    senderRule: str = "own"
     mayRelay: bool = True
 
     def maySendAs(self, sender: str) -> bool:
@@ -90,7 +90,7 @@ class MailUser:
 class MailRealm:
     """Makes :class:`MailUser` avatars with the configured sender rule."""
 
-    def __init__(self, localDomains: Iterable[str] = (), senderRule: str = "any") -> None:
+    def __init__(self, localDomains: Iterable[str] = (), senderRule: str = "own") -> None:
         self.localDomains = frozenset(d.lower() for d in localDomains)
         self.senderRule = senderRule
 
@@ -102,6 +102,34 @@ class MailRealm:
 
 
 # -- checkers ---------------------------------------------------------------------------
+
+
+class UnfitChecker(ValueError):
+    """A checker that cannot judge a user name and password, so cannot serve SMTP AUTH."""
+
+
+def forSMTPAuth(checker: ICredentialsChecker, description: str = "") -> ICredentialsChecker:
+    """``checker`` made fit for SMTP AUTH, whose credentials are a user name and password
+    in bytes; raises :class:`UnfitChecker` for a checker that cannot judge them (an
+    anonymous checker would let anyone relay, an SSH-key one fails every AUTH).
+
+    Twisted's ``memory:`` checker keeps str names and passwords, which a bytes lookup
+    never finds, so it gets a bytes copy of its table."""
+    name = description.partition(":")[0] or type(checker).__name__
+    if credentials.IUsernamePassword not in tuple(checker.credentialInterfaces):
+        raise UnfitChecker(
+            f"the {name!r} checker cannot check a user name and password, so it cannot be used for SMTP AUTH"
+        )
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        users = {_asBytes(user): _asBytes(password) for user, password in checker.users.items()}
+        checker = InMemoryUsernamePasswordDatabaseDontUse()
+        checker.users = users
+    return checker
+
+
+def _asBytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
 
 
 @implementer(ICredentialsChecker)
@@ -119,6 +147,8 @@ class AnyOfCheckers:
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> Any:
         temporary = None
         for checker in self.checkers:
+            if not any(iface.providedBy(creds) for iface in checker.credentialInterfaces):
+                continue  # e.g. an anonymous or SSH-key checker: it cannot judge a password
             try:
                 return (yield defer.maybeDeferred(checker.requestAvatarId, creds))
             except TemporaryAuthFailure as e:
@@ -155,6 +185,13 @@ class HashedPasswordFile:
             self._hashes = readPasswordFile(self.path)
             self._stamp = (stat.st_mtime, stat.st_size)
         return self._hashes
+
+    def userNames(self) -> frozenset[str]:
+        """The users in the file, lower-cased (blocking: it may read the file)."""
+        try:
+            return frozenset(name.decode("utf-8", "replace").lower() for name in self._current())
+        except OSError:
+            return frozenset()
 
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
         try:

@@ -13,6 +13,10 @@
   by default) and flushes.
 - ``jsmail dkim keygen --domain D --selector S`` writes a new DKIM private key
   (``DIR/D.S.key``, mode 0600) and prints the TXT record that publishes it.
+- ``jsmail trace ID`` (or ``--message-id``, ``--recipient``) tells from the log what
+  happened to a message (:mod:`jsmail.ops.trace`).
+- ``jsmail check`` checks a configuration and what it needs, for monitoring
+  (:mod:`jsmail.ops.check`).
 
 The data directory comes from ``--data``, else ``$JSMAIL_DATA``, else ``./jsmail-data``.
 """
@@ -180,6 +184,23 @@ def dkimKeygen(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def traceMessage(arguments: argparse.Namespace) -> int:
+    from jsmail.ops.trace import Selection, run
+
+    if not (arguments.id or arguments.message_id or arguments.recipient):
+        print("jsmail trace: give a queue or session id, --message-id or --recipient", file=sys.stderr)
+        return 2
+    return run(Selection(arguments.id or "", arguments.message_id or "", arguments.recipient or ""),
+               arguments.log or ["twistd.log"], sys.stdout)
+
+
+def checkGateway(arguments: argparse.Namespace) -> int:
+    from jsmail.ops.check import run
+
+    overrides = {"server.data": arguments.data} if arguments.data else {}
+    return run(arguments.config, overrides, sys.stdout, arguments.dns_timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jsmail", description="Administer a jsmail gateway.")
     parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
@@ -215,6 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--bits", type=int, default=2048, help="RSA key length, 1024 to 4096 [default: 2048]")
     k.add_argument("--out", default=".", help="directory for DOMAIN.SELECTOR.key [default: .]")
     k.set_defaults(run=dkimKeygen)
+    t = commands.add_parser("trace", help="what happened to a message, from the log")
+    t.add_argument("id", nargs="?", help="a queue id, or a session id")
+    t.add_argument("--message-id", help="the message's Message-ID")
+    t.add_argument("--recipient", help="a recipient's address")
+    t.add_argument("--log", action="append", metavar="FILE",
+                   help="twistd's log, text or JSON, with its rotated files (repeatable) [default: twistd.log]")
+    t.set_defaults(run=traceMessage)
+    c = commands.add_parser("check", help="check the configuration and what it needs (exit 0 OK, 1 WARNING, 2 CRITICAL)")
+    c.add_argument("--config", "-c", help="the TOML configuration file [default: built-in defaults]")
+    c.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: the configuration's]")
+    c.add_argument("--dns-timeout", type=float, default=3.0, help="seconds to wait for DNS [default: 3]")
+    c.set_defaults(run=checkGateway)
     arguments = parser.parse_args(argv)
     return int(arguments.run(arguments))
 

@@ -26,6 +26,7 @@ from jsmail.error import SMTPReplyError
 from jsmail.auth import AuthSettings
 from jsmail.listen import Endpoints
 from jsmail.local.settings import LocalSettings
+from jsmail.ops.settings import MetricsSettings
 from jsmail.policy.plugin import PolicySettings
 from jsmail.policy.relay import RelaySettings
 from jsmail.remote.settings import RemoteSettings
@@ -150,6 +151,11 @@ def _optionalString(value: Any) -> str:
     return value
 
 
+def _optionalEndpoint(value: Any) -> str:
+    """An endpoint, or empty for none."""
+    return "" if value == "" else _endpoint(value)
+
+
 def _listeners(value: Any) -> tuple[str, ...]:
     """Endpoints to listen on; ``"none"`` (or an empty list) turns the listener off."""
     if value in ("none", ["none"], ("none",)):
@@ -160,9 +166,11 @@ def _listeners(value: Any) -> tuple[str, ...]:
 def _checker(value: Any) -> str:
     from twisted.cred import strcred
 
+    from jsmail.auth import forSMTPAuth
+
     description = _string(value)
     try:
-        strcred.makeChecker(description)
+        forSMTPAuth(strcred.makeChecker(description), description)
     except strcred.InvalidAuthType as e:
         raise ValueError(f"unknown checker type {str(e)!r} (twistd jsmail --help-auth lists them)") from None
     except (strcred.InvalidAuthArgumentString, ValueError) as e:
@@ -213,19 +221,10 @@ def _prefixLength(value: Any) -> int:
     return length
 
 
-def _nulBytes(value: Any) -> bool:
-    """``nul_bytes``: "reject" or "accept" (ServerSettings.allowNul)."""
-    return _choice("reject", "accept")(value) == "accept"
-
-
-def _heloCheck(value: Any) -> bool:
-    """``helo_check``: "syntax" (refuse what is no domain or address literal) or "none"."""
-    return _choice("none", "syntax")(value) == "syntax"
-
-
-def _lineEndings(value: Any) -> bool:
-    """``bare_line_endings``: "reject" or "normalise" (ServerSettings.normaliseLineEndings)."""
-    return _choice("reject", "normalise")(value) == "normalise"
+def _either(no: str, yes: str) -> Callable[[Any], bool]:
+    """A setting of two words, read as False for ``no`` and True for ``yes`` (e.g.
+    ``nul_bytes = "reject"`` or ``"accept"``, ``helo_check = "none"`` or ``"syntax"``)."""
+    return lambda value: _choice(no, yes)(value) == yes
 
 
 @dataclass(frozen=True)
@@ -279,14 +278,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("smtp", "idleTimeout", "smtp", "idle_timeout", _seconds),
     Option("smtp", "maxConnections", "smtp", "max_connections", _integer(1)),
     Option("smtp", "maxConnectionsPerClient", "smtp", "max_connections_per_client", _integer(1)),
-    Option("smtp", "normaliseLineEndings", "smtp", "bare_line_endings", _lineEndings),
+    Option("smtp", "normaliseLineEndings", "smtp", "bare_line_endings", _either("reject", "normalise")),
     Option("smtp", "maxReceivedHeaders", "smtp", "max_received_headers", _integer(1)),
     Option("smtp", "maxJunkCommands", "smtp", "max_junk_commands", _integer(0)),
     Option("smtp", "maxSessionTime", "smtp", "max_session_time", _seconds),
     Option("smtp", "minDataRate", "smtp", "min_data_rate", _seconds),
     Option("smtp", "clientPrefix6", "smtp", "client_ipv6_prefix", _prefixLength),
-    Option("smtp", "allowNul", "smtp", "nul_bytes", _nulBytes),
-    Option("smtp", "strictHelo", "smtp", "helo_check", _heloCheck),
+    Option("smtp", "allowNul", "smtp", "nul_bytes", _either("reject", "accept")),
+    Option("smtp", "strictHelo", "smtp", "helo_check", _either("none", "syntax")),
     Option("smtp", "minFreeSpace", "queue", "min_free", _integer(0)),
     Option("smtp", "maxAuthFailures", "auth", "max_failures", _integer(0)),
     Option("smtp", "authFailureDelay", "auth", "failure_delay", _nonNegativeSeconds),
@@ -343,6 +342,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "concurrency", "local", "concurrency", _integer(1)),
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
+    Option("local", "catchAll", "local", "catch_all", _boolean),
+    Option("metrics", "listen", "metrics", "listen", _optionalEndpoint),
 )
 
 BY_NAME = {f"{option.section}.{option.key}": option for option in OPTIONS}
@@ -363,13 +364,15 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     #: The checked settings as TOML-shaped tables (what :func:`toJSON` passes on).
     source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
 _PARTS: dict[str, type] = {"server": GatewaySettings, "listen": Endpoints, "smtp": ServerSettings,
                            "relay": RelaySettings, "auth": AuthSettings, "remote": RemoteSettings,
-                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings}
+                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings,
+                           "metrics": MetricsSettings}
 
 
 def defaultHostname() -> str:
@@ -433,11 +436,13 @@ def _derive(config: Config) -> Config:
     return replace(
         config,
         server=replace(server, dataDir=dataDir, postmaster=server.postmaster or f"postmaster@{server.domains[0]}"),
-        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname),
+        smtp=replace(config.smtp, hostname=hostname, authservId=config.smtp.authservId or hostname,
+                     postmasterDomain=server.domains[0]),
         auth=replace(auth, passwordFile=os.path.abspath(auth.passwordFile or os.path.join(dataDir, "passwd"))),
         remote=replace(config.remote, heloHost=config.remote.heloHost or hostname),
         queue=replace(config.queue, bounceHost=config.queue.bounceHost or hostname),
         local=replace(local, noAtHost=local.noAtHost or hostname, localDomains=server.domains,
+                      catchAll=server.domains == ("localhost",) if local.catchAll is None else local.catchAll,
                       usersDir=os.path.abspath(local.usersDir or os.path.join(dataDir, "users")),
                       aliases=local.aliases and os.path.abspath(local.aliases)),
     )
@@ -483,6 +488,7 @@ def fromJSON(text: str) -> Config:
 
 assert {(o.part, o.field) for o in OPTIONS} >= {
     (part, f.name) for part, cls in _PARTS.items() for f in fields(cls)
-    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "requireTLS"), ("smtp", "requireAuth"),
+    if (part, f.name) not in {("smtp", "hostname"), ("smtp", "postmasterDomain"), ("smtp", "requireTLS"),
+                              ("smtp", "requireAuth"),
                               ("local", "localDomains")}
 }, "every settings field is an option, but those filled in from others and the listeners' own rules"

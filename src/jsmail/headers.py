@@ -12,7 +12,10 @@ ends, what a folded field is and which field a name picks.
 - :func:`fields` gives whole (folded) fields; :func:`fieldName` and :func:`hasName`
   compare names without case; :func:`dropFields` leaves fields out.
 - :func:`fromDomain` is the one From-domain rule (DMARC's author domain, the domain a
-  DKIM signature is made for).
+  DKIM signature is made for); :func:`mailboxes` the addresses a From or Sender field
+  names.
+- :class:`FieldWatcher` reads the header section as content streams past, counting
+  Received fields and keeping a few named fields, without holding the message.
 
 All of it is linear in its input: no pass over the data is repeated per line or per
 fold, and nothing recurses, so a field folded 100,000 times or a comment nested
@@ -21,7 +24,7 @@ thousands deep costs what its length costs.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Callable, Iterator, NamedTuple
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
 
 from jsmail.address import normaliseDomain
 from jsmail.error import SMTPReplyError
@@ -87,6 +90,88 @@ class HeaderScanner:
         held = self._held
         self._held = bytearray()
         return Split(bytes(held[:at]), bytes(held[at:]), whole)
+
+
+class FieldWatcher:
+    """Watches the header section go by, piece by piece: counts its Received fields
+    (the hop count of RFC 5321 section 6.3) and keeps whole the fields named in
+    ``keep``, up to ``limit`` octets in all (past that, ``overflow`` is set and no more
+    are kept).  Only field names are looked at otherwise, so a header section of any
+    size costs one pass and no more memory than the kept fields."""
+
+    _NAME = 32  # octets of a line read to find its field name; longer names are none we watch
+
+    def __init__(self, keep: Iterable[str] = (), limit: int = 16 * 1024) -> None:
+        self.count = 0  # Received fields
+        self.kept: list[bytes] = []  # whole fields, line ends inside them as they came, the last one left off
+        self.overflow = False
+        self._keep = frozenset(n.lower().encode("ascii") for n in keep)
+        self._room = limit
+        self._inHeader = True
+        self._head = b""  # the start of the current line, while its field name is not known
+        self._mode = "head"  # "head": reading a line's start; "copy" or "skip": the rest of the line
+        self._current: bytearray | None = None  # the kept field being read
+
+    def feed(self, data: bytes) -> None:
+        pos, size = 0, len(data)
+        while self._inHeader and pos < size:
+            if self._mode != "head":
+                lf = data.find(b"\n", pos)
+                end = size if lf < 0 else lf + 1
+                if self._mode == "copy":
+                    self._copy(data[pos:end])
+                pos = end
+                if lf >= 0:
+                    self._mode, self._head = "head", b""
+                continue
+            if not self._head and data[pos] in _WSP:  # a folded line: it goes with its field
+                self._mode = "copy" if self._current is not None else "skip"
+                continue
+            piece = data[pos : pos + self._NAME + 1 - len(self._head)]
+            cut = min((i for i in (piece.find(b"\n"), piece.find(b":")) if i >= 0), default=-1)
+            if cut >= 0:
+                piece = piece[: cut + 1]
+            pos += len(piece)
+            head = self._head = self._head + piece
+            if head in (b"\n", b"\r\n"):
+                self._finishField()
+                self._inHeader = False  # the empty line ending the header section
+            elif head.endswith(b":"):
+                self._startField(head)
+            elif head.endswith(b"\n") or len(head) > self._NAME:
+                self._finishField()  # a line with no name we watch
+                self._mode = "head" if head.endswith(b"\n") else "skip"
+                self._head = b""
+
+    def close(self) -> None:
+        """The content ended (inside the header section, perhaps)."""
+        self._finishField()
+        self._inHeader = False
+
+    def _startField(self, head: bytes) -> None:
+        self._finishField()
+        name = head[:-1].rstrip(_WSP).lower()
+        self.count += name == b"received"
+        if name in self._keep and not self.overflow:
+            self._current = bytearray()
+            self._mode = "copy"
+            self._copy(head)
+        else:
+            self._mode = "skip"
+
+    def _copy(self, data: bytes) -> None:
+        if self._current is None:
+            return
+        if len(data) > self._room:
+            self.overflow, self._current, self._mode = True, None, "skip"
+            return
+        self._room -= len(data)
+        self._current += data
+
+    def _finishField(self) -> None:
+        if self._current is not None:
+            self.kept.append(_withoutLineEnd(bytes(self._current)))
+            self._current = None
 
 
 def splitHeader(chunks: Iterator[bytes], limit: int = MAX_HEADER) -> Split:
@@ -190,6 +275,15 @@ def fromDomain(message: bytes) -> str | None:
         except SMTPReplyError:
             return None
     return domains.pop() if len(domains) == 1 else None
+
+
+def mailboxes(field: bytes) -> list[str] | None:
+    """The addresses a From or Sender field names (a quoted local part reads as
+    ``""``); None when the field does not parse or is longer than
+    :data:`MAX_FROM_FIELD`."""
+    if len(field) > MAX_FROM_FIELD:
+        return None
+    return _mailboxes(fieldValue(field).decode("utf-8", "replace"))
 
 
 def _mailboxes(value: str) -> list[str] | None:

@@ -7,10 +7,16 @@ also carries its name and fields as keys (``event``, ``queueId``, ``recipient``,
 ``detail``; a delivery outcome also ``code``, ``enhanced``, ``text`` and ``peer``, its
 reply's parts, and ``reason``, the private detail), so a program can watch them too
 (see :class:`jsmail.service.Outcomes`).
+
+Events of an SMTP session carry ``session``, a short id made at ``connect``, so a
+session's checks and refusals can be followed before a queue id exists; ``queued``
+joins the two.  New fields are only ever appended to a line's text.  Every event and
+field is listed in ``docs/operations.rst``.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -21,42 +27,86 @@ if TYPE_CHECKING:
 _log = Logger(namespace="jsmail.maillog")
 
 
-def connect(client: str, listener: str) -> None:
-    _log.info("connect client={client} listener={listener}", client=client, listener=listener, event="connect")
+def newSessionId() -> str:
+    """A short id for one SMTP session: 48 random bits, unique enough within a log."""
+    return secrets.token_hex(6)
 
 
-def tls(client: str, info: str) -> None:
-    _log.info("tls client={client} {info}", client=client, info=info, event="tls")
+def connect(client: str, listener: str, session: str = "-") -> None:
+    _log.info("connect client={client} listener={listener} session={session}", client=client, listener=listener,
+              session=session, event="connect")
 
 
-def tlsFailed(client: str, error: str) -> None:
-    _log.info("tls-failed client={client} error={error!r}", client=client, error=error, event="tls-failed")
+def tls(client: str, info: str, session: str = "-") -> None:
+    _log.info("tls client={client} {info} session={session}", client=client, info=info, session=session,
+              event="tls")
 
 
-def auth(client: str, user: str, outcome: str) -> None:
+def tlsFailed(client: str, error: str, session: str = "-") -> None:
+    _log.info("tls-failed client={client} error={error!r} session={session}", client=client, error=error,
+              session=session, event="tls-failed")
+
+
+def auth(client: str, user: str, outcome: str, session: str = "-") -> None:
     """An AUTH attempt: the identity goes to the log, not into message headers."""
-    _log.info("auth client={client} user={user!r} outcome={outcome}", client=client, user=user, outcome=outcome,
-              event="auth")
+    _log.info("auth client={client} user={user!r} outcome={outcome} session={session}", client=client, user=user,
+              outcome=outcome, session=session, event="auth")
 
 
-def reject(client: str, command: str, reply: object, reason: str, queueId: str = "-") -> None:
+def check(session: str, phase: str, name: str, verdict: str, argument: str = "", reply: object = "",
+          reason: str = "", queueId: str = "-") -> None:
+    """One check's answer in one SMTP phase: ``verdict`` is accept, reject or tempfail;
+    ``argument`` what the phase was about (the HELO name, the sender, the recipient)."""
+    _log.info("check id={queueId} session={session} phase={phase} check={check} verdict={verdict} "
+              "argument={argument!r} reply={reply!r} reason={reason!r}", queueId=queueId, session=session,
+              phase=phase, check=name, verdict=verdict, argument=argument, reply=str(reply), reason=reason,
+              event="check")
+
+
+def reject(client: str, command: str, reply: object, reason: str, queueId: str = "-", session: str = "-",
+           listener: str = "-") -> None:
     """A refusal: ``reply`` is what the client saw, ``reason`` the private why."""
     _log.info(
-        "reject id={queueId} client={client} command={command!r} reply={reply!r} reason={reason!r}",
-        queueId=queueId, client=client, command=command, reply=str(reply), reason=reason, event="reject")
+        "reject id={queueId} client={client} command={command!r} reply={reply!r} reason={reason!r} "
+        "session={session} listener={listener}",
+        queueId=queueId, client=client, command=command, reply=str(reply), reason=reason, session=session,
+        listener=listener, event="reject")
 
 
-def queued(queueId: str, sender: str, recipients: int, size: int, client: str) -> None:
+def queued(queueId: str, sender: str, recipients: int, size: int, client: str, session: str = "-",
+           listener: str = "-", messageId: str = "") -> None:
     _log.info(
-        "queued id={queueId} from=<{sender}> nrcpt={recipients} size={size} client={client}",
-        queueId=queueId, sender=sender, recipients=recipients, size=size, client=client, event="queued")
+        "queued id={queueId} from=<{sender}> nrcpt={recipients} size={size} client={client} session={session} "
+        "listener={listener} message_id={messageId!r}",
+        queueId=queueId, sender=sender, recipients=recipients, size=size, client=client, session=session,
+        listener=listener, messageId=messageId, event="queued")
+
+
+def remote(queueId: str, host: str, address: str, port: int, mode: str, tls: str, outcome: str) -> None:
+    """A session with a remote server for a delivery: ``mode`` is the TLS mode asked
+    for (``dane`` with TLSA records), ``tls`` what was agreed, ``outcome`` one of
+    ``tls``, ``plaintext``, ``reused`` or ``failed``."""
+    _log.info("remote id={queueId} host={host} address={address} port={port} mode={mode} tls={tls!r} "
+              "outcome={outcome}", queueId=queueId, host=host, address=address, port=port, mode=mode, tls=tls,
+              outcome=outcome, event="remote")
+
+
+def attempt(queueId: str, agent: str, seconds: float, results: list[DeliveryResult]) -> None:
+    """One agent's attempt at some of a message's recipients, and how long it took."""
+    counts = {"delivered": 0, "temporary": 0, "permanent": 0}
+    for result in results:
+        counts[result.status.value] = counts.get(result.status.value, 0) + 1
+    _log.info("attempt id={queueId} agent={agent} seconds={seconds:.3f} delivered={delivered} "
+              "temporary={temporary} permanent={permanent}", queueId=queueId, agent=agent, seconds=seconds,
+              event="attempt", **counts)
 
 
 def _outcome(result: DeliveryResult) -> dict[str, object]:
     """A delivery result's fields: ``detail`` for people, the reply's parts for programs."""
     reply = result.reply
     return {"recipient": result.recipient, "detail": result.describe(), "code": reply.code,
-            "enhanced": reply.enhanced, "text": reply.text, "peer": result.fromPeer, "reason": result.detail}
+            "enhanced": reply.enhanced, "text": reply.text, "peer": result.fromPeer, "reason": result.detail,
+            "remoteMTA": result.remoteMTA}
 
 
 def delivered(queueId: str, result: DeliveryResult) -> None:

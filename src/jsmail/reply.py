@@ -117,6 +117,7 @@ SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 # Addresses, relay and limits.
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 BAD_MAILBOX = Reply(550, "5.1.1", "No such mailbox")
+NO_SUCH_USER = Reply(550, "5.1.1", "No such user here: <{}>")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the fixed maximum of {} octets")
 BARE_LINE_ENDING = Reply(
@@ -125,6 +126,7 @@ BARE_LINE_ENDING = Reply(
 TEXT_LINE_TOO_LONG = Reply(550, "5.6.0", "Message has a line longer than {} octets")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many Received headers; the message is looping")
 NUL_IN_CONTENT = Reply(550, "5.6.0", "Message has NUL octets (see RFC 5322 section 2.3)")
+ALREADY_DELIVERED = Reply(554, "5.4.6", "Mail loop: the message already has a Delivered-To line for <{}>")
 INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 BAD_HELO_NAME = Reply(501, "5.5.4", "EHLO/HELO needs a domain name or an address literal")
 
@@ -150,6 +152,7 @@ AUTH_ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for request
 AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
 SENDER_REFUSED = Reply(553, "5.7.1", "Sender address refused")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not allowed for this user")
+AUTHOR_NOT_OWNED = Reply(550, "5.7.1", "{} header address not allowed for this user")
 
 # Policy checks (jsmail.policy).
 CLIENT_DENIED = Reply(554, "5.7.1", "Access denied for {}")

@@ -27,13 +27,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from jsmail import __version__
 from jsmail._dns import makeResolver
 from jsmail._threads import RunInThread, ThreadPoolService, reactorThreads
-from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm
+from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm, forSMTPAuth
 from jsmail.config import Config, ConfigError
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.listen import ListenerService, ListeningError
+from jsmail.local.directory import RecipientDirectory
 from jsmail.policy.chain import Chain, buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext
+from jsmail.policy.base import Policy
+from jsmail.policy.recipients import KnownRecipients
 from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.queue.funnel import NOTHING, Funnel, Owed
@@ -66,9 +69,55 @@ def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = ()
     then any given on the command line (``--auth``).  Password hashes are checked with
     ``runInThread``."""
     checkers: list[ICredentialsChecker] = [HashedPasswordFile(config.auth.passwordFile, runInThread)]
-    checkers += [strcred.makeChecker(description) for description in config.auth.checkers]
-    checkers += list(extraCheckers)
+    checkers += [forSMTPAuth(strcred.makeChecker(d), d) for d in config.auth.checkers]
+    checkers += [forSMTPAuth(checker) for checker in extraCheckers]
     return Portal(MailRealm(config.server.domains, config.auth.senderRule), [AnyOfCheckers(checkers)])
+
+
+_LISTENER_RULES: dict[str, dict[str, bool]] = {
+    "smtp": {}, "submission": {"requireTLS": True, "requireAuth": True}, "smtps": {"requireAuth": True}}
+
+
+def makeListener(config: Config, kind: str, funnel: Funnel, reactor: Any, checks: Sequence[object],
+                 modifiers: Sequence[Any], tls: Any, portal: Portal | None, runInThread: RunInThread,
+                 roomFor: Any = None, authFailures: FailureCounter | None = None) -> Listener:
+    """The listener of ``kind`` ("smtp", "submission" or "smtps") with its rules:
+    submission requires STARTTLS and AUTH, smtps is TLS from the first byte and
+    requires AUTH, and both are owed Date and Message-ID (RFC 6409 section 8)."""
+    owed = NOTHING if kind == "smtp" else Owed(complete=True, hostname=config.server.hostname)
+    failures = authFailures if authFailures is not None else FailureCounter(config.smtp.authFailureWindow)
+    return Listener(replace(config.smtp, **_LISTENER_RULES[kind]), funnel.owing(owed), reactor, kind,
+                    tuple(checks), tuple(modifiers), tls, portal, kind == "smtps", runInThread, roomFor,
+                    failures, owed)
+
+
+def builtInChecks(config: Config, runInThread: RunInThread, relayControl: bool = True) -> list[Policy]:
+    """The checks every listener runs before its plugins: no open relay (left out only
+    where tcpserver's RELAYCLIENT has said the client may relay), no unknown local
+    recipient, and qmail's badmailfrom."""
+    server, relay = config.server, config.relay
+    checks: list[Policy] = []
+    if relayControl:
+        checks.append(RelayControl(frozenset(server.domains).__contains__, server.trustedNetworks,
+                                   relay.rcptHostsCheck()))
+    checks += knownRecipients(config, runInThread)
+    if relay.badMailFrom:
+        checks.append(BadMailFrom(relay.badMailFrom))
+    return checks
+
+
+def knownRecipients(config: Config, runInThread: RunInThread) -> list[Policy]:
+    """The RCPT check that refuses unknown local recipients, unless catch-all delivery
+    is on (then the start-up log says so)."""
+    if config.local.catchAll:
+        _log.info("Catch-all delivery: mail for any local part @{domains} is accepted and gets a Maildir "
+                  "of its own (set [local] catch_all = false to refuse unknown recipients)",
+                  domains=",".join(config.server.domains))
+        return []
+    names = HashedPasswordFile(config.auth.passwordFile).userNames
+    directory = RecipientDirectory(os.path.join(config.server.dataDir, "mail"), config.local,
+                                   config.server.hostname, names)
+    return [KnownRecipients(directory, runInThread)]
 
 
 def makeTLS(config: Config) -> ServerTLS:
@@ -185,27 +234,19 @@ class MailGateway(ThreadPoolService):
         # of its own (nothing to tell the delivery process).
         funnel = Funnel(ProgramQueue(config.queue.program, self.reactor), lambda *_: None) \
             if config.queue.program else self.funnel
-        # Submissions are owed Date and Message-ID where they lack them (RFC 6409 section 8).
-        submitted = Owed(complete=True, hostname=server.hostname)
         self.delivery.setServiceParent(self)
         self.standalone = standalone
         self.tls = makeTLS(config)
         portal = makePortal(config, extraCheckers, self.threads("auth"))
-        relay = config.relay
-        relayControl = RelayControl(frozenset(server.domains).__contains__, server.trustedNetworks,
-                                    relay.rcptHostsCheck())
-        always = [relayControl, BadMailFrom(relay.badMailFrom)] if relay.badMailFrom else [relayControl]
+        always = builtInChecks(config, self.threads("checks"))
         self.chains = policyChains(config, self.reactor, self.threads("checks"))
         self.listeners: list[ListenerService] = []
-        rules = {"smtp": {}, "submission": {"requireTLS": True, "requireAuth": True}, "smtps": {"requireAuth": True}}
         authFailures = FailureCounter(config.smtp.authFailureWindow)  # one count for all listeners
         for kind in LISTENER_KINDS:
-            chain, implicitTLS = self.chains[kind], kind == "smtps"
-            owed = NOTHING if kind == "smtp" else submitted
-            listener = Listener(replace(config.smtp, **rules[kind]), funnel.owing(owed), self.reactor, kind,
-                                (*always, *chain.policies), chain.modifiers, self.tls, portal, implicitTLS,
-                                runInThread, None if config.queue.program else self.queue.roomFor, authFailures,
-                                owed)
+            listener = makeListener(config, kind, funnel, self.reactor, (*always, *self.chains[kind].policies),
+                                    self.chains[kind].modifiers, self.tls, portal, runInThread,
+                                    None if config.queue.program else self.queue.roomFor, authFailures)
+            implicitTLS = listener.implicitTLS
             factory: Factory = ESMTPServerFactory(listener)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)
@@ -213,6 +254,11 @@ class MailGateway(ThreadPoolService):
                 service = ListenerService(self.reactor, description, factory, kind)
                 service.setServiceParent(self)
                 self.listeners.append(service)
+        if config.metrics.listen:
+            from jsmail.ops.web import OperationsService  # prometheus_client only when asked for
+
+            self.operations = OperationsService(self, config.metrics.listen)
+            self.operations.setServiceParent(self)
 
     @defer.inlineCallbacks
     def submit(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from jsmail.config import Config, ConfigError, loadConfig
+from jsmail.ops import logformat
 from jsmail.service import MailGateway, checkPolicies
 from jsmail.smtp.tls import TLSError
 
 
 class Options(usage.Options, AuthOptionMixin):
     synopsis = "[options]"
+    # SMTP AUTH carries a user name and password; --auth refuses (and --help-auth hides)
+    # checkers that cannot judge one, such as anonymous or sshkey.
+    supportedInterfaces = (IUsernamePassword,)
     longdesc = (
         "Run the jsmail mail gateway. With no options: SMTP on 127.0.0.1:2525, submission "
         "(STARTTLS + AUTH) on 127.0.0.1:2587, implicit TLS on 127.0.0.1:2465, data under "
@@ -31,6 +36,7 @@ class Options(usage.Options, AuthOptionMixin):
         ["smarthost", None, None, "Send all non-local mail to HOST[:PORT] (TLS and AUTH: see the config file)."],
         ["dns-server", None, None, "Resolve MX and addresses with this DNS server, HOST:PORT [default: resolv.conf]."],
         ["control-dir", None, None, "Read qmail control files (me, locals, smtproutes, ...) from this directory."],
+        ["log-format", None, "text", "Log as text lines, or as one JSON object per line (json)."],
     ]
     optFlags = [["check-config", None, "Check the configuration, report, and exit."]]
 
@@ -83,6 +89,7 @@ class Options(usage.Options, AuthOptionMixin):
         self["trusted-network"].append(network)
 
     def postOptions(self) -> None:
+        self._logFormat()
         overrides: dict[str, Any] = {}
         for option, field in self._single.items():
             if self[option] is not None:
@@ -105,6 +112,19 @@ class Options(usage.Options, AuthOptionMixin):
                 sys.exit(2)
             sys.stdout.write(f"jsmail: configuration OK ({self['config'] or 'built-in defaults'})\n")
             sys.exit(0)
+
+
+    def _logFormat(self) -> None:
+        """``--log-format json``: name the JSON observer as twistd's ``--logger``."""
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
+        parent = self.parent
+        if self["log-format"] == "text" or parent is None:
+            return
+        if parent.get("logger") is not None:
+            raise usage.UsageError("--log-format json and twistd's --logger are two ways of saying one thing")
+        logformat.configure(parent.get("logfile"), bool(parent.get("nodaemon")))
+        parent["logger"] = logformat.FACTORY
 
 
 def makeService(options: Options) -> MailGateway:

@@ -22,6 +22,7 @@ class LocalSettings:
     concurrency: int = 10  # recipients delivered at once (qmail's concurrencylocal)
     virtualDomains: tuple[str, ...] = ()  # qmail's virtualdomains lines, "key:prepend"
     localDomains: tuple[str, ...] = ()  # the first one holds virtual domains' users
+    catchAll: bool | None = None  # take any local part (None: only when the one local domain is localhost)
 
     @property
     def separators(self) -> str:

@@ -1,5 +1,6 @@
 """Each listener's chain of checks: the plugins found, built in the configured order,
-and :class:`PhaseRunner`, which runs one SMTP phase's checks for smtpd.
+and :class:`PhaseRunner`, which runs one SMTP phase's checks for smtpd and keeps what
+they add in the session's :class:`Additions`.
 
 Plugins are found with ``twisted.plugin`` in the :mod:`jsmail.plugins` package (see
 :mod:`jsmail.policy.plugin` for what a plugin is); this module is the only one that
@@ -13,9 +14,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
 
 import jsmail.plugins
-from jsmail.interfaces import IMessagePolicy, IModifier, IPolicy
+from jsmail import maillog
+from jsmail.error import SMTPReplyError
+from jsmail.interfaces import IMessagePolicy, IModifier, IPolicy, ISession
 from jsmail.policy.plugin import IPolicyPlugin, PluginError, PolicyContext
 from jsmail.policy.verdict import Verdict, asVerdict
 
@@ -59,15 +63,41 @@ def buildChain(names: Sequence[str], options: Mapping[str, Mapping[str, Any]], c
     return Chain(tuple(policies), tuple(modifiers))
 
 
+#: The SMTP phases in order, and those whose additions belong to one message.
+TRANSACTION_PHASES = ("checkSender", "checkRecipient", "checkMessage")
+PHASES = ("checkConnect", "checkHelo", *TRANSACTION_PHASES)
+
+
+class Additions:
+    """What one session's accepting verdicts add (header fields, Authentication-Results
+    entries), by phase, so the message gets them in phase order whichever check ran
+    last: HELO's are replaced at each EHLO, the transaction's are dropped when it ends."""
+
+    def __init__(self) -> None:
+        self._byPhase: dict[str, list[Verdict]] = {}
+
+    def keep(self, phase: str, verdicts: list[Verdict]) -> None:
+        earlier = [] if phase == "checkHelo" else self._byPhase.get(phase, [])
+        self._byPhase[phase] = earlier + verdicts
+
+    def forgetTransaction(self) -> None:
+        for phase in TRANSACTION_PHASES:
+            self._byPhase.pop(phase, None)
+
+    def inOrder(self) -> list[Verdict]:
+        """Every verdict kept, in phase order."""
+        return [v for phase in PHASES for v in self._byPhase.get(phase, ())]
+
+
 class PhaseRunner:
     """Runs the checks of one SMTP phase, in order, then the phase's own ``accept``.
 
     Checks that answer at once decide at once; a Deferred makes the reply wait, and
     smtpd holds later pipelined commands meanwhile, so replies stay in order.  The first
     refusal wins (raised as :class:`~jsmail.error.SMTPReplyError`); any other exception
-    propagates for smtpd to answer 451.  What accepting verdicts add is kept in
-    ``session.added`` only once the whole phase has said yes: HELO's additions are
-    replaced at each EHLO, the other phases' accumulate until the transaction ends.
+    propagates for smtpd to answer 451.  What accepting verdicts add goes into the
+    session's :class:`Additions` only once the whole phase has said yes.
+    Each check's answer goes to the operator log (``check``), named by its class.
     """
 
     def __init__(self, checks: Iterable[object]) -> None:
@@ -75,31 +105,70 @@ class PhaseRunner:
         self.policies = tuple(c for c in checks if IPolicy.providedBy(c))
         self.messagePolicies = tuple(c for c in checks if IMessagePolicy.providedBy(c))
 
-    def run(self, phase: str, session: Any, accept: Callable[[], Any], *args: Any) -> Any:
+    def run(self, phase: str, session: ISession, additions: Additions, accept: Callable[[], Any], *args: Any) -> Any:
         """``accept()``'s result once every check of ``phase`` has said yes, now or
         through a Deferred."""
         checks = self.messagePolicies if phase == "checkMessage" else self.policies
         kept: list[Verdict] = []
 
         def accepted() -> Any:
-            earlier = [] if phase == "checkHelo" else session.added.get(phase, [])
-            session.added[phase] = earlier + kept
+            additions.keep(phase, kept)
             return accept()
 
-        return self._next([getattr(c, phase) for c in checks], kept, accepted, (session, *args))
+        return self._next([(c, getattr(c, phase)) for c in checks], kept, accepted, (session, *args),
+                          _PHASES.get(phase, phase))
 
-    def _next(self, pending: list[Callable[..., Any]], kept: list[Verdict], accept: Callable[[], Any],
-              args: tuple[Any, ...]) -> Any:
+    def _next(self, pending: list[tuple[object, Callable[..., Any]]], kept: list[Verdict], accept: Callable[[], Any],
+              args: tuple[Any, ...], phase: str) -> Any:
         while pending:
-            answer = pending.pop(0)(*args)
+            check, method = pending.pop(0)
+            logged = (args[0], phase, type(check).__name__, args[1] if len(args) > 1 and phase != "data" else "")
+            try:
+                answer = method(*args)
+            except SMTPReplyError as e:
+                _logRefusal(e, logged)
+                raise
             if isinstance(answer, defer.Deferred):
-                return answer.addCallback(_keep, kept).addCallback(lambda _: self._next(pending, kept, accept, args))
-            _keep(answer, kept)
+                answer.addErrback(_logFailure, logged)
+                return answer.addCallback(_keep, kept, logged).addCallback(
+                    lambda _: self._next(pending, kept, accept, args, phase))
+            _keep(answer, kept, logged)
         return accept()
 
 
-def _keep(answer: object, kept: list[Verdict]) -> None:
+#: The operator log's names for the phases.
+_PHASES = {"checkConnect": "connect", "checkHelo": "helo", "checkSender": "mail", "checkRecipient": "rcpt",
+           "checkMessage": "data"}
+
+
+#: What a check's answer is logged with: the session, the phase, the check's name and
+#: what the phase is about (the HELO name, the sender or the recipient).
+_Logged = tuple[Any, str, str, object]
+
+
+def _log(logged: _Logged, verdict: Verdict) -> None:
+    session, phase, name, about = logged
+    refusal = verdict.refusal
+    outcome = "accept" if refusal is None else "tempfail" if refusal.code < 500 else "reject"
+    maillog.check(getattr(session, "sessionId", "-"), phase, name, outcome, "" if about is None else str(about),
+                  refusal or "", verdict.reason, getattr(session, "queueId", "-"))
+
+
+def _logRefusal(error: SMTPReplyError, logged: _Logged) -> None:
+    """A check that raised its refusal instead of answering it."""
+    reply = error.reply
+    _log(logged, Verdict(reply, error.reason) if reply.code >= 400 else Verdict(reason=error.reason))
+
+
+def _logFailure(failure: Failure, logged: _Logged) -> Failure:
+    if isinstance(failure.value, SMTPReplyError):
+        _logRefusal(failure.value, logged)
+    return failure
+
+
+def _keep(answer: object, kept: list[Verdict], logged: _Logged) -> None:
     verdict = asVerdict(answer)
+    _log(logged, verdict)
     verdict.raiseIfRefused()
     if verdict.headers or verdict.results:
         kept.append(verdict)

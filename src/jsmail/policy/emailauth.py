@@ -25,7 +25,7 @@ from jsmail.address import Address
 from jsmail.policy.arc import ARCSealer, ARCVerifier
 from jsmail.policy.authresults import claimsAuthservId
 from jsmail.headers import fields as headerFields
-from jsmail.headers import fromDomain, splitHeader
+from jsmail.headers import fromDomain, hasName, headerOf, mailboxes, splitHeader
 from jsmail._threads import RunInThread, runNow
 from jsmail.policy.dkim import DKIMResult, DKIMSigner, SigningKey, keyRecord, writeNewKey, zoneEntry
 from jsmail.policy.dmarc import Discovery, DMARCTemporaryError, evaluate
@@ -177,12 +177,25 @@ class DKIMSign:
         self.signer, self.everything = signer, everything
 
     def modify(self, session: Any, message: bytes) -> Any:
-        if session.user is None and not self.everything:
+        user = session.user
+        if user is None and not self.everything:
             return []
+        if user is not None and not _authorsAllowed(user, message):
+            return []  # smtpd refuses such mail first; this keeps the key from ever vouching for it
         domain = fromDomain(message)  # the one From domain, as DMARC finds it
         if domain is None or self.signer.keyFor(domain) is None:
             return []
         return self.signer.sign(message, domain).addCallback(lambda field: [field.decode("ascii").rstrip("\r\n")])
+
+
+def _authorsAllowed(user: Any, message: bytes) -> bool:
+    """Whether every From and Sender address is one ``user`` may send as."""
+    for field in headerFields(headerOf(message)):
+        if hasName(field, "from") or hasName(field, "sender"):
+            found = mailboxes(field)
+            if found is None or not all(user.maySendAs(a.strip()) for a in found):
+                return False
+    return True
 
 
 @implementer(IModifier)

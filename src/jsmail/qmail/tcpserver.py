@@ -10,8 +10,12 @@ header as ``from <helo> (<host> [<ip>])``, sanitised as qmail-smtpd does (sectio
 11.5: letters, digits and ``. @ % + / = : - [ ]``; anything else becomes ``?``); ``RELAYCLIENT``, if set (even
 empty), lets the client relay and is appended to every RCPT address (qmail-smtpd's
 suffix rule); ``RBLSMTPD``, if set and not empty, refuses every recipient with its text
-(553 if it starts with "-", else 451, as rblsmtpd).  Without relaying, recipients must
-be in the configured domains.  Accepted mail goes through the funnel to the program
+(553 if it starts with "-", else 451, as rblsmtpd).  Everything else is the daemon's:
+the listener named by ``--listener`` (``smtp``, the default, or ``submission``) gets
+the same built-in checks (relay control unless RELAYCLIENT is set, unknown local
+recipients, badmailfrom), the same ``[policy]`` checks and modifiers, STARTTLS with the
+same certificate and AUTH with the same users; a configuration it cannot use gets
+``421`` and a reason on stderr, never a session that skips them.  Accepted mail goes through the funnel to the program
 ``QMAILQUEUE`` names (any qmail-queue-compatible program), else into jsmail's queue,
 whose running gateway is woken to deliver it.
 """
@@ -25,12 +29,12 @@ import sys
 from typing import Any, Callable
 
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from jsmail.address import Address
 from jsmail.datadir import dataDirectory
 from jsmail.error import SMTPReplyError
-from jsmail.policy.relay import BadMailFrom, RelayControl
 from jsmail.policy.base import Policy
 from jsmail import reply
 from jsmail.smtp.server import ESMTPServer, Listener
@@ -72,25 +76,48 @@ class UCSPISession(ESMTPServer):
         return super().smtp_RCPT(argument)
 
 
+class _StdioTransport:
+    """The stdin/stdout transport as the session sees it, with the ``startTLS`` a pipe
+    lacks: it hands the switch to :class:`SessionOnStdio`."""
+
+    def __init__(self, transport: Any, startTLS: Callable[[Any], None]) -> None:
+        self._transport = transport
+        self.startTLS = startTLS
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class SessionOnStdio(Protocol):
     """Gives stdin/stdout (:class:`twisted.internet.stdio.StandardIO`) to ``session``
     and calls ``ended`` once the connection is gone: the session only ends itself, and
     the ``main()`` that owns the process and its reactor says what follows (it passes
-    :func:`reactorStopper`)."""
+    :func:`reactorStopper`).  STARTTLS puts a TLS layer (Twisted's memory-BIO TLS,
+    as the daemon's implicit TLS uses) between the pipes and the session."""
 
     def __init__(self, session: Protocol, ended: Callable[[], object]) -> None:
         self.session = session
         self.ended = ended
+        self._stdio: Any = None
+        self._tls: TLSMemoryBIOProtocol | None = None
 
     def makeConnection(self, transport: Any) -> None:
-        self.session.makeConnection(transport)
+        self._stdio = transport
+        self.session.makeConnection(_StdioTransport(transport, self._startTLS))
+
+    def _startTLS(self, contextFactory: Any) -> None:
+        tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(contextFactory, False, None), self.session,
+                                   _connectWrapped=False)
+        tls.makeConnection(self._stdio)
+        self.session.transport = tls
+        self._tls = tls
 
     def dataReceived(self, data: bytes) -> None:
-        self.session.dataReceived(data)
+        (self._tls or self.session).dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
-            self.session.connectionLost(reason)
+            (self._tls or self.session).connectionLost(reason)
         finally:
             self.ended()
 
@@ -110,35 +137,45 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor, stdio
     from twisted.internet.defer import maybeDeferred
 
+    from jsmail._threads import reactorThreads
     from jsmail.config import ConfigError, loadConfig
-    from jsmail.queue.funnel import Funnel
     from jsmail.qmail.queuesink import ProgramQueue
-    from jsmail.queue.store import MaildirQueue
     from jsmail.queue.admin import wakeDelivery
+    from jsmail.queue.funnel import Funnel
+    from jsmail.queue.store import MaildirQueue
+    from jsmail.service import builtInChecks, makeListener, makePortal, makeTLS, policyChains
+    from jsmail.smtp.tls import TLSError
 
-    parser = argparse.ArgumentParser(prog="jsmail-smtpd", description="jsmail's SMTP server under tcpserver.")
+    parser = argparse.ArgumentParser(
+        prog="jsmail-smtpd", description="jsmail's SMTP server under tcpserver: the same checks, TLS and AUTH "
+        "as the daemon's listener of that kind, from the same configuration.")
     parser.add_argument("--config", help="TOML configuration (domains, limits, data directory)")
     parser.add_argument("--data", help="data directory [default: $JSMAIL_DATA or the configuration's]")
+    parser.add_argument("--listener", choices=("smtp", "submission"), default="smtp",
+                        help="whose rules and [policy] checks to apply [default: smtp, port 25's]")
     arguments = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     dataDir = dataDirectory(arguments.data, default="")  # none given: the configuration's
     if dataDir:
         overrides["server.data"] = dataDir
+    runInThread = reactorThreads(reactor)
+    kind = arguments.listener
+    relayClient = os.environ.get("RELAYCLIENT")
     try:
         config = loadConfig(arguments.config, overrides)
-    except ConfigError as e:
-        print(f"jsmail-smtpd: configuration error: {e}", file=sys.stderr)
-        return 2
-
-    relayClient = os.environ.get("RELAYCLIENT")
-    policies: list[Policy] = []
+        chain = policyChains(config, reactor, runInThread)[kind]
+        tls = makeTLS(config)
+        portal = makePortal(config, (), runInThread)
+    except (ConfigError, TLSError, OSError) as e:
+        # qmail-smtpd's answer when it cannot read its controls: the client retries later.
+        sys.stdout.write("421 4.3.0 Temporary local problem, try again later\r\n")
+        sys.stdout.flush()
+        print(f"jsmail-smtpd: cannot start: {e}", file=sys.stderr)
+        return 111
+    policies: list[Any] = []
     if os.environ.get("RBLSMTPD"):
         policies.append(RBLRefusal(os.environ["RBLSMTPD"]))
-    if relayClient is None:
-        policies.append(RelayControl(frozenset(config.server.domains).__contains__, config.server.trustedNetworks,
-                                     config.relay.rcptHostsCheck()))
-    if config.relay.badMailFrom:
-        policies.append(BadMailFrom(config.relay.badMailFrom))
+    policies += builtInChecks(config, runInThread, relayControl=relayClient is None)
     queueDir = os.path.join(config.server.dataDir, "queue")
     funnel: Funnel
     queue = None
@@ -147,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         queue = MaildirQueue(queueDir, maybeDeferred, sweep=False, spares=0)
         funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))
-    session = UCSPISession(Listener(config.smtp, funnel, reactor, "ucspi", tuple(policies)))
+    listener = makeListener(config, kind, funnel, reactor, (*policies, *chain.policies), chain.modifiers, tls,
+                            portal, runInThread)
+    session = UCSPISession(listener)
     session.relaySuffix = relayClient
     stdio.StandardIO(SessionOnStdio(session, reactorStopper(reactor)))
     reactor.run()  # type: ignore[attr-defined]

@@ -43,7 +43,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from jsmail import reply
+from jsmail import maillog, reply
 from jsmail.error import DeliveryError
 from jsmail._threads import RunInThread
 from jsmail.remote.dane import TLSARecord, lookupTLSA
@@ -183,6 +183,7 @@ class RemoteDelivery:
             try:
                 client = yield self._open(route, address, tlsa)
             except DeliveryError as e:
+                _logSession(message, route, address, tlsa, None, "failed" if _isPolicyFailure(e) else "unreachable")
                 why = f"{e} ({route.host} [{address}])"
                 if not _isPolicyFailure(e):
                     # Only a host that cannot be reached is backed off for everyone: a
@@ -193,6 +194,7 @@ class RemoteDelivery:
                     self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
                 return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
             self._down.pop(address, None)
+        _logSession(message, route, address, tlsa, client)
         size, eightBit = yield self.runInThread(_measure, message)
         outgoing = OutgoingMessage(
             sender=message.envelope.sender,
@@ -279,6 +281,17 @@ def _measure(message: QueuedMessage) -> tuple[int, bool]:
         while not eightBit and (chunk := f.read(65536)):
             eightBit = not chunk.isascii()
         return f.seek(0, 2) - start, eightBit
+
+
+def _logSession(message: QueuedMessage, route: Route, address: str, tlsa: tuple[TLSARecord, ...],
+                client: ESMTPClient | None, failure: str = "") -> None:
+    """The operator log's ``remote`` event: which host, and how it went with TLS."""
+    handle: Any = getattr(getattr(client, "transport", None), "getHandle", lambda: None)()
+    tls = ""
+    if hasattr(handle, "get_protocol_version_name"):
+        tls = f"{handle.get_protocol_version_name()} with cipher {handle.get_cipher_name()}"
+    maillog.remote(message.queueId, route.host, address, route.port, "dane" if tlsa else route.tls, tls,
+                   failure or ("tls" if tls else "plaintext"))
 
 
 def _isPolicyFailure(error: DeliveryError) -> bool:

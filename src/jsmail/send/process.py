@@ -135,12 +135,15 @@ def main() -> None:
     from twisted.internet import reactor, stdio
     from twisted.logger import globalLogBeginner, jsonFileLogObserver
 
+    from jsmail import metrics
     from jsmail.config import fromJSON
     from jsmail.send.service import DeliveryService
 
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
     with os.fdopen(CONFIG_FD, "rb") as f:
         config = fromJSON(f.read().decode("utf-8"))
+    if config.metrics.listen:  # the parent counts what this process measures
+        metrics.install(metrics.Forwarder())
     delivery = DeliveryService(config, reactor, flushOnSignal=True)
     delivery.startService()
     reactor.addSystemEventTrigger("before", "shutdown", delivery.stopService)

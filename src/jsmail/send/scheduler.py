@@ -132,10 +132,12 @@ class Scheduler(Service):
 
     def scheduleFromQueue(self, queueId: str) -> defer.Deferred[None]:
         """Like :meth:`schedule`, reading the envelope from the queue (a notice from
-        another process names only the id)."""
+        another process names only the id).  A message gone meanwhile (a rescan found
+        and delivered it first, or an operator removed it) is nothing to schedule."""
         if queueId in self._envelopes or queueId in self._finished:
             return defer.succeed(None)
-        return self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope))
+        d = self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope))
+        return d.addErrback(lambda f: f.trap(NotQueued) and None)
 
     def flush(self) -> None:
         """Make every planned attempt due now (``jsmail queue flush``; qmail-send does
@@ -181,13 +183,24 @@ class Scheduler(Service):
             byAgent.setdefault(self.router.agentFor(recipient.address), []).append(recipient)
         results: dict[str, DeliveryResult] = {}
         outcomes = yield defer.gatherResults([
-            self._slotsFor(agent).run(agent.deliver, message, rcpts).addErrback(self._agentFailed, rcpts)
+            self._slotsFor(agent).run(self._timed, agent, message, rcpts).addErrback(self._agentFailed, rcpts)
             for agent, rcpts in byAgent.items()
         ])
         for agentResults in outcomes:
             for result in agentResults:
                 results[result.recipient] = result
         yield self._record(queueId, envelope, results)
+
+    def _timed(self, agent: IDeliveryAgent, message: QueuedMessage,
+               recipients: list[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
+        """``agent.deliver``, logged as an ``attempt`` with the time it took."""
+        started, name = self.clock.seconds(), type(agent).__name__.removesuffix("Delivery").lower()
+
+        def done(results: list[DeliveryResult]) -> list[DeliveryResult]:
+            maillog.attempt(message.queueId, name, self.clock.seconds() - started, results)
+            return results
+
+        return agent.deliver(message, recipients).addCallback(done)
 
     def _slotsFor(self, agent: IDeliveryAgent) -> defer.DeferredSemaphore:
         """At most ``concurrency`` deliveries at once per agent."""

@@ -136,7 +136,7 @@ class Assembler:
         """Start the message: the trace header and the fields checks added so far go
         into the queue file, or into a spool when end-of-message work is due."""
         received = self.receivedHeader(session, message.queueId)
-        additions = session.additions()
+        additions = session.added.inOrder()
         if self.spoolAlways or self.modifiers or any(v.results for v in additions):
             spool = Spool(self.runInThread)
             spool.write(received)
@@ -163,7 +163,7 @@ class Assembler:
     def complete(self, session: Session, message: IIncomingMessage, spool: Spool) -> defer.Deferred[None]:
         """Put the checks' fields and the modifiers' on top of the spooled message and
         write it all into the queue file."""
-        additions = session.additions()
+        additions = session.added.inOrder()
         fields = [h for v in additions for h in v.headers]
         results = [r for v in additions for r in v.results]
         if results:

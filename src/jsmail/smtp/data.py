@@ -144,36 +144,3 @@ class ChunkReader:
         self._scanner.feed(take)
         return chunk[len(take) :] if self.remaining == 0 else None
 
-
-class HopCounter:
-    """Counts ``Received:`` fields in the header section, to stop mail loops
-    (RFC 5321 section 6.3).  Fed the content as it streams; a field name may be split
-    across feeds."""
-
-    _FIELD = b"received:"
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._inHeader = True
-        self._lineHead: bytes | None = b""  # the first bytes of the current line, or None mid-line
-
-    def feed(self, data: bytes) -> None:
-        pos, size = 0, len(data)
-        while self._inHeader and pos < size:
-            if self._lineHead is None:
-                lf = data.find(b"\n", pos)
-                if lf < 0:
-                    return
-                pos, self._lineHead = lf + 1, b""
-                continue
-            piece = data[pos : pos + len(self._FIELD) - len(self._lineHead)]
-            lf = piece.find(b"\n")
-            if lf >= 0:
-                piece = piece[: lf + 1]
-            pos += len(piece)
-            head = self._lineHead = self._lineHead + piece
-            if head in (b"\n", b"\r\n"):
-                self._inHeader = False  # the empty line ending the header section
-            elif lf >= 0 or len(head) == len(self._FIELD):
-                self.count += head.lower() == self._FIELD
-                self._lineHead = b"" if lf >= 0 else None

@@ -1,10 +1,12 @@
-"""The rules for MAIL and RCPT parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531
-SMTPUTF8, RFC 3461 DSN, RFC 4954 AUTH): pure functions that raise
-:class:`~jsmail.error.SMTPReplyError` for a parameter the server cannot take."""
+"""The EHLO keywords the server offers and the rules for the MAIL and RCPT parameters
+they announce (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461 DSN, RFC 4954
+AUTH): pure functions, the rules raising :class:`~jsmail.error.SMTPReplyError` for a
+parameter the server cannot take."""
 
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 from jsmail import reply
 from jsmail.error import SMTPReplyError
@@ -14,6 +16,19 @@ BODY_TYPES = ("7BIT", "8BITMIME")
 MAIL_PARAMETERS = ("SIZE", "BODY", "SMTPUTF8", "RET", "ENVID")
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")
+
+
+def ehloKeywords(maxMessageSize: int, startTLS: bool, authMechanisms: Iterable[str]) -> list[str]:
+    """What EHLO's reply offers: STARTTLS only where it may still be started, AUTH only
+    with mechanisms (none once a client has logged in, or without TLS unless allowed)."""
+    keywords = ["PIPELINING", f"SIZE {maxMessageSize}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING",
+                "DSN"]
+    if startTLS:
+        keywords.append("STARTTLS")
+    mechanisms = " ".join(authMechanisms)
+    if mechanisms:
+        keywords.append("AUTH " + mechanisms)
+    return keywords
 
 
 def octets(value: str | None) -> int | None:

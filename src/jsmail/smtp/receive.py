@@ -4,6 +4,7 @@ and the commit that makes it durable before the client hears 250."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Protocol
 
 from twisted.internet import defer
@@ -11,12 +12,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jsmail import maillog, reply
-from jsmail.envelope import Envelope
+from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import Spool
-from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader, HopCounter
+from jsmail.headers import FieldWatcher, fieldName, fieldValue, mailboxes
+from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import tooBig
 from jsmail.smtp.session import Session
@@ -45,6 +47,24 @@ class Server(Protocol):
 
     def checked(self, phase: str, accept: Callable[[], Result], *args: Any) -> Result: ...
 
+def _once(recipients: list[Recipient]) -> tuple[Recipient, ...]:
+    """The recipients with repeats left out (the first one's parameters kept), so a
+    message given the same recipient twice is delivered to it once."""
+    seen: set[str] = set()
+    kept = []
+    for recipient in recipients:
+        key = recipient.address.lower()
+        if key not in seen:
+            seen.add(key)
+            kept.append(recipient)
+    return tuple(kept)
+
+
+#: The header fields read as the content streams by: for Transaction._headerRefusal,
+#: and the Message-ID for the operator log (``jsmail trace --message-id``).
+_WATCHED = ("delivered-to", "from", "sender", "message-id")
+_MESSAGE_ID = re.compile(rb"^[ \t]*(<[^<>\s]{1,250}>)")
+
 #: What a command answers when its reply comes later, or was already written.
 NO_REPLY = Reply(0, "", "")
 
@@ -62,19 +82,19 @@ class Transaction:
         self._spool: Spool | None = None
         self._tooBig = False
         self._size = 0
-        self._hops = HopCounter()
+        self._header = FieldWatcher()
 
     @property
     def queueId(self) -> str:
         return self.message.queueId if self.message is not None else "-"
 
-    def start(self) -> None:
+    def _open(self) -> None:
         """Open the message in the queue, with what goes on top of its content."""
         server = self.server
         session = server.session
         envelope = Envelope(
             sender=str(session.sender),
-            recipients=tuple(session.recipients),
+            recipients=_once(session.recipients),
             mailParams=dict(session.mailParams),
             arrival=server.clock.seconds(),
             clientAddress=session.clientAddress,
@@ -82,10 +102,40 @@ class Transaction:
             protocol=session.withProtocol(),
         )
         self.message = server.listener.sink.newMessage(envelope)
+        session.queueId = self.message.queueId
         self._tooBig = self._writeFailed = self._nul = False
         self._size = 0
-        self._hops = HopCounter()
+        self._header = FieldWatcher(_WATCHED, limit=64 * 1024)
         self._spool = server.listener.assembler.begin(session, self.message)
+
+    def startData(self) -> None:
+        """DATA: open the message; the content comes next, up to the final dot."""
+        try:
+            self._open()
+        except OSError as e:
+            raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, f"cannot start a queue file: {e}") from None
+        settings = self.server.settings
+        self.reader = DataReader(self.write, settings.maxTextLine, settings.normaliseLineEndings)
+
+    def startChunk(self, size: int, last: bool, problem: Reply | None) -> Result:
+        """BDAT: ``size`` octets come next, the first chunk opening the message.  They
+        are read even when the command is refused (``problem``), so they are never
+        taken for commands (RFC 3030 section 3)."""
+        settings = self.server.settings
+        if problem is None and self.message is None:
+            try:
+                self._open()
+            except OSError as e:
+                _log.error("Cannot start a queue file: {error}", error=e)
+                problem = reply.INSUFFICIENT_STORAGE
+            self.scanner = ContentScanner(self.write, settings.maxTextLine, settings.normaliseLineEndings)
+        scanner = self.scanner if problem is None else ContentScanner(lambda _: None, 0, False)
+        assert scanner is not None
+        self.reader = ChunkReader(scanner, size)
+        self.chunk = (size, last, problem)
+        if size == 0:
+            return self.contentEnded()
+        return NO_REPLY  # the reply comes once the chunk's octets are in
 
     def write(self, data: bytes) -> None:
         """Content octets, dot-unstuffed, as they arrive."""
@@ -96,7 +146,7 @@ class Transaction:
         if self._size > self.server.settings.maxMessageSize:
             self._tooBig = True
             return
-        self._hops.feed(data)
+        self._header.feed(data)
         self._nul = self._nul or b"\0" in data
         try:
             (self._spool or message).write(data)
@@ -136,10 +186,11 @@ class Transaction:
             refusal = reply.BARE_LINE_ENDING
         elif problems.longLine:
             refusal = reply.TEXT_LINE_TOO_LONG.format(settings.maxTextLine)
-        elif self._hops.count > settings.maxReceivedHeaders:
-            refusal = reply.TOO_MANY_HOPS
         elif self._nul and not settings.allowNul:
             refusal = reply.NUL_IN_CONTENT
+        else:
+            self._header.close()
+            refusal = self._headerRefusal()
         if refusal is not None:
             server.resetTransaction()
             raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
@@ -168,16 +219,52 @@ class Transaction:
         d.addCallback(complete)
         return d.addCallbacks(checked, failed)
 
+    def _headerRefusal(self) -> Reply | None:
+        """Refusals the header section earns, so that nothing that can be refused now
+        is bounced later: a loop (too many hops, or a Delivered-To line for one of the
+        recipients, which local delivery would fail), or an authenticated user's From
+        or Sender that the user may not send as (the rule MAIL FROM is held to)."""
+        header, session = self._header, self.server.session
+        if header.count > self.server.settings.maxReceivedHeaders:
+            return reply.TOO_MANY_HOPS
+        recipients = {r.address.lower(): r.address for r in session.recipients}
+        user = session.user
+        for field in header.kept:
+            name = fieldName(field)
+            if name == b"delivered-to":
+                address = fieldValue(field).decode("utf-8", "replace").strip().lower()
+                if address in recipients:
+                    return reply.ALREADY_DELIVERED.format(recipients[address])
+            elif user is not None and name != b"message-id":
+                assert name is not None
+                label = name.decode("ascii").capitalize()
+                found = mailboxes(field)
+                if found is None or not all(user.maySendAs(a.strip()) for a in found):
+                    return reply.AUTHOR_NOT_OWNED.format(label)
+        if user is not None and header.overflow:
+            return reply.AUTHOR_NOT_OWNED.format("From")  # too much header to tell
+        return None
+
+    def _messageId(self) -> str:
+        """The first Message-ID, with its angle brackets, or "" where there is none."""
+        for field in self._header.kept:
+            if fieldName(field) == b"message-id":
+                match = _MESSAGE_ID.match(fieldValue(field))
+                return match.group(1).decode("ascii", "replace") if match else ""
+        return ""
+
     def _commit(self, message: IIncomingMessage) -> Result:
         server = self.server
-        sender, count, client = str(server.session.sender), len(server.session.recipients), server.session.client
+        session = server.session
+        sender, count, client = str(session.sender), len(session.recipients), session.client
+        logged = (session.sessionId, server.listener.name, self._messageId())
         self.message = None
         server.resetTransaction()
         size = message.size
         d = message.commit()
 
         def queued(queueId: str) -> Reply:
-            maillog.queued(queueId, sender, count, size, client)
+            maillog.queued(queueId, sender, count, size, client, *logged)
             return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:

@@ -185,7 +185,8 @@ class AuthExchange:
         now = self.clock.seconds()
         name = answer.username.decode("utf-8", "replace")
         if self.counter.count(self.clientKey, now) >= self.maxClientFailures:
-            maillog.auth(self.session.client, name, "refused: too many failures from this client lately")
+            maillog.auth(self.session.client, name, "refused: too many failures from this client lately",
+                         self.session.sessionId)
             return reply.AUTH_TOO_MANY_FAILURES
         earlier = max(self.counter.count(self.clientKey, now), self.counter.count("user:" + name.lower(), now),
                       self.failures)
@@ -205,12 +206,13 @@ class AuthExchange:
     def _authenticated(self, result: tuple[Any, IMailUser, Any]) -> Reply:
         _, user, _ = result
         self.session.user = user
-        maillog.auth(self.session.client, user.name, "ok")
+        maillog.auth(self.session.client, user.name, "ok", self.session.sessionId)
         return reply.AUTH_OK
 
     def _failed(self, failure: Failure, name: str) -> Reply:
         if failure.check(TemporaryAuthFailure):
-            maillog.auth(self.session.client, name, f"temporary failure: {failure.getErrorMessage()}")
+            maillog.auth(self.session.client, name, f"temporary failure: {failure.getErrorMessage()}",
+                         self.session.sessionId)
             return reply.AUTH_TEMPORARY
         if not failure.check(UnauthorizedLogin):
             _log.failure("Authentication of {name} failed", failure, name=name)
@@ -219,7 +221,7 @@ class AuthExchange:
         now = self.clock.seconds()
         self.counter.add(self.clientKey, now)
         self.counter.add("user:" + name.lower(), now)
-        maillog.auth(self.session.client, name, f"bad credentials (failure {self.failures})")
+        maillog.auth(self.session.client, name, f"bad credentials (failure {self.failures})", self.session.sessionId)
         if self.failures > self.maxFailures:
             return reply.AUTH_TOO_MANY_FAILURES
         return reply.AUTH_BAD_CREDENTIALS

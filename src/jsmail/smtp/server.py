@@ -17,37 +17,32 @@ Commands end in CR LF; a bare LF is tolerated there (as qmail and Postfix do), b
 a command line cannot smuggle anything.  Message content is stricter: see
 :mod:`jsmail.smtp.data`.
 
-Nothing a client does can hold the server's memory or a connection slot for long:
-reading stops while the replies already written wait in the transport (a client
-that pipelines NOOPs and never reads gets no more read from it); the idle time-out
-runs from the start of a command line, not from its last byte; message data must keep
-coming at ``minDataRate`` octets per second; a session ends after ``maxSessionTime``;
-and NOOP, RSET, VRFY and HELP past ``maxJunkCommands`` count as errors.
+Nothing a client does can hold the server's memory, time or a connection slot for
+long (:mod:`jsmail.smtp.limits` has the rules); NOOP, RSET, VRFY and HELP past
+``maxJunkCommands`` count as errors.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
-
-import ipaddress
 
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail import maillog, reply
+from jsmail import maillog, metrics, reply
 from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
-from jsmail.smtp.data import ChunkReader, ContentScanner, DataReader
+from jsmail.smtp.limits import Refuse, ReplyBackPressure, TimeLimits, clientKey
 from jsmail.smtp.listener import Listener, ServerSettings
-from jsmail.smtp.params import checkMailParams, checkRcptParams, octets
+from jsmail.smtp.params import checkMailParams, checkRcptParams, ehloKeywords, octets
 from jsmail.smtp.receive import NO_REPLY, Result, Transaction
 from jsmail.smtp.sasl import MECHANISMS, AuthExchange
 from jsmail.smtp.assembly import sanitise
@@ -60,33 +55,14 @@ _log = Logger()
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 
 
-@implementer(IPushProducer)
-class _ReplyBackPressure:
-    """Registered with the transport: when the replies written but not yet sent fill
-    its buffer, the transport pauses us, and we stop reading the client's commands."""
-
-    def __init__(self, server: ESMTPServer) -> None:
-        self.server = server
-
-    def pauseProducing(self) -> None:
-        self.server.pauseReading("replies")
-
-    def resumeProducing(self) -> None:
-        self.server.resumeReading("replies")
-
-    def stopProducing(self) -> None:
-        pass
-
-
 @implementer(IHandshakeListener)
-class ESMTPServer(Protocol, TimeoutMixin):
+class ESMTPServer(Protocol):
     """One SMTP session.  See the module docstring for the rules it keeps."""
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.settings = listener.settings
         self.clock = listener.clock
-        self.callLater = listener.clock.callLater  # TimeoutMixin's timer runs on the given clock
         self.session = Session("unknown")
         self.transaction = Transaction(self)
         self._auth: AuthExchange | None = None
@@ -96,26 +72,24 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._errors = 0
         self._junk = 0
         self._closing = False
-        self._deadline = 0.0  # when the idle time-out fires, as last set
-        self._sessionTimer: Any = None
+        self._timeLimits = TimeLimits(self.clock, self.settings, self._expired)
 
     # -- connection -----------------------------------------------------------------
 
     def connectionMade(self) -> None:
         clientAddress, clientPort = self.clientOf(self.transport)
         self.session = Session(clientAddress=clientAddress, clientPort=clientPort, listener=self.listener.name,
-                               tls=self.listener.implicitTLS)
+                               tls=self.listener.implicitTLS, sessionId=maillog.newSessionId())
         if self.listener.portal is not None:
             settings = self.settings
             self._auth = AuthExchange(self.listener.portal, self.session, self.clock, settings.allowProxyAuth,
                                       settings.maxAuthFailures, settings.authFailureDelay, self.listener.authFailures,
                                       clientKey(clientAddress, settings.clientPrefix6),
                                       settings.maxClientAuthFailures)
-        maillog.connect(self.session.client, self.listener.name)
+        maillog.connect(self.session.client, self.listener.name, self.session.sessionId)
         if not self.listener.implicitTLS:  # over TLS from the first byte: once the handshake is done
             self._watchUnsentReplies()
-        self._sessionTimer = self.clock.callLater(self.settings.maxSessionTime, self._sessionTooLong)
-        self.setTimeout(self.settings.idleTimeout)
+        self._timeLimits.start()
         self._runCommand(lambda: self.checked("checkConnect", self._greeting))
 
     def clientOf(self, transport: Any) -> tuple[str, int]:
@@ -132,37 +106,26 @@ class ESMTPServer(Protocol, TimeoutMixin):
     def _watchUnsentReplies(self) -> None:
         registerProducer = getattr(self.transport, "registerProducer", None)
         if registerProducer is not None:
-            registerProducer(_ReplyBackPressure(self), True)
+            registerProducer(ReplyBackPressure(partial(self.pauseReading, "replies"),
+                                               partial(self.resumeReading, "replies")), True)
 
     def handshakeCompleted(self) -> None:
         if self.listener.implicitTLS:
             self._watchUnsentReplies()
         connection = self.transport.getHandle()
         self.session.tlsInfo = f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()}"
-        maillog.tls(self.session.client, self.session.tlsInfo)
+        maillog.tls(self.session.client, self.session.tlsInfo, self.session.sessionId)
 
     def connectionLost(self, reason: Failure = None) -> None:
         if reason is not None and reason.check(SSL.Error) and not self.session.tlsInfo:
-            maillog.tlsFailed(self.session.client, reason.getErrorMessage())
+            maillog.tlsFailed(self.session.client, reason.getErrorMessage(), self.session.sessionId)
         self._closing = True
-        self.setTimeout(None)
-        if self._sessionTimer is not None and self._sessionTimer.active():
-            self._sessionTimer.cancel()
+        self._timeLimits.stop()
         self.transaction.abort()
 
-    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]
-        """TimeoutMixin's, remembering when it fires (for the data-rate credit)."""
-        if period is not None:
-            self._deadline = self.clock.seconds() + period
-        return super().setTimeout(period)
-
-    def _sessionTooLong(self) -> None:
-        self._sessionTimer = None
-        self._sendReply(reply.SESSION_TOO_LONG)
-        self._close()
-
-    def timeoutConnection(self) -> None:
-        self._sendReply(reply.IDLE_TIMEOUT)
+    def _expired(self, why: Reply) -> None:
+        """A time limit ran out: say which, and hang up."""
+        self._sendReply(why)
         self._close()
 
     def _close(self) -> None:
@@ -181,18 +144,9 @@ class ESMTPServer(Protocol, TimeoutMixin):
         if self._closing:
             return
         if self.transaction.reader is not None:
-            self._creditData(len(data))
+            self._timeLimits.credit(len(data))
         self._buffer += data
         self._process()
-
-    def _creditData(self, octets: int) -> None:
-        """Message data buys time at ``minDataRate``: a client trickling data runs out
-        of it, one sending at the rate or faster never does (capped at the idle
-        time-out)."""
-        if self.timeOut is None:
-            return
-        remaining = self._deadline - self.clock.seconds()
-        self.setTimeout(min(self.settings.idleTimeout, remaining + octets / self.settings.minDataRate))
 
     def pauseReading(self, why: str) -> None:
         if not self._paused:
@@ -231,7 +185,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             if self._discardingLongLine:
                 self._discardingLongLine = False
                 continue
-            self.resetTimeout()  # the idle time runs from a command line's start, not its last byte
+            self._timeLimits.resetTimeout()  # the idle time runs from a command line's start, not its last byte
             if len(line) + 1 > self.settings.maxCommandLine:
                 self._sendReply(self._lineTooLong())
                 continue
@@ -242,11 +196,8 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self._runCommand(lambda line=line: self._dispatch(line.removesuffix(b"\r")))
 
     def _lineTooLong(self) -> Reply:
-        """The refusal of a line over the limit, the same whether it came in one read or
-        many; a SASL response that long also ends the AUTH exchange."""
-        if self._auth is not None and self._auth.inProgress:
-            return self._auth.lineTooLong()
-        return reply.LINE_TOO_LONG
+        """Alike in one read or many; a SASL response that long ends the exchange too."""
+        return self._auth.lineTooLong() if self._auth is not None and self._auth.inProgress else reply.LINE_TOO_LONG
 
     def _runCommand(self, command: Callable[[], Result]) -> None:
         """Run one command; if its reply is not ready, hold all later input until it is."""
@@ -258,7 +209,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             _log.failure("Unexpected error handling a command from {client}", client=self.session.client)
             result = reply.CHECK_FAILED
         if isinstance(result, defer.Deferred):
-            self.setTimeout(None)
+            self._timeLimits.setTimeout(None)
             self.pauseReading("reply")
             result.addErrback(self.commandFailed)
             result.addCallback(self._commandDone)
@@ -278,12 +229,13 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self._sendReply(result)
         if self._closing:
             return
-        self.setTimeout(self.settings.idleTimeout)
+        self._timeLimits.setTimeout(self.settings.idleTimeout)
         self.resumeReading("reply")
 
     def refused(self, error: SMTPReplyError) -> Reply:
         """Log a refusal (with its private reason) and give its public reply."""
-        maillog.reject(self.session.client, self._currentCommand, error.reply, error.reason, self.transaction.queueId)
+        maillog.reject(self.session.client, self._currentCommand, error.reply, error.reason, self.transaction.queueId,
+                       self.session.sessionId, self.listener.name)
         return error.reply
 
     def _sendReply(self, result: Reply) -> None:
@@ -295,6 +247,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             self._junk += 1
             self._errors += self._junk > self.settings.maxJunkCommands
         self.transport.write(b"".join(result.lines()))
+        metrics.replySent(self._currentCommand, result.code, result.enhanced)
         if result.code == 421 or (self._currentCommand == "CONNECT" and result.code >= 400):
             self._close()
         elif self._errors >= self.settings.maxErrors:
@@ -303,7 +256,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
 
     def checked(self, phase: str, accept: Callable[[], Result], *args: Any) -> Result:
         """``accept()`` once every check of ``phase`` has said yes."""
-        result: Result = self.listener.phases.run(phase, self.session, accept, *args)
+        result: Result = self.listener.phases.run(phase, self.session, self.session.added, accept, *args)
         return result
 
     # -- commands ---------------------------------------------------------------------
@@ -343,19 +296,11 @@ class ESMTPServer(Protocol, TimeoutMixin):
             greets = reply.GREETS.format(self.settings.hostname, sanitise(name))
             if not esmtp:
                 return greets
-            return greets.withText("\n".join([greets.text, *self.extensions()]))
+            startTLS = self.listener.tls is not None and not self.session.tls
+            keywords = ehloKeywords(self.settings.maxMessageSize, startTLS, MECHANISMS if self._authOffered() else ())
+            return greets.withText("\n".join([greets.text, *keywords]))
 
         return self.checked("checkHelo", accept, name)
-
-    def extensions(self) -> list[str]:
-        """The EHLO keywords this session offers."""
-        keywords = ["PIPELINING", f"SIZE {self.settings.maxMessageSize}", "8BITMIME", "SMTPUTF8",
-                    "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
-        if self.listener.tls is not None and not self.session.tls:
-            keywords.append("STARTTLS")
-        if self._authOffered():
-            keywords.append("AUTH " + " ".join(MECHANISMS))
-        return keywords
 
     def _authOffered(self) -> bool:
         return (self._auth is not None and self.session.user is None
@@ -401,7 +346,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         if len(self.session.recipients) >= self.settings.maxRecipients:
             return reply.TOO_MANY_RECIPIENTS
         utf8 = "SMTPUTF8" in self.session.mailParams
-        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.hostname)
+        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)
         checkRcptParams(params)
 
         def accept() -> Reply:
@@ -418,13 +363,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
             return problem
         if self.transaction.scanner is not None:  # this transaction's content came by BDAT
             return reply.BDAT_MIXED
-        transaction = self.transaction
-        try:
-            transaction.start()
-        except OSError as e:
-            raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, f"cannot start a queue file: {e}") from None
-        transaction.reader = DataReader(transaction.write, self.settings.maxTextLine,
-                                        self.settings.normaliseLineEndings)
+        self.transaction.startData()
         return reply.START_DATA
 
     def smtp_BDAT(self, argument: str) -> Result:
@@ -433,25 +372,7 @@ class ESMTPServer(Protocol, TimeoutMixin):
         size = octets(words[0]) if words else None
         if size is None or len(words) > 2 or (len(words) == 2 and not last):
             return reply.BAD_SYNTAX.withText("Syntax: BDAT <size> [LAST]")
-        problem = self._transactionProblem()
-        transaction = self.transaction
-        if problem is None and transaction.message is None:
-            try:
-                transaction.start()
-            except OSError as e:
-                _log.error("Cannot start a queue file: {error}", error=e)
-                problem = reply.INSUFFICIENT_STORAGE
-            transaction.scanner = ContentScanner(transaction.write, self.settings.maxTextLine,
-                                                 self.settings.normaliseLineEndings)
-        # The chunk's octets are read even when the command is refused, so they are
-        # never taken for commands (RFC 3030 section 3).
-        scanner = transaction.scanner if problem is None else ContentScanner(lambda _: None, 0, False)
-        assert scanner is not None
-        transaction.reader = ChunkReader(scanner, size)
-        transaction.chunk = (size, last, problem)
-        if size == 0:
-            return transaction.contentEnded()
-        return NO_REPLY  # the reply comes once the chunk's octets are in
+        return self.transaction.startChunk(size, last, self._transactionProblem())
 
     def _transactionProblem(self) -> Reply | None:
         if self.session.sender is None:
@@ -519,17 +440,6 @@ class ESMTPServer(Protocol, TimeoutMixin):
         self.session.resetTransaction()
 
 
-class _Refuse(Protocol):
-    """Says one 421 reply and hangs up: used when connection limits are reached."""
-
-    def __init__(self, refusal: Reply) -> None:
-        self.refusal = refusal
-
-    def connectionMade(self) -> None:
-        self.transport.write(b"".join(self.refusal.lines()))
-        self.transport.loseConnection()
-
-
 class ESMTPServerFactory(Factory):
     """Builds :class:`ESMTPServer` sessions for one listener, enforcing the limits on
     connections in total and per client address."""
@@ -547,10 +457,10 @@ class ESMTPServerFactory(Factory):
         key = clientKey(host, self.settings.clientPrefix6)
         if self.connections >= self.settings.maxConnections:
             maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_CONNECTIONS, "connection limit reached")
-            return _Refuse(reply.TOO_MANY_CONNECTIONS)
+            return Refuse(reply.TOO_MANY_CONNECTIONS)
         if self.perClient.get(key, 0) >= self.settings.maxConnectionsPerClient:
             maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_FROM_ADDRESS, "per-client connection limit reached")
-            return _Refuse(reply.TOO_MANY_FROM_ADDRESS)
+            return Refuse(reply.TOO_MANY_FROM_ADDRESS)
         self.connections += 1
         self.perClient[key] = self.perClient.get(key, 0) + 1
         protocol = _CountedServer(self.listener)
@@ -586,16 +496,3 @@ def _isHeloName(name: str) -> bool:
     except SMTPReplyError:
         return False
     return True
-
-
-def clientKey(host: str, prefix6: int) -> str:
-    """Who a client is for the per-client connection limit: its address, or for IPv6
-    its /``prefix6`` network (one site holds a /64, so each address would count as a
-    new client)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
-        return str(ipaddress.IPv6Network((address, prefix6), strict=False))
-    return str(address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else str(address)

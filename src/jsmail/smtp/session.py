@@ -12,11 +12,7 @@ from jsmail.address import Address
 from jsmail.auth import IMailUser
 from jsmail.envelope import Recipient
 from jsmail.interfaces import ISession
-from jsmail.policy.verdict import Verdict
-
-#: The phases whose additions belong to one message (dropped at RSET or its end).
-TRANSACTION_PHASES = ("checkSender", "checkRecipient", "checkMessage")
-PHASES = ("checkConnect", "checkHelo", *TRANSACTION_PHASES)
+from jsmail.policy.chain import Additions
 
 
 @implementer(ISession)
@@ -28,6 +24,8 @@ class Session:
     clientPort: int = 0
     clientHost: str = ""  # the client's name where known (tcpserver's TCPREMOTEHOST), for Received
     listener: str = "smtp"
+    sessionId: str = "-"  # the operator log's id for this session (jsmail.maillog.newSessionId)
+    queueId: str = "-"  # the current message's, once its content has begun
     helo: str | None = None
     esmtp: bool = False
     tls: bool = False
@@ -38,23 +36,19 @@ class Session:
     recipients: list[Recipient] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # what checks learnt about the connection
     transactionNotes: dict[str, Any] = field(default_factory=dict)  # ... and about this message
-    added: dict[str, list[Verdict]] = field(default_factory=dict)  # accepting verdicts with additions, by phase
+    added: Additions = field(default_factory=Additions)  # what accepting verdicts add, for the message
 
     @property
     def client(self) -> str:
         return f"[{self.clientAddress}]:{self.clientPort}"
 
     def resetTransaction(self) -> None:
+        self.queueId = "-"
         self.sender = None
         self.mailParams = {}
         self.recipients = []
         self.transactionNotes = {}
-        for phase in TRANSACTION_PHASES:
-            self.added.pop(phase, None)
-
-    def additions(self) -> list[Verdict]:
-        """Every accepting verdict that adds something, in phase order."""
-        return [v for phase in PHASES for v in self.added.get(phase, ())]
+        self.added.forgetTransaction()
 
     def withProtocol(self) -> str:
         """The RFC 3848 / RFC 6531 "with" keyword: ESMTP, ESMTPS, ESMTPA, ESMTPSA, ..."""

@@ -11,9 +11,11 @@ class ServerSettings:
     """What one SMTP listener enforces (``config.smtp``; the ``[smtp]`` section, with
     the AUTH rules of ``[auth]`` and ``policy.authserv_id``).  Every limit is here, so
     every limit is configurable (see ``etc/jsmail.toml`` for each one's meaning).
-    ``hostname`` and an empty ``authservId`` are filled in from ``server.hostname``."""
+    ``hostname`` and an empty ``authservId`` are filled in from ``server.hostname``,
+    ``postmasterDomain`` from the first of ``server.domains``."""
 
     hostname: str = "localhost"
+    postmasterDomain: str = ""  # RCPT TO:<postmaster> means postmaster@ this (RFC 5321 4.5.1); empty: hostname
     greeting: str = ""  # the 220 text before " ESMTP" (qmail's smtpgreeting); empty: jsmail's own
     maxMessageSize: int = 25 * 1024 * 1024
     maxCommandLine: int = 512  # RFC 5321 4.5.3.1.4, including CR LF

@@ -14,6 +14,7 @@ The ESMTP client's options are here too: :func:`clientTLS`.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
 import os
 from typing import Any
@@ -91,12 +92,28 @@ def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOpti
 
 def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
     """Make a self-signed certificate for ``hostname`` in ``directory`` unless one is
-    there; return the (certificate, key) paths."""
+    there; return the (certificate, key) paths.
+
+    Under tcpserver every connection is a process of its own, and the first few may all
+    find no certificate: an exclusive lock makes one of them write the pair, the others
+    then use it, so no process reads a key from one run and a certificate from another.
+    """
     certificatePath = os.path.join(directory, "selfsigned-cert.pem")
     keyPath = os.path.join(directory, "selfsigned-key.pem")
     if os.path.exists(certificatePath) and os.path.exists(keyPath):
         return certificatePath, keyPath
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    lockFd = os.open(os.path.join(directory, ".selfsigned.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lockFd, fcntl.LOCK_EX)
+        if not (os.path.exists(certificatePath) and os.path.exists(keyPath)):
+            _writeSelfSigned(certificatePath, keyPath, hostname)
+    finally:
+        os.close(lockFd)
+    return certificatePath, keyPath
+
+
+def _writeSelfSigned(certificatePath: str, keyPath: str, hostname: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -118,15 +135,14 @@ def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
     keyBytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(keyPath + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    with os.fdopen(os.open(keyPath + ".tmp", flags, 0o600), "wb") as f:
         f.write(keyBytes)
-    with open(certificatePath + ".tmp", "wb") as f:
+    with os.fdopen(os.open(certificatePath + ".tmp", flags, 0o644), "wb") as f:
         f.write(certificate.public_bytes(serialization.Encoding.PEM))
     os.replace(keyPath + ".tmp", keyPath)
     os.replace(certificatePath + ".tmp", certificatePath)
     _log.info("Made a self-signed TLS certificate for {hostname} in {path}", hostname=hostname, path=certificatePath)
-    return certificatePath, keyPath
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -1,0 +1,147 @@
+"""The gateway's Prometheus series, and the few hooks where no log event says enough.
+
+Most series are counted from the operator log (:mod:`jsmail.ops.observer` watches the
+``jsmail.maillog`` events, the delivery process's included).  Three things have no
+event, so the code calls a hook here: :func:`replySent` (each SMTP reply),
+:func:`committed` (a group commit's latency) and :func:`resolved` (a DNS lookup's).
+A hook costs one call and one test while metrics are off.
+
+Any module may import this one: it imports nothing of jsmail, and imports
+``prometheus_client`` only when a :class:`Metrics` is made, because that import costs
+about 90 ms and ``jsmail-queue`` and ``jsmail-sendmail`` start once per message.
+
+In the delivery process the hooks go to a :class:`Forwarder`, which writes each
+measurement as a silent log event (no text) that reaches the parent with the rest of
+the child's log; the parent's observer counts it there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+#: The namespace of the silent events that carry measurements across processes.
+NAMESPACE = "jsmail.metrics"
+
+#: Commands counted by name; anything else a client says counts as "other", so a
+#: client cannot grow the series without bound.
+COMMANDS = frozenset({"CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "STARTTLS", "AUTH", "RSET",
+                      "NOOP", "VRFY", "HELP", "QUIT", "EXPN", "TURN", "ETRN"})
+
+DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DNS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Recorder(Protocol):
+    """What the hooks call: a :class:`Metrics`, or a :class:`Forwarder` in the delivery process."""
+
+    def reply(self, command: str, code: int, enhanced: str) -> None: ...
+
+    def commit(self, seconds: float) -> None: ...
+
+    def dns(self, seconds: float) -> None: ...
+
+
+_recorder: Recorder | None = None
+
+
+def install(recorder: Recorder | None) -> Recorder | None:
+    """Send the hooks to ``recorder`` (None: nowhere); gives the one it replaces."""
+    global _recorder
+    previous, _recorder = _recorder, recorder
+    return previous
+
+
+def replySent(command: str, code: int, enhanced: str) -> None:
+    """smtpd sent a reply to ``command`` ("CONNECT" for the greeting)."""
+    if _recorder is not None:
+        _recorder.reply(command, code, enhanced)
+
+
+def committed(seconds: float) -> None:
+    """A group commit (one ``syncfs``) took ``seconds``."""
+    if _recorder is not None:
+        _recorder.commit(seconds)
+
+
+def resolved(seconds: float) -> None:
+    """A DNS lookup took ``seconds`` (answered or not)."""
+    if _recorder is not None:
+        _recorder.dns(seconds)
+
+
+class Forwarder:
+    """The delivery process's recorder: each measurement becomes a log event without
+    text, which the parent republishes and counts (replies never happen there)."""
+
+    def __init__(self) -> None:
+        self._log = Logger(namespace=NAMESPACE)
+
+    def reply(self, command: str, code: int, enhanced: str) -> None:
+        pass
+
+    def commit(self, seconds: float) -> None:
+        self._log.info(None, metric="commit", seconds=seconds)
+
+    def dns(self, seconds: float) -> None:
+        self._log.info(None, metric="dns", seconds=seconds)
+
+
+class Metrics:
+    """Every series, on a registry of its own (so that two gateways in one process, as
+    in tests, count apart).  Label children are cached, so counting an event is one
+    dictionary lookup and one increment."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.connections = Counter("jsmail_smtpd_connections_total", "SMTP sessions accepted, by listener",
+                                   ["listener"], registry=r)
+        self.replies = Counter("jsmail_smtpd_replies_total", "SMTP replies sent, by command and reply code",
+                               ["command", "code", "enhanced"], registry=r)
+        self.messages = Counter("jsmail_smtpd_messages_total",
+                                "Messages received: queued, or refused (rejected, tempfailed) once their content came",
+                                ["listener", "outcome"], registry=r)
+        self.tls = Counter("jsmail_smtpd_tls_total", "TLS handshakes with SMTP clients, by protocol version "
+                           "(\"failed\" for handshakes that failed)", ["version"], registry=r)
+        self.authFailures = Counter("jsmail_auth_failures_total", "Failed or refused AUTH attempts", registry=r)
+        self.verdicts = Counter("jsmail_policy_verdicts_total", "Policy check answers, by check and verdict",
+                                ["check", "verdict"], registry=r)
+        self.attempts = Counter("jsmail_delivery_attempts_total", "Delivery results per recipient, by agent and "
+                                "result (delivered, temporary, permanent)", ["agent", "result"], registry=r)
+        self.deliverySeconds = Histogram("jsmail_delivery_seconds", "Time one agent took over one delivery attempt",
+                                         ["agent"], buckets=DELIVERY_BUCKETS, registry=r)
+        self.commitSeconds = Histogram("jsmail_commit_seconds", "Group commit (syncfs) latency",
+                                       buckets=COMMIT_BUCKETS, registry=r)
+        self.dnsSeconds = Histogram("jsmail_dns_seconds", "DNS lookup latency", buckets=DNS_BUCKETS, registry=r)
+        self.remoteTLS = Counter("jsmail_remote_tls_total", "Sessions with remote servers, by TLS mode asked for "
+                                 "and what came of it (tls, plaintext, failed)", ["mode", "outcome"], registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, series: Any, *labels: str) -> Any:
+        """``series.labels(*labels)``, made once."""
+        key = (id(series), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = series.labels(*labels)
+        return child
+
+    def reply(self, command: str, code: int, enhanced: str) -> None:
+        key = ("reply", command if command in COMMANDS else "other", code, enhanced)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.replies.labels(key[1], str(code), enhanced or "")
+        child.inc()
+
+    def commit(self, seconds: float) -> None:
+        self.commitSeconds.observe(seconds)
+
+    def dns(self, seconds: float) -> None:
+        self.dnsSeconds.observe(seconds)
