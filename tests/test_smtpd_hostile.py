@@ -227,3 +227,32 @@ class TrickTests(SynchronousTestCase):
         d = dialog()
         d.send(b"EHLO c.test\r\n")
         self.assertEqual(d.send(b"MAIL FROM:<a@[IPv6:fe80::1%eth0 (x)]>\r\n")[:9], b"501 5.1.7")
+
+    def test_dsnInjectionThroughEnvidAndOrcptIsRefused(self) -> None:
+        """Security review L-1: ENVID and ORCPT are xtext, whose "+0D+0A" decodes to a
+        line end; written into a DSN, it forged fields and MIME parts.  A value that
+        does not decode to printable text is refused at MAIL or RCPT with 501 5.5.4,
+        so no queued message carries one."""
+        d = dialog()
+        d.send(b"EHLO c.test\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<victim@victim.test> ENVID=abc+0D+0A+0D+0A--INJECTED-PART+0D+0A"
+                                b"X-Injected:+20yes\r\n"),
+                         b"501 5.5.4 ENVID must decode to printable ASCII (RFC 3461)\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.test> ENVID=id+00\r\n"),
+                         b"501 5.5.4 ENVID must decode to printable ASCII (RFC 3461)\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.test> ENVID=QQ+2B1+20x\r\n"), b"250 2.1.0 Sender OK\r\n")
+        refused = b"501 5.5.4 ORCPT's address must decode to printable text\r\n"
+        for orcpt in (b"rfc822;x+0AFinal-Recipient:+20rfc822;+20ceo@bank.example+0AAction:+20delivered",
+                      b"rfc822;x+0D", b"rfc822;x+C2+85", b"utf-8;x\\x{0A}y@b.test", b"utf-8;x\\x{2028}@b.test",
+                      b"utf-8;x\\x{D800}@b.test", b"utf-8;x\\x{110000}@b.test"):
+            self.assertEqual(d.send(b"RCPT TO:<x@localhost> ORCPT=" + orcpt + b"\r\n"), refused, orcpt)
+        self.assertEqual(d.send("RCPT TO:<x@localhost> ORCPT=utf-8;ü@b.test\r\n".encode()),
+                         refused, "raw UTF-8 (unitext) only with SMTPUTF8")
+        self.assertEqual(d.send(b"RCPT TO:<x@localhost> ORCPT=rfc822;x+40localhost\r\n"),
+                         b"250 2.1.5 Recipient OK\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<y@localhost> ORCPT=utf-8;j\\x{F6}rg@b.test\r\n"),
+                         b"250 2.1.5 Recipient OK\r\n")
+        d.send(b"RSET\r\nMAIL FROM:<a@b.test> SMTPUTF8\r\n")
+        self.assertEqual(d.send("RCPT TO:<x@localhost> ORCPT=utf-8;jörg@b.test\r\n".encode()),
+                         b"250 2.1.5 Recipient OK\r\n")
+        self.assertEqual(d.send("RCPT TO:<y@localhost> ORCPT=utf-8;j\u2028@b.test\r\n".encode()), refused)

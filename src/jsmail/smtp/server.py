@@ -347,7 +347,7 @@ class ESMTPServer(Protocol):
             return reply.TOO_MANY_RECIPIENTS
         utf8 = "SMTPUTF8" in self.session.mailParams
         address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)
-        checkRcptParams(params)
+        checkRcptParams(params, utf8)
 
         def accept() -> Reply:
             self.session.recipients.append(Recipient(str(address), params))
