@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from jsmail import metrics
+from jsmail._bounded import LRU
 from jsmail._threads import RunInThread
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -59,11 +60,11 @@ def writeAndRename(tmpPath: str, finalPath: str, data: bytes) -> None:
 class GroupSync:
     """Group commit, one queue of waiters per file system."""
 
-    def __init__(self, runInThread: RunInThread) -> None:
+    def __init__(self, runInThread: RunInThread, remembered: int = 10_000) -> None:
         self._runInThread = runInThread
         self._waiting: dict[int, list[Deferred[None]]] = {}
         self._running: set[int] = set()
-        self._devices: dict[str, int] = {}
+        self._devices: LRU[str, int] = LRU(remembered)  # directory -> its file system
 
     def sync(self, path: str) -> Deferred[None]:
         """Fires once everything written and renamed under ``path`` before this call is

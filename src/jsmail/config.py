@@ -291,6 +291,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("smtp", "authFailureDelay", "auth", "failure_delay", _nonNegativeSeconds),
     Option("smtp", "maxClientAuthFailures", "auth", "max_client_failures", _integer(1)),
     Option("smtp", "authFailureWindow", "auth", "failure_window", _seconds),
+    Option("smtp", "authRememberedKeys", "auth", "remembered_keys", _integer(1)),
     Option("smtp", "allowPlaintextAuth", "auth", "allow_plaintext", _boolean),
     Option("smtp", "allowProxyAuth", "auth", "allow_proxy", _boolean),
     Option("smtp", "showAuthInReceived", "auth", "show_in_received", _boolean),
@@ -318,6 +319,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("remote", "heloHost", "remote", "helo_host", _optionalString),
     Option("remote", "replyTimeout", "remote", "reply_timeout", _nonNegativeSeconds),
     Option("remote", "sessionDeadline", "remote", "session_deadline", _seconds),
+    Option("remote", "rememberedHosts", "remote", "remembered_hosts", _integer(1)),
     Option("queue", "retryFirst", "queue", "retry_first", _seconds),
     Option("queue", "retryFactor", "queue", "retry_factor", _factor),
     Option("queue", "retryMaximum", "queue", "retry_max", _seconds),
@@ -343,6 +345,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
     Option("local", "catchAll", "local", "catch_all", _boolean),
+    Option("local", "rememberedMailboxes", "local", "remembered_mailboxes", _integer(1)),
     Option("metrics", "listen", "metrics", "listen", _optionalEndpoint),
 )
 

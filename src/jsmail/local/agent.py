@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 from twisted.internet import defer
 from zope.interface import implementer
 
+from jsmail._bounded import LRU
 from jsmail._disk import GroupSync
 from jsmail._process import allowedEnvironment
 from jsmail._threads import RunInThread
@@ -87,8 +88,8 @@ class LocalDelivery:
                  newMessage: Callable[[Envelope], IIncomingMessage] | None = None) -> None:
         self.root = root
         self.runInThread = runInThread
-        self.syncer = syncer if syncer is not None else GroupSync(runInThread)
-        self._made: set[str] = set()  # Maildirs known to exist (one that is removed is made again on failure)
+        self.syncer = syncer if syncer is not None else GroupSync(runInThread, settings.rememberedMailboxes)
+        self._made: LRU[str, None] = LRU(settings.rememberedMailboxes)  # Maildirs known to exist (made again if not)
         self.hostname = hostname or socket.gethostname()
         if reactor is None:
             from twisted.internet import reactor
@@ -168,7 +169,7 @@ class LocalDelivery:
         def write() -> str:
             if maildir not in self._made:
                 makeMaildir(maildir)
-                self._made.add(maildir)
+                self._made[maildir] = None
             with message.open() as source:
                 return writeMaildirMessage(maildir, headers, source, self.hostname)
 
@@ -176,7 +177,7 @@ class LocalDelivery:
             return self.syncer.sync(os.path.dirname(path)).addCallback(lambda _: f"maildir {maildir}")
 
         def failed(failure: Any) -> None:
-            self._made.discard(maildir)
+            self._made.pop(maildir, None)
             raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
 
         d: defer.Deferred[str] = self.runInThread(write).addCallback(written)

@@ -45,6 +45,7 @@ from zope.interface import implementer
 
 from jsmail import maillog, reply
 from jsmail.error import DeliveryError
+from jsmail._bounded import LRU
 from jsmail._threads import RunInThread
 from jsmail.remote.dane import TLSARecord, lookupTLSA
 from jsmail.envelope import Recipient
@@ -97,7 +98,8 @@ class RemoteDelivery:
         self.smarthost = settings.smarthostRoute
         self.trustRoot = trustRoot
         self.mtaSts = mtaSts
-        self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
+        # address -> (until, failures, why), for at most rememberedHosts hosts (security review L-10)
+        self._down: LRU[str, tuple[float, int, str]] = LRU(settings.rememberedHosts)
         self._slots: dict[str, defer.DeferredSemaphore] = {}
         self._idle: dict[_PoolKey, list[tuple[ESMTPClient, Any]]] = {}
 

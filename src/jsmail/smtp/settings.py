@@ -35,6 +35,7 @@ class ServerSettings:
     authFailureDelay: float = 1.0  # seconds an answer waits after one failure, doubling with each
     maxClientAuthFailures: int = 10  # failures from one client (IPv6: its /64) before AUTH gets 421
     authFailureWindow: float = 900.0  # seconds a failure counts against the client and the user
+    authRememberedKeys: int = 10_000  # clients and user names whose failures are counted (oldest go first)
     showAuthInReceived: bool = False
     authservId: str = ""  # Authentication-Results authserv-id (RFC 8601 section 2.5); empty: hostname
     maxJunkCommands: int = 100  # NOOP, RSET, VRFY, HELP beyond this many each count as an error (Postfix's limit)

@@ -1,0 +1,93 @@
+"""Security review L-10: state kept per destination or per mailbox is bounded, however
+many destinations or mailboxes senders name; forgetting costs work again, never mail."""
+
+from __future__ import annotations
+
+import io
+import os
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from jsmail._bounded import LRU
+from jsmail.envelope import Envelope, Recipient
+from jsmail.interfaces import DeliveryStatus, QueuedMessage
+from jsmail.local.agent import LocalDelivery
+from jsmail.local.settings import LocalSettings
+from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.settings import RemoteSettings
+from tests.test_remotedelivery import Network, Zone
+
+
+def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+    return defer.maybeDeferred(f, *args, **kwargs)
+
+
+class LRUTests(SynchronousTestCase):
+    def test_theLeastRecentlyUsedGoesFirst(self) -> None:
+        lru: LRU[str, int] = LRU(2)
+        lru["a"], lru["b"] = 1, 2
+        self.assertEqual(lru["a"], 1)  # "a" is now the most recent
+        lru["c"] = 3
+        self.assertEqual(dict(lru), {"a": 1, "c": 3})
+        self.assertIn("a", lru)
+        lru["d"] = 4
+        self.assertEqual(list(lru), ["a", "d"])
+        self.assertEqual(lru.pop("a"), 1)
+        self.assertRaises(ValueError, LRU, 0)
+
+
+class RememberedHostsTests(SynchronousTestCase):
+    def deliver(self, remote: RemoteDelivery, recipient: str) -> DeliveryStatus:
+        envelope = Envelope("a@me.test", (Recipient(recipient),))
+        message = QueuedMessage("Q1", envelope, lambda: io.BytesIO(b"Subject: s\r\n\r\nbody\r\n"))
+        [result] = self.successResultOf(remote.deliver(message, envelope.recipients))
+        return result.status
+
+    def test_backOffOfManyUnreachableHostsKeepsOnlyTheRecentOnes(self) -> None:
+        """The back-off of hosts that could not be reached was kept for every address
+        ever tried: bounces to senders' domains let anyone add addresses without end.
+        Now the least recently tried are forgotten, and only tried again sooner."""
+        network = Network()
+        network.down = {"2001:db8::1", "192.0.2.1", "192.0.2.2", "192.0.2.3"}
+        remote = RemoteDelivery(Clock(), runNow, Zone(), RemoteSettings(heloHost="me.test", rememberedHosts=2),
+                                connect=network.connect)
+        self.assertEqual(self.deliver(remote, "x@example.test"), DeliveryStatus.TEMPORARY)
+        self.deliver(remote, "x@nomx.test")
+        self.assertEqual(network.addresses, ["2001:db8::1", "192.0.2.1", "192.0.2.2", "192.0.2.3"])
+        self.assertEqual(len(remote._down), 2)
+        del network.attempts[:]
+        self.assertEqual(self.deliver(remote, "x@nomx.test"), DeliveryStatus.TEMPORARY)
+        self.assertEqual(network.addresses, [], "the most recent host is still backed off")
+
+
+class RememberedMailboxesTests(SynchronousTestCase):
+    def test_deliveriesToManyMailboxesKeepOnlyTheRecentOnes(self) -> None:
+        """Every Maildir made was remembered (and its file system), one entry per
+        mailbox ever delivered to."""
+        root = self.mktemp()
+        agent = LocalDelivery(root, runNow, "mx.test", settings=LocalSettings(rememberedMailboxes=3))
+        envelope = Envelope("a@b.example", tuple(Recipient(f"u{n}@localhost") for n in range(10)))
+        message = QueuedMessage("Q1", envelope, lambda: io.BytesIO(b"Subject: x\r\n\r\nbody\r\n"))
+        results = self.successResultOf(agent.deliver(message, envelope.recipients))
+        self.assertEqual({r.status for r in results}, {DeliveryStatus.DELIVERED})
+        self.assertEqual(len(os.listdir(os.path.join(root, "localhost"))), 10)
+        self.assertEqual((len(agent._made), len(agent.syncer._devices)), (3, 3))
+
+
+class RememberedAuthClientsTests(SynchronousTestCase):
+    def test_guessersFromManyAddressesKeepTheConfiguredNumberCounted(self) -> None:
+        """Failed logins are counted per client and per user name, so one key per
+        address a guesser uses; the bound was fixed in code, now it is configured."""
+        from jsmail.config import loadConfig
+        from jsmail.service import authFailureCounter
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[auth]\nremembered_keys = 50\n")
+        counter = authFailureCounter(loadConfig(path))
+        for n in range(1000):
+            counter.add(f"2001:db8:{n:x}::/64", 0.0)
+        self.assertEqual(len(counter._failures), 50)
+        self.assertEqual(counter.count("2001:db8:3e7::/64", 1.0), 1, "the most recent are counted")
