@@ -13,7 +13,7 @@ from jsmail.address import NULL, parsePath
 from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient
 from jsmail.error import DeliveryError, SMTPReplyError
 from jsmail.headers import MAX_HEADER, splitHeader
-from jsmail.local.aliases import AliasesError, parseAliases
+from jsmail.local.aliases import MAX_FILE, AliasesError, AliasesFile, parseAliases
 from jsmail.local.dotqmail import Forward, parseInstructions
 from jsmail.queue.funnel import Funnel, Owed
 from jsmail.queue.memory import MemoryQueue
@@ -111,26 +111,51 @@ class ForwardAddressTests(SynchronousTestCase):
 
 
 class AliasesExpansionTests(SynchronousTestCase):
-    def test_includeFilesThatMultiplyAreRefused(self) -> None:
+    def test_includeFilesThatMultiplyAreReadAndExpandedOnceEach(self) -> None:
         """Nine files, the first eight each naming the next six times, made one alias of
         1.7 million targets after as many reads (the property test's guard stopped it at
         20,000 :include: reads): such a fan-out never reaches the nesting limit of 10.
-        An alias may now take 10,000 targets and reads in all; past that the file is
-        refused, naming the line."""
+        Each file is now read once and expanded once per alias, so the chain costs nine
+        reads and gives the one target; the same target twice is delivered once."""
         files = {f"/f{n}": ", ".join([f":include:/f{n + 1}"] * 6) for n in range(8)}
-        files["/f8"] = "a@b.test"
+        files["/f8"] = "a@b.test, a@b.test"
         reads = []
 
         def readInclude(path: str) -> str:
             reads.append(path)
             return files[path]
 
+        aliases = parseAliases("list: :include:/f0\nother: :include:/f3, c@d.test\n", "aliases", "mx.test",
+                               readInclude)
+        self.assertEqual(aliases, {"list": (Forward("a@b.test"),), "other": (Forward("a@b.test"), Forward("c@d.test"))})
+        self.assertEqual(sorted(reads), sorted(files))
+        files["/f0"] = "list, :include:/f0"  # a file naming itself ends, it does not loop
+        self.assertEqual(parseAliases("list: :include:/f0\n", "aliases", "mx.test", readInclude)["list"],
+                         (Forward("list@mx.test"),))
+
+    def test_aliasOfMoreThan10000TargetsIsRefused(self) -> None:
+        files = {"/f0": ", ".join(f"u{n}@b.test" for n in range(10_000))}
         error = self.assertRaises(AliasesError, parseAliases, "list: :include:/f0\n", "aliases", "mx.test",
-                                  readInclude)
+                                  files.__getitem__)
         self.assertEqual(str(error), "aliases:1: alias 'list': more than 10000 targets and :include: files")
-        self.assertLessEqual(len(reads), 10_000)
         files["/f0"] = ", ".join(f"u{n}@b.test" for n in range(5000))
-        self.assertEqual(len(parseAliases("list: :include:/f0\n", "aliases", "mx.test", readInclude)["list"]), 5000)
+        self.assertEqual(len(parseAliases("list: :include:/f0\n", "aliases", "mx.test", files.__getitem__)["list"]),
+                         5000)
+
+    def test_includedFileOfGigabytesIsRefusedUnread(self) -> None:
+        """An :include: naming a huge file (or /dev/zero) was read whole into memory."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        aliases = os.path.join(directory, "aliases")
+        with open(aliases, "w") as f:
+            f.write("list: :include:/dev/zero\n")
+        error = self.assertRaises(DeliveryError, AliasesFile(aliases, "mx.test").lookup, "list", "mx.test", "-")
+        self.assertEqual(error.detail, f"{aliases}:1: alias 'list': /dev/zero is larger than {MAX_FILE} octets")
+        with open(aliases, "w") as f:
+            f.write("list: a@b.test\n" + "#" * MAX_FILE)
+        error = self.assertRaises(DeliveryError, AliasesFile(aliases, "mx.test").lookup, "list", "mx.test", "-")
+        self.assertEqual(error.permanent, False)
+        self.assertIn("is larger than", error.detail)
 
 
 class HeaderEndAtTheLimitTests(SynchronousTestCase):

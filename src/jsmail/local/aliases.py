@@ -80,13 +80,14 @@ def parseAliases(text: str, source: str, noAtHost: str,
         else:
             entries.append((number, line))
     aliases: dict[str, tuple[Instruction, ...]] = {}
+    included = _Includes(readInclude) if readInclude is not None else None
     for number, entry in entries:
         name, colon, rest = entry.partition(":")
         name = name.strip().lower()
         if not colon or not name or any(c in name for c in " \t"):
             raise AliasesError(f"{source}:{number}: expected 'name: target, ...', got {entry!r}")
         try:
-            aliases[name] = tuple(_expand(splitTargets(rest), noAtHost, readInclude, depth=0))
+            aliases[name] = tuple(dict.fromkeys(_expand(splitTargets(rest), noAtHost, included, depth=0)))
         except (ValueError, OSError) as e:
             raise AliasesError(f"{source}:{number}: alias {name!r}: {e}") from None
         if not aliases[name]:
@@ -94,14 +95,36 @@ def parseAliases(text: str, source: str, noAtHost: str,
     return aliases
 
 
-#: Targets and :include: reads one alias may take: files that name the next file a few
+#: Targets and :include: files one alias may take: files that name the next file a few
 #: times each multiply them level by level (six names over ten levels: 60 million).
 MAX_EXPANSION = 10_000
+#: Octets an aliases file or an included file may have: real ones have a few thousand.
+MAX_FILE = 4 * 1024 * 1024
 
 
-def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str] | None,
+class _Includes:
+    """The :include: files of one aliases file, each read once whatever names it, and
+    expanded once per alias: a file named twice (or by a file it names) adds nothing
+    new, so a chain of files naming the next ones many times costs one read each."""
+
+    def __init__(self, read: Callable[[str], str]) -> None:
+        self._read = read
+        self._targets: dict[str, list[str]] = {}
+        self.expanded: set[str] = set()
+
+    def targets(self, path: str) -> list[str]:
+        if path not in self._targets:
+            lines = [line for line in self._read(path).splitlines() if line.strip() and not line.startswith("#")]
+            self._targets[path] = splitTargets(",".join(lines))
+        return self._targets[path]
+
+
+def _expand(targets: list[str], noAtHost: str, included: _Includes | None,
             depth: int, spent: list[int] | None = None) -> list[Instruction]:
-    spent = [0] if spent is None else spent
+    if spent is None:  # one alias: its own count, and its own files expanded
+        spent = [0]
+        if included is not None:
+            included.expanded.clear()
     out: list[Instruction] = []
     for target in targets:
         spent[0] += 1
@@ -109,20 +132,26 @@ def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str]
             raise ValueError(f"more than {MAX_EXPANSION} targets and :include: files")
         if target.startswith(":include:"):
             path = target[len(":include:"):].strip()
-            if readInclude is None:
+            if included is None:
                 raise ValueError(f":include: is not allowed here ({path})")
             if depth >= 10:
                 raise ValueError(f":include: nested too deeply at {path}")
-            lines = [line for line in readInclude(path).splitlines() if line.strip() and not line.startswith("#")]
-            out += _expand(splitTargets(",".join(lines)), noAtHost, readInclude, depth + 1, spent)
+            if path in included.expanded:
+                continue  # its targets are there already
+            included.expanded.add(path)
+            out += _expand(included.targets(path), noAtHost, included, depth + 1, spent)
         else:
             out.append(targetInstruction(target, noAtHost))
     return out
 
 
 def _readText(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
+    """The file's text; one over :data:`MAX_FILE` octets is refused, not read whole."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE + 1)
+    if len(data) > MAX_FILE:
+        raise ValueError(f"{path} is larger than {MAX_FILE} octets")
+    return data.decode("utf-8", "replace")
 
 
 class AliasesFile:
@@ -148,6 +177,8 @@ class AliasesFile:
                 text = _readText(self.path)
             except OSError as e:
                 raise AliasesError(f"{self.path}: cannot read the aliases file: {e.strerror}") from None
+            except ValueError as e:
+                raise AliasesError(f"{self.path}: cannot use the aliases file: {e}") from None
             self._aliases = parseAliases(text, self.path, self.noAtHost, _readText if self.allowInclude else None)
             self._stamp = stamp
         return self._aliases
