@@ -17,6 +17,7 @@ from jsmail.local.agent import LocalDelivery
 from jsmail.local.settings import LocalSettings
 from jsmail.remote.agent import RemoteDelivery
 from jsmail.remote.settings import RemoteSettings
+from jsmail.smtp.assembly import Spool
 from tests.test_remotedelivery import Network, Zone
 
 
@@ -91,3 +92,22 @@ class RememberedAuthClientsTests(SynchronousTestCase):
             counter.add(f"2001:db8:{n:x}::/64", 0.0)
         self.assertEqual(len(counter._failures), 50)
         self.assertEqual(counter.count("2001:db8:3e7::/64", 1.0), 1, "the most recent are counted")
+
+
+class SpoolTests(SynchronousTestCase):
+    def test_largeMessageIsNotHeldInMemoryBetweenChecks(self) -> None:
+        """Security review M-12: the first check that read a spooled message (a content
+        filter, DKIM signing) left the whole message in memory until the session's
+        transaction ended, 24 MiB per session.  Only a message within the spool's
+        memory limit is kept now; a larger one is read again by the next reader."""
+        spool = Spool(runNow, memoryLimit=64 * 1024)
+        self.addCleanup(spool.close)
+        message = b"Subject: big\r\n\r\n" + b"x" * (1024 * 1024) + b"\r\n"
+        spool.write(message)
+        self.assertEqual(self.successResultOf(spool.read()), message)
+        self.assertIsNone(spool._bytes)
+        self.assertEqual(self.successResultOf(spool.read()), message)
+        small = Spool(runNow, memoryLimit=64 * 1024)
+        self.addCleanup(small.close)
+        small.write(b"Subject: small\r\n\r\nx\r\n")
+        self.assertIs(self.successResultOf(small.read()), self.successResultOf(small.read()))

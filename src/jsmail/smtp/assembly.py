@@ -49,17 +49,16 @@ class Spool:
         self._file.write(data)
 
     def read(self) -> defer.Deferred[bytes]:
-        """The whole message (read once, in a thread when it is on disk); checks run
-        one after another, so two reads never share the file at once."""
+        """The whole message, in a thread when it is on disk; checks run one after
+        another, so two reads never share the file at once.  Only a message within
+        ``memoryLimit`` is kept for the next reader: a larger one is read again, so a
+        session holds no copy of it between checks (security review M-12)."""
         if self._bytes is not None:
             return defer.succeed(self._bytes)
-        d = defer.succeed(self._readAll()) if self.size <= self._memoryLimit else self._runInThread(self._readAll)
-
-        def keep(data: bytes) -> bytes:
-            self._bytes = data
-            return data
-
-        return d.addCallback(keep)
+        if self.size > self._memoryLimit:
+            return self._runInThread(self._readAll)
+        self._bytes = self._readAll()
+        return defer.succeed(self._bytes)
 
     def _readAll(self) -> bytes:
         self._file.seek(0)
