@@ -7,7 +7,8 @@ import errno
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet.address import IPv6Address
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,10 +17,11 @@ from zope.interface import implementer
 from jsmail.auth import AnyOfCheckers, MailRealm
 from jsmail.envelope import Envelope
 from jsmail.interfaces import IIncomingMessage, IMessageSink
+from jsmail.policy.base import Policy
 from jsmail.policy.relay import RelayControl
 from jsmail.queue.memory import MemoryQueue
-from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
-from jsmail.testing import Dialog
+from jsmail.smtp.server import ESMTPServer, ESMTPServerFactory, Listener, ServerSettings
+from jsmail.testing import Dialog, RecordingTransport
 
 QUEUED = rb"250 2\.0\.0 Queued as \w+\r\n"
 
@@ -256,3 +258,65 @@ class TrickTests(SynchronousTestCase):
         self.assertEqual(d.send("RCPT TO:<x@localhost> ORCPT=utf-8;jörg@b.test\r\n".encode()),
                          b"250 2.1.5 Recipient OK\r\n")
         self.assertEqual(d.send("RCPT TO:<y@localhost> ORCPT=utf-8;j\u2028@b.test\r\n".encode()), refused)
+
+
+class _SlowSenderCheck(Policy):
+    """A check of MAIL whose answers wait until the test fires them (a DNS wait)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, defer.Deferred[None]]] = []
+
+    def checkSender(self, session: object, address: object, params: dict) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.waiting.append((str(address), d))
+        return d
+
+
+class ChecksInFlightTests(SynchronousTestCase):
+    def sessions(self, check: Policy, *clients: str, **settings: object) -> list[RecordingTransport]:
+        """One listener, a session from each client address, each past EHLO."""
+        listener = Listener(ServerSettings(hostname="mx.test", **settings), MemoryQueue(), Clock(),  # type: ignore[arg-type]
+                            checks=(check,))
+        transports = []
+        for n, client in enumerate(clients):
+            server = ESMTPServer(listener)
+            address = IPv6Address("TCP", client, 40000 + n) if ":" in client else IPv4Address("TCP", client, 40000 + n)
+            transport = RecordingTransport(peerAddress=address)
+            server.makeConnection(transport)
+            server.dataReceived(b"EHLO c.test\r\n")
+            transport.clear()
+            transports.append((server, transport))
+        return transports
+
+    def test_oneClientsManySessionsHoldAtMostFourChecksInFlight(self) -> None:
+        """Security review M-4: twenty sessions from one address, each with a sender
+        whose SPF or DKIM lookup hangs, held twenty of the ten threads the checks
+        share, and AUTH and every other client waited.  One client's checks in flight
+        are now at most max_checks_per_client (4); its other sessions wait their turn,
+        and other clients are not held up."""
+        check = _SlowSenderCheck()
+        clients = ["192.0.2.1"] * 6 + ["2001:db8::1", "2001:db8::2", "198.51.100.7"]
+        sessions = self.sessions(check, *clients)
+        for n, (server, _) in enumerate(sessions):
+            server.dataReceived(b"MAIL FROM:<s%d@slow.test>\r\n" % n)
+        waited = [sender for sender, _ in check.waiting]
+        self.assertEqual(waited, ["s0@slow.test", "s1@slow.test", "s2@slow.test", "s3@slow.test",
+                                  "s6@slow.test", "s7@slow.test", "s8@slow.test"])
+        check.waiting[0][1].callback(None)
+        self.assertEqual(sessions[0][1].value(), b"250 2.1.0 Sender OK\r\n")
+        self.assertEqual(check.waiting[-1][0], "s4@slow.test", "the first waiting session's turn")
+        for _, d in check.waiting[1:4]:
+            d.callback(None)
+        self.assertEqual(check.waiting[-1][0], "s5@slow.test")
+        self.assertEqual(len(check.waiting), 9)
+        for _, d in check.waiting[4:]:
+            if not d.called:
+                d.callback(None)
+        self.assertEqual([transport.value() for _, transport in sessions], [b"250 2.1.0 Sender OK\r\n"] * 9)
+
+    def test_checksPerClientAreASetting(self) -> None:
+        check = _SlowSenderCheck()
+        sessions = self.sessions(check, *["192.0.2.1"] * 3, maxChecksPerClient=1)
+        for n, (server, _) in enumerate(sessions):
+            server.dataReceived(b"MAIL FROM:<s%d@slow.test>\r\n" % n)
+        self.assertEqual(len(check.waiting), 1)
