@@ -39,13 +39,15 @@ class LRUTests(SynchronousTestCase):
         self.assertRaises(ValueError, LRU, 0)
 
 
-class RememberedHostsTests(SynchronousTestCase):
+class _RemoteCase(SynchronousTestCase):
     def deliver(self, remote: RemoteDelivery, recipient: str) -> DeliveryStatus:
         envelope = Envelope("a@me.test", (Recipient(recipient),))
         message = QueuedMessage("Q1", envelope, lambda: io.BytesIO(b"Subject: s\r\n\r\nbody\r\n"))
         [result] = self.successResultOf(remote.deliver(message, envelope.recipients))
         return result.status
 
+
+class RememberedHostsTests(_RemoteCase):
     def test_backOffOfManyUnreachableHostsKeepsOnlyTheRecentOnes(self) -> None:
         """The back-off of hosts that could not be reached was kept for every address
         ever tried: bounces to senders' domains let anyone add addresses without end.
@@ -61,6 +63,23 @@ class RememberedHostsTests(SynchronousTestCase):
         del network.attempts[:]
         self.assertEqual(self.deliver(remote, "x@nomx.test"), DeliveryStatus.TEMPORARY)
         self.assertEqual(network.addresses, [], "the most recent host is still backed off")
+
+
+class IdleSessionsTests(_RemoteCase):
+    def test_idleSessionsToManyDestinationsLeaveNothingBehind(self) -> None:
+        """A session kept open for reuse was dropped after its idle time, but its
+        destination's entry stayed: one per address, port and TLS name ever used."""
+        clock, network = Clock(), Network()
+        remote = RemoteDelivery(clock, runNow, Zone(), RemoteSettings(heloHost="me.test", idleTimeout=10),
+                                connect=network.connect)
+        self.assertEqual(self.deliver(remote, "x@example.test"), DeliveryStatus.DELIVERED)
+        self.assertEqual(self.deliver(remote, "x@nomx.test"), DeliveryStatus.DELIVERED)
+        self.assertEqual(len(remote._idle), 2)
+        clock.advance(5)
+        self.assertEqual(self.deliver(remote, "y@nomx.test"), DeliveryStatus.DELIVERED)
+        self.assertEqual(len(network.attempts), 2, "the idle session was used again")
+        clock.advance(10)
+        self.assertEqual(remote._idle, {})
 
 
 class RememberedMailboxesTests(SynchronousTestCase):

@@ -246,19 +246,27 @@ class RemoteDelivery:
         return address, route.port, route.tls, route.host if checked else "", tlsa
 
     def _takeIdle(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> ESMTPClient | None:
-        pool = self._idle.get(self._poolKey(route, address, tlsa), [])
+        key = self._poolKey(route, address, tlsa)
+        pool = self._idle.get(key, [])
         while pool:
             client, timer = pool.pop()
             timer.cancel()
             if not client.closed:
-                return client
-        return None
+                break
+        else:
+            client = None
+        if not pool:
+            self._idle.pop(key, None)  # no map grows with the destinations seen
+        return client
 
     def _keepIdle(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...], client: ESMTPClient) -> None:
-        pool = self._idle.setdefault(self._poolKey(route, address, tlsa), [])
+        key = self._poolKey(route, address, tlsa)
+        pool = self._idle.setdefault(key, [])
 
         def expire() -> None:
             pool[:] = [(c, t) for c, t in pool if c is not client]
+            if not pool and self._idle.get(key) is pool:
+                del self._idle[key]
             client.quit()
 
         pool.append((client, self.reactor.callLater(self.settings.idleTimeout, expire)))
