@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from jsmail import reply
 from jsmail._bounded import LRU
 from jsmail.envelope import Envelope, Recipient
+from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
 from jsmail.local.agent import LocalDelivery
 from jsmail.local.settings import LocalSettings
 from jsmail.remote.agent import RemoteDelivery
 from jsmail.remote.settings import RemoteSettings
+from jsmail.route import Route
 from jsmail.smtp.assembly import Spool
 from tests.test_remotedelivery import Network, Zone
 
@@ -63,6 +67,36 @@ class RememberedHostsTests(_RemoteCase):
         del network.attempts[:]
         self.assertEqual(self.deliver(remote, "x@nomx.test"), DeliveryStatus.TEMPORARY)
         self.assertEqual(network.addresses, [], "the most recent host is still backed off")
+
+
+class _PortsNetwork(Network):
+    """A fake network where one port of an address may be down and another up."""
+
+    downPorts: set[tuple[str, int]] = set()
+
+    def connect(self, address: str, port: int, settings: Any) -> defer.Deferred[Any]:
+        if (address, port) in self.downPorts:
+            self.attempts.append((address, port, settings))
+            return defer.fail(DeliveryError(reply.CANNOT_CONNECT, False, f"cannot connect to {address} port {port}"))
+        return super().connect(address, port, settings)
+
+
+class HostPortTests(_RemoteCase):
+    def test_backOffOfOnePortLeavesTheOtherPortsOfTheAddress(self) -> None:
+        """Back-off and per-host slots were keyed by the address alone: a route to a
+        port that was down deferred the mail of routes to the same address's other
+        ports (a host running several MTAs, a test peer per port)."""
+        network = _PortsNetwork()
+        network.downPorts = {("192.0.2.50", 2525)}
+        routes = (Route("relay.example.net", 2525, "none", domain="a.test"),
+                  Route("relay.example.net", 2526, "none", domain="b.test"))
+        remote = RemoteDelivery(Clock(), runNow, Zone(), RemoteSettings(heloHost="me.test", routes=routes),
+                                connect=network.connect)
+        self.assertEqual(self.deliver(remote, "x@a.test"), DeliveryStatus.TEMPORARY)
+        self.assertEqual(self.deliver(remote, "y@b.test"), DeliveryStatus.DELIVERED)
+        self.assertEqual(self.deliver(remote, "z@a.test"), DeliveryStatus.TEMPORARY)
+        self.assertEqual([(a, p) for a, p, _ in network.attempts], [("192.0.2.50", 2525), ("192.0.2.50", 2526)],
+                         "port 2525 is backed off, not tried again")
 
 
 class IdleSessionsTests(_RemoteCase):

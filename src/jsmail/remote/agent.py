@@ -98,9 +98,9 @@ class RemoteDelivery:
         self.smarthost = settings.smarthostRoute
         self.trustRoot = trustRoot
         self.mtaSts = mtaSts
-        # address -> (until, failures, why), for at most rememberedHosts hosts (security review L-10)
-        self._down: LRU[str, tuple[float, int, str]] = LRU(settings.rememberedHosts)
-        self._slots: dict[str, defer.DeferredSemaphore] = {}
+        # (address, port) -> (until, failures, why), for at most rememberedHosts hosts (security review L-10)
+        self._down: LRU[tuple[str, int], tuple[float, int, str]] = LRU(settings.rememberedHosts)
+        self._slots: dict[tuple[str, int], defer.DeferredSemaphore] = {}  # by address and port, as _down
         self._idle: dict[_PoolKey, list[tuple[ESMTPClient, Any]]] = {}
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
@@ -159,7 +159,7 @@ class RemoteDelivery:
                      tlsa: tuple[TLSARecord, ...]) -> Any:
         """Results for the recipients, or a :class:`DeliveryError` saying why this host
         could not be tried.  ``tlsa``: the host's validated TLSA records, if any (DANE)."""
-        slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.settings.perHost))
+        slots = self._slots.setdefault((address, route.port), defer.DeferredSemaphore(self.settings.perHost))
         if len(slots.waiting) >= self.settings.perHost:
             # As many wait as are in session: a host that is slow on purpose (a tarpit)
             # holds at most twice per_host attempts; the rest wait in the queue.
@@ -168,7 +168,7 @@ class RemoteDelivery:
 
         def released(result: object) -> object:
             if not slots.waiting and slots.tokens == slots.limit:
-                self._slots.pop(address, None)  # no map grows with the destinations seen
+                self._slots.pop((address, route.port), None)  # no map grows with the destinations seen
             return result
 
         return d.addBoth(released)
@@ -179,7 +179,7 @@ class RemoteDelivery:
         client = self._takeIdle(route, address, tlsa)
         if client is None:
             now = self.reactor.seconds()
-            until, failures, why = self._down.get(address, (0.0, 0, ""))
+            until, failures, why = self._down.get((address, route.port), (0.0, 0, ""))
             if until > now:
                 return DeliveryError(reply.HOST_BACKED_OFF, False, f"{why}; not tried again for {until - now:.0f} s")
             try:
@@ -193,9 +193,9 @@ class RemoteDelivery:
                     # attacker's domain pointing at a big provider's MX must not defer
                     # other domains' mail there (security review M-6).
                     delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
-                    self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
+                    self._down[address, route.port] = (self.reactor.seconds() + delay, failures + 1, why)
                 return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
-            self._down.pop(address, None)
+            self._down.pop((address, route.port), None)
         _logSession(message, route, address, tlsa, client)
         size, eightBit = yield self.runInThread(_measure, message)
         outgoing = OutgoingMessage(
