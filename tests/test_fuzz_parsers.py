@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail.envelope import Envelope, Recipient
+from jsmail.error import SMTPReplyError
+from jsmail.maillog import shown
+from jsmail.smtp.params import checkMailParams, checkRcptParams, decodeUtf8Address, decodeXtext
 from tests.fuzzoracles import checkAliases, checkEnvelope, checkInstructions, checkPath, checkRecovery
 from tests.fuzzsupport import bounded
 
@@ -133,3 +136,39 @@ class EnvelopePropertyTests(SynchronousTestCase):
         """Every queue file whose envelope reads is recovered, every other one is set
         aside in corrupt/, and nothing one file holds stops the others."""
         checkRecovery(self.mktemp(), lines, separate)
+
+
+# -- DSN parameters and what the operator log shows ----------------------------------------
+
+_XTEXT_PIECES = ["a", "Z", "+", "+0D", "+0A", "+00", "+20", "+2B", "+7F", "+C3", "+a0", "=", "\\", "\\x{", "}", "0A",
+                 "2028", "D800", "110000", "F6", "\\x{F6}", "\\x{2028}", "ü", "\u2028", "\x85", " ", ";", "rfc822;",
+                 "utf-8;"]
+xtexts = st.lists(st.sampled_from(_XTEXT_PIECES) | st.text(max_size=2), max_size=12).map("".join)
+
+
+class DsnParameterPropertyTests(SynchronousTestCase):
+    @bounded(300)
+    @given(xtexts, st.booleans())
+    def test_envidAndOrcptDecodeToPrintableTextOrAreRefused(self, value: str, utf8: bool) -> None:
+        """Whatever a client sends, what ENVID and ORCPT stand for is printable text,
+        or MAIL and RCPT refuse it with 501 5.5.4 (security review L-1)."""
+        for decoded in (decodeXtext(value), decodeUtf8Address(value, utf8)):
+            assert decoded is None or (decoded.isprintable() and decoded), decoded
+        for check, params in ((checkMailParams, ({"ENVID": value}, True, 1000, False)),
+                              (checkRcptParams, ({"ORCPT": value}, utf8))):
+            try:
+                check(*params)  # type: ignore[operator]
+            except SMTPReplyError as e:
+                self.assertEqual((e.reply.code, e.reply.enhanced), (501, "5.5.4"))
+
+    @bounded(300)
+    @given(st.text(max_size=40))
+    def test_shownTextIsOneLineOfPrintableText(self, text: str) -> None:
+        """An operator-log line or a command's output shows any text as printable
+        characters only, one line, and escaping twice changes nothing (L-7)."""
+        once = shown(text)
+        self.assertTrue(once.isprintable(), once)
+        self.assertEqual(len(once.splitlines()), 1 if once else 0)
+        self.assertEqual(shown(once), once)
+        if text.isprintable():
+            self.assertEqual(once, text)
