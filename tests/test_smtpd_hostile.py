@@ -4,6 +4,7 @@ it: each attack from the security review, as a dialog in memory with a Clock."""
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -17,7 +18,7 @@ from zope.interface import implementer
 from jsmail.auth import AnyOfCheckers, MailRealm
 from jsmail.envelope import Envelope
 from jsmail.interfaces import IIncomingMessage, IMessageSink
-from jsmail.policy.base import Policy
+from jsmail.policy.base import MessagePolicy, Policy
 from jsmail.policy.relay import RelayControl
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ESMTPServer, ESMTPServerFactory, Listener, ServerSettings
@@ -320,3 +321,51 @@ class ChecksInFlightTests(SynchronousTestCase):
         for n, (server, _) in enumerate(sessions):
             server.dataReceived(b"MAIL FROM:<s%d@slow.test>\r\n" % n)
         self.assertEqual(len(check.waiting), 1)
+
+
+class _WholeMessageCheck(MessagePolicy):
+    """A content check that reads the whole message, then waits for the test."""
+
+    def __init__(self) -> None:
+        self.waiting: list[defer.Deferred[None]] = []
+
+    @defer.inlineCallbacks
+    def checkMessage(self, session: object, content: Any) -> Any:
+        yield content.read()
+        d: defer.Deferred[None] = defer.Deferred()
+        self.waiting.append(d)
+        yield d
+
+
+class CheckMemoryTests(SynchronousTestCase):
+    def test_manyLargeMessagesCheckedAtOnceGet451(self) -> None:
+        """Security review M-12: sixteen sessions, each with a 24 MiB message whose
+        checks waited, held a copy of every message at once (1 GiB).  A listener's
+        end-of-data work now holds at most max_check_memory octets of whole messages;
+        the message that would go past it gets 451 4.3.1, and once the others are
+        done a message gets through again."""
+        check = _WholeMessageCheck()
+        queue = MemoryQueue()
+        listener = Listener(ServerSettings(hostname="mx.test", maxCheckMemory=700_000), queue, Clock(),
+                            checks=(check,))
+        message = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 300 + b".\r\n"  # 300 kB, over the spool's 256 KiB
+
+        def send(n: int) -> RecordingTransport:
+            server = ESMTPServer(listener)
+            transport = RecordingTransport(peerAddress=IPv4Address("TCP", f"192.0.2.{n}", 40000))
+            server.makeConnection(transport)
+            server.dataReceived(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n" + message)
+            return transport
+
+        first, second, third = send(1), send(2), send(3)
+        self.assertEqual(len(check.waiting), 2)
+        self.assertTrue(third.value().endswith(
+            b"451 4.3.1 Too much mail is being checked at once, try again later\r\n"), third.value()[-200:])
+        for d in check.waiting:
+            d.callback(None)
+        for transport in (first, second):
+            self.assertRegex(transport.value(), QUEUED + b"$")
+        fourth = send(4)
+        check.waiting[-1].callback(None)
+        self.assertRegex(fourth.value(), QUEUED + b"$")
+        self.assertEqual(len(queue.messages), 3)

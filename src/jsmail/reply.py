@@ -195,6 +195,7 @@ QQ_BUG = Reply(451, "4.3.0", "qq internal bug")  # 81, 91
 # Local failures.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing; the message was not queued")
 CHECK_FAILED = Reply(451, "4.3.0", "Temporary local problem, try again later")
+CHECKS_BUSY = Reply(451, "4.3.1", "Too much mail is being checked at once, try again later")
 
 # Delivery outcomes jsmail reports itself (in the operator log and in bounces).  Their
 # texts say what happened without naming internals; the private detail (paths, host

@@ -15,7 +15,7 @@ from jsmail._threads import RunInThread, runNow
 from jsmail.interfaces import IMessageSink, IModifier
 from jsmail.policy.chain import InFlight, PhaseRunner
 from jsmail.queue.funnel import NOTHING, Owed
-from jsmail.smtp.assembly import Assembler
+from jsmail.smtp.assembly import Assembler, MemoryBudget
 from jsmail.smtp.limits import clientKey
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.settings import ServerSettings
@@ -60,4 +60,5 @@ class Listener:
     def assembler(self) -> Assembler:
         settings = self.settings
         return Assembler(settings.hostname, settings.authservId, settings.showAuthInReceived, self.modifiers,
-                         bool(self.phases.messagePolicies), self.clock, self.runInThread, self.owed)
+                         bool(self.phases.messagePolicies), self.clock, self.runInThread, self.owed,
+                         MemoryBudget(settings.maxCheckMemory))
