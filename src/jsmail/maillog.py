@@ -12,8 +12,8 @@ Events of an SMTP session carry ``session``, a short id made at ``connect``, so 
 session's checks and refusals can be followed before a queue id exists; ``queued``
 joins the two.  New fields are only ever appended to a line's text.  A line shows
 what others chose (addresses, replies, names) with its unprintable characters escaped
-(:func:`shown`), so one event is always one line; the event's fields keep the values.  Every event and
-field is listed in ``docs/operations.rst``.
+(:func:`shown`), so one event is always one line; the event's fields keep the values.
+Every event and field is listed in ``docs/operations.rst``.
 """
 
 from __future__ import annotations
@@ -58,23 +58,23 @@ def newSessionId() -> str:
 
 def connect(client: str, listener: str, session: str = "-") -> None:
     _info("connect client={client} listener={listener} session={session}", client=client, listener=listener,
-              session=session, event="connect")
+          session=session, event="connect")
 
 
 def tls(client: str, info: str, session: str = "-") -> None:
     _info("tls client={client} {info} session={session}", client=client, info=info, session=session,
-              event="tls")
+          event="tls")
 
 
 def tlsFailed(client: str, error: str, session: str = "-") -> None:
     _info("tls-failed client={client} error={error!r} session={session}", client=client, error=error,
-              session=session, event="tls-failed")
+          session=session, event="tls-failed")
 
 
 def auth(client: str, user: str, outcome: str, session: str = "-") -> None:
     """An AUTH attempt: the identity goes to the log, not into message headers."""
     _info("auth client={client} user={user!r} outcome={outcome} session={session}", client=client, user=user,
-              outcome=outcome, session=session, event="auth")
+          outcome=outcome, session=session, event="auth")
 
 
 def check(session: str, phase: str, name: str, verdict: str, argument: str = "", reply: object = "",
@@ -82,9 +82,9 @@ def check(session: str, phase: str, name: str, verdict: str, argument: str = "",
     """One check's answer in one SMTP phase: ``verdict`` is accept, reject or tempfail;
     ``argument`` what the phase was about (the HELO name, the sender, the recipient)."""
     _info("check id={queueId} session={session} phase={phase} check={check} verdict={verdict} "
-              "argument={argument!r} reply={reply!r} reason={reason!r}", queueId=queueId, session=session,
-              phase=phase, check=name, verdict=verdict, argument=argument, reply=str(reply), reason=reason,
-              event="check")
+          "argument={argument!r} reply={reply!r} reason={reason!r}", queueId=queueId, session=session,
+          phase=phase, check=name, verdict=verdict, argument=argument, reply=str(reply), reason=reason,
+          event="check")
 
 
 def reject(client: str, command: str, reply: object, reason: str, queueId: str = "-", session: str = "-",
@@ -111,8 +111,8 @@ def remote(queueId: str, host: str, address: str, port: int, mode: str, tls: str
     for (``dane`` with TLSA records), ``tls`` what was agreed, ``outcome`` one of
     ``tls``, ``plaintext``, ``reused`` or ``failed``."""
     _info("remote id={queueId} host={host} address={address} port={port} mode={mode} tls={tls!r} "
-              "outcome={outcome}", queueId=queueId, host=host, address=address, port=port, mode=mode, tls=tls,
-              outcome=outcome, event="remote")
+          "outcome={outcome}", queueId=queueId, host=host, address=address, port=port, mode=mode, tls=tls,
+          outcome=outcome, event="remote")
 
 
 def attempt(queueId: str, agent: str, seconds: float, results: list[DeliveryResult]) -> None:
@@ -121,8 +121,8 @@ def attempt(queueId: str, agent: str, seconds: float, results: list[DeliveryResu
     for result in results:
         counts[result.status.value] = counts.get(result.status.value, 0) + 1
     _info("attempt id={queueId} agent={agent} seconds={seconds:.3f} delivered={delivered} "
-              "temporary={temporary} permanent={permanent}", queueId=queueId, agent=agent, seconds=seconds,
-              event="attempt", **counts)
+          "temporary={temporary} permanent={permanent}", queueId=queueId, agent=agent, seconds=seconds,
+          event="attempt", **counts)
 
 
 def _outcome(result: DeliveryResult) -> dict[str, object]:
@@ -135,22 +135,22 @@ def _outcome(result: DeliveryResult) -> dict[str, object]:
 
 def delivered(queueId: str, result: DeliveryResult) -> None:
     _info("delivered id={queueId} to=<{recipient}> detail={detail!r}",
-              queueId=queueId, event="delivered", **_outcome(result))
+          queueId=queueId, event="delivered", **_outcome(result))
 
 
 def deferred(queueId: str, result: DeliveryResult, retryIn: float) -> None:
     _info("deferred id={queueId} to=<{recipient}> detail={detail!r} retry_in={retryIn:.0f}s",
-              queueId=queueId, retryIn=retryIn, event="deferred", **_outcome(result))
+          queueId=queueId, retryIn=retryIn, event="deferred", **_outcome(result))
 
 
 def failed(queueId: str, result: DeliveryResult) -> None:
     _info("failed id={queueId} to=<{recipient}> detail={detail!r}",
-              queueId=queueId, event="failed", **_outcome(result))
+          queueId=queueId, event="failed", **_outcome(result))
 
 
 def bounced(queueId: str, sender: str, bounceId: str) -> None:
     _info("bounced id={queueId} to=<{sender}> bounce_id={bounceId}",
-              queueId=queueId, sender=sender, bounceId=bounceId, event="bounced")
+          queueId=queueId, sender=sender, bounceId=bounceId, event="bounced")
 
 
 def removed(queueId: str) -> None:
