@@ -350,6 +350,20 @@ class CheckerTests(TestCase):
         yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"u", b"p")), TemporaryAuthFailure)
 
 
+    def test_checkpasswordTimeoutIsAnArgument(self) -> None:
+        from jsmail.auth import CheckpasswordFactory
+
+        program = self.program()
+        factory = CheckpasswordFactory()
+        self.assertEqual(factory.generateChecker(program).timeout, 30.0)
+        checker = factory.generateChecker(program + ":timeout=2.5")
+        self.assertEqual((checker.program, checker.timeout), (program, 2.5))
+        for bad in ("0", "-1", "x", "7200"):
+            with self.assertRaises(ValueError) as caught:
+                factory.generateChecker(f"{program}:timeout={bad}")
+            self.assertIn(f"timeout={bad!r}", str(caught.exception))
+
+
 class GuessingTests(SynchronousTestCase):
     """Security review M-10: the slowdown was per session (a guesser hung up and
     connected again) and a success was answered at once, before any delay (so a

@@ -88,6 +88,44 @@ class ConfigTests(TestCase):
             loadConfig(None, {"smtp.max_message_size": "lots"})
         self.assertEqual(str(caught.exception), "command line: smtp.max_message_size: expected a whole number, got 'lots'")
 
+    def test_smarthostCredentialsOverUnverifiedTLSRefused(self) -> None:
+        """Security review M-3: credentials over TLS nobody checks go to whoever is in the path."""
+        self.assertError('[remote]\nsmarthost = "relay.example.net:587"\nsmarthost_tls = "opportunistic"\n'
+                         'smarthost_username = "u"\nsmarthost_password = "p"\n',
+                         'remote.smarthost_tls: smarthost_username and smarthost_password: credentials go only over '
+                         'TLS with a verified certificate, not tls = "opportunistic"; use tls = "verify" or "implicit" '
+                         '(the default with credentials), or set remote.allow_insecure_auth = true to send them anyway')
+
+    def test_routeCredentialsInPlaintextRefused(self) -> None:
+        self.assertError('[remote]\nroutes = [{domain = "b.test", host = "relay.b.test", tls = "none", '
+                         'username = "u", password = "p"}]\n',
+                         'remote.routes: the route for b.test: credentials go only over TLS with a verified '
+                         'certificate, not tls = "none"; use tls = "verify" or "implicit" (the default with '
+                         'credentials), or set remote.allow_insecure_auth = true to send them anyway')
+
+    def test_credentialsMeanVerifyByDefault(self) -> None:
+        path = self.write('[remote]\nsmarthost = "relay.example.net:587"\nsmarthost_username = "u"\n'
+                          'smarthost_password = "p"\nroutes = [{domain = "b.test", host = "relay.b.test", '
+                          'username = "u", password = "p"}, {domain = "c.test", host = "relay.c.test"}]\n')
+        remote = loadConfig(path).remote
+        smarthost = remote.smarthostRoute
+        assert smarthost is not None
+        self.assertEqual([smarthost.tls, *(route.tls for route in remote.routes)], ["verify", "verify", "opportunistic"])
+        anonymous = loadConfig(None, {"remote.smarthost": "relay.example.net"}).remote.smarthostRoute
+        self.assertEqual(anonymous and anonymous.tls, "opportunistic")
+
+    def test_insecureAuthWhenAllowed(self) -> None:
+        config = loadConfig(None, {"remote.smarthost": "relay.example.net", "remote.smarthost_tls": "none",
+                                   "remote.smarthost_username": "u", "remote.smarthost_password": "p",
+                                   "remote.allow_insecure_auth": True})
+        self.assertEqual(config.remote.smarthostRoute.tls, "none")  # type: ignore[union-attr]
+
+    def test_usernameWithoutPasswordRefused(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(None, {"remote.smarthost": "relay.example.net", "remote.smarthost_username": "u"})
+        self.assertEqual(str(caught.exception), "command line: remote.smarthost_tls: smarthost_username and "
+                         "smarthost_password: a user name and a password go together; one is missing")
+
 
 class ControlDirectoryTests(TestCase):
     """qmail control files read with qmail's rules into the one Config."""

@@ -10,7 +10,7 @@ from typing import Any
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.names import client, dns
@@ -18,7 +18,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.error import DeliveryError
-from jsmail.remote.dane import DANE_EE, DANE_TA, TLSA, TLSARecord, _spki, lookupTLSA, matchesTLSA
+from jsmail.remote.dane import DANE_EE, DANE_TA, TLSA, TLSACache, TLSARecord, _spki, lookupTLSA, matchesTLSA
 from jsmail.testing import DNSServer
 
 NAME = b"_25._tcp.mx.example.test"
@@ -141,10 +141,13 @@ class ValidatingResolver:
     record for every query; with ``truncate``, UDP answers are empty and truncated,
     so the client must ask over TCP.  :meth:`udp` and :meth:`tcp` make its protocols."""
 
-    def __init__(self, rCode: int = dns.OK, truncate: bool = False, authenticData: int = 1) -> None:
+    def __init__(self, rCode: int = dns.OK, truncate: bool = False, authenticData: int = 1, ttl: int = 300,
+                 negativeTTL: tuple[int, int] | None = None) -> None:
         self.rCode = rCode
         self.truncate = truncate
         self.authenticData = authenticData
+        self.ttl = ttl
+        self.negativeTTL = negativeTTL  # a denial's SOA: (its TTL, its minimum)
         self.queries: list[tuple[str, dns.Message]] = []
 
     def answer(self, data: bytes, transport: str) -> bytes:
@@ -156,8 +159,12 @@ class ValidatingResolver:
                                authenticData=self.authenticData, trunc=int(truncated))
         response.queries = query.queries
         if self.rCode == dns.OK and not truncated:
-            response.answers = [dns.RRHeader(q.name.name, TLSA, dns.IN, 300, dns.UnknownRecord(RDATA))
+            response.answers = [dns.RRHeader(q.name.name, TLSA, dns.IN, self.ttl, dns.UnknownRecord(RDATA))
                                 for q in query.queries]
+        if self.rCode == dns.ENAME and self.negativeTTL is not None:
+            ttl, minimum = self.negativeTTL
+            soa = dns.Record_SOA(mname=b"ns.example.test", rname=b"hostmaster.example.test", minimum=minimum, ttl=ttl)
+            response.authority = [dns.RRHeader(b"example.test", dns.SOA, dns.IN, ttl, soa)]
         return response.toStr()
 
     def udp(self) -> DatagramProtocol:
@@ -268,3 +275,76 @@ class LookupTests(TestCase):
         """Nothing protects the AD bit from a resolver elsewhere: nothing is even sent."""
         resolver = client.Resolver(servers=[("192.0.2.1", 53)], reactor=reactor)
         self.assertIsNone((yield lookupTLSA(reactor, resolver, "mx.example.test")))
+
+
+class CacheTests(TestCase):
+    """TLSA answers kept for their TTL, against the validating resolver on loopback."""
+
+    timeout = 10
+    serve = LookupTests.serve
+
+    def cache(self, responder: ValidatingResolver, **settings: Any) -> TLSACache:
+        self.clock = task.Clock()
+        return TLSACache(reactor, self.serve(responder), clock=self.clock, **settings)
+
+    @defer.inlineCallbacks
+    def test_answerKeptForItsTTL(self):  # type: ignore[no-untyped-def]
+        responder = ValidatingResolver(ttl=300)
+        cache = self.cache(responder)
+        first = yield cache.lookup("mx.example.test")
+        self.clock.advance(299)
+        self.assertEqual((yield cache.lookup("MX.example.test.")), first)
+        self.assertEqual(len(responder.queries), 1)
+        self.clock.advance(1)
+        self.assertEqual((yield cache.lookup("mx.example.test")), first)
+        self.assertEqual(len(responder.queries), 2)
+
+    @defer.inlineCallbacks
+    def test_hugeTTLCapped(self):  # type: ignore[no-untyped-def]
+        """A TTL of 68 years (2**31 - 1) keeps an answer a day, no longer."""
+        responder = ValidatingResolver(ttl=2**31 - 1)
+        cache = self.cache(responder)
+        yield cache.lookup("mx.example.test")
+        self.clock.advance(86400)
+        yield cache.lookup("mx.example.test")
+        self.assertEqual(len(responder.queries), 2)
+
+    @defer.inlineCallbacks
+    def test_denialKeptForItsNegativeTTL(self):  # type: ignore[no-untyped-def]
+        """RFC 2308 section 5: the lesser of the SOA's TTL and its minimum."""
+        responder = ValidatingResolver(rCode=dns.ENAME, negativeTTL=(3600, 60))
+        cache = self.cache(responder)
+        self.assertIsNone((yield cache.lookup("mx.example.test")))
+        self.clock.advance(59)
+        self.assertIsNone((yield cache.lookup("mx.example.test")))
+        self.clock.advance(1)
+        yield cache.lookup("mx.example.test")
+        self.assertEqual(len(responder.queries), 2)
+
+    @defer.inlineCallbacks
+    def test_tamperedAnswerIsNotKeptAsNoDANE(self):  # type: ignore[no-untyped-def]
+        """A SERVFAIL (an attacker tampering with the signed answer) defers the host
+        each time it is asked, never turning into a kept "no DANE"."""
+        responder = ValidatingResolver(rCode=dns.ESERVER)
+        cache = self.cache(responder)
+        for _ in range(2):
+            yield self.assertFailure(cache.lookup("mx.example.test"), DeliveryError)
+        self.assertEqual((len(responder.queries), len(cache)), (2, 0))
+
+    @defer.inlineCallbacks
+    def test_concurrentLookupsShareOneQuery(self):  # type: ignore[no-untyped-def]
+        responder = ValidatingResolver()
+        cache = self.cache(responder)
+        answers = yield defer.gatherResults([cache.lookup("mx.example.test") for _ in range(3)])
+        self.assertEqual((answers, len(responder.queries)), ([[TLSARecord.fromRDATA(RDATA)]] * 3, 1))
+
+    @defer.inlineCallbacks
+    def test_manyHostsKeepTheCacheBounded(self):  # type: ignore[no-untyped-def]
+        """The host used least lately goes first."""
+        responder = ValidatingResolver()
+        cache = self.cache(responder, maxEntries=2)
+        for host in ["a.example.test", "b.example.test", "a.example.test", "c.example.test", "a.example.test"]:
+            yield cache.lookup(host)
+        self.assertEqual(len(responder.queries), 3)
+        yield cache.lookup("b.example.test")
+        self.assertEqual((len(responder.queries), len(cache)), (4, 2))

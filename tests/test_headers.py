@@ -7,7 +7,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail.headers import (FieldWatcher, HeaderScanner, Split, dropFields, fieldName, fieldValue, fields, fromDomain, hasName,
+from jsmail.headers import (FieldDropper, FieldWatcher, HeaderScanner, Split, dropFields, fieldName, fieldValue, fields, fromDomain, hasName,
                             headerOf, readHeader, splitHeader)
 
 
@@ -223,3 +223,36 @@ class FieldWatcherTests(SynchronousTestCase):
     def test_headerWithoutEnd(self) -> None:
         for watcher in self.watch(b"Received: a\r\nFrom: a@x.test"):
             self.assertEqual((watcher.count, watcher.kept), (1, [b"From: a@x.test"]))
+
+
+class FieldDropperTests(SynchronousTestCase):
+    """Streaming removal of header fields, fed whole and in pieces."""
+
+    def run_(self, message: bytes, limit: int, pieceSize: int) -> bytes:
+        out: list[bytes] = []
+        dropper = FieldDropper(out.append, lambda field: field.lower().startswith(b"x-bad:"), limit)
+        for start in range(0, len(message), pieceSize):
+            dropper.write(message[start : start + pieceSize])
+        dropper.close()
+        return b"".join(out)
+
+    def expectAlike(self, message: bytes, expected: bytes, limit: int = 64) -> None:
+        for pieceSize in (1, 2, 3, 7, 64, len(message)):
+            self.assertEqual(self.run_(message, limit, pieceSize), expected, pieceSize)
+
+    def test_droppedFieldsGoFoldedLinesAndAll(self) -> None:
+        self.expectAlike(b"A: 1\r\nX-Bad: 2\r\n  more\r\nB: 3\r\n\r\nX-Bad: body\r\n",
+                         b"A: 1\r\nB: 3\r\n\r\nX-Bad: body\r\n")
+
+    def test_aFieldPastTheLimitIsDroppedToo(self) -> None:
+        padding = b"".join(b"P%d: %s\r\n" % (i, b"p" * 20) for i in range(20))  # several turns of 64 octets
+        self.expectAlike(padding + b"X-Bad: late\r\nC: 4\r\n\r\nbody", padding + b"C: 4\r\n\r\nbody")
+
+    def test_aFieldLongerThanTheLimitIsJudgedByItsStart(self) -> None:
+        long = b"X-Bad: " + b"\r\n ".join([b"v" * 30] * 10) + b"\r\n"
+        kept = b"X-Long: " + b"\r\n ".join([b"w" * 30] * 10) + b"\r\n"
+        self.expectAlike(b"A: 1\r\n" + long + kept + b"X-Bad: again\r\n\r\nbody",
+                         b"A: 1\r\n" + kept + b"\r\nbody")
+
+    def test_contentEndingInsideTheHeaderIsWritten(self) -> None:
+        self.expectAlike(b"A: 1\r\nX-Bad: 2\r\nB: 3", b"A: 1\r\nB: 3")

@@ -29,7 +29,7 @@ from jsmail.policy.programs import ContentFilter, Program, RecipientCheck
 from jsmail.local.directory import RecipientDirectory
 from jsmail.local.settings import LocalSettings
 from jsmail.policy.recipients import KnownRecipients
-from jsmail.policy.relay import BadMailFrom, RelayControl
+from jsmail.policy.relay import BadMailFrom, RelayControl, TrustedClient
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.qmail.tcpserver import RBLRefusal
 from jsmail.queue.funnel import Funnel, Owed
@@ -77,6 +77,7 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         MessagePolicy: MessagePolicy,
         RelayControl: lambda: RelayControl(lambda domain: True),
         BadMailFrom: lambda: BadMailFrom(["@bad.example"]),
+        TrustedClient: TrustedClient,
         KnownRecipients: lambda: KnownRecipients(RecipientDirectory(test.mktemp(), LocalSettings()), runNow),
         RBLRefusal: lambda: RBLRefusal("-listed"),
         AccessLists: lambda: AccessLists({}),

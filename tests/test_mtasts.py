@@ -4,21 +4,41 @@ loopback."""
 
 from __future__ import annotations
 
+import io
+import ipaddress
+import json
+import os
 from typing import Any
 
 import trustme
 from twisted.internet import defer, reactor, task
 from twisted.internet.ssl import Certificate, PrivateCertificate
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.names import client, dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from jsmail.envelope import Envelope, Recipient
 from jsmail.error import DeliveryError
-from jsmail.remote.mtasts import MAX_AGE, Policy, PolicyFetcher, applyPolicy, parsePolicy, parseTXT
-from jsmail.testing import DNSServer
+from jsmail.interfaces import DeliveryStatus, QueuedMessage
+from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.destinations import Destinations
+from jsmail.remote.mtasts import (
+    MAX_AGE,
+    Policy,
+    PolicyFetcher,
+    _policyAsJSON,
+    _policyFromJSON,
+    applyPolicy,
+    parsePolicy,
+    parseTXT,
+)
+from jsmail.remote.settings import RemoteSettings
+from jsmail.remote.stsstore import PolicyStore, fileName
+from jsmail.testing import DNSServer, runNow
 
+LOOPBACK_ALLOWED = Destinations(allowed=(ipaddress.ip_network("127.0.0.0/8"),))  # where the test servers are
 POLICY = b"version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmx: *.mx.example.test\r\nmax_age: 86400\r\n"
 
 
@@ -154,12 +174,13 @@ class DiscoveryTests(TestCase):
         root = Resource()
         root.putChild(b".well-known", wellKnown)
         tls = PrivateCertificate.loadPEM(certificate.private_key_and_cert_chain_pem.bytes()).options()
-        port = reactor.listenSSL(0, Site(root), tls, interface="127.0.0.1")
+        port = self.https = reactor.listenSSL(0, Site(root), tls, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.httpsPort = port.getHost().port
         self.dns = DNSServer({"example.test": [
             ("_mta-sts.example.test", dns.Record_TXT(b"v=STSv1; id=1")),
             ("mta-sts.example.test", dns.Record_A("127.0.0.1")),
+            ("example.test", dns.Record_MX(10, b"stray.example.test")),
         ]})
         self.dnsAddress = self.dns.start()
         self.addCleanup(self.dns.stop)
@@ -169,9 +190,11 @@ class DiscoveryTests(TestCase):
     def makeFetcher(self, **overrides: Any) -> PolicyFetcher:
         resolver = client.Resolver(servers=[("127.0.0.1", self.dns.port)], timeout=(1,), reactor=reactor)
         settings: dict[str, Any] = dict(clock=self.clock, trustRoot=Certificate.loadPEM(self.ca.cert_pem.bytes()),
-                                        httpsPort=self.httpsPort, timeout=5.0)
+                                        httpsPort=self.httpsPort, timeout=5.0, destinations=LOOPBACK_ALLOWED)
         settings.update(overrides)
-        return PolicyFetcher(reactor, resolver, **settings)
+        fetcher = PolicyFetcher(reactor, resolver, **settings)
+        self.addCleanup(fetcher.settled)  # refreshes in the background end with the test
+        return fetcher
 
     def setTXT(self, *texts: bytes) -> None:
         """Make the _mta-sts record ``texts`` (none: no such name)."""
@@ -181,6 +204,20 @@ class DiscoveryTests(TestCase):
             zone.records[b"_mta-sts.example.test"] = [dns.Record_TXT(text) for text in texts]
 
     @defer.inlineCallbacks
+    def test_mtaStsFetchToPrivateAddressRefused(self):  # type: ignore[no-untyped-def]
+        """Security review I-6: a domain whose mta-sts name points at loopback gets no
+        request from us (the server there sees none), and so no policy."""
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        policy = yield self.makeFetcher(destinations=Destinations()).policyFor("example.test")
+        self.assertIsNone(policy)
+        self.assertEqual(self.policy.requests, 0)
+        self.assertIn("MTA-STS: no policy for example.test: An error occurred while connecting: "
+                      "mta-sts.example.test has internal addresses only: 127.0.0.1 is loopback.",
+                      [formatEvent(e) for e in logged])
+
+    @defer.inlineCallbacks
     def test_policy_fetched_and_parsed(self):  # type: ignore[no-untyped-def]
         policy = yield self.fetcher.policyFor("Example.Test.")
         self.assertEqual(policy, parsePolicy(POLICY, "1"))
@@ -188,11 +225,25 @@ class DiscoveryTests(TestCase):
 
     @defer.inlineCallbacks
     def test_cached_while_id_unchanged(self):  # type: ignore[no-untyped-def]
+        """Until the last quarter of its life (a day here), a policy whose id is
+        unchanged is not fetched again."""
         first = yield self.fetcher.policyFor("example.test")
-        self.clock.advance(86399)
+        self.clock.advance(64799)
         second = yield self.fetcher.policyFor("example.test")
         self.assertIs(second, first)
+        yield self.fetcher.settled()
         self.assertEqual(self.policy.requests, 1)
+
+    @defer.inlineCallbacks
+    def test_policy_nearing_its_end_is_refreshed_in_the_background(self):  # type: ignore[no-untyped-def]
+        first = yield self.fetcher.policyFor("example.test")
+        self.clock.advance(64800)
+        self.assertIs((yield self.fetcher.policyFor("example.test")), first, "served at once meanwhile")
+        yield self.fetcher.settled()
+        self.assertEqual(self.policy.requests, 2)
+        self.clock.advance(86400 - 64800)
+        renewed = yield self.fetcher.policyFor("example.test")
+        self.assertEqual((renewed, self.policy.requests), (first, 2), "the refreshed policy, not a new fetch")
 
     @defer.inlineCallbacks
     def test_concurrent_discoveries_share_one_fetch(self):  # type: ignore[no-untyped-def]
@@ -202,9 +253,13 @@ class DiscoveryTests(TestCase):
 
     @defer.inlineCallbacks
     def test_changed_id_refetches(self):  # type: ignore[no-untyped-def]
+        """A new id is fetched in the background; the policy in force answers meanwhile."""
         yield self.fetcher.policyFor("example.test")
         self.setTXT(b"v=STSv1; id=2")
         self.policy.body = POLICY.replace(b"enforce", b"testing")
+        meanwhile = yield self.fetcher.policyFor("example.test")
+        self.assertEqual(meanwhile.id, "1")
+        yield self.fetcher.settled()
         policy = yield self.fetcher.policyFor("example.test")
         self.assertEqual((policy.id, policy.mode, self.policy.requests), ("2", "testing", 2))
 
@@ -302,4 +357,131 @@ class DiscoveryTests(TestCase):
         self.setTXT(b"v=STSv1; id=2")
         self.policy.code = 500
         self.assertIs((yield self.fetcher.policyFor("example.test")), first)
+        yield self.fetcher.settled()
         self.assertEqual(self.policy.requests, 2)
+        self.assertIs((yield self.fetcher.policyFor("example.test")), first)
+
+    @defer.inlineCallbacks
+    def restarted(self, directory: str) -> Any:
+        """A first fetcher keeps the policy under ``directory`` and stops; the HTTPS
+        server goes away; a second fetcher (the gateway after a restart) is returned."""
+        before = self.makeFetcher(directory=directory)
+        policy = yield before.policyFor("example.test")
+        self.assertEqual(policy.mode, "enforce")
+        yield before.settled()
+        yield self.https.stopListening()
+        return self.makeFetcher(directory=directory)
+
+    @defer.inlineCallbacks
+    def test_downgradeAfterRestartBlockedByStoredPolicy(self):  # type: ignore[no-untyped-def]
+        """An attacker who removes the TXT record and blocks the policy host after a
+        restart does not switch enforcement off: mail to a host outside the policy is
+        deferred with 4.7.5, as before the restart."""
+        directory = self.mktemp()
+        after = yield self.restarted(directory)
+        self.setTXT()
+        resolver = client.Resolver(servers=[("127.0.0.1", self.dns.port)], timeout=(1,), reactor=reactor)
+        remote = RemoteDelivery(reactor, runNow, resolver, RemoteSettings(heloHost="me.test"), mtaSts=after)
+        envelope = Envelope("a@me.test", (Recipient("b@example.test"),))
+        message = QueuedMessage("Q1", envelope, lambda: io.BytesIO(b"x\r\n"))
+        [result] = yield remote.deliver(message, envelope.recipients)
+        self.assertEqual((result.status, str(result.reply)),
+                         (DeliveryStatus.TEMPORARY, "451 4.7.5 No MX host of example.test matches its MTA-STS policy"))
+        self.assertEqual(self.policy.requests, 1)
+
+    @defer.inlineCallbacks
+    def test_storedPolicyRefreshedWhenIdChanges(self):  # type: ignore[no-untyped-def]
+        directory = self.mktemp()
+        before = self.makeFetcher(directory=directory)
+        yield before.policyFor("example.test")
+        self.setTXT(b"v=STSv1; id=2")
+        self.policy.body = POLICY.replace(b"enforce", b"testing")
+        yield before.policyFor("example.test")
+        yield before.settled()
+        after = self.makeFetcher(directory=directory)
+        self.assertEqual(((yield after.policyFor("example.test")).id, self.policy.requests), ("2", 2))
+
+    @defer.inlineCallbacks
+    def test_slowPolicyHostDoesNotHoldUpAShutdown(self):  # type: ignore[no-untyped-def]
+        """A refresh stuck on a policy host that never answers (with a minute to go
+        before its time-out) is called off by close(), which a stopping gateway waits
+        for; the policy in force stays stored."""
+        directory = self.mktemp()
+        fetcher = self.makeFetcher(directory=directory, timeout=60.0)
+        first = yield fetcher.policyFor("example.test")
+        self.setTXT(b"v=STSv1; id=2")
+        self.policy.hang = True
+        self.assertIs((yield fetcher.policyFor("example.test")), first)
+        while self.policy.requests < 2:  # the refresh reached the policy host, which hangs
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield fetcher.close()
+        self.policy.hang = False
+        after = self.makeFetcher(directory=directory)
+        self.assertEqual((yield after.policyFor("example.test")), first)
+
+    @defer.inlineCallbacks
+    def test_expiredStoredPolicyNotLoaded(self):  # type: ignore[no-untyped-def]
+        directory = self.mktemp()
+        after = yield self.restarted(directory)
+        self.clock.advance(86400)
+        self.assertIsNone((yield after.policyFor("example.test")))
+        self.assertEqual(os.listdir(directory), [])
+
+
+class PolicyStoreTests(SynchronousTestCase):
+    """The store on disk, with writes run on the spot."""
+
+    policy = Policy(id="1", mode="enforce", mxPatterns=("mx.example.test",), maxAge=86400)
+
+    def store(self, directory: str, limit: int = 10_000) -> PolicyStore[Policy]:
+        store: PolicyStore[Policy] = PolicyStore(directory, runNow, _policyAsJSON, _policyFromJSON, limit, 86400)
+        self.successResultOf(store.load(1000.0))
+        return store
+
+    def test_forgedDomainCannotNameAnotherPath(self) -> None:
+        directory = self.mktemp()
+        store = self.store(directory)
+        forged = ["../../etc/passwd", "a/b", ".hidden", "bücher.example"]
+        for domain in forged:
+            store.put(domain, self.policy, 2000.0)
+        self.assertEqual(sorted(os.listdir(directory)), sorted(fileName(d) for d in forged))
+        self.assertTrue(all(len(name) == 69 for name in os.listdir(directory)))
+        self.assertEqual(self.store(directory).get("bücher.example"), (self.policy, 2000.0))
+
+    def test_tamperedFilesRemovedAtLoad(self) -> None:
+        """A file that is not JSON, claims another domain, holds an invalid policy,
+        or has expired is removed; a good one beside them is kept."""
+        directory = self.mktemp()
+        self.store(directory).put("good.test", self.policy, 2000.0)
+        with open(os.path.join(directory, "good.test.json")) as f:
+            good = json.load(f)
+        bad = {
+            "garbage.test.json": "{not json",
+            "other.test.json": json.dumps({**good, "domain": "good.test"}),
+            "invalid.test.json": json.dumps({**good, "domain": "invalid.test",
+                                             "policy": {**good["policy"], "mode": "off"}}),
+            "old.test.json": json.dumps({**good, "domain": "old.test", "expires": 999.0}),
+            "nan.test.json": json.dumps({**good, "domain": "nan.test"}).replace("2000.0", "NaN"),
+            ".half.test.json.tmp": "{",
+        }
+        for name, text in bad.items():
+            with open(os.path.join(directory, name), "w") as f:
+                f.write(text)
+        store = self.store(directory)
+        self.assertEqual((len(store), os.listdir(directory)), (1, ["good.test.json"]))
+
+    def test_farFutureExpiryCapped(self) -> None:
+        directory = self.mktemp()
+        self.store(directory).put("good.test", self.policy, 1e12)
+        self.assertEqual(self.store(directory).get("good.test"), (self.policy, 1000.0 + 86400))
+
+    def test_manyDomainsKeepTheStoreBounded(self) -> None:
+        """The least used domain goes first, from memory and disk."""
+        directory = self.mktemp()
+        store = self.store(directory, limit=2)
+        store.put("a.test", self.policy, 2000.0)
+        store.put("b.test", self.policy, 2000.0)
+        store.get("a.test")
+        store.put("c.test", self.policy, 2000.0)
+        self.assertEqual((store.get("b.test"), sorted(os.listdir(directory))),
+                         (None, ["a.test.json", "c.test.json"]))

@@ -98,6 +98,15 @@ class CheckConfigTests(unittest.TestCase):
         result = runTwistd("jsmail", "--config", path, "--check-config")
         self.assertRefused(result, path, "smtp.max_message_size", "expected a whole number", "'big'")
 
+    def test_smarthostPasswordOverOpportunisticTLSRefused(self) -> None:
+        """Security review M-3: --check-config refuses credentials that could go to
+        whoever sits in the path."""
+        path = self.configFile('[remote]\nsmarthost = "relay.example.net:587"\nsmarthost_tls = "opportunistic"\n'
+                               'smarthost_username = "u"\nsmarthost_password = "S3cret"\n')
+        result = runTwistd("jsmail", "--config", path, "--check-config")
+        self.assertRefused(result, path, "remote.smarthost_tls", "verified certificate", "allow_insecure_auth")
+        self.assertNotIn("S3cret", result.stderr)
+
     def test_unknownKey(self) -> None:
         """A misspelt key is refused, not ignored."""
         path = self.configFile("[smtp]\nmax_mesage_size = 1000\n")

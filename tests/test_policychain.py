@@ -206,6 +206,23 @@ class AdditionTests(ChainTestCase):
         self.assertNotIn(b"dmarc=pass", queued)
         self.assertIn(b"Authentication-Results: auth.test.evil; spf=pass\r\nSubject: hi\r\n\r\n", queued)
 
+    def test_forgedAuthenticationResultsRemovedOnAListenerWithoutChecks(self) -> None:
+        """RFC 8601 section 5 holds for every listener: a port without checks adds no
+        field, yet a forged one must not reach local delivery as if this host wrote it."""
+        d = self.start((), authservId="auth.test")
+        message = (b"Authentication-Results: auth.test; dkim=pass header.d=bank.example\r\n"
+                   b"Subject: hi\r\n"
+                   b"Authentication-Results: other.test; spf=fail\r\n"
+                   b"Authentication-Results: (c) auth.test;\r\n dmarc=pass\r\n"
+                   b"\r\nAuthentication-Results: auth.test; body text stays\r\n")
+        self.assertRegex(self.transaction(d, message), QUEUED)
+        self.assertIsNone(d.server.transaction._spool)
+        queued = self.queued()
+        self.assertNotIn(b"bank.example", queued)
+        self.assertNotIn(b"dmarc=pass", queued)
+        self.assertIn(b"Subject: hi\r\nAuthentication-Results: other.test; spf=fail\r\n\r\n"
+                      b"Authentication-Results: auth.test; body text stays\r\n", queued)
+
     def test_without_results_nothing_is_held_back(self) -> None:
         d = self.start((Recording("a", []),))
         self.transaction(d)

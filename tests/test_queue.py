@@ -14,7 +14,7 @@ from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient, RecipientS
 from jsmail.interfaces import IQueue
 from jsmail.queue.store import MaildirQueue
 from jsmail.queue.memory import MemoryQueue
-from jsmail.send.bounce import writeBounce
+from jsmail.send.dsn import Action, Notice, writeDSN
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -106,7 +106,7 @@ class MaildirQueueTests(QueueContract, TestCase):
         with open(self.path("active", queueId), "rb") as f:
             first, rest = f.read().split(b"\n", 1)
         self.assertEqual(Envelope.fromBytes(first), ENVELOPE)
-        self.assertIn(b'"version":2', first)
+        self.assertIn(b'"version":3', first)
         self.assertEqual(rest, b"hi\r\n")
 
     @defer.inlineCallbacks
@@ -166,21 +166,34 @@ class EnvelopeFormatTests(TestCase):
     def test_version_1_bounce_says_what_it_said_before(self) -> None:
         envelope = Envelope.fromBytes(self.VERSION_1)
         out = io.BytesIO()
-        writeBounce(out.write, io.BytesIO(b"Subject: s\r\n\r\nbody\r\n"), "Q", envelope, envelope.recipients[:1],
-                    "mx.test", 0.0)
+        writeDSN(out.write, io.BytesIO(b"Subject: s\r\n\r\nbody\r\n"), "Q", envelope,
+                 [Notice(envelope.recipients[0], Action.FAILED)], "mx.test", 0.0)
         self.assertIn(b"Status: 5.1.1\r\nRemote-MTA: dns; mx.test\r\n"
                       b"Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n", out.getvalue())
 
     def test_round_trip(self) -> None:
-        """What version 2 adds comes back as it was written."""
-        envelope = replace(ENVELOPE, recipients=(
-            Recipient("x@localhost", {"NOTIFY": "FAILURE"}, RecipientState.FAILED, "550 5.4.6 looping", "5.4.6"),
+        """What versions 2 and 3 add comes back as it was written."""
+        envelope = replace(ENVELOPE, delayWarned=True, recipients=(
+            Recipient("x@localhost", {"NOTIFY": "FAILURE"}, RecipientState.FAILED, "550 5.4.6 looping", "5.4.6",
+                      reported=True),
             Recipient("y@localhost", {}, RecipientState.PENDING, "451 try later", "4.0.0", True, "dns; mx.test")))
         raw = envelope.toBytes()
-        self.assertTrue(raw.startswith(b'{"version":2,'), raw)
+        self.assertTrue(raw.startswith(b'{"version":3,'), raw)
         self.assertEqual(Envelope.fromBytes(raw), envelope)
 
+    def test_version_2_failures_are_still_owed_their_bounce(self) -> None:
+        """A version-2 envelope (written before each recipient recorded its report)
+        bounced its failures at the message's end: they are still owed a report, its
+        delivered recipients nothing."""
+        raw = replace(ENVELOPE, recipients=(Recipient("x@localhost", state=RecipientState.FAILED),
+                                            Recipient("y@localhost", state=RecipientState.DELIVERED),
+                                            Recipient("z@localhost"))).toBytes()
+        raw = raw.replace(b'"version":3', b'"version":2').replace(b',"reported":false', b"")
+        raw = raw.replace(b',"delayWarned":false', b"")
+        self.assertNotIn(b"reported", raw)
+        self.assertEqual([r.reported for r in Envelope.fromBytes(raw).recipients], [False, True, False])
+
     def test_unknown_version_refused(self) -> None:
-        raw = self.VERSION_1.replace(b'"version":1', b'"version":3')
+        raw = self.VERSION_1.replace(b'"version":1', b'"version":4')
         error = self.assertRaises(EnvelopeFormatError, Envelope.fromBytes, raw)
-        self.assertEqual(str(error), "envelope format version 3 is not 2")
+        self.assertEqual(str(error), "envelope format version 4 is not 3")

@@ -31,6 +31,7 @@ from jsmail.queue.memory import MemoryQueue
 from jsmail._dns import makeResolver
 from jsmail.error import DeliveryError
 from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.destinations import Destinations
 from jsmail.remote.settings import RemoteSettings
 from jsmail.remote.mx import MailExchangers
 from jsmail.route import Route
@@ -42,6 +43,7 @@ from tests.test_dane import tlsa
 
 NONE: tuple[str, ...] = ()
 LOOPBACK = ["127.0.0.0/8"]
+ALLOWED = (ipaddress.ip_network("127.0.0.0/8"),)  # the test peers' network: remote delivery refuses it by default
 
 
 def freePort() -> int:
@@ -113,7 +115,7 @@ class RemoteTestCase(TestCase):
             "server.hostname": "a.test", "server.data": data, "smtp.listen": "tcp:0:interface=127.0.0.1",
             "smtp.submission": NONE, "smtp.smtps": NONE, "server.trusted_networks": LOOPBACK,
             "remote.dns_server": self.dnsAddress, "remote.port": self.peerPort, "queue.delivery_process": False,
-            "remote.connect_timeout": 5.0, "local.catch_all": True,
+            "remote.connect_timeout": 5.0, "local.catch_all": True, "remote.allow_internal": LOOPBACK,
         }
         settings.update({name.replace("__", "."): value for name, value in overrides.items()})
         gateway = MailGateway(loadConfig(overrides=settings))
@@ -330,9 +332,9 @@ class MTASTSTests(RemoteTestCase):
         self.addCleanup(https.stopListening)
         resolver = makeResolver(self.dnsAddress, reactor)
         fetcher = PolicyFetcher(reactor, resolver, trustRoot=Certificate.loadPEM(ca.cert_pem.bytes()),
-                                httpsPort=https.getHost().port, timeout=5.0)
-        return RemoteDelivery(reactor, deferToThread, resolver, RemoteSettings(heloHost="a.test", port=self.peerPort),
-                              mtaSts=fetcher)
+                                httpsPort=https.getHost().port, timeout=5.0, destinations=Destinations(ALLOWED))
+        return RemoteDelivery(reactor, deferToThread, resolver,
+                              RemoteSettings(heloHost="a.test", port=self.peerPort, allowInternal=ALLOWED), mtaSts=fetcher)
 
     def deliver(self, remote: RemoteDelivery) -> defer.Deferred:
         envelope = Envelope("a@a.test", (Recipient("bob@sts.example.test"),))
@@ -401,7 +403,8 @@ class DANETests(TestCase):
         udp = reactor.listenUDP(0, zone, interface="127.0.0.1")
         self.addCleanup(udp.stopListening)
         resolver = makeResolver(f"127.0.0.1:{udp.getHost().port}", reactor)
-        remote = RemoteDelivery(reactor, deferToThread, resolver, RemoteSettings(heloHost="a.test", port=self.port, tls=tls))
+        remote = RemoteDelivery(reactor, deferToThread, resolver,
+                                RemoteSettings(heloHost="a.test", port=self.port, tls=tls, allowInternal=ALLOWED))
         self.addCleanup(remote.close)
         return remote
 

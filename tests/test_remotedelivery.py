@@ -80,6 +80,7 @@ class Session:
         self.settings = settings
         self.tlsFailed = tlsFailed
         self.closed = False
+        self.resetFailed = False
         self.sent: list[OutgoingMessage] = []
         self.stalls = False  # a tarpit: send never answers until aborted
         self._setupError = setupError
@@ -257,6 +258,15 @@ class RemoteDeliveryTests(SynchronousTestCase):
                          [(DELIVERED, "dns; relay.example.net"), (DELIVERED, "dns; smart.example.net")])
         self.deliver(self.remote(), "z@example.test")
         self.assertEqual(self.network.attempts[-1][:2], ("2001:db8::1", 25))
+
+    def test_relayHostRepliesArePrivate(self) -> None:
+        """Security review I-5: what a route or the smarthost says, and its name, are
+        the operator's internals (a bounce shows them to trusted senders only); what a
+        domain's own MX says is not."""
+        route = Route("relay.example.net", 2525, "none", domain="routed.test")
+        results = self.deliver(self.remote(routes=(route,)), "bad@routed.test", "x@routed.test", "bad@example.test")
+        self.assertEqual([(r.recipient, r.reply.private) for r in results],
+                         [("bad@routed.test", True), ("x@routed.test", True), ("bad@example.test", False)])
 
     def test_host_back_off_doubles_and_ends_with_a_session(self) -> None:
         remote = self.remote(hostBackoff=60, hostBackoffMaximum=100)

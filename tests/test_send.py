@@ -76,7 +76,8 @@ class SchedulerTests(TestCase):
 
     def test_retries_then_exactly_one_bounce(self) -> None:
         """Temporary failures are retried on schedule; at the give-up age the sender
-        gets one bounce naming the recipient and the last error."""
+        gets one bounce naming the recipient and the last error (and before it, after
+        4 hours, one delay warning)."""
         self.answers["x@localhost"] = DeliveryStatus.TEMPORARY
         self.scheduler.startService()
         queueId = self.enqueue("a@localhost", "x@localhost", "ok@localhost")
@@ -93,7 +94,8 @@ class SchedulerTests(TestCase):
         self.assertEqual(gaps[:5], [300, 600, 1200, 2400, 3600])
         self.assertLessEqual(attemptTimes[-1] - attemptTimes[0], DAY)
         self.assertNotIn(queueId, self.queue.messages)
-        [(bounce, body)] = self.bounces()
+        [(_, warning), (bounce, body)] = self.bounces()
+        self.assertIn(b"Action: delayed", warning)
         self.assertEqual((bounce.sender, [r.address for r in bounce.recipients]), ("", ["a@localhost"]))
         report = email.message_from_bytes(body)
         self.assertEqual(report.get_content_type(), "multipart/report")
@@ -284,12 +286,15 @@ class BounceTests(TestCase):
         return [d for d in self.agent.deliveries if d.envelope.isBounce]
 
     def test_ret_full_envid_orcpt(self) -> None:
+        """ENVID and ORCPT come back as the client gave them, in xtext (RFC 3461 section
+        4; security review L-1), and RET=FULL returns the whole message to a trusted
+        sender."""
         [bounce] = self.deliver(Envelope("a@localhost", (Recipient("bad@localhost", {"ORCPT": "rfc822;bad+2Bx@localhost"}),),
-                                     mailParams={"RET": "FULL", "ENVID": "ID+2B1"}))
+                                         mailParams={"RET": "FULL", "ENVID": "ID+2B1"}, trusted=True))
         report = email.message_from_bytes(bounce.data)
         status = report.get_payload()[1].get_payload()
-        self.assertEqual(status[0]["Original-Envelope-Id"], "ID+1")
-        self.assertEqual(status[1]["Original-Recipient"], "rfc822; bad+x@localhost")
+        self.assertEqual(status[0]["Original-Envelope-Id"], "ID+2B1")
+        self.assertEqual(status[1]["Original-Recipient"], "rfc822; bad+2Bx@localhost")
         returned = report.get_payload()[2]
         self.assertEqual(returned.get_content_type(), "message/rfc822")
         self.assertIn(b"the body", bounce.data)

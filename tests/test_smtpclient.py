@@ -678,8 +678,10 @@ class StartTLSTests(SynchronousTestCase):
 
 
 class AuthTests(SynchronousTestCase):
-    def session(self, *extensions: bytes, tls: str = "implicit") -> Session:
-        s = Session(tls=tls, username="u", password="p")
+    def session(self, *extensions: bytes, tls: str = "implicit", **settings: Any) -> Session:
+        """Implicit TLS checked for mx.test by default: a peer that proved its name."""
+        settings.setdefault("tlsHostname", "mx.test" if tls == "implicit" else None)
+        s = Session(tls=tls, username="u", password="p", **settings)
         s.reply(GREETING)
         lines = [b"mx.test", *extensions]
         s.client.dataReceived(b"".join(b"250%s%s\r\n" % (b" " if i == len(lines) - 1 else b"-", line)
@@ -726,8 +728,22 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(s.written(), b"QUIT\r\n")
         self.assertEqual(str(s.readyResult[0].value), "454 4.7.0 Not sending credentials without TLS (192.0.2.25 did not offer STARTTLS)")
 
-    def test_plaintext_when_tls_is_none(self) -> None:
+    def test_plaintextCredentialsRefused(self) -> None:
+        """tls="none" is no licence to send the password in the clear (security review M-3)."""
         s = self.session(b"AUTH PLAIN", tls="none")
+        self.assertEqual(s.written(), b"QUIT\r\n")
+        self.assertEqual(str(s.readyResult[0].value), "454 4.7.0 Not sending credentials to a relay whose "
+                         "certificate was not verified (192.0.2.25: no TLS, tls=none)")
+
+    def test_implicitTLSWithoutANameIsUnverified(self) -> None:
+        s = self.session(b"AUTH PLAIN", tlsHostname=None)
+        self.assertEqual(s.written(), b"QUIT\r\n")
+        self.assertEqual(str(s.readyResult[0].value), "454 4.7.0 Not sending credentials to a relay whose "
+                         "certificate was not verified (192.0.2.25: TLS without a verified certificate, "
+                         "tls=implicit)")
+
+    def test_plaintext_when_allowed(self) -> None:
+        s = self.session(b"AUTH PLAIN", tls="none", allowInsecureAuth=True)
         self.assertEqual(s.written(), b"AUTH PLAIN AHUAcA==\r\n")
 
 

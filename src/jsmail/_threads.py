@@ -16,9 +16,13 @@ from typing import Any, Callable, Mapping
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 RunInThread = Callable[..., "defer.Deferred[Any]"]
+
+_log = Logger()
 
 
 def runNow(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
@@ -60,13 +64,19 @@ class ThreadPoolService(MultiService):
             return defer.succeed(None)
         d = defer.maybeDeferred(super().stopService)
 
-        def stopped(result: object) -> object:
-            self.childrenStopped()
-            for pool in self.pools.values():
-                pool.stop()
-            return result
+        def stopped(result: object) -> defer.Deferred[object]:
+            def stopPools(ended: object) -> object:
+                if isinstance(ended, Failure):
+                    _log.failure("Stopping failed", ended)
+                for pool in self.pools.values():
+                    pool.stop()
+                return result
+
+            return defer.maybeDeferred(self.childrenStopped).addBoth(stopPools)
 
         return d.addBoth(stopped)
 
-    def childrenStopped(self) -> None:
-        """Called once every child has stopped, before the pools stop."""
+    def childrenStopped(self) -> defer.Deferred[Any] | None:
+        """Called once every child has stopped; the pools stop once what it returns
+        has fired (work that still needs a pool, such as a last write, ends first)."""
+        return None

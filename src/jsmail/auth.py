@@ -348,10 +348,20 @@ class HashedPasswordFileFactory:
 class CheckpasswordFactory:
     authType = "checkpassword"
     authHelp = "Run a checkpassword-interface program (user, password on fd 3; exit 0 ok, 1 bad, 111 retry)."
-    argStringFormat = "The path of the program."
+    argStringFormat = "The path of the program, then :timeout=SECONDS if 30 is not right."
     credentialInterfaces = CheckpasswordChecker.credentialInterfaces
 
     def generateChecker(self, argstring: str) -> CheckpasswordChecker:
-        if not os.access(argstring, os.X_OK):
-            raise ValueError(f"{argstring!r} is not an executable program")
-        return CheckpasswordChecker(argstring)
+        program, option, value = argstring.rpartition(":timeout=")
+        if not option:
+            program, timeout = argstring, 30.0
+        else:
+            try:
+                timeout = float(value)
+            except ValueError:
+                timeout = 0.0
+            if not 0 < timeout <= 3600:
+                raise ValueError(f"timeout={value!r}: give the seconds a program may take, above 0 and at most 3600")
+        if not os.access(program, os.X_OK):
+            raise ValueError(f"{program!r} is not an executable program")
+        return CheckpasswordChecker(program, timeout=timeout)

@@ -32,7 +32,7 @@ import time
 
 from jsmail.auth import setPassword
 from jsmail.datadir import dataDirectory
-from jsmail.send.bounce import MAX_RETURNED_HEADERS
+from jsmail.send.dsn import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued

@@ -6,11 +6,19 @@ one JSON object, so an operator can read it with ``head -1`` (see ``docs/queue.r
 Per-recipient delivery state lives in :class:`Recipient`, so a message to several
 recipients is retried only for those still pending.
 
-Format versions: 2 keeps each recipient's last reply as text (``lastReply``, what a
-bounce shows) with its enhanced status code (``lastStatus``) and whether a remote
-server said it (``lastFromPeer``), so a bounce needs no parsing.  Version 1 had the
-text only; it is still read, and each of its replies gets the status and the
-``smtp`` label the bounce of that version would have given it.
+Format versions: 3 records, per recipient, whether its end has been reported
+(``reported``: the delivery status notification it was owed is queued, so a
+permanent failure is reported at once, not when the message's last recipient is
+done) and whether its last reply is private (``lastPrivate``: see
+:class:`jsmail.reply.Reply`); per message, whether the delay warning went
+(``delayWarned``) and whether the sender was authenticated or trusted (``trusted``:
+only then may its notices return the whole message and private replies).  2 keeps
+each recipient's last reply as text (``lastReply``, what a bounce shows) with its
+enhanced status code (``lastStatus``) and whether a remote server said it
+(``lastFromPeer``), so a bounce needs no parsing.  Versions 1 and 2 are still read:
+their failed recipients are still owed their bounce (their versions bounced at the
+message's end), their delivered ones nothing; version 1's replies get the status
+and the ``smtp`` label the bounce of that version would have given them.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
+DOUBLE_BOUNCE = "double-bounce"  # the protocol of a bounce about a bounce, kept through forwards
 _VERSION_1_STATUS = re.compile(r"\b([45]\.\d{1,3}\.\d{1,3})\b")  # as version 1's bounces found it
 
 
@@ -46,6 +56,8 @@ class Recipient:
     lastStatus: str | None = None  # its enhanced status code (RFC 3463)
     lastFromPeer: bool = False  # whether a remote server said it (a bounce's smtp;) or jsmail (X-jsmail;)
     remoteMTA: str | None = None
+    reported: bool = False  # its end (delivered or failed) has had the notice it was owed
+    lastPrivate: bool = False  # lastReply and remoteMTA are for trusted senders only (Reply.private)
 
     @property
     def isDone(self) -> bool:
@@ -58,7 +70,11 @@ class Envelope:
 
     ``sender`` is ``""`` for the null reverse-path (a bounce).  ``mailParams`` are the
     MAIL FROM parameters (SIZE, BODY, SMTPUTF8, ...).  ``attempts`` and ``nextAttempt``
-    belong to the scheduler; the queue only stores them.
+    belong to the scheduler; the queue only stores them.  ``trusted``: the message
+    came from an authenticated client, a client in ``trusted_networks`` or a program
+    on this host (sendmail, ``submit()``), so its delivery notices may return the whole
+    message (RET=FULL) and every reply's text; anyone else could make jsmail reflect
+    content of their choosing to an address they forged (security review M-1, I-5).
     """
 
     sender: str
@@ -70,6 +86,8 @@ class Envelope:
     protocol: str = "ESMTP"
     attempts: int = 0
     nextAttempt: float = 0.0
+    delayWarned: bool = False  # the one delay warning (RFC 3464 action "delayed") has gone
+    trusted: bool = False  # from an authenticated or trusted client, or a local program
 
     @property
     def pending(self) -> tuple[Recipient, ...]:
@@ -78,6 +96,13 @@ class Envelope:
     @property
     def isBounce(self) -> bool:
         return self.sender == ""
+
+    @property
+    def isDoubleBounce(self) -> bool:
+        """A bounce about a bounce, sent to the postmaster: if it fails too, it is
+        dropped (qmail's rule).  The mark is the protocol, which local forwards keep, so
+        an alias of the postmaster that fails cannot start a loop."""
+        return self.protocol == DOUBLE_BOUNCE
 
     def toBytes(self) -> bytes:
         """One line of JSON (no newline inside), starting with the format version."""
@@ -101,7 +126,7 @@ class Envelope:
         if not isinstance(data, dict):
             raise EnvelopeFormatError("not a jsmail envelope: not a JSON object")
         version = data.pop("version", None)
-        if version not in (1, FORMAT_VERSION) or isinstance(version, bool):
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise EnvelopeFormatError(f"envelope format version {version!r} is not {FORMAT_VERSION}")
         _check(data, _ENVELOPE_FIELDS, "envelope")
         recipients = data.pop("recipients", None)
@@ -111,8 +136,9 @@ class Envelope:
         for r in recipients:
             if not isinstance(r, dict):
                 raise EnvelopeFormatError("bad envelope field: a recipient is not an object")
-            _check(r, _RECIPIENT_FIELDS, "recipient")  # first: version 1's conversion reads lastReply
+            _check(r, _RECIPIENT_FIELDS, "recipient")  # first: the conversions read lastReply and state
             r = _fromVersion1(r) if version == 1 else r
+            r = _fromVersion2(r) if version in (1, 2) else r
             try:
                 checked.append(Recipient(**{**r, "state": RecipientState(r["state"])}))
             except (TypeError, ValueError, KeyError) as e:
@@ -141,10 +167,12 @@ _ENVELOPE_FIELDS: dict[str, Any] = {
     "sender": _TEXT, "recipients": lambda v: True, "mailParams": _params, "arrival": _number,
     "clientAddress": _TEXT, "helo": _TEXT, "protocol": _TEXT,
     "attempts": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "nextAttempt": _number,
+    "delayWarned": lambda v: isinstance(v, bool), "trusted": lambda v: isinstance(v, bool),
 }
 _RECIPIENT_FIELDS: dict[str, Any] = {
     "address": _TEXT, "params": _params, "state": _TEXT, "lastReply": _OPTIONAL_TEXT,
     "lastStatus": _OPTIONAL_TEXT, "lastFromPeer": lambda v: isinstance(v, bool), "remoteMTA": _OPTIONAL_TEXT,
+    "reported": lambda v: isinstance(v, bool), "lastPrivate": lambda v: isinstance(v, bool),
 }
 
 
@@ -165,3 +193,10 @@ def _fromVersion1(recipient: dict[str, Any]) -> dict[str, Any]:
         return recipient
     match = _VERSION_1_STATUS.search(text)
     return {**recipient, "lastStatus": match.group(1) if match else "5.0.0", "lastFromPeer": True}
+
+
+def _fromVersion2(recipient: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 or -2 recipient as version 3: versions before 3 sent no success
+    notices and bounced failures at the message's end, so a delivered recipient is
+    settled and a failed one still owed its bounce."""
+    return {**recipient, "reported": recipient.get("state") == RecipientState.DELIVERED.value}

@@ -174,6 +174,73 @@ class FieldWatcher:
             self._current = None
 
 
+class FieldDropper:
+    """Streams a message to ``write``, leaving out the header fields ``drop`` picks,
+    holding at most ``limit`` octets of header at a time.  A header section longer
+    than that is filtered in turns (each cut falls between fields), and a single field
+    longer than that is judged by its first ``limit`` octets, so a field far down goes
+    as surely as the first; once the body begins, data passes straight through."""
+
+    def __init__(self, write: Callable[[bytes], None], drop: Callable[[bytes], bool], limit: int = MAX_HEADER) -> None:
+        self._write = write
+        self._drop = drop
+        self._limit = limit
+        self._scanner: HeaderScanner | None = HeaderScanner(limit)
+        self._longField: bool | None = None  # inside a field over the limit: drop it (True) or pass it (False)
+        self._afterLineEnd = False  # the long field's last piece ended a line: the next octet tells if it goes on
+
+    def write(self, data: bytes) -> None:
+        while True:
+            if self._longField is not None:
+                after = self._restOfLongField(data)
+                if after is None:
+                    return
+                data, self._scanner = after, HeaderScanner(self._limit)
+            if self._scanner is None:
+                break
+            split = self._scanner.feed(data)
+            if split is None:
+                return
+            self._write(dropFields(split.header, self._drop))
+            data = split.rest
+            if split.whole:
+                self._scanner = None
+            elif not split.header:  # one field alone is over the limit
+                self._scanner, self._longField = None, self._drop(data[: self._limit])
+            else:
+                self._scanner = HeaderScanner(self._limit)
+        if data:
+            self._write(data)
+
+    def close(self) -> None:
+        """The content ended, inside the header section perhaps: write what is held."""
+        if self._scanner is not None:
+            header = self._scanner.close().header
+            self._scanner = None
+            self._write(dropFields(header, self._drop))
+
+    def _restOfLongField(self, data: bytes) -> bytes | None:
+        """Drop or pass the long field's octets in ``data``; what follows the field, or
+        None while it goes on."""
+        if not data:
+            return None
+        if self._afterLineEnd and data[0] not in _WSP:
+            self._longField, self._afterLineEnd = None, False
+            return data
+        start = 0
+        while (lf := data.find(b"\n", start)) >= 0 and lf + 1 < len(data):
+            if data[lf + 1] not in _WSP:
+                if not self._longField:
+                    self._write(data[: lf + 1])
+                self._longField, self._afterLineEnd = None, False
+                return data[lf + 1 :]
+            start = lf + 1
+        self._afterLineEnd = lf >= 0
+        if not self._longField:
+            self._write(data)
+        return None
+
+
 def splitHeader(chunks: Iterator[bytes], limit: int = MAX_HEADER) -> Split:
     """Read ``chunks`` until the header section ends (or ``limit`` is passed); what
     ``chunks`` still holds after that is the rest of the message."""

@@ -65,16 +65,29 @@ class IQueue(IMessageSink):
         """Open the message bytes for reading (blocking I/O: call from a thread)."""
 
     def update(queueId: str, envelope: Envelope) -> Deferred[None]:
-        """Durably replace the envelope (per-recipient state, attempts, next attempt)."""
+        """Durably replace the envelope (per-recipient state, attempts, next attempt);
+        fails with :class:`NotQueued` if the message is no longer there."""
 
     def remove(queueId: str) -> Deferred[None]:
-        """Remove a message whose every recipient is done."""
+        """Remove a message whose every recipient is done; fails with
+        :class:`NotQueued` if it is no longer there (an operator held it meanwhile)."""
 
 
 class DeliveryStatus(Enum):
     DELIVERED = "delivered"
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
+
+
+class Handoff(Enum):
+    """Where a delivered message went, which decides who owes the sender a success
+    notice when NOTIFY asks for one (RFC 3461 sections 5.2.1-5.2.3; the actions of RFC 3464
+    section 2.3.3)."""
+
+    DELIVERED = "delivered"  # final delivery: a mailbox, a program
+    EXPANDED = "expanded"  # delivered, and forwarded on to other addresses
+    RELAYED = "relayed"  # to a next hop without DSN: jsmail owes the "relayed" notice
+    PASSED_ON = "passed-on"  # to a next hop that offered DSN, with the parameters: it reports from now on
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,8 @@ class DeliveryResult:
     ``reply`` is what a bounce may show: a peer's own reply
     (:class:`~jsmail.reply.PeerReply`) or one of jsmail's from :mod:`jsmail.reply`.
     ``detail`` is the private why (paths, host names, program output, exception
-    texts), for the operator log only.
+    texts), for the operator log only.  ``handoff`` says, for a delivered recipient,
+    what became of the message.
     """
 
     recipient: str
@@ -92,6 +106,7 @@ class DeliveryResult:
     reply: Reply
     detail: str = ""
     remoteMTA: str = ""  # "dns; mx.example.org" when a remote server was talked to
+    handoff: Handoff = Handoff.DELIVERED
 
     @property
     def fromPeer(self) -> bool:

@@ -148,9 +148,11 @@ def failed(queueId: str, result: DeliveryResult) -> None:
           queueId=queueId, event="failed", **_outcome(result))
 
 
-def bounced(queueId: str, sender: str, bounceId: str) -> None:
-    _info("bounced id={queueId} to=<{sender}> bounce_id={bounceId}",
-          queueId=queueId, sender=sender, bounceId=bounceId, event="bounced")
+def bounced(queueId: str, sender: str, bounceId: str, actions: str = "failed") -> None:
+    """A delivery status notification was queued: ``actions`` are the RFC 3464 actions
+    it reports (failed, delayed, delivered, relayed, expanded), comma-separated."""
+    _info("bounced id={queueId} to=<{sender}> bounce_id={bounceId} actions={actions}",
+          queueId=queueId, sender=sender, bounceId=bounceId, actions=actions, event="bounced")
 
 
 def removed(queueId: str) -> None:

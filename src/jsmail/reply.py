@@ -11,7 +11,7 @@ peer's words (``smtp;``) from jsmail's own (RFC 3464 section 2.3.6).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |$)")
 
@@ -23,11 +23,18 @@ class Reply:
     ``enhanced`` is empty only for the greeting and the HELO/EHLO replies, which RFC 2034
     section 3 exempts (an enhanced code there would read as an EHLO keyword), and for a
     peer's reply that had none (:attr:`status` then gives the class's generic code).
+
+    A ``private`` reply's text may say what a sender outside must not learn (a local
+    program's output, the words of a relay host of the operator's own): a delivery
+    notice to a sender who was neither authenticated nor trusted shows a generic text
+    in its place (security review I-5).  It takes no part in comparisons, and is
+    keyword-only, so a subclass may add positional fields (``smtp.pipeline.Reason``).
     """
 
     code: int
     enhanced: str
     text: str
+    private: bool = field(default=False, compare=False, kw_only=True)
 
     def withText(self, text: str) -> Reply:
         """The same codes with another text."""
@@ -151,6 +158,8 @@ AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try agai
 AUTH_ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
 AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
 SENDER_REFUSED = Reply(553, "5.7.1", "Sender address refused")
+SENDER_LITERAL_REFUSED = Reply(553, "5.7.1", "Sender address <{}> refused: an address literal is taken only from "
+                               "authenticated or trusted clients")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not allowed for this user")
 AUTHOR_NOT_OWNED = Reply(550, "5.7.1", "{} header address not allowed for this user")
 
@@ -204,18 +213,21 @@ DELIVERED = Reply(250, "2.0.0", "Delivered")
 DELIVERY_ERROR = Reply(451, "4.3.0", "Temporary local delivery error")
 CANNOT_READ_MESSAGE = Reply(451, "4.3.0", "Cannot read the queued message")
 LOOPING = Reply(550, "5.4.6", "This message is looping: it already has my Delivered-To line")
+TOO_MANY_DELIVERED_TO = Reply(554, "5.4.6", "This message is looping: it has been forwarded too many times")
 BAD_LOCAL_MAILBOX = Reply(550, "5.1.3", "The local part cannot name a mailbox")
 NO_SUCH_LOCAL_MAILBOX = Reply(550, "5.1.1", "Sorry, no mailbox here by that name")
 BAD_FORWARD = Reply(550, "5.1.3", "Unable to forward: not a bare address")
 INSTRUCTIONS_UNUSABLE = Reply(451, "4.2.1", "The mailbox's delivery instructions cannot be used now")
 INSTRUCTIONS_UNSAFE = Reply(451, "4.7.0", "The mailbox's delivery instructions are not safe to follow")
 MBOX_UNAVAILABLE = Reply(451, "4.2.1", "The mailbox file cannot be used now")
-PROGRAM_FAILED = Reply(554, "5.3.0", "{}")  # a |program's own words (qmail-command's permanent exits)
-PROGRAM_DEFERRED = Reply(451, "4.3.0", "{}")
+PROGRAM_FAILED = Reply(554, "5.3.0", "{}", private=True)  # a |program's own words (qmail-command's exit 100)
+PROGRAM_DEFERRED = Reply(451, "4.3.0", "{}", private=True)
 NO_ROUTE = Reply(554, "5.4.4", "No route to a non-local domain: remote delivery is not configured")
 NO_SUCH_DOMAIN = Reply(550, "5.1.2", "Domain {} does not exist")
 NULL_MX = Reply(556, "5.1.10", "Domain {} accepts no mail (null MX, RFC 7505)")
 DNS_FAILED = Reply(451, "4.4.3", "DNS lookup for {} failed")
+LOOPS_BACK = Reply(550, "5.4.6", "Mail for {} loops back to myself")  # qmail's and Postfix's words
+INTERNAL_DESTINATION = Reply(550, "5.4.4", "Mail for {} is not sent to internal addresses")
 HOST_WITHOUT_ADDRESS = Reply(451, "4.4.4", "A mail exchanger of {} has no address")
 NO_HOST_REACHED = Reply(451, "4.4.1", "No mail exchanger for {} could be reached")
 CANNOT_CONNECT = Reply(451, "4.4.1", "Cannot connect to the mail exchanger")
@@ -235,6 +247,7 @@ TLSA_LOOKUP_FAILED = Reply(451, "4.7.5", "The mail exchanger's TLSA records coul
 PEER_TLSA_MISMATCH = Reply(454, "4.7.5", "The mail exchanger's certificate does not match its TLSA records")
 PEER_NO_AUTH = Reply(454, "4.7.0", "The relay does not offer AUTH PLAIN or LOGIN")
 PEER_AUTH_WITHOUT_TLS = Reply(454, "4.7.0", "Not sending credentials without TLS")
+PEER_AUTH_UNVERIFIED = Reply(454, "4.7.0", "Not sending credentials to a relay whose certificate was not verified")
 BAD_SENDER_ADDRESS = Reply(501, "5.1.7", "Bad sender address")
 BAD_RECIPIENT_ADDRESS = Reply(501, "5.1.3", "Bad recipient address")
 PEER_SIZE_LIMIT = Reply(552, "5.3.4", "The message of {} octets exceeds the {} octets the mail exchanger accepts")

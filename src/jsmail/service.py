@@ -37,7 +37,7 @@ from jsmail.policy.chain import Chain, buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext
 from jsmail.policy.base import Policy
 from jsmail.policy.recipients import KnownRecipients
-from jsmail.policy.relay import BadMailFrom, RelayControl
+from jsmail.policy.relay import BadMailFrom, RelayControl, TrustedClient
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.queue.funnel import NOTHING, Funnel, Owed
 from jsmail.queue.store import MaildirQueue
@@ -105,6 +105,8 @@ def builtInChecks(config: Config, runInThread: RunInThread, relayControl: bool =
     if relayControl:
         checks.append(RelayControl(frozenset(server.domains).__contains__, server.trustedNetworks,
                                    relay.rcptHostsCheck()))
+    else:
+        checks.append(TrustedClient())
     checks += knownRecipients(config, runInThread)
     if relay.badMailFrom:
         checks.append(BadMailFrom(relay.badMailFrom))
@@ -271,7 +273,8 @@ class MailGateway(ThreadPoolService):
         with one :class:`DeliveryResult` per recipient once it has left the queue:
         delivered, or failed for good (after the retries; the sender got a bounce)."""
         envelope = Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=self.reactor.seconds(),
-                            clientAddress="127.0.0.1", helo=self.config.server.hostname, protocol="local")
+                            clientAddress="127.0.0.1", helo=self.config.server.hostname, protocol="local",
+                            trusted=True)
         incoming = self.funnel.newMessage(envelope)
         incoming.write(message)
         outcome = self.outcomes.watch(incoming.queueId)

@@ -7,7 +7,11 @@ qmail-local does (qmail-interfaces reference, sections 9.3-9.8): Maildir and mbo
 the first failure stopping the rest; forwards collected and queued together at the
 end, through the one funnel into the queue, as one new message from the forwarding
 sender with this recipient's ``Delivered-To:`` line added.  A message already
-carrying that very line is looping and fails for good (9.4).
+carrying that very line is looping and fails for good (9.4); so does one that already
+carries :data:`MAX_DELIVERED_TO` Delivered-To lines of any address, which stops a loop
+through ever-new addresses that the line check cannot see (Postfix counts them too).
+A forward keeps the double-bounce mark of its message (:attr:`Envelope.isDoubleBounce`),
+so a double bounce forwarded by an alias of the postmaster is still one.
 
 With no instructions, the recipient ``local@domain`` owns the default Maildir
 ``<root>/<domain>/<local>/``, made on first delivery.  A delivery follows the Maildir protocol
@@ -39,10 +43,11 @@ from jsmail._threads import RunInThread
 from jsmail.address import BadMailbox, mailboxName
 from jsmail.local.aliases import AliasesFile
 from jsmail import reply
-from jsmail.envelope import Envelope, Recipient
+from jsmail.envelope import DOUBLE_BOUNCE, Envelope, Recipient
 from jsmail.error import DeliveryError
-from jsmail.headers import fields, readHeader
-from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IIncomingMessage, QueuedMessage
+from jsmail.headers import fields, hasName, readHeader
+from jsmail.interfaces import (DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IIncomingMessage,
+                               QueuedMessage)
 from jsmail.local.dotqmail import (Forward, Instructions, Mailbox, Maildir, Mbox, Program, commandEnvironment,
                                    findMailbox, newSender, readInstructions)
 from jsmail.local.maildir import copyAsLF, makeMaildir, writeMaildirMessage
@@ -52,6 +57,7 @@ from jsmail.local.settings import LocalSettings
 from jsmail.route import VirtualDomains
 
 _COPY_CHUNK = 65536
+MAX_DELIVERED_TO = 20  # Delivered-To lines a message may already carry (local forwards it went through)
 
 
 @dataclass(frozen=True)
@@ -69,9 +75,15 @@ def _line(text: str) -> bytes:
     return (text.replace("\n", "_") + "\n").encode("utf-8", "replace")
 
 
-def isLooping(source: BinaryIO, dtline: bytes) -> bool:
-    """Whether the header section holds ``dtline`` byte for byte (section 9.4)."""
-    return dtline.rstrip(b"\n") in fields(readHeader(source).header)
+def checkLoop(source: BinaryIO, dtline: bytes) -> None:
+    """Fail for good if the header section holds ``dtline`` byte for byte (section
+    9.4), or already :data:`MAX_DELIVERED_TO` Delivered-To lines."""
+    found = fields(readHeader(source).header)
+    if dtline.rstrip(b"\n") in found:
+        raise DeliveryError(reply.LOOPING, True, dtline.decode("utf-8", "replace").strip())
+    hops = sum(1 for field in found if hasName(field, "Delivered-To"))
+    if hops >= MAX_DELIVERED_TO:
+        raise DeliveryError(reply.TOO_MANY_DELIVERED_TO, True, f"{hops} Delivered-To lines")
 
 
 @implementer(IDeliveryAgent)
@@ -96,7 +108,8 @@ class LocalDelivery:
         self.reactor = reactor
         self.settings = settings
         self.newMessage = newMessage
-        self.aliases = AliasesFile(settings.aliases, settings.noAtHost or self.hostname) if settings.aliases else None
+        noAtHost = settings.noAtHost or (settings.localDomains[0] if settings.localDomains else self.hostname)
+        self.aliases = AliasesFile(settings.aliases, noAtHost) if settings.aliases else None
         self._semaphore = defer.DeferredSemaphore(settings.concurrency)
         self.virtual = VirtualDomains(settings.virtualDomains)
         self._locals = frozenset(d.lower() for d in settings.localDomains)
@@ -128,22 +141,23 @@ class LocalDelivery:
         rpline = _line(f"Return-Path: <{sender}>")
         try:
             plan = yield self.runInThread(self._plan, message, address, usersDomain, dtline)
+            handoff = Handoff.DELIVERED
             if plan.instructions is None:
                 detail = yield self._deliverDefault(message, address, rpline + dtline)
             else:
-                detail = yield self._follow(message, address, plan, rpline, dtline)
+                detail, forwarded = yield self._follow(message, address, plan, rpline, dtline)
+                handoff = Handoff.EXPANDED if forwarded else handoff
         except DeliveryError as e:
             [result] = DeliveryResult.forAll([Recipient(recipient)], e)
             return result
         except Exception as e:
             return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR, f"local delivery: {e}")
-        return DeliveryResult(recipient, DeliveryStatus.DELIVERED, reply.DELIVERED, detail)
+        return DeliveryResult(recipient, DeliveryStatus.DELIVERED, reply.DELIVERED, detail, handoff=handoff)
 
     def _plan(self, message: QueuedMessage, recipient: str, usersDomain: str, dtline: bytes) -> _Plan:
         """Loop check and the instructions to follow (blocking)."""
         with message.open() as source:
-            if isLooping(source, dtline):
-                raise DeliveryError(reply.LOOPING, True, dtline.decode("utf-8", "replace").strip())
+            checkLoop(source, dtline)
         local, _, domain = recipient.rpartition("@")
         sender = message.envelope.sender
         separators = self.settings.separators
@@ -185,7 +199,8 @@ class LocalDelivery:
 
     @defer.inlineCallbacks
     def _follow(self, message: QueuedMessage, recipient: str, plan: _Plan, rpline: bytes, dtline: bytes) -> Any:
-        """Carry out the instructions in order (section 9.3); fire with the success text."""
+        """Carry out the instructions in order (section 9.3); fire with the success text
+        and whether the message was forwarded."""
         assert plan.instructions is not None
         sender = message.envelope.sender
         ufline = fromLine(sender, self.reactor.seconds())
@@ -244,7 +259,7 @@ class LocalDelivery:
             queueId = yield self._forward(message, plan.newSender, forwards, dtline)
             outputs.append(f"qp {queueId}")
         detail = f"did {files}+{len(forwards)}+{programs}"
-        return "\n".join([detail, *outputs])
+        return "\n".join([detail, *outputs]), bool(forwards)
 
     def _toMaildir(self, message: QueuedMessage, maildir: str, headers: bytes) -> defer.Deferred[None]:
         """Into an existing Maildir named by an instruction (section 9.6): one that is
@@ -269,8 +284,11 @@ class LocalDelivery:
         Delivered-To line added (section 9.4)."""
         if self.newMessage is None:
             raise DeliveryError(reply.DELIVERY_ERROR, False, "unable to forward: no queue to forward through")
-        envelope = Envelope(sender, tuple(Recipient(a) for a in addresses), arrival=self.reactor.seconds(),
-                            clientAddress="127.0.0.1", helo=self.hostname, protocol="local")
+        original = message.envelope
+        envelope = Envelope(sender, tuple(Recipient(a) for a in addresses), mailParams=_carried(original.mailParams),
+                            arrival=self.reactor.seconds(), clientAddress="127.0.0.1", helo=self.hostname,
+                            protocol=DOUBLE_BOUNCE if original.isDoubleBounce else "local",
+                            trusted=original.trusted)  # a forward does not make its sender trusted
         incoming = self.newMessage(envelope)
 
         def write() -> None:
@@ -284,3 +302,11 @@ class LocalDelivery:
             raise DeliveryError(reply.DELIVERY_ERROR, False, f"unable to forward: {failure.getErrorMessage()}")
 
         return self.runInThread(write).addCallbacks(lambda _: incoming.commit(), failed)
+
+
+def _carried(params: dict[str, str | None]) -> dict[str, str | None]:
+    """The MAIL parameters a forwarded copy keeps: what its content needs on the way
+    (BODY, SMTPUTF8).  DSN's ENVID and RET are not carried: the forward is a new
+    message whose notices go to its own sender (the success notice for this recipient
+    says "expanded")."""
+    return {key: value for key, value in params.items() if key.upper() in ("BODY", "SMTPUTF8")}

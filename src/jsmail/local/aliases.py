@@ -15,8 +15,9 @@ matched without regard to case.  Targets are separated by commas (a target in do
 quotes may hold commas and spaces): ``|command`` runs a program, ``/path`` appends to
 an mbox and ``/path/`` delivers into a Maildir, ``:include:/file`` reads more targets
 from a file (one or more a line, the same syntax), anything else is an address to
-forward to (one without ``@`` gets the local host's name added, as qmail's
-envnoathost does).  Targets become the same instructions a ``.qmail`` line gives
+forward to (one without ``@`` gets ``local.noathost`` added, as qmail's envnoathost
+does: by default the first local domain, so that ``postmaster: root`` stays local).
+Targets become the same instructions a ``.qmail`` line gives
 (:mod:`jsmail.local.dotqmail`), so they are delivered the same way.
 """
 

@@ -18,7 +18,7 @@ class LocalSettings:
     plusExtensions: bool = True  # "+" separates an extension too (user+tag)
     aliases: str = ""  # an /etc/aliases-style file; empty: none
     programTimeout: float = 3600.0  # seconds a |program may run
-    noAtHost: str = ""  # added to forward addresses without "@" (qmail's envnoathost)
+    noAtHost: str = ""  # added to forward addresses without "@" (qmail's envnoathost); empty: the first local domain
     concurrency: int = 10  # recipients delivered at once (qmail's concurrencylocal)
     virtualDomains: tuple[str, ...] = ()  # qmail's virtualdomains lines, "key:prepend"
     localDomains: tuple[str, ...] = ()  # the first one holds virtual domains' users

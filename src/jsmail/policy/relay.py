@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from jsmail import reply
-from jsmail.address import Address
+from jsmail.address import Address, BadMailbox, mailboxName
 from jsmail.error import SMTPReplyError
-from jsmail.address import BadMailbox, mailboxName
 from jsmail.policy.base import Policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The transaction note :class:`RelayControl` sets for a client in the trusted networks.
+TRUSTED_CLIENT = "trustedClient"
 
 
 def isTrusted(clientAddress: str, networks: Iterable[Network]) -> bool:
@@ -38,6 +40,12 @@ class RelayControl(Policy):
     in a local part is refused at RCPT rather than failing later.  ``rcptHosts`` (qmail's
     rcpthosts, :class:`RcptHosts`) names more domains taken from anyone,
     such as those this server is a backup MX for.
+
+    A sender address literal (``MAIL FROM:<u@[10.0.0.1]>``) is taken only from the
+    same trusted clients and authenticated users (security review M-9): from anyone
+    else it names no domain that could be checked, and a bounce to it would go to
+    whatever address it names, internal ones included.  Postfix's sender
+    restrictions refuse with the same 553 5.7.1.
     """
 
     def __init__(self, isLocalDomain: Callable[[str], bool], trustedNetworks: Iterable[Network] = (),
@@ -45,6 +53,20 @@ class RelayControl(Policy):
         self.isLocalDomain = isLocalDomain
         self.trustedNetworks = tuple(trustedNetworks)
         self.rcptHosts = rcptHosts
+
+    def checkSender(self, session: object, address: Address, params: dict) -> None:
+        """Note a client in the trusted networks, for the envelope (its bounces may
+        return the whole message); refuse an address-literal sender from a client that
+        is neither authenticated nor trusted."""
+        clientAddress = getattr(session, "clientAddress", "")
+        trusted = isTrusted(clientAddress, self.trustedNetworks)
+        notes = getattr(session, "transactionNotes", None)
+        if notes is not None and trusted:
+            notes[TRUSTED_CLIENT] = True
+        if address.domain.startswith("[") and getattr(session, "user", None) is None and not trusted:
+            raise SMTPReplyError(reply.SENDER_LITERAL_REFUSED.format(address),
+                                 f"address-literal sender from untrusted {clientAddress}")
+        return None
 
     def checkRecipient(self, session: object, address: Address, params: dict) -> None:
         if self.isLocalDomain(address.domain):
@@ -64,6 +86,18 @@ class RelayControl(Policy):
                 reply.RELAY_DENIED.withText(f"Relaying to <{address}> denied: {address.domain} is not a local domain"),
                 f"relay attempt from untrusted {clientAddress} to {address}",
             )
+        return None
+
+
+class TrustedClient(Policy):
+    """In place of :class:`RelayControl` where the client may relay whatever its
+    address (tcpserver's RELAYCLIENT): notes it as trusted, as RelayControl does for
+    the trusted networks, so its bounces may return the whole message."""
+
+    def checkSender(self, session: object, address: Address, params: dict) -> None:
+        notes = getattr(session, "transactionNotes", None)
+        if notes is not None:
+            notes[TRUSTED_CLIENT] = True
         return None
 
 

@@ -37,7 +37,8 @@ doublebouncehost                                 (defaults postmaster, me)
 virtualdomains     local.virtual_domains         ``domain:prepend``: user@domain is
                                                  delivered as local ``prepend-user``
 envnoathost        local.noathost                host added to forward and alias
-                                                 targets without ``@`` (default: me)
+                                                 targets without ``@`` (default: the
+                                                 first of locals, me without it)
 =================  ============================  =====================================
 
 Not read: ``percenthack`` (jsmail never routes ``user%host@domain`` anywhere but the

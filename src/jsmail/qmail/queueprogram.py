@@ -57,9 +57,12 @@ def copyAsCRLF(source: BinaryIO, write: Callable[[bytes], None]) -> None:
     write(held)
 
 
-def enqueue(dataDir: str, message: BinaryIO, envelope: bytes, owed: Owed = Owed(received=True)) -> str:
+def enqueue(dataDir: str, message: BinaryIO, envelope: bytes, owed: Owed = Owed(received=True),
+            trusted: bool = False) -> str:
     """Queue the message durably through the funnel, with what it is ``owed``, and
-    wake a running jsmail to deliver it; return its queue id (or raise QueueRefusal)."""
+    wake a running jsmail to deliver it; return its queue id (or raise QueueRefusal).
+    ``trusted``: the sender is a user of this host (jsmail-sendmail); jsmail-queue
+    cannot tell (qmail-smtpd runs it for anyone), so its mail is not."""
     try:
         sender, recipients = decode(envelope)
     except EnvelopeError as e:
@@ -68,7 +71,8 @@ def enqueue(dataDir: str, message: BinaryIO, envelope: bytes, owed: Owed = Owed(
     queue = MaildirQueue(queueDir, defer.maybeDeferred, sweep=False, spares=0)
     funnel = Funnel(queue, lambda queueId, envelope: wakeDelivery(queueDir))  # else a jsmail takes it up when it starts
     incoming = funnel.newMessage(Envelope(sender, tuple(Recipient(r) for r in recipients), arrival=time.time(),
-                                          clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local"), owed)
+                                          clientAddress="127.0.0.1", helo="jsmail-queue", protocol="local",
+                                          trusted=trusted), owed)
     try:
         copyAsCRLF(message, incoming.write)
     except OSError as e:

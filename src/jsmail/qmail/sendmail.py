@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             return EX_USAGE
         owed = Owed(received=True, complete=True, hostname=hostname, author=formataddr((fullName or "", sender)))
         try:
-            enqueue(dataDir, _Chain(header + rest, spool), encode(sender, recipients), owed)  # type: ignore[arg-type]
+            enqueue(dataDir, _Chain(header + rest, spool), encode(sender, recipients), owed,  # type: ignore[arg-type]
+                    trusted=True)
         except (QueueRefusal, EnvelopeError) as e:
             print(f"jsmail-sendmail: not queued: {e}", file=sys.stderr)
             return EX_DATAERR if 11 <= e.code <= 40 or e.code == 91 else EX_TEMPFAIL

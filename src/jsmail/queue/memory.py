@@ -65,9 +65,12 @@ class MemoryQueue:
         return io.BytesIO(self.messages[queueId][1])
 
     def update(self, queueId: str, envelope: Envelope) -> defer.Deferred[None]:
+        if queueId not in self.messages:
+            return defer.fail(NotQueued(queueId))
         self.messages[queueId] = (envelope, self.messages[queueId][1])
         return defer.succeed(None)
 
     def remove(self, queueId: str) -> defer.Deferred[None]:
-        del self.messages[queueId]
+        if self.messages.pop(queueId, None) is None:
+            return defer.fail(NotQueued(queueId))
         return defer.succeed(None)

@@ -229,18 +229,24 @@ class MaildirQueue:
 
     def update(self, queueId: str, envelope: Envelope) -> defer.Deferred[None]:
         data = envelope.toBytes()
-        d = self.runInThread(
-            writeAndRename,
-            os.path.join(self.tmpDir, queueId + ".env"),
-            os.path.join(self.activeDir, queueId + ".env"),
-            data,
-        )
-        return d.addCallback(lambda _: self.syncer.sync(self.activeDir))
+
+        def write() -> None:
+            base = os.path.join(self.activeDir, queueId)
+            writeAndRename(os.path.join(self.tmpDir, queueId + ".env"), base + ".env", data)
+            if not os.path.exists(base):
+                unlinkQuietly(base + ".env")  # held or deleted meanwhile: leave no lone .env
+                raise NotQueued(queueId)
+
+        return self.runInThread(write).addCallback(lambda _: self.syncer.sync(self.activeDir))
 
     def remove(self, queueId: str) -> defer.Deferred[None]:
         def unlink() -> None:
             base = os.path.join(self.activeDir, queueId)
-            os.unlink(base)
-            unlinkQuietly(base + ".env")
+            try:
+                os.unlink(base)
+            except FileNotFoundError:
+                raise NotQueued(queueId) from None
+            finally:
+                unlinkQuietly(base + ".env")
 
         return self.runInThread(unlink)

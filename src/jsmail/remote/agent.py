@@ -8,7 +8,7 @@ next address or MX; once a host has answered for the recipients, its answers sta
 
 TLS, per destination (``tls``): ``none``; ``opportunistic`` (STARTTLS when offered; a
 failed handshake is retried once in plaintext on the same host, and logged, unless the
-route has credentials, which go only over TLS);
+route has credentials, which go only over verified TLS: ``verify`` is their default);
 ``verify`` (STARTTLS required, certificate checked against the host name with
 service_identity; a failure is temporary); ``implicit`` (TLS from the first byte, as on
 port 465).  What ``verify`` trusts: the platform's CA store (or the configured trust
@@ -22,15 +22,21 @@ hosts whose TLSA records a validating resolver on loopback vouches for: such a h
 tried with STARTTLS required and its certificate matched against the records instead of
 the CA store, whatever MTA-STS said (DANE's DNSSEC is the stronger proof).  Not for
 routes and the smarthost (the operator's choice), nor with ``none`` or ``implicit``
-(DANE for SMTP is about STARTTLS).  TLSA records are looked up for every delivery, not
-cached.
+(DANE for SMTP is about STARTTLS).  TLSA answers are kept for their TTL
+(:class:`~jsmail.remote.dane.TLSACache`); a failed lookup is asked again next time.
+
+MX addresses in internal networks, or of this host itself, are not used
+(:mod:`jsmail.remote.destinations`).
 
 Connections are reused: a session that delivered stays open for the next message to
 the same host (up to ``idleTimeout`` seconds), and each host gets at most
-``perHost`` sessions at once.  A host address that could not be reached is backed off
-as a whole (like qmail's ``tcpto``): for ``backoff`` seconds, doubling with each
-further failure up to ``backoffMaximum``, mail for it is deferred without trying, so a
-dead MX does not cost every queued message a connection timeout.
+``perHost`` sessions at once.  A pooled session the peer has closed is not reused; one
+whose close crosses the RSET that takes it up is replaced by a new session at once,
+once, so a peer's idle timeout never turns into temporary failures.  A host address
+that could not be reached is backed off as a whole (like qmail's ``tcpto``): for
+``backoff`` seconds, doubling with each further failure up to ``backoffMaximum``, mail
+for it is deferred without trying, so a dead MX does not cost every queued message a
+connection timeout.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ from jsmail import maillog, reply
 from jsmail.error import DeliveryError
 from jsmail._bounded import LRU
 from jsmail._threads import RunInThread
-from jsmail.remote.dane import TLSARecord, lookupTLSA
+from jsmail.remote.dane import TLSACache, TLSARecord
+from jsmail.remote.destinations import Destinations, Sieve
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
@@ -81,14 +88,17 @@ class RemoteDelivery:
         trustRoot: Any = None,
         mtaSts: PolicyFetcher | None = None,
         connect: Connect | None = None,
+        destinations: Destinations | None = None,
     ) -> None:
         """``resolver`` answers the MX, address and TLSA questions; ``trustRoot`` is
         the CA store ``verify`` trusts (None: the platform's); ``connect`` opens
-        client sessions (a fake network in tests)."""
+        client sessions (a fake network in tests); ``destinations`` says which MX
+        addresses may be used (by default: public ones and ``settings.allowInternal``)."""
         self.reactor = reactor
         self.connect: Connect = connect or partial(connectTo, reactor)
         self.runInThread = runInThread
         self.exchangers = MailExchangers(resolver)
+        self.tlsa = TLSACache(reactor, resolver)
         self.settings = settings
         # qmail's timeoutremote: one limit for every reply, in place of RFC 5321's per phase
         replyTimeout = settings.replyTimeout
@@ -98,6 +108,7 @@ class RemoteDelivery:
         self.smarthost = settings.smarthostRoute
         self.trustRoot = trustRoot
         self.mtaSts = mtaSts
+        self.destinations = destinations or Destinations(settings.allowInternal)
         # (address, port) -> (until, failures, why), for at most rememberedHosts hosts (security review L-10)
         self._down: LRU[tuple[str, int], tuple[float, int, str]] = LRU(settings.rememberedHosts)
         self._slots: dict[tuple[str, int], defer.DeferredSemaphore] = {}  # by address and port, as _down
@@ -113,11 +124,13 @@ class RemoteDelivery:
     @defer.inlineCallbacks
     def _deliverDomain(self, domain: str, message: QueuedMessage, recipients: list[Recipient]) -> Any:
         route = self.routes.get(domain) or self.smarthost
+        sieve = None if route else Sieve(self.destinations, domain, self.settings.port)  # routes: the operator's choice
         try:
             hosts = [route.host] if route else (yield self.exchangers.hostsFor(domain))
         except DeliveryError as e:
             return DeliveryResult.forAll(recipients, e)
         dane = not route and not domain.startswith("[")
+        ours = route is not None  # the operator's own relay: its words and name are private (security review I-5)
         if route:  # a route or smarthost is the operator's choice: MTA-STS and DANE are about MX hosts
             plan = [(host, route.tls) for host in hosts]
         else:
@@ -134,7 +147,7 @@ class RemoteDelivery:
             tlsa: tuple[TLSARecord, ...] = ()
             if dane and tls in ("opportunistic", "verify"):
                 try:
-                    records = yield lookupTLSA(self.reactor, self.exchangers.resolver, host, route.port)
+                    records = yield self.tlsa.lookup(host, route.port)
                 except DeliveryError as e:
                     lastError = e  # not this host now, and never without its TLSA check
                     continue
@@ -146,12 +159,19 @@ class RemoteDelivery:
             except DeliveryError as e:
                 lastError = e
                 continue
+            if sieve is not None:
+                addresses = sieve.sift(host, addresses)
+                if sieve.loopsAt:
+                    break  # this host: the MX hosts after it are its backups, not it theirs
             for address in addresses:
                 outcome = yield self._deliverHost(replace(route, host=host, tls=tls), address, message, recipients,
                                                   tlsa)
                 if isinstance(outcome, list):
-                    return outcome
+                    return [replace(r, reply=replace(r.reply, private=True)) for r in outcome] if ours else outcome
                 lastError = outcome
+        refused = sieve.verdict([host for host, _ in plan]) if sieve else None
+        if refused is not None:
+            return DeliveryResult.forAll(recipients, refused)  # no host to try, now or later
         # No host took the session: another, or this one later, may (even after a 5xx to AUTH).
         return DeliveryResult.forAll(recipients, DeliveryError(lastError.reply, False, lastError.detail))
 
@@ -177,25 +197,11 @@ class RemoteDelivery:
     def _session(self, route: Route, address: str, message: QueuedMessage, recipients: list[Recipient],
                  tlsa: tuple[TLSARecord, ...]) -> Any:
         client = self._takeIdle(route, address, tlsa)
+        reused = client is not None
         if client is None:
-            now = self.reactor.seconds()
-            until, failures, why = self._down.get((address, route.port), (0.0, 0, ""))
-            if until > now:
-                return DeliveryError(reply.HOST_BACKED_OFF, False, f"{why}; not tried again for {until - now:.0f} s")
-            try:
-                client = yield self._open(route, address, tlsa)
-            except DeliveryError as e:
-                _logSession(message, route, address, tlsa, None, "failed" if _isPolicyFailure(e) else "unreachable")
-                why = f"{e} ({route.host} [{address}])"
-                if not _isPolicyFailure(e):
-                    # Only a host that cannot be reached is backed off for everyone: a
-                    # TLS or policy failure is about this destination's demands, and an
-                    # attacker's domain pointing at a big provider's MX must not defer
-                    # other domains' mail there (security review M-6).
-                    delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
-                    self._down[address, route.port] = (self.reactor.seconds() + delay, failures + 1, why)
-                return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
-            self._down.pop((address, route.port), None)
+            client = yield self._fresh(route, address, tlsa, message)
+            if isinstance(client, DeliveryError):
+                return client
         _logSession(message, route, address, tlsa, client)
         size, eightBit = yield self.runInThread(_measure, message)
         outgoing = OutgoingMessage(
@@ -207,12 +213,46 @@ class RemoteDelivery:
             eightBit=eightBit,
         )
         results = yield self._withDeadline(client, client.send(outgoing), recipients)
-        if self.settings.idleTimeout > 0:
+        if reused and client.resetFailed:
+            # The peer closed the pooled session just as it was reused (its close crossed
+            # our RSET): nothing was sent, so one new session tries now, not a retry later.
+            _log.info("The idle session with {host} [{address}] was closed by the peer; opening a new one",
+                      host=route.host, address=address)
+            client = yield self._fresh(route, address, tlsa, message)
+            if isinstance(client, DeliveryError):
+                return client
+            _logSession(message, route, address, tlsa, client)
+            results = yield self._withDeadline(client, client.send(outgoing), recipients)
+        if self.settings.idleTimeout > 0 and not client.closed:
             self._keepIdle(route, address, tlsa, client)
         else:
-            client.quit()  # reuse turned off: one session per message
+            client.quit()  # reuse turned off (one session per message), or nothing left to reuse
         remote = f"dns; {route.host}" if route.host else f"dns; [{address}]"
         return [replace(r, remoteMTA=remote) for r in results]
+
+    @defer.inlineCallbacks
+    def _fresh(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...], message: QueuedMessage) -> Any:
+        """A new session, or the :class:`DeliveryError` why there is none (a host that
+        cannot be reached is backed off; a host still backed off is not tried)."""
+        now = self.reactor.seconds()
+        until, failures, why = self._down.get((address, route.port), (0.0, 0, ""))
+        if until > now:
+            return DeliveryError(reply.HOST_BACKED_OFF, False, f"{why}; not tried again for {until - now:.0f} s")
+        try:
+            client = yield self._open(route, address, tlsa)
+        except DeliveryError as e:
+            _logSession(message, route, address, tlsa, None, "failed" if _isPolicyFailure(e) else "unreachable")
+            why = f"{e} ({route.host} [{address}])"
+            if not _isPolicyFailure(e):
+                # Only a host that cannot be reached is backed off for everyone: a
+                # TLS or policy failure is about this destination's demands, and an
+                # attacker's domain pointing at a big provider's MX must not defer
+                # other domains' mail there (security review M-6).
+                delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
+                self._down[address, route.port] = (self.reactor.seconds() + delay, failures + 1, why)
+            return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
+        self._down.pop((address, route.port), None)
+        return client
 
     def _withDeadline(self, client: ESMTPClient, sending: defer.Deferred[list[DeliveryResult]],
                       recipients: list[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
@@ -234,7 +274,8 @@ class RemoteDelivery:
         tlsHostname = route.host if route.tls in ("verify", "implicit") or tlsa else None
         settings = ClientSettings(heloName=self.settings.heloHost, tls=route.tls, tlsHostname=tlsHostname,
                                   trustRoot=self.trustRoot, tlsa=tlsa, username=route.username,
-                                  password=route.password, connectTimeout=self.settings.connectTimeout, **self.timeouts)
+                                  password=route.password, allowInsecureAuth=self.settings.allowInsecureAuth,
+                                  connectTimeout=self.settings.connectTimeout, **self.timeouts)
         return defer.Deferred.fromCoroutine(readySession(lambda s: self.connect(address, route.port, s), settings))
 
     @staticmethod
@@ -272,13 +313,16 @@ class RemoteDelivery:
         pool.append((client, self.reactor.callLater(self.settings.idleTimeout, expire)))
 
     def close(self) -> defer.Deferred[Any]:
-        """Say QUIT on every idle session."""
+        """Say QUIT on every idle session; call off MTA-STS refreshes, and let their
+        stored-policy writes finish."""
         quits = []
         for pool in self._idle.values():
             for client, timer in pool:
                 timer.cancel()
                 quits.append(defer.maybeDeferred(client.quit))
             pool.clear()
+        if self.mtaSts is not None:
+            quits.append(self.mtaSts.close())
         return defer.DeferredList(quits)
 
 

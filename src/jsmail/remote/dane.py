@@ -26,12 +26,18 @@ Decisions, and why:
   self-signed) and the leaf must name the MX host (sections 3.2.2 and 3.2.3), as with
   an MTA built on OpenSSL.  ``cryptography``'s verifier is not used: its web PKI
   profile refuses certificates RFC 5280 allows (trustme's among them).
+- :class:`TLSACache` keeps each answer for its TTL (a denial for its SOA's negative
+  TTL, RFC 2308 section 5), at most a day, for at most 10,000 names, the least used
+  lately going first: a busy MX host is not asked about for every message.  A failed
+  lookup is never kept: the next delivery asks again.  Lookups of one name under way
+  are shared.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -40,15 +46,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.logger import Logger
 from twisted.names import dns
+from twisted.python.failure import Failure
 
 from jsmail import reply
 from jsmail.error import DeliveryError
 
-__all__ = ["DANE_EE", "DANE_TA", "TLSA", "TLSARecord", "lookupTLSA", "matchesTLSA"]
+__all__ = ["DANE_EE", "DANE_TA", "TLSA", "TLSACache", "TLSARecord", "lookupTLSA", "matchesTLSA"]
 
 _log = Logger()
 
@@ -97,16 +104,71 @@ def lookupTLSA(reactor: Any, resolver: Any, host: str, port: int = 25,
     docstring).  ``resolver`` is a ``twisted.names.client.Resolver``: its servers are
     asked in turn.  Fails with a temporary :class:`DeliveryError` when the lookup itself
     failed: the host must not be used now (RFC 7672 section 2.1)."""
-    name = f"_{port}._tcp.{host.rstrip('.')}"
-    return Deferred.fromCoroutine(_lookup(reactor, [*resolver.servers, *resolver.dynServers], name, timeout))
+    d = Deferred.fromCoroutine(_lookup(reactor, resolver, _name(host, port), timeout))
+    return d.addCallback(lambda answer: answer[0])
 
 
-async def _lookup(reactor: Any, servers: Sequence[tuple[str, int]], name: str,
-                  timeout: float) -> list[TLSARecord] | None:
+class TLSACache:
+    """:func:`lookupTLSA` with each answer kept for its TTL (see the module
+    docstring); ``clock`` tells the time (the reactor by default)."""
+
+    def __init__(self, reactor: Any, resolver: Any, clock: Any = None, timeout: float = 10.0,
+                 maxEntries: int = 10_000, maxTTL: int = 86400) -> None:
+        self.reactor = reactor
+        self.resolver = resolver
+        self.clock = clock or reactor
+        self.timeout = timeout
+        self.maxEntries = maxEntries
+        self.maxTTL = maxTTL
+        self._answers: OrderedDict[str, tuple[list[TLSARecord] | None, float]] = OrderedDict()
+        self._waiting: dict[str, list[Deferred[list[TLSARecord] | None]]] = {}
+
+    def lookup(self, host: str, port: int = 25) -> Deferred[list[TLSARecord] | None]:
+        """As :func:`lookupTLSA`."""
+        name = _name(host, port).lower()
+        kept = self._answers.get(name)
+        if kept is not None:
+            if kept[1] > self.clock.seconds():
+                self._answers.move_to_end(name)
+                return succeed(kept[0])
+            del self._answers[name]
+        d: Deferred[list[TLSARecord] | None] = Deferred()
+        if name in self._waiting:
+            self._waiting[name].append(d)
+            return d
+        self._waiting[name] = [d]
+        asked = Deferred.fromCoroutine(_lookup(self.reactor, self.resolver, name, self.timeout))
+        asked.addBoth(self._answered, name)
+        return d
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def _answered(self, answer: tuple[list[TLSARecord] | None, int | None] | Failure, name: str) -> None:
+        if not isinstance(answer, Failure) and answer[1]:
+            self._answers[name] = (answer[0], self.clock.seconds() + min(answer[1], self.maxTTL))
+            while len(self._answers) > self.maxEntries:
+                self._answers.popitem(last=False)
+        for d in self._waiting.pop(name):
+            if isinstance(answer, Failure):
+                d.errback(answer)
+            else:
+                d.callback(answer[0])
+
+
+def _name(host: str, port: int) -> str:
+    return f"_{port}._tcp.{host.rstrip('.')}"
+
+
+async def _lookup(reactor: Any, resolver: Any, name: str,
+                  timeout: float) -> tuple[list[TLSARecord] | None, int | None]:
+    """The usable records (or None) and for how many seconds the answer holds (None:
+    not to be kept)."""
+    servers: Sequence[tuple[str, int]] = [*resolver.servers, *resolver.dynServers]
     trusted = [server for server in servers if _isLoopback(server[0])]
     if not trusted:
         _log.info("DANE: not asking for {name}: no resolver on loopback to trust the AD bit of", name=name)
-        return None
+        return None, None
     message, why = None, "no answer"
     for server in trusted:
         try:
@@ -118,8 +180,9 @@ async def _lookup(reactor: Any, servers: Sequence[tuple[str, int]], name: str,
     if message is None or message.rCode not in (dns.OK, dns.ENAME):
         why = why if message is None else f"response code {message.rCode}"
         raise DeliveryError(reply.TLSA_LOOKUP_FAILED, False, f"TLSA lookup of {name}: {why}")
+    ttl = _ttl(message)
     if message.rCode != dns.OK or not message.authenticData:
-        return None
+        return None, ttl
     records = []
     for answer in message.answers:
         if answer.type == TLSA:
@@ -127,7 +190,18 @@ async def _lookup(reactor: Any, servers: Sequence[tuple[str, int]], name: str,
                 records.append(TLSARecord.fromRDATA(answer.payload.data))
             except ValueError as e:
                 _log.info("DANE: ignoring a TLSA record of {name}: {error}", name=name, error=e)
-    return records or None
+    return records or None, ttl
+
+
+def _ttl(message: dns.Message) -> int | None:
+    """How long an answer holds: its records' least TTL, or for a denial its SOA's
+    negative TTL (RFC 2308 section 5); None when it does not say."""
+    if message.answers:
+        return min(answer.ttl for answer in message.answers)
+    for authority in message.authority:
+        if isinstance(authority.payload, dns.Record_SOA):
+            return min(authority.ttl, authority.payload.minimum)
+    return None
 
 
 async def _ask(reactor: Any, server: tuple[str, int], query: dns.Query, timeout: float) -> dns.Message:

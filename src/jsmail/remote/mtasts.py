@@ -11,15 +11,23 @@ Decisions, and why:
 
 - Every lookup, the policy host's addresses included, goes through the twisted.names
   resolver remote delivery uses, never the system's: one DNS view for MX and policy.
+- The policy host is connected to only at public addresses (or networks
+  ``remote.allow_internal`` names): the domain is the sender's choice, and so is where
+  its ``mta-sts`` name points (security review I-6; :mod:`jsmail.remote.destinations`).
 - The fetch follows no redirect (section 3.3), takes at most 64 KiB, wants status 200
   and ``text/plain``, and checks the certificate against ``mta-sts.<domain>`` with
   Twisted's browser-like policy.
+- A policy in force is used at once; its refresh (a new id in the TXT record, or the
+  policy nearing its end) runs in the background, one at a time per domain, so no
+  delivery waits for DNS or HTTPS to a domain it already knows.
 - A policy that cannot be refreshed (no TXT record, a DNS or HTTPS failure, an invalid
   policy) leaves the cached one in force while it is unexpired (section 5.1), so
   whoever blocks the lookups does not switch enforcement off.
-- The cache is in memory only: after a restart the first delivery to a domain
-  discovers its policy again, reopening the trust-on-first-use window that section 10
-  accepts once.  Concurrent discoveries for one domain share one lookup.
+- The cache survives restarts (:mod:`jsmail.remote.stsstore`, ``<data>/mta-sts/``): a
+  restart does not reopen the trust-on-first-use window that section 10 accepts once,
+  for as long as each policy's ``max_age`` runs.  At most 10,000 domains are kept, the
+  least used lately going first.  Concurrent discoveries for one domain share one
+  lookup.
 - In ``testing`` mode delivery uses the configured TLS mode, so what is logged is MX
   hosts outside the policy, not certificate failures (there is no TLSRPT, RFC 8460).
 """
@@ -32,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
@@ -46,7 +54,10 @@ from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from jsmail import reply
+from jsmail._threads import RunInThread, reactorThreads
 from jsmail.error import DeliveryError
+from jsmail.remote.destinations import Destinations
+from jsmail.remote.stsstore import PolicyStore
 
 __all__ = ["MAX_AGE", "Policy", "PolicyFetcher", "applyPolicy", "parsePolicy", "parseTXT"]
 
@@ -177,7 +188,11 @@ class PolicyFetcher:
     addresses; ``clock`` times the cache (the reactor's by default); ``trustRoot``
     checks the policy host's certificate (the platform's by default); ``httpsPort``
     and ``timeout`` (for the whole fetch) are there for tests and slow hosts;
-    ``maxCacheAge`` caps how long a policy is kept whatever its ``max_age``.
+    ``maxCacheAge`` caps how long a policy is kept whatever its ``max_age``;
+    ``destinations`` says which addresses policy hosts may have (public ones by default).
+    ``directory`` keeps the policies across restarts (see
+    :mod:`jsmail.remote.stsstore`; None: memory only), at most ``maxPolicies`` of
+    them, read and written with ``runInThread`` (the reactor's pool by default).
     """
 
     def __init__(
@@ -189,6 +204,10 @@ class PolicyFetcher:
         httpsPort: int = 443,
         timeout: float = 60.0,
         maxCacheAge: int = MAX_AGE,
+        destinations: Destinations | None = None,
+        directory: str | None = None,
+        runInThread: RunInThread | None = None,
+        maxPolicies: int = 10_000,
     ) -> None:
         self.reactor = reactor
         self.resolver = resolver
@@ -196,10 +215,14 @@ class PolicyFetcher:
         self.httpsPort = httpsPort
         self.timeout = timeout
         self.maxCacheAge = maxCacheAge
-        hosts = _PolicyHosts(reactor, resolver, BrowserLikePolicyForHTTPS(trustRoot), timeout)
+        hosts = _PolicyHosts(reactor, resolver, BrowserLikePolicyForHTTPS(trustRoot), timeout,
+                             destinations or Destinations())
         self._agent = Agent.usingEndpointFactory(reactor, hosts)
-        self._cache: dict[str, tuple[Policy, float]] = {}
+        self._store: PolicyStore[Policy] = PolicyStore(directory, runInThread or reactorThreads(reactor),
+                                                       _policyAsJSON, _policyFromJSON, maxPolicies, maxCacheAge)
+        self._loaded: Deferred[None] | None = None
         self._waiting: dict[str, list[Deferred[Policy | None]]] = {}
+        self._refreshing: dict[str, Deferred[None]] = {}
 
     def policyFor(self, domain: str) -> Deferred[Policy | None]:
         """The policy in force for ``domain``, or None if it has none; never fails."""
@@ -212,6 +235,18 @@ class PolicyFetcher:
         Deferred.fromCoroutine(self._discover(domain)).addBoth(self._answer, domain)
         return d
 
+    def settled(self) -> Deferred[Any]:
+        """Fires once the refreshes and stored-policy writes under way are done."""
+        return DeferredList(list(self._refreshing.values())).addCallback(lambda _: self._store.settled())
+
+    def close(self) -> Deferred[Any]:
+        """Call off the refreshes under way (the policies in force stay stored); fires
+        once the stored-policy writes are done.  No refresh keeps a shutdown waiting
+        for a slow policy host."""
+        for refresh in list(self._refreshing.values()):
+            refresh.cancel()
+        return self._store.settled()
+
     def _answer(self, result: Policy | None | Failure, domain: str) -> None:
         if isinstance(result, Failure):
             _log.failure("MTA-STS discovery for {domain} failed", result, domain=domain)
@@ -220,25 +255,62 @@ class PolicyFetcher:
             d.callback(result)
 
     async def _discover(self, domain: str) -> Policy | None:
-        cached, expires = self._cache.get(domain, (None, 0.0))
-        if cached is not None and expires <= self.clock.seconds():
-            del self._cache[domain]
-            cached = None
+        """A policy in force is answered at once (and refreshed in the background if
+        need be); without one, the domain is asked now."""
+        if self._loaded is None:
+            self._loaded = self._store.load(self.clock.seconds())
+            self._loaded.addErrback(lambda f: _log.failure("MTA-STS: cannot load the stored policies", f))
+        await self._loaded
+        cached = self._cached(domain)
+        if cached is not None:
+            if domain not in self._refreshing:
+                refresh = Deferred.fromCoroutine(self._refresh(domain, *cached))
+                self._refreshing[domain] = refresh
+                refresh.addErrback(self._refreshFailed, domain)
+                refresh.addBoth(lambda _: self._refreshing.pop(domain, None) and None)
+            return cached[0]
+        try:
+            return await self._fetchPolicy(domain, await self._policyId(domain))
+        except Exception as e:
+            _log.info("MTA-STS: no policy for {domain}: {reason}", domain=domain, reason=_why(e))
+            return None
+
+    def _refreshFailed(self, failure: Failure, domain: str) -> None:
+        if not failure.check(CancelledError):  # called off by close()
+            _log.failure("MTA-STS refresh for {domain} failed", failure, domain=domain)
+
+    def _cached(self, domain: str) -> tuple[Policy, float] | None:
+        """The unexpired policy kept for ``domain`` and when it expires."""
+        entry = self._store.get(domain)
+        if entry is None:
+            return None
+        if entry[1] <= self.clock.seconds():
+            self._store.drop(domain)
+            return None
+        return entry
+
+    async def _refresh(self, domain: str, policy: Policy, expires: float) -> None:
+        """Fetch the policy again when its TXT record names a new id (RFC 8461 section
+        3.1), or when it nears its end (a quarter of its life or a day left, whichever
+        is less), so that it never lapses while mail goes to the domain.  A failure
+        leaves the policy in force until it expires (section 5.1): whoever blocks the
+        lookups does not switch enforcement off."""
         try:
             policyId = await self._policyId(domain)
-            if cached is not None and cached.id == policyId:
-                return cached
-            fetch = Deferred.fromCoroutine(self._fetch(domain))
-            policy = parsePolicy(await fetch.addTimeout(self.timeout, self.reactor, _timedOut), policyId)
+            lifetime = min(policy.maxAge, self.maxCacheAge)
+            if policyId == policy.id and expires - self.clock.seconds() > min(lifetime / 4, 86400):
+                return
+            await self._fetchPolicy(domain, policyId)
         except Exception as e:
-            reason = _why(e)
-            if cached is not None:
-                _log.info("MTA-STS: keeping the cached policy of {domain} (id {id}): {reason}",
-                          domain=domain, id=cached.id, reason=reason)
-            else:
-                _log.info("MTA-STS: no policy for {domain}: {reason}", domain=domain, reason=reason)
-            return cached
-        self._cache[domain] = (policy, self.clock.seconds() + min(policy.maxAge, self.maxCacheAge))
+            _log.info("MTA-STS: keeping the cached policy of {domain} (id {id}): {reason}",
+                      domain=domain, id=policy.id, reason=_why(e))
+
+    async def _fetchPolicy(self, domain: str, policyId: str) -> Policy:
+        """Fetch, parse and keep the domain's policy with id ``policyId``."""
+        fetch = Deferred.fromCoroutine(self._fetch(domain))
+        policy = parsePolicy(await fetch.addTimeout(self.timeout, self.reactor, _timedOut), policyId)
+        expires = self.clock.seconds() + min(policy.maxAge, self.maxCacheAge)
+        self._store.put(domain, policy, expires)
         _log.info("MTA-STS: policy of {domain} (id {id}) is {mode}", domain=domain, id=policy.id, mode=policy.mode)
         return policy
 
@@ -272,6 +344,20 @@ class PolicyFetcher:
         if contentType.split(b";")[0].strip().lower() != b"text/plain":
             raise ValueError(f"{url.decode()} is {contentType.decode('latin-1')!r}, not text/plain")
         return body
+
+
+def _policyAsJSON(policy: Policy) -> dict[str, Any]:
+    return {"id": policy.id, "mode": policy.mode, "mx": list(policy.mxPatterns), "max_age": policy.maxAge}
+
+
+def _policyFromJSON(data: dict[str, Any]) -> Policy:
+    """A stored policy, checked as a fetched one is (a file is input too)."""
+    policy = Policy(id=data["id"], mode=data["mode"], mxPatterns=tuple(data["mx"]), maxAge=data["max_age"])
+    if not (isinstance(policy.id, str) and _ID.match(policy.id) and policy.mode in MODES
+            and isinstance(policy.maxAge, int) and 0 <= policy.maxAge <= MAX_AGE
+            and all(isinstance(p, str) and _MX_PATTERN.match(p) for p in policy.mxPatterns)):
+        raise ValueError("not a valid policy")
+    return policy
 
 
 def _timedOut(result: object, timeout: float) -> None:
@@ -320,23 +406,28 @@ class _PolicyHosts:
     """Endpoints for policy hosts: TLS checked against the host name, addresses from
     the twisted.names resolver."""
 
-    def __init__(self, reactor: Any, resolver: Any, tls: BrowserLikePolicyForHTTPS, timeout: float) -> None:
+    def __init__(self, reactor: Any, resolver: Any, tls: BrowserLikePolicyForHTTPS, timeout: float,
+                 destinations: Destinations) -> None:
         self.reactor = reactor
         self.resolver = resolver
         self.tls = tls
         self.timeout = timeout
+        self.destinations = destinations
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        address = _ResolvedEndpoint(self.reactor, self.resolver, uri.host.decode("ascii"), uri.port, self.timeout)
+        address = _ResolvedEndpoint(self.reactor, self.resolver, uri.host.decode("ascii"), uri.port, self.timeout,
+                                    self.destinations)
         return wrapClientTLS(self.tls.creatorForNetloc(uri.host, uri.port), address)
 
 
 @implementer(IStreamClientEndpoint)
 class _ResolvedEndpoint:
     """TCP to a host name's IPv6 then IPv4 addresses, looked up through twisted.names,
-    trying each in turn."""
+    trying each in turn, but none that ``destinations`` calls internal."""
 
-    def __init__(self, reactor: Any, resolver: Any, host: str, port: int, timeout: float) -> None:
+    def __init__(self, reactor: Any, resolver: Any, host: str, port: int, timeout: float,
+                 destinations: Destinations) -> None:
+        self.destinations = destinations
         self.reactor = reactor
         self.resolver = resolver
         self.host = host
@@ -353,6 +444,10 @@ class _ResolvedEndpoint:
                      else a.payload.dottedQuad()
                      for ok, result in lookups if ok for a in result[0] if a.type in (dns.A, dns.AAAA)]
         error: Exception = ConnectError(string=f"{self.host} has no address")
+        internal = [f"{a} is {what}" for a in addresses if (what := self.destinations.internal(a))]
+        if internal:
+            addresses = [a for a in addresses if self.destinations.internal(a) is None]
+            error = ConnectError(string=f"{self.host} has internal addresses only: {', '.join(internal)}")
         for address in addresses:
             endpointType = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
             try:

@@ -1,120 +1,70 @@
-"""Delivery status notifications: the bounce sent to the envelope sender (RFC 3464).
+"""Who is owed which delivery status notification, and when (RFC 3461 sections 4.1 and
+5; the notice itself is written by :mod:`jsmail.send.dsn`).
 
-A bounce is a ``multipart/report; report-type=delivery-status`` (RFC 6522) with a
-human-readable part, a ``message/delivery-status`` part (one per-recipient group for
-each failed recipient, RFC 3464) and the original: its header section
-(``text/rfc822-headers``), or all of it (``message/rfc822``) when the sender asked
-with RET=FULL (RFC 3461).  Recipients whose NOTIFY leaves out FAILURE get none.  It is
-sent from the null reverse-path so that it can never cause another bounce (RFC 5321
-section 4.5.5); a bounce that cannot be delivered goes, once, to the postmaster.
+After each attempt the scheduler asks :func:`noticesOwed`.  A recipient is reported
+once, as soon as its end is known, whatever its message's other recipients are still
+waiting for: a permanent failure is reported at once, not days later when the last
+deferred recipient is given up on.  The envelope records it (``Recipient.reported``),
+so a restart does not report it again.
+
+- A failure is reported unless the recipient's NOTIFY leaves out FAILURE.
+- A success is reported only when NOTIFY asks for SUCCESS, and only where jsmail is
+  the last to know: a final delivery ("delivered"), a forward ("expanded") or a relay
+  to a next hop without DSN ("relayed").  A next hop that offered DSN got NOTIFY and
+  ORCPT with the message and reports from there (section 5.2.1).
+- A delay warning goes once per message, about the recipients whose NOTIFY has DELAY,
+  once the message has waited ``queue.delay_warning`` seconds (4 hours by default, as
+  Postfix's usual setting; 0: never).  No NOTIFY means FAILURE,DELAY (section 4.1 lets
+  the MTA choose between that and FAILURE alone): a sender who did not say otherwise
+  learns that a message is stuck, hours before it comes back.
+- Notices go from the null reverse-path, so they never cause another (RFC 5321
+  section 4.5.5).  A bounce (sender ``<>``) is never bounced: one that fails goes to the
+  postmaster, once, as a double bounce (:attr:`Envelope.isDoubleBounce`), and a double
+  bounce that fails is dropped (qmail's rule).
 """
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timezone
-from email.utils import format_datetime
-from typing import BinaryIO, Callable, Sequence
+from dataclasses import replace
+from typing import Mapping
 
-from jsmail.envelope import Envelope, Recipient
-from jsmail.headers import readHeader
+from jsmail.envelope import Envelope, Recipient, RecipientState
+from jsmail.interfaces import Handoff
+from jsmail.send.dsn import Action, Notice
 
-MAX_RETURNED_HEADERS = 64 * 1024
+_SUCCESS = {Handoff.DELIVERED: Action.DELIVERED, Handoff.EXPANDED: Action.EXPANDED, Handoff.RELAYED: Action.RELAYED}
 
 
-def wantsFailureNotice(recipient: Recipient) -> bool:
-    """RFC 3461 section 4.1: no NOTIFY means "failures"; NOTIFY without FAILURE, none."""
+def wantsNotice(recipient: Recipient, kind: str) -> bool:
+    """Whether the recipient's NOTIFY (RFC 3461 section 4.1) asks for ``kind``
+    (SUCCESS, FAILURE or DELAY); no NOTIFY means FAILURE,DELAY."""
     notify = recipient.params.get("NOTIFY")
-    return notify is None or "FAILURE" in notify.upper().split(",")
+    if notify is None:
+        return kind in ("FAILURE", "DELAY")
+    return kind in notify.upper().split(",")
 
 
-def _xtextDecode(value: str) -> str:
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+def noticesOwed(envelope: Envelope, handoffs: Mapping[str, Handoff], now: float,
+                delayWarning: float) -> tuple[list[Notice], Envelope]:
+    """The notices owed now, and the envelope that records them as sent.
 
-
-def writeBounce(
-    write: Callable[[bytes], None],
-    original: BinaryIO,
-    queueId: str,
-    envelope: Envelope,
-    failed: Sequence[Recipient],
-    hostname: str,
-    now: float,
-    toPostmaster: bool = False,
-    fromLocal: str = "MAILER-DAEMON",
-) -> None:
-    """Write the whole bounce, CR LF line ends, through ``write``; the original is
-    read from ``original`` (its header section, or all of it with RET=FULL or for the
-    postmaster).  Blocking: run it in a thread."""
-    full = toPostmaster or (envelope.mailParams.get("RET") or "").upper() == "FULL"
-    boundary = f"{queueId}.{int(now)}/{hostname}"
-    date = format_datetime(datetime.fromtimestamp(now, timezone.utc))
-    arrival = format_datetime(datetime.fromtimestamp(envelope.arrival, timezone.utc))
-    envid = envelope.mailParams.get("ENVID")
-    explanation = "\n".join(f"<{r.address}>: {r.lastReply or 'delivery failed'}" for r in failed)
-    groups = "\n\n".join(_recipientGroup(r) for r in failed)
-    recipient = f"postmaster@{hostname}" if toPostmaster else envelope.sender
-    about = ("A bounce from this server could not be delivered to its recipient, "
-             f"<{envelope.recipients[0].address}>." if toPostmaster else
-             f"Your message (queue id {queueId}) could not be delivered to one or more\n"
-             "recipients. It has not been delivered to these recipients, and will not be:")
-    head = f"""\
-From: Mail Delivery System <{fromLocal}@{hostname}>
-To: <{recipient}>
-Subject: {"Undeliverable bounce" if toPostmaster else "Undelivered Mail Returned to Sender"}
-Date: {date}
-Message-ID: <{queueId}.bounce.{int(now)}@{hostname}>
-Auto-Submitted: auto-replied
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status;
-\tboundary="{boundary}"
-
-This is a MIME-encapsulated message.
-
---{boundary}
-Content-Type: text/plain; charset=utf-8
-Content-Transfer-Encoding: 8bit
-
-This is the mail system at {hostname}.
-
-{about}
-
-{explanation}
-
---{boundary}
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; {hostname}
-{f"Original-Envelope-Id: {_xtextDecode(envid)}{chr(10)}" if envid else ""}X-Jsmail-Queue-ID: {queueId}
-Arrival-Date: {arrival}
-
-{groups}
-
---{boundary}
-Content-Type: {"message/rfc822" if full else "text/rfc822-headers"}
-
-"""
-    write(head.replace("\n", "\r\n").encode("utf-8"))
-    if full:
-        while chunk := original.read(65536):
-            write(chunk)
-    else:
-        write(readHeader(original, MAX_RETURNED_HEADERS).header)
-    write(f"\r\n--{boundary}--\r\n".encode("ascii"))
-
-
-def _recipientGroup(r: Recipient) -> str:
-    """One per-recipient group of the delivery-status part (RFC 3464 section 2.3)."""
-    lines = []
-    if r.params.get("ORCPT"):
-        addressType, _, address = (r.params["ORCPT"] or "").partition(";")
-        lines.append(f"Original-Recipient: {addressType}; {_xtextDecode(address)}")
-    # A message given up on after temporary failures keeps its 4.x.x status, as Postfix
-    # reports it: the reader learns it was a time-out, not a refusal.
-    lines += [f"Final-Recipient: rfc822; {r.address}", "Action: failed", f"Status: {r.lastStatus or '5.0.0'}"]
-    if r.remoteMTA:
-        lines.append(f"Remote-MTA: {r.remoteMTA}")
-    # RFC 3464 section 2.3.6: the remote server's reply is "smtp"; jsmail's own reason
-    # goes under a type of its own.
-    lines.append(f"Diagnostic-Code: {'smtp' if r.lastFromPeer else 'X-jsmail'}; {r.lastReply or 'delivery failed'}")
-    return "\n".join(lines)
+    ``handoffs`` says what became of each recipient delivered in this attempt; a
+    bounce's failures are owed to the postmaster, whatever NOTIFY said."""
+    notices, recipients = [], []
+    for r in envelope.recipients:
+        if r.isDone and not r.reported:
+            if r.state is RecipientState.FAILED:
+                action: Action | None = Action.FAILED
+                wanted = envelope.isBounce or wantsNotice(r, "FAILURE")
+            else:
+                action = _SUCCESS.get(handoffs.get(r.address, Handoff.PASSED_ON))
+                wanted = not envelope.isBounce and wantsNotice(r, "SUCCESS")
+            if action is not None and wanted:
+                notices.append(Notice(r, action))
+            r = replace(r, reported=True)
+        recipients.append(r)
+    warn = (delayWarning > 0 and not envelope.delayWarned and bool(envelope.pending)
+            and now - envelope.arrival >= delayWarning)
+    if warn and not envelope.isBounce:
+        notices += [Notice(r, Action.DELAYED) for r in envelope.pending if wantsNotice(r, "DELAY")]
+    return notices, replace(envelope, recipients=tuple(recipients), delayWarned=envelope.delayWarned or warn)

@@ -3,11 +3,17 @@
 It keeps its plan in memory, rebuilt from the queue at start; the queue only stores.
 Each attempt hands the message's pending recipients to the agent the router picks,
 takes back one result per recipient (delivered, temporary or permanent failure) and
-records them in the envelope.  A message leaves the queue when no recipient is
-pending; failed recipients then get one bounce (never for a bounce).  Temporary
-failures are retried after :func:`retryDelay`, until the message is older than the
-give-up age.  Time comes from an injected clock, so tests can walk a message through
-its whole life in an instant.
+records them in the envelope, with the delivery status notifications they are owed
+(:mod:`jsmail.send.bounce` says which): a failure is reported at once, not when the
+message's last recipient is done.  A message leaves the queue when no recipient is
+pending.  Temporary failures are retried after :func:`retryDelay`, until the message
+is older than the give-up age.  Time comes from an injected clock, so tests can walk a
+message through its whole life in an instant.
+
+An operator may move a message away (``jsmail queue hold`` or ``delete``) and back
+(``release``) while it is planned: before each attempt the envelope is read afresh,
+and a message no longer there is dropped from the plan quietly (it has not left the
+queue for good, so it is neither logged as removed nor kept from coming back).
 """
 
 from __future__ import annotations
@@ -23,15 +29,16 @@ from twisted.logger import Logger
 from jsmail import maillog, reply
 from jsmail._threads import RunInThread
 from jsmail.send.settings import QueueSettings
-from jsmail.send.bounce import wantsFailureNotice, writeBounce
-from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient, RecipientState
+from jsmail.send.bounce import noticesOwed
+from jsmail.send.dsn import Notice, isInternational, writeDSN
+from jsmail.envelope import DOUBLE_BOUNCE, Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.error import DeliveryError
 from jsmail.queue.funnel import Funnel
-from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IQueue, IRouter, NotQueued, QueuedMessage
+from jsmail.interfaces import (DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IQueue, IRouter, NotQueued,
+                               QueuedMessage)
 
 _log = Logger()
 
-DOUBLE_BOUNCE = "double-bounce"  # Envelope.protocol of a bounce sent to the postmaster
 FINISHED_MEMORY = 100_000  # ids of removed messages kept, to ignore stale mentions
 GAVE_UP = "gave up: in the queue for too long"
 
@@ -170,7 +177,7 @@ class Scheduler(Service):
             # Read afresh: an operator may have held or deleted the message meanwhile.
             envelope = yield self.queue.loadEnvelope(queueId)
         except NotQueued:
-            self._forget(queueId)
+            self._drop(queueId)
             return
         except EnvelopeFormatError as e:
             # Damaged since it was queued: the next rescan's recovery sets it aside.
@@ -221,6 +228,7 @@ class Scheduler(Service):
         retryIn = retryDelay(attempts, self.settings)
         givingUp = now + retryIn > envelope.arrival + self.settings.giveUp
         recipients = []
+        handoffs: dict[str, Handoff] = {}
         for r in envelope.recipients:
             result = results.get(r.address)
             if r.isDone or result is None:
@@ -231,6 +239,7 @@ class Scheduler(Service):
             if result.status is DeliveryStatus.DELIVERED:
                 maillog.delivered(queueId, result)
                 state = RecipientState.DELIVERED
+                handoffs[r.address] = result.handoff
             elif result.status is DeliveryStatus.PERMANENT:
                 maillog.failed(queueId, result)
                 state = RecipientState.FAILED
@@ -242,29 +251,40 @@ class Scheduler(Service):
                 maillog.deferred(queueId, result, retryIn)
                 state = RecipientState.PENDING
             recipients.append(replace(r, state=state, lastReply=shown, lastStatus=result.reply.status,
-                                      lastFromPeer=result.fromPeer, remoteMTA=result.remoteMTA or None))
+                                      lastFromPeer=result.fromPeer, remoteMTA=result.remoteMTA or None,
+                                      lastPrivate=result.reply.private))
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
+        notices, envelope = noticesOwed(envelope, handoffs, now, self.settings.delayWarning)
+        if notices:
+            # Queued before the envelope says so: a crash may send one twice, never lose it.
+            yield self._notify(queueId, envelope, notices)
         if envelope.pending:
             try:
                 yield self.queue.update(queueId, envelope)
+            except NotQueued:
+                self._drop(queueId)  # held or deleted during the attempt
+                return
             except Exception:
                 # A full disk, say: the queue keeps the old envelope, so the worst is
-                # a recipient delivered twice.  The message stays planned either way.
+                # a recipient delivered (or reported) twice.  The message stays planned.
                 _log.failure("Cannot record the attempt on {queueId}; retrying later", queueId=queueId)
             if self.running:
                 self._plan(queueId, envelope)
             else:
                 self._envelopes[queueId] = envelope
             return
-        failed = [r for r in envelope.recipients if r.state is RecipientState.FAILED]
-        if failed and not envelope.isBounce:
-            notify = [r for r in failed if wantsFailureNotice(r)]
-            if notify:
-                yield self._bounce(queueId, envelope, notify, envelope.sender)
-        elif failed and envelope.protocol != DOUBLE_BOUNCE and self.postmaster:
-            yield self._bounce(queueId, envelope, failed, self.postmaster)
-        yield self.queue.remove(queueId)
+        try:
+            yield self.queue.remove(queueId)
+        except NotQueued:
+            self._drop(queueId)  # held during the attempt: a release delivers what is left again
+            return
         self._forget(queueId)
+
+    def _drop(self, queueId: str) -> None:
+        """An operator held or deleted the message: leave it out of the plan, but not for
+        good (a ``release`` brings it back), and do not log it as removed."""
+        _log.info("{queueId} is no longer in the queue (held or deleted); dropped from the plan", queueId=queueId)
+        self._envelopes.pop(queueId, None)
 
     def _forget(self, queueId: str) -> None:
         """The message has left the queue: drop it from the plan, and remember the id
@@ -276,24 +296,35 @@ class Scheduler(Service):
         maillog.removed(queueId)
 
     @defer.inlineCallbacks
-    def _bounce(self, queueId: str, envelope: Envelope, failed: list[Recipient], to: str) -> Any:
-        """Queue the bounce (to the sender; or, for a bounce that failed, to the
-        postmaster) before the original goes: a crash may send two, never none."""
-        now = self.clock.seconds()
+    def _notify(self, queueId: str, envelope: Envelope, notices: list[Notice]) -> Any:
+        """Queue one notice about ``notices``: to the sender; for a bounce, to the
+        postmaster as a double bounce; for a double bounce, to no one (it is dropped
+        and logged, as qmail does, so that no alias of the postmaster can loop)."""
         toPostmaster = envelope.isBounce
-        bounce = Envelope(sender="", recipients=(Recipient(to),), arrival=now, clientAddress="127.0.0.1",
-                          helo=self.hostname, protocol=DOUBLE_BOUNCE if toPostmaster else "local")
-        incoming = self.funnel.newMessage(bounce)
+        if toPostmaster and (envelope.isDoubleBounce or not self.postmaster):
+            _log.warn("Dropping the failed {what} {queueId} to {recipients}: no one left to tell",
+                      what="double bounce" if envelope.isDoubleBounce else "bounce", queueId=queueId,
+                      recipients=", ".join(f"<{n.recipient.address}>" for n in notices))
+            return
+        to = self.postmaster if toPostmaster else envelope.sender
+        now = self.clock.seconds()
+        # An internationalised notice needs SMTPUTF8 on its way, as its message did (RFC 6533).
+        params: dict[str, str | None] = {"SMTPUTF8": None} if isInternational(envelope) else {}
+        notice = Envelope(sender="", recipients=(Recipient(to),), mailParams=params, arrival=now,
+                          clientAddress="127.0.0.1", helo=self.hostname,
+                          protocol=DOUBLE_BOUNCE if toPostmaster else "local")
+        incoming = self.funnel.newMessage(notice)
 
         def write() -> None:
             with self.queue.openMessage(queueId) as original:
-                writeBounce(incoming.write, original, queueId, envelope, failed, self.hostname, now, toPostmaster,
-                            self.settings.bounceFrom)
+                writeDSN(incoming.write, original, queueId, envelope, notices, self.hostname, now,
+                         toPostmaster=toPostmaster, fromLocal=self.settings.bounceFrom,
+                         retryUntil=envelope.arrival + self.settings.giveUp)
 
         try:
             yield self.runInThread(write)
         except Exception:
             incoming.abort()
             raise
-        bounceId = yield incoming.commit()
-        maillog.bounced(queueId, to, bounceId)
+        noticeId = yield incoming.commit()
+        maillog.bounced(queueId, to, noticeId, ",".join(sorted({n.action.value for n in notices})))

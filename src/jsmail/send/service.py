@@ -21,6 +21,7 @@ from jsmail.config import Config
 from jsmail.local.agent import LocalDelivery
 from jsmail.queue.store import MaildirQueue
 from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.destinations import Destinations, listenedOn
 from jsmail.remote.mtasts import PolicyFetcher
 from jsmail.route import Router
 from jsmail.send.scheduler import Scheduler
@@ -55,8 +56,12 @@ class DeliveryService(ThreadPoolService):
                                    reactor=self.reactor, settings=config.local,
                                    newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.remote.dnsServer, self.reactor)
-        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote,
-                                     mtaSts=PolicyFetcher(self.reactor, resolver) if config.remote.mtaSts else None)
+        listen = config.listen
+        destinations = Destinations(config.remote.allowInternal, listenedOn(listen.smtp + listen.submission + listen.smtps))
+        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations, directory=os.path.join(dataDir, "mta-sts"),
+                               runInThread=runInThread) if config.remote.mtaSts else None
+        self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote, mtaSts=mtaSts,
+                                     destinations=destinations)
         router = Router(server.domains, self.local, self.remote, config.local.virtualDomains)
         self.scheduler = Scheduler(self.queue, router, self.reactor, runInThread, config.queue.bounceHost, config.queue,
                                    server.postmaster)
@@ -82,17 +87,22 @@ class DeliveryService(ThreadPoolService):
             service.startService()
 
     def _flush(self) -> None:
-        """SIGALRM: retry everything now, and take up what other programs queued."""
-        self.scheduler.flush()
-        self.scheduler.rescan().addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+        """SIGALRM: take up what other programs queued and what an operator released or
+        requeued, then retry everything now (``jsmail queue flush``, ``release``,
+        ``requeue``)."""
+        d = self.scheduler.rescan()
+        d.addErrback(lambda f: _log.failure("Rescanning the queue failed", f))
+        d.addCallback(lambda _: self.scheduler.flush())
 
-    def childrenStopped(self) -> None:
+    def childrenStopped(self) -> defer.Deferred[Any]:
+        """The scheduler has stopped (no delivery in progress): close the idle remote
+        sessions and end MTA-STS work while the disk pool still runs its writes."""
         self.queue.close()
+        return self.remote.close()
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         self._lock.cancel()
         d = super().stopService()
-        d.addBoth(lambda result: self.remote.close().addCallback(lambda _: result))
         return d.addBoth(self._released)
 
     def _released(self, result: object) -> object:

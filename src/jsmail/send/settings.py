@@ -14,7 +14,9 @@ class QueueSettings:
     minutes, at growing intervals, for 4-5 days).  At most ``concurrency`` messages
     are in delivery at once; blocking disk work gets ``diskThreads`` threads.
     ``bounceHost`` (filled in from ``server.hostname`` when empty) and ``bounceFrom``
-    make the bounces' From."""
+    make the bounces' From.  A message still waiting ``delayWarning`` seconds after
+    arrival warns the sender, once, about the recipients whose NOTIFY has DELAY or who
+    gave none (0: never)."""
 
     retryFirst: float = 300.0
     retryFactor: float = 2.0
@@ -26,4 +28,5 @@ class QueueSettings:
     program: str = ""  # a qmail-queue-compatible program to hand mail to, instead of jsmail's queue
     bounceFrom: str = "MAILER-DAEMON"
     bounceHost: str = ""
+    delayWarning: float = 4 * 3600.0
     rescanInterval: float = 900.0  # seconds between looks at the whole queue (qmail-send's are 25 minutes)

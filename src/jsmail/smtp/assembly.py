@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from jsmail import reply
 from jsmail._threads import RunInThread
 from jsmail.error import SMTPReplyError
-from jsmail.headers import dropFields, fieldName, headerOf, splitHeader
+from jsmail.headers import FieldDropper, dropFields, fieldName, headerOf, splitHeader
 from jsmail.headers import fields as headerFields
 from jsmail.interfaces import IIncomingMessage, IModifier
 from jsmail.policy.authresults import authResultsField, claimsAuthservId
@@ -175,6 +175,17 @@ class Assembler:
         message.write(fieldLines(h for v in additions for h in v.headers) + received)
         return None
 
+    def direct(self, message: IIncomingMessage) -> FieldDropper:
+        """Where the content goes when :meth:`begin` needs no spool: into the queue
+        file as it arrives, forged Authentication-Results fields left out on the way,
+        on every listener whether or not it runs checks."""
+        return FieldDropper(message.write, self.forged)
+
+    def forged(self, field: bytes) -> bool:
+        """An Authentication-Results field claiming this host's authserv-id, which
+        only this host may add (RFC 8601 section 5)."""
+        return claimsAuthservId(field, self.authservId)
+
     def receivedHeader(self, session: Session, queueId: str) -> bytes:
         """The trace header of RFC 5321 section 4.4, written before the content."""
         stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), timezone.utc))
@@ -201,21 +212,18 @@ class Assembler:
             fields.insert(0, authResultsField(self.authservId, results))
         prefix = fieldLines(fields)
 
-        def forged(field: bytes) -> bool:
-            return claimsAuthservId(field, self.authservId)
-
         if self.modifiers:
 
             def modify(data: bytes) -> defer.Deferred[bytes]:
                 nonlocal prefix
                 present = {fieldName(f) for f in headerFields(headerOf(data))}
                 prefix += fieldLines(self.owed.fieldsFor(present, message.queueId, self.clock.seconds()))
-                return self._modify(session, prefix + dropFields(data, forged))
+                return self._modify(session, prefix + dropFields(data, self.forged))
 
             d: defer.Deferred[bytes] = spool.read().addCallback(modify)
         else:
             d = defer.succeed(b"")
-        return d.addCallback(lambda added: transfer(spool, message, added + prefix, forged, self.clock))
+        return d.addCallback(lambda added: transfer(spool, message, added + prefix, self.forged, self.clock))
 
     @defer.inlineCallbacks
     def _modify(self, session: Session, message: bytes) -> Any:

@@ -19,7 +19,11 @@ Decisions, and why:
   qmail-remote: another MX, or the same one later, may take the message.
 - After STARTTLS's 220, bytes already read in plaintext are thrown away (RFC 3207
   section 4.2; CVE-2011-0411 seen from the client side), and EHLO is said again.
-- Credentials go only over TLS, unless the settings say ``tls="none"``.
+- Credentials go only over TLS whose certificate was verified (``verify``, ``implicit``
+  with a host name, or DANE records that matched): an attacker in the path, or one who
+  forged the relay's DNS, would otherwise get them (security review M-3).  This holds
+  whatever the configuration checks said: ``allowInsecureAuth`` alone lets them go over
+  unverified TLS, or in plaintext with ``tls="none"``.
 - With TLSA records (DANE, RFC 7672) STARTTLS is required and the records, not the CA
   store, say which certificate is right: the handshake checks nothing, and the chain is
   matched against the records afterwards (:func:`jsmail.remote.dane.matchesTLSA`).  No usable
@@ -47,7 +51,7 @@ from jsmail.remote.dane import TLSARecord, matchesTLSA
 from jsmail.envelope import Recipient
 from jsmail import reply as replies
 from jsmail.error import DeliveryError
-from jsmail.interfaces import DeliveryResult, DeliveryStatus
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff
 from jsmail.reply import Reply
 from jsmail.route import TLS_MODES
 from jsmail.smtp.commands import UNSAFE, OutgoingMessage, has8bit, mailCommand, rcptCommand
@@ -70,7 +74,9 @@ class ClientSettings:
     ``None``); ``"implicit"`` means the caller made the transport TLS already (port 465).
     ``tlsa``: the DNSSEC-validated TLSA records of ``tlsHostname`` (DANE, RFC 7672);
     when given they replace ``tls``'s certificate check and require STARTTLS.
-    With ``username`` set, AUTH is required.  The timeouts are RFC 5321 section
+    With ``username`` set, AUTH is required, and only over verified TLS unless
+    ``allowInsecureAuth`` (then unverified TLS, or plaintext with ``tls="none"``, will
+    do).  The timeouts are RFC 5321 section
     4.5.3.2's; ``commandTimeout`` covers the replies it gives no figure for (EHLO,
     STARTTLS and the handshake, AUTH, RSET, QUIT), ``connectTimeout`` the connection
     (:func:`jsmail.smtp.connect.connectTo`).
@@ -83,6 +89,7 @@ class ClientSettings:
     tlsa: tuple[TLSARecord, ...] = ()
     username: str | None = None
     password: str | None = None
+    allowInsecureAuth: bool = False
     maxRecipients: int = 100
     connectTimeout: float = 60.0
     greetingTimeout: float = 300.0
@@ -138,8 +145,11 @@ class ESMTPClient(CommandPipeline):
 
     ``tlsFailed`` becomes true when the connection broke while TLS was being set up,
     so the caller may try again without TLS (never with TLSA records: RFC 7672
-    section 2.2 forbids it).  ``peerExtensions`` maps the EHLO keywords
-    the peer offered (upper case) to their parameters.
+    section 2.2 forbids it).  ``resetFailed`` becomes true when a :meth:`send` found
+    the session gone at its first RSET (the peer closed a reused session meanwhile):
+    nothing of the message was sent, so the caller may try it on a new session.
+    ``peerExtensions`` maps the EHLO keywords the peer offered (upper case) to their
+    parameters.
     """
 
     def __init__(self, settings: ClientSettings, reactor: IReactorTime) -> None:
@@ -154,12 +164,15 @@ class ESMTPClient(CommandPipeline):
         self.peerExtensions: dict[str, str] = {}
         self.tlsFailed = False
         self._secure = settings.tls == "implicit"
+        # Whether the peer proved who it is: implicit TLS checks the name it is given.
+        self._verified = settings.tls == "implicit" and settings.tlsHostname is not None
         self._tlsPhase = settings.tls == "implicit"  # a break now is a TLS failure
         self._setupDone = False
         self._setupError: DeliveryError | None = None
         self._readyWaiters: list[Deferred[None]] = []
         self._lostWaiters: list[Deferred[None]] = []
         self._needReset = False
+        self.resetFailed = False
         self._lock = DeferredLock()
         self._lock.acquire()  # held until the session is set up
 
@@ -303,6 +316,8 @@ class ESMTPClient(CommandPipeline):
             self._hangUp(mismatch)  # not even QUIT to a server that may be an impostor
             raise _error(mismatch)
         self._secure = True
+        usable = any(record.usable for record in self.settings.tlsa)
+        self._verified = usable or (self.settings.tls == "verify" and not self.settings.tlsa)
         await self._hello()
 
     def _matchesTLSA(self) -> bool:
@@ -312,11 +327,15 @@ class ESMTPClient(CommandPipeline):
                            self.settings.tlsHostname or "")
 
     async def _authenticate(self) -> None:
-        """AUTH PLAIN, else LOGIN (RFC 4954); refusing to send credentials in the clear."""
+        """AUTH PLAIN, else LOGIN (RFC 4954); refusing to send credentials in the clear or
+        to a peer that did not prove its name (see the module docstring)."""
         if "AUTH" not in self.peerExtensions:
             raise _error(Reason.of(replies.PEER_NO_AUTH, f"{self.peer} does not offer AUTH"))
         if not self._secure and self.settings.tls != "none":
             raise _error(Reason.of(replies.PEER_AUTH_WITHOUT_TLS, f"{self.peer} did not offer STARTTLS"))
+        if not self._verified and not self.settings.allowInsecureAuth:
+            how = "TLS without a verified certificate" if self._secure else "no TLS"
+            raise _error(Reason.of(replies.PEER_AUTH_UNVERIFIED, f"{self.peer}: {how}, tls={self.settings.tls}"))
         mechanisms = self.peerExtensions["AUTH"].upper().split()
         username = (self.settings.username or "").encode("utf-8")
         password = (self.settings.password or "").encode("utf-8")
@@ -346,6 +365,7 @@ class ESMTPClient(CommandPipeline):
                         Reason.of(replies.DELIVERY_ERROR, f"local error while delivering to {self.peer}"))
 
     async def _deliverAll(self, message: OutgoingMessage) -> list[DeliveryResult]:
+        self.resetFailed = False
         recipients = list(message.recipients)
         if not recipients:
             return []
@@ -378,17 +398,25 @@ class ESMTPClient(CommandPipeline):
             size = self.settings.maxRecipients
             for first in range(0, len(batch), size):
                 part = batch[first : first + size]
-                outcome = await self._transaction(mail, [r for _, r in part], file, start)
+                outcome = await self._transaction(mail, [r for _, r in part], file, start, first == 0)
                 results.update(zip((i for i, _ in part), outcome))
-        return [results[i] for i in range(len(recipients))]
+        # A peer that offered DSN took NOTIFY and ORCPT with the message and reports
+        # from now on; to one that did not, the message was "relayed" (RFC 3461 5.2.1-5.2.2).
+        handoff = Handoff.PASSED_ON if "DSN" in self.peerExtensions else Handoff.RELAYED
+        return [replace(results[i], handoff=handoff) if results[i].status is DeliveryStatus.DELIVERED else results[i]
+                for i in range(len(recipients))]
 
     async def _transaction(self, mail: str, recipients: list[Recipient], file: BinaryIO,
-                           start: int) -> list[DeliveryResult]:
-        """One MAIL, its RCPTs and DATA: one result per recipient."""
+                           start: int, first: bool) -> list[DeliveryResult]:
+        """One MAIL, its RCPTs and DATA: one result per recipient.  ``first``: the
+        first transaction of this :meth:`send`."""
         settings = self.settings
         if self._needReset:
             reset = await self._command("RSET", settings.commandTimeout)
             if reset.code != 250:
+                # A reused session that the peer closed (or is closing, 421) as it was
+                # taken up: nothing of the message went, so a new session may try at once.
+                self.resetFailed = first and (self._broken is not None or reset.code == 421)
                 return _all(recipients, DeliveryStatus.TEMPORARY, reset)
         self._needReset = True
         rcpts = [(rcptCommand(r, self.peerExtensions), settings.rcptTimeout) for r in recipients]

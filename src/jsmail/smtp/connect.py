@@ -15,10 +15,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jsmail import reply
+from jsmail._threads import RunInThread, reactorThreads
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult
 from jsmail.smtp.client import ClientSettings, ESMTPClient
-from jsmail.smtp.commands import OutgoingMessage
+from jsmail.smtp.commands import OutgoingMessage, has8bit
 
 __all__ = ["connectTo", "readySession", "sendmail"]
 
@@ -67,15 +68,31 @@ async def readySession(connect: Callable[[ClientSettings], Deferred[ESMTPClient]
 
 
 def sendmail(reactor: Any, host: str, port: int, message: OutgoingMessage,
-             settings: ClientSettings = ClientSettings()) -> Deferred[list[DeliveryResult]]:
+             settings: ClientSettings = ClientSettings(),
+             runInThread: RunInThread | None = None) -> Deferred[list[DeliveryResult]]:
     """Connect to ``host`` (a name or an IPv4 or IPv6 address), deliver ``message``, say
     QUIT.  ``reactor`` provides TCP and time.  Never fails: not reaching the peer is a
-    temporary result for every recipient (see :func:`readySession` for TLS)."""
-    return Deferred.fromCoroutine(_sendmail(reactor, host, port, message, settings))
+    temporary result for every recipient (see :func:`readySession` for TLS).  When
+    ``message.eightBit`` is not given, the message is read for 8-bit octets with
+    ``runInThread`` (the reactor's thread pool by default), never on the reactor
+    thread: a large message would stop every other connection meanwhile."""
+    return Deferred.fromCoroutine(_sendmail(reactor, host, port, message, settings,
+                                            runInThread or reactorThreads(reactor)))
+
+
+def _hasEightBit(message: OutgoingMessage) -> bool:
+    """Whether the message has octets above 127 (blocking)."""
+    with message.open() as f:
+        return has8bit(f, f.tell())
 
 
 async def _sendmail(reactor: Any, host: str, port: int, message: OutgoingMessage,
-                    settings: ClientSettings) -> list[DeliveryResult]:
+                    settings: ClientSettings, runInThread: RunInThread) -> list[DeliveryResult]:
+    if message.eightBit is None:
+        try:
+            message = replace(message, eightBit=await runInThread(_hasEightBit, message))
+        except OSError as e:
+            return DeliveryResult.forAll(message.recipients, DeliveryError(reply.CANNOT_READ_MESSAGE, False, str(e)))
     try:
         client = await readySession(lambda s: connectTo(reactor, host, port, s), settings)
     except DeliveryError as e:

@@ -15,9 +15,10 @@ from jsmail import maillog, reply
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage
+from jsmail.policy.relay import TRUSTED_CLIENT
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import Spool
-from jsmail.headers import FieldWatcher, fieldName, fieldValue, mailboxes
+from jsmail.headers import FieldDropper, FieldWatcher, fieldName, fieldValue, mailboxes
 from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import tooBig
@@ -80,6 +81,7 @@ class Transaction:
         self.scanner: ContentScanner | None = None  # the BDAT transaction's content, across chunks
         self.chunk: tuple[int, bool, Reply | None] = (0, False, None)  # size, LAST, why it is refused
         self._spool: Spool | None = None
+        self._out: Spool | FieldDropper | None = None  # where content octets go
         self._tooBig = False
         self._size = 0
         self._header = FieldWatcher()
@@ -100,13 +102,17 @@ class Transaction:
             clientAddress=session.clientAddress,
             helo=session.helo or "",
             protocol=session.withProtocol(),
+            # Only these senders may have whole messages and private replies returned.
+            trusted=session.user is not None or bool(session.transactionNotes.get(TRUSTED_CLIENT)),
         )
         self.message = server.listener.sink.newMessage(envelope)
         session.queueId = self.message.queueId
         self._tooBig = self._writeFailed = self._nul = False
         self._size = 0
         self._header = FieldWatcher(_WATCHED, limit=64 * 1024)
-        self._spool = server.listener.assembler.begin(session, self.message)
+        assembler = server.listener.assembler
+        self._spool = assembler.begin(session, self.message)
+        self._out = self._spool or assembler.direct(self.message)
 
     def startData(self) -> None:
         """DATA: open the message; the content comes next, up to the final dot."""
@@ -149,7 +155,8 @@ class Transaction:
         self._header.feed(data)
         self._nul = self._nul or b"\0" in data
         try:
-            (self._spool or message).write(data)
+            assert self._out is not None
+            self._out.write(data)
         except OSError as e:  # a full disk: the rest is read and thrown away, and answered 452 at the end
             _log.error("Cannot write queue file {queueId}: {error}", queueId=message.queueId, error=e)
             self._writeFailed = True
@@ -196,6 +203,13 @@ class Transaction:
             raise SMTPReplyError(refusal, f"{refusal.text} (queue id {message.queueId} discarded)")
         spool = self._spool
         if spool is None:
+            try:
+                assert self._out is not None
+                self._out.close()
+            except OSError as e:
+                server.resetTransaction()
+                _log.error("Cannot write queue file {queueId}: {error}", queueId=message.queueId, error=e)
+                raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, f"(queue id {message.queueId} discarded)") from None
             return self._commit(message)
 
         def checked(_: object) -> Result:
@@ -278,7 +292,7 @@ class Transaction:
     def abort(self) -> None:
         """Throw away the message being received, if any (never raising: this runs as
         the connection ends, whatever went wrong before)."""
-        message, spool, self.message, self._spool = self.message, self._spool, None, None
+        message, spool, self.message, self._spool, self._out = self.message, self._spool, None, None, None
         try:
             if message is not None:
                 message.abort()
