@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from jsmail.config import loadConfig
 from jsmail.ops import check
 from jsmail.service import MailGateway
-from jsmail.testing import DNSServer
+from jsmail.testing import DNSServer, freePort
 
 
 def writeCertificate(directory: str, days: float) -> tuple[str, str]:
@@ -37,12 +37,6 @@ def writeCertificate(directory: str, days: float) -> tuple[str, str]:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
     return paths
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CheckTests(unittest.TestCase):
@@ -82,10 +76,12 @@ class CheckTests(unittest.TestCase):
         self.addCleanup(gateway.stopService)
         status, lines = yield self.check(path)
         self.assertEqual(status, 0, lines)
-        self.assertEqual(lines[0], "JSMAIL OK - 6 checks passed")
+        self.assertEqual(lines[0], "JSMAIL OK - 7 checks passed")
         self.assertEqual(lines[2], f"OK       smtp listener tcp:{self.smtpPort}:interface=127.0.0.1: in use, "
                                    "answering (the running gateway)")
         self.assertRegex(lines[6], r"^OK       TLS certificate \S+selfsigned-cert.pem for mx.test: expires in \d+ days$")
+        self.assertRegex(lines[7], r"^OK       local submission \S+/data/submit/socket: answering; only root and "
+                                   r"jsmail's user reach it \(\S+ is closed to others; ")
 
     @defer.inlineCallbacks
     def test_port_taken_by_another_program(self) -> Any:

@@ -26,6 +26,7 @@ import time
 
 from twisted.python import log
 from twisted.trial import unittest
+from jsmail.testing import freePort
 
 from tests.test_plugin import twistd, twistdEnvironment
 
@@ -37,12 +38,6 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 30.0
 POLL_INTERVAL = 0.02
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def message(name: str) -> bytes:

@@ -100,9 +100,18 @@ class ThirdPartyTests(TestCase):
     def test_example_plugin_is_found_where_the_docs_say(self) -> None:
         """docs/example_plugin.py copied into a jsmail/plugins directory on sys.path is
         found and builds, in a fresh interpreter as twistd would run."""
+        self.assertPluginBuilds(os.path.join(TOP, "docs", "example_plugin.py"))
+
+    def test_pluginWrittenFor01StillWorks(self) -> None:
+        """A plugin written against 0.1's flat package (``jsmail.plugin``,
+        ``jsmail.policy.Policy``, ``jsmail.verdict``, ``jsmail.reply``,
+        ``jsmail.address``) keeps working after the package was split up."""
+        self.assertPluginBuilds(os.path.join(TOP, "tests", "data", "plugin_written_for_0_1.py"))
+
+    def assertPluginBuilds(self, source: str) -> None:
         top = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(top, "jsmail", "plugins"))
-        shutil.copy(os.path.join(TOP, "docs", "example_plugin.py"), os.path.join(top, "jsmail", "plugins"))
+        shutil.copy(source, os.path.join(top, "jsmail", "plugins"))
         program = ("from twisted.internet import reactor\n"
                    "from jsmail.config import loadConfig\n"
                    "from jsmail.service import policyChains\n"

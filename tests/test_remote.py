@@ -9,7 +9,6 @@ import glob
 import ipaddress
 import os
 import smtplib
-import socket
 from typing import Any
 
 import trustme
@@ -37,19 +36,13 @@ from jsmail.remote.mx import MailExchangers
 from jsmail.route import Route
 from jsmail.service import MailGateway
 from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
-from jsmail.testing import DNSServer
+from jsmail.testing import DNSServer, freePort
 from jsmail.smtp.tls import ServerTLS
 from tests.test_dane import tlsa
 
 NONE: tuple[str, ...] = ()
 LOOPBACK = ["127.0.0.0/8"]
 ALLOWED = (ipaddress.ip_network("127.0.0.0/8"),)  # the test peers' network: remote delivery refuses it by default
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def zone(port: int) -> dict[str, list[tuple[str, Any]]]:

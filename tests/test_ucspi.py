@@ -13,14 +13,9 @@ import time
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jsmail.queue.admin import listQueue, openEntry
+from jsmail.testing import freePort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class UCSPITests(TestCase):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from jsmail.envelope import Envelope, Recipient
+    from jsmail.address import Address
     from jsmail.policy.verdict import Verdict
 
 
@@ -179,10 +180,10 @@ class IPolicy(Interface):
     def checkHelo(session: ISession, name: str) -> Deferred[Verdict | None] | Verdict | None:
         """The client said EHLO or HELO ``name``."""
 
-    def checkSender(session: ISession, address: object, params: dict) -> Deferred[Verdict | None] | Verdict | None:
+    def checkSender(session: ISession, address: Address, params: dict) -> Deferred[Verdict | None] | Verdict | None:
         """MAIL FROM with a :class:`jsmail.address.Address` and its parameters."""
 
-    def checkRecipient(session: ISession, address: object, params: dict) -> Deferred[Verdict | None] | Verdict | None:
+    def checkRecipient(session: ISession, address: Address, params: dict) -> Deferred[Verdict | None] | Verdict | None:
         """RCPT TO with a :class:`jsmail.address.Address` and its parameters."""
 
 

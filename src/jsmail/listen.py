@@ -9,6 +9,7 @@ and :meth:`ListenerService.whenListening` gives the bound port (tests listen on 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,7 @@ class ListenerService(Service):
             self.port = result
             host = result.getHost()
             where = f"{host.host}:{host.port}" if hasattr(host, "port") else getattr(host, "name", host)
+            where = os.fsdecode(where) if isinstance(where, bytes) else where  # a UNIX socket's path
             _log.info("Listening for {kind} on {where} ({description})", kind=self.kind, where=where,
                       description=self.description)
         waiting, self._waiting = self._waiting, []

@@ -8,10 +8,13 @@
   :class:`RecordingTransport`, returning exact reply bytes; STARTTLS is recorded, not
   performed (test real handshakes over loopback).
 - :func:`runNow`: a ``runInThread`` that runs the work at once, for tests without threads.
+- :func:`freePort`: a TCP port on 127.0.0.1 nothing listens on now, for configurations
+  and programs that must be told a port before they bind it.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -34,7 +37,16 @@ from jsmail.queue.memory import MemoryQueue
 from jsmail.reply import Reply
 from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings
 
-__all__ = ["Delivery", "Dialog", "DNSServer", "MemoryQueue", "RecordingAgent", "RecordingTransport", "runNow"]
+__all__ = ["Delivery", "Dialog", "DNSServer", "MemoryQueue", "RecordingAgent", "RecordingTransport", "freePort",
+           "runNow"]
+
+
+def freePort() -> int:
+    """A port on 127.0.0.1 free at the time of asking (another process may take it
+    before it is used: for tests, where that is rare, not for production)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

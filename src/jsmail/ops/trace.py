@@ -93,7 +93,7 @@ def logFiles(path: str) -> list[str]:
 
 def readEvents(files: Iterable[TextIO]) -> list[Event]:
     """Every operator-log event in the files, in order."""
-    events = []
+    events: list[Event] = []
     for f in files:
         for line in f:
             event = parseJSON(line) if line.startswith("{") else parseText(line)

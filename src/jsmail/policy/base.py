@@ -5,27 +5,33 @@ overrides what it cares about, and claims only the interface it implements."""
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from jsmail.address import Address
 from jsmail.interfaces import IMessagePolicy, IPolicy
+from jsmail.policy.verdict import Verdict
+
+#: What a phase answers: nothing to object, a verdict, or either one later.
+Answer: TypeAlias = "Deferred[Verdict | None] | Verdict | None"
 
 
 @implementer(IPolicy)
 class Policy:
     """A check that objects to nothing; override the phases you care about."""
 
-    def checkConnect(self, session: object) -> Deferred[None] | None:
+    def checkConnect(self, session: object) -> Answer:
         return None
 
-    def checkHelo(self, session: object, name: str) -> Deferred[None] | None:
+    def checkHelo(self, session: object, name: str) -> Answer:
         return None
 
-    def checkSender(self, session: object, address: Address, params: dict) -> Deferred[None] | None:
+    def checkSender(self, session: object, address: Address, params: dict) -> Answer:
         return None
 
-    def checkRecipient(self, session: object, address: Address, params: dict) -> Deferred[None] | None:
+    def checkRecipient(self, session: object, address: Address, params: dict) -> Answer:
         return None
 
 
@@ -33,5 +39,5 @@ class Policy:
 class MessagePolicy:
     """A check of the whole message that objects to nothing; override :meth:`checkMessage`."""
 
-    def checkMessage(self, session: object, content: object) -> Deferred[None] | None:
+    def checkMessage(self, session: object, content: object) -> Answer:
         return None

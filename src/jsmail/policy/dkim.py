@@ -310,11 +310,11 @@ def keyRecord(keyFileData: bytes) -> str:
     Ed25519 (RFC 8463 section 4)."""
     kind, privateKey = _dkimpyKey(keyFileData)
     if kind == "ed25519":
-        public = ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(privateKey)).public_key()
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        edKey = ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(privateKey)).public_key()
+        raw = edKey.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     else:
-        public = serialization.load_pem_private_key(privateKey, password=None).public_key()
-        raw = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        rsaKey = serialization.load_pem_private_key(privateKey, password=None).public_key()
+        raw = rsaKey.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return f"v=DKIM1; k={kind}; p={base64.b64encode(raw).decode('ascii')}"
 
 

@@ -117,6 +117,6 @@ class ThreadResolver:
                 raise DNSLookupError(f"{label}: no answer in {left:.1f}s")
             if failure.check(dnserror.DNSServerError):
                 raise DNSLookupError(f"{label}: server failure (SERVFAIL)")
-            raise DNSLookupError(f"{label}: {failure.type.__name__} {failure.getErrorMessage()}".rstrip())
+            raise DNSLookupError(f"{label}: {type(failure.value).__name__} {failure.getErrorMessage()}".rstrip())
 
         return d.addCallbacks(answered, failed)

@@ -185,7 +185,7 @@ async def _lookup(reactor: Any, resolver: Any, name: str,
         return None, ttl
     records = []
     for answer in message.answers:
-        if answer.type == TLSA:
+        if answer.type == TLSA and isinstance(answer.payload, dns.UnknownRecord):  # twisted.names knows no TLSA type
             try:
                 records.append(TLSARecord.fromRDATA(answer.payload.data))
             except ValueError as e:

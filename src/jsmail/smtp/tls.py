@@ -64,7 +64,10 @@ def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOpti
     except crypto.Error as e:
         raise TLSError(f"{keyPath}: not a PEM private key: {e}") from None
     publicKey = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if (key.to_cryptography_key().public_key().public_bytes(*publicKey)
+    private = key.to_cryptography_key()
+    if not hasattr(private, "public_key"):
+        raise TLSError(f"{keyPath}: holds a public key, not a private one")
+    if (private.public_key().public_bytes(*publicKey)
             != certificates[0].public_key().public_bytes(*publicKey)):
         raise TLSError(f"the key in {keyPath} is not the key of the certificate in {certificatePath}")
     for issued, issuer in zip(certificates, certificates[1:]):
