@@ -23,6 +23,7 @@ from tests.fuzzoracles import (
     checkAuthResults,
     checkChunkReaders,
     checkDataReader,
+    checkDsnParameter,
     checkEnvelope,
     checkFromDomain,
     checkInstructions,
@@ -30,6 +31,7 @@ from tests.fuzzoracles import (
     checkRecovery,
     checkScript,
     checkSession,
+    checkShown,
     checkSplitHeader,
     watchLoggedFailures,
 )
@@ -166,10 +168,18 @@ def authResults(data: bytes) -> None:
     checkAuthResults(data)
 
 
+def dsn(data: bytes) -> None:
+    """An ENVID or ORCPT value (flags: SMTPUTF8), and how the log would show it."""
+    source = _Input(data)
+    flags = source.octet()
+    checkDsnParameter(source.text(), source.flag(flags, 0))
+    checkShown(source.text())
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "smtp": smtp, "smtp-script": smtpScript, "sasl": sasl, "path": path, "data": dataReader, "bdat": chunkReaders,
     "dotqmail": dotqmail, "aliases": aliases, "envelope": envelope, "recovery": recovery, "headers": headers,
-    "fromdomain": fromDomain, "authresults": authResults,
+    "fromdomain": fromDomain, "authresults": authResults, "dsn": dsn,
 }
 
 #: libFuzzer's -max_len per target (others: 4096): long enough for the hostile shapes.
@@ -200,4 +210,6 @@ SEEDS: dict[str, list[bytes]] = {
                 b"\xff\x00From: (c (d) \\( e) \"q\"@b.test\n\nx"],
     "fromdomain": [b"\"x\" <a@B.Test>, (c) b@b.test", b"(" * 500 + b")" * 500 + b"a@b.test", b"<@r:a@b.test>"],
     "authresults": [b" (c (nested)) mx.test; spf=pass", b"(" * 1000 + b")" * 1000 + b" mx.test"],
+    "dsn": [b"\x00QQ+2B1+20x", b"\x00rfc822;x+40example.org", b"\x01utf-8;j\\x{F6}rg@b.test",
+            "\x01utf-8;jörg\u2028@b.test".encode(), b"\x00abc+0D+0A--X"],
 }

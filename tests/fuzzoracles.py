@@ -21,9 +21,11 @@ from jsmail.error import DeliveryError, SMTPReplyError
 from jsmail.headers import fields, fromDomain, splitHeader
 from jsmail.local.aliases import AliasesError, parseAliases
 from jsmail.local.dotqmail import Forward, Instructions, Maildir, Mbox, Program, parseInstructions
+from jsmail.maillog import shown
 from jsmail.policy.authresults import claimsAuthservId
 from jsmail.queue.memory import MemoryQueue
 from jsmail.queue.store import MaildirQueue
+from jsmail.smtp.params import checkMailParams, checkRcptParams, decodeUtf8Address, decodeXtext
 from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog, runNow
 from tests.fuzzsupport import (
@@ -127,6 +129,28 @@ def checkPath(argument: str, allowNull: bool, utf8: bool, postmaster: str | None
     again = parsePath(text, allowNull=allowNull, utf8=utf8)
     assert again == (address, params), f"{argument!r} gave {text!r}, which gives {again!r}"
     return octets
+
+
+def checkDsnParameter(value: str, utf8: bool) -> None:
+    """ENVID and ORCPT decode to printable text, or MAIL and RCPT refuse them with
+    501 5.5.4; nothing else comes out (security review L-1)."""
+    for decoded in (decodeXtext(value), decodeUtf8Address(value, utf8)):
+        assert decoded is None or (decoded.isprintable() and decoded), decoded
+    for check, arguments in ((checkMailParams, ({"ENVID": value}, True, 1000, False)),
+                             (checkRcptParams, ({"ORCPT": value}, utf8))):
+        try:
+            check(*arguments)  # type: ignore[operator]
+        except SMTPReplyError as e:
+            assert (e.reply.code, e.reply.enhanced) == (501, "5.5.4"), e.reply
+
+
+def checkShown(text: str) -> None:
+    """What the operator log and the commands show of any text is one line of printable
+    characters, unchanged when it was printable, and escaping twice changes nothing."""
+    once = shown(text)
+    assert once.isprintable() and len(once.splitlines()) == (1 if once else 0), once
+    assert shown(once) == once, once
+    assert once == text or not text.isprintable(), (text, once)
 
 
 def instructionText(instruction: object) -> str:
