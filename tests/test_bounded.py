@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail import reply
 from jsmail._bounded import LRU
+from jsmail._disk import GroupSync
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
@@ -164,3 +165,24 @@ class SpoolTests(SynchronousTestCase):
         self.addCleanup(small.close)
         small.write(b"Subject: small\r\n\r\nx\r\n")
         self.assertIs(self.successResultOf(small.read()), self.successResultOf(small.read()))
+
+
+class GroupSyncTests(SynchronousTestCase):
+    def test_fileSystemOfANewDirectoryIsLookedUpInAThread(self) -> None:
+        """Which file system a directory is on was found with os.stat on the reactor
+        thread for every directory not remembered: with many mailboxes (more than
+        remembered_mailboxes) that is a disk wait per delivery, for every session."""
+        ran: list[str] = []
+
+        def inThread(f: Any, *args: Any) -> defer.Deferred[Any]:
+            ran.append(f.__name__)
+            return defer.maybeDeferred(f, *args)
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        syncer = GroupSync(inThread, remembered=1)
+        self.successResultOf(syncer.sync(directory))
+        self.assertEqual(ran, ["stat", "syncFileSystem"])
+        self.successResultOf(syncer.sync(directory))
+        self.assertEqual(ran[2:], ["syncFileSystem"], "a directory remembered is not looked up again")
+        self.failureResultOf(syncer.sync(os.path.join(directory, "gone")), FileNotFoundError)

@@ -96,13 +96,17 @@ class GroupSync:
         """Fires once everything written and renamed under ``path`` before this call is
         on disk."""
         device = self._devices.get(path)
-        if device is None:
-            device = self._devices[path] = os.stat(path).st_dev
+        if device is None:  # a stat may wait on the disk (or NFS): not on the reactor thread
+            return self._runInThread(os.stat, path).addCallback(self._learned, path)
         d: Deferred[None] = Deferred()
         self._waiting.setdefault(device, []).append(d)
         if device not in self._running:
             self._start(device, path)
         return d
+
+    def _learned(self, status: os.stat_result, path: str) -> Deferred[None]:
+        self._devices[path] = status.st_dev
+        return self.sync(path)
 
     def _start(self, device: int, path: str) -> None:
         waiters = self._waiting.pop(device)
