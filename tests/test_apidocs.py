@@ -1,4 +1,4 @@
-"""The API reference builds with pydoctor (the ``docs`` extra) and says nothing but the
+"""The API reference builds with pydoctor (in the ``test`` extra) and says nothing but the
 few warnings listed here, each with the reason it is not fixed in the docstrings."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class APIReferenceTests(unittest.TestCase):
         try:
             import pydoctor  # noqa: F401
         except ImportError:
-            raise unittest.SkipTest("pydoctor is not installed (pip install '.[docs]')") from None
+            raise unittest.SkipTest("pydoctor is not installed (pip install '.[test]')") from None
         output = os.path.abspath(self.mktemp())
         result = subprocess.run(
             [sys.executable, "-m", "pydoctor", "--project-name", "jsmail", "--docformat", "restructuredtext",

@@ -19,6 +19,11 @@ forward to (one without ``@`` gets ``local.noathost`` added, as qmail's envnoath
 does: by default the first local domain, so that ``postmaster: root`` stays local).
 Targets become the same instructions a ``.qmail`` line gives
 (:mod:`jsmail.local.dotqmail`), so they are delivered the same way.
+
+The aliases file is the operator's and is followed as jsmail's own user.  An
+``:include:`` file that someone else owns (a list a user keeps) gives addresses only:
+a program or file target in it would run with jsmail's rights, so the alias that
+includes it fails (temporarily, saying why) and the other aliases work on.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ from jsmail.local.dotqmail import Forward, Instruction, Maildir, Mbox, Program
 
 class AliasesError(ValueError):
     """The file cannot be used: the message names the file, the line and the fault."""
+
+
+class _Foreign(str):
+    """The text of an ``:include:`` file owned by neither root nor jsmail's user."""
+
+
+class _Unsafe(ValueError):
+    """A program or file target from a :class:`_Foreign` file."""
 
 
 def splitTargets(text: str) -> list[str]:
@@ -66,9 +79,10 @@ def targetInstruction(target: str, noAtHost: str) -> Instruction:
 
 
 def parseAliases(text: str, source: str, noAtHost: str,
-                 readInclude: Callable[[str], str] | None = None) -> dict[str, tuple[Instruction, ...]]:
-    """Alias name (lower case) -> its instructions.  ``readInclude`` reads an
-    ``:include:`` file (None: ``:include:`` is refused)."""
+                 readInclude: Callable[[str], str] | None = None) -> dict[str, tuple[Instruction, ...] | AliasesError]:
+    """Alias name (lower case) -> its instructions, or why that alias cannot be
+    followed.  ``readInclude`` reads an ``:include:`` file (None: ``:include:`` is
+    refused)."""
     entries: list[tuple[int, str]] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -80,7 +94,7 @@ def parseAliases(text: str, source: str, noAtHost: str,
             entries[-1] = (first, previous + " " + line.strip())
         else:
             entries.append((number, line))
-    aliases: dict[str, tuple[Instruction, ...]] = {}
+    aliases: dict[str, tuple[Instruction, ...] | AliasesError] = {}
     included = _Includes(readInclude) if readInclude is not None else None
     for number, entry in entries:
         name, colon, rest = entry.partition(":")
@@ -88,7 +102,11 @@ def parseAliases(text: str, source: str, noAtHost: str,
         if not colon or not name or any(c in name for c in " \t"):
             raise AliasesError(f"{source}:{number}: expected 'name: target, ...', got {entry!r}")
         try:
-            aliases[name] = tuple(dict.fromkeys(_expand(splitTargets(rest), noAtHost, included, depth=0)))
+            expanded = _expand(splitTargets(rest), noAtHost, included, 0, source if isinstance(text, _Foreign) else "")
+            aliases[name] = tuple(dict.fromkeys(expanded))
+        except _Unsafe as e:
+            aliases[name] = AliasesError(f"{source}:{number}: alias {name!r}: {e}")
+            continue
         except (ValueError, OSError) as e:
             raise AliasesError(f"{source}:{number}: alias {name!r}: {e}") from None
         if not aliases[name]:
@@ -110,18 +128,21 @@ class _Includes:
 
     def __init__(self, read: Callable[[str], str]) -> None:
         self._read = read
-        self._targets: dict[str, list[str]] = {}
+        self._targets: dict[str, tuple[list[str], bool]] = {}
         self.expanded: set[str] = set()
 
-    def targets(self, path: str) -> list[str]:
+    def targets(self, path: str) -> tuple[list[str], bool]:
+        """The file's targets, and whether someone else owns it (:class:`_Foreign`)."""
         if path not in self._targets:
-            lines = [line for line in self._read(path).splitlines() if line.strip() and not line.startswith("#")]
-            self._targets[path] = splitTargets(",".join(lines))
+            text = self._read(path)
+            lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            self._targets[path] = (splitTargets(",".join(lines)), isinstance(text, _Foreign))
         return self._targets[path]
 
 
 def _expand(targets: list[str], noAtHost: str, included: _Includes | None,
-            depth: int, spent: list[int] | None = None) -> list[Instruction]:
+            depth: int, foreign: str = "", spent: list[int] | None = None) -> list[Instruction]:
+    """``foreign``: the include file, owned by someone else, these targets came from."""
     if spent is None:  # one alias: its own count, and its own files expanded
         spent = [0]
         if included is not None:
@@ -140,19 +161,26 @@ def _expand(targets: list[str], noAtHost: str, included: _Includes | None,
             if path in included.expanded:
                 continue  # its targets are there already
             included.expanded.add(path)
-            out += _expand(included.targets(path), noAtHost, included, depth + 1, spent)
+            more, othersFile = included.targets(path)
+            out += _expand(more, noAtHost, included, depth + 1, path if othersFile else foreign, spent)
         else:
-            out.append(targetInstruction(target, noAtHost))
+            instruction = targetInstruction(target, noAtHost)
+            if foreign and not isinstance(instruction, Forward):
+                raise _Unsafe(f"{foreign} belongs to another user: only addresses are taken from it, not {target!r}")
+            out.append(instruction)
     return out
 
 
 def _readText(path: str) -> str:
-    """The file's text; one over :data:`MAX_FILE` octets is refused, not read whole."""
+    """The file's text, a :class:`_Foreign` one when someone else owns it; one over
+    :data:`MAX_FILE` octets is refused, not read whole."""
     with open(path, "rb") as f:
         data = f.read(MAX_FILE + 1)
+        owner = os.fstat(f.fileno()).st_uid
     if len(data) > MAX_FILE:
         raise ValueError(f"{path} is larger than {MAX_FILE} octets")
-    return data.decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace")
+    return text if owner in (0, os.geteuid()) else _Foreign(text)
 
 
 class AliasesFile:
@@ -164,9 +192,9 @@ class AliasesFile:
         self.noAtHost = noAtHost
         self.allowInclude = allowInclude
         self._stamp: tuple[float, int, int] | None = None
-        self._aliases: dict[str, tuple[Instruction, ...]] = {}
+        self._aliases: dict[str, tuple[Instruction, ...] | AliasesError] = {}
 
-    def load(self) -> dict[str, tuple[Instruction, ...]]:
+    def load(self) -> dict[str, tuple[Instruction, ...] | AliasesError]:
         """The current aliases; raises :class:`AliasesError` for a bad file."""
         try:
             st = os.stat(self.path)
@@ -197,5 +225,8 @@ class AliasesFile:
         base = next((local[:i] for i, c in enumerate(local) if c in separators and i), local)
         for key in (f"{local}@{domain}".lower(), local.lower(), base.lower()):
             if key in aliases:
-                return aliases[key]
+                found = aliases[key]
+                if isinstance(found, AliasesError):
+                    raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, False, str(found))
+                return found
         return None
