@@ -179,21 +179,25 @@ class ESMTPServer(Protocol):
                     self._buffer = b""
                     if not self._discardingLongLine:
                         self._discardingLongLine = True
-                        self._sendReply(reply.LINE_TOO_LONG)
+                        self._sendReply(self._lineTooLong())
                 return
             line, self._buffer = self._buffer[:lf], self._buffer[lf + 1 :]
             if self._discardingLongLine:
                 self._discardingLongLine = False
                 continue
             self._timeLimits.resetTimeout()  # the idle time runs from a command line's start, not its last byte
+            if len(line) + 1 > self.settings.maxCommandLine:
+                self._sendReply(self._lineTooLong())
+                continue
             if self._auth is not None and self._auth.inProgress:
                 auth = self._auth
                 self._runCommand(lambda line=line: auth.respond(line.removesuffix(b"\r")))
                 continue
-            if len(line) + 1 > self.settings.maxCommandLine:
-                self._sendReply(reply.LINE_TOO_LONG)
-                continue
             self._runCommand(lambda line=line: self._dispatch(line.removesuffix(b"\r")))
+
+    def _lineTooLong(self) -> Reply:
+        """Alike in one read or many; a SASL response that long ends the exchange too."""
+        return self._auth.lineTooLong() if self._auth is not None and self._auth.inProgress else reply.LINE_TOO_LONG
 
     def _runCommand(self, command: Callable[[], Result]) -> None:
         """Run one command; if its reply is not ready, hold all later input until it is."""
@@ -343,7 +347,7 @@ class ESMTPServer(Protocol):
             return reply.TOO_MANY_RECIPIENTS
         utf8 = "SMTPUTF8" in self.session.mailParams
         address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)
-        checkRcptParams(params)
+        checkRcptParams(params, utf8)
 
         def accept() -> Reply:
             self.session.recipients.append(Recipient(str(address), params))
