@@ -15,8 +15,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail.config import loadConfig
-from jsmail.service import MailGateway
 from jsmail.send.service import SendLock
+from jsmail.service import MailGateway
 
 
 class SendProcessTests(TestCase):

@@ -37,7 +37,6 @@ from zope.interface import Attribute, Interface, implementer
 from jsmail._process import Finished, run
 from jsmail._threads import RunInThread, reactorThreads
 
-
 _log = Logger()
 
 

@@ -32,11 +32,11 @@ import time
 
 from jsmail.auth import setPassword
 from jsmail.datadir import dataDirectory
-from jsmail.send.dsn import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
-from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
+from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.queue.admin import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
+from jsmail.send.dsn import MAX_RETURNED_HEADERS
 
 
 def _readPassword(prompt: bool) -> str:

@@ -19,7 +19,6 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-
 from jsmail.auth import AuthSettings
 from jsmail.listen import Endpoints
 from jsmail.local.settings import LocalSettings

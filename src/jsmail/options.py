@@ -19,7 +19,6 @@ from jsmail.address import hostPort, normaliseDomain
 from jsmail.error import SMTPReplyError
 from jsmail.route import TLS_MODES, Route
 
-
 # -- value checkers: each takes the raw value and returns it typed, or raises ValueError --
 
 

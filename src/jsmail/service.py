@@ -33,9 +33,9 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.listen import ListenerService, ListeningError
 from jsmail.local.directory import RecipientDirectory
+from jsmail.policy.base import Policy
 from jsmail.policy.chain import Chain, buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext
-from jsmail.policy.base import Policy
 from jsmail.policy.recipients import KnownRecipients
 from jsmail.policy.relay import BadMailFrom, RelayControl, TrustedClient
 from jsmail.qmail.queuesink import ProgramQueue

@@ -30,9 +30,9 @@ from twisted.names.dns import DNSDatagramProtocol
 from twisted.names.server import DNSServerFactory
 from zope.interface import implementer
 
+from jsmail._threads import runNow
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IModifier, QueuedMessage
-from jsmail._threads import runNow
 from jsmail.queue.memory import MemoryQueue
 from jsmail.reply import Reply
 from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings

@@ -36,19 +36,28 @@ from typing import Any, BinaryIO, Callable, Sequence
 from twisted.internet import defer
 from zope.interface import implementer
 
+from jsmail import reply
 from jsmail._disk import GroupSync
 from jsmail._process import allowedEnvironment
 from jsmail._threads import RunInThread
 from jsmail.address import BadMailbox, mailboxName
-from jsmail.local.aliases import AliasesFile
-from jsmail import reply
 from jsmail.envelope import DOUBLE_BOUNCE, Envelope, Recipient
 from jsmail.error import DeliveryError
 from jsmail.headers import fields, hasName, readHeader
-from jsmail.interfaces import (DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IIncomingMessage,
-                               QueuedMessage)
-from jsmail.local.dotqmail import (Forward, Instructions, Mailbox, Maildir, Mbox, Program, commandEnvironment,
-                                   findMailbox, newSender, readInstructions)
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IIncomingMessage, QueuedMessage
+from jsmail.local.aliases import AliasesFile
+from jsmail.local.dotqmail import (
+    Forward,
+    Instructions,
+    Mailbox,
+    Maildir,
+    Mbox,
+    Program,
+    commandEnvironment,
+    findMailbox,
+    newSender,
+    readInstructions,
+)
 from jsmail.local.maildir import copyAsLF, makeMaildir, writeMaildirMessage
 from jsmail.local.mbox import appendMbox, fromLine
 from jsmail.local.program import ProgramStatus, runProgram

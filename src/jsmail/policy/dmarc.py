@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from twisted.internet import defer
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
+
 from jsmail._dns import isNonexistent
-from jsmail.address import normaliseDomain
-from jsmail.error import SMTPReplyError
 
 _POLICIES = ("none", "quarantine", "reject")
 #: RFC 9989 section 4.10: a walk makes at most this many queries.

@@ -30,7 +30,7 @@ from email.utils import formataddr, getaddresses
 from typing import BinaryIO
 
 from jsmail.datadir import dataDirectory
-from jsmail.headers import dropFields, fieldName, fieldValue, fields, hasName, readHeader
+from jsmail.headers import dropFields, fieldName, fields, fieldValue, hasName, readHeader
 from jsmail.qmail.envelope import EnvelopeError, encode
 from jsmail.qmail.queueprogram import SPOOL_IN_MEMORY, QueueRefusal, enqueue
 from jsmail.queue.admin import wakeDelivery

@@ -32,12 +32,12 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from jsmail import reply
 from jsmail.address import Address
 from jsmail.datadir import dataDirectory
 from jsmail.error import SMTPReplyError
 from jsmail.policy.base import Policy
-from jsmail import reply
-from jsmail.smtp.server import ESMTPServer, Listener
+from jsmail.smtp.server import ESMTPServer
 
 
 class RBLRefusal(Policy):

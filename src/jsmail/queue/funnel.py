@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Callable
 
@@ -63,7 +63,7 @@ NOTHING = Owed()  # smtpd (which writes its own Received field), bounces, forwar
 
 
 def _date(when: float) -> str:
-    return format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    return format_datetime(datetime.fromtimestamp(when, UTC))
 
 
 def _receivedField(arrival: float) -> bytes:

@@ -50,12 +50,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jsmail import maillog, reply
-from jsmail.error import DeliveryError
 from jsmail._threads import RunInThread
+from jsmail.envelope import Recipient
+from jsmail.error import DeliveryError
+from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.dane import TLSACache, TLSARecord
 from jsmail.remote.destinations import Destinations, Sieve
-from jsmail.envelope import Recipient
-from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
 from jsmail.remote.mx import MailExchangers
 from jsmail.remote.settings import RemoteSettings

@@ -18,7 +18,7 @@ queue for good, so it is neither logged as removed nor kept from coming back).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -28,14 +28,22 @@ from twisted.logger import Logger
 
 from jsmail import maillog, reply
 from jsmail._threads import RunInThread
-from jsmail.send.settings import QueueSettings
-from jsmail.send.bounce import noticesOwed
-from jsmail.send.dsn import Notice, isInternational, writeDSN
 from jsmail.envelope import DOUBLE_BOUNCE, Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.error import DeliveryError
+from jsmail.interfaces import (
+    DeliveryResult,
+    DeliveryStatus,
+    Handoff,
+    IDeliveryAgent,
+    IQueue,
+    IRouter,
+    NotQueued,
+    QueuedMessage,
+)
 from jsmail.queue.funnel import Funnel
-from jsmail.interfaces import (DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IQueue, IRouter, NotQueued,
-                               QueuedMessage)
+from jsmail.send.bounce import noticesOwed
+from jsmail.send.dsn import Notice, isInternational, writeDSN
+from jsmail.send.settings import QueueSettings
 
 _log = Logger()
 

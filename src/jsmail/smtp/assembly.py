@@ -15,7 +15,7 @@ temporary file, so a session never holds more than ``memoryLimit`` octets.
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -157,7 +157,7 @@ class Assembler:
 
     def receivedHeader(self, session: Session, queueId: str) -> bytes:
         """The trace header of RFC 5321 section 4.4, written before the content."""
-        stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), timezone.utc))
+        stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), UTC))
         forClause = f"\r\n\tfor <{session.recipients[0].address}>" if len(session.recipients) == 1 else ""
         comments = ""
         tcpInfo = f"{session.clientHost} " if session.clientHost else ""  # RFC 5321 4.4 TCP-info
@@ -169,7 +169,7 @@ class Assembler:
             f"Received: from {sanitise(session.helo or 'unknown')} ({tcpInfo}[{session.clientAddress}]){comments}\r\n"
             f"\tby {self.hostname} (jsmail) with {session.withProtocol()} id {queueId}"
             f"{forClause};\r\n\t{stamp}\r\n"
-        ).encode("utf-8")
+        ).encode()
 
     def complete(self, session: Session, message: IIncomingMessage, spool: Spool) -> defer.Deferred[None]:
         """Put the checks' fields and the modifiers' on top of the spooled message and

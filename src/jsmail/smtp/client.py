@@ -47,11 +47,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail.remote.dane import TLSARecord, matchesTLSA
-from jsmail.envelope import Recipient
 from jsmail import reply as replies
+from jsmail.envelope import Recipient
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff
+from jsmail.remote.dane import TLSARecord, matchesTLSA
 from jsmail.reply import Reply
 from jsmail.route import TLS_MODES
 from jsmail.smtp.commands import UNSAFE, OutgoingMessage, has8bit, mailCommand, rcptCommand

@@ -14,11 +14,11 @@ from twisted.python.failure import Failure
 from jsmail import maillog, reply
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
+from jsmail.headers import FieldDropper, FieldWatcher, fieldName, fieldValue, mailboxes
 from jsmail.interfaces import IIncomingMessage
 from jsmail.policy.relay import TRUSTED_CLIENT
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import Spool
-from jsmail.headers import FieldDropper, FieldWatcher, fieldName, fieldValue, mailboxes
 from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import tooBig

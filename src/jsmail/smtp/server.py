@@ -40,12 +40,12 @@ from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
+from jsmail.smtp.assembly import sanitise
 from jsmail.smtp.limits import Refuse, ReplyBackPressure, TimeLimits, clientKey
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import checkMailParams, checkRcptParams, ehloKeywords, octets
 from jsmail.smtp.receive import NO_REPLY, Result, Transaction
 from jsmail.smtp.sasl import MECHANISMS, AuthExchange
-from jsmail.smtp.assembly import sanitise
 from jsmail.smtp.session import Session
 
 __all__ = ["ESMTPServer", "ESMTPServerFactory", "Listener", "ServerSettings", "Session"]

@@ -75,7 +75,7 @@ def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOpti
             raise TLSError(f"{certificatePath}: the chain is out of order: {issued.subject.rfc4514_string()} "
                            f"is not issued by the next certificate, {issuer.subject.rfc4514_string()}")
     expires = certificates[0].not_valid_after_utc
-    if expires < datetime.datetime.now(datetime.timezone.utc):
+    if expires < datetime.datetime.now(datetime.UTC):
         _log.warn("The TLS certificate in {path} expired on {date}", path=certificatePath, date=expires.isoformat())
     leaf = crypto.X509.from_cryptography(certificates[0])
     chain = [crypto.X509.from_cryptography(c) for c in certificates[1:]]
@@ -119,7 +119,7 @@ def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
 def _writeSelfSigned(certificatePath: str, keyPath: str, hostname: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     altNames: list[x509.GeneralName] = [x509.DNSName(hostname)]
     if hostname == "localhost":
         altNames += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
