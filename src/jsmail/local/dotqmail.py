@@ -32,7 +32,7 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Sequence
 
 from jsmail import reply
 from jsmail.error import DeliveryError
@@ -66,7 +66,7 @@ class Forward:
     address: str
 
 
-Instruction = Union[Program, Mbox, Maildir, Forward]
+Instruction = Program | Mbox | Maildir | Forward
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ class Scheduler(Service):
     def flush(self) -> None:
         """Make every planned attempt due now (``jsmail queue flush``; qmail-send does
         the same on SIGALRM)."""
-        for queueId, timer in list(self._timers.items()):
+        for timer in list(self._timers.values()):
             timer.reset(0)
         _log.info("Flush: {count} message(s) due now", count=len(self._timers))
 

@@ -399,7 +399,7 @@ class ESMTPClient(CommandPipeline):
             for first in range(0, len(batch), size):
                 part = batch[first : first + size]
                 outcome = await self._transaction(mail, [r for _, r in part], file, start, first == 0)
-                results.update(zip((i for i, _ in part), outcome))
+                results.update(zip((i for i, _ in part), outcome, strict=False))
         # A peer that offered DSN took NOTIFY and ORCPT with the message and reports
         # from now on; to one that did not, the message was "relayed" (RFC 3461 5.2.1-5.2.2).
         handoff = Handoff.PASSED_ON if "DSN" in self.peerExtensions else Handoff.RELAYED
@@ -435,7 +435,7 @@ class ESMTPClient(CommandPipeline):
                     dataReply = await self._command("DATA", settings.dataTimeout)
         answers = rcptReplies if _accepted(mailReply) else [mailReply] * len(recipients)
         accepted = [i for i, r in enumerate(answers) if _accepted(r)]
-        results = [_result(r.address, _failed(answer), answer) for r, answer in zip(recipients, answers)]
+        results = [_result(r.address, _failed(answer), answer) for r, answer in zip(recipients, answers, strict=False)]
         if dataReply is not None and dataReply.code == 354:
             if accepted:
                 final = await self._sendContent(file, start, settings.dataBlockTimeout, settings.finalDotTimeout)

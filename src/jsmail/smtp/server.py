@@ -188,12 +188,12 @@ class ESMTPServer(Protocol):
             self._timeLimits.resetTimeout()  # the idle time runs from a command line's start, not its last byte
             if self._auth is not None and self._auth.inProgress:
                 auth = self._auth
-                self._runCommand(lambda line=line: auth.respond(line.removesuffix(b"\r")))
+                self._runCommand(partial(auth.respond, line.removesuffix(b"\r")))
                 continue
             if len(line) + 1 > self.settings.maxCommandLine:
                 self._sendReply(reply.LINE_TOO_LONG)
                 continue
-            self._runCommand(lambda line=line: self._dispatch(line.removesuffix(b"\r")))
+            self._runCommand(partial(self._dispatch, line.removesuffix(b"\r")))
 
     def _runCommand(self, command: Callable[[], Result]) -> None:
         """Run one command; if its reply is not ready, hold all later input until it is."""

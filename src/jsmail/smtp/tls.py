@@ -70,7 +70,7 @@ def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOpti
     if (private.public_key().public_bytes(*publicKey)
             != certificates[0].public_key().public_bytes(*publicKey)):
         raise TLSError(f"the key in {keyPath} is not the key of the certificate in {certificatePath}")
-    for issued, issuer in zip(certificates, certificates[1:]):
+    for issued, issuer in zip(certificates, certificates[1:], strict=False):
         if issued.issuer != issuer.subject:
             raise TLSError(f"{certificatePath}: the chain is out of order: {issued.subject.rfc4514_string()} "
                            f"is not issued by the next certificate, {issuer.subject.rfc4514_string()}")
