@@ -207,7 +207,7 @@ class HashedPasswordFile:
 
         def checked(ok: bool) -> bytes:
             if ok:
-                return creds.username  # type: ignore[no-any-return]
+                return creds.username
             raise error.UnauthorizedLogin()
 
         return d.addCallback(checked)
@@ -324,7 +324,7 @@ class CheckpasswordChecker:
             if finished.timedOut:
                 raise TemporaryAuthFailure(f"{self.program} took longer than {self.timeout:g} s")
             if code == 0:
-                return creds.username  # type: ignore[no-any-return]
+                return creds.username
             if code == 1:
                 raise error.UnauthorizedLogin()
             raise TemporaryAuthFailure(f"{self.program} exited with {code}")

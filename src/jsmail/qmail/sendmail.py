@@ -157,7 +157,7 @@ def _smtpOnStdio(dataDir: str, hostname: str) -> int:
     sink = funnel.owing(Owed(complete=True, hostname=hostname))
     session = ESMTPServer(Listener(ServerSettings(hostname=hostname), sink, reactor, "sendmail -bs"))
     stdio.StandardIO(SessionOnStdio(session, reactorStopper(reactor)))
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     queue.close()
     return EX_OK
 

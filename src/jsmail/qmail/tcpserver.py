@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     session = UCSPISession(listener)
     session.relaySuffix = relayClient
     stdio.StandardIO(SessionOnStdio(session, reactorStopper(reactor)))
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     if queue is not None:
         queue.close()
     return 0

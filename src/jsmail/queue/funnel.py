@@ -85,7 +85,7 @@ class _Announced:
 
     @property
     def size(self) -> int:
-        return self._message.size  # type: ignore[no-any-return]
+        return self._message.size
 
     def write(self, data: bytes) -> None:
         self._message.write(data)
@@ -116,7 +116,7 @@ class _Completed:
 
     @property
     def size(self) -> int:
-        return self._message.size + self._held  # type: ignore[no-any-return]
+        return self._message.size + self._held
 
     def write(self, data: bytes) -> None:
         if self._scanner is None:

@@ -99,7 +99,7 @@ class SendProcess(Service):
                        reason=reason.getErrorMessage(), delay=RESTART_DELAY)
             self._restart = self.reactor.callLater(RESTART_DELAY, self._spawn)
 
-    def stopService(self) -> defer.Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
         if self._restart is not None and self._restart.active():
             self._restart.cancel()

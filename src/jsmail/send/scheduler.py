@@ -90,7 +90,7 @@ class Scheduler(Service):
         self._finished: dict[str, None] = {}
         self._rescans: task.LoopingCall | None = None
 
-    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def startService(self) -> defer.Deferred[None]:
         super().startService()
         # As qmail-send: look at the whole queue now and then, so that no message can
         # stay unscheduled, whatever went wrong with the notice or an earlier pass.
@@ -121,7 +121,7 @@ class Scheduler(Service):
 
         return self.queue.recover().addCallback(adopt)
 
-    def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         if self._rescans is not None and self._rescans.running:
             self._rescans.stop()

@@ -100,7 +100,7 @@ class DeliveryService(ThreadPoolService):
         self.queue.close()
         return self.remote.close()
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         self._lock.cancel()
         d = super().stopService()
         return d.addBoth(self._released)
