@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IProcessTransport
 from twisted.python.failure import Failure
 
 ALLOWED_ENVIRONMENT = ("PATH", "HOME", "LANG")
@@ -60,6 +61,8 @@ class Finished:
 
 
 class _Child(protocol.ProcessProtocol):
+    transport: IProcessTransport  # set by spawnProcess before connectionMade
+
     def __init__(self, inputs: Mapping[int, bytes], outputLimit: int) -> None:
         self.inputs = inputs
         self.outputLimit = outputLimit

@@ -43,7 +43,7 @@ from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.names import dns
@@ -376,6 +376,8 @@ def _why(error: Exception) -> str:
 class _Body(Protocol):
     """Collects a response body of at most ``limit`` octets; past that, or when
     ``done`` is cancelled, the connection is dropped."""
+
+    transport: IPushProducer  # type: ignore[assignment]  # Response.deliverBody connects a producer, not an ITransport
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

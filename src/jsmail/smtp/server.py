@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsmail import maillog, metrics, reply
+from jsmail._transport import StreamTransport
 from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
@@ -58,6 +59,8 @@ _JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 @implementer(IHandshakeListener)
 class ESMTPServer(Protocol):
     """One SMTP session.  See the module docstring for the rules it keeps."""
+
+    transport: StreamTransport  # type: ignore[assignment]  # narrower than Twisted's Optional[ITransport]: set before any use
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
