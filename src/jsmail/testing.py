@@ -131,6 +131,10 @@ class Dialog:
 class _Zone(FileAuthority):
     """An authority for one zone, from (name, record) pairs given in code."""
 
+    # Twisted's FileAuthority types these by their None initial values; loadFile sets them
+    soa: tuple[bytes, dns.Record_SOA]  # type: ignore[assignment]
+    records: dict[bytes, list[Any]]  # type: ignore[assignment]
+
     def __init__(self, origin: str, records: Sequence[tuple[str, Any]]) -> None:
         self._origin, self._given = origin, records
         super().__init__(origin)

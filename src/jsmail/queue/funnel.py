@@ -34,7 +34,7 @@ from jsmail.envelope import Envelope
 from jsmail.headers import HeaderScanner, Split, fieldName, fields
 from jsmail.interfaces import IIncomingMessage, IMessageSink
 
-OnQueued = Callable[[str, Envelope], None]
+OnQueued = Callable[[str, Envelope], object]  # what it returns is not used
 
 
 @dataclass(frozen=True)

@@ -282,7 +282,7 @@ class Transaction:
             return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:
-            if failure.check(SMTPReplyError):  # the queue said why (e.g. a qmail-queue program)
+            if isinstance(failure.value, SMTPReplyError):  # the queue said why (e.g. a qmail-queue program)
                 return server.refused(failure.value)
             _log.failure("Could not queue message {queueId}", failure, queueId=message.queueId)
             return reply.QUEUE_FAILED

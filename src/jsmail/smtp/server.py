@@ -119,7 +119,7 @@ class ESMTPServer(Protocol):
         self.session.tlsInfo = f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()}"
         maillog.tls(self.session.client, self.session.tlsInfo, self.session.sessionId)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if reason is not None and reason.check(SSL.Error) and not self.session.tlsInfo:
             maillog.tlsFailed(self.session.client, reason.getErrorMessage(), self.session.sessionId)
         self._closing = True
@@ -217,7 +217,7 @@ class ESMTPServer(Protocol):
 
     def commandFailed(self, failure: Failure) -> Reply:
         """The reply for a command whose Deferred failed: its refusal, else 451."""
-        if failure.check(SMTPReplyError):
+        if isinstance(failure.value, SMTPReplyError):
             return self.refused(failure.value)
         _log.failure("Unexpected error handling a command from {client}", failure, client=self.session.client)
         return reply.CHECK_FAILED
@@ -481,7 +481,7 @@ class _CountedServer(ESMTPServer):
 
     countedHost = ""
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         try:
             super().connectionLost(reason)
         finally:
