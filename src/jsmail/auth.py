@@ -192,7 +192,7 @@ class HashedPasswordFile:
         except OSError:
             return frozenset()
 
-    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes | tuple[()]]:
         try:
             hashed = self._current().get(creds.username)
         except OSError as e:
@@ -308,7 +308,7 @@ class CheckpasswordChecker:
         self.reactor = reactor
         self.timeout = timeout
 
-    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes | tuple[()]]:
         payload = b"%s\x00%s\x00%d\x00" % (creds.username, creds.password, int(time.time()))
         # Only fd 3 is a pipe: a program that leaves children behind holding its stdout
         # cannot keep the check waiting.

@@ -31,7 +31,7 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, NoReturn, Sequence
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -198,7 +198,7 @@ class LocalDelivery:
         def written(path: str) -> defer.Deferred[str]:
             return self.syncer.sync(os.path.dirname(path)).addCallback(lambda _: f"maildir {maildir}")
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Any) -> NoReturn:
             self._made.discard(maildir)
             raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
 
@@ -305,7 +305,7 @@ class LocalDelivery:
                 while chunk := source.read(_COPY_CHUNK):
                     incoming.write(chunk)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Any) -> NoReturn:
             incoming.abort()
             raise DeliveryError(reply.DELIVERY_ERROR, False, f"unable to forward: {failure.getErrorMessage()}")
 

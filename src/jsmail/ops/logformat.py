@@ -52,7 +52,7 @@ def _open(logfile: str, nodaemon: bool) -> TextIO | LogFile:
         def rotate(*_: Any) -> None:
             from twisted.internet import reactor
 
-            reactor.callFromThread(rotating.rotate)
+            reactor.callFromThread(rotating.rotate)  # type: ignore[attr-defined]  # the stub lacks IReactorThreads
 
         signal.signal(signal.SIGUSR1, rotate)
     return rotating
@@ -64,5 +64,6 @@ def _notMeasurement(event: dict[str, Any]) -> PredicateResult:
 
 def jsonObserver() -> ILogObserver:
     """twistd's log observer for ``--log-format json``."""
-    observer = jsonFileLogObserver(_open(*_destination), recordSeparator="")
-    return FilteringLogObserver(observer, [_notMeasurement, LogLevelFilterPredicate()])
+    # a LogFile is a text file to it; a function is an ILogFilterPredicate to Twisted (not to its stubs)
+    observer = jsonFileLogObserver(_open(*_destination), recordSeparator="")  # type: ignore[arg-type]
+    return FilteringLogObserver(observer, [_notMeasurement, LogLevelFilterPredicate()])  # type: ignore[list-item]

@@ -106,7 +106,9 @@ class SessionOnStdio(Protocol):
         self.session.makeConnection(_StdioTransport(transport, self._startTLS))
 
     def _startTLS(self, contextFactory: Any) -> None:
-        tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(contextFactory, False, None), self.session,
+        # no wrapped factory: the TLS protocol is built by hand around the session
+        tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(contextFactory, False, None),  # type: ignore[arg-type]
+                                   self.session,
                                    _connectWrapped=False)
         tls.makeConnection(self._stdio)
         self.session.transport = tls

@@ -273,7 +273,8 @@ class RemoteDelivery:
         settings = ClientSettings(heloName=self.settings.heloHost, tls=route.tls, tlsHostname=tlsHostname,
                                   trustRoot=self.trustRoot, tlsa=tlsa, username=route.username,
                                   password=route.password, allowInsecureAuth=self.settings.allowInsecureAuth,
-                                  connectTimeout=self.settings.connectTimeout, **self.timeouts)
+                                  connectTimeout=self.settings.connectTimeout,
+                                  **self.timeouts)  # type: ignore[arg-type]  # all float fields
         return defer.Deferred.fromCoroutine(readySession(lambda s: self.connect(address, route.port, s), settings))
 
     @staticmethod

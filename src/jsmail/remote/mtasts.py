@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
@@ -361,7 +361,7 @@ def _policyFromJSON(data: dict[str, Any]) -> Policy:
     return policy
 
 
-def _timedOut(result: object, timeout: float) -> None:
+def _timedOut(result: object, timeout: float) -> NoReturn:
     raise ValueError(f"no policy within {timeout} seconds")
 
 

@@ -147,7 +147,8 @@ def main() -> None:
     delivery = DeliveryService(config, reactor, flushOnSignal=True)
     delivery.startService()
     reactor.addSystemEventTrigger("before", "shutdown", delivery.stopService)
-    stdio.StandardIO(_Notices(delivery, reactor), stdout=os.open(os.devnull, os.O_WRONLY))
+    # mypy reads the Windows StandardIO; the POSIX one takes stdout
+    stdio.StandardIO(_Notices(delivery, reactor), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.run()
 
 
