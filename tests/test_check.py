@@ -76,10 +76,12 @@ class CheckTests(unittest.TestCase):
         self.addCleanup(gateway.stopService)
         status, lines = yield self.check(path)
         self.assertEqual(status, 0, lines)
-        self.assertEqual(lines[0], "JSMAIL OK - 6 checks passed")
+        self.assertEqual(lines[0], "JSMAIL OK - 7 checks passed")
         self.assertEqual(lines[2], f"OK       smtp listener tcp:{self.smtpPort}:interface=127.0.0.1: in use, "
                                    "answering (the running gateway)")
         self.assertRegex(lines[6], r"^OK       TLS certificate \S+selfsigned-cert.pem for mx.test: expires in \d+ days$")
+        self.assertRegex(lines[7], r"^OK       local submission \S+/data/submit/socket: answering; only root and "
+                                   r"jsmail's user reach it \(\S+ is closed to others; ")
 
     @defer.inlineCallbacks
     def test_port_taken_by_another_program(self) -> Any:

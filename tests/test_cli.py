@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 from dataclasses import replace
 from unittest import mock
 
@@ -77,15 +76,15 @@ class CommandTests(TestCase):
         self.assertEqual(code, 1)
         self.assertIn("no message NOSUCHID", err)
 
-    def test_flush_signals_the_delivery_process(self) -> None:
-        received = []
-        previous = signal.signal(signal.SIGALRM, lambda *_: received.append(True))
-        self.addCleanup(signal.signal, signal.SIGALRM, previous)
-        with open(os.path.join(self.data, "queue", "send.pid"), "w") as f:
-            f.write(f"{os.getpid()}\n")
+    def test_flush_wakes_the_delivery_process(self) -> None:
+        """Through the trigger FIFO the delivery process reads (no signal, no pid)."""
+        trigger = os.path.join(self.data, "queue", "trigger")
+        os.mkfifo(trigger, 0o600)
+        reader = os.open(trigger, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
         code, out, _ = self.run_("queue", "flush")
-        self.assertEqual((code, received), (0, [True]))
-        self.assertIn(f"asked process {os.getpid()}", out)
+        self.assertEqual((code, os.read(reader, 10)), (0, b"!"))
+        self.assertIn("asked the delivery process to retry", out)
 
     def test_flush_without_a_running_gateway(self) -> None:
         code, _, err = self.run_("queue", "flush")

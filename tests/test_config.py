@@ -66,6 +66,19 @@ class ConfigTests(TestCase):
         self.assertError('[server]\ntrusted_networks = ["10.0.0.300/8"]\n',
                          "server.trusted_networks: bad network '10.0.0.300/8': '10.0.0.300/8' does not appear to be an IPv4 or IPv6 network")
 
+    def test_bad_submit_senders(self) -> None:
+        self.assertError('[submit]\nsenders = { "www-data" = ["shop"] }\n',
+                         "submit.senders: www-data: 'shop' is not an address, @domain or *")
+        self.assertError('[submit]\nsenders = ["@shop.example"]\n',
+                         "submit.senders: expected a table such as { \"www-data\" = [\"@example.org\"] }, "
+                         "got ['@shop.example']")
+
+    def test_submit_socket(self) -> None:
+        """By default under the data directory; "none" turns local submission off."""
+        self.assertEqual(loadConfig(overrides={"server.data": "/srv/jsmail"}).submit.socket,
+                         "/srv/jsmail/submit/socket")
+        self.assertEqual(loadConfig(overrides={"submit.socket": "none"}).submit.socket, "")
+
     def test_bad_choice(self) -> None:
         self.assertError('[smtp]\nbare_line_endings = "fix"\n', "smtp.bare_line_endings: must be one of reject, normalise; got 'fix'")
 

@@ -39,6 +39,7 @@ from jsmail.remote.agent import RemoteDelivery
 from jsmail.remote.settings import RemoteSettings
 from jsmail.route import NoRemoteDelivery, Router
 from jsmail.smtp.session import Session
+from jsmail.submit.listener import LocalUser
 from jsmail.testing import RecordingAgent, runNow
 
 ENVELOPE = Envelope("a@b.example", (Recipient("x@localhost"),))
@@ -92,6 +93,7 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         ContentFilter: lambda: ContentFilter(program),
         Session: lambda: Session("192.0.2.1"),
         MailUser: lambda: MailUser("u"),
+        LocalUser: lambda: LocalUser("u", 1000),
         PolicyPlugin: lambda: PolicyPlugin("x", "a plugin", lambda options, context: Policy()),
     }
 

@@ -107,6 +107,8 @@ class EndpointTests(GatewayTestCase):
         self.assertIn(f"<td>{queueId}</td><td>delivered</td><td>someone@localhost</td><td>250</td>", deliveries)
         self.assertIn(f"127.0.0.1:{self.port}", page)
         self.assertIn(f"127.0.0.1:{self.metricsPort}", page)
+        self.assertIn(f"<tr><td>local</td><td>unix:{gateway.config.submit.socket}</td>"
+                      f"<td>{gateway.config.submit.socket}</td></tr>", page)  # jsmail-sendmail's socket
         self.assertIn('id="certificate"', page)
         self.assertIn(gateway.tls.certificatePath, page)
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import os
 import time
+from typing import BinaryIO
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -48,12 +50,36 @@ def unlinkQuietly(path: str) -> None:
         pass
 
 
+#: How a file that is written and then renamed into place is made: always a new file
+#: (O_EXCL), never through a symlink (O_NOFOLLOW), so that a name planted in a
+#: directory a root-run command writes into cannot redirect the write (L-8).
+CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_suffixes = itertools.count()
+
+
+def createNew(path: str, mode: int = 0o600, buffering: int = -1) -> BinaryIO:
+    """A new file at ``path``, open for writing; FileExistsError if anything (a
+    symlink too) is there already."""
+    return os.fdopen(os.open(path, CREATE_NEW, mode), "wb", buffering)
+
+
 def writeAndRename(tmpPath: str, finalPath: str, data: bytes) -> None:
-    """Write ``data`` to ``tmpPath`` and rename it to ``finalPath`` (blocking; not yet
-    durable: follow with :meth:`GroupSync.sync`)."""
-    with open(tmpPath, "wb") as f:
-        f.write(data)
-    os.replace(tmpPath, finalPath)
+    """Write ``data`` to a new file named after ``tmpPath`` and rename it to
+    ``finalPath`` (blocking; not yet durable: follow with :meth:`GroupSync.sync`).
+
+    The temporary name gets a suffix of this process and call, so two writers of the
+    same file (an operator's requeue beside a delivery) never share one, and a file
+    a crash left under the plain name is no obstacle (the queue's start-up sweep
+    removes it)."""
+    path = f"{tmpPath}.{os.getpid()}.{next(_suffixes)}"
+    try:
+        with createNew(path) as f:
+            f.write(data)
+        os.replace(path, finalPath)
+    except BaseException:
+        unlinkQuietly(path)
+        raise
 
 
 class GroupSync:

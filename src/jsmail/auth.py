@@ -65,6 +65,9 @@ class IMailUser(Interface):
     def maySendAs(sender: str) -> bool:
         """Whether the user may use ``sender`` as the MAIL FROM address."""
 
+    def mayWriteAs(author: str) -> bool:
+        """Whether the user may name ``author`` in the From or Sender header field."""
+
 
 @implementer(IMailUser)
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class MailUser:
             return True
         own = {self.name.lower()} if "@" in self.name else {f"{self.name}@{d}".lower() for d in self.localDomains}
         return sender.lower() in own
+
+    def mayWriteAs(self, author: str) -> bool:
+        return self.maySendAs(author)  # submission signs with DKIM: the author is held to the same rule
 
 
 @implementer(IRealm)

@@ -6,7 +6,7 @@
   sender, and each recipient with its state and last error; ``jsmail queue show ID``
   adds the header section; ``--json`` gives the same as JSON.
 - ``jsmail queue flush`` asks the running delivery process to retry everything now,
-  by sending SIGALRM to the pid in ``DATA/queue/send.pid`` (as qmail-send takes it).
+  through its wake-up FIFO ``DATA/queue/trigger`` (:mod:`jsmail.queue.trigger`).
 - ``jsmail queue hold|release|delete ID`` move a message to ``queue/hold/`` and back,
   or remove it; the scheduler reads each message afresh before every attempt.
 - ``jsmail queue requeue [ID...]`` starts the retry schedule of messages afresh (all,
@@ -126,8 +126,9 @@ def queueShow(arguments: argparse.Namespace) -> int:
 
 
 def queueMove(arguments: argparse.Namespace) -> int:
-    """delete, hold and release: then wake the gateway (a released message is taken up
-    at once; a deleted or held one is dropped when its next attempt comes)."""
+    """delete, hold and release: then wake the gateway with a flush, so that a released
+    message is taken up at once and a deleted or held one leaves the plan now (its
+    attempt, made due, finds it gone)."""
     directory = os.path.join(dataDirectory(arguments.data), "queue")
     to = {"delete": "delete", "hold": "hold", "release": "active"}[arguments.action]
     try:
@@ -137,7 +138,7 @@ def queueMove(arguments: argparse.Namespace) -> int:
         return 1
     done = {"delete": "deleted", "hold": "held", "release": "released"}[arguments.action]
     print(f"jsmail queue: {arguments.id} {done}")
-    wakeDelivery(directory)
+    wakeDelivery(directory, flush=True)
     return 0
 
 
@@ -152,17 +153,16 @@ def queueRequeue(arguments: argparse.Namespace) -> int:
             print(f"jsmail queue: no message {queueId} in {directory}", file=sys.stderr)
             return 1
     print(f"jsmail queue: {len(ids)} message(s) requeued")
-    wakeDelivery(directory)
+    wakeDelivery(directory, flush=True)
     return 0
 
 
 def queueFlush(arguments: argparse.Namespace) -> int:
     directory = os.path.join(dataDirectory(arguments.data), "queue")
-    pid = wakeDelivery(directory)
-    if pid is None:
-        print(f"jsmail queue flush: no running delivery process (see {directory}/send.pid)", file=sys.stderr)
+    if not wakeDelivery(directory, flush=True):
+        print(f"jsmail queue flush: no running delivery process (nothing reads {directory}/trigger)", file=sys.stderr)
         return 1
-    print(f"jsmail queue flush: asked process {pid} to retry every queued message now")
+    print("jsmail queue flush: asked the delivery process to retry every queued message now")
     return 0
 
 

@@ -29,6 +29,7 @@ from jsmail.policy.relay import RelaySettings
 from jsmail.remote.settings import RemoteSettings
 from jsmail.send.settings import QueueSettings
 from jsmail.smtp.settings import ServerSettings
+from jsmail.submit.settings import SubmitSettings
 
 
 class ConfigError(Exception):
@@ -70,15 +71,14 @@ class Config:
     queue: QueueSettings = field(default_factory=QueueSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    submit: SubmitSettings = field(default_factory=SubmitSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     #: The checked settings as TOML-shaped tables (what :func:`toJSON` passes on).
     source: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
 
 
-_PARTS: dict[str, type] = {"server": GatewaySettings, "listen": Endpoints, "smtp": ServerSettings,
-                           "relay": RelaySettings, "auth": AuthSettings, "remote": RemoteSettings,
-                           "queue": QueueSettings, "policy": PolicySettings, "local": LocalSettings,
-                           "metrics": MetricsSettings}
+#: Each part's settings class, by section: the Config fields above, in their order.
+_PARTS: dict[str, type] = {f.name: f.default_factory for f in fields(Config) if f.name != "source"}  # type: ignore[misc]
 
 
 def defaultHostname() -> str:
@@ -155,6 +155,7 @@ def _derive(config: Config) -> Config:
                       catchAll=server.domains == ("localhost",) if local.catchAll is None else local.catchAll,
                       usersDir=os.path.abspath(local.usersDir or os.path.join(dataDir, "users")),
                       aliases=local.aliases and os.path.abspath(local.aliases)),
+        submit=config.submit.placed(dataDir),
     )
 
 

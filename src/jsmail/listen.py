@@ -9,6 +9,7 @@ and :meth:`ListenerService.whenListening` gives the bound port (tests listen on 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,7 @@ class ListenerService(Service):
             host = result.getHost()
             where = (f"{host.host}:{host.port}" if isinstance(host, IPv4Address | IPv6Address)
                      else getattr(host, "name", host))
+            where = os.fsdecode(where) if isinstance(where, bytes) else where  # a UNIX socket's path
             _log.info("Listening for {kind} on {where} ({description})", kind=self.kind, where=where,
                       description=self.description)
         waiting, self._waiting = self._waiting, []

@@ -18,6 +18,7 @@ from twisted.internet.endpoints import serverFromString
 from jsmail.address import hostPort, normaliseDomain
 from jsmail.error import SMTPReplyError
 from jsmail.route import TLS_MODES, Route
+from jsmail.submit.settings import senderPatterns
 
 # -- value checkers: each takes the raw value and returns it typed, or raises ValueError --
 
@@ -309,6 +310,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
     Option("local", "catchAll", "local", "catch_all", _boolean),
+    Option("submit", "socket", "submit", "socket", _optionalString),
+    Option("submit", "trustedUsers", "submit", "trusted_users", _listOf(_string)),
+    Option("submit", "senders", "submit", "senders", senderPatterns),
     Option("metrics", "listen", "metrics", "listen", _optionalEndpoint),
 )
 

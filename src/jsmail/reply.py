@@ -162,6 +162,12 @@ SENDER_LITERAL_REFUSED = Reply(553, "5.7.1", "Sender address <{}> refused: an ad
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not allowed for this user")
 AUTHOR_NOT_OWNED = Reply(550, "5.7.1", "{} header address not allowed for this user")
 
+# Local submission (jsmail.submit): the client is known by the socket's peer credentials.
+TOO_MANY_FROM_USER = Reply(421, "4.7.0", "Too many connections from your user, try again later")
+LOCAL_USER_UNKNOWN = Reply(554, "5.7.1", "Your uid {} has no user name on this host")
+LOCAL_USER_LOOKUP_FAILED = Reply(421, "4.3.0", "Cannot look up your user name now, try again later")
+LOCAL_NO_CREDENTIALS = Reply(421, "4.3.0", "Cannot tell which user you are, try again later")
+
 # Policy checks (jsmail.policy).
 CLIENT_DENIED = Reply(554, "5.7.1", "Access denied for {}")
 HELO_DENIED = Reply(550, "5.7.1", "HELO name {} refused")

@@ -47,6 +47,7 @@ from jsmail.send.service import DeliveryService
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.server import ESMTPServerFactory, Listener
 from jsmail.smtp.tls import ServerTLS, ensureSelfSigned
+from jsmail.submit.listener import forGateway
 
 _log = Logger()
 
@@ -257,6 +258,13 @@ class MailGateway(ThreadPoolService):
                 service = ListenerService(self.reactor, description, factory, kind)
                 service.setServiceParent(self)
                 self.listeners.append(service)
+        #: Local users' mail, from jsmail-sendmail (jsmail.submit); not among the TCP ``listeners``.
+        self.localSubmission: ListenerService | None = None
+        if config.submit.socket:
+            self.localSubmission = forGateway(config, funnel, self.reactor, self.threads("auth"),
+                                              None if config.queue.program else self.queue.roomFor,
+                                              knownRecipients(config, self.threads("checks")))
+            self.localSubmission.setServiceParent(self)
         if config.metrics.listen:
             from jsmail.ops.web import OperationsService  # prometheus_client only when asked for
 

@@ -5,8 +5,9 @@ which and why).
 It checks that the configuration loads (policy plugins included); that each listener
 can bind (bound and released at once; a port that answers as a mail or status server
 counts as the running gateway's own); that the queue directory is writable and how
-much room its file system has; that DNS answers within a few seconds; and when the TLS
-certificate expires.  It changes nothing but a probe file in ``queue/tmp``.
+much room its file system has; that DNS answers within a few seconds; when the TLS
+certificate expires; and who can reach the local submission socket.  It changes
+nothing but a probe file in ``queue/tmp``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any, TextIO
 
 from jsmail.config import Config, ConfigError, loadConfig
 from jsmail.ops.certinfo import readCertificate
+from jsmail.submit.endpoint import closedDirectory
+from jsmail.submit.unix import connect
 
 OK, WARNING, CRITICAL = 0, 1, 2
 LEVELS = ("OK", "WARNING", "CRITICAL")
@@ -161,6 +164,23 @@ def checkCertificate(config: Config, now: float) -> Finding:
     return Finding(level, f"TLS certificate {path} for {certificate.subject}: {when}")
 
 
+def checkLocalSubmission(config: Config) -> list[Finding]:
+    """Whether the socket answers, and whether users other than jsmail's can reach it
+    (informative only: a gateway without local users needs no more)."""
+    path = config.submit.socket
+    if not path:
+        return []
+    try:
+        connect(path, PROBE_TIMEOUT).close()
+        state = "answering"
+    except OSError as e:
+        state = f"not listening ({e.strerror or e}; made at start)"
+    closed = closedDirectory(path)
+    reach = (f"only root and jsmail's user reach it ({closed} is closed to others; other users need [submit] "
+             f"socket = \"/run/jsmail/submit.sock\")" if closed else "every local user reaches it")
+    return [Finding(OK, f"local submission {path}: {state}; {reach}")]
+
+
 def run(path: str | None, overrides: dict[str, Any], out: TextIO, dnsTimeout: float = PROBE_TIMEOUT) -> int:
     """Check everything, print the verdict line and each finding; the exit status."""
     config, finding = checkConfiguration(path, overrides)
@@ -172,6 +192,7 @@ def run(path: str | None, overrides: dict[str, Any], out: TextIO, dnsTimeout: fl
         findings += checkQueue(config)
         findings.append(checkDNS(config, dnsTimeout))
         findings.append(checkCertificate(config, time.time()))
+        findings += checkLocalSubmission(config)
     level = max(f.level for f in findings)
     worst = [f.what for f in findings if f.level == level]
     summary = f"{len(findings)} checks passed" if level == OK else "; ".join(worst)

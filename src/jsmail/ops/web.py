@@ -95,7 +95,8 @@ class OperationsService(MultiService):
     def statusInfo(self, queue: Any) -> StatusInfo:
         """What the status page shows now."""
         gateway = self.gateway
-        listeners = [(s.kind, s.description, _where(s.port)) for s in [*gateway.listeners, self.listener]]
+        services = [*gateway.listeners, *filter(None, [gateway.localSubmission]), self.listener]
+        listeners = [(s.kind, s.description, _where(s.port)) for s in services]
         return StatusInfo(hostname=gateway.config.server.hostname, version=__version__, started=self.started,
                           queue=queue, observer=self.observer, listeners=listeners,
                           certificate=readCertificate(gateway.tls.certificatePath))
@@ -105,4 +106,7 @@ def _where(port: Any) -> str:
     if port is None:
         return "not listening"
     host = port.getHost()
-    return f"{host.host}:{host.port}" if hasattr(host, "port") else str(getattr(host, "name", host))
+    if hasattr(host, "port"):
+        return f"{host.host}:{host.port}"
+    name = getattr(host, "name", host)  # a UNIX socket's path, which Twisted keeps as bytes
+    return os.fsdecode(name) if isinstance(name, bytes) else str(name)

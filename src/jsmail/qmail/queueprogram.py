@@ -5,8 +5,8 @@ can run ``jsmail-queue`` instead (qmail-interfaces reference, section 3).  It re
 message from fd 0, then the envelope from fd 1: ``F<sender>\\0`` then ``T<recipient>\\0``
 for each recipient, then a final ``\\0``.  It queues the message through the funnel,
 which adds the Received line owed to mail that did not come by SMTP, makes it durable,
-tells a running jsmail to take it up (SIGALRM to the pid in ``queue/send.pid``), and
-exits 0.  Otherwise it exits with qmail-queue's codes and queues nothing: 11 address
+tells a running jsmail to take it up (through ``queue/trigger``, see
+:mod:`jsmail.queue.trigger`), and exits 0.  Otherwise it exits with qmail-queue's codes and queues nothing: 11 address
 too long, 54 message or envelope unreadable (including an envelope without its final
 NUL), 91 envelope format error, 31 envelope over 4 MiB, 53 write error, 81 bug
 (:mod:`jsmail.qmail.envelope` reads the envelope).

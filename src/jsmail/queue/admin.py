@@ -6,13 +6,13 @@ released."""
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from jsmail._disk import syncFileSystem, unlinkQuietly, writeAndRename
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import NotQueued
+from jsmail.queue.trigger import pull
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,12 @@ def readQueueEntry(directory: str, queueId: str) -> QueueEntry:
     return QueueEntry(queueId, envelope, size, held=place == "hold")
 
 
-def wakeDelivery(directory: str) -> int | None:
-    """Tell the running delivery process to retry now and take up new or released
-    mail: SIGALRM to the pid in ``send.pid`` (as qmail-send takes it).  Return that
-    pid, or None when no delivery process is running."""
-    try:
-        with open(os.path.join(directory, "send.pid")) as f:
-            pid = int(f.read().strip())
-        os.kill(pid, signal.SIGALRM)
-    except (OSError, ValueError):
-        return None
-    return pid
+def wakeDelivery(directory: str, flush: bool = False) -> bool:
+    """Tell the running delivery process to take up new or released mail (and with
+    ``flush`` to retry everything now), through the trigger FIFO in ``directory``
+    (:mod:`jsmail.queue.trigger`; no signal, so no pid to trust).  False when no
+    delivery process is running."""
+    return pull(directory, flush)
 
 
 def requeueEntry(directory: str, queueId: str) -> None:

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail._disk import GroupSync, unlinkQuietly, writeAndRename
+from jsmail._disk import GroupSync, createNew, unlinkQuietly, writeAndRename
 from jsmail._threads import RunInThread
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
@@ -107,7 +107,7 @@ class _SpareFiles:
 
     def _make(self) -> tuple[str, BinaryIO]:
         path = os.path.join(self.directory, f"spare.{newQueueId()}")
-        return path, open(path, "xb", buffering=65536)
+        return path, createNew(path, buffering=65536)
 
     def _makeMany(self, count: int) -> list[tuple[str, BinaryIO]]:
         return [self._make() for _ in range(count)]

@@ -104,7 +104,7 @@ class Scheduler(Service):
 
     def rescan(self) -> defer.Deferred[None]:
         """Plan every message in the queue not yet planned: at start, and when another
-        program (``jsmail-queue``) has queued mail and says so (SIGALRM)."""
+        program (``jsmail-queue``) has queued mail and says so (the queue's trigger)."""
 
         def adopt(found: list[tuple[str, Envelope]]) -> None:
             new = [(queueId, envelope) for queueId, envelope in found
@@ -155,8 +155,8 @@ class Scheduler(Service):
         return d.addErrback(lambda f: f.trap(NotQueued) and None)
 
     def flush(self) -> None:
-        """Make every planned attempt due now (``jsmail queue flush``; qmail-send does
-        the same on SIGALRM)."""
+        """Make every planned attempt due now (``jsmail queue flush`` through the
+        queue's trigger, or an operator's SIGALRM, as qmail-send takes it)."""
         for timer in list(self._timers.values()):
             timer.reset(0)
         _log.info("Flush: {count} message(s) due now", count=len(self._timers))

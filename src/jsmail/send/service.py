@@ -20,6 +20,7 @@ from jsmail._threads import ThreadPoolService
 from jsmail.config import Config
 from jsmail.local.agent import LocalDelivery
 from jsmail.queue.store import MaildirQueue
+from jsmail.queue.trigger import TriggerReader
 from jsmail.remote.agent import RemoteDelivery
 from jsmail.remote.destinations import Destinations, listenedOn
 from jsmail.remote.mtasts import PolicyFetcher
@@ -39,10 +40,12 @@ class DeliveryService(ThreadPoolService):
     """The scheduler and local delivery over the queue on disk.
 
     Only one may run per queue: it takes ``queue/send.lock`` before starting (a new
-    delivery process waits for an old one to finish its deliveries in progress).  With
-    ``flushOnSignal`` it also answers SIGALRM by making every retry due now (as
-    qmail-send does), and writes its pid to ``queue/send.pid`` for ``jsmail queue
-    flush`` to signal.
+    delivery process waits for an old one to finish its deliveries in progress), and
+    then reads ``queue/trigger`` (:mod:`jsmail.queue.trigger`), which programs that
+    queue mail and ``jsmail queue`` write to wake it.  With ``flushOnSignal`` it also
+    answers SIGALRM by making every retry due now (as qmail-send does), and writes its
+    pid to ``queue/send.pid`` for an operator's ``kill -ALRM``; no jsmail program
+    signals that pid.
     """
 
     def __init__(self, config: Config, reactor: Any = None, flushOnSignal: bool = False) -> None:
@@ -69,6 +72,7 @@ class DeliveryService(ThreadPoolService):
         self._lock = SendLock(os.path.join(dataDir, "queue", "send.lock"), self.reactor)
         self.flushOnSignal = flushOnSignal
         self.pidPath = os.path.join(dataDir, "queue", "send.pid")
+        self.trigger = TriggerReader(os.path.join(dataDir, "queue"), self.reactor, self._woken)
 
     def startService(self) -> None:
         # Not MultiService.startService: the children start only once the lock is held.
@@ -85,6 +89,18 @@ class DeliveryService(ThreadPoolService):
                 f.write(f"{os.getpid()}\n")
         for service in self:
             service.startService()
+        try:
+            self.trigger.start()
+        except OSError as e:
+            _log.error("Cannot make the wake-up FIFO {path}: {error}", path=self.trigger.path, error=e)
+
+    def _woken(self, flush: bool) -> defer.Deferred[None]:
+        """A byte in the trigger: take up what other programs queued and what an
+        operator released or requeued, then, for a flush, retry everything now."""
+        d = self.scheduler.rescan()
+        if flush:
+            d.addCallback(lambda _: self.scheduler.flush())
+        return d
 
     def _flush(self) -> None:
         """SIGALRM: take up what other programs queued and what an operator released or
@@ -106,6 +122,7 @@ class DeliveryService(ThreadPoolService):
         return d.addBoth(self._released)
 
     def _released(self, result: object) -> object:
+        self.trigger.stop()
         if self._lock.held and self.flushOnSignal:
             unlinkQuietly(self.pidPath)
         self._lock.release()

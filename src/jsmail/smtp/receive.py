@@ -236,8 +236,8 @@ class Transaction:
     def _headerRefusal(self) -> Reply | None:
         """Refusals the header section earns, so that nothing that can be refused now
         is bounced later: a loop (too many hops, or a Delivered-To line for one of the
-        recipients, which local delivery would fail), or an authenticated user's From
-        or Sender that the user may not send as (the rule MAIL FROM is held to)."""
+        recipients, which local delivery would fail), or a known user's From or Sender
+        that the user may not write (for AUTH users, the rule MAIL FROM is held to)."""
         header, session = self._header, self.server.session
         if header.count > self.server.settings.maxReceivedHeaders:
             return reply.TOO_MANY_HOPS
@@ -253,7 +253,7 @@ class Transaction:
                 assert name is not None
                 label = name.decode("ascii").capitalize()
                 found = mailboxes(field)
-                if found is None or not all(user.maySendAs(a.strip()) for a in found):
+                if found is None or not all(user.mayWriteAs(a.strip()) for a in found):
                     return reply.AUTHOR_NOT_OWNED.format(label)
         if user is not None and header.overflow:
             return reply.AUTHOR_NOT_OWNED.format("From")  # too much header to tell
