@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                             ("release", queueMove, "let a held message be delivered again"),
                             ("requeue", queueRequeue, "start the retry schedule afresh, for IDs or all")):
         q = queue.add_parser(name, help=help)
-        q.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
+        q.add_argument("--data", default=argparse.SUPPRESS,
+                       help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
         if name in ("show", "delete", "hold", "release"):
             q.add_argument("id")
         if name == "requeue":
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--log", action="append", metavar="FILE",
                    help="twistd's log, text or JSON, with its rotated files (repeatable) [default: twistd.log]")
     t.set_defaults(run=traceMessage)
-    c = commands.add_parser("check", help="check the configuration and what it needs (exit 0 OK, 1 WARNING, 2 CRITICAL)")
+    c = commands.add_parser("check",
+                            help="check the configuration and what it needs (exit 0 OK, 1 WARNING, 2 CRITICAL)")
     c.add_argument("--config", "-c", help="the TOML configuration file [default: built-in defaults]")
     c.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: the configuration's]")
     c.add_argument("--dns-timeout", type=float, default=3.0, help="seconds to wait for DNS [default: 3]")

@@ -108,7 +108,8 @@ def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = No
             raise ConfigError(path or "command line", "server.control_dir", f"{controlDir} is not a directory")
         for name, (value, controlFile) in readControlDirectory(controlDir).items():
             if name in raw:
-                raise ConfigError(raw[name][1], name, f"also set by the control file {controlFile}; set it in one place")
+                raise ConfigError(raw[name][1], name,
+                                  f"also set by the control file {controlFile}; set it in one place")
             raw[name] = (value, controlFile)
     for name, value in (overrides or {}).items():
         raw[name] = (value, "command line")

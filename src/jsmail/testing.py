@@ -70,7 +70,8 @@ class RecordingAgent:
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
         with message.open() as f:
-            self.deliveries.append(Delivery(message.queueId, message.envelope, [r.address for r in recipients], f.read()))
+            self.deliveries.append(Delivery(message.queueId, message.envelope, [r.address for r in recipients],
+                                            f.read()))
         return defer.succeed([DeliveryResult(r.address, *self.answer(r.address)) for r in recipients])
 
 

@@ -87,7 +87,8 @@ def walk(domain: str) -> list[str]:
     order (RFC 9989 section 4.10): the domain, then, below eight labels, each parent;
     from eight labels on, the last seven labels and then each parent: at most eight."""
     labels = domain.lower().rstrip(".").split(".")
-    return [".".join(labels)] + [".".join(labels[-count:]) for count in range(min(len(labels) - 1, MAX_WALK - 1), 0, -1)]
+    return [".".join(labels)] + [".".join(labels[-count:])
+                                 for count in range(min(len(labels) - 1, MAX_WALK - 1), 0, -1)]
 
 
 class Discovery:

@@ -101,8 +101,8 @@ class RemoteDelivery:
         self.settings = settings
         # qmail's timeoutremote: one limit for every reply, in place of RFC 5321's per phase
         replyTimeout = settings.replyTimeout
-        self.timeouts = {name: replyTimeout for name in ("greetingTimeout", "mailTimeout", "rcptTimeout",
-                         "dataTimeout", "dataBlockTimeout", "finalDotTimeout", "commandTimeout")} if replyTimeout else {}
+        self.timeouts = {name: replyTimeout for name in ("greetingTimeout", "mailTimeout", "rcptTimeout", "dataTimeout",
+                         "dataBlockTimeout", "finalDotTimeout", "commandTimeout")} if replyTimeout else {}
         self.routes = {r.domain.lower(): r for r in settings.routes}
         self.smarthost = settings.smarthostRoute
         self.trustRoot = trustRoot

@@ -164,8 +164,9 @@ def applyPolicy(policy: Policy | None, domain: str, hosts: Sequence[str], tls: s
     ``tls`` is the configured mode.  Under an ``enforce`` policy only the hosts it
     names are tried, each with ``verify`` (``implicit`` stays, as it verifies too)
     against the MX host name (RFC 8461 section 4.2); if it names none, raises
-    :class:`~jsmail.error.DeliveryError` (temporary: the mail waits, RFC 8461 section 5.1).  ``testing`` logs the hosts it does not name and changes
-    nothing; ``none``, or no policy, changes nothing (section 5)."""
+    :class:`~jsmail.error.DeliveryError` (temporary: the mail waits, RFC 8461 section 5.1).
+    ``testing`` logs the hosts it does not name and changes nothing; ``none``, or no
+    policy, changes nothing (section 5)."""
     if policy is None or policy.mode == "none":
         return [(host, tls) for host in hosts]
     outside = [host for host in hosts if not policy.matches(host)]

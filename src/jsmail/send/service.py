@@ -60,8 +60,10 @@ class DeliveryService(ThreadPoolService):
                                    newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.remote.dnsServer, self.reactor)
         listen = config.listen
-        destinations = Destinations(config.remote.allowInternal, listenedOn(listen.smtp + listen.submission + listen.smtps))
-        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations, directory=os.path.join(dataDir, "mta-sts"),
+        destinations = Destinations(config.remote.allowInternal,
+                                    listenedOn(listen.smtp + listen.submission + listen.smtps))
+        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations,
+                               directory=os.path.join(dataDir, "mta-sts"),
                                runInThread=runInThread) if config.remote.mtaSts else None
         self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote, mtaSts=mtaSts,
                                      destinations=destinations)

@@ -252,7 +252,8 @@ class ESMTPClient(CommandPipeline):
         self._tlsPhase = False
         if self._setupError is not None and self._broken is None:
             self.transport.write(b"QUIT\r\n")  # RFC 5321 section 3.1; no need to wait for the 221
-            self._break(Reason.of(replies.PEER_SESSION_FAILED, f"session with {self.peer} not set up: {self._setupError}"))
+            self._break(Reason.of(replies.PEER_SESSION_FAILED,
+                                  f"session with {self.peer} not set up: {self._setupError}"))
             self.transport.loseConnection()
         self._setupDone = True
         waiters, self._readyWaiters = self._readyWaiters, []
@@ -374,7 +375,8 @@ class ESMTPClient(CommandPipeline):
         if self._broken is not None:
             return _all(recipients, DeliveryStatus.TEMPORARY, self._broken)
         if UNSAFE.search(message.sender):
-            return _all(recipients, DeliveryStatus.PERMANENT, Reason.of(replies.BAD_SENDER_ADDRESS, f"sender {message.sender!r}"))
+            return _all(recipients, DeliveryStatus.PERMANENT,
+                        Reason.of(replies.BAD_SENDER_ADDRESS, f"sender {message.sender!r}"))
         try:
             file = message.open()
         except OSError as e:

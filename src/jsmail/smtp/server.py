@@ -326,8 +326,9 @@ class ESMTPServer(Protocol):
             raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, "queue file system below the free-space minimum")
         user = self.session.user
         if user is not None and not user.maySendAs(str(address)):
-            raise SMTPReplyError(reply.SENDER_NOT_OWNED.withText(f"Sender <{address}> not allowed for user {user.name}"),
-                                 f"user {user.name} tried sender <{address}>")
+            raise SMTPReplyError(
+                reply.SENDER_NOT_OWNED.withText(f"Sender <{address}> not allowed for user {user.name}"),
+                f"user {user.name} tried sender <{address}>")
 
         def accept() -> Reply:
             self.session.sender, self.session.mailParams = address, params
@@ -345,7 +346,8 @@ class ESMTPServer(Protocol):
         if len(self.session.recipients) >= self.settings.maxRecipients:
             return reply.TOO_MANY_RECIPIENTS
         utf8 = "SMTPUTF8" in self.session.mailParams
-        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)
+        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8,
+                                    postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)
         checkRcptParams(params)
 
         def accept() -> Reply:
