@@ -14,6 +14,7 @@ import trustme
 from twisted.internet import defer, task, utils
 from twisted.internet import reactor as _reactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.names import dns
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -232,6 +233,35 @@ class ImplicitTLSTests(GatewayTestCase):
         yield deferToThread(handshake, otherCA)
         yield self.assertFailure(deferToThread(handshake, self.ca), ssl.SSLCertVerificationError)
         self.assertEqual((yield deferToThread(session.noop))[0], 250)
+
+
+    @defer.inlineCallbacks
+    def test_reload_rereads_a_password_file_changed_unseen(self):  # type: ignore[no-untyped-def]
+        """A password changed within one time-stamp tick (same size, same mtime) is
+        missed by the change check; SIGHUP's reload reads it, and logs what it reloaded."""
+        path = os.path.join(self.data, "passwd")
+
+        def login(password: str) -> int:
+            with smtplib.SMTP_SSL("127.0.0.1", self.ports["smtps"], context=self.clientContext(),
+                                  timeout=CLIENT_TIMEOUT) as client:
+                try:
+                    return client.login("u", password)[0]
+                except smtplib.SMTPAuthenticationError as e:
+                    return e.smtp_code
+
+        self.assertEqual((yield deferToThread(login, "secret")), 235)
+        before = os.stat(path)
+        setPassword(path, "u", "public")  # a bcrypt hash: the same length as before
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        self.assertEqual(os.stat(path).st_size, before.st_size)
+        self.assertEqual((yield deferToThread(login, "public")), 535)
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.gateway.reload()
+        self.assertEqual((yield deferToThread(login, "public")), 235)
+        [what] = [e["what"] for e in events if "what" in e]
+        self.assertEqual(what, f"TLS certificate, password file {path}")
 
 
 class SwaksTests(GatewayTestCase):

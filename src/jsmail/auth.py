@@ -191,6 +191,11 @@ class HashedPasswordFile:
             self._stamp = (stat.st_mtime, stat.st_size)
         return self._hashes
 
+    def reload(self) -> None:
+        """Read the file at the next AUTH even if its time stamp and size look unchanged
+        (SIGHUP: a file rewritten within one time-stamp tick is not missed)."""
+        self._stamp = None
+
     def userNames(self) -> frozenset[str]:
         """The users in the file, lower-cased (blocking: it may read the file)."""
         try:

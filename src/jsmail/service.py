@@ -1,4 +1,4 @@
-"""The whole gateway as one :class:`MultiService`: what twistd and embedders start.
+"""The whole gateway as one :class:`twisted.application.service.MultiService`: what twistd and embedders start.
 
 :class:`MailGateway` receives: the SMTP listeners and the queue's incoming side.
 :class:`DeliveryService` delivers: the scheduler and its agents (qmail-send and
@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolFactory
@@ -204,7 +205,7 @@ class MailGateway(ThreadPoolService):
     AUTH before MAIL).  Delivery runs in a child process when ``config.queue.deliveryProcess``
     (the default), else in this process as :attr:`delivery`.  ``reactor`` defaults to
     the global one.  ``extraCheckers`` adds twisted.cred checkers for AUTH.  With
-    ``standalone`` (set by twistd), SIGHUP reloads the TLS certificate and a port that
+    ``standalone`` (set by twistd), SIGHUP calls :meth:`reload` and a port that
     cannot be bound stops start-up with one line; an embedding application gets
     :class:`ListeningError` instead, and may call :meth:`reload` itself.
 
@@ -241,7 +242,7 @@ class MailGateway(ThreadPoolService):
         self.delivery.setServiceParent(self)
         self.standalone = standalone
         self.tls = makeTLS(config)
-        portal = makePortal(config, extraCheckers, self.threads("auth"))
+        self.portal = portal = makePortal(config, extraCheckers, self.threads("auth"))
         always = builtInChecks(config, self.threads("checks"))
         self.chains = policyChains(config, self.reactor, self.threads("checks"))
         self.listeners: list[ListenerService] = []
@@ -290,13 +291,17 @@ class MailGateway(ThreadPoolService):
         return (yield outcome)
 
     def reload(self) -> None:
-        """Read the TLS certificate and the checks' list files again; sessions in
-        progress keep their certificate."""
-        self.tls.reload()
-        for chain in self.chains.values():
-            for check in chain.policies:
-                if hasattr(check, "reload"):
-                    check.reload()
+        """Read the TLS certificate, the checks' list files and the password files again
+        (SIGHUP), and log what was reloaded; sessions in progress keep their certificate."""
+        done = ["TLS certificate" if self.tls.reload() else "TLS certificate (failed: the old one is kept)"]
+        checks = {id(c): c for chain in self.chains.values() for c in chain.policies if hasattr(c, "reload")}
+        checkers = [c for c in getattr(self.portal.checkers.get(IUsernamePassword), "checkers", ())
+                    if hasattr(c, "reload")]
+        for reloadable in (*checks.values(), *checkers):
+            reloadable.reload()
+        done += [f"{type(c).__name__} lists" for c in checks.values()]
+        done += [f"password file {c.path}" for c in checkers]
+        _log.info("SIGHUP: reloaded {what}", what=", ".join(done))
 
     def childrenStopped(self) -> None:
         self.queue.close()

@@ -6,10 +6,12 @@ Whose instructions (qmail-interfaces reference, section 8.1, with jsmail's place
 1. A **home directory** for the recipient, found the way qmail-getpw finds one: the
    local part is tried whole, then cut before each extension separator, longest first
    (``joe-list-x``, ``joe-list``, ``joe``).  Homes are looked for
+
    - under the virtual users directory, ``<users_dir>/<domain>/<user>/`` (jsmail's
      own, needing no system accounts), and
    - for system users, in ``getpwnam(user)``'s home when ``home_dotqmail`` is on (uid
      not 0, home owned by the user), as qmail-getpw does.
+
    The home's ``.qmail<dash><ext>`` files decide, with ``dash`` = the separator when
    an extension was cut off.
 2. Otherwise the **domain directory** ``<users_dir>/<domain>/`` plays qmail's

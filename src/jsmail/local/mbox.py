@@ -5,7 +5,7 @@ exclusive ``flock``, waited for at most ``lockTimeout`` seconds (qmail: 30): two
 writers, in this process or any other that locks the same way (mutt, procmail,
 another jsmail), never interleave.  Where the file system cannot lock, delivery goes
 on unlocked, as qmail-local's does.  The message is written after a ``From_`` line
-(:func:`fromLine`), with ``>`` put before every line matching ``^>*From `` (mboxrd
+(:func:`fromLine`), with ``>`` put before every line matching ``^>*From`` and a space (mboxrd
 quoting, so readers can undo it), a final newline if it lacks one, then one empty
 line; the file is fsync'd.  If writing fails the file is cut back to its old length,
 so a reader never sees half a message.  All of it blocks: run it in a thread.

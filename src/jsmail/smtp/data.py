@@ -122,7 +122,7 @@ class ContentScanner:
 
 
 class DataReader(ContentScanner):
-    """Reads DATA content up to CR LF . CR LF: :meth:`feed` returns ``None`` while the
+    """Reads DATA content up to CR LF . CR LF: :meth:`ContentScanner.feed` returns ``None`` while the
     message goes on, then the bytes after the terminator (pipelined commands)."""
 
     def __init__(self, sink: Callable[[bytes], None], maxLine: int = 1000, normalise: bool = False) -> None:
