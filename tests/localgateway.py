@@ -29,16 +29,19 @@ class LocalGateway:
     def writeConfig(self, extra: str = "", smtp: str = "", reachable: bool = False) -> str:
         """A configuration file for a gateway on a fresh, absolute data directory, no
         TCP listeners, delivery in this process; ``smtp``: more lines of ``[smtp]``,
-        ``extra``: more tables.  With ``reachable`` the directory is one every user
-        can reach (trial's own are under a 0700 directory)."""
-        if reachable:
-            self.data = tempfile.mkdtemp(prefix="jsmail-test-")
-            os.chmod(self.data, 0o755)
-            self.addCleanup(shutil.rmtree, self.data, True)  # type: ignore[attr-defined]
+        ``extra``: more tables.  With ``reachable`` the configuration is in a directory
+        every user can reach (trial's own are under a 0700 directory), beside the data
+        directory (0700 once the gateway has started, as every data tree is)."""
+        if reachable:  # the configuration beside the data directory, which the gateway closes to others
+            base = tempfile.mkdtemp(prefix="jsmail-test-")
+            os.chmod(base, 0o755)
+            self.addCleanup(shutil.rmtree, base, True)  # type: ignore[attr-defined]
+            self.data = os.path.join(base, "data")
+            self.configPath = os.path.join(base, "jsmail.toml")
         else:
             self.data = os.path.abspath(self.mktemp())  # type: ignore[attr-defined]
-            os.makedirs(self.data)
-        self.configPath = os.path.join(self.data, "jsmail.toml")
+            self.configPath = os.path.join(self.data, "jsmail.toml")
+        os.makedirs(self.data)
         with open(self.configPath, "w") as f:
             f.write(f'[server]\nhostname = "mx.test"\ndata = "{self.data}"\ndomains = ["localhost"]\n'
                     f'[smtp]\nlisten = "none"\nsubmission = "none"\nsmtps = "none"\n{smtp}'

@@ -7,12 +7,19 @@ before it started: while one sync runs, new requests wait for the next one, so a
 of messages costs one journal commit instead of a file fsync plus a directory fsync
 each.  On ext4, each fsync is a journal commit, and commits, not bytes, are what limit a
 mail queue.  Syncs run through ``runInThread``, so the reactor never waits on a disk.
+
+Files and directories are made for their owner only (0600 and 0700, every missing
+directory of a path, not just the last), and a file root writes into the data tree
+(an operator's ``jsmail queue requeue``, ``jsmail passwd``) is given to the owner of
+the directory it lands in, so the unprivileged gateway can still read it.  See
+``docs/security.rst``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import itertools
 import os
 import time
@@ -50,6 +57,52 @@ def unlinkQuietly(path: str) -> None:
         pass
 
 
+def makeDirectories(path: str, mode: int = 0o700) -> None:
+    """Make ``path`` and each missing directory above it with ``mode`` (``os.makedirs``
+    gives the ones above the last the default mode, which left ``mail/<domain>/``
+    listable by every local user)."""
+    missing = []
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+    if not missing and path and not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+
+
+def giveToDirectoryOwner(fd: int, directory: str) -> None:
+    """When root writes a file into a directory someone else owns (the data tree of
+    an unprivileged gateway), hand the file to that owner, so the gateway can read and
+    remove it.  Does nothing for anyone but root."""
+    if os.geteuid() != 0:
+        return
+    st = os.stat(directory)
+    if st.st_uid != 0:
+        os.fchown(fd, st.st_uid, st.st_gid)
+
+
+def openNew(path: str, mode: int = 0o600, exclusive: bool = True) -> int:
+    """Open ``path`` for writing, made with ``mode`` (``exclusive``: it must not exist;
+    else it is emptied), never through a symbolic link; the descriptor is given to the
+    directory's owner (:func:`giveToDirectoryOwner`)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
+    try:
+        giveToDirectoryOwner(fd, os.path.dirname(path) or ".")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 #: How a file that is written and then renamed into place is made: always a new file
 #: (O_EXCL), never through a symlink (O_NOFOLLOW), so that a name planted in a
 #: directory a root-run command writes into cannot redirect the write (L-8).
@@ -60,8 +113,15 @@ _suffixes = itertools.count()
 
 def createNew(path: str, mode: int = 0o600, buffering: int = -1) -> BinaryIO:
     """A new file at ``path``, open for writing; FileExistsError if anything (a
-    symlink too) is there already."""
-    return os.fdopen(os.open(path, CREATE_NEW, mode), "wb", buffering)
+    symlink too) is there already; given to the directory's owner
+    (:func:`giveToDirectoryOwner`)."""
+    fd = os.open(path, CREATE_NEW, mode)
+    try:
+        giveToDirectoryOwner(fd, os.path.dirname(path) or ".")
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb", buffering)
 
 
 def writeAndRename(tmpPath: str, finalPath: str, data: bytes) -> None:

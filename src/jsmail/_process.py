@@ -13,10 +13,17 @@ left the group and still holds them cannot keep the run from ending.
 The environment is the caller's to build; :func:`allowedEnvironment` starts one from
 ``PATH``, ``HOME`` and ``LANG`` only, never from the whole of ``os.environ``, which may
 hold secrets meant for jsmail alone.
+
+jsmail's own processes that start as root (the local spawner and the processes it
+starts for users) are run by :func:`pythonModule`: isolated from the environment, the
+working directory and the user's site directory, with this process's ``sys.path``
+given on the command line.  :class:`LogLines` publishes the log events such a process
+writes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -26,7 +33,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IProcessTransport
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
+
+_log = Logger()
 
 ALLOWED_ENVIRONMENT = ("PATH", "HOME", "LANG")
 OUTPUT_LIMIT = 64 * 1024
@@ -38,6 +48,47 @@ _PYTHON_SETSID = [  # what util-linux's setsid(1) does, where it is missing
 ]
 _SETSID = shutil.which("setsid")
 _NEW_SESSION = [_SETSID] if _SETSID else _PYTHON_SETSID  # argv prefix: run the rest in a session of its own
+
+
+#: What ``python -I -S -c`` runs for :func:`pythonModule`: argv is the path (JSON), the
+#: module, then the module's arguments; ``main(arguments)`` is called.  Nothing but the
+#: interpreter's own modules is imported before the path is set.
+_BOOT = (
+    "import json, sys\n"
+    "sys.path[:] = json.loads(sys.argv[1])\n"
+    "import importlib\n"
+    "importlib.import_module(sys.argv[2]).main(sys.argv[3:])\n"
+)
+
+
+def pythonModule(module: str, *arguments: str) -> list[str]:
+    """The argv that runs ``module.main(arguments)`` in a new interpreter that reads
+    nothing from the environment, the working directory or any user's site
+    directory (``-I -S``), with this process's ``sys.path``: what a process started as
+    root must be."""
+    return [sys.executable, "-I", "-S", "-c", _BOOT, json.dumps([p for p in sys.path if p]), module, *arguments]
+
+
+class LogLines:
+    """Log events a child process writes as JSON lines (``jsonFileLogObserver``),
+    published in this process's log, so the operator log stays one stream."""
+
+    def __init__(self, who: str) -> None:
+        self.who = who
+        self._partial = b""
+
+    def received(self, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self._partial = self._partial[-65536:]
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = eventFromJSON(line.decode("utf-8"))
+            except ValueError:
+                _log.warn("{who} said: {line!r}", who=self.who, line=line[:1000])
+                continue
+            globalLogPublisher(event)
 
 
 def allowedEnvironment(source: Mapping[str, str] = os.environ) -> dict[str, str]:

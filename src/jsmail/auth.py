@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface, implementer
 
+from jsmail._disk import openNew
 from jsmail._process import Finished, run
 from jsmail._threads import RunInThread, reactorThreads
 
@@ -295,8 +296,7 @@ def setPassword(path: str, user: str, password: str) -> None:
     hashes = readPasswordFile(path) if os.path.exists(path) else {}
     hashes[user.encode("utf-8")] = bcrypt.hashpw(_bcryptInput(password.encode("utf-8")), bcrypt.gensalt())
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with os.fdopen(openNew(tmp, exclusive=False), "wb") as f:  # 0600, and the gateway's when root writes it
         f.write(b"".join(u + b":" + h + b"\n" for u, h in sorted(hashes.items())))
         f.flush()
         os.fsync(f.fileno())

@@ -52,6 +52,8 @@ class GatewaySettings:
     trustedNetworks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     postmaster: str = ""  # where undeliverable bounces go; filled in as postmaster@ the first domain
     controlDir: str = ""  # a qmail control directory read as well (see jsmail.qmail.control)
+    user: str = ""  # started as root, run as this user once the ports are bound (see jsmail.privileges)
+    group: str = ""  # ... and this group; empty: the user's own
 
 
 

@@ -10,6 +10,7 @@ here (and its field beside the part that uses it, and its text in
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from twisted.internet.endpoints import serverFromString
 
 from jsmail.address import hostPort, normaliseDomain
 from jsmail.error import SMTPReplyError
+from jsmail.privileges import accountSetting
 from jsmail.route import TLS_MODES, Route
 from jsmail.submit.settings import senderPatterns
 
@@ -120,6 +122,14 @@ def _virtualDomain(value: Any) -> str:
     if ":" not in line:
         raise ValueError(f"expected 'domain:prepend', got {line!r}")
     return line
+
+
+def _directories(value: Any) -> tuple[str, ...]:
+    """Absolute directory paths (they may not exist yet)."""
+    paths = _listOf(_string)(value)
+    if any(not os.path.isabs(path) for path in paths):
+        raise ValueError(f"expected absolute paths, got {list(paths)!r}")
+    return tuple(os.path.normpath(p) for p in paths)
 
 
 def _optionalString(value: Any) -> str:
@@ -230,6 +240,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("server", "trustedNetworks", "server", "trusted_networks", _listOf(_network)),
     Option("server", "postmaster", "server", "postmaster", _optionalString),
     Option("server", "controlDir", "server", "control_dir", _optionalString),
+    Option("server", "user", "server", "user", accountSetting("user")),
+    Option("server", "group", "server", "group", accountSetting("group")),
     Option("listen", "smtp", "smtp", "listen", _listeners),
     Option("listen", "submission", "smtp", "submission", _listeners),
     Option("listen", "smtps", "smtp", "smtps", _listeners),
@@ -310,6 +322,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "virtualDomains", "local", "virtual_domains", _listOf(_virtualDomain)),
     Option("local", "noAtHost", "local", "noathost", _optionalString),
     Option("local", "catchAll", "local", "catch_all", _boolean),
+    Option("local", "minimumUid", "local", "minimum_uid", _integer(1)),
+    Option("local", "allowedPaths", "local", "allowed_paths", _directories),
     Option("submit", "socket", "submit", "socket", _optionalString),
     Option("submit", "trustedUsers", "submit", "trusted_users", _listOf(_string)),
     Option("submit", "senders", "submit", "senders", senderPatterns),

@@ -4,8 +4,13 @@
 :class:`DeliveryService` delivers: the scheduler and its agents (qmail-send and
 qmail-local).  By default the delivery side runs in a child process of its own
 (:mod:`jsmail.send.process`), as qmail runs qmail-send beside qmail-smtpd: each gets a
-core and a GIL, and the queue on disk is all they share.  Listeners bind in
-``privilegedStartService``, so ``twistd --uid`` can drop root right after binding port 25.
+core and a GIL, and the queue on disk is all they share.
+
+Started as root, the gateway makes the data tree for the user it will run as, binds
+its listeners and starts the local spawner in ``privilegedStartService``, and then
+gives up root for that user (``[server] user``, or twistd's ``--uid``); everything
+after, the delivery process included, runs as that user.  ``docs/security.rst`` has
+the whole model.
 """
 
 from __future__ import annotations
@@ -30,15 +35,18 @@ from jsmail._dns import makeResolver
 from jsmail._threads import RunInThread, ThreadPoolService, reactorThreads
 from jsmail.auth import AnyOfCheckers, HashedPasswordFile, MailRealm, forSMTPAuth
 from jsmail.config import Config, ConfigError
+from jsmail.datadir import DataTreeError, prepareDataTree
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.listen import ListenerService, ListeningError
 from jsmail.local.directory import RecipientDirectory
+from jsmail.local.spawner import Spawner, SpawnerSettings
 from jsmail.policy.base import Policy
 from jsmail.policy.chain import Chain, buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext
 from jsmail.policy.recipients import KnownRecipients
 from jsmail.policy.relay import BadMailFrom, RelayControl, TrustedClient
+from jsmail.privileges import Identity, PrivilegeError, becomeUser, identityOf, isRoot
 from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.queue.funnel import NOTHING, Funnel, Owed
 from jsmail.queue.store import MaildirQueue
@@ -74,6 +82,25 @@ def makePortal(config: Config, extraCheckers: Sequence[ICredentialsChecker] = ()
     checkers += [forSMTPAuth(strcred.makeChecker(d), d) for d in config.auth.checkers]
     checkers += [forSMTPAuth(checker) for checker in extraCheckers]
     return Portal(MailRealm(config.server.domains, config.auth.senderRule), [AnyOfCheckers(checkers)])
+
+
+def runAs(config: Config) -> Identity | None:
+    """Whom the gateway runs as once its ports are bound, checked against whom it
+    runs as now; raises :class:`ConfigError` for what cannot work: a user that root
+    would be needed to become, or per-user delivery without root to do it."""
+    server = config.server
+    try:
+        identity = identityOf(server.user, server.group) if server.user else None
+    except PrivilegeError as e:
+        raise ConfigError("configuration", "server.user", str(e)) from None
+    if identity is not None and not isRoot() and not identity.isCurrent():
+        raise ConfigError("configuration", "server.user",
+                          f"jsmail runs as uid {os.getuid()}, not root, so it cannot become user {identity.name}")
+    if config.local.homeDotQmail and not isRoot():
+        raise ConfigError("configuration", "local.home_dotqmail",
+                          "delivering as each system user needs jsmail started as root (the local spawner switches "
+                          "to the user); it is refused rather than followed as jsmail's own user")
+    return identity
 
 
 _LISTENER_RULES: dict[str, dict[str, bool]] = {
@@ -225,14 +252,25 @@ class MailGateway(ThreadPoolService):
         server = config.server
         self.dataDir = server.dataDir
         self.mailRoot = os.path.join(self.dataDir, "mail")
+        self.identity = runAs(config)
+        try:
+            prepareDataTree(self.dataDir, (self.identity.uid, self.identity.gid) if self.identity else None)
+        except (DataTreeError, OSError) as e:
+            raise ConfigError("configuration", "server.data", str(e)) from None
         runInThread = self.threads("disk")
         self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), runInThread)
+        # Started before the delivery side, so that it is stopped after it.
+        self.spawner: Spawner | None = None
+        if isRoot() and (config.local.homeDotQmail or os.path.isdir(config.local.usersDir)):
+            self.spawner = Spawner(SpawnerSettings.of(config.local), self.reactor)
+            self.spawner.setServiceParent(self)
+        connect = self.spawner.connection if self.spawner is not None else lambda: None
         self.delivery: DeliveryService | SendProcess
         if config.queue.deliveryProcess:
-            sendProcess = self.delivery = SendProcess(config, self.reactor)
+            sendProcess = self.delivery = SendProcess(config, self.reactor, connect)
             self.funnel = Funnel(self.queue, lambda queueId, envelope: sendProcess.notify(queueId))
         else:
-            self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone)
+            self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone, spawner=connect)
             self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
         self.outcomes = Outcomes()
         # A qmail-queue program takes the mail instead of jsmail's queue, through a funnel
@@ -292,8 +330,14 @@ class MailGateway(ThreadPoolService):
 
     def reload(self) -> None:
         """Read the TLS certificate, the checks' list files and the password files again
-        (SIGHUP), and log what was reloaded; sessions in progress keep their certificate."""
-        done = ["TLS certificate" if self.tls.reload() else "TLS certificate (failed: the old one is kept)"]
+        (SIGHUP), and log what was reloaded; sessions in progress keep their certificate.
+        After a drop of root, a file only root may read cannot be reloaded: the log says
+        how to make it readable."""
+        if self.tls.reload():
+            done = ["TLS certificate"]
+        else:
+            done = ["TLS certificate (failed: the old one is kept)"]
+            self._explainUnreadable("reloaded on SIGHUP")
         checks = {id(c): c for chain in self.chains.values() for c in chain.policies if hasattr(c, "reload")}
         checkers = [c for c in getattr(self.portal.checkers.get(IUsernamePassword), "checkers", ())
                     if hasattr(c, "reload")]
@@ -306,7 +350,20 @@ class MailGateway(ThreadPoolService):
     def childrenStopped(self) -> None:
         self.queue.close()
 
+    def _explainUnreadable(self, what: str) -> None:
+        """Say how to make the TLS files readable once root is given up."""
+        if self.identity is None or isRoot():
+            return
+        for path in {self.tls.certificatePath, self.tls.keyPath}:
+            if not os.access(path, os.R_OK):
+                _log.error("{path} cannot be {what}: jsmail runs as user {user} since it started, and that user "
+                           "cannot read it; make it readable by {user} (for example: chgrp {group} {path}; "
+                           "chmod 0640 {path}) or restart jsmail to read it as root",
+                           path=path, what=what, user=self.identity.name, group=self.identity.gid)
+
     def startService(self) -> None:
+        if not self._privileged:
+            self.privilegedStartService()  # an embedder that only starts: bind and drop now
         super().startService()
         if self.standalone:
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
@@ -320,10 +377,36 @@ class MailGateway(ThreadPoolService):
             domains=", ".join(self.config.server.domains), mail=self.mailRoot, certificate=self.tls.certificatePath,
             passwd=self.config.auth.passwordFile,
         )
+        self._privileged = True
+        if self.standalone and self.umask is not None:
+            os.umask(self.umask)
         try:
             super().privilegedStartService()
-        except ListeningError as e:
+            self._becomeUser()
+        except (ListeningError, PrivilegeError) as e:
             if not self.standalone:
                 raise
             sys.stderr.write(f"jsmail: {e}\n")
             raise SystemExit(2) from None
+
+    _privileged = False
+    #: Set at start by twistd (``standalone``): nothing jsmail makes is for other users' eyes.
+    umask: int | None = 0o077
+
+    def _becomeUser(self) -> None:
+        """Give up root, now that the ports are bound and the spawner runs; then check
+        that what the rest of the run needs is still within reach."""
+        if self.identity is None:
+            if isRoot():
+                _log.warn("jsmail runs as root: set [server] user (or twistd --uid) to run as a user of its own")
+            return
+        if isRoot():
+            becomeUser(self.identity)
+            _log.info("Running as user {user} (uid {uid}, gid {gid}) from now on", user=self.identity.name,
+                      uid=self.identity.uid, gid=self.identity.gid)
+        package = os.path.dirname(os.path.abspath(__file__))
+        if self.config.queue.deliveryProcess and not (os.access(sys.executable, os.X_OK)
+                                                      and os.access(package, os.R_OK | os.X_OK)):
+            raise PrivilegeError(f"user {self.identity.name} cannot run {sys.executable} or read {package}, so no "
+                                 f"delivery process can start: install jsmail where that user can read and run it")
+        self._explainUnreadable("read again on SIGHUP")

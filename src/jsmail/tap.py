@@ -1,4 +1,10 @@
-"""``twistd jsmail``: command-line options, turned into a :class:`MailGateway`."""
+"""``twistd jsmail``: command-line options, turned into a :class:`MailGateway`.
+
+twistd's ``--uid`` and ``--gid`` are taken as ``[server] user`` and ``group``: the
+gateway gives up root itself, right after binding its ports and starting the local
+spawner, and makes the data tree for that user before (see :mod:`jsmail.privileges`);
+twistd is then left nothing to switch.
+"""
 
 from __future__ import annotations
 
@@ -91,6 +97,11 @@ class Options(usage.Options, AuthOptionMixin):
     def postOptions(self) -> None:
         self._logFormat()
         overrides: dict[str, Any] = {}
+        parent = getattr(self, "parent", None)  # twistd's own options
+        if parent is not None and parent.get("uid") is not None:
+            overrides["server.user"] = str(parent["uid"])
+            if parent.get("gid") is not None:
+                overrides["server.group"] = str(parent["gid"])
         for option, field in self._single.items():
             if self[option] is not None:
                 overrides[field] = self[option]
@@ -129,8 +140,14 @@ class Options(usage.Options, AuthOptionMixin):
 
 def makeService(options: Options) -> MailGateway:
     assert options.config is not None
+    parent = getattr(options, "parent", None)
+    if parent is not None:
+        parent["uid"] = parent["gid"] = None  # taken as [server] user and group: the gateway switches itself
     try:
-        return MailGateway(options.config, extraCheckers=options.get("credCheckers", []), standalone=True)
+        gateway = MailGateway(options.config, extraCheckers=options.get("credCheckers", []), standalone=True)
+        if parent is not None and parent.get("umask") is not None:
+            gateway.umask = None  # twistd --umask has set one already
+        return gateway
     except TLSError as e:
         sys.stderr.write(f"jsmail: TLS configuration error: {e}\n")
         sys.exit(2)

@@ -13,6 +13,15 @@ through ever-new addresses that the line check cannot see (Postfix counts them t
 A forward keeps the double-bounce mark of its message (:attr:`Envelope.isDoubleBounce`),
 so a double bounce forwarded by an alias of the postmaster is still one.
 
+Whose rights they are carried out with: a home that root or jsmail's own user owns
+(a virtual user's, under ``users_dir``) is followed here, as jsmail's user, its mbox
+and Maildir lines kept inside the home (and ``[local] allowed_paths``); a home any
+other user owns (a system user's with ``home_dotqmail``, or one of ``users_dir`` given
+to a user) is followed by a process running as that user, started by the local
+spawner (:mod:`jsmail.local.spawn`): jsmail's user never reads that ``.qmail``, runs
+its programs or opens its paths.  The aliases file is the operator's, and followed
+here.
+
 With no instructions, the recipient ``local@domain`` owns the default Maildir
 ``<root>/<domain>/<local>/``, made on first delivery.  A delivery follows the Maildir protocol
 (https://cr.yp.to/proto/maildir.html): write ``tmp/<unique>``, rename it into ``new/``,
@@ -28,6 +37,7 @@ Dovecot, Courier) and qmail-local and Postfix's local(8) write them.
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import tempfile
 from dataclasses import dataclass, replace
@@ -46,22 +56,12 @@ from jsmail.error import DeliveryError
 from jsmail.headers import fields, hasName, readHeader
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IIncomingMessage, QueuedMessage
 from jsmail.local.aliases import AliasesFile
-from jsmail.local.dotqmail import (
-    Forward,
-    Instructions,
-    Mailbox,
-    Maildir,
-    Mbox,
-    Program,
-    commandEnvironment,
-    findMailbox,
-    newSender,
-    readInstructions,
-)
+from jsmail.local.dotqmail import Instructions, Mailbox, commandEnvironment, findMailbox, newSender, readInstructions
+from jsmail.local.follow import Followed, Where, follow, placeAnywhere, placeWithin
 from jsmail.local.maildir import copyAsLF, makeMaildir, writeMaildirMessage
-from jsmail.local.mbox import appendMbox, fromLine
-from jsmail.local.program import ProgramStatus, runProgram
+from jsmail.local.mbox import fromLine
 from jsmail.local.settings import LocalSettings
+from jsmail.local.spawn import Request, SpawnClient, answerOutput, readOutcome
 from jsmail.route import VirtualDomains
 
 _COPY_CHUNK = 65536
@@ -70,13 +70,16 @@ MAX_DELIVERED_TO = 20  # Delivered-To lines a message may already carry (local f
 
 @dataclass(frozen=True)
 class _Plan:
-    """Whose instructions, and which: ``instructions`` None means the default Maildir."""
+    """Whose instructions, and which: ``instructions`` None means the default Maildir,
+    unless ``asOwner``: then the mailbox's owner reads them (:meth:`_deliverAsOwner`)."""
 
     mailbox: Mailbox
     instructions: Instructions | None
     default: str | None
     newSender: str
     cwd: str
+    place: Callable[[str], str] = lambda path: path
+    asOwner: bool = False
 
 
 def _line(text: str) -> bytes:
@@ -121,6 +124,8 @@ class LocalDelivery:
         self._semaphore = defer.DeferredSemaphore(settings.concurrency)
         self.virtual = VirtualDomains(settings.virtualDomains)
         self._locals = frozenset(d.lower() for d in settings.localDomains)
+        #: The connection to the local spawner, for mailboxes followed as their owner.
+        self.spawn: SpawnClient | None = None
 
     def localAddress(self, recipient: str) -> tuple[str, str]:
         """(the address delivered to, the domain whose users directory holds its
@@ -150,7 +155,10 @@ class LocalDelivery:
         try:
             plan = yield self.runInThread(self._plan, message, address, usersDomain, dtline)
             handoff = Handoff.DELIVERED
-            if plan.instructions is None:
+            if plan.asOwner:
+                detail, forwarded = yield self._deliverAsOwner(message, address, plan, rpline, dtline)
+                handoff = Handoff.EXPANDED if forwarded else handoff
+            elif plan.instructions is None:
                 detail = yield self._deliverDefault(message, address, rpline + dtline)
             else:
                 detail, forwarded = yield self._follow(message, address, plan, rpline, dtline)
@@ -172,13 +180,19 @@ class LocalDelivery:
         targets = self.aliases.lookup(local, domain, separators) if self.aliases is not None else None
         if targets is not None:
             mailbox = Mailbox(local, domain, local, None)
-            return _Plan(mailbox, Instructions(targets, source=self.settings.aliases), None, sender,
-                         os.path.dirname(os.path.abspath(self.settings.aliases)))
-        mailbox = findMailbox(local, usersDomain, self.settings.usersDir, self.settings.homeDotQmail, separators)
+            cwd = os.path.dirname(os.path.abspath(self.settings.aliases))
+            return _Plan(mailbox, Instructions(targets, source=self.settings.aliases), None, sender, cwd,
+                         placeAnywhere(cwd))
+        mailbox = findMailbox(local, usersDomain, self.settings.usersDir, self.settings.homeDotQmail, separators,
+                              self.settings.minimumUid)
         mailbox = replace(mailbox, domain=domain)
-        found = readInstructions(mailbox, separators)
-        return _Plan(mailbox, found.instructions, found.default, newSender(mailbox, sender),
-                     mailbox.home or self.root)
+        ours = frozenset({0, os.geteuid()})
+        if mailbox.home is not None and mailbox.owner not in ours:
+            return _Plan(mailbox, None, None, sender, mailbox.home, asOwner=True)
+        found = readInstructions(mailbox, separators, ours)
+        cwd = mailbox.home or self.root
+        return _Plan(mailbox, found.instructions, found.default, newSender(mailbox, sender), cwd,
+                     placeWithin(cwd, self.settings.allowedPaths))
 
     def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
         """Into the recipient's own Maildir, made on first delivery; fires with the log
@@ -205,6 +219,18 @@ class LocalDelivery:
         d: defer.Deferred[str] = self.runInThread(write).addCallback(written)
         return d.addErrback(failed)
 
+    def _lfCopy(self, message: QueuedMessage) -> BinaryIO:
+        """The message with LF line ends, in an unnamed file of its own (blocking)."""
+        copy = tempfile.TemporaryFile()
+        try:
+            with message.open() as source:
+                copyAsLF(source, copy)
+            copy.flush()
+        except BaseException:
+            copy.close()
+            raise
+        return copy
+
     @defer.inlineCallbacks
     def _follow(self, message: QueuedMessage, recipient: str, plan: _Plan, rpline: bytes, dtline: bytes) -> Any:
         """Carry out the instructions in order (section 9.3); fire with the success text
@@ -212,79 +238,78 @@ class LocalDelivery:
         assert plan.instructions is not None
         sender = message.envelope.sender
         ufline = fromLine(sender, self.reactor.seconds())
-        files, programs, forwards, outputs = 0, 0, [], []
         lfCopy: list[BinaryIO] = []  # the message with LF line ends, made when first needed
 
         def lf() -> BinaryIO:
             if not lfCopy:
-                copy = tempfile.TemporaryFile()
-                with message.open() as source:
-                    copyAsLF(source, copy)
-                lfCopy.append(copy)
+                lfCopy.append(self._lfCopy(message))
             lfCopy[0].seek(0)
             return lfCopy[0]
 
+        def environment() -> dict[str, str]:
+            return commandEnvironment(plan.mailbox, sender, plan.newSender, recipient, plan.default,
+                                      self.settings.separators, (ufline, rpline, dtline), allowedEnvironment())
+
+        timeout = self.settings.programTimeout
+        where = Where(self.reactor, self.runInThread, self.hostname, plan.cwd, timeout, lf, plan.place,
+                      self.syncer.sync, environment, deadline=self.reactor.seconds() + timeout)
         try:
-            for instruction in plan.instructions.lines:
-                if isinstance(instruction, Forward):
-                    forwards.append(instruction.address)
-                    continue
-                if plan.instructions.forwardOnly:
-                    kind = "prog" if isinstance(instruction, Program) else "file"
-                    raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, False,
-                                        f"{plan.instructions.source} has {kind} delivery but has x bit set")
-                if isinstance(instruction, Maildir):
-                    path = os.path.join(plan.cwd, instruction.path)
-                    yield self._toMaildir(message, path, rpline + dtline)
-                    files += 1
-                elif isinstance(instruction, Mbox):
-                    path = os.path.join(plan.cwd, instruction.path)
-
-                    def append(path: str = path) -> None:
-                        appendMbox(path, ufline, rpline + dtline, lf())
-
-                    yield self.runInThread(append)
-                    files += 1
-                else:
-                    copy = yield self.runInThread(lf)
-                    env = commandEnvironment(plan.mailbox, sender, plan.newSender, recipient, plan.default,
-                                             self.settings.separators, (ufline, rpline, dtline), allowedEnvironment())
-                    result = yield runProgram(self.reactor, instruction.command, copy.fileno(), env, plan.cwd,
-                                              self.settings.programTimeout)
-                    if result.status is ProgramStatus.PERMANENT:
-                        raise DeliveryError(reply.PROGRAM_FAILED.format(result.text), True, instruction.command)
-                    if result.status is ProgramStatus.TEMPORARY:
-                        raise DeliveryError(reply.PROGRAM_DEFERRED.format(result.text), False, instruction.command)
-                    programs += 1
-                    if result.text and not result.text.startswith("program exited"):
-                        outputs.append(result.text)
-                    if result.status is ProgramStatus.STOP:
-                        break
+            followed = yield follow(plan.instructions, rpline + dtline, ufline, where)
         finally:
             for copy in lfCopy:
                 copy.close()
-        if forwards:
-            queueId = yield self._forward(message, plan.newSender, forwards, dtline)
+        return (yield self._finish(message, followed, plan.newSender, dtline))
+
+    @defer.inlineCallbacks
+    def _finish(self, message: QueuedMessage, followed: Followed, sender: str, dtline: bytes) -> Any:
+        """Queue the forwards (section 9.4); fire with the log detail and whether
+        anything was forwarded."""
+        outputs = list(followed.outputs)
+        if followed.forwards:
+            queueId = yield self._forward(message, sender, list(followed.forwards), dtline)
             outputs.append(f"qp {queueId}")
-        detail = f"did {files}+{len(forwards)}+{programs}"
-        return "\n".join([detail, *outputs]), bool(forwards)
+        detail = f"did {followed.files}+{len(followed.forwards)}+{followed.programs}"
+        return "\n".join([detail, *outputs]), bool(followed.forwards)
 
-    def _toMaildir(self, message: QueuedMessage, maildir: str, headers: bytes) -> defer.Deferred[None]:
-        """Into an existing Maildir named by an instruction (section 9.6): one that is
-        not there is a temporary failure, as in qmail-local, not made."""
-
-        def write() -> str:
-            if not os.path.isdir(os.path.join(maildir, "tmp")):
-                raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, False, f"unable to chdir to maildir {maildir}")
-            with message.open() as source:
-                return writeMaildirMessage(maildir, headers, source, self.hostname)
-
-        def failed(failure: Any) -> None:
-            failure.trap(OSError)
-            raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
-
-        d = self.runInThread(write).addCallback(lambda path: self.syncer.sync(os.path.dirname(path)))
-        return d.addErrback(failed)
+    @defer.inlineCallbacks
+    def _deliverAsOwner(self, message: QueuedMessage, recipient: str, plan: _Plan, rpline: bytes,
+                        dtline: bytes) -> Any:
+        """Have the local spawner run the delivery as the home's owner, the message
+        (LF line ends, no envelope) on a descriptor; then queue its forwards, or make
+        the default delivery when the owner has no instructions."""
+        mailbox = plan.mailbox
+        assert mailbox.home is not None and mailbox.owner is not None
+        if self.spawn is None or not self.spawn.connected:
+            raise DeliveryError(reply.DELIVERY_ERROR, False,
+                                f"{mailbox.home} belongs to uid {mailbox.owner}, and delivering as its owner needs "
+                                f"the local spawner, which runs only when jsmail is started as root")
+        try:
+            user = yield self.runInThread(lambda: pwd.getpwuid(mailbox.owner).pw_name)
+        except KeyError:
+            raise DeliveryError(reply.DELIVERY_ERROR, False,
+                                f"{mailbox.home} belongs to uid {mailbox.owner}, which has no user name") from None
+        sender = message.envelope.sender
+        ufline, rp, dt = (line.decode("utf-8", "replace") for line in (fromLine(sender, self.reactor.seconds()),
+                                                                        rpline, dtline))
+        request = Request(0, user, mailbox.owner, os.path.normpath(mailbox.home), mailbox.local, mailbox.domain,
+                          mailbox.user, mailbox.dash, mailbox.ext, mailbox.alias, sender, recipient,
+                          self.settings.separators, self.hostname, ufline, rp, dt, self.settings.programTimeout)
+        copy = yield self.runInThread(self._lfCopy, message)
+        try:
+            answer = yield self.spawn.deliver(request, copy)
+        finally:
+            copy.close()
+        code, output, errors, refused = answerOutput(answer)
+        if refused:
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"the local spawner will not deliver as {user}: {refused}")
+        if code != 0:
+            why = errors.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"delivery as {user} ended with status {code}: {why[0]}")
+        outcome = readOutcome(output, request)
+        if outcome.followed is None:
+            return (yield self._deliverDefault(message, recipient, rpline + dtline)), False
+        detail, forwarded = yield self._finish(message, outcome.followed, outcome.newSender, dtline)
+        return f"as {user}: {detail}", forwarded
 
     def _forward(self, message: QueuedMessage, sender: str, addresses: list[str],
                  dtline: bytes) -> defer.Deferred[str]:

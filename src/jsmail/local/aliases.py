@@ -19,6 +19,11 @@ forward to (one without ``@`` gets ``local.noathost`` added, as qmail's envnoath
 does: by default the first local domain, so that ``postmaster: root`` stays local).
 Targets become the same instructions a ``.qmail`` line gives
 (:mod:`jsmail.local.dotqmail`), so they are delivered the same way.
+
+The aliases file is the operator's and is followed as jsmail's own user.  An
+``:include:`` file that someone else owns (a list a user keeps) gives addresses only:
+a program or file target in it would run with jsmail's rights, so the alias that
+includes it fails (temporarily, saying why) and the other aliases work on.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ from jsmail.local.dotqmail import Forward, Instruction, Maildir, Mbox, Program
 
 class AliasesError(ValueError):
     """The file cannot be used: the message names the file, the line and the fault."""
+
+
+class _Foreign(str):
+    """The text of an ``:include:`` file owned by neither root nor jsmail's user."""
+
+
+class _Unsafe(ValueError):
+    """A program or file target from a :class:`_Foreign` file."""
 
 
 def splitTargets(text: str) -> list[str]:
@@ -66,9 +79,10 @@ def targetInstruction(target: str, noAtHost: str) -> Instruction:
 
 
 def parseAliases(text: str, source: str, noAtHost: str,
-                 readInclude: Callable[[str], str] | None = None) -> dict[str, tuple[Instruction, ...]]:
-    """Alias name (lower case) -> its instructions.  ``readInclude`` reads an
-    ``:include:`` file (None: ``:include:`` is refused)."""
+                 readInclude: Callable[[str], str] | None = None) -> dict[str, tuple[Instruction, ...] | AliasesError]:
+    """Alias name (lower case) -> its instructions, or why that alias cannot be
+    followed.  ``readInclude`` reads an ``:include:`` file (None: ``:include:`` is
+    refused)."""
     entries: list[tuple[int, str]] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
@@ -80,14 +94,18 @@ def parseAliases(text: str, source: str, noAtHost: str,
             entries[-1] = (first, previous + " " + line.strip())
         else:
             entries.append((number, line))
-    aliases: dict[str, tuple[Instruction, ...]] = {}
+    aliases: dict[str, tuple[Instruction, ...] | AliasesError] = {}
     for number, entry in entries:
         name, colon, rest = entry.partition(":")
         name = name.strip().lower()
         if not colon or not name or any(c in name for c in " \t"):
             raise AliasesError(f"{source}:{number}: expected 'name: target, ...', got {entry!r}")
         try:
-            aliases[name] = tuple(_expand(splitTargets(rest), noAtHost, readInclude, depth=0))
+            aliases[name] = tuple(_expand(splitTargets(rest), noAtHost, readInclude, 0,
+                                          source if isinstance(text, _Foreign) else ""))
+        except _Unsafe as e:
+            aliases[name] = AliasesError(f"{source}:{number}: alias {name!r}: {e}")
+            continue
         except (ValueError, OSError) as e:
             raise AliasesError(f"{source}:{number}: alias {name!r}: {e}") from None
         if not aliases[name]:
@@ -96,7 +114,8 @@ def parseAliases(text: str, source: str, noAtHost: str,
 
 
 def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str] | None,
-            depth: int) -> list[Instruction]:
+            depth: int, foreign: str = "") -> list[Instruction]:
+    """``foreign``: the include file, owned by someone else, these targets came from."""
     out: list[Instruction] = []
     for target in targets:
         if target.startswith(":include:"):
@@ -105,16 +124,23 @@ def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str]
                 raise ValueError(f":include: is not allowed here ({path})")
             if depth >= 10:
                 raise ValueError(f":include: nested too deeply at {path}")
-            lines = [line for line in readInclude(path).splitlines() if line.strip() and not line.startswith("#")]
-            out += _expand(splitTargets(",".join(lines)), noAtHost, readInclude, depth + 1)
+            text = readInclude(path)
+            lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            out += _expand(splitTargets(",".join(lines)), noAtHost, readInclude, depth + 1,
+                           path if isinstance(text, _Foreign) else foreign)
         else:
-            out.append(targetInstruction(target, noAtHost))
+            instruction = targetInstruction(target, noAtHost)
+            if foreign and not isinstance(instruction, Forward):
+                raise _Unsafe(f"{foreign} belongs to another user: only addresses are taken from it, not {target!r}")
+            out.append(instruction)
     return out
 
 
 def _readText(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
+        text = f.read()
+        owner = os.fstat(f.fileno()).st_uid
+    return text if owner in (0, os.geteuid()) else _Foreign(text)
 
 
 class AliasesFile:
@@ -126,9 +152,9 @@ class AliasesFile:
         self.noAtHost = noAtHost
         self.allowInclude = allowInclude
         self._stamp: tuple[float, int, int] | None = None
-        self._aliases: dict[str, tuple[Instruction, ...]] = {}
+        self._aliases: dict[str, tuple[Instruction, ...] | AliasesError] = {}
 
-    def load(self) -> dict[str, tuple[Instruction, ...]]:
+    def load(self) -> dict[str, tuple[Instruction, ...] | AliasesError]:
         """The current aliases; raises :class:`AliasesError` for a bad file."""
         try:
             st = os.stat(self.path)
@@ -157,5 +183,8 @@ class AliasesFile:
         base = next((local[:i] for i, c in enumerate(local) if c in separators and i), local)
         for key in (f"{local}@{domain}".lower(), local.lower(), base.lower()):
             if key in aliases:
-                return aliases[key]
+                found = aliases[key]
+                if isinstance(found, AliasesError):
+                    raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, False, str(found))
+                return found
         return None

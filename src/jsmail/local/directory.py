@@ -60,7 +60,8 @@ class RecipientDirectory:
                 return True
         except DeliveryError:
             return True  # a broken aliases file: local delivery defers, so the mail must not be refused
-        mailbox = findMailbox(local, usersDomain, self.settings.usersDir, self.settings.homeDotQmail, separators)
+        mailbox = findMailbox(local, usersDomain, self.settings.usersDir, self.settings.homeDotQmail, separators,
+                              self.settings.minimumUid)
         if mailbox.home is not None:
             if not mailbox.dash and not mailbox.alias:
                 return True  # a user, by name

@@ -10,8 +10,10 @@ Whose instructions (qmail-interfaces reference, section 8.1, with jsmail's place
    - under the virtual users directory, ``<users_dir>/<domain>/<user>/`` (jsmail's
      own, needing no system accounts), and
    - for system users, in ``getpwnam(user)``'s home when ``home_dotqmail`` is on (uid
-     not 0, home owned by the user), as qmail-getpw does.
+     not 0 and at least ``minimum_uid``, home owned by the user), as qmail-getpw does.
 
+   A home owned by anyone but root and jsmail's own user is that user's: everything
+   in it is done as that user (:mod:`jsmail.local.spawn`), never as jsmail.
    The home's ``.qmail<dash><ext>`` files decide, with ``dash`` = the separator when
    an extension was cut off.
 2. Otherwise the **domain directory** ``<users_dir>/<domain>/`` plays qmail's
@@ -136,6 +138,7 @@ class Mailbox:
     dash: str = ""
     ext: str = ""
     alias: bool = False  # the domain directory, not a user's home
+    owner: int | None = None  # the uid owning ``home``: whom its instructions are followed as
 
 
 def localCandidates(local: str, separators: str) -> list[tuple[str, str, str]]:
@@ -148,32 +151,34 @@ def localCandidates(local: str, separators: str) -> list[tuple[str, str, str]]:
     return found
 
 
-def _isOwnedDirectory(path: str, uid: int | None = None) -> bool:
+def _directoryOwner(path: str) -> int | None:
+    """The uid owning the directory ``path``; None if it is no directory."""
     try:
         st = os.stat(path)
     except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and (uid is None or st.st_uid == uid)
+        return None
+    return st.st_uid if stat.S_ISDIR(st.st_mode) else None
 
 
-def findMailbox(local: str, domain: str, usersDir: str, homeDotQmail: bool, separators: str) -> Mailbox:
+def findMailbox(local: str, domain: str, usersDir: str, homeDotQmail: bool, separators: str,
+                minimumUid: int = 1000) -> Mailbox:
     """Where ``local@domain``'s instructions live (blocking: it looks at the disk)."""
     domainDir = os.path.join(usersDir, domain.lower()) if usersDir else ""
     for user, dash, ext in localCandidates(local, separators):
         name = user.lower()
         if not name or name.startswith(".") or "/" in name or "\x00" in name:
             continue
-        if domainDir and _isOwnedDirectory(os.path.join(domainDir, name)):
-            return Mailbox(local, domain, user, os.path.join(domainDir, name), dash, ext)
+        if domainDir and (owner := _directoryOwner(os.path.join(domainDir, name))) is not None:
+            return Mailbox(local, domain, user, os.path.join(domainDir, name), dash, ext, owner=owner)
         if homeDotQmail and len(name) <= 31:
             try:
                 entry = pwd.getpwnam(name)
             except KeyError:
                 continue
-            if entry.pw_uid != 0 and _isOwnedDirectory(entry.pw_dir, entry.pw_uid):
-                return Mailbox(local, domain, user, entry.pw_dir, dash, ext)
-    if domainDir and _isOwnedDirectory(domainDir):
-        return Mailbox(local, domain, local, domainDir, "-", local, alias=True)
+            if entry.pw_uid != 0 and entry.pw_uid >= minimumUid and _directoryOwner(entry.pw_dir) == entry.pw_uid:
+                return Mailbox(local, domain, user, entry.pw_dir, dash, ext, owner=entry.pw_uid)
+    if domainDir and (owner := _directoryOwner(domainDir)) is not None:
+        return Mailbox(local, domain, local, domainDir, "-", local, alias=True, owner=owner)
     return Mailbox(local, domain, local, None)
 
 
@@ -191,8 +196,10 @@ def _checkWritable(path: str, st: os.stat_result, what: str) -> None:
         raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, False, f"{what} {path} is writable")
 
 
-def readInstructions(mailbox: Mailbox, separators: str) -> Found:
-    """Find and parse the mailbox's .qmail file (sections 9.1 and 9.2; blocking)."""
+def readInstructions(mailbox: Mailbox, separators: str, owners: frozenset[int] | None = None) -> Found:
+    """Find and parse the mailbox's .qmail file (sections 9.1 and 9.2; blocking).
+    With ``owners``, a file owned by any other uid is refused: someone else put it
+    in this home, and it would be followed with the home owner's rights."""
     if mailbox.home is None:
         return Found(None)
     try:
@@ -216,6 +223,9 @@ def readInstructions(mailbox: Mailbox, separators: str) -> Found:
         except OSError as e:
             raise DeliveryError(reply.INSTRUCTIONS_UNUSABLE, False, f"unable to open {path}: {e.strerror}") from None
         _checkWritable(path, st, ".qmail file")
+        if owners is not None and st.st_uid not in owners:
+            raise DeliveryError(reply.INSTRUCTIONS_UNSAFE, False,
+                                f".qmail file {path} belongs to uid {st.st_uid}, not to the home's owner")
         if not text:
             return Found(None)
         return Found(parseInstructions(text, path, bool(st.st_mode & stat.S_IXUSR)), default)

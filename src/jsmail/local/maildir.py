@@ -8,7 +8,9 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Callable
+
+from jsmail._disk import makeDirectories
 
 _COPY_CHUNK = 65536
 _deliveries = itertools.count()
@@ -32,19 +34,23 @@ def copyAsLF(source: BinaryIO, target: BinaryIO) -> None:
 
 
 def makeMaildir(maildir: str) -> None:
+    """Make ``maildir`` with its ``tmp``, ``new`` and ``cur``, and any directory above
+    it that is missing, all 0700: other local users may not even list mailbox names."""
     for sub in ("tmp", "new", "cur"):
-        os.makedirs(os.path.join(maildir, sub), mode=0o700, exist_ok=True)
+        makeDirectories(os.path.join(maildir, sub))
 
 
-def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname: str) -> str:
-    """Deliver into an existing ``maildir``; return the path in ``new/``.  Blocking;
-    durable only after a sync."""
+def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname: str,
+                        copy: Callable[[BinaryIO, BinaryIO], None] = copyAsLF) -> str:
+    """Deliver into an existing ``maildir`` (the message file 0600): ``headers``, then
+    ``source`` as ``copy`` writes it (CR LF made LF by default); return the path in
+    ``new/``.  Blocking; durable only after a sync."""
     name = _uniqueName(hostname)
     tmpPath = os.path.join(maildir, "tmp", name)
-    with open(tmpPath, "xb") as f:
+    with os.fdopen(os.open(tmpPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as f:
         try:
             f.write(headers)
-            copyAsLF(source, f)
+            copy(source, f)
         except BaseException:
             os.unlink(tmpPath)
             raise

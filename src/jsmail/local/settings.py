@@ -13,16 +13,18 @@ class LocalSettings:
     from ``[server]``)."""
 
     usersDir: str = ""  # <dir>/<domain>/<user>/.qmail...; empty: no virtual users
-    homeDotQmail: bool = False  # system users' ~/.qmail files (needs root to read all)
+    homeDotQmail: bool = False  # system users' ~/.qmail files, followed as the user (needs jsmail started as root)
     separator: str = "-"  # between a user and an extension (qmail's conf-break)
     plusExtensions: bool = True  # "+" separates an extension too (user+tag)
     aliases: str = ""  # an /etc/aliases-style file; empty: none
-    programTimeout: float = 3600.0  # seconds a |program may run
+    programTimeout: float = 3600.0  # seconds the |programs of one delivery may run, together
     noAtHost: str = ""  # added to forward addresses without "@" (qmail's envnoathost); empty: the first local domain
     concurrency: int = 10  # recipients delivered at once (qmail's concurrencylocal)
     virtualDomains: tuple[str, ...] = ()  # qmail's virtualdomains lines, "key:prepend"
     localDomains: tuple[str, ...] = ()  # the first one holds virtual domains' users
     catchAll: bool | None = None  # take any local part (None: only when the one local domain is localhost)
+    minimumUid: int = 1000  # system users below it (and root) are never delivered to as themselves
+    allowedPaths: tuple[str, ...] = ()  # where virtual users' mbox and Maildir lines may go besides their home
 
     @property
     def separators(self) -> str:

@@ -50,6 +50,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from jsmail._disk import makeDirectories, openNew
 from jsmail._threads import RunInThread, reactorThreads
 from jsmail.address import normaliseDomain
 from jsmail.error import SMTPReplyError
@@ -297,9 +298,8 @@ def writeNewKey(path: str, keyType: str = "rsa", bits: int = 2048) -> bytes:
     """Make a key and write it to ``path`` with mode 0600, never over an existing file
     (OSError then); return the key file's contents."""
     key = generateKey(keyType, bits)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    makeDirectories(os.path.dirname(path) or ".")
+    with os.fdopen(openNew(path), "wb") as f:
         f.write(key)
     return key
 

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail._disk import GroupSync, createNew, unlinkQuietly, writeAndRename
+from jsmail._disk import GroupSync, createNew, makeDirectories, unlinkQuietly, writeAndRename
 from jsmail._threads import RunInThread
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
@@ -142,7 +142,7 @@ class MaildirQueue:
         self.runInThread = runInThread
         self.syncer = GroupSync(runInThread)
         for d in (self.tmpDir, self.activeDir, self.corruptDir):
-            os.makedirs(d, mode=0o700, exist_ok=True)
+            makeDirectories(d)
         if sweep:
             self._sweepTmp()
         self.spares = _SpareFiles(self.tmpDir, runInThread, spares)

@@ -15,24 +15,33 @@ file descriptor 3 and closes it, and then:
 The child runs a :class:`jsmail.send.service.DeliveryService` until its stdin closes.
 The configuration holds secrets (smarthost and route passwords), so it never travels
 in the environment, which every program the child runs would inherit.
+
+The child is started after the gateway has given up root, so it runs as the
+gateway's user (``[server] user``); should it find itself root with a user
+configured (an embedder that never dropped), it becomes that user before anything
+else.  When the local spawner runs, each child gets a connection of its own to it on
+descriptor 4 (``--spawner-fd``), for deliveries made as a mailbox's owner.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
-from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from jsmail._process import LogLines
 from jsmail.config import Config, toJSON
 
 _log = Logger()
 
 CONFIG_FD = 3  # where the child reads its configuration
+SPAWNER_FD = 4  # where it finds its connection to the local spawner, if any
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 30.0
 
@@ -40,20 +49,11 @@ STOP_TIMEOUT = 30.0
 class _ChildProtocol(protocol.ProcessProtocol):
     def __init__(self, parent: SendProcess) -> None:
         self.parent = parent
-        self._partial = b""
+        self.log = LogLines("delivery process")
         self.ended: defer.Deferred[None] = defer.Deferred()
 
     def outReceived(self, data: bytes) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = eventFromJSON(line.decode("utf-8"))
-            except ValueError:
-                _log.warn("delivery process said: {line!r}", line=line)
-                continue
-            globalLogPublisher(event)
+        self.log.received(data)
 
     def processEnded(self, reason: Any) -> None:
         self.parent.childEnded(self, reason)
@@ -63,9 +63,12 @@ class _ChildProtocol(protocol.ProcessProtocol):
 class SendProcess(Service):
     """The parent's side: keeps one delivery process running and tells it what is new."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any,
+                 spawner: Callable[[], socket.socket | None] = lambda: None) -> None:
+        """``spawner`` gives a new connection to the local spawner, or None."""
         self.config = config
         self.reactor = reactor
+        self.spawner = spawner
         self.child: _ChildProtocol | None = None
         self._restart: Any = None
 
@@ -77,10 +80,17 @@ class SendProcess(Service):
         self._restart = None
         child = _ChildProtocol(self)
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        transport = self.reactor.spawnProcess(
-            child, sys.executable, [sys.executable, "-m", "jsmail.send.process"], env=environment,
-            childFDs={0: "w", 1: "r", 2: 2, CONFIG_FD: "w"},
-        )
+        argv = [sys.executable, "-m", "jsmail.send.process"]
+        childFDs: dict[int, Any] = {0: "w", 1: "r", 2: 2, CONFIG_FD: "w"}
+        connection = self.spawner()
+        if connection is not None:
+            argv += ["--spawner-fd", str(SPAWNER_FD)]
+            childFDs[SPAWNER_FD] = connection.fileno()
+        try:
+            transport = self.reactor.spawnProcess(child, sys.executable, argv, env=environment, childFDs=childFDs)
+        finally:
+            if connection is not None:
+                connection.close()
         transport.writeToChild(CONFIG_FD, toJSON(self.config).encode("utf-8"))
         transport.closeChildFD(CONFIG_FD)
         self.child = child
@@ -137,14 +147,25 @@ def main() -> None:
 
     from jsmail import metrics
     from jsmail.config import fromJSON
+    from jsmail.privileges import PrivilegeError, becomeUser, identityOf
     from jsmail.send.service import DeliveryService
 
+    os.umask(0o077)
     globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
     with os.fdopen(CONFIG_FD, "rb") as f:
         config = fromJSON(f.read().decode("utf-8"))
+    if os.geteuid() == 0 and config.server.user:
+        try:
+            becomeUser(identityOf(config.server.user, config.server.group))
+        except PrivilegeError as e:
+            sys.stderr.write(f"jsmail delivery process: {e}\n")
+            sys.exit(111)
     if config.metrics.listen:  # the parent counts what this process measures
         metrics.install(metrics.Forwarder())
-    delivery = DeliveryService(config, reactor, flushOnSignal=True)
+    spawner: list[socket.socket] = []
+    if sys.argv[1:3] == ["--spawner-fd", str(SPAWNER_FD)]:
+        spawner.append(socket.socket(fileno=SPAWNER_FD))
+    delivery = DeliveryService(config, reactor, flushOnSignal=True, spawner=lambda: spawner.pop() if spawner else None)
     delivery.startService()
     reactor.addSystemEventTrigger("before", "shutdown", delivery.stopService)
     # mypy reads the Windows StandardIO; the POSIX one takes stdout

@@ -8,17 +8,19 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-from typing import Any
+import socket
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from jsmail._disk import unlinkQuietly
+from jsmail._disk import openNew, unlinkQuietly
 from jsmail._dns import makeResolver
 from jsmail._threads import ThreadPoolService
 from jsmail.config import Config
 from jsmail.local.agent import LocalDelivery
+from jsmail.local.spawn import SpawnClient
 from jsmail.queue.store import MaildirQueue
 from jsmail.queue.trigger import TriggerReader
 from jsmail.remote.agent import RemoteDelivery
@@ -48,8 +50,12 @@ class DeliveryService(ThreadPoolService):
     signals that pid.
     """
 
-    def __init__(self, config: Config, reactor: Any = None, flushOnSignal: bool = False) -> None:
+    def __init__(self, config: Config, reactor: Any = None, flushOnSignal: bool = False,
+                 spawner: Callable[[], socket.socket | None] = lambda: None) -> None:
+        """``spawner`` gives a connection to the local spawner (asked once, at start),
+        or None: mailboxes whose owner is a user of their own then wait."""
         super().__init__(reactor or _globalReactor(), {"disk": config.queue.diskThreads})
+        self.spawner = spawner
         runInThread = self.threads("disk")
         server = config.server
         dataDir = server.dataDir
@@ -78,6 +84,9 @@ class DeliveryService(ThreadPoolService):
 
     def startService(self) -> None:
         # Not MultiService.startService: the children start only once the lock is held.
+        connection = self.spawner()
+        if connection is not None:
+            self.local.spawn = SpawnClient.adopt(self.reactor, connection)
         self.startPools()
         Service.startService(self)
         self._lock.acquire().addCallback(self._locked)
@@ -87,7 +96,7 @@ class DeliveryService(ThreadPoolService):
             return
         if self.flushOnSignal:
             signal.signal(signal.SIGALRM, lambda *_: self.reactor.callFromThread(self._flush))
-            with open(self.pidPath, "w") as f:
+            with os.fdopen(openNew(self.pidPath, exclusive=False), "w") as f:
                 f.write(f"{os.getpid()}\n")
         for service in self:
             service.startService()
@@ -124,6 +133,8 @@ class DeliveryService(ThreadPoolService):
         return d.addBoth(self._released)
 
     def _released(self, result: object) -> object:
+        if self.local.spawn is not None:
+            self.local.spawn.close()
         self.trigger.stop()
         if self._lock.held and self.flushOnSignal:
             unlinkQuietly(self.pidPath)

@@ -29,6 +29,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from jsmail._disk import makeDirectories, openNew
+
 _log = Logger()
 
 # TLS 1.2 AEAD suites with forward secrecy; TLS 1.3 suites are all acceptable.
@@ -105,7 +107,7 @@ def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
     keyPath = os.path.join(directory, "selfsigned-key.pem")
     if os.path.exists(certificatePath) and os.path.exists(keyPath):
         return certificatePath, keyPath
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    makeDirectories(directory)
     lockFd = os.open(os.path.join(directory, ".selfsigned.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(lockFd, fcntl.LOCK_EX)
@@ -138,10 +140,9 @@ def _writeSelfSigned(certificatePath: str, keyPath: str, hostname: str) -> None:
     keyBytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-    with os.fdopen(os.open(keyPath + ".tmp", flags, 0o600), "wb") as f:
+    with os.fdopen(openNew(keyPath + ".tmp", exclusive=False), "wb") as f:
         f.write(keyBytes)
-    with os.fdopen(os.open(certificatePath + ".tmp", flags, 0o644), "wb") as f:
+    with os.fdopen(openNew(certificatePath + ".tmp", exclusive=False), "wb") as f:
         f.write(certificate.public_bytes(serialization.Encoding.PEM))
     os.replace(keyPath + ".tmp", keyPath)
     os.replace(certificatePath + ".tmp", certificatePath)
