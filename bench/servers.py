@@ -157,7 +157,7 @@ class JSMail(SubprocessServer):
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"),
                                                           env.get("PYTHONPATH")]))
         return env
 

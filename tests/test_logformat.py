@@ -1,9 +1,10 @@
-"""``twistd jsmail --log-format json``: a real twistd, its log read line by line."""
+"""``twistd jsmail --log-format``: a real twistd, its log read line by line."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import smtplib
 import subprocess
@@ -12,7 +13,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger, formatEventAsClassicLogText, formatTime, globalLogPublisher
 from twisted.trial import unittest
+
+from jsmail import maillog, reply
+from jsmail.interfaces import DeliveryResult, DeliveryStatus
+from jsmail.ops.logformat import _SecondsCache, classicLine
 
 TIMEOUT = 30.0
 
@@ -21,18 +27,19 @@ def twistd(*arguments: str) -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *arguments]
 
 
-def runAndSend(dataDir: str) -> list[dict[str, Any]]:
-    """Start twistd with the JSON log on stdout, send one message once it listens,
-    stop it once the message is delivered; every line it logged, parsed (blocking)."""
+def runAndSend(dataDir: str, logFormat: str = "json") -> list[dict[str, Any]]:
+    """Start twistd with its log on stdout, send one message once it listens, stop it
+    once the message is delivered; every line it logged, parsed (blocking).  A text
+    line is parsed into its ``time``, ``system`` and ``text``."""
     process = subprocess.Popen(
-        twistd("-n", "--pidfile=", "jsmail", "--log-format", "json", "--data", dataDir, "--hostname", "mx.test",
+        twistd("-n", "--pidfile=", "jsmail", "--log-format", logFormat, "--data", dataDir, "--hostname", "mx.test",
                "--smtp", "tcp:0:interface=127.0.0.1", "--submission", "none", "--smtps", "none"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=dataDir)
     events: list[dict[str, Any]] = []
     assert process.stdout is not None
     try:
         for line in process.stdout:
-            event = json.loads(line)
+            event = json.loads(line) if logFormat == "json" else _textLine(line.decode())
             events.append(event)
             if event.get("kind") == "smtp" and "where" in event:
                 port = int(event["where"].rpartition(":")[2])
@@ -46,6 +53,80 @@ def runAndSend(dataDir: str) -> list[dict[str, Any]]:
             process.kill()
         process.wait(TIMEOUT)
     return events
+
+
+_TEXT_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}) \[([^\]]+)\] (.*)\n")
+
+
+def _textLine(line: str) -> dict[str, Any]:
+    """A twistd text line (a traceback's continuation lines start with a tab)."""
+    match = _TEXT_LINE.fullmatch(line)
+    if match is None:
+        return {"continued": line} if line.startswith("\t") else {"unparsed": line}
+    event: dict[str, Any] = {"time": match.group(1), "system": match.group(2), "text": match.group(3)}
+    listening = re.match(r"Listening for (\w+) on (\S+) ", event["text"])
+    if listening:
+        event["kind"], event["where"] = listening.groups()
+    if event["system"] == "jsmail.maillog#info":
+        event["event"] = event["text"].split(" ", 1)[0]
+    return event
+
+
+class TextLogTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_twistd_lines_with_both_processes_events(self) -> Any:
+        """The default log is twistd's own line format, the delivery process's events
+        among the gateway's."""
+        dataDir = os.path.abspath(self.mktemp())
+        os.makedirs(dataDir)
+        events = yield deferToThread(runAndSend, dataDir, "text")
+        self.assertEqual([e for e in events if "unparsed" in e], [])
+        maillog = {e["event"]: e["text"] for e in events if "event" in e}
+        self.assertEqual(set(maillog) >= {"connect", "queued", "attempt", "delivered", "removed"}, True, maillog)
+        self.assertRegex(maillog["delivered"],
+                         r"^delivered id=\w+ to=<someone@localhost> detail='250 2.0.0 Delivered \(maildir ")
+
+    def test_operator_log_lines_as_twisted_writes_them(self) -> None:
+        """Every operator-log event, odd values included, makes the line Twisted's
+        formatter makes; so do other events."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            odd = "it's \"odd\"\nsecond line \u00e9 {braces}"
+            result = DeliveryResult("to@example.test", DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR, odd)
+            maillog.connect("[127.0.0.1]:1", "smtp", "s1")
+            maillog.tls("[127.0.0.1]:1", "TLSv1.3", "s1")
+            maillog.tlsFailed("[127.0.0.1]:1", odd, "s1")
+            maillog.auth("[127.0.0.1]:1", odd, "failed", "s1")
+            maillog.check("s1", "rcpt", "KnownRecipients", "reject", odd, reply.DELIVERY_ERROR, odd)
+            maillog.reject("[127.0.0.1]:1", "RCPT", reply.DELIVERY_ERROR, odd)
+            maillog.queued("Q1", odd, 1, 10, "[127.0.0.1]:1", messageId=odd)
+            maillog.remote("Q1", "mx.test", "192.0.2.1", 25, "dane", odd, "tls")
+            maillog.attempt("Q1", "local", 0.1234, [result])
+            maillog.delivered("Q1", result)
+            maillog.deferred("Q1", result, 300.4)
+            maillog.failed("Q1", result)
+            maillog.bounced("Q1", odd, "Q2")
+            maillog.removed("Q1")
+            Logger(namespace="other").info("not the operator log: {x!r}", x=odd)
+            try:
+                raise OSError("broken")
+            except OSError:
+                Logger(namespace="jsmail.maillog").failure("with a traceback")
+            Logger(namespace="jsmail.maillog").info("a field missing: {nothere}")
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.flushLoggedErrors(OSError)
+        self.assertEqual(len(events), 17)
+        for event in events:
+            self.assertEqual(classicLine(event, _SecondsCache()), formatEventAsClassicLogText(event))
+
+    def test_timestamp_of_each_second_as_twisted_formats_it(self) -> None:
+        cached = _SecondsCache()
+        for when in (1796364774.0, 1796364774.2, 1796364774.999, 1796364775.0, 1796364773.5, None):
+            self.assertEqual(cached(when), formatTime(when))
 
 
 class JSONLogTests(unittest.TestCase):

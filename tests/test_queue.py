@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -180,6 +181,17 @@ class EnvelopeFormatTests(TestCase):
         raw = envelope.toBytes()
         self.assertTrue(raw.startswith(b'{"version":3,'), raw)
         self.assertEqual(Envelope.fromBytes(raw), envelope)
+
+    def test_every_field_is_written(self) -> None:
+        """The hand-written encoding has every field of both dataclasses, in their order."""
+        envelope = replace(ENVELOPE, mailParams={"SIZE": "10"}, attempts=2, nextAttempt=5.5, recipients=(
+            Recipient("y@localhost", {"NOTIFY": None}, RecipientState.PENDING, "451 later", "4.0.0", True, "dns; m"),))
+        data = json.loads(envelope.toBytes())
+        self.assertEqual(list(data), ["version"] + [f.name for f in fields(Envelope)])
+        self.assertEqual(list(data["recipients"][0]), [f.name for f in fields(Recipient)])
+        self.assertEqual(data["recipients"][0], {**asdict(envelope.recipients[0]), "state": "pending"})
+        self.assertEqual({k: v for k, v in data.items() if k not in ("version", "recipients")},
+                         {k: v for k, v in asdict(envelope).items() if k != "recipients"})
 
     def test_version_2_failures_are_still_owed_their_bounce(self) -> None:
         """A version-2 envelope (written before each recipient recorded its report)

@@ -229,12 +229,13 @@ class DroppedGatewayTests(unittest.TestCase):
         code, text = yield deferToThread(session)
         self.assertEqual(code, 250, text)
         idFile = os.path.join(mailUser.pw_dir, "id.out")
-        yield _waitFor(lambda: os.path.exists(idFile) and glob.glob(os.path.join(data, "mail", "localhost",
-                                                                                "someone", "new", "*")),
+        ownersMaildir = os.path.join(mailUser.pw_dir, "Maildir", "new", "*")
+        yield _waitFor(lambda: os.path.exists(idFile) and glob.glob(ownersMaildir)  # the program, then ./Maildir/
+                       and glob.glob(os.path.join(data, "mail", "localhost", "someone", "new", "*")),
                        "both deliveries", readLog)
         with open(idFile) as f:
             self.assertEqual(int(f.read()), mailUser.pw_uid)
-        self.assertEqual(len(glob.glob(os.path.join(mailUser.pw_dir, "Maildir", "new", "*"))), 1)
+        self.assertEqual(len(glob.glob(ownersMaildir)), 1)
         for path in (data, os.path.join(data, "queue", "active"), os.path.join(data, "mail", "localhost", "someone")):
             self.assertEqual(ownerOf(path), daemon.pw_uid, path)
         owners = _processOwners(twistd.pid)

@@ -11,9 +11,10 @@ import sys
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jsmail._process import eventFromLine, eventLine
 from jsmail.config import loadConfig
 from jsmail.send.service import SendLock
 from jsmail.service import MailGateway
@@ -143,3 +144,37 @@ class SendLockTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         first.release()
         second.release()
+
+
+class EventLineTests(SynchronousTestCase):
+    """The child's log events as the parent's log shows them."""
+
+    def roundTrip(self, emit) -> dict:  # type: ignore[no-untyped-def]
+        events: list[dict] = []
+        emit(Logger(namespace="jsmail.maillog", observer=events.append))
+        [event] = events
+        return eventFromLine(eventLine(event))
+
+    def test_operator_log_event_reads_the_same_in_the_parent(self) -> None:
+        event = self.roundTrip(lambda log: log.info("delivered id={queueId} to=<{recipient}> detail={detail!r}",
+                                                    queueId="Q1", recipient="to@example.test", detail="maildir x",
+                                                    code=250, peer=False, remoteMTA=None, event="delivered"))
+        self.assertEqual(formatEvent(event), "delivered id=Q1 to=<to@example.test> detail='maildir x'")
+        self.assertIs(event["log_level"], LogLevel.info)
+        self.assertEqual((event["log_namespace"], event["code"], event["peer"]), ("jsmail.maillog", 250, False))
+
+    def test_failure_in_the_child_keeps_its_traceback(self) -> None:
+        def emit(log: Logger) -> None:
+            try:
+                raise OSError("disk on fire")
+            except OSError:
+                log.failure("Delivery attempt for {queueId} failed", queueId="Q2")
+
+        event = self.roundTrip(emit)
+        self.assertIs(event["log_level"], LogLevel.critical)
+        self.assertIn("disk on fire", event["log_failure"].getTraceback())
+        self.assertIn("Delivery attempt for Q2 failed", formatEvent(event))
+
+    def test_garbage_from_the_child_is_not_an_event(self) -> None:
+        for line in ("[1, 2]", '{"log_level": "loud"}', "not json"):
+            self.assertRaises(ValueError, eventFromLine, line)

@@ -5,6 +5,7 @@ the security review (issue "qmail's trust model"), as a dialog in memory."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
@@ -150,7 +151,7 @@ class UnknownRecipientTests(SynchronousTestCase):
         self.passwd = os.path.join(self.root, "passwd")
         setPassword(self.passwd, "carol", "pw")
 
-    def dialog(self) -> Dialog:
+    def dialog(self, clock: Any = None) -> Dialog:
         from jsmail._threads import runNow
         from jsmail.auth import HashedPasswordFile
         from jsmail.local.directory import RecipientDirectory
@@ -163,7 +164,7 @@ class UnknownRecipientTests(SynchronousTestCase):
                                        HashedPasswordFile(self.passwd).userNames)
         d = Dialog(ServerSettings(hostname="mx.example.test", postmasterDomain="example.test"), MemoryQueue(),
                    policies=(RelayControl(lambda domain: domain in ("example.test", "virt.test")),
-                             KnownRecipients(directory, runNow)))
+                             KnownRecipients(directory, runNow, clock)))
         d.read()
         d.send(b"EHLO client.test\r\nMAIL FROM:<someone@else.test>\r\n")
         return d
@@ -192,6 +193,24 @@ class UnknownRecipientTests(SynchronousTestCase):
                         "virtual-list@example.test", "staff@example.test", "staff+x@example.test",
                         "carol@example.test", "list@virt.test"):
             self.assertEqual(self.rcpt(d, address), b"250 2.1.5 Recipient OK\r\n", address)
+
+    def test_removedMailboxRefusedOnceTheMemoryExpires(self) -> None:
+        """A recipient found is taken without a lookup for a few seconds, then looked
+        up again: a Maildir removed meanwhile is refused from then on."""
+        import os
+        import shutil
+
+        from twisted.internet.task import Clock
+
+        from jsmail.policy.recipients import KNOWN_FOR
+
+        clock = Clock()
+        d = self.dialog(clock)
+        self.assertEqual(self.rcpt(d, "maildirowner@example.test"), b"250 2.1.5 Recipient OK\r\n")
+        shutil.rmtree(os.path.join(self.mail, "example.test", "maildirowner"))
+        self.assertEqual(self.rcpt(d, "maildirowner@example.test"), b"250 2.1.5 Recipient OK\r\n")
+        clock.advance(KNOWN_FOR)
+        self.assertTrue(self.rcpt(d, "maildirowner@example.test").startswith(b"550 5.1.1 "))
 
     def test_extensionWithoutInstructionsRefused(self) -> None:
         d = self.dialog()

@@ -29,12 +29,13 @@ import shutil
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import IO, Any, Iterable, Mapping, Sequence
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IProcessTransport
-from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, eventAsJSON, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 _log = Logger()
 
@@ -69,9 +70,61 @@ def pythonModule(module: str, *arguments: str) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", _BOOT, json.dumps([p for p in sys.path if p]), module, *arguments]
 
 
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
+_TWISTED_KEYS = frozenset(("log_logger", "log_source", "log_level", "log_namespace", "log_format", "log_time"))
+
+
+def eventLine(event: dict[str, Any]) -> str:
+    """One event as one line of JSON.  Plain fields go as they are, the level by its
+    name: half the cost of flattening the event for Twisted's own encoding, which is
+    kept for events carrying anything else (a failure, an object)."""
+    fields: dict[str, Any] = {}
+    twisted: dict[str, Any] = {}
+    for key, value in event.items():
+        (twisted if key.startswith("log_") else fields)[key] = value
+    if twisted.keys() <= _TWISTED_KEYS and {"log_level", "log_namespace", "log_format", "log_time"} <= twisted.keys() \
+            and all(type(v) in _PLAIN for v in fields.values()):
+        fields["log_namespace"] = twisted["log_namespace"]
+        fields["log_level"] = twisted["log_level"].name
+        fields["log_format"] = twisted["log_format"]
+        fields["log_time"] = twisted["log_time"]
+        return json.dumps(fields, separators=(",", ":"))
+    return eventAsJSON(event)
+
+
+def eventFromLine(line: str) -> dict[str, Any]:
+    """An event from :func:`eventLine` or Twisted's ``eventAsJSON`` (raises
+    ValueError if it is neither)."""
+    event = json.loads(line)
+    if not isinstance(event, dict):
+        raise ValueError("not an event")
+    level = event.get("log_level")
+    if isinstance(level, str):
+        try:
+            event["log_level"] = _LEVELS[level]
+        except KeyError:
+            raise ValueError(f"no log level {level!r}") from None
+        return event
+    return dict(eventFromJSON(line))  # Twisted's encoding: failures and objects restored
+
+
+@implementer(ILogObserver)
+class EventWriter:
+    """A child process's log observer: one :func:`eventLine` per event on ``out``."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.out.write(eventLine(event) + "\n")
+        self.out.flush()
+
+
 class LogLines:
-    """Log events a child process writes as JSON lines (``jsonFileLogObserver``),
-    published in this process's log, so the operator log stays one stream."""
+    """Log events a child process writes as JSON lines (:class:`EventWriter`, or
+    Twisted's ``jsonFileLogObserver``), published in this process's log, so the
+    operator log stays one stream."""
 
     def __init__(self, who: str) -> None:
         self.who = who
@@ -84,7 +137,7 @@ class LogLines:
             if not line.strip():
                 continue
             try:
-                event = eventFromJSON(line.decode("utf-8"))
+                event = eventFromLine(line.decode("utf-8"))
             except ValueError:
                 _log.warn("{who} said: {line!r}", who=self.who, line=line[:1000])
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |$)")
 
@@ -53,6 +54,12 @@ class Reply:
             b"%d%s%s%s\r\n" % (self.code, b" " if i == last else b"-", prefix, t.encode("utf-8"))
             for i, t in enumerate(texts)
         ]
+
+    @cached_property
+    def wire(self) -> bytes:
+        """:meth:`lines` joined, made once per reply: most replies are constants sent
+        several times in every session."""
+        return b"".join(self.lines())
 
     @property
     def status(self) -> str:

@@ -126,11 +126,18 @@ class Options(usage.Options, AuthOptionMixin):
 
 
     def _logFormat(self) -> None:
-        """``--log-format json``: name the JSON observer as twistd's ``--logger``."""
+        """Name jsmail's log observer as twistd's ``--logger``: JSON lines for
+        ``--log-format json``, twistd's text lines written faster otherwise (unless
+        twistd was asked for syslog or a logger of its own)."""
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
         parent = self.parent
-        if self["log-format"] == "text" or parent is None:
+        if parent is None:
+            return
+        if self["log-format"] == "text":
+            if parent.get("logger") is None and not parent.get("syslog"):
+                logformat.configure(parent.get("logfile"), bool(parent.get("nodaemon")))
+                parent["logger"] = logformat.TEXT_FACTORY
             return
         if parent.get("logger") is not None:
             raise usage.UsageError("--log-format json and twistd's --logger are two ways of saying one thing")

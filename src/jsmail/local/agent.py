@@ -144,36 +144,99 @@ class LocalDelivery:
         return os.path.join(self.root, domain.lower(), mailboxName(local))
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
+        if len(recipients) == 1:
+            return self._semaphore.run(self._deliverOne, message, recipients[0].address).addCallback(lambda r: [r])
         return defer.gatherResults([self._semaphore.run(self._deliverOne, message, r.address) for r in recipients])
 
-    @defer.inlineCallbacks
-    def _deliverOne(self, message: QueuedMessage, recipient: str) -> Any:
+    def _deliverOne(self, message: QueuedMessage, recipient: str) -> defer.Deferred[DeliveryResult]:
+        """Fires with the recipient's result, never fails (plain callbacks: this runs
+        for every local message)."""
         sender = message.envelope.sender
         address, usersDomain = self.localAddress(recipient)
         dtline = _line(f"Delivered-To: {address}")
         rpline = _line(f"Return-Path: <{sender}>")
-        try:
-            plan = yield self.runInThread(self._plan, message, address, usersDomain, dtline)
-            handoff = Handoff.DELIVERED
-            if plan.asOwner:
-                detail, forwarded = yield self._deliverAsOwner(message, address, plan, rpline, dtline)
-                handoff = Handoff.EXPANDED if forwarded else handoff
-            elif plan.instructions is None:
-                detail = yield self._deliverDefault(message, address, rpline + dtline)
-            else:
-                detail, forwarded = yield self._follow(message, address, plan, rpline, dtline)
-                handoff = Handoff.EXPANDED if forwarded else handoff
-        except DeliveryError as e:
-            [result] = DeliveryResult.forAll([Recipient(recipient)], e)
-            return result
-        except Exception as e:
-            return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR, f"local delivery: {e}")
-        return DeliveryResult(recipient, DeliveryStatus.DELIVERED, reply.DELIVERED, detail, handoff=handoff)
 
-    def _plan(self, message: QueuedMessage, recipient: str, usersDomain: str, dtline: bytes) -> _Plan:
-        """Loop check and the instructions to follow (blocking)."""
+        def planned(answer: tuple[_Plan, tuple[str, str] | None]) -> Any:
+            plan, written = answer
+            if plan.asOwner:
+                return self._deliverAsOwner(message, address, plan, rpline, dtline)
+            if written is None:
+                return self._follow(message, address, plan, rpline, dtline)
+            maildir, path = written
+            return self._synced(maildir, path).addCallback(lambda _: (f"maildir {maildir}", False))
+
+        def failed(failure: Any) -> DeliveryResult:
+            if failure.check(DeliveryError):
+                [result] = DeliveryResult.forAll([Recipient(recipient)], failure.value)
+                return result
+            return DeliveryResult(recipient, DeliveryStatus.TEMPORARY, reply.DELIVERY_ERROR,
+                                  f"local delivery: {failure.value}")
+
+        def delivered(outcome: tuple[str, bool]) -> DeliveryResult:
+            detail, forwarded = outcome
+            handoff = Handoff.EXPANDED if forwarded else Handoff.DELIVERED
+            return DeliveryResult(recipient, DeliveryStatus.DELIVERED, reply.DELIVERED, detail, handoff=handoff)
+
+        d = self.runInThread(self._planAndWrite, message, address, usersDomain, rpline, dtline).addCallback(planned)
+        return d.addCallbacks(delivered, failed)
+
+    def _planAndWrite(self, message: QueuedMessage, recipient: str, usersDomain: str, rpline: bytes,
+                      dtline: bytes) -> tuple[_Plan, tuple[str, str] | None]:
+        """The loop check, the instructions, and for a recipient without any the copy
+        into its own Maildir (made on first delivery), all in one blocking call: one
+        thread hop and one open of the queue file for the usual local message.  Returns
+        the plan and (Maildir, path in ``new/``) when the copy was made."""
         with message.open() as source:
+            start = source.tell()
             checkLoop(source, dtline)
+            plan = self._plan(message, recipient, usersDomain)
+            if plan.instructions is not None or plan.asOwner:
+                return plan, None
+            source.seek(start)
+            return plan, self._writeDefault(source, recipient, rpline + dtline)
+
+    def _writeDefault(self, source: BinaryIO, recipient: str, headers: bytes) -> tuple[str, str]:
+        """Copy into the recipient's own Maildir, made on first delivery (blocking);
+        returns the Maildir and the path in ``new/``."""
+        try:
+            maildir = self.maildirFor(recipient)
+        except BadMailbox as e:
+            raise DeliveryError(reply.BAD_LOCAL_MAILBOX, True, str(e)) from None
+        try:
+            if maildir not in self._made:
+                makeMaildir(maildir)
+                self._made.add(maildir)
+            return maildir, writeMaildirMessage(maildir, headers, source, self.hostname)
+        except OSError as e:
+            self._made.discard(maildir)  # made again next time, should it have been removed
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {e}") from None
+
+    def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
+        """Into the recipient's own Maildir, apart from the plan (the owner had no
+        instructions); fires with the log detail, or fails with :class:`DeliveryError`."""
+
+        def write() -> tuple[str, str]:
+            with message.open() as source:
+                return self._writeDefault(source, recipient, headers)
+
+        def written(where: tuple[str, str]) -> defer.Deferred[str]:
+            maildir, path = where
+            return self._synced(maildir, path).addCallback(lambda _: f"maildir {maildir}")
+
+        d: defer.Deferred[str] = self.runInThread(write).addCallback(written)
+        return d
+
+    def _synced(self, maildir: str, path: str) -> defer.Deferred[None]:
+        """The group commit of a message written into ``maildir``."""
+
+        def failed(failure: Any) -> None:
+            self._made.discard(maildir)
+            raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
+
+        return self.syncer.sync(os.path.dirname(path)).addErrback(failed)
+
+    def _plan(self, message: QueuedMessage, recipient: str, usersDomain: str) -> _Plan:
+        """The instructions to follow (blocking)."""
         local, _, domain = recipient.rpartition("@")
         sender = message.envelope.sender
         separators = self.settings.separators
@@ -193,31 +256,6 @@ class LocalDelivery:
         cwd = mailbox.home or self.root
         return _Plan(mailbox, found.instructions, found.default, newSender(mailbox, sender), cwd,
                      placeWithin(cwd, self.settings.allowedPaths))
-
-    def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
-        """Into the recipient's own Maildir, made on first delivery; fires with the log
-        detail, or fails with :class:`DeliveryError`."""
-        try:
-            maildir = self.maildirFor(recipient)
-        except BadMailbox as e:
-            return defer.fail(DeliveryError(reply.BAD_LOCAL_MAILBOX, True, str(e)))
-
-        def write() -> str:
-            if maildir not in self._made:
-                makeMaildir(maildir)
-                self._made.add(maildir)
-            with message.open() as source:
-                return writeMaildirMessage(maildir, headers, source, self.hostname)
-
-        def written(path: str) -> defer.Deferred[str]:
-            return self.syncer.sync(os.path.dirname(path)).addCallback(lambda _: f"maildir {maildir}")
-
-        def failed(failure: Any) -> NoReturn:
-            self._made.discard(maildir)
-            raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
-
-        d: defer.Deferred[str] = self.runInThread(write).addCallback(written)
-        return d.addErrback(failed)
 
     def _lfCopy(self, message: QueuedMessage) -> BinaryIO:
         """The message with LF line ends, in an unnamed file of its own (blocking)."""

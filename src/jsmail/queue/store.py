@@ -30,12 +30,22 @@ from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
 
 _log = Logger()
 _counter = itertools.count()
+_pid = ""  # this process's id as the ids spell it; made again in a forked child
+
+
+def _notePid() -> None:
+    global _pid
+    _pid = f"{os.getpid() & 0xFFFFF:05X}"
+
+
+_notePid()
+os.register_at_fork(after_in_child=_notePid)
 
 
 def newQueueId() -> str:
     """A queue id unique on this host: microseconds, process id and a counter, in hex.
     Ids sort by arrival, which makes ``ls active/`` read like a log."""
-    return f"{time.time_ns() // 1000:013X}{os.getpid() & 0xFFFFF:05X}{next(_counter) & 0xFFF:03X}"
+    return f"{time.time_ns() // 1000:013X}{_pid}{next(_counter) & 0xFFF:03X}"
 
 
 @implementer(IIncomingMessage)

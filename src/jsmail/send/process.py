@@ -35,7 +35,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from jsmail._process import LogLines
+from jsmail._process import EventWriter, LogLines
 from jsmail.config import Config, toJSON
 
 _log = Logger()
@@ -143,7 +143,7 @@ class _Notices(LineOnlyReceiver):
 
 def main() -> None:
     from twisted.internet import reactor, stdio
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+    from twisted.logger import globalLogBeginner
 
     from jsmail import metrics
     from jsmail.config import fromJSON
@@ -151,7 +151,7 @@ def main() -> None:
     from jsmail.send.service import DeliveryService
 
     os.umask(0o077)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([EventWriter(sys.stdout)], redirectStandardIO=False)
     with os.fdopen(CONFIG_FD, "rb") as f:
         config = fromJSON(f.read().decode("utf-8"))
     if os.geteuid() == 0 and config.server.user:

@@ -25,6 +25,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from jsmail import maillog, reply
 from jsmail._threads import RunInThread
@@ -85,6 +86,9 @@ class Scheduler(Service):
         self._envelopes: dict[str, Envelope] = {}
         self._timers: dict[str, IDelayedCall] = {}
         self._attempting: set[str] = set()
+        # Ids whose envelope was read from the queue for an attempt due at once: that
+        # attempt uses it instead of reading it again a moment later.
+        self._fresh: set[str] = set()
         self._inFlight: set[defer.Deferred[None]] = set()
         # Ids removed lately: recovery (or a late notice) may still name them.
         self._finished: dict[str, None] = {}
@@ -115,9 +119,10 @@ class Scheduler(Service):
             # listed: what the scheduler already knows of wins over the listing.
             for queueId, envelope in new:
                 self._envelopes[queueId] = envelope
+            adopted = {queueId for queueId, _ in new}
             for queueId, envelope in list(self._envelopes.items()):
                 if self.running and queueId not in self._timers and queueId not in self._attempting:
-                    self._plan(queueId, envelope)
+                    self._plan(queueId, envelope, fresh=queueId in adopted)
 
         return self.queue.recover().addCallback(adopt)
 
@@ -128,6 +133,7 @@ class Scheduler(Service):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._fresh.clear()
         return defer.DeferredList(list(self._inFlight))
 
     @property
@@ -135,15 +141,17 @@ class Scheduler(Service):
         """How many messages the scheduler is looking after."""
         return len(self._envelopes)
 
-    def schedule(self, queueId: str, envelope: Envelope) -> None:
+    def schedule(self, queueId: str, envelope: Envelope, fresh: bool = False) -> None:
         """A message is in the queue: plan its first attempt (now, or at its
         ``nextAttempt``).  A message already planned is left as it is, so hearing of
-        one twice (from recovery and from a notice) delivers it once."""
+        one twice (from recovery and from a notice) delivers it once.  ``fresh``: the
+        envelope was just read from the queue, so an attempt due now need not read it
+        again."""
         if queueId in self._envelopes or queueId in self._finished:
             return
         self._envelopes[queueId] = envelope
         if self.running:
-            self._plan(queueId, envelope)
+            self._plan(queueId, envelope, fresh)
 
     def scheduleFromQueue(self, queueId: str) -> defer.Deferred[None]:
         """Like :meth:`schedule`, reading the envelope from the queue (a notice from
@@ -151,7 +159,7 @@ class Scheduler(Service):
         and delivered it first, or an operator removed it) is nothing to schedule."""
         if queueId in self._envelopes or queueId in self._finished:
             return defer.succeed(None)
-        d = self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope))
+        d = self.queue.loadEnvelope(queueId).addCallback(lambda envelope: self.schedule(queueId, envelope, True))
         return d.addErrback(lambda f: f.trap(NotQueued) and None)
 
     def flush(self) -> None:
@@ -161,15 +169,19 @@ class Scheduler(Service):
             timer.reset(0)
         _log.info("Flush: {count} message(s) due now", count=len(self._timers))
 
-    def _plan(self, queueId: str, envelope: Envelope) -> None:
+    def _plan(self, queueId: str, envelope: Envelope, fresh: bool = False) -> None:
         self._envelopes[queueId] = envelope
         delay = max(0.0, envelope.nextAttempt - self.clock.seconds())
+        if fresh and delay == 0:
+            self._fresh.add(queueId)
+        else:
+            self._fresh.discard(queueId)
         self._timers[queueId] = self.clock.callLater(delay, self._due, queueId)
 
     def _due(self, queueId: str) -> None:
         del self._timers[queueId]
         self._attempting.add(queueId)
-        d = self._attempt(queueId)
+        d = defer.maybeDeferred(self._attempt, queueId)
         d.addErrback(lambda f: _log.failure("Delivery attempt for {queueId} failed", f, queueId=queueId))
         self._inFlight.add(d)
 
@@ -179,32 +191,44 @@ class Scheduler(Service):
 
         d.addBoth(ended)
 
-    @defer.inlineCallbacks
-    def _attempt(self, queueId: str) -> Any:
-        try:
-            # Read afresh: an operator may have held or deleted the message meanwhile.
-            envelope = yield self.queue.loadEnvelope(queueId)
-        except NotQueued:
+    def _attempt(self, queueId: str) -> defer.Deferred[None]:
+        """One attempt at a message's pending recipients, through plain callbacks: the
+        common attempt (one agent, nothing owed, nothing left) passes no generator."""
+        # Read afresh (an operator may have held or deleted the message meanwhile),
+        # unless it was read for this very attempt.
+        if queueId in self._fresh:
+            self._fresh.discard(queueId)
+            return self._deliver(queueId, self._envelopes[queueId])
+        d = self.queue.loadEnvelope(queueId)
+        return d.addCallbacks(lambda envelope: self._deliver(queueId, envelope), self._unreadable,
+                              errbackArgs=(queueId,))
+
+    def _unreadable(self, failure: Failure, queueId: str) -> Failure | None:
+        if failure.check(NotQueued):
             self._drop(queueId)
-            return
-        except EnvelopeFormatError as e:
+            return None
+        if failure.check(EnvelopeFormatError):
             # Damaged since it was queued: the next rescan's recovery sets it aside.
-            _log.error("Cannot read the envelope of {queueId}: {error}", queueId=queueId, error=e)
+            _log.error("Cannot read the envelope of {queueId}: {error}", queueId=queueId, error=failure.value)
             del self._envelopes[queueId]
-            return
+            return None
+        return failure
+
+    def _deliver(self, queueId: str, envelope: Envelope) -> defer.Deferred[None]:
         message = QueuedMessage(queueId, envelope, lambda: self.queue.openMessage(queueId))
         byAgent: dict[Any, list[Recipient]] = {}
         for recipient in envelope.pending:
             byAgent.setdefault(self.router.agentFor(recipient.address), []).append(recipient)
-        results: dict[str, DeliveryResult] = {}
-        outcomes = yield defer.gatherResults([
-            self._slotsFor(agent).run(self._timed, agent, message, rcpts).addErrback(self._agentFailed, rcpts)
-            for agent, rcpts in byAgent.items()
-        ])
-        for agentResults in outcomes:
-            for result in agentResults:
-                results[result.recipient] = result
-        yield self._record(queueId, envelope, results)
+        attempts = [self._slotsFor(agent).run(self._timed, agent, message, rcpts).addErrback(self._agentFailed, rcpts)
+                    for agent, rcpts in byAgent.items()]
+
+        def record(outcomes: list[list[DeliveryResult]]) -> defer.Deferred[None]:
+            results = {result.recipient: result for agentResults in outcomes for result in agentResults}
+            return self._record(queueId, envelope, results)
+
+        if len(attempts) == 1:
+            return attempts[0].addCallback(lambda results: record([results]))
+        return defer.gatherResults(attempts).addCallback(record)
 
     def _timed(self, agent: IDeliveryAgent, message: QueuedMessage,
                recipients: list[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
@@ -229,8 +253,7 @@ class Scheduler(Service):
         _log.failure("Delivery agent failed", failure)
         return DeliveryResult.forAll(recipients, DeliveryError(reply.DELIVERY_ERROR, False, failure.getErrorMessage()))
 
-    @defer.inlineCallbacks
-    def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> Any:
+    def _record(self, queueId: str, envelope: Envelope, results: dict[str, DeliveryResult]) -> defer.Deferred[None]:
         now = self.clock.seconds()
         attempts = envelope.attempts + 1
         retryIn = retryDelay(attempts, self.settings)
@@ -263,6 +286,13 @@ class Scheduler(Service):
                                       lastPrivate=result.reply.private))
         envelope = replace(envelope, recipients=tuple(recipients), attempts=attempts, nextAttempt=now + retryIn)
         notices, envelope = noticesOwed(envelope, handoffs, now, self.settings.delayWarning)
+        if notices or envelope.pending:
+            return self._finish(queueId, envelope, notices)
+        return self._remove(queueId)
+
+    @defer.inlineCallbacks
+    def _finish(self, queueId: str, envelope: Envelope, notices: list[Notice]) -> Any:
+        """Queue the notices owed, then record the attempt or remove the message."""
         if notices:
             # Queued before the envelope says so: a crash may send one twice, never lose it.
             yield self._notify(queueId, envelope, notices)
@@ -281,12 +311,14 @@ class Scheduler(Service):
             else:
                 self._envelopes[queueId] = envelope
             return
-        try:
-            yield self.queue.remove(queueId)
-        except NotQueued:
+        yield self._remove(queueId)
+
+    def _remove(self, queueId: str) -> defer.Deferred[None]:
+        def gone(failure: Failure) -> None:
+            failure.trap(NotQueued)
             self._drop(queueId)  # held during the attempt: a release delivers what is left again
-            return
-        self._forget(queueId)
+
+        return self.queue.remove(queueId).addCallbacks(lambda _: self._forget(queueId), gone)
 
     def _drop(self, queueId: str) -> None:
         """An operator held or deleted the message: leave it out of the plan, but not for

@@ -17,6 +17,7 @@ from __future__ import annotations
 import tempfile
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from twisted.internet import defer
@@ -32,6 +33,12 @@ from jsmail.smtp.session import Session
 
 _CHUNK = 65536
 _TURN = 1024 * 1024
+
+
+@lru_cache(maxsize=4)
+def _dateOf(second: int) -> str:
+    """The RFC 5322 date of a second, made once for all the messages of that second."""
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 class Spool:
@@ -157,7 +164,7 @@ class Assembler:
 
     def receivedHeader(self, session: Session, queueId: str) -> bytes:
         """The trace header of RFC 5321 section 4.4, written before the content."""
-        stamp = format_datetime(datetime.fromtimestamp(self.clock.seconds(), UTC))
+        stamp = _dateOf(int(self.clock.seconds()))
         forClause = f"\r\n\tfor <{session.recipients[0].address}>" if len(session.recipients) == 1 else ""
         comments = ""
         tcpInfo = f"{session.clientHost} " if session.clientHost else ""  # RFC 5321 4.4 TCP-info

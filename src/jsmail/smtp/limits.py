@@ -118,5 +118,5 @@ class Refuse(Protocol):
         self.refusal = refusal
 
     def connectionMade(self) -> None:
-        self.transport.write(b"".join(self.refusal.lines()))
+        self.transport.write(self.refusal.wire)
         self.transport.loseConnection()

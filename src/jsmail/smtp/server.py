@@ -245,12 +245,12 @@ class ESMTPServer(Protocol):
         elif self._currentCommand in _JUNK:
             self._junk += 1
             self._errors += self._junk > self.settings.maxJunkCommands
-        self.transport.write(b"".join(result.lines()))
+        self.transport.write(result.wire)
         metrics.replySent(self._currentCommand, result.code, result.enhanced)
         if result.code == 421 or (self._currentCommand == "CONNECT" and result.code >= 400):
             self._close()
         elif self._errors >= self.settings.maxErrors:
-            self.transport.write(b"".join(reply.TOO_MANY_ERRORS.lines()))
+            self.transport.write(reply.TOO_MANY_ERRORS.wire)
             self._close()
 
     def checked(self, phase: str, accept: Callable[[], Result], *args: Any) -> Result:
@@ -391,7 +391,7 @@ class ESMTPServer(Protocol):
             return reply.TLS_UNAVAILABLE
         if self.session.sender is not None:
             return reply.TLS_IN_TRANSACTION
-        self.transport.write(b"".join(reply.TLS_READY.lines()))
+        self.transport.write(reply.TLS_READY.wire)
         # RFC 3207 section 4.2 and CVE-2011-0411: anything the client sent after
         # STARTTLS in plaintext is dropped, and all that was learnt before is forgotten.
         self._buffer = b""
@@ -430,7 +430,7 @@ class ESMTPServer(Protocol):
         return reply.HELP
 
     def smtp_QUIT(self, argument: str) -> Result:
-        self.transport.write(b"".join(reply.CLOSING.lines()))
+        self.transport.write(reply.CLOSING.wire)
         self._close()
         return NO_REPLY
 
