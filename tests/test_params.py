@@ -8,7 +8,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from jsmail import reply
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
-from jsmail.smtp.params import checkMailParams, checkRcptParams, ehloKeywords, isXtext, octets
+from jsmail.smtp.params import (
+    checkMailParams,
+    checkRcptParams,
+    decodeUtf8Address,
+    decodeXtext,
+    ehloKeywords,
+    isXtext,
+    octets,
+)
 
 
 class OctetsTests(SynchronousTestCase):
@@ -33,6 +41,25 @@ class XtextTests(SynchronousTestCase):
             self.assertFalse(isXtext(value, 100), value)
 
 
+class DecodingTests(SynchronousTestCase):
+    def test_xtextDecodesOnlyToPrintableAscii(self) -> None:
+        """RFC 3461 section 4: what ENVID and ORCPT stand for is printable ASCII."""
+        self.assertEqual(decodeXtext("QQ+2B1+20x"), "QQ+1 x")
+        self.assertEqual(decodeXtext("x+40example.org"), "x@example.org")
+        for value in ("a+0D+0Ab", "a+00", "a+7F", "a+C3+A9", "a+09", "a=b", "", "a+2b"):
+            self.assertIsNone(decodeXtext(value), value)
+
+    def test_utf8AddressDecoding(self) -> None:
+        """RFC 6533 section 3: "\\x{HEX}" for any character; raw UTF-8 only with SMTPUTF8;
+        no controls, separators, surrogates or code points past U+10FFFF."""
+        self.assertEqual(decodeUtf8Address("j\\x{F6}rg@b.test", False), "jörg@b.test")
+        self.assertEqual(decodeUtf8Address("jörg@b.test", True), "jörg@b.test")
+        self.assertIsNone(decodeUtf8Address("jörg@b.test", False))
+        for value in ("a\\x{0A}b", "a\\x{85}", "a\\x{2028}", "a\\x{D800}", "a\\x{110000}", "a+b", "a\\b",
+                      "a\\x{f6}", "a\u2029", "a\x85", ""):
+            self.assertIsNone(decodeUtf8Address(value, True), value)
+
+
 class MailParamsTests(SynchronousTestCase):
     def refusal(self, params: dict[str, str | None], esmtp: bool = True, authOffered: bool = False) -> Reply:
         error = self.assertRaises(SMTPReplyError, checkMailParams, params, esmtp, 1000, authOffered)
@@ -53,6 +80,7 @@ class MailParamsTests(SynchronousTestCase):
         self.assertEqual(self.refusal({"SMTPUTF8": "yes"}).text, "SMTPUTF8 takes no value")
         self.assertEqual(self.refusal({"RET": "ALL"}).text, "RET must be FULL or HDRS (RFC 3461)")
         self.assertEqual(self.refusal({"ENVID": "a=b"}).text, "ENVID must be xtext of at most 100 octets")
+        self.assertEqual(self.refusal({"ENVID": "a+0D+0Ab"}).text, "ENVID must decode to printable ASCII (RFC 3461)")
         for params in ({"BODY": "BINARYMIME"}, {"ENVID": "a" * 101}):
             self.assertEqual(self.refusal(params).code, 501)
 
@@ -69,7 +97,8 @@ class RcptParamsTests(SynchronousTestCase):
         checkRcptParams({"NOTIFY": "never", "ORCPT": "rfc822;x+40example.org"})
         checkRcptParams({"NOTIFY": "SUCCESS,FAILURE,DELAY"})
         for params in ({"NOTIFY": "NEVER,SUCCESS"}, {"NOTIFY": None}, {"NOTIFY": "SOMETIMES"},
-                       {"ORCPT": "x@example.org"}, {"ORCPT": ";x"}, {"ORCPT": "rfc822;a b"}):
+                       {"ORCPT": "x@example.org"}, {"ORCPT": ";x"}, {"ORCPT": "rfc822;a b"},
+                       {"ORCPT": "rfc 822;x"}, {"ORCPT": "rfc822;x+0A"}, {"ORCPT": "utf-8;x\\x{0D}"}):
             error = self.assertRaises(SMTPReplyError, checkRcptParams, params)
             self.assertEqual(error.reply.code, 501, params)
 

@@ -126,7 +126,7 @@ class CommandTests(DialogTestCase):
         d = self.ehlo()
         self.assertEqual(d.send(b"MAIL FROM:<>\r\n"), SENDER_OK)
         self.assertEqual(d.send(b"RCPT TO:<Postmaster>\r\n"), RCPT_OK)
-        self.assertEqual(d.send(b"RCPT TO:<>\r\n"), b"501 5.1.7 The null path <> is not a valid recipient\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<>\r\n"), b"501 5.1.3 The null path <> is not a valid recipient\r\n")
 
     def test_bad_addresses(self) -> None:
         d = self.ehlo()
@@ -500,7 +500,7 @@ class RelayTests(DialogTestCase):
         d = self.relay("198.51.100.7")
         self.assertEqual(d.send(b'RCPT TO:<"../../etc"@localhost>\r\n'), b'550 5.1.1 No such mailbox: "../../etc"\r\n')
         self.assertEqual(d.send(b'RCPT TO:<"a/b"@localhost>\r\n'), b'550 5.1.1 No such mailbox: a/b\r\n')
-        self.assertEqual(d.send(b"RCPT TO:<.hidden@localhost>\r\n"), b"501 5.1.7 Bad local part '.hidden'\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<.hidden@localhost>\r\n"), b"501 5.1.3 Bad local part '.hidden'\r\n")
 
 
 class ConnectionLimitTests(SynchronousTestCase):

@@ -4,10 +4,12 @@ it: each attack from the security review, as a dialog in memory with a Clock."""
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet.address import IPv6Address
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,10 +18,11 @@ from zope.interface import implementer
 from jsmail.auth import AnyOfCheckers, MailRealm
 from jsmail.envelope import Envelope
 from jsmail.interfaces import IIncomingMessage, IMessageSink
+from jsmail.policy.base import MessagePolicy, Policy
 from jsmail.policy.relay import RelayControl
 from jsmail.queue.memory import MemoryQueue
-from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
-from jsmail.testing import Dialog
+from jsmail.smtp.server import ESMTPServer, ESMTPServerFactory, Listener, ServerSettings
+from jsmail.testing import Dialog, RecordingTransport
 
 QUEUED = rb"250 2\.0\.0 Queued as \w+\r\n"
 
@@ -227,3 +230,142 @@ class TrickTests(SynchronousTestCase):
         d = dialog()
         d.send(b"EHLO c.test\r\n")
         self.assertEqual(d.send(b"MAIL FROM:<a@[IPv6:fe80::1%eth0 (x)]>\r\n")[:9], b"501 5.1.7")
+
+    def test_dsnInjectionThroughEnvidAndOrcptIsRefused(self) -> None:
+        """Security review L-1: ENVID and ORCPT are xtext, whose "+0D+0A" decodes to a
+        line end; written into a DSN, it forged fields and MIME parts.  A value that
+        does not decode to printable text is refused at MAIL or RCPT with 501 5.5.4,
+        so no queued message carries one."""
+        d = dialog()
+        d.send(b"EHLO c.test\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<victim@victim.test> ENVID=abc+0D+0A+0D+0A--INJECTED-PART+0D+0A"
+                                b"X-Injected:+20yes\r\n"),
+                         b"501 5.5.4 ENVID must decode to printable ASCII (RFC 3461)\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.test> ENVID=id+00\r\n"),
+                         b"501 5.5.4 ENVID must decode to printable ASCII (RFC 3461)\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@b.test> ENVID=QQ+2B1+20x\r\n"), b"250 2.1.0 Sender OK\r\n")
+        refused = b"501 5.5.4 ORCPT's address must decode to printable text\r\n"
+        for orcpt in (b"rfc822;x+0AFinal-Recipient:+20rfc822;+20ceo@bank.example+0AAction:+20delivered",
+                      b"rfc822;x+0D", b"rfc822;x+C2+85", b"utf-8;x\\x{0A}y@b.test", b"utf-8;x\\x{2028}@b.test",
+                      b"utf-8;x\\x{D800}@b.test", b"utf-8;x\\x{110000}@b.test"):
+            self.assertEqual(d.send(b"RCPT TO:<x@localhost> ORCPT=" + orcpt + b"\r\n"), refused, orcpt)
+        self.assertEqual(d.send("RCPT TO:<x@localhost> ORCPT=utf-8;ü@b.test\r\n".encode()),
+                         refused, "raw UTF-8 (unitext) only with SMTPUTF8")
+        self.assertEqual(d.send(b"RCPT TO:<x@localhost> ORCPT=rfc822;x+40localhost\r\n"),
+                         b"250 2.1.5 Recipient OK\r\n")
+        self.assertEqual(d.send(b"RCPT TO:<y@localhost> ORCPT=utf-8;j\\x{F6}rg@b.test\r\n"),
+                         b"250 2.1.5 Recipient OK\r\n")
+        d.send(b"RSET\r\nMAIL FROM:<a@b.test> SMTPUTF8\r\n")
+        self.assertEqual(d.send("RCPT TO:<x@localhost> ORCPT=utf-8;jörg@b.test\r\n".encode()),
+                         b"250 2.1.5 Recipient OK\r\n")
+        self.assertEqual(d.send("RCPT TO:<y@localhost> ORCPT=utf-8;j\u2028@b.test\r\n".encode()), refused)
+
+
+class _SlowSenderCheck(Policy):
+    """A check of MAIL whose answers wait until the test fires them (a DNS wait)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[str, defer.Deferred[None]]] = []
+
+    def checkSender(self, session: object, address: object, params: dict) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.waiting.append((str(address), d))
+        return d
+
+
+class ChecksInFlightTests(SynchronousTestCase):
+    def sessions(self, check: Policy, *clients: str, **settings: object) -> list[RecordingTransport]:
+        """One listener, a session from each client address, each past EHLO."""
+        listener = Listener(ServerSettings(hostname="mx.test", **settings), MemoryQueue(), Clock(),  # type: ignore[arg-type]
+                            checks=(check,))
+        transports = []
+        for n, client in enumerate(clients):
+            server = ESMTPServer(listener)
+            address = IPv6Address("TCP", client, 40000 + n) if ":" in client else IPv4Address("TCP", client, 40000 + n)
+            transport = RecordingTransport(peerAddress=address)
+            server.makeConnection(transport)
+            server.dataReceived(b"EHLO c.test\r\n")
+            transport.clear()
+            transports.append((server, transport))
+        return transports
+
+    def test_oneClientsManySessionsHoldAtMostFourChecksInFlight(self) -> None:
+        """Security review M-4: twenty sessions from one address, each with a sender
+        whose SPF or DKIM lookup hangs, held twenty of the ten threads the checks
+        share, and AUTH and every other client waited.  One client's checks in flight
+        are now at most max_checks_per_client (4); its other sessions wait their turn,
+        and other clients are not held up."""
+        check = _SlowSenderCheck()
+        clients = ["192.0.2.1"] * 6 + ["2001:db8::1", "2001:db8::2", "198.51.100.7"]
+        sessions = self.sessions(check, *clients)
+        for n, (server, _) in enumerate(sessions):
+            server.dataReceived(b"MAIL FROM:<s%d@slow.test>\r\n" % n)
+        waited = [sender for sender, _ in check.waiting]
+        self.assertEqual(waited, ["s0@slow.test", "s1@slow.test", "s2@slow.test", "s3@slow.test",
+                                  "s6@slow.test", "s7@slow.test", "s8@slow.test"])
+        check.waiting[0][1].callback(None)
+        self.assertEqual(sessions[0][1].value(), b"250 2.1.0 Sender OK\r\n")
+        self.assertEqual(check.waiting[-1][0], "s4@slow.test", "the first waiting session's turn")
+        for _, d in check.waiting[1:4]:
+            d.callback(None)
+        self.assertEqual(check.waiting[-1][0], "s5@slow.test")
+        self.assertEqual(len(check.waiting), 9)
+        for _, d in check.waiting[4:]:
+            if not d.called:
+                d.callback(None)
+        self.assertEqual([transport.value() for _, transport in sessions], [b"250 2.1.0 Sender OK\r\n"] * 9)
+
+    def test_checksPerClientAreASetting(self) -> None:
+        check = _SlowSenderCheck()
+        sessions = self.sessions(check, *["192.0.2.1"] * 3, maxChecksPerClient=1)
+        for n, (server, _) in enumerate(sessions):
+            server.dataReceived(b"MAIL FROM:<s%d@slow.test>\r\n" % n)
+        self.assertEqual(len(check.waiting), 1)
+
+
+class _WholeMessageCheck(MessagePolicy):
+    """A content check that reads the whole message, then waits for the test."""
+
+    def __init__(self) -> None:
+        self.waiting: list[defer.Deferred[None]] = []
+
+    @defer.inlineCallbacks
+    def checkMessage(self, session: object, content: Any) -> Any:
+        yield content.read()
+        d: defer.Deferred[None] = defer.Deferred()
+        self.waiting.append(d)
+        yield d
+
+
+class CheckMemoryTests(SynchronousTestCase):
+    def test_manyLargeMessagesCheckedAtOnceGet451(self) -> None:
+        """Security review M-12: sixteen sessions, each with a 24 MiB message whose
+        checks waited, held a copy of every message at once (1 GiB).  A listener's
+        end-of-data work now holds at most max_check_memory octets of whole messages;
+        the message that would go past it gets 451 4.3.1, and once the others are
+        done a message gets through again."""
+        check = _WholeMessageCheck()
+        queue = MemoryQueue()
+        listener = Listener(ServerSettings(hostname="mx.test", maxCheckMemory=700_000), queue, Clock(),
+                            checks=(check,))
+        message = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 300 + b".\r\n"  # 300 kB, over the spool's 256 KiB
+
+        def send(n: int) -> RecordingTransport:
+            server = ESMTPServer(listener)
+            transport = RecordingTransport(peerAddress=IPv4Address("TCP", f"192.0.2.{n}", 40000))
+            server.makeConnection(transport)
+            server.dataReceived(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@localhost>\r\nDATA\r\n" + message)
+            return transport
+
+        first, second, third = send(1), send(2), send(3)
+        self.assertEqual(len(check.waiting), 2)
+        self.assertTrue(third.value().endswith(
+            b"451 4.3.1 Too much mail is being checked at once, try again later\r\n"), third.value()[-200:])
+        for d in check.waiting:
+            d.callback(None)
+        for transport in (first, second):
+            self.assertRegex(transport.value(), QUEUED + b"$")
+        fourth = send(4)
+        check.waiting[-1].callback(None)
+        self.assertRegex(fourth.value(), QUEUED + b"$")
+        self.assertEqual(len(queue.messages), 3)

@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from jsmail import metrics
+from jsmail._bounded import LRU
 from jsmail._threads import RunInThread
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -152,23 +153,27 @@ def writeAndRename(tmpPath: str, finalPath: str, data: bytes) -> None:
 class GroupSync:
     """Group commit, one queue of waiters per file system."""
 
-    def __init__(self, runInThread: RunInThread) -> None:
+    def __init__(self, runInThread: RunInThread, remembered: int = 10_000) -> None:
         self._runInThread = runInThread
         self._waiting: dict[int, list[Deferred[None]]] = {}
         self._running: set[int] = set()
-        self._devices: dict[str, int] = {}
+        self._devices: LRU[str, int] = LRU(remembered)  # directory -> its file system
 
     def sync(self, path: str) -> Deferred[None]:
         """Fires once everything written and renamed under ``path`` before this call is
         on disk."""
         device = self._devices.get(path)
-        if device is None:
-            device = self._devices[path] = os.stat(path).st_dev
+        if device is None:  # a stat may wait on the disk (or NFS): not on the reactor thread
+            return self._runInThread(os.stat, path).addCallback(self._learned, path)
         d: Deferred[None] = Deferred()
         self._waiting.setdefault(device, []).append(d)
         if device not in self._running:
             self._start(device, path)
         return d
+
+    def _learned(self, status: os.stat_result, path: str) -> Deferred[None]:
+        self._devices[path] = status.st_dev
+        return self.sync(path)
 
     def _start(self, device: int, path: str) -> None:
         waiters = self._waiting.pop(device)

@@ -120,7 +120,19 @@ def parsePath(
     Returns the address and the ESMTP parameters, keys upper-cased, a keyword without
     ``=`` mapped to ``None``.  ``<postmaster>`` without a domain means
     ``postmaster@postmasterDomain`` when that is given (RFC 5321 section 4.5.1).
+    Bad syntax is 501 5.1.7 for a reverse-path (``allowNull``) and 501 5.1.3 for a
+    forward-path, as RFC 3463 names the sender's and the recipient's address.
     """
+    try:
+        return _parsePath(argument, allowNull, utf8, postmasterDomain)
+    except SMTPReplyError as e:
+        if allowNull or e.reply.enhanced != reply.BAD_ADDRESS_SYNTAX.enhanced:
+            raise
+        raise SMTPReplyError(reply.BAD_RECIPIENT_ADDRESS.withText(e.reply.text)) from None
+
+
+def _parsePath(argument: str, allowNull: bool, utf8: bool, postmasterDomain: str | None
+               ) -> tuple[Address, dict[str, str | None]]:
     argument = argument.lstrip(" ")
     if not argument.startswith("<"):
         raise _refuse("Address must be in angle brackets: <user@domain>")
@@ -144,7 +156,10 @@ def parsePath(
             raise _refuse("Bad source route")
     if postmasterDomain is not None and path.lower() == "postmaster":
         return Address("postmaster", postmasterDomain), params
-    return parseMailbox(path, utf8=utf8), params
+    address = parseMailbox(path, utf8=utf8)
+    if len(str(address).encode("utf-8")) + 2 > MAX_PATH:  # in octets, and as it goes on: with A-labels
+        raise _refuse(f"Path longer than {MAX_PATH} octets")
+    return address, params
 
 
 def _closingBracket(argument: str) -> int:

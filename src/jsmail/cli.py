@@ -34,6 +34,7 @@ from jsmail.auth import setPassword
 from jsmail.datadir import dataDirectory
 from jsmail.headers import readHeader
 from jsmail.interfaces import NotQueued
+from jsmail.maillog import shown
 from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.queue.admin import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
 from jsmail.send.dsn import MAX_RETURNED_HEADERS
@@ -88,11 +89,12 @@ def _age(seconds: float) -> str:
 
 
 def _printEntry(entry: QueueEntry, now: float) -> None:
+    """Addresses and replies come from others: their controls are shown escaped."""
     envelope = entry.envelope
     held = "  (held)" if entry.held else ""
-    print(f"{entry.queueId}  {_age(now - envelope.arrival):>4}  {entry.size:>8}  <{envelope.sender}>{held}")
+    print(f"{entry.queueId}  {_age(now - envelope.arrival):>4}  {entry.size:>8}  <{shown(envelope.sender)}>{held}")
     for r in envelope.recipients:
-        print(f"    {r.state.value:<9} <{r.address}>" + (f"  {r.lastReply}" if r.lastReply else ""))
+        print(f"    {r.state.value:<9} <{shown(r.address)}>" + (f"  {shown(r.lastReply)}" if r.lastReply else ""))
 
 
 def queueList(arguments: argparse.Namespace) -> int:
@@ -121,7 +123,9 @@ def queueShow(arguments: argparse.Namespace) -> int:
     else:
         _printEntry(entry, time.time())
         print()
-        print(headers.replace("\r\n", "\n"), end="")
+        lines = headers.split("\r\n")
+        for line in lines[:-1] if lines[-1] == "" else lines:  # a message's header: its controls escaped
+            print("\t".join(shown(part) for part in line.split("\t")))
     return 0
 
 

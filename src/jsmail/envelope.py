@@ -146,9 +146,9 @@ class Envelope:
         for r in recipients:
             if not isinstance(r, dict):
                 raise EnvelopeFormatError("bad envelope field: a recipient is not an object")
+            _check(r, _RECIPIENT_FIELDS, "recipient")  # first: the conversions read lastReply and state
             r = _fromVersion1(r) if version == 1 else r
             r = _fromVersion2(r) if version in (1, 2) else r
-            _check(r, _RECIPIENT_FIELDS, "recipient")
             try:
                 checked.append(Recipient(**{**r, "state": RecipientState(r["state"])}))
             except (TypeError, ValueError, KeyError) as e:

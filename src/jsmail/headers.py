@@ -77,7 +77,7 @@ class HeaderScanner:
             if self._line > self._limit:
                 return self._cut(self._field, False)
         self._searched = len(held)
-        if len(held) > self._limit:
+        if len(held) > self._limit and held[self._line:] != b"\r":  # a lone CR may start the empty line
             line = self._line  # the line that crosses the limit has begun: cut before its field
             return self._cut(line if held[line] not in _WSP else self._field, False)
         return None

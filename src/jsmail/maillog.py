@@ -10,14 +10,17 @@ reply's parts, and ``reason``, the private detail), so a program can watch them 
 
 Events of an SMTP session carry ``session``, a short id made at ``connect``, so a
 session's checks and refusals can be followed before a queue id exists; ``queued``
-joins the two.  New fields are only ever appended to a line's text.  Every event and
-field is listed in ``docs/operations.rst``.
+joins the two.  New fields are only ever appended to a line's text.  A line shows
+what others chose (addresses, replies, names) with its unprintable characters escaped
+(:func:`shown`), so one event is always one line; the event's fields keep the values.
+Every event and field is listed in ``docs/operations.rst``.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
+import string
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
@@ -25,6 +28,27 @@ if TYPE_CHECKING:
     from jsmail.interfaces import DeliveryResult
 
 _log = Logger(namespace="jsmail.maillog")
+_FORMATTER = string.Formatter()
+
+
+def shown(text: str) -> str:
+    """``text`` safe for one line of a log or a terminal: each character that is not
+    printable (C0 and C1 controls such as ESC and CSI, U+0085, line and paragraph
+    separators, format characters) escaped as in Python's repr, so an address cannot
+    end a log line, forge the next one or drive a terminal (security review L-7).
+    Printable text comes back as it was, and escaping twice changes nothing."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _info(format: str, **fields: Any) -> None:
+    """Log one event: its line shows the text fields through :func:`shown` (those
+    given with ``!r`` are escaped by repr), while the event keeps every value as it
+    is, for programs (JSON logs, :class:`jsmail.service.Outcomes`)."""
+    plain = {name for _, name, _, conversion in _FORMATTER.parse(format) if name and conversion is None}
+    line = format.format(**{k: shown(v) if k in plain and isinstance(v, str) else v for k, v in fields.items()})
+    _log.info(line.replace("{", "{{").replace("}", "}}"), **fields)
 
 
 def newSessionId() -> str:
@@ -33,40 +57,40 @@ def newSessionId() -> str:
 
 
 def connect(client: str, listener: str, session: str = "-") -> None:
-    _log.info("connect client={client} listener={listener} session={session}", client=client, listener=listener,
-              session=session, event="connect")
+    _info("connect client={client} listener={listener} session={session}", client=client, listener=listener,
+          session=session, event="connect")
 
 
 def tls(client: str, info: str, session: str = "-") -> None:
-    _log.info("tls client={client} {info} session={session}", client=client, info=info, session=session,
-              event="tls")
+    _info("tls client={client} {info} session={session}", client=client, info=info, session=session,
+          event="tls")
 
 
 def tlsFailed(client: str, error: str, session: str = "-") -> None:
-    _log.info("tls-failed client={client} error={error!r} session={session}", client=client, error=error,
-              session=session, event="tls-failed")
+    _info("tls-failed client={client} error={error!r} session={session}", client=client, error=error,
+          session=session, event="tls-failed")
 
 
 def auth(client: str, user: str, outcome: str, session: str = "-") -> None:
     """An AUTH attempt: the identity goes to the log, not into message headers."""
-    _log.info("auth client={client} user={user!r} outcome={outcome} session={session}", client=client, user=user,
-              outcome=outcome, session=session, event="auth")
+    _info("auth client={client} user={user!r} outcome={outcome} session={session}", client=client, user=user,
+          outcome=outcome, session=session, event="auth")
 
 
 def check(session: str, phase: str, name: str, verdict: str, argument: str = "", reply: object = "",
           reason: str = "", queueId: str = "-") -> None:
     """One check's answer in one SMTP phase: ``verdict`` is accept, reject or tempfail;
     ``argument`` what the phase was about (the HELO name, the sender, the recipient)."""
-    _log.info("check id={queueId} session={session} phase={phase} check={check} verdict={verdict} "
-              "argument={argument!r} reply={reply!r} reason={reason!r}", queueId=queueId, session=session,
-              phase=phase, check=name, verdict=verdict, argument=argument, reply=str(reply), reason=reason,
-              event="check")
+    _info("check id={queueId} session={session} phase={phase} check={check} verdict={verdict} "
+          "argument={argument!r} reply={reply!r} reason={reason!r}", queueId=queueId, session=session,
+          phase=phase, check=name, verdict=verdict, argument=argument, reply=str(reply), reason=reason,
+          event="check")
 
 
 def reject(client: str, command: str, reply: object, reason: str, queueId: str = "-", session: str = "-",
            listener: str = "-") -> None:
     """A refusal: ``reply`` is what the client saw, ``reason`` the private why."""
-    _log.info(
+    _info(
         "reject id={queueId} client={client} command={command!r} reply={reply!r} reason={reason!r} "
         "session={session} listener={listener}",
         queueId=queueId, client=client, command=command, reply=str(reply), reason=reason, session=session,
@@ -75,7 +99,7 @@ def reject(client: str, command: str, reply: object, reason: str, queueId: str =
 
 def queued(queueId: str, sender: str, recipients: int, size: int, client: str, session: str = "-",
            listener: str = "-", messageId: str = "") -> None:
-    _log.info(
+    _info(
         "queued id={queueId} from=<{sender}> nrcpt={recipients} size={size} client={client} session={session} "
         "listener={listener} message_id={messageId!r}",
         queueId=queueId, sender=sender, recipients=recipients, size=size, client=client, session=session,
@@ -86,9 +110,9 @@ def remote(queueId: str, host: str, address: str, port: int, mode: str, tls: str
     """A session with a remote server for a delivery: ``mode`` is the TLS mode asked
     for (``dane`` with TLSA records), ``tls`` what was agreed, ``outcome`` one of
     ``tls``, ``plaintext``, ``reused`` or ``failed``."""
-    _log.info("remote id={queueId} host={host} address={address} port={port} mode={mode} tls={tls!r} "
-              "outcome={outcome}", queueId=queueId, host=host, address=address, port=port, mode=mode, tls=tls,
-              outcome=outcome, event="remote")
+    _info("remote id={queueId} host={host} address={address} port={port} mode={mode} tls={tls!r} "
+          "outcome={outcome}", queueId=queueId, host=host, address=address, port=port, mode=mode, tls=tls,
+          outcome=outcome, event="remote")
 
 
 def attempt(queueId: str, agent: str, seconds: float, results: list[DeliveryResult]) -> None:
@@ -96,9 +120,9 @@ def attempt(queueId: str, agent: str, seconds: float, results: list[DeliveryResu
     counts = {"delivered": 0, "temporary": 0, "permanent": 0}
     for result in results:
         counts[result.status.value] = counts.get(result.status.value, 0) + 1
-    _log.info("attempt id={queueId} agent={agent} seconds={seconds:.3f} delivered={delivered} "
-              "temporary={temporary} permanent={permanent}", queueId=queueId, agent=agent, seconds=seconds,
-              event="attempt", **counts)
+    _info("attempt id={queueId} agent={agent} seconds={seconds:.3f} delivered={delivered} "
+          "temporary={temporary} permanent={permanent}", queueId=queueId, agent=agent, seconds=seconds,
+          event="attempt", **counts)
 
 
 def _outcome(result: DeliveryResult) -> dict[str, object]:
@@ -110,26 +134,26 @@ def _outcome(result: DeliveryResult) -> dict[str, object]:
 
 
 def delivered(queueId: str, result: DeliveryResult) -> None:
-    _log.info("delivered id={queueId} to=<{recipient}> detail={detail!r}",
-              queueId=queueId, event="delivered", **_outcome(result))
+    _info("delivered id={queueId} to=<{recipient}> detail={detail!r}",
+          queueId=queueId, event="delivered", **_outcome(result))
 
 
 def deferred(queueId: str, result: DeliveryResult, retryIn: float) -> None:
-    _log.info("deferred id={queueId} to=<{recipient}> detail={detail!r} retry_in={retryIn:.0f}s",
-              queueId=queueId, retryIn=retryIn, event="deferred", **_outcome(result))
+    _info("deferred id={queueId} to=<{recipient}> detail={detail!r} retry_in={retryIn:.0f}s",
+          queueId=queueId, retryIn=retryIn, event="deferred", **_outcome(result))
 
 
 def failed(queueId: str, result: DeliveryResult) -> None:
-    _log.info("failed id={queueId} to=<{recipient}> detail={detail!r}",
-              queueId=queueId, event="failed", **_outcome(result))
+    _info("failed id={queueId} to=<{recipient}> detail={detail!r}",
+          queueId=queueId, event="failed", **_outcome(result))
 
 
 def bounced(queueId: str, sender: str, bounceId: str, actions: str = "failed") -> None:
     """A delivery status notification was queued: ``actions`` are the RFC 3464 actions
     it reports (failed, delayed, delivered, relayed, expanded), comma-separated."""
-    _log.info("bounced id={queueId} to=<{sender}> bounce_id={bounceId} actions={actions}",
-              queueId=queueId, sender=sender, bounceId=bounceId, actions=actions, event="bounced")
+    _info("bounced id={queueId} to=<{sender}> bounce_id={bounceId} actions={actions}",
+          queueId=queueId, sender=sender, bounceId=bounceId, actions=actions, event="bounced")
 
 
 def removed(queueId: str) -> None:
-    _log.info("removed id={queueId}", queueId=queueId, event="removed")
+    _info("removed id={queueId}", queueId=queueId, event="removed")

@@ -159,6 +159,7 @@ AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH is not allowed inside a mail tra
 AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognised authentication mechanism")
 AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
 AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode the response as base64")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")  # RFC 4954 section 6
 AUTH_BAD_CREDENTIALS = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
 AUTH_ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")
@@ -216,6 +217,7 @@ QQ_BUG = Reply(451, "4.3.0", "qq internal bug")  # 81, 91
 # Local failures.
 QUEUE_FAILED = Reply(451, "4.3.0", "Local error in processing; the message was not queued")
 CHECK_FAILED = Reply(451, "4.3.0", "Temporary local problem, try again later")
+CHECKS_BUSY = Reply(451, "4.3.1", "Too much mail is being checked at once, try again later")
 
 # Delivery outcomes jsmail reports itself (in the operator log and in bounces).  Their
 # texts say what happened without naming internals; the private detail (paths, host

@@ -107,6 +107,11 @@ _LISTENER_RULES: dict[str, dict[str, bool]] = {
     "smtp": {}, "submission": {"requireTLS": True, "requireAuth": True}, "smtps": {"requireAuth": True}}
 
 
+def authFailureCounter(config: Config) -> FailureCounter:
+    """The count of failed logins the listeners share, bounded as configured."""
+    return FailureCounter(config.smtp.authFailureWindow, config.smtp.authRememberedKeys)
+
+
 def makeListener(config: Config, kind: str, funnel: Funnel, reactor: Any, checks: Sequence[object],
                  modifiers: Sequence[Any], tls: Any, portal: Portal | None, runInThread: RunInThread,
                  roomFor: Any = None, authFailures: FailureCounter | None = None) -> Listener:
@@ -114,7 +119,7 @@ def makeListener(config: Config, kind: str, funnel: Funnel, reactor: Any, checks
     submission requires STARTTLS and AUTH, smtps is TLS from the first byte and
     requires AUTH, and both are owed Date and Message-ID (RFC 6409 section 8)."""
     owed = NOTHING if kind == "smtp" else Owed(complete=True, hostname=config.server.hostname)
-    failures = authFailures if authFailures is not None else FailureCounter(config.smtp.authFailureWindow)
+    failures = authFailures if authFailures is not None else authFailureCounter(config)
     rules = replace(config.smtp, **_LISTENER_RULES[kind])  # type: ignore[arg-type]  # all bool fields
     return Listener(rules, funnel.owing(owed), reactor, kind,
                     tuple(checks), tuple(modifiers), tls, portal, kind == "smtps", runInThread, roomFor,
@@ -284,7 +289,7 @@ class MailGateway(ThreadPoolService):
         always = builtInChecks(config, self.threads("checks"))
         self.chains = policyChains(config, self.reactor, self.threads("checks"))
         self.listeners: list[ListenerService] = []
-        authFailures = FailureCounter(config.smtp.authFailureWindow)  # one count for all listeners
+        authFailures = authFailureCounter(config)  # one count for all listeners
         for kind in LISTENER_KINDS:
             listener = makeListener(config, kind, funnel, self.reactor, (*always, *self.chains[kind].policies),
                                     self.chains[kind].modifiers, self.tls, portal, runInThread,

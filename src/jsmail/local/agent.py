@@ -47,6 +47,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from jsmail import reply
+from jsmail._bounded import LRU
 from jsmail._disk import GroupSync
 from jsmail._process import allowedEnvironment
 from jsmail._threads import RunInThread
@@ -111,8 +112,8 @@ class LocalDelivery:
                  newMessage: Callable[[Envelope], IIncomingMessage] | None = None) -> None:
         self.root = root
         self.runInThread = runInThread
-        self.syncer = syncer if syncer is not None else GroupSync(runInThread)
-        self._made: set[str] = set()  # Maildirs known to exist (one that is removed is made again on failure)
+        self.syncer = syncer if syncer is not None else GroupSync(runInThread, settings.rememberedMailboxes)
+        self._made: LRU[str, None] = LRU(settings.rememberedMailboxes)  # Maildirs known to exist (made again if not)
         self.hostname = hostname or socket.gethostname()
         if reactor is None:
             from twisted.internet import reactor
@@ -205,10 +206,10 @@ class LocalDelivery:
         try:
             if maildir not in self._made:
                 makeMaildir(maildir)
-                self._made.add(maildir)
+                self._made[maildir] = None
             return maildir, writeMaildirMessage(maildir, headers, source, self.hostname)
         except OSError as e:
-            self._made.discard(maildir)  # made again next time, should it have been removed
+            self._made.forget(maildir)  # made again next time, should it have been removed
             raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {e}") from None
 
     def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
@@ -230,7 +231,7 @@ class LocalDelivery:
         """The group commit of a message written into ``maildir``."""
 
         def failed(failure: Any) -> None:
-            self._made.discard(maildir)
+            self._made.forget(maildir)
             raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {failure.getErrorMessage()}")
 
         return self.syncer.sync(os.path.dirname(path)).addErrback(failed)

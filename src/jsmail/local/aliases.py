@@ -73,7 +73,7 @@ def targetInstruction(target: str, noAtHost: str) -> Instruction:
         return Program(target[1:].strip())
     if target.startswith("/"):
         return Maildir(target) if target.endswith("/") else Mbox(target)
-    if any(c in target for c in " \t<>()\"\\;"):
+    if any(c in " \t<>()\"\\;\x7f" or c < " " for c in target):  # NUL and the other controls too
         raise ValueError(f"{target!r} is not a bare address")
     return Forward(target if "@" in target else f"{target}@{noAtHost}")
 
@@ -95,14 +95,15 @@ def parseAliases(text: str, source: str, noAtHost: str,
         else:
             entries.append((number, line))
     aliases: dict[str, tuple[Instruction, ...] | AliasesError] = {}
+    included = _Includes(readInclude) if readInclude is not None else None
     for number, entry in entries:
         name, colon, rest = entry.partition(":")
         name = name.strip().lower()
         if not colon or not name or any(c in name for c in " \t"):
             raise AliasesError(f"{source}:{number}: expected 'name: target, ...', got {entry!r}")
         try:
-            aliases[name] = tuple(_expand(splitTargets(rest), noAtHost, readInclude, 0,
-                                          source if isinstance(text, _Foreign) else ""))
+            expanded = _expand(splitTargets(rest), noAtHost, included, 0, source if isinstance(text, _Foreign) else "")
+            aliases[name] = tuple(dict.fromkeys(expanded))
         except _Unsafe as e:
             aliases[name] = AliasesError(f"{source}:{number}: alias {name!r}: {e}")
             continue
@@ -113,21 +114,55 @@ def parseAliases(text: str, source: str, noAtHost: str,
     return aliases
 
 
-def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str] | None,
-            depth: int, foreign: str = "") -> list[Instruction]:
+#: Targets and :include: files one alias may take: files that name the next file a few
+#: times each multiply them level by level (six names over ten levels: 60 million).
+MAX_EXPANSION = 10_000
+#: Octets an aliases file or an included file may have: real ones have a few thousand.
+MAX_FILE = 4 * 1024 * 1024
+
+
+class _Includes:
+    """The :include: files of one aliases file, each read once whatever names it, and
+    expanded once per alias: a file named twice (or by a file it names) adds nothing
+    new, so a chain of files naming the next ones many times costs one read each."""
+
+    def __init__(self, read: Callable[[str], str]) -> None:
+        self._read = read
+        self._targets: dict[str, tuple[list[str], bool]] = {}
+        self.expanded: set[str] = set()
+
+    def targets(self, path: str) -> tuple[list[str], bool]:
+        """The file's targets, and whether someone else owns it (:class:`_Foreign`)."""
+        if path not in self._targets:
+            text = self._read(path)
+            lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            self._targets[path] = (splitTargets(",".join(lines)), isinstance(text, _Foreign))
+        return self._targets[path]
+
+
+def _expand(targets: list[str], noAtHost: str, included: _Includes | None,
+            depth: int, foreign: str = "", spent: list[int] | None = None) -> list[Instruction]:
     """``foreign``: the include file, owned by someone else, these targets came from."""
+    if spent is None:  # one alias: its own count, and its own files expanded
+        spent = [0]
+        if included is not None:
+            included.expanded.clear()
     out: list[Instruction] = []
     for target in targets:
+        spent[0] += 1
+        if spent[0] > MAX_EXPANSION:
+            raise ValueError(f"more than {MAX_EXPANSION} targets and :include: files")
         if target.startswith(":include:"):
             path = target[len(":include:"):].strip()
-            if readInclude is None:
+            if included is None:
                 raise ValueError(f":include: is not allowed here ({path})")
             if depth >= 10:
                 raise ValueError(f":include: nested too deeply at {path}")
-            text = readInclude(path)
-            lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-            out += _expand(splitTargets(",".join(lines)), noAtHost, readInclude, depth + 1,
-                           path if isinstance(text, _Foreign) else foreign)
+            if path in included.expanded:
+                continue  # its targets are there already
+            included.expanded.add(path)
+            more, othersFile = included.targets(path)
+            out += _expand(more, noAtHost, included, depth + 1, path if othersFile else foreign, spent)
         else:
             instruction = targetInstruction(target, noAtHost)
             if foreign and not isinstance(instruction, Forward):
@@ -137,9 +172,14 @@ def _expand(targets: list[str], noAtHost: str, readInclude: Callable[[str], str]
 
 
 def _readText(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    """The file's text, a :class:`_Foreign` one when someone else owns it; one over
+    :data:`MAX_FILE` octets is refused, not read whole."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE + 1)
         owner = os.fstat(f.fileno()).st_uid
+    if len(data) > MAX_FILE:
+        raise ValueError(f"{path} is larger than {MAX_FILE} octets")
+    text = data.decode("utf-8", "replace")
     return text if owner in (0, os.geteuid()) else _Foreign(text)
 
 
@@ -166,6 +206,8 @@ class AliasesFile:
                 text = _readText(self.path)
             except OSError as e:
                 raise AliasesError(f"{self.path}: cannot read the aliases file: {e.strerror}") from None
+            except ValueError as e:
+                raise AliasesError(f"{self.path}: cannot use the aliases file: {e}") from None
             self._aliases = parseAliases(text, self.path, self.noAtHost, _readText if self.allowInclude else None)
             self._stamp = stamp
         return self._aliases

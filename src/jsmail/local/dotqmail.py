@@ -93,7 +93,7 @@ def parseLine(line: str) -> Instruction | None:
     if line[0] in "/.":
         return Maildir(line) if line.endswith("/") else Mbox(line)
     address = line[1:] if line.startswith("&") else line
-    if not address or any(c in address for c in " \t<>()\"\\,;"):
+    if not address or any(c in " \t<>()\"\\,;\x7f" or c < " " for c in address):  # CR, NUL: no address either
         raise DeliveryError(reply.BAD_FORWARD, True, f"cannot forward to {address!r}: not a bare address")
     return Forward(address)
 

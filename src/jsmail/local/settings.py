@@ -23,6 +23,7 @@ class LocalSettings:
     virtualDomains: tuple[str, ...] = ()  # qmail's virtualdomains lines, "key:prepend"
     localDomains: tuple[str, ...] = ()  # the first one holds virtual domains' users
     catchAll: bool | None = None  # take any local part (None: only when the one local domain is localhost)
+    rememberedMailboxes: int = 10_000  # Maildirs known to exist, and their file systems (least recent go first)
     minimumUid: int = 1000  # system users below it (and root) are never delivered to as themselves
     allowedPaths: tuple[str, ...] = ()  # where virtual users' mbox and Maildir lines may go besides their home
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Iterable, Iterator, TextIO
 
+from jsmail.maillog import shown
+
 _TEXT_LINE = re.compile(r"^(\S+) \[jsmail\.maillog#\w+\] ([\w-]+)(?: (.*))?$")
 _FIELD = re.compile(r"""(\w+)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|<[^>]*>|\S*)""")
 #: Text field names that differ from the event's keys.
@@ -244,7 +246,7 @@ def run(selection: Selection, paths: list[str], out: TextIO) -> int:
               f"in {', '.join(files)}", file=out)
         return 1
     for line in render(traces):
-        print(line, file=out)
+        print(shown(line), file=out)  # JSON logs keep addresses and replies as they came
     return 0
 
 

@@ -100,10 +100,11 @@ class PhaseRunner:
     Each check's answer goes to the operator log (``check``), named by its class.
     """
 
-    def __init__(self, checks: Iterable[object]) -> None:
+    def __init__(self, checks: Iterable[object], inFlight: InFlight | None = None) -> None:
         checks = tuple(checks)
         self.policies = tuple(c for c in checks if IPolicy.providedBy(c))
         self.messagePolicies = tuple(c for c in checks if IMessagePolicy.providedBy(c))
+        self.inFlight = inFlight
 
     def run(self, phase: str, session: ISession, additions: Additions, accept: Callable[[], Any], *args: Any) -> Any:
         """``accept()``'s result once every check of ``phase`` has said yes, now or
@@ -119,8 +120,12 @@ class PhaseRunner:
                           _PHASES.get(phase, phase))
 
     def _next(self, pending: list[tuple[object, Callable[..., Any]]], kept: list[Verdict], accept: Callable[[], Any],
-              args: tuple[Any, ...], phase: str) -> Any:
+              args: tuple[Any, ...], phase: str, granted: bool = False) -> Any:
         while pending:
+            turn = self.inFlight.turn(args[0]) if self.inFlight is not None and not granted else None
+            if turn is not None:  # this client has its fill of checks waiting on something
+                return turn.addCallback(lambda _: self._next(pending, kept, accept, args, phase, True))
+            granted = False
             check, method = pending.pop(0)
             logged = (args[0], phase, type(check).__name__, args[1] if len(args) > 1 and phase != "data" else "")
             try:
@@ -129,11 +134,59 @@ class PhaseRunner:
                 _logRefusal(e, logged)
                 raise
             if isinstance(answer, defer.Deferred):
+                if self.inFlight is not None:
+                    answer = self.inFlight.started(args[0], answer)
                 answer.addErrback(_logFailure, logged)
                 return answer.addCallback(_keep, kept, logged).addCallback(
                     lambda _: self._next(pending, kept, accept, args, phase))
             _keep(answer, kept, logged)
         return accept()
+
+
+class InFlight:
+    """The checks of one client's sessions that wait on something (DNS, a program, a
+    thread), at most ``limit`` at once; a session whose check would be one more waits
+    its turn, in order (security review M-4: one client's many sessions must not take
+    every worker the checks share).  ``keyOf`` says which sessions are one client.
+    Only clients with checks in flight or waiting have entries."""
+
+    def __init__(self, limit: int, keyOf: Callable[[Any], str]) -> None:
+        self.limit, self.keyOf = limit, keyOf
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, list[defer.Deferred[None]]] = {}
+
+    def turn(self, session: Any) -> defer.Deferred[None] | None:
+        """None when the session's client may start a check now, else a Deferred that
+        fires when it may: then it goes ahead without asking again."""
+        key = self.keyOf(session)
+        if self._running.get(key, 0) < self.limit and key not in self._waiting:
+            return None
+        waiting: defer.Deferred[None] = defer.Deferred()
+        self._waiting.setdefault(key, []).append(waiting)
+        return waiting
+
+    def started(self, session: Any, answer: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """Count ``answer`` in flight until it fires; then waiters go, as many as fit."""
+        key = self.keyOf(session)
+        self._running[key] = self._running.get(key, 0) + 1
+
+        def ended(result: object) -> object:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
+            self._wake(key)
+            return result
+
+        return answer.addBoth(ended)
+
+    def _wake(self, key: str) -> None:
+        # A waiter whose check answers at once takes no place, so the next goes too.
+        while self._running.get(key, 0) < self.limit and self._waiting.get(key):
+            waiters = self._waiting[key]
+            waiter = waiters.pop(0)
+            if not waiters:
+                del self._waiting[key]
+            waiter.callback(None)
 
 
 #: The operator log's names for the phases.

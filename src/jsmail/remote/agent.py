@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jsmail import maillog, reply
+from jsmail._bounded import LRU
 from jsmail._threads import RunInThread
 from jsmail.envelope import Recipient
 from jsmail.error import DeliveryError
@@ -108,8 +109,9 @@ class RemoteDelivery:
         self.trustRoot = trustRoot
         self.mtaSts = mtaSts
         self.destinations = destinations or Destinations(settings.allowInternal)
-        self._down: dict[str, tuple[float, int, str]] = {}  # address -> (until, failures, why)
-        self._slots: dict[str, defer.DeferredSemaphore] = {}
+        # (address, port) -> (until, failures, why), for at most rememberedHosts hosts (security review L-10)
+        self._down: LRU[tuple[str, int], tuple[float, int, str]] = LRU(settings.rememberedHosts)
+        self._slots: dict[tuple[str, int], defer.DeferredSemaphore] = {}  # by address and port, as _down
         self._idle: dict[_PoolKey, list[tuple[ESMTPClient, Any]]] = {}
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
@@ -177,7 +179,7 @@ class RemoteDelivery:
                      tlsa: tuple[TLSARecord, ...]) -> Any:
         """Results for the recipients, or a :class:`DeliveryError` saying why this host
         could not be tried.  ``tlsa``: the host's validated TLSA records, if any (DANE)."""
-        slots = self._slots.setdefault(address, defer.DeferredSemaphore(self.settings.perHost))
+        slots = self._slots.setdefault((address, route.port), defer.DeferredSemaphore(self.settings.perHost))
         if len(slots.waiting) >= self.settings.perHost:
             # As many wait as are in session: a host that is slow on purpose (a tarpit)
             # holds at most twice per_host attempts; the rest wait in the queue.
@@ -186,7 +188,7 @@ class RemoteDelivery:
 
         def released(result: object) -> object:
             if not slots.waiting and slots.tokens == slots.limit:
-                self._slots.pop(address, None)  # no map grows with the destinations seen
+                self._slots.pop((address, route.port), None)  # no map grows with the destinations seen
             return result
 
         return d.addBoth(released)
@@ -233,7 +235,7 @@ class RemoteDelivery:
         """A new session, or the :class:`DeliveryError` why there is none (a host that
         cannot be reached is backed off; a host still backed off is not tried)."""
         now = self.reactor.seconds()
-        until, failures, why = self._down.get(address, (0.0, 0, ""))
+        until, failures, why = self._down.get((address, route.port), (0.0, 0, ""))
         if until > now:
             return DeliveryError(reply.HOST_BACKED_OFF, False, f"{why}; not tried again for {until - now:.0f} s")
         try:
@@ -247,9 +249,9 @@ class RemoteDelivery:
                 # attacker's domain pointing at a big provider's MX must not defer
                 # other domains' mail there (security review M-6).
                 delay = min(self.settings.hostBackoff * 2 ** failures, self.settings.hostBackoffMaximum)
-                self._down[address] = (self.reactor.seconds() + delay, failures + 1, why)
+                self._down[address, route.port] = (self.reactor.seconds() + delay, failures + 1, why)
             return DeliveryError(e.reply, e.permanent, f"{e.detail} ({route.host} [{address}])".lstrip())
-        self._down.pop(address, None)
+        self._down.pop((address, route.port), None)
         return client
 
     def _withDeadline(self, client: ESMTPClient, sending: defer.Deferred[list[DeliveryResult]],
@@ -286,19 +288,27 @@ class RemoteDelivery:
         return address, route.port, route.tls, route.host if checked else "", tlsa
 
     def _takeIdle(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...]) -> ESMTPClient | None:
-        pool = self._idle.get(self._poolKey(route, address, tlsa), [])
+        key = self._poolKey(route, address, tlsa)
+        pool = self._idle.get(key, [])
         while pool:
             client, timer = pool.pop()
             timer.cancel()
             if not client.closed:
-                return client
-        return None
+                break
+        else:
+            client = None
+        if not pool:
+            self._idle.pop(key, None)  # no map grows with the destinations seen
+        return client
 
     def _keepIdle(self, route: Route, address: str, tlsa: tuple[TLSARecord, ...], client: ESMTPClient) -> None:
-        pool = self._idle.setdefault(self._poolKey(route, address, tlsa), [])
+        key = self._poolKey(route, address, tlsa)
+        pool = self._idle.setdefault(key, [])
 
         def expire() -> None:
             pool[:] = [(c, t) for c, t in pool if c is not client]
+            if not pool and self._idle.get(key) is pool:
+                del self._idle[key]
             client.quit()
 
         pool.append((client, self.reactor.callLater(self.settings.idleTimeout, expire)))

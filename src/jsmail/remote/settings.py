@@ -39,6 +39,7 @@ class RemoteSettings:
     heloHost: str = ""
     replyTimeout: float = 0.0
     sessionDeadline: float = 1800.0  # seconds one delivery's whole SMTP transaction may take
+    rememberedHosts: int = 10_000  # hosts whose back-off is remembered (the least recently seen go first)
 
     @property
     def smarthostRoute(self) -> Route | None:

@@ -23,7 +23,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
+from jsmail import reply
 from jsmail._threads import RunInThread
+from jsmail.error import SMTPReplyError
 from jsmail.headers import FieldDropper, dropFields, fieldName, headerOf, splitHeader
 from jsmail.headers import fields as headerFields
 from jsmail.interfaces import IIncomingMessage, IModifier
@@ -41,14 +43,35 @@ def _dateOf(second: int) -> str:
     return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
+class MemoryBudget:
+    """Octets of messages that end-of-data work holds whole in memory at once (a
+    content filter's input, what DKIM signing reads), across a listener's sessions:
+    past ``limit`` new such work is refused for now (security review M-12)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, octets: int) -> bool:
+        if self.used + octets > self.limit:
+            return False
+        self.used += octets
+        return True
+
+    def give(self, octets: int) -> None:
+        self.used -= octets
+
+
 class Spool:
     """The message as received (smtpd's Received field first), for checks to read."""
 
-    def __init__(self, runInThread: RunInThread, memoryLimit: int = 256 * 1024) -> None:
+    def __init__(self, runInThread: RunInThread, memoryLimit: int = 256 * 1024,
+                 budget: MemoryBudget | None = None) -> None:
         self._file = tempfile.SpooledTemporaryFile(max_size=memoryLimit)
         self._runInThread = runInThread
         self._memoryLimit = memoryLimit
         self._bytes: bytes | None = None
+        self._budget = budget
+        self._reserved = 0
         self.size = 0
 
     def write(self, data: bytes) -> None:
@@ -56,17 +79,20 @@ class Spool:
         self._file.write(data)
 
     def read(self) -> defer.Deferred[bytes]:
-        """The whole message (read once, in a thread when it is on disk); checks run
-        one after another, so two reads never share the file at once."""
+        """The whole message, in a thread when it is on disk; checks run one after
+        another, so two reads never share the file at once.  Only a message within
+        ``memoryLimit`` is kept for the next reader: a larger one is read again, so a
+        session holds no copy of it between checks (security review M-12)."""
         if self._bytes is not None:
             return defer.succeed(self._bytes)
-        d = defer.succeed(self._readAll()) if self.size <= self._memoryLimit else self._runInThread(self._readAll)
-
-        def keep(data: bytes) -> bytes:
-            self._bytes = data
-            return data
-
-        return d.addCallback(keep)
+        if self.size > self._memoryLimit:
+            if not self._reserved and self._budget is not None:
+                if not self._budget.take(self.size):  # held until the spool closes, with the transaction
+                    return defer.fail(SMTPReplyError(reply.CHECKS_BUSY, f"{self._budget.used} octets in checks"))
+                self._reserved = self.size
+            return self._runInThread(self._readAll)
+        self._bytes = self._readAll()
+        return defer.succeed(self._bytes)
 
     def _readAll(self) -> bytes:
         self._file.seek(0)
@@ -79,6 +105,9 @@ class Spool:
 
     def close(self) -> None:
         self._file.close()
+        if self._budget is not None and self._reserved:
+            self._budget.give(self._reserved)
+            self._reserved = 0
 
 
 def transfer(spool: Spool, message: IIncomingMessage, prefix: bytes, dropField: Callable[[bytes], bool],
@@ -124,7 +153,8 @@ class Assembler:
     and takes forged Authentication-Results fields out (RFC 8601 section 5)."""
 
     def __init__(self, hostname: str, authservId: str, showAuth: bool, modifiers: Sequence[IModifier],
-                 spoolAlways: bool, clock: IReactorTime, runInThread: RunInThread, owed: Owed = NOTHING) -> None:
+                 spoolAlways: bool, clock: IReactorTime, runInThread: RunInThread, owed: Owed = NOTHING,
+                 budget: MemoryBudget | None = None) -> None:
         """``spoolAlways``: the listener has end-of-message checks, so every message
         waits in a spool for them.  ``owed``: what the listener's sink adds to each
         message (Date and Message-ID on submission, RFC 6409 section 8); when there are
@@ -138,6 +168,7 @@ class Assembler:
         self.clock = clock
         self.runInThread = runInThread
         self.owed = owed
+        self.budget = budget
 
     def begin(self, session: Session, message: IIncomingMessage) -> Spool | None:
         """Start the message: the trace header and the fields checks added so far go
@@ -145,7 +176,7 @@ class Assembler:
         received = self.receivedHeader(session, message.queueId)
         additions = session.added.inOrder()
         if self.spoolAlways or self.modifiers or any(v.results for v in additions):
-            spool = Spool(self.runInThread)
+            spool = Spool(self.runInThread, budget=self.budget)
             spool.write(received)
             return spool
         message.write(fieldLines(h for v in additions for h in v.headers) + received)

@@ -13,9 +13,10 @@ from twisted.internet.interfaces import IReactorTime
 
 from jsmail._threads import RunInThread, runNow
 from jsmail.interfaces import IMessageSink, IModifier
-from jsmail.policy.chain import PhaseRunner
+from jsmail.policy.chain import InFlight, PhaseRunner
 from jsmail.queue.funnel import NOTHING, Owed
-from jsmail.smtp.assembly import Assembler
+from jsmail.smtp.assembly import Assembler, MemoryBudget
+from jsmail.smtp.limits import clientKey
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.settings import ServerSettings
 
@@ -48,10 +49,16 @@ class Listener:
 
     @cached_property
     def phases(self) -> PhaseRunner:
-        return PhaseRunner(self.checks)
+        settings = self.settings
+
+        def client(session: Any) -> str:
+            return clientKey(session.clientAddress, settings.clientPrefix6)
+
+        return PhaseRunner(self.checks, InFlight(settings.maxChecksPerClient, client))
 
     @cached_property
     def assembler(self) -> Assembler:
         settings = self.settings
         return Assembler(settings.hostname, settings.authservId, settings.showAuthInReceived, self.modifiers,
-                         bool(self.phases.messagePolicies), self.clock, self.runInThread, self.owed)
+                         bool(self.phases.messagePolicies), self.clock, self.runInThread, self.owed,
+                         MemoryBudget(settings.maxCheckMemory))

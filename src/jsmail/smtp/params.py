@@ -16,6 +16,13 @@ BODY_TYPES = ("7BIT", "8BITMIME")
 MAIL_PARAMETERS = ("SIZE", "BODY", "SMTPUTF8", "RET", "ENVID")
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")
+_HEXCHAR = re.compile(r"\+([0-9A-F]{2})")
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+")
+#: RFC 6533 section 3: QCHAR (printable ASCII but "+", "=" and "\\"), non-ASCII only in
+#: utf-8-addr-unitext (with SMTPUTF8), and "\\x{HEX}" for any character.
+_UTF8_ADDR = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e]|\\x\{[0-9A-F]{2,6}\})+")
+_UTF8_ADDR_UNITEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\x\{[0-9A-F]{2,6}\})+")
+_EMBEDDED = re.compile(r"\\x\{([0-9A-F]{2,6})\}")
 
 
 def ehloKeywords(maxMessageSize: int, startTLS: bool, authMechanisms: Iterable[str]) -> list[str]:
@@ -44,6 +51,41 @@ def isXtext(value: str | None, limit: int) -> bool:
     return bool(value) and len(value or "") <= limit and _XTEXT.fullmatch(value or "") is not None
 
 
+def decodeXtext(value: str) -> str | None:
+    """The text an xtext value stands for, when it is printable ASCII (RFC 3461 section
+    4: ENVID and an ORCPT address are printable); None when it is not, as when ``+0D``
+    and ``+0A`` would put a line end into a DSN field."""
+    if not _XTEXT.fullmatch(value):
+        return None
+    decoded = _HEXCHAR.sub(lambda m: chr(int(m.group(1), 16)), value)
+    return decoded if decoded.isascii() and decoded.isprintable() else None
+
+
+def decodeUtf8Address(value: str, utf8: bool) -> str | None:
+    """An ORCPT ``utf-8`` address (RFC 6533 section 3: utf-8-addr-xtext, or with
+    SMTPUTF8 utf-8-addr-unitext), decoded; None unless every character is a printable
+    one (no controls, no line or paragraph separators, no surrogates)."""
+    if not (_UTF8_ADDR_UNITEXT if utf8 else _UTF8_ADDR).fullmatch(value):
+        return None
+    points = [int(hexpoint, 16) for hexpoint in _EMBEDDED.findall(value)]
+    if any(p > 0x10FFFF or 0xD800 <= p <= 0xDFFF for p in points):
+        return None
+    decoded = _EMBEDDED.sub(lambda m: chr(int(m.group(1), 16)), value)
+    return decoded if decoded.isprintable() else None
+
+
+def _checkOrcpt(value: str | None, utf8: bool) -> None:
+    """RFC 3461 section 4.2: ``addr-type ";" xtext``, the address decoding to printable
+    text; RFC 6533's ``utf-8`` type has an encoding of its own."""
+    addressType, semicolon, address = (value or "").partition(";")
+    international = addressType.lower() == "utf-8"
+    if not semicolon or not _ATOM.fullmatch(addressType) or not 0 < len(address) <= 500 or not (
+            international or _XTEXT.fullmatch(address)):
+        raise SMTPReplyError(reply.BAD_PARAMETER.withText("ORCPT must be addr-type;xtext"))
+    if (decodeUtf8Address(address, utf8) if international else decodeXtext(address)) is None:
+        raise SMTPReplyError(reply.BAD_PARAMETER.withText("ORCPT's address must decode to printable text"))
+
+
 def tooBig(maxMessageSize: int) -> Reply:
     return reply.MESSAGE_TOO_BIG.format(maxMessageSize)
 
@@ -69,10 +111,13 @@ def checkMailParams(params: dict[str, str | None], esmtp: bool, maxMessageSize: 
             raise SMTPReplyError(reply.BAD_PARAMETER.withText("RET must be FULL or HDRS (RFC 3461)"))
         elif key == "ENVID" and not isXtext(value, 100):
             raise SMTPReplyError(reply.BAD_PARAMETER.withText("ENVID must be xtext of at most 100 octets"))
+        elif key == "ENVID" and decodeXtext(value or "") is None:
+            raise SMTPReplyError(reply.BAD_PARAMETER.withText("ENVID must decode to printable ASCII (RFC 3461)"))
 
 
-def checkRcptParams(params: dict[str, str | None]) -> None:
-    """DSN's RCPT parameters (RFC 3461 section 4): NOTIFY and ORCPT."""
+def checkRcptParams(params: dict[str, str | None], utf8: bool = False) -> None:
+    """DSN's RCPT parameters (RFC 3461 section 4): NOTIFY and ORCPT (``utf8``: the
+    transaction has SMTPUTF8, so ORCPT's ``utf-8`` address may be unitext)."""
     for key, value in params.items():
         if key == "NOTIFY":
             words = (value or "").upper().split(",")
@@ -80,8 +125,6 @@ def checkRcptParams(params: dict[str, str | None]) -> None:
                 raise SMTPReplyError(reply.BAD_PARAMETER.withText(
                     "NOTIFY must be NEVER, or one or more of SUCCESS, FAILURE, DELAY"))
         elif key == "ORCPT":
-            addressType, semicolon, address = (value or "").partition(";")
-            if not semicolon or not addressType or not isXtext(address, 500):
-                raise SMTPReplyError(reply.BAD_PARAMETER.withText("ORCPT must be addr-type;xtext"))
+            _checkOrcpt(value, utf8)
         else:
             raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))

@@ -197,6 +197,12 @@ class AuthExchange:
             return d
         return d.addCallback(lambda answered: deferLater(self.clock, delay, lambda: answered))
 
+    def lineTooLong(self) -> Reply:
+        """A response over the command-line limit ends the exchange (RFC 4954 section 6:
+        500 5.5.6), so what follows it is read as commands again."""
+        self._mechanism = None
+        return reply.AUTH_LINE_TOO_LONG
+
     def _authenticated(self, result: tuple[Any, IMailUser, Any]) -> Reply:
         _, user, _ = result
         self.session.user = user

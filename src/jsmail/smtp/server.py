@@ -59,7 +59,6 @@ _JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 @implementer(IHandshakeListener)
 class ESMTPServer(Protocol):
     """One SMTP session.  See the module docstring for the rules it keeps."""
-
     transport: StreamTransport  # type: ignore[assignment]  # narrower than Twisted's Optional[ITransport]: set before any use
 
     def __init__(self, listener: Listener) -> None:
@@ -182,21 +181,25 @@ class ESMTPServer(Protocol):
                     self._buffer = b""
                     if not self._discardingLongLine:
                         self._discardingLongLine = True
-                        self._sendReply(reply.LINE_TOO_LONG)
+                        self._sendReply(self._lineTooLong())
                 return
             line, self._buffer = self._buffer[:lf], self._buffer[lf + 1 :]
             if self._discardingLongLine:
                 self._discardingLongLine = False
                 continue
             self._timeLimits.resetTimeout()  # the idle time runs from a command line's start, not its last byte
+            if len(line) + 1 > self.settings.maxCommandLine:
+                self._sendReply(self._lineTooLong())
+                continue
             if self._auth is not None and self._auth.inProgress:
                 auth = self._auth
                 self._runCommand(partial(auth.respond, line.removesuffix(b"\r")))
                 continue
-            if len(line) + 1 > self.settings.maxCommandLine:
-                self._sendReply(reply.LINE_TOO_LONG)
-                continue
             self._runCommand(partial(self._dispatch, line.removesuffix(b"\r")))
+
+    def _lineTooLong(self) -> Reply:
+        """Alike in one read or many; a SASL response that long ends the exchange too."""
+        return self._auth.lineTooLong() if self._auth is not None and self._auth.inProgress else reply.LINE_TOO_LONG
 
     def _runCommand(self, command: Callable[[], Result]) -> None:
         """Run one command; if its reply is not ready, hold all later input until it is."""
@@ -326,9 +329,8 @@ class ESMTPServer(Protocol):
             raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, "queue file system below the free-space minimum")
         user = self.session.user
         if user is not None and not user.maySendAs(str(address)):
-            raise SMTPReplyError(
-                reply.SENDER_NOT_OWNED.withText(f"Sender <{address}> not allowed for user {user.name}"),
-                f"user {user.name} tried sender <{address}>")
+            text = f"Sender <{address}> not allowed for user {user.name}"
+            raise SMTPReplyError(reply.SENDER_NOT_OWNED.withText(text), f"user {user.name} tried sender <{address}>")
 
         def accept() -> Reply:
             self.session.sender, self.session.mailParams = address, params
@@ -346,9 +348,8 @@ class ESMTPServer(Protocol):
         if len(self.session.recipients) >= self.settings.maxRecipients:
             return reply.TOO_MANY_RECIPIENTS
         utf8 = "SMTPUTF8" in self.session.mailParams
-        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8,
-                                    postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)
-        checkRcptParams(params)
+        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)  # noqa: E501 (the module is at 500 lines)
+        checkRcptParams(params, utf8)
 
         def accept() -> Reply:
             self.session.recipients.append(Recipient(str(address), params))

@@ -35,11 +35,14 @@ class ServerSettings:
     authFailureDelay: float = 1.0  # seconds an answer waits after one failure, doubling with each
     maxClientAuthFailures: int = 10  # failures from one client (IPv6: its /64) before AUTH gets 421
     authFailureWindow: float = 900.0  # seconds a failure counts against the client and the user
+    authRememberedKeys: int = 10_000  # clients and user names whose failures are counted (oldest go first)
     showAuthInReceived: bool = False
     authservId: str = ""  # Authentication-Results authserv-id (RFC 8601 section 2.5); empty: hostname
     maxJunkCommands: int = 100  # NOOP, RSET, VRFY, HELP beyond this many each count as an error (Postfix's limit)
     maxSessionTime: float = 3600.0  # a session's whole life, seconds
     minDataRate: float = 500.0  # octets/s a message must keep coming at (Postfix's smtpd_min_data_rate)
+    maxCheckMemory: int = 512 * 1024 * 1024  # octets of messages held whole for checks at once; past it 451 4.3.1
+    maxChecksPerClient: int = 4  # checks waiting on DNS or a program at once for one client; more wait their turn
     clientPrefix6: int = 64  # IPv6 clients in one /64 count as one for maxConnectionsPerClient
     allowNul: bool = False  # NUL octets in content (RFC 5322 section 2.3 forbids them): refused unless allowed
     strictHelo: bool = False  # refuse an EHLO/HELO argument that is no domain or address literal
