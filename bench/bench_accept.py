@@ -27,7 +27,7 @@ from types import FrameType
 
 from loadgen import SMTPReplyError
 from memory import MemoryResult, measure_idle_sessions
-from report import Cell, Rates, rate_table, memory_table
+from report import Cell, Rates, memory_table, rate_table
 from servers import SERVERS, Server, ServerUnavailable, free_port
 from throughput import GENERATORS, Load, RunFailed, RunResult, run_once, smtp_source
 

@@ -74,7 +74,8 @@ def main(reactor: Any, checks: int, concurrency: int) -> Any:
         start = time.perf_counter()
         semaphore = defer.DeferredSemaphore(concurrency)
         yield defer.gatherResults([semaphore.run(checker.check, CASES[domain], f"a@{domain}", "h.bench")
-                                   .addCallback(lambda r: results.append(r.result)) for _ in range(checks)])
+                                   .addCallback(lambda r, results=results: results.append(r.result))
+                                   for _ in range(checks)])
         rates[f"jsmail {domain}"] = checks / (time.perf_counter() - start)
         assert set(results) == {"pass"}, set(results)
         # pyspf's own resolver blocks: run it in threads so the reactor can serve its DNS

@@ -82,7 +82,7 @@ async def session(host: str, port: int, messages: Messages) -> None:
                 for code in (250, 250, 354):
                     await reply(reader, code)
             else:
-                for command, code in zip(envelope, (250, 250, 354)):
+                for command, code in zip(envelope, (250, 250, 354), strict=False):
                     writer.write(command)
                     await reply(reader, code)
             writer.write(message)

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
 from maildir import deliver, maildir_for
 
 

@@ -13,14 +13,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from maildir import deliver, maildir_for
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.task import react
 from twisted.internet.threads import deferToThread
 from twisted.mail import smtp
 from zope.interface import implementer
-
-from maildir import deliver, maildir_for
 
 
 @implementer(smtp.IMessage)

@@ -4,13 +4,14 @@ allow beating deny, re-reading changed files, and the replies a client sees."""
 from __future__ import annotations
 
 import os
+
 import cdblib
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail.policy import access
-from jsmail.policy.plugin import PluginError, PolicyContext, PolicyPlugin
 from jsmail.policy.chain import buildChain
+from jsmail.policy.plugin import PluginError, PolicyContext, PolicyPlugin
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
 from jsmail.testing import Dialog

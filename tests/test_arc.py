@@ -10,9 +10,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
+from jsmail._dns import makeResolver
 from jsmail.policy.arc import ARCResult, ARCSealer, ARCVerifier
 from jsmail.policy.dkim import SigningError, SigningKey, keyRecord, zoneEntry
-from jsmail._dns import makeResolver
 from jsmail.testing import DNSServer
 from tests.test_dkim import MESSAGE, dkimpyCommand, keyData, served, writeKey
 

@@ -12,17 +12,24 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.logger import globalLogPublisher
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.auth import AnyOfCheckers, CheckpasswordChecker, HashedPasswordFile, MailRealm, MailUser, TemporaryAuthFailure, setPassword
-from jsmail.smtp.sasl import FailureCounter
-from jsmail.testing import runNow
+from jsmail.auth import (
+    AnyOfCheckers,
+    CheckpasswordChecker,
+    HashedPasswordFile,
+    MailRealm,
+    MailUser,
+    TemporaryAuthFailure,
+    setPassword,
+)
 from jsmail.policy.relay import RelayControl
 from jsmail.queue.memory import MemoryQueue
+from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.server import ServerSettings
-from jsmail.testing import Dialog
+from jsmail.testing import Dialog, runNow
 
 AUTH_OK = b"235 2.7.0 Authentication successful\r\n"
 BAD_CREDENTIALS = b"535 5.7.8 Authentication credentials invalid\r\n"
@@ -478,7 +485,7 @@ class CheckerFitnessTests(SynchronousTestCase):
     def test_sshkeyCheckerNeverCrashesAuth(self) -> None:
         """A checker given straight to the embedding API is refused too, and one that
         slips in behind AnyOfCheckers is skipped, not fed a password it cannot read."""
-        from twisted.conch.checkers import SSHPublicKeyChecker, InMemorySSHKeyDB
+        from twisted.conch.checkers import InMemorySSHKeyDB, SSHPublicKeyChecker
 
         from jsmail.auth import UnfitChecker
 

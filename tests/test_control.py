@@ -14,8 +14,7 @@ from jsmail.config import Config, ConfigError, loadConfig
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
 from jsmail.local.agent import LocalDelivery, LocalSettings
-from jsmail.policy.relay import RelayControl
-from jsmail.policy.relay import RcptHosts
+from jsmail.policy.relay import RcptHosts, RelayControl
 from jsmail.route import Router, VirtualDomains
 from jsmail.testing import Dialog, RecordingAgent
 

@@ -18,10 +18,19 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail._threads import reactorThreads
-from jsmail.policy.dkim import (DKIMResult, DKIMSigner, DKIMVerifier, SigningError, SigningKey,
-                         generateKey, keyRecord, oversigned, zoneEntry)
 from jsmail._dns import makeResolver
+from jsmail._threads import reactorThreads
+from jsmail.policy.dkim import (
+    DKIMResult,
+    DKIMSigner,
+    DKIMVerifier,
+    SigningError,
+    SigningKey,
+    generateKey,
+    keyRecord,
+    oversigned,
+    zoneEntry,
+)
 from jsmail.testing import DNSServer
 
 MESSAGE = (b"From: Alice <alice@example.test>\r\nTo: bob@example.net\r\nSubject: hello\r\n"

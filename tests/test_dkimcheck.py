@@ -18,6 +18,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail._dns import makeResolver
+from jsmail.address import Address
 from jsmail.auth import MailUser
 from jsmail.policy.arc import ARCSealer, ARCVerifier
 from jsmail.policy.dkim import DKIMVerifier, SigningKey, keyRecord
@@ -25,7 +26,6 @@ from jsmail.policy.dkimcheck import BodyCanonicalizer, parseKeyRecord
 from jsmail.policy.emailauth import DKIMCheck, DMARCCheck
 from jsmail.smtp.assembly import Spool
 from jsmail.smtp.server import Session
-from jsmail.address import Address
 from jsmail.testing import DNSServer, runNow
 from tests.test_dkim import MESSAGE, keyData, writeKey
 from tests.test_emailauth import txt

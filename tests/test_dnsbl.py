@@ -10,14 +10,14 @@ from twisted.names import dns
 from twisted.names.server import DNSServerFactory
 from twisted.trial import unittest
 
-from jsmail.policy import dnsbl
-from jsmail.address import parsePath
-from jsmail.policy.plugin import PolicyContext
-from jsmail.queue.memory import MemoryQueue
 from jsmail._dns import makeResolver
+from jsmail.address import parsePath
+from jsmail.policy import dnsbl
+from jsmail.policy.plugin import PolicyContext
+from jsmail.policy.verdict import Verdict
+from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings, Session
 from jsmail.testing import Dialog, DNSServer
-from jsmail.policy.verdict import Verdict
 
 QUEUED = rb"^250 2\.0\.0 Queued as [0-9A-F]{21}\r\n$"
 V6_CLIENT = "2001:db8:1:2:3:4:567:89ab"  # RFC 5782 section 2.4's example

@@ -11,8 +11,8 @@ from twisted.internet.threads import deferToThread
 from twisted.names import dns
 from twisted.trial import unittest
 
-from jsmail.policy.spfdns import DNSLookupError, ThreadResolver, wireName
 from jsmail._dns import makeResolver
+from jsmail.policy.spfdns import DNSLookupError, ThreadResolver, wireName
 from jsmail.testing import DNSServer
 
 ZONE = [

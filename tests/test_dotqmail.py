@@ -12,14 +12,23 @@ from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from jsmail.local.aliases import AliasesError, parseAliases
 from jsmail.config import loadConfig
-from jsmail.error import DeliveryError
-from jsmail.local.dotqmail import (Forward, Maildir, Mbox, Program, extParts, fileCandidates,
-                             hostParts, localCandidates, parseInstructions)
 from jsmail.envelope import Envelope, Recipient
+from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
 from jsmail.local.agent import LocalDelivery, LocalSettings
+from jsmail.local.aliases import AliasesError, parseAliases
+from jsmail.local.dotqmail import (
+    Forward,
+    Maildir,
+    Mbox,
+    Program,
+    extParts,
+    fileCandidates,
+    hostParts,
+    localCandidates,
+    parseInstructions,
+)
 from jsmail.local.mbox import fromLine
 from jsmail.testing import MemoryQueue
 from tests.test_integration import GatewayTestCase
@@ -426,7 +435,7 @@ class MboxLockTests(TestCase):
 
 class ConfigTests(TestCase):
     def test_bad_separator(self) -> None:
-        from jsmail.config import ConfigError, loadConfig
+        from jsmail.config import ConfigError
 
         path = self.mktemp()
         with open(path, "w") as f:

@@ -26,8 +26,8 @@ import time
 
 from twisted.python import log
 from twisted.trial import unittest
-from jsmail.testing import freePort
 
+from jsmail.testing import freePort
 from tests.test_plugin import twistd, twistdEnvironment
 
 KILLS = (3, 5)

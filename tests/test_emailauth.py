@@ -23,10 +23,10 @@ from twisted.internet.threads import deferToThread
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
+from jsmail._dns import makeResolver
 from jsmail.auth import setPassword
 from jsmail.config import loadConfig
 from jsmail.policy.dkim import DKIMSigner, DKIMVerifier, SigningKey, generateKey, keyRecord
-from jsmail._dns import makeResolver
 from jsmail.service import MailGateway
 from jsmail.testing import DNSServer
 

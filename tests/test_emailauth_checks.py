@@ -16,21 +16,21 @@ from twisted.logger import globalLogPublisher
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
-from jsmail.address import NULL, Address
-from jsmail.policy.arc import ARCResult, ARCSealer, ARCVerifier
-from jsmail.auth import MailUser
-from jsmail.policy.authresults import authResultsField
-from jsmail.smtp.assembly import Spool
+from jsmail._dns import makeResolver
 from jsmail._threads import reactorThreads
+from jsmail.address import NULL, Address
+from jsmail.auth import MailUser
+from jsmail.error import SMTPReplyError
+from jsmail.plugins import jsmail_builtin
+from jsmail.policy.arc import ARCResult, ARCSealer, ARCVerifier
+from jsmail.policy.authresults import authResultsField
+from jsmail.policy.chain import buildChain
 from jsmail.policy.dkim import DKIMSigner, DKIMVerifier, SigningKey, generateKey, keyRecord, zoneEntry
 from jsmail.policy.emailauth import ARCCheck, ARCSeal, DKIMCheck, DKIMSign, DMARCCheck, SPFCheck
-from jsmail.error import SMTPReplyError
 from jsmail.policy.plugin import PluginError, PolicyContext
-from jsmail.policy.chain import buildChain
-from jsmail.plugins import jsmail_builtin
-from jsmail._dns import makeResolver
-from jsmail.smtp.server import Session
 from jsmail.policy.spf import SPFChecker
+from jsmail.smtp.assembly import Spool
+from jsmail.smtp.server import Session
 from jsmail.testing import DNSServer
 
 AUTHSERV = "mx.test"

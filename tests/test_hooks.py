@@ -11,16 +11,16 @@ from typing import Any
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from jsmail.policy import programs as hooks
 from jsmail.address import Address, parsePath
 from jsmail.auth import MailUser
-from jsmail.smtp.assembly import Spool
 from jsmail.envelope import Recipient
+from jsmail.policy import programs as hooks
 from jsmail.policy.plugin import PolicyContext
+from jsmail.policy.verdict import Verdict
 from jsmail.queue.memory import MemoryQueue
+from jsmail.smtp.assembly import Spool
 from jsmail.smtp.server import ServerSettings, Session
 from jsmail.testing import Dialog
-from jsmail.policy.verdict import Verdict
 
 QUEUED = rb"^250 2\.0\.0 Queued as [0-9A-F]{21}\r\n$"
 TEMPORARY = b"451 4.3.0 Temporary local problem, try again later\r\n"

@@ -31,7 +31,7 @@ class DomainFormTests(SynchronousTestCase):
         d = Dialog(ServerSettings(hostname="mx.test"), queue, policies=(RelayControl(lambda domain: domain == A_LABEL),))
         d.read()
         d.send(b"EHLO client.test\r\n")
-        self.assertEqual(d.send("MAIL FROM:<a@example.org> SMTPUTF8\r\n".encode()), b"250 2.1.0 Sender OK\r\n")
+        self.assertEqual(d.send(b"MAIL FROM:<a@example.org> SMTPUTF8\r\n"), b"250 2.1.0 Sender OK\r\n")
         self.assertEqual(d.send("RCPT TO:<jörg@bücher.test>\r\n".encode()), b"250 2.1.5 Recipient OK\r\n")
         self.assertEqual(d.send(f"RCPT TO:<anna@{A_LABEL}>\r\n".encode()), b"250 2.1.5 Recipient OK\r\n")
         self.assertEqual(d.send("RCPT TO:<x@bücher.example>\r\n".encode())[:10], b"550 5.7.1 ")  # not ours: relaying

@@ -8,7 +8,6 @@ bounded poll of the Maildirs and the queue directory.
 from __future__ import annotations
 
 import email
-import ipaddress
 import os
 import re
 import smtplib
@@ -151,7 +150,7 @@ class GatewayTestCase(unittest.TestCase):
                         protocol: str, queueId: str, single: bool = True) -> None:
         """``delivered`` is ``message`` with Return-Path, Delivered-To and jsmail's
         Received header before it, all with LF line ends."""
-        head = f"Return-Path: <{sender}>\nDelivered-To: {recipient}\n".encode("utf-8")
+        head = f"Return-Path: <{sender}>\nDelivered-To: {recipient}\n".encode()
         self.assertEqual(delivered[: len(head)], head)
         received = receivedHeader(protocol, queueId, recipient if single else None).match(delivered, len(head))
         self.assertIsNotNone(received, delivered)
@@ -179,13 +178,13 @@ class DeliveryTests(GatewayTestCase):
     def test_8bitmime(self) -> defer.Deferred[None]:
         """BODY=8BITMIME content reaches the mailbox byte for byte."""
         message = ("Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                   "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße, ½ € ✓\r\n").encode("utf-8")
+                   "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße, ½ € ✓\r\n").encode()
         return self.assertRoundTrip("eight@localhost", message, ["BODY=8BITMIME"], "ESMTP")
 
     def test_smtputf8(self) -> defer.Deferred[None]:
         """An SMTPUTF8 message to a UTF-8 local part lands in that mailbox, and the
         Received header says UTF8SMTP."""
-        message = "Subject: 你好\r\nTo: 用户@localhost\r\n\r\n你好，世界\r\n".encode("utf-8")
+        message = "Subject: 你好\r\nTo: 用户@localhost\r\n\r\n你好，世界\r\n".encode()
         return self.assertRoundTrip("用户@localhost", message, ["SMTPUTF8", "BODY=8BITMIME"], "UTF8SMTP")
 
     @defer.inlineCallbacks

@@ -20,14 +20,14 @@ from jsmail import interfaces
 from jsmail.auth import IMailUser, MailUser
 from jsmail.envelope import Envelope, Recipient
 from jsmail.local.agent import LocalDelivery
+from jsmail.local.directory import RecipientDirectory
+from jsmail.local.settings import LocalSettings
 from jsmail.policy.access import AccessLists
 from jsmail.policy.base import MessagePolicy, Policy
 from jsmail.policy.dnsbl import DNSBL
 from jsmail.policy.emailauth import ARCCheck, ARCSeal, DKIMCheck, DKIMSign, DMARCCheck, SPFCheck
 from jsmail.policy.plugin import IPolicyPlugin, PolicyPlugin
 from jsmail.policy.programs import ContentFilter, Program, RecipientCheck
-from jsmail.local.directory import RecipientDirectory
-from jsmail.local.settings import LocalSettings
 from jsmail.policy.recipients import KnownRecipients
 from jsmail.policy.relay import BadMailFrom, RelayControl, TrustedClient
 from jsmail.qmail.queuesink import ProgramQueue

@@ -77,7 +77,7 @@ class PolicyParseTests(SynchronousTestCase):
             "no max_age": {"max_age": None}, "two wildcards": {"mx": "*.*.example.test"},
             "wildcard inside": {"mx": "mx.*.example.test"}, "mx with port": {"mx": "mx.example.test:25"},
         }
-        for name, change in broken.items():
+        for change in broken.values():
             fields = {**base, **change}
             body = "".join(f"{key}: {value}\r\n" for key, value in fields.items() if value is not None)
             self.assertRaises(ValueError, parsePolicy, body.encode(), "1")

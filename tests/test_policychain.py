@@ -15,11 +15,11 @@ from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IMessagePolicy, IModifier
 from jsmail.policy.base import Policy
 from jsmail.policy.chain import Additions, PhaseRunner
+from jsmail.policy.verdict import Verdict
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
 from jsmail.smtp.session import Session
 from jsmail.testing import Dialog
-from jsmail.policy.verdict import Verdict
 
 QUEUED = rb"^250 2\.0\.0 Queued as [0-9A-F]{21}\r\n$"
 

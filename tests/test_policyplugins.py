@@ -13,9 +13,9 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from jsmail.config import ConfigError, loadConfig
+from jsmail.policy.chain import availablePlugins
 from jsmail.policy.dnsbl import DNSBL
 from jsmail.policy.emailauth import DKIMCheck, DMARCCheck, SPFCheck
-from jsmail.policy.chain import availablePlugins
 from jsmail.service import policyChains
 from tests.test_plugin import twistd, twistdEnvironment
 

@@ -12,7 +12,7 @@ from jsmail.qmail.envelope import MAX_ADDRESS, MAX_ENVELOPE, EnvelopeError, deco
 DECODED = [
     (b"Fa@example.org\0Tx@localhost\0Ty@example.net\0\0", ("a@example.org", ["x@localhost", "y@example.net"])),
     (b"F\0Tx@localhost\0\0", ("", ["x@localhost"])),
-    ("Fzoë@example.org\0Tjoão@example.net\0\0".encode("utf-8"), ("zoë@example.org", ["joão@example.net"])),
+    ("Fzoë@example.org\0Tjoão@example.net\0\0".encode(), ("zoë@example.org", ["joão@example.net"])),
     (b"Fa\0T" + b"x" * MAX_ADDRESS + b"\0\0", ("a", ["x" * MAX_ADDRESS])),
 ]
 

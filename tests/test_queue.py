@@ -13,8 +13,8 @@ from zope.interface.verify import verifyObject
 
 from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.interfaces import IQueue
-from jsmail.queue.store import MaildirQueue
 from jsmail.queue.memory import MemoryQueue
+from jsmail.queue.store import MaildirQueue
 from jsmail.send.dsn import Action, Notice, writeDSN
 
 

@@ -4,8 +4,8 @@ queries; real peers (aiosmtpd, and jsmail itself over STARTTLS) receive."""
 from __future__ import annotations
 
 import email
-import io
 import glob
+import io
 import ipaddress
 import os
 import smtplib
@@ -16,28 +16,27 @@ from aiosmtpd.controller import Controller
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.threads import deferToThread
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
 from twisted.trial.unittest import TestCase
 
-from jsmail._dns import isNonexistent
-
+from jsmail._dns import isNonexistent, makeResolver
 from jsmail.config import loadConfig
-from jsmail.remote.dane import DANE_EE, TLSA, TLSARecord
 from jsmail.envelope import Envelope, Recipient
-from jsmail.interfaces import DeliveryStatus, QueuedMessage
-from jsmail.remote.mtasts import PolicyFetcher
-from jsmail.queue.memory import MemoryQueue
-from jsmail._dns import makeResolver
 from jsmail.error import DeliveryError
+from jsmail.interfaces import DeliveryStatus, QueuedMessage
+from jsmail.queue.memory import MemoryQueue
 from jsmail.remote.agent import RemoteDelivery
+from jsmail.remote.dane import DANE_EE, TLSA, TLSARecord
 from jsmail.remote.destinations import Destinations
-from jsmail.remote.settings import RemoteSettings
+from jsmail.remote.mtasts import PolicyFetcher
 from jsmail.remote.mx import MailExchangers
+from jsmail.remote.settings import RemoteSettings
 from jsmail.route import Route
 from jsmail.service import MailGateway
 from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
-from jsmail.testing import DNSServer, freePort
 from jsmail.smtp.tls import ServerTLS
+from jsmail.testing import DNSServer, freePort
 from tests.test_dane import tlsa
 
 NONE: tuple[str, ...] = ()

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
 from twisted.names.authority import FileAuthority
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,8 +18,8 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, QueuedMessage
 from jsmail.remote.agent import RemoteDelivery
-from jsmail.remote.settings import RemoteSettings
 from jsmail.remote.mx import MailExchangers
+from jsmail.remote.settings import RemoteSettings
 from jsmail.reply import PeerReply
 from jsmail.route import Route
 from jsmail.smtp.client import ClientSettings

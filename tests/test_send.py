@@ -90,7 +90,7 @@ class SchedulerTests(TestCase):
             self.assertEqual([r.state for r in envelope.recipients], [RecipientState.PENDING, RecipientState.DELIVERED])
             self.clock.advance(envelope.nextAttempt - self.clock.seconds())
             attemptTimes.append(self.clock.seconds())
-        gaps = [b - a for a, b in zip(attemptTimes, attemptTimes[1:])]
+        gaps = [b - a for a, b in zip(attemptTimes, attemptTimes[1:], strict=False)]
         self.assertEqual(gaps[:5], [300, 600, 1200, 2400, 3600])
         self.assertLessEqual(attemptTimes[-1] - attemptTimes[0], DAY)
         self.assertNotIn(queueId, self.queue.messages)

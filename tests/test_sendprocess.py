@@ -14,10 +14,10 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail.config import loadConfig
-from jsmail.service import MailGateway
 from jsmail._process import eventFromLine, eventLine
+from jsmail.config import loadConfig
 from jsmail.send.service import SendLock
+from jsmail.service import MailGateway
 
 
 class SendProcessTests(TestCase):

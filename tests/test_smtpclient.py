@@ -17,24 +17,23 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail import reply as replies
 from jsmail.auth import MailRealm
-from jsmail.remote.dane import DANE_EE, TLSARecord
 from jsmail.envelope import Recipient
+from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryStatus
 from jsmail.queue.memory import MemoryQueue
-from jsmail.error import DeliveryError
+from jsmail.remote.dane import DANE_EE, TLSARecord
 from jsmail.smtp.client import ClientSettings, ESMTPClient
 from jsmail.smtp.commands import CHUNK, DotStuffer, OutgoingMessage
 from jsmail.smtp.connect import sendmail
 from jsmail.smtp.server import ESMTPServerFactory, Listener, ServerSettings
-from jsmail.testing import RecordingTransport
 from jsmail.smtp.tls import ServerTLS
+from jsmail.testing import RecordingTransport
 from tests.test_dane import tlsa
 
 DELIVERED = DeliveryStatus.DELIVERED

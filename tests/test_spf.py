@@ -296,7 +296,7 @@ class RFC7208SuiteTests(unittest.TestCase):
         cases = sorted(scenario["tests"].items())
         results = yield defer.gatherResults([checker.check(c["host"], c["mailfrom"], c["helo"]) for _, c in cases])
         failed = []
-        for (name, case), result in zip(cases, results):
+        for (name, case), result in zip(cases, results, strict=True):
             allowed = case["result"] if isinstance(case["result"], list) else [case["result"]]
             explanation = case.get("explanation", result.explanation)
             if result.result not in allowed or result.explanation != explanation:

@@ -304,7 +304,7 @@ class CertificateFileTests(TestCase):
         directory = self.mktemp()
         os.makedirs(directory)
         paths = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-        for path, data in zip(paths, (cert, key)):
+        for path, data in zip(paths, (cert, key), strict=True):
             with open(path, "wb") as f:
                 f.write(data)
         return paths

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Iterable, Mapping, Sequence
 
 from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IProcessTransport
 from twisted.logger import ILogObserver, Logger, LogLevel, eventAsJSON, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -164,6 +165,8 @@ class Finished:
 
 
 class _Child(protocol.ProcessProtocol):
+    transport: IProcessTransport  # set by spawnProcess before connectionMade
+
     def __init__(self, inputs: Mapping[int, bytes], outputLimit: int) -> None:
         self.inputs = inputs
         self.outputLimit = outputLimit

@@ -59,7 +59,7 @@ class ThreadPoolService(MultiService):
             if not pool.started:
                 pool.start()
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         if not self.running:
             return defer.succeed(None)
         d = defer.maybeDeferred(super().stopService)

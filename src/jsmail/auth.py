@@ -38,7 +38,6 @@ from jsmail._disk import openNew
 from jsmail._process import Finished, run
 from jsmail._threads import RunInThread, reactorThreads
 
-
 _log = Logger()
 
 
@@ -205,7 +204,7 @@ class HashedPasswordFile:
         except OSError:
             return frozenset()
 
-    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes | tuple[()]]:
         try:
             hashed = self._current().get(creds.username)
         except OSError as e:
@@ -220,7 +219,7 @@ class HashedPasswordFile:
 
         def checked(ok: bool) -> bytes:
             if ok:
-                return creds.username  # type: ignore[no-any-return]
+                return creds.username
             raise error.UnauthorizedLogin()
 
         return d.addCallback(checked)
@@ -334,7 +333,7 @@ class CheckpasswordChecker:
         self.reactor = reactor
         self.timeout = timeout
 
-    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes | tuple[()]]:
         payload = b"%s\x00%s\x00%d\x00" % (creds.username, creds.password, int(time.time()))
         # Only fd 3 is a pipe: a program that leaves children behind holding its stdout
         # cannot keep the check waiting.
@@ -350,7 +349,7 @@ class CheckpasswordChecker:
             if finished.timedOut:
                 raise TemporaryAuthFailure(f"{self.program} took longer than {self.timeout:g} s")
             if code == 0:
-                return creds.username  # type: ignore[no-any-return]
+                return creds.username
             if code == 1:
                 raise error.UnauthorizedLogin()
             raise TemporaryAuthFailure(f"{self.program} exited with {code}")

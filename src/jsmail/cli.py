@@ -42,12 +42,12 @@ from jsmail.auth import removeUser, setPassword
 from jsmail.config import ConfigError, loadConfig
 from jsmail.datadir import DEFAULT_CONFIG, dataDirectory
 from jsmail.error import SMTPReplyError
-from jsmail.send.dsn import MAX_RETURNED_HEADERS
 from jsmail.headers import readHeader
-from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.interfaces import NotQueued
 from jsmail.maillog import shown
+from jsmail.policy.dkim import keyRecord, writeNewKey, zoneEntry
 from jsmail.queue.admin import QueueEntry, listQueue, moveEntry, openEntry, readQueueEntry, requeueEntry, wakeDelivery
+from jsmail.send.dsn import MAX_RETURNED_HEADERS
 
 
 def _readPassword(prompt: bool) -> str:
@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                             ("release", queueMove, "let a held message be delivered again"),
                             ("requeue", queueRequeue, "start the retry schedule afresh, for IDs or all")):
         q = queue.add_parser(name, help=help)
-        q.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
+        q.add_argument("--data", default=argparse.SUPPRESS,
+                       help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
         q.add_argument("--config", "-c", default=argparse.SUPPRESS, help="the gateway's configuration, for its data")
         if name in ("show", "delete", "hold", "release"):
             q.add_argument("id")
@@ -329,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--log", action="append", metavar="FILE",
                    help="twistd's log, text or JSON, with its rotated files (repeatable) [default: twistd.log]")
     t.set_defaults(run=traceMessage)
-    c = commands.add_parser("check", help="check the configuration and what it needs (exit 0 OK, 1 WARNING, 2 CRITICAL)")
+    c = commands.add_parser("check",
+                            help="check the configuration and what it needs (exit 0 OK, 1 WARNING, 2 CRITICAL)")
     c.add_argument("--config", "-c", default=argparse.SUPPRESS,
                    help="the TOML configuration file [default: built-in defaults]")
     c.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: the configuration's]")

@@ -19,7 +19,6 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-
 from jsmail.auth import AuthSettings
 from jsmail.listen import Endpoints
 from jsmail.local.settings import LocalSettings
@@ -110,10 +109,11 @@ def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = No
 
         if not isinstance(controlDir, str) or not os.path.isdir(controlDir):
             raise ConfigError(path or "command line", "server.control_dir", f"{controlDir} is not a directory")
-        for name, (value, source) in readControlDirectory(controlDir).items():
+        for name, (value, controlFile) in readControlDirectory(controlDir).items():
             if name in raw:
-                raise ConfigError(raw[name][1], name, f"also set by the control file {source}; set it in one place")
-            raw[name] = (value, source)
+                raise ConfigError(raw[name][1], name,
+                                  f"also set by the control file {controlFile}; set it in one place")
+            raw[name] = (value, controlFile)
     for name, value in (overrides or {}).items():
         raw[name] = (value, "command line")
     values: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}

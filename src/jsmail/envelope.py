@@ -171,8 +171,14 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
 
 
-_TEXT = (lambda v: isinstance(v, str))
-_OPTIONAL_TEXT = (lambda v: v is None or isinstance(v, str))
+def _TEXT(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _OPTIONAL_TEXT(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
 _ENVELOPE_FIELDS: dict[str, Any] = {
     "sender": _TEXT, "recipients": lambda v: True, "mailParams": _params, "arrival": _number,
     "clientAddress": _TEXT, "helo": _TEXT, "protocol": _TEXT,

@@ -24,7 +24,7 @@ thousands deep costs what its length costs.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
+from typing import IO, Callable, Iterable, Iterator, NamedTuple
 
 from jsmail.address import normaliseDomain
 from jsmail.error import SMTPReplyError
@@ -252,7 +252,7 @@ def splitHeader(chunks: Iterator[bytes], limit: int = MAX_HEADER) -> Split:
     return scanner.close()
 
 
-def readHeader(source: BinaryIO, limit: int = MAX_HEADER) -> Split:
+def readHeader(source: IO[bytes], limit: int = MAX_HEADER) -> Split:
     """:func:`splitHeader` on an open file, read from where it stands."""
     return splitHeader(iter(lambda: source.read(_READ), b""), limit)
 

@@ -19,8 +19,8 @@ from jsmail.reply import PeerReply, Reply
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from jsmail.envelope import Envelope, Recipient
     from jsmail.address import Address
+    from jsmail.envelope import Envelope, Recipient
     from jsmail.policy.verdict import Verdict
 
 

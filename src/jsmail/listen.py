@@ -16,9 +16,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -117,7 +117,7 @@ class ListenerService(Service):
     An endpoint that fails later reports to :meth:`whenListening` and to the log.
     """
 
-    def __init__(self, reactor: Any, description: str, factory: Factory, kind: str = "smtp") -> None:
+    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory, kind: str = "smtp") -> None:
         self.kind = kind
         self.description = withBacklog(description)
         self.endpoint = serverFromString(reactor, self.description)
@@ -143,7 +143,8 @@ class ListenerService(Service):
         else:
             self.port = result
             host = result.getHost()
-            where = f"{host.host}:{host.port}" if hasattr(host, "port") else getattr(host, "name", host)
+            where = (f"{host.host}:{host.port}" if isinstance(host, IPv4Address | IPv6Address)
+                     else getattr(host, "name", host))
             where = os.fsdecode(where) if isinstance(where, bytes) else where  # a UNIX socket's path
             _log.info("Listening for {kind} on {where} ({description})", kind=self.kind, where=where,
                       description=self.description)
@@ -170,5 +171,6 @@ class ListenerService(Service):
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
-            return defer.maybeDeferred(port.stopListening)
+            # maybeDeferred's overloads miss a function returning a Deferred or None
+            return defer.maybeDeferred(port.stopListening)  # type: ignore[call-overload]
         return None

@@ -21,7 +21,6 @@ from jsmail.privileges import accountSetting
 from jsmail.route import TLS_MODES, Route
 from jsmail.submit.settings import senderPatterns
 
-
 # -- value checkers: each takes the raw value and returns it typed, or raises ValueError --
 
 

@@ -18,7 +18,6 @@ from jsmail import reply
 from jsmail.envelope import Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IRouter, QueuedMessage
 
-
 #: How to use TLS with a peer (see :class:`jsmail.smtp.client.ClientSettings`).
 TLS_MODES = ("none", "opportunistic", "verify", "implicit")
 

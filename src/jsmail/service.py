@@ -26,7 +26,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -42,9 +42,9 @@ from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.listen import ListenerService, ListeningError
 from jsmail.local.directory import RecipientDirectory
 from jsmail.local.spawner import Spawner, SpawnerSettings
+from jsmail.policy.base import Policy
 from jsmail.policy.chain import Chain, buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext
-from jsmail.policy.base import Policy
 from jsmail.policy.recipients import KnownRecipients
 from jsmail.policy.relay import BadMailFrom, RelayControl, TrustedClient
 from jsmail.privileges import Identity, PrivilegeError, becomeUser, identityOf, isRoot
@@ -122,7 +122,8 @@ def makeListener(config: Config, kind: str, funnel: Funnel, reactor: Any, checks
     requires AUTH, and both are owed Date and Message-ID (RFC 6409 section 8)."""
     owed = NOTHING if kind == "smtp" else Owed(complete=True, hostname=config.server.hostname)
     failures = authFailures if authFailures is not None else authFailureCounter(config)
-    return Listener(replace(config.smtp, **_LISTENER_RULES[kind]), funnel.owing(owed), reactor, kind,
+    rules = replace(config.smtp, **_LISTENER_RULES[kind])  # type: ignore[arg-type]  # all bool fields
+    return Listener(rules, funnel.owing(owed), reactor, kind,
                     tuple(checks), tuple(modifiers), tls, portal, kind == "smtps", runInThread, roomFor,
                     failures, owed)
 
@@ -204,7 +205,7 @@ class Outcomes:
     def watch(self, queueId: str) -> defer.Deferred[list[DeliveryResult]]:
         """Fires with one result per recipient once the message has left the queue."""
         if not self._waiting:
-            self.publisher.addObserver(self._observe)
+            self.publisher.addObserver(self._observe)  # type: ignore[arg-type]  # a callable is an ILogObserver
         d: defer.Deferred[list[DeliveryResult]] = defer.Deferred()
         self._waiting[queueId] = (d, [])
         return d
@@ -212,7 +213,7 @@ class Outcomes:
     def forget(self, queueId: str) -> None:
         self._waiting.pop(queueId, None)
         if not self._waiting:
-            self.publisher.removeObserver(self._observe)
+            self.publisher.removeObserver(self._observe)  # type: ignore[arg-type]
 
     def _observe(self, event: dict[str, Any]) -> None:
         if event.get("log_namespace") != "jsmail.maillog" or event.get("queueId") not in self._waiting:
@@ -226,7 +227,7 @@ class Outcomes:
         elif kind == "removed":
             del self._waiting[event["queueId"]]
             if not self._waiting:
-                self.publisher.removeObserver(self._observe)
+                self.publisher.removeObserver(self._observe)  # type: ignore[arg-type]
             d.callback(results)
 
 
@@ -276,8 +277,8 @@ class MailGateway(ThreadPoolService):
         connect = self.spawner.connection if self.spawner is not None else lambda: None
         self.delivery: DeliveryService | SendProcess
         if config.queue.deliveryProcess:
-            self.delivery = SendProcess(config, self.reactor, connect)
-            self.funnel = Funnel(self.queue, lambda queueId, envelope: self.delivery.notify(queueId))
+            sendProcess = self.delivery = SendProcess(config, self.reactor, connect)
+            self.funnel = Funnel(self.queue, lambda queueId, envelope: sendProcess.notify(queueId))
         else:
             self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone, spawner=connect)
             self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
@@ -299,7 +300,7 @@ class MailGateway(ThreadPoolService):
                                     self.chains[kind].modifiers, self.tls, portal, runInThread,
                                     None if config.queue.program else self.queue.roomFor, authFailures)
             implicitTLS = listener.implicitTLS
-            factory: Factory = ESMTPServerFactory(listener)
+            factory: IProtocolFactory = ESMTPServerFactory(listener)
             if implicitTLS:
                 factory = TLSMemoryBIOFactory(self.tls, False, factory)
             for description in getattr(config.listen, kind):

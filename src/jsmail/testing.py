@@ -30,9 +30,9 @@ from twisted.names.dns import DNSDatagramProtocol
 from twisted.names.server import DNSServerFactory
 from zope.interface import implementer
 
+from jsmail._threads import runNow
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IModifier, QueuedMessage
-from jsmail._threads import runNow
 from jsmail.queue.memory import MemoryQueue
 from jsmail.reply import Reply
 from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings
@@ -70,7 +70,8 @@ class RecordingAgent:
 
     def deliver(self, message: QueuedMessage, recipients: Sequence[Recipient]) -> defer.Deferred[list[DeliveryResult]]:
         with message.open() as f:
-            self.deliveries.append(Delivery(message.queueId, message.envelope, [r.address for r in recipients], f.read()))
+            self.deliveries.append(Delivery(message.queueId, message.envelope, [r.address for r in recipients],
+                                            f.read()))
         return defer.succeed([DeliveryResult(r.address, *self.answer(r.address)) for r in recipients])
 
 
@@ -130,6 +131,10 @@ class Dialog:
 
 class _Zone(FileAuthority):
     """An authority for one zone, from (name, record) pairs given in code."""
+
+    # Twisted's FileAuthority types these by their None initial values; loadFile sets them
+    soa: tuple[bytes, dns.Record_SOA]  # type: ignore[assignment]
+    records: dict[bytes, list[Any]]  # type: ignore[assignment]
 
     def __init__(self, origin: str, records: Sequence[tuple[str, Any]]) -> None:
         self._origin, self._given = origin, records

@@ -41,7 +41,7 @@ import pwd
 import socket
 import tempfile
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, NoReturn, Sequence
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -55,8 +55,7 @@ from jsmail.address import BadMailbox, mailboxName
 from jsmail.envelope import DOUBLE_BOUNCE, Envelope, Recipient
 from jsmail.error import DeliveryError
 from jsmail.headers import fields, hasName, readHeader
-from jsmail.interfaces import (DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IIncomingMessage,
-                               QueuedMessage)
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IIncomingMessage, QueuedMessage
 from jsmail.local.aliases import AliasesFile
 from jsmail.local.dotqmail import Instructions, Mailbox, commandEnvironment, findMailbox, newSender, readInstructions
 from jsmail.local.follow import Followed, Where, follow, placeAnywhere, placeWithin
@@ -370,7 +369,7 @@ class LocalDelivery:
                 while chunk := source.read(_COPY_CHUNK):
                     incoming.write(chunk)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Any) -> NoReturn:
             incoming.abort()
             raise DeliveryError(reply.DELIVERY_ERROR, False, f"unable to forward: {failure.getErrorMessage()}")
 

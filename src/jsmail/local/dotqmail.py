@@ -36,7 +36,7 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Sequence
 
 from jsmail import reply
 from jsmail.error import DeliveryError
@@ -70,7 +70,7 @@ class Forward:
     address: str
 
 
-Instruction = Union[Program, Mbox, Maildir, Forward]
+Instruction = Program | Mbox | Maildir | Forward
 
 
 @dataclass(frozen=True)

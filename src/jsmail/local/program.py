@@ -78,4 +78,5 @@ def _result(finished: Finished) -> ProgramResult:
 
 def _notStarted(failure: Failure) -> ProgramResult:
     failure.trap(OSError)
+    assert isinstance(failure.value, OSError)  # trap re-raised anything else
     return ProgramResult(ProgramStatus.TEMPORARY, f"Unable to run the program: {failure.value.strerror}.")

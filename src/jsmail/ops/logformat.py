@@ -78,7 +78,7 @@ def _open(logfile: str, nodaemon: bool) -> TextIO | LogFile:
         def rotate(*_: Any) -> None:
             from twisted.internet import reactor
 
-            reactor.callFromThread(rotating.rotate)
+            reactor.callFromThread(rotating.rotate)  # type: ignore[attr-defined]  # the stub lacks IReactorThreads
 
         signal.signal(signal.SIGUSR1, rotate)
     return rotating
@@ -101,8 +101,10 @@ def notChatter(event: dict[str, Any]) -> PredicateResult:
 
 def jsonObserver() -> ILogObserver:
     """twistd's log observer for ``--log-format json``."""
-    observer = jsonFileLogObserver(_open(*_destination), recordSeparator="")
-    return FilteringLogObserver(observer, [_notMeasurement, notChatter, LogLevelFilterPredicate()])
+    # a LogFile is a text file to it; a function is an ILogFilterPredicate to Twisted (not to its stubs)
+    observer = jsonFileLogObserver(_open(*_destination), recordSeparator="")  # type: ignore[arg-type]
+    predicates = [_notMeasurement, notChatter, LogLevelFilterPredicate()]
+    return FilteringLogObserver(observer, predicates)  # type: ignore[arg-type]
 
 
 class _SecondsCache:
@@ -147,5 +149,6 @@ def textObserver() -> ILogObserver:
     """twistd's log observer for ``--log-format text``, the default: twistd's own lines,
     without Twisted's chatter."""
     cachedTime = _SecondsCache()
-    observer = FileLogObserver(_open(*_destination), lambda event: classicLine(event, cachedTime))
-    return FilteringLogObserver(observer, [notChatter])
+    observer = FileLogObserver(_open(*_destination),  # type: ignore[arg-type]  # a LogFile is a text file to it
+                               lambda event: classicLine(event, cachedTime))
+    return FilteringLogObserver(observer, [notChatter])  # type: ignore[list-item]

@@ -6,5 +6,5 @@ Like ``twisted.plugins``, this package gathers every ``jsmail/plugins/`` directo
 
 from twisted.plugin import pluginPackagePaths
 
-__path__.extend(pluginPackagePaths(__name__))  # type: ignore[name-defined]  # noqa: F821
+__path__.extend(pluginPackagePaths(__name__))  # noqa: F821
 __all__: list[str] = []

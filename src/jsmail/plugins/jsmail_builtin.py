@@ -1,8 +1,6 @@
 """The policy plugins jsmail ships (see :mod:`jsmail.policy.plugin`)."""
 
-from jsmail.policy import access
-from jsmail.policy import dnsbl
-from jsmail.policy import emailauth
+from jsmail.policy import access, dnsbl, emailauth
 from jsmail.policy import programs as hooks
 from jsmail.policy.plugin import PolicyPlugin
 

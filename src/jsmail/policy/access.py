@@ -26,10 +26,9 @@ import cdblib
 
 from jsmail import reply
 from jsmail.address import Address
-from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import Policy
+from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.verdict import Verdict
-
 
 _RECHECK = 1.0  # seconds between looks at a list file's modification time
 

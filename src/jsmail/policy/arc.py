@@ -34,11 +34,10 @@ import dkim
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from jsmail._threads import RunInThread
-from jsmail._threads import reactorThreads
+from jsmail._threads import RunInThread, reactorThreads
+from jsmail.headers import splitHeader
 from jsmail.policy.dkim import DEFAULT_SIGNED_HEADERS, SigningError, SigningKey, oversigned
 from jsmail.policy.dkimcheck import KeyLookup, Message, pieces, untamed, verifierFor
-from jsmail.headers import splitHeader
 
 __all__ = ["ARCResult", "ARCSealer", "ARCVerifier"]
 

@@ -50,12 +50,12 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from jsmail.address import normaliseDomain
 from jsmail._disk import makeDirectories, openNew
-from jsmail.error import SMTPReplyError
 from jsmail._threads import RunInThread, reactorThreads
-from jsmail.policy.dkimcheck import RSA_SHA1_REFUSED, KeyLookup, Message, Refused, pieces, untamed, verifierFor
+from jsmail.address import normaliseDomain
+from jsmail.error import SMTPReplyError
 from jsmail.headers import splitHeader
+from jsmail.policy.dkimcheck import RSA_SHA1_REFUSED, KeyLookup, Message, Refused, pieces, untamed, verifierFor
 
 __all__ = ["DEFAULT_SIGNED_HEADERS", "DKIMResult", "DKIMSigner", "DKIMVerifier", "SigningError",
            "SigningKey", "generateKey", "keyRecord", "oversigned", "zoneEntry"]

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from twisted.internet import defer
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
+
 from jsmail._dns import isNonexistent
-from jsmail.address import normaliseDomain
-from jsmail.error import SMTPReplyError
 
 _POLICIES = ("none", "quarantine", "reject")
 #: RFC 9989 section 4.10: a walk makes at most this many queries.
@@ -87,7 +87,8 @@ def walk(domain: str) -> list[str]:
     order (RFC 9989 section 4.10): the domain, then, below eight labels, each parent;
     from eight labels on, the last seven labels and then each parent: at most eight."""
     labels = domain.lower().rstrip(".").split(".")
-    return [".".join(labels)] + [".".join(labels[-count:]) for count in range(min(len(labels) - 1, MAX_WALK - 1), 0, -1)]
+    return [".".join(labels)] + [".".join(labels[-count:])
+                                 for count in range(min(len(labels) - 1, MAX_WALK - 1), 0, -1)]
 
 
 class Discovery:

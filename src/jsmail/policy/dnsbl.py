@@ -17,13 +17,14 @@ from typing import Any, Mapping, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
 
 from jsmail import reply
 from jsmail._dns import isNonexistent
 from jsmail.address import Address
-from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import Policy
+from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.verdict import Verdict
 
 _log = Logger()

@@ -23,17 +23,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jsmail import reply
+from jsmail._threads import RunInThread, runNow
 from jsmail.address import Address
-from jsmail.policy.arc import ARCSealer, ARCVerifier
-from jsmail.policy.authresults import claimsAuthservId
 from jsmail.headers import fields as headerFields
 from jsmail.headers import fromDomain, hasName, headerOf, mailboxes, splitHeader
-from jsmail._threads import RunInThread, runNow
+from jsmail.interfaces import IModifier
+from jsmail.policy.arc import ARCSealer, ARCVerifier
+from jsmail.policy.authresults import claimsAuthservId
+from jsmail.policy.base import MessagePolicy, Policy
 from jsmail.policy.dkim import DKIMResult, DKIMSigner, SigningKey, keyRecord, writeNewKey, zoneEntry
 from jsmail.policy.dmarc import Discovery, DMARCTemporaryError, evaluate
-from jsmail.interfaces import IMessagePolicy, IModifier
 from jsmail.policy.plugin import Options, PolicyContext
-from jsmail.policy.base import MessagePolicy, Policy
 from jsmail.policy.spf import SPFChecker, SPFResult
 from jsmail.policy.verdict import Verdict
 

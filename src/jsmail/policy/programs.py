@@ -21,15 +21,12 @@ from typing import Any, Mapping
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from zope.interface import implementer
-
 from jsmail import reply
 from jsmail._process import Finished, allowedEnvironment, run
 from jsmail.address import Address
 from jsmail.headers import fieldName, fields
-from jsmail.interfaces import IMessagePolicy
-from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.base import MessagePolicy, Policy
+from jsmail.policy.plugin import Options, PolicyContext
 from jsmail.policy.verdict import Verdict
 
 _log = Logger()

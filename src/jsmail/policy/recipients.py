@@ -20,7 +20,6 @@ from jsmail.error import SMTPReplyError
 from jsmail.local.directory import RecipientDirectory
 from jsmail.policy.base import Policy
 
-
 #: Seconds a recipient found is taken as known without looking again, and how many
 #: are remembered: a busy mailbox costs one disk lookup (and thread hop) per
 #: ``KNOWN_FOR`` seconds instead of one per message.  Answers "unknown" are never kept.

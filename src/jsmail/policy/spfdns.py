@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IResolver
 from twisted.names import dns
 from twisted.names import error as dnserror
 from twisted.python.failure import Failure
+
 from jsmail._dns import isNonexistent
 
 __all__ = ["DNSLookupError", "ThreadResolver", "wireName"]

@@ -99,7 +99,8 @@ def readControlDirectory(directory: str) -> dict[str, tuple[Any, str]]:
     me = readLine(directory, "me")
     put("server.hostname", me, "me")
     locals_ = readList(directory, "locals")
-    put("server.domains", locals_ if locals_ is not None else ([me] if me else None), "locals" if locals_ is not None else "me")
+    put("server.domains", locals_ if locals_ is not None else ([me] if me else None),
+        "locals" if locals_ is not None else "me")
     databytes = readInt(directory, "databytes")
     put("smtp.max_message_size", databytes or None, "databytes")
     timeout = readInt(directory, "timeoutsmtpd")
@@ -143,6 +144,6 @@ def readControlDirectory(directory: str) -> dict[str, tuple[Any, str]]:
         smarthost = byDomain.pop("", None)
         if smarthost is not None and smarthost.host:
             put("remote.smarthost", f"{smarthost.host}:{smarthost.port}", "smtproutes")
-        put("remote.routes", [{"domain": r.domain, "host": r.host, "port": r.port} for r in byDomain.values() if r.host],
-            "smtproutes")
+        put("remote.routes",
+            [{"domain": r.domain, "host": r.host, "port": r.port} for r in byDomain.values() if r.host], "smtproutes")
     return found

@@ -19,13 +19,13 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from jsmail import reply
 from jsmail._process import Finished, run
 from jsmail.envelope import Envelope
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IIncomingMessage, IMessageSink
 from jsmail.qmail.envelope import encode
 from jsmail.queue.store import newQueueId
-from jsmail import reply
 from jsmail.reply import Reply
 
 CUSTOM_ERROR = 82

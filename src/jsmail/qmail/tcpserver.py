@@ -33,12 +33,12 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+from jsmail import reply
 from jsmail.address import Address
 from jsmail.datadir import dataDirectory
 from jsmail.error import SMTPReplyError
 from jsmail.policy.base import Policy
-from jsmail import reply
-from jsmail.smtp.server import ESMTPServer, Listener
+from jsmail.smtp.server import ESMTPServer
 
 
 class RBLRefusal(Policy):
@@ -107,7 +107,9 @@ class SessionOnStdio(Protocol):
         self.session.makeConnection(_StdioTransport(transport, self._startTLS))
 
     def _startTLS(self, contextFactory: Any) -> None:
-        tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(contextFactory, False, None), self.session,
+        # no wrapped factory: the TLS protocol is built by hand around the session
+        tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(contextFactory, False, None),  # type: ignore[arg-type]
+                                   self.session,
                                    _connectWrapped=False)
         tls.makeConnection(self._stdio)
         self.session.transport = tls
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     session = UCSPISession(listener)
     session.relaySuffix = relayClient
     stdio.StandardIO(SessionOnStdio(session, reactorStopper(reactor)))
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     if queue is not None:
         queue.close()
     return 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Callable
 
@@ -34,7 +34,7 @@ from jsmail.envelope import Envelope
 from jsmail.headers import HeaderScanner, Split, fieldName, fields
 from jsmail.interfaces import IIncomingMessage, IMessageSink
 
-OnQueued = Callable[[str, Envelope], None]
+OnQueued = Callable[[str, Envelope], object]  # what it returns is not used
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ NOTHING = Owed()  # smtpd (which writes its own Received field), bounces, forwar
 
 
 def _date(when: float) -> str:
-    return format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    return format_datetime(datetime.fromtimestamp(when, UTC))
 
 
 def _receivedField(arrival: float) -> bytes:
@@ -85,7 +85,7 @@ class _Announced:
 
     @property
     def size(self) -> int:
-        return self._message.size  # type: ignore[no-any-return]
+        return self._message.size
 
     def write(self, data: bytes) -> None:
         self._message.write(data)
@@ -116,7 +116,7 @@ class _Completed:
 
     @property
     def size(self) -> int:
-        return self._message.size + self._held  # type: ignore[no-any-return]
+        return self._message.size + self._held
 
     def write(self, data: bytes) -> None:
         if self._scanner is None:

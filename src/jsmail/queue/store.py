@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsmail._disk import GroupSync, createNew, makeDirectories, unlinkQuietly, writeAndRename
@@ -77,7 +78,7 @@ class _IncomingFile:
             unlinkQuietly(self._tmpPath)
             return defer.fail()
 
-        def failed(failure: object) -> object:
+        def failed(failure: Failure) -> Failure:
             unlinkQuietly(finalPath)  # not known to be durable: the client will retry
             return failure
 

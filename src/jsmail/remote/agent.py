@@ -50,13 +50,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jsmail import maillog, reply
-from jsmail.error import DeliveryError
 from jsmail._bounded import LRU
 from jsmail._threads import RunInThread
+from jsmail.envelope import Recipient
+from jsmail.error import DeliveryError
+from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.dane import TLSACache, TLSARecord
 from jsmail.remote.destinations import Destinations, Sieve
-from jsmail.envelope import Recipient
-from jsmail.interfaces import DeliveryResult, IDeliveryAgent, QueuedMessage
 from jsmail.remote.mtasts import PolicyFetcher, applyPolicy
 from jsmail.remote.mx import MailExchangers
 from jsmail.remote.settings import RemoteSettings
@@ -102,8 +102,8 @@ class RemoteDelivery:
         self.settings = settings
         # qmail's timeoutremote: one limit for every reply, in place of RFC 5321's per phase
         replyTimeout = settings.replyTimeout
-        self.timeouts = {name: replyTimeout for name in ("greetingTimeout", "mailTimeout", "rcptTimeout",
-                         "dataTimeout", "dataBlockTimeout", "finalDotTimeout", "commandTimeout")} if replyTimeout else {}
+        self.timeouts = {name: replyTimeout for name in ("greetingTimeout", "mailTimeout", "rcptTimeout", "dataTimeout",
+                         "dataBlockTimeout", "finalDotTimeout", "commandTimeout")} if replyTimeout else {}
         self.routes = {r.domain.lower(): r for r in settings.routes}
         self.smarthost = settings.smarthostRoute
         self.trustRoot = trustRoot
@@ -275,7 +275,8 @@ class RemoteDelivery:
         settings = ClientSettings(heloName=self.settings.heloHost, tls=route.tls, tlsHostname=tlsHostname,
                                   trustRoot=self.trustRoot, tlsa=tlsa, username=route.username,
                                   password=route.password, allowInsecureAuth=self.settings.allowInsecureAuth,
-                                  connectTimeout=self.settings.connectTimeout, **self.timeouts)
+                                  connectTimeout=self.settings.connectTimeout,
+                                  **self.timeouts)  # type: ignore[arg-type]  # all float fields
         return defer.Deferred.fromCoroutine(readySession(lambda s: self.connect(address, route.port, s), settings))
 
     @staticmethod

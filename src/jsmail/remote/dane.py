@@ -183,7 +183,7 @@ async def _lookup(reactor: Any, resolver: Any, name: str,
     ttl = _ttl(message)
     if message.rCode != dns.OK or not message.authenticData:
         return None, ttl
-    records = []
+    records: list[TLSARecord] = []
     for answer in message.answers:
         if answer.type == TLSA and isinstance(answer.payload, dns.UnknownRecord):  # twisted.names knows no TLSA type
             try:

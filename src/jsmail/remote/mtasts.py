@@ -37,18 +37,19 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone, URI
+from twisted.web.client import URI, Agent, BrowserLikePolicyForHTTPS, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
@@ -163,8 +164,9 @@ def applyPolicy(policy: Policy | None, domain: str, hosts: Sequence[str], tls: s
     ``tls`` is the configured mode.  Under an ``enforce`` policy only the hosts it
     names are tried, each with ``verify`` (``implicit`` stays, as it verifies too)
     against the MX host name (RFC 8461 section 4.2); if it names none, raises
-    :class:`~jsmail.error.DeliveryError` (temporary: the mail waits, RFC 8461 section 5.1).  ``testing`` logs the hosts it does not name and changes
-    nothing; ``none``, or no policy, changes nothing (section 5)."""
+    :class:`~jsmail.error.DeliveryError` (temporary: the mail waits, RFC 8461 section 5.1).
+    ``testing`` logs the hosts it does not name and changes nothing; ``none``, or no
+    policy, changes nothing (section 5)."""
     if policy is None or policy.mode == "none":
         return [(host, tls) for host in hosts]
     outside = [host for host in hosts if not policy.matches(host)]
@@ -360,7 +362,7 @@ def _policyFromJSON(data: dict[str, Any]) -> Policy:
     return policy
 
 
-def _timedOut(result: object, timeout: float) -> None:
+def _timedOut(result: object, timeout: float) -> NoReturn:
     raise ValueError(f"no policy within {timeout} seconds")
 
 
@@ -375,6 +377,8 @@ def _why(error: Exception) -> str:
 class _Body(Protocol):
     """Collects a response body of at most ``limit`` octets; past that, or when
     ``done`` is cancelled, the connection is dropped."""
+
+    transport: IPushProducer  # type: ignore[assignment]  # Response.deliverBody connects a producer, not an ITransport
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

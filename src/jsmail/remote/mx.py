@@ -13,7 +13,8 @@ import socket
 from typing import Any
 
 from twisted.internet import defer
-from twisted.names import dns, error as dnserror
+from twisted.names import dns
+from twisted.names import error as dnserror
 
 from jsmail import reply
 from jsmail._dns import isNonexistent

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from enum import Enum
 from typing import BinaryIO, Callable, Iterator, Sequence
@@ -116,7 +116,7 @@ def _address(address: str) -> str:
 
 
 def _date(when: float) -> str:
-    return format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    return format_datetime(datetime.fromtimestamp(when, UTC))
 
 
 def writeDSN(

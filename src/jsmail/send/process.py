@@ -109,7 +109,7 @@ class SendProcess(Service):
                        reason=reason.getErrorMessage(), delay=RESTART_DELAY)
             self._restart = self.reactor.callLater(RESTART_DELAY, self._spawn)
 
-    def stopService(self) -> defer.Deferred[None] | None:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
@@ -168,7 +168,8 @@ def main() -> None:
     delivery = DeliveryService(config, reactor, flushOnSignal=True, spawner=lambda: spawner.pop() if spawner else None)
     delivery.startService()
     reactor.addSystemEventTrigger("before", "shutdown", delivery.stopService)
-    stdio.StandardIO(_Notices(delivery, reactor), stdout=os.open(os.devnull, os.O_WRONLY))
+    # mypy reads the Windows StandardIO; the POSIX one takes stdout
+    stdio.StandardIO(_Notices(delivery, reactor), stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
     reactor.run()
 
 

@@ -18,7 +18,7 @@ queue for good, so it is neither logged as removed nor kept from coming back).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import Service
@@ -29,14 +29,22 @@ from twisted.python.failure import Failure
 
 from jsmail import maillog, reply
 from jsmail._threads import RunInThread
-from jsmail.send.settings import QueueSettings
-from jsmail.send.bounce import noticesOwed
-from jsmail.send.dsn import Notice, isInternational, writeDSN
 from jsmail.envelope import DOUBLE_BOUNCE, Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.error import DeliveryError
+from jsmail.interfaces import (
+    DeliveryResult,
+    DeliveryStatus,
+    Handoff,
+    IDeliveryAgent,
+    IQueue,
+    IRouter,
+    NotQueued,
+    QueuedMessage,
+)
 from jsmail.queue.funnel import Funnel
-from jsmail.interfaces import (DeliveryResult, DeliveryStatus, Handoff, IDeliveryAgent, IQueue, IRouter, NotQueued,
-                               QueuedMessage)
+from jsmail.send.bounce import noticesOwed
+from jsmail.send.dsn import Notice, isInternational, writeDSN
+from jsmail.send.settings import QueueSettings
 
 _log = Logger()
 
@@ -86,7 +94,7 @@ class Scheduler(Service):
         self._finished: dict[str, None] = {}
         self._rescans: task.LoopingCall | None = None
 
-    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def startService(self) -> defer.Deferred[None]:
         super().startService()
         # As qmail-send: look at the whole queue now and then, so that no message can
         # stay unscheduled, whatever went wrong with the notice or an earlier pass.
@@ -118,7 +126,7 @@ class Scheduler(Service):
 
         return self.queue.recover().addCallback(adopt)
 
-    def stopService(self) -> defer.Deferred[Any]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         if self._rescans is not None and self._rescans.running:
             self._rescans.stop()
@@ -157,7 +165,7 @@ class Scheduler(Service):
     def flush(self) -> None:
         """Make every planned attempt due now (``jsmail queue flush`` through the
         queue's trigger, or an operator's SIGALRM, as qmail-send takes it)."""
-        for queueId, timer in list(self._timers.items()):
+        for timer in list(self._timers.values()):
             timer.reset(0)
         _log.info("Flush: {count} message(s) due now", count=len(self._timers))
 

@@ -66,8 +66,10 @@ class DeliveryService(ThreadPoolService):
                                    newMessage=lambda envelope: self.scheduler.funnel.newMessage(envelope))
         resolver = makeResolver(config.remote.dnsServer, self.reactor)
         listen = config.listen
-        destinations = Destinations(config.remote.allowInternal, listenedOn(listen.smtp + listen.submission + listen.smtps))
-        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations, directory=os.path.join(dataDir, "mta-sts"),
+        destinations = Destinations(config.remote.allowInternal,
+                                    listenedOn(listen.smtp + listen.submission + listen.smtps))
+        mtaSts = PolicyFetcher(self.reactor, resolver, destinations=destinations,
+                               directory=os.path.join(dataDir, "mta-sts"),
                                runInThread=runInThread) if config.remote.mtaSts else None
         self.remote = RemoteDelivery(self.reactor, runInThread, resolver, config.remote, mtaSts=mtaSts,
                                      destinations=destinations)
@@ -125,7 +127,7 @@ class DeliveryService(ThreadPoolService):
         self.queue.close()
         return self.remote.close()
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         self._lock.cancel()
         d = super().stopService()
         return d.addBoth(self._released)

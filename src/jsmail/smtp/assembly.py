@@ -15,7 +15,7 @@ temporary file, so a session never holds more than ``memoryLimit`` octets.
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -40,7 +40,7 @@ _TURN = 1024 * 1024
 @lru_cache(maxsize=4)
 def _dateOf(second: int) -> str:
     """The RFC 5322 date of a second, made once for all the messages of that second."""
-    return format_datetime(datetime.fromtimestamp(second, timezone.utc))
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 class MemoryBudget:
@@ -207,7 +207,7 @@ class Assembler:
             f"Received: from {sanitise(session.helo or 'unknown')} ({tcpInfo}[{session.clientAddress}]){comments}\r\n"
             f"\tby {self.hostname} (jsmail) with {session.withProtocol()} id {queueId}"
             f"{forClause};\r\n\t{stamp}\r\n"
-        ).encode("utf-8")
+        ).encode()
 
     def complete(self, session: Session, message: IIncomingMessage, spool: Spool) -> defer.Deferred[None]:
         """Put the checks' fields and the modifiers' on top of the spooled message and

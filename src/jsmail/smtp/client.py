@@ -47,11 +47,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail.remote.dane import TLSARecord, matchesTLSA
-from jsmail.envelope import Recipient
 from jsmail import reply as replies
+from jsmail.envelope import Recipient
 from jsmail.error import DeliveryError
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff
+from jsmail.remote.dane import TLSARecord, matchesTLSA
 from jsmail.reply import Reply
 from jsmail.route import TLS_MODES
 from jsmail.smtp.commands import UNSAFE, OutgoingMessage, has8bit, mailCommand, rcptCommand
@@ -252,7 +252,8 @@ class ESMTPClient(CommandPipeline):
         self._tlsPhase = False
         if self._setupError is not None and self._broken is None:
             self.transport.write(b"QUIT\r\n")  # RFC 5321 section 3.1; no need to wait for the 221
-            self._break(Reason.of(replies.PEER_SESSION_FAILED, f"session with {self.peer} not set up: {self._setupError}"))
+            self._break(Reason.of(replies.PEER_SESSION_FAILED,
+                                  f"session with {self.peer} not set up: {self._setupError}"))
             self.transport.loseConnection()
         self._setupDone = True
         waiters, self._readyWaiters = self._readyWaiters, []
@@ -374,7 +375,8 @@ class ESMTPClient(CommandPipeline):
         if self._broken is not None:
             return _all(recipients, DeliveryStatus.TEMPORARY, self._broken)
         if UNSAFE.search(message.sender):
-            return _all(recipients, DeliveryStatus.PERMANENT, Reason.of(replies.BAD_SENDER_ADDRESS, f"sender {message.sender!r}"))
+            return _all(recipients, DeliveryStatus.PERMANENT,
+                        Reason.of(replies.BAD_SENDER_ADDRESS, f"sender {message.sender!r}"))
         try:
             file = message.open()
         except OSError as e:
@@ -399,7 +401,7 @@ class ESMTPClient(CommandPipeline):
             for first in range(0, len(batch), size):
                 part = batch[first : first + size]
                 outcome = await self._transaction(mail, [r for _, r in part], file, start, first == 0)
-                results.update(zip((i for i, _ in part), outcome))
+                results.update(zip((i for i, _ in part), outcome, strict=False))
         # A peer that offered DSN took NOTIFY and ORCPT with the message and reports
         # from now on; to one that did not, the message was "relayed" (RFC 3461 5.2.1-5.2.2).
         handoff = Handoff.PASSED_ON if "DSN" in self.peerExtensions else Handoff.RELAYED
@@ -435,7 +437,7 @@ class ESMTPClient(CommandPipeline):
                     dataReply = await self._command("DATA", settings.dataTimeout)
         answers = rcptReplies if _accepted(mailReply) else [mailReply] * len(recipients)
         accepted = [i for i, r in enumerate(answers) if _accepted(r)]
-        results = [_result(r.address, _failed(answer), answer) for r, answer in zip(recipients, answers)]
+        results = [_result(r.address, _failed(answer), answer) for r, answer in zip(recipients, answers, strict=False)]
         if dataReply is not None and dataReply.code == 354:
             if accepted:
                 final = await self._sendContent(file, start, settings.dataBlockTimeout, settings.finalDotTimeout)

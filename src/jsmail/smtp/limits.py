@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Callable
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
@@ -111,6 +111,8 @@ def clientKey(host: str, prefix6: int) -> str:
 
 class Refuse(Protocol):
     """Says one 421 reply and hangs up: used when connection limits are reached."""
+
+    transport: ITransport  # set by makeConnection before connectionMade
 
     def __init__(self, refusal: Reply) -> None:
         self.refusal = refusal

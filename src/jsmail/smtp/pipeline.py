@@ -24,6 +24,7 @@ from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 from jsmail import reply as replies
+from jsmail._transport import StreamTransport
 from jsmail.reply import PeerReply, Reply
 from jsmail.smtp.commands import CHUNK, DotStuffer
 
@@ -101,6 +102,8 @@ class CommandPipeline(Protocol):
     """Commands and their replies over one connection (see the module docstring).
     ``peer`` names the other end in made-up replies; while ``_handshaking`` (after
     STARTTLS's 220, until the handshake is done) nothing read counts."""
+
+    transport: StreamTransport  # type: ignore[assignment]  # narrower than Twisted's Optional[ITransport]: set before any use
 
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock

@@ -14,11 +14,11 @@ from twisted.python.failure import Failure
 from jsmail import maillog, reply
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
+from jsmail.headers import FieldDropper, FieldWatcher, fieldName, fieldValue, mailboxes
 from jsmail.interfaces import IIncomingMessage
 from jsmail.policy.relay import TRUSTED_CLIENT
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import Spool
-from jsmail.headers import FieldDropper, FieldWatcher, fieldName, fieldValue, mailboxes
 from jsmail.smtp.data import ChunkReader, ContentProblems, ContentScanner, DataReader
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import tooBig
@@ -282,7 +282,7 @@ class Transaction:
             return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:
-            if failure.check(SMTPReplyError):  # the queue said why (e.g. a qmail-queue program)
+            if isinstance(failure.value, SMTPReplyError):  # the queue said why (e.g. a qmail-queue program)
                 return server.refused(failure.value)
             _log.failure("Could not queue message {queueId}", failure, queueId=message.queueId)
             return reply.QUEUE_FAILED

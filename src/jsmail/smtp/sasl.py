@@ -191,8 +191,8 @@ class AuthExchange:
         earlier = max(self.counter.count(self.clientKey, now), self.counter.count("user:" + name.lower(), now),
                       self.failures)
         delay = min(self.failureDelay * 2 ** (earlier - 1), self.MAX_DELAY) if earlier else 0.0
-        d = self.portal.login(answer, None, IMailUser)
-        d.addCallbacks(self._authenticated, self._failed, errbackArgs=(name,))
+        d = self.portal.login(answer, None, IMailUser).addCallbacks(self._authenticated, self._failed,
+                                                                    errbackArgs=(name,))
         if not delay:
             return d
         return d.addCallback(lambda answered: deferLater(self.clock, delay, lambda: answered))

@@ -36,16 +36,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsmail import maillog, metrics, reply
+from jsmail._transport import StreamTransport
 from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
+from jsmail.smtp.assembly import sanitise
 from jsmail.smtp.limits import Refuse, ReplyBackPressure, TimeLimits, clientKey
 from jsmail.smtp.listener import Listener, ServerSettings
 from jsmail.smtp.params import checkMailParams, checkRcptParams, ehloKeywords, octets
 from jsmail.smtp.receive import NO_REPLY, Result, Transaction
 from jsmail.smtp.sasl import MECHANISMS, AuthExchange
-from jsmail.smtp.assembly import sanitise
 from jsmail.smtp.session import Session
 
 __all__ = ["ESMTPServer", "ESMTPServerFactory", "Listener", "ServerSettings", "Session"]
@@ -58,6 +59,7 @@ _JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 @implementer(IHandshakeListener)
 class ESMTPServer(Protocol):
     """One SMTP session.  See the module docstring for the rules it keeps."""
+    transport: StreamTransport  # type: ignore[assignment]  # narrower than Twisted's Optional[ITransport]: set before any use
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -116,7 +118,7 @@ class ESMTPServer(Protocol):
         self.session.tlsInfo = f"{connection.get_protocol_version_name()} with cipher {connection.get_cipher_name()}"
         maillog.tls(self.session.client, self.session.tlsInfo, self.session.sessionId)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if reason is not None and reason.check(SSL.Error) and not self.session.tlsInfo:
             maillog.tlsFailed(self.session.client, reason.getErrorMessage(), self.session.sessionId)
         self._closing = True
@@ -191,9 +193,9 @@ class ESMTPServer(Protocol):
                 continue
             if self._auth is not None and self._auth.inProgress:
                 auth = self._auth
-                self._runCommand(lambda line=line: auth.respond(line.removesuffix(b"\r")))
+                self._runCommand(partial(auth.respond, line.removesuffix(b"\r")))
                 continue
-            self._runCommand(lambda line=line: self._dispatch(line.removesuffix(b"\r")))
+            self._runCommand(partial(self._dispatch, line.removesuffix(b"\r")))
 
     def _lineTooLong(self) -> Reply:
         """Alike in one read or many; a SASL response that long ends the exchange too."""
@@ -218,7 +220,7 @@ class ESMTPServer(Protocol):
 
     def commandFailed(self, failure: Failure) -> Reply:
         """The reply for a command whose Deferred failed: its refusal, else 451."""
-        if failure.check(SMTPReplyError):
+        if isinstance(failure.value, SMTPReplyError):
             return self.refused(failure.value)
         _log.failure("Unexpected error handling a command from {client}", failure, client=self.session.client)
         return reply.CHECK_FAILED
@@ -327,8 +329,8 @@ class ESMTPServer(Protocol):
             raise SMTPReplyError(reply.INSUFFICIENT_STORAGE, "queue file system below the free-space minimum")
         user = self.session.user
         if user is not None and not user.maySendAs(str(address)):
-            raise SMTPReplyError(reply.SENDER_NOT_OWNED.withText(f"Sender <{address}> not allowed for user {user.name}"),
-                                 f"user {user.name} tried sender <{address}>")
+            text = f"Sender <{address}> not allowed for user {user.name}"
+            raise SMTPReplyError(reply.SENDER_NOT_OWNED.withText(text), f"user {user.name} tried sender <{address}>")
 
         def accept() -> Reply:
             self.session.sender, self.session.mailParams = address, params
@@ -346,7 +348,7 @@ class ESMTPServer(Protocol):
         if len(self.session.recipients) >= self.settings.maxRecipients:
             return reply.TOO_MANY_RECIPIENTS
         utf8 = "SMTPUTF8" in self.session.mailParams
-        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)
+        address, params = parsePath(argument[3:], allowNull=False, utf8=utf8, postmasterDomain=self.settings.postmasterDomain or self.settings.hostname)  # noqa: E501 (the module is at 500 lines)
         checkRcptParams(params, utf8)
 
         def accept() -> Reply:
@@ -482,7 +484,7 @@ class _CountedServer(ESMTPServer):
 
     countedHost = ""
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         try:
             super().connectionLost(reason)
         finally:

@@ -72,12 +72,12 @@ def loadServerContext(certificatePath: str, keyPath: str) -> ssl.CertificateOpti
     if (private.public_key().public_bytes(*publicKey)
             != certificates[0].public_key().public_bytes(*publicKey)):
         raise TLSError(f"the key in {keyPath} is not the key of the certificate in {certificatePath}")
-    for issued, issuer in zip(certificates, certificates[1:]):
+    for issued, issuer in zip(certificates, certificates[1:], strict=False):
         if issued.issuer != issuer.subject:
             raise TLSError(f"{certificatePath}: the chain is out of order: {issued.subject.rfc4514_string()} "
                            f"is not issued by the next certificate, {issuer.subject.rfc4514_string()}")
     expires = certificates[0].not_valid_after_utc
-    if expires < datetime.datetime.now(datetime.timezone.utc):
+    if expires < datetime.datetime.now(datetime.UTC):
         _log.warn("The TLS certificate in {path} expired on {date}", path=certificatePath, date=expires.isoformat())
     leaf = crypto.X509.from_cryptography(certificates[0])
     chain = [crypto.X509.from_cryptography(c) for c in certificates[1:]]
@@ -121,7 +121,7 @@ def ensureSelfSigned(directory: str, hostname: str) -> tuple[str, str]:
 def _writeSelfSigned(certificatePath: str, keyPath: str, hostname: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     altNames: list[x509.GeneralName] = [x509.DNSName(hostname)]
     if hostname == "localhost":
         altNames += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]

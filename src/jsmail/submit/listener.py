@@ -236,7 +236,7 @@ class LocalSession(ESMTPServer):
     def smtp_RCPT(self, argument: str) -> Any:
         return super().smtp_RCPT(qualified(argument, "TO:", self.factory.qualifier))
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
+    def connectionLost(self, reason: Failure | None = connectionDone) -> None:
         self._gone = True
         if self._timer is not None:
             self._timer.cancel()
