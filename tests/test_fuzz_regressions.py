@@ -201,3 +201,17 @@ class EnvelopeVersion1Tests(SynchronousTestCase):
                 f.write(envelopeLine + b"\nSubject: x\r\n\r\nx\r\n")
         self.assertEqual(self.successResultOf(queue.recover()), [("Q2", good)])
         self.assertEqual(os.listdir(queue.corruptDir), ["Q1"])
+
+
+class EnvelopeSurrogateTests(SynchronousTestCase):
+    def test_envelopeWithALoneSurrogateEscapeIsAFormatError(self) -> None:
+        """JSON may escape half of a UTF-16 pair; such a string cannot be written back
+        as UTF-8, so it must be refused when read, not fail when the envelope is next
+        saved."""
+        good = Envelope("a@b.test", (Recipient("x@localhost"),)).toBytes()
+        bad = good.replace(b'"a@b.test"', b'"a\\ud800@b.test"')
+        with self.assertRaises(EnvelopeFormatError) as caught:
+            Envelope.fromBytes(bad)
+        self.assertIn("lone surrogate", str(caught.exception))
+        paired = good.replace(b'"a@b.test"', b'"a\\ud83d\\ude00@b.test"')
+        self.assertEqual(Envelope.fromBytes(Envelope.fromBytes(paired).toBytes()).sender, "a\U0001f600@b.test")

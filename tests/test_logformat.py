@@ -183,7 +183,7 @@ def runAndRelay(dataDir: str, dnsServer: str, relayPort: int) -> list[str]:
     return lines
 
 
-class TextLogTests(unittest.TestCase):
+class ReadableLogTests(unittest.TestCase):
     """Newcomer review 13: a log an operator can read."""
 
     timeout = 60

@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delete", action="store_true", help="remove the user instead")
     p.add_argument("--file", help="password file [default: DATA/passwd]")
     p.add_argument("--data", default=argparse.SUPPRESS, help="data directory [default: $JSMAIL_DATA or ./jsmail-data]")
-    p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="the gateway's configuration, for its password file")
+    p.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                   help="the gateway's configuration, for its password file")
     p.set_defaults(run=passwd)
     queue = commands.add_parser("queue", help="look at the queue, or have it retried now").add_subparsers(
         dest="action", required=True)

@@ -118,7 +118,7 @@ def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = No
         raw[name] = (value, "command line")
     values: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}
     values["server"]["hostname"] = defaultHostname()
-    source: dict[str, dict[str, Any]] = {}
+    tables: dict[str, dict[str, Any]] = {}  # the checked settings, TOML-shaped
     for name, (value, where) in raw.items():
         option = BY_NAME.get(name)
         if option is None:
@@ -128,16 +128,16 @@ def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = No
         except ValueError as e:
             raise ConfigError(where, option.name, str(e)) from None
         if option.key == "*":
-            source[option.section] = dict(value)
+            tables[option.section] = dict(value)
         else:
-            source.setdefault(option.section, {})[option.key] = value
-    source.get("server", {}).pop("control_dir", None)  # what it held is in the other tables now
+            tables.setdefault(option.section, {})[option.key] = value
+    tables.get("server", {}).pop("control_dir", None)  # what it held is in the other tables now
     parts = {part: _PARTS[part](**fieldValues) for part, fieldValues in values.items()}
     credentials = parts["remote"].credentialProblem()
     if credentials is not None:
         origin = raw.get(credentials[0]) or raw["remote.smarthost"]  # a smarthost's problem may be a default
         raise ConfigError(origin[1], *credentials)
-    return _derive(Config(**parts, source=source))
+    return _derive(Config(**parts, source=tables))
 
 
 def _derive(config: Config) -> Config:

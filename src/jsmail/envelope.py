@@ -35,6 +35,10 @@ DOUBLE_BOUNCE = "double-bounce"  # the protocol of a bounce about a bounce, kept
 _VERSION_1_STATUS = re.compile(r"\b([45]\.\d{1,3}\.\d{1,3})\b")  # as version 1's bounces found it
 
 
+#: A JSON escape of a UTF-16 surrogate (U+D800 to U+DFFF).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 class EnvelopeFormatError(ValueError):
     """The bytes are not an envelope this version of jsmail can read."""
 
@@ -135,6 +139,11 @@ class Envelope:
             raise EnvelopeFormatError(f"not a jsmail envelope: {type(e).__name__}") from None
         if not isinstance(data, dict):
             raise EnvelopeFormatError("not a jsmail envelope: not a JSON object")
+        if _SURROGATE_ESCAPE.search(raw):  # only a pair of them makes a character
+            try:
+                json.dumps(data, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise EnvelopeFormatError("not a jsmail envelope: a lone surrogate in a string") from None
         version = data.pop("version", None)
         if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise EnvelopeFormatError(f"envelope format version {version!r} is not {FORMAT_VERSION}")

@@ -143,7 +143,7 @@ def logToStderr() -> None:
 
     from jsmail.ops.logformat import notChatter
 
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [notChatter])
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [notChatter])  # type: ignore[list-item]
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
