@@ -74,10 +74,6 @@ class Gateway:
     def maildir(self) -> Path:
         return self.data / "mail" / DOMAIN / "to"
 
-    @property
-    def active(self) -> Path:
-        return self.data / "queue" / "active"
-
     def start(self) -> None:
         """Start ``twistd -n jsmail`` in a session of its own; return once it listens."""
         twistd = Path(sys.executable).with_name("twistd")
@@ -152,9 +148,10 @@ class Gateway:
         text = self.log.read_text(errors="replace")
         return text.count("Traceback (most recent call last)") + text.count("Unhandled error")
 
-    def queued(self) -> int:
+    def queued(self, state: str = "active") -> int:
+        """How many files the queue holds in ``state`` (``active`` or ``corrupt``)."""
         try:
-            return len(os.listdir(self.active))
+            return len(os.listdir(self.data / "queue" / state))
         except FileNotFoundError:
             return 0
 
@@ -284,14 +281,14 @@ def main() -> int:
           f"acknowledged but lost: {len(lost)}\n"
           f"duplicates: {duplicates}\n"
           f"delivered though never acknowledged (interrupted): {unacknowledged}\n"
-          f"left in active/: {gateway.queued()}\n"
+          f"left in active/: {gateway.queued()}, set aside in corrupt/: {gateway.queued('corrupt')}\n"
           f"drained {'in' if drained < args.drain else 'NOT within'} {drained:.1f} s\n"
           f"client errors (connections cut or refused): {errors}\n"
-          f"tracebacks in the gateway log: {gateway.tracebacks()} (see {gateway.log})")
+          f"tracebacks in the gateway log: {gateway.tracebacks()}")
     if lost:
         print("lost:", " ".join(sorted(lost)[:20]))
     if args.keep:
-        print(f"kept {root}", file=sys.stderr)
+        print(f"kept {root} (the gateway's log is {gateway.log.name})", file=sys.stderr)
     else:
         shutil.rmtree(root, ignore_errors=True)
     return 1 if lost else 0
