@@ -111,25 +111,16 @@ def openNew(path: str, mode: int = 0o600, exclusive: bool = True) -> int:
     return fd
 
 
-#: How a file that is written and then renamed into place is made: always a new file
-#: (O_EXCL), never through a symlink (O_NOFOLLOW), so that a name planted in a
-#: directory a root-run command writes into cannot redirect the write (L-8).
-CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
 _suffixes = itertools.count()
 
 
 def createNew(path: str, mode: int = 0o600, buffering: int = -1) -> BinaryIO:
     """A new file at ``path``, open for writing; FileExistsError if anything (a
     symlink too) is there already; given to the directory's owner
-    (:func:`giveToDirectoryOwner`)."""
-    fd = os.open(path, CREATE_NEW, mode)
-    try:
-        giveToDirectoryOwner(fd, os.path.dirname(path) or ".")
-    except OSError:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "wb", buffering)
+    (:func:`giveToDirectoryOwner`).  Files written and then renamed into place are made
+    so: a name planted in a directory a root-run command writes into cannot redirect
+    the write (L-8)."""
+    return os.fdopen(openNew(path, mode, exclusive=True), "wb", buffering)
 
 
 def writeAndRename(tmpPath: str, finalPath: str, data: bytes) -> None:
