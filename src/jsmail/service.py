@@ -145,13 +145,15 @@ def builtInChecks(config: Config, runInThread: RunInThread, relayControl: bool =
     return checks
 
 
-def knownRecipients(config: Config, runInThread: RunInThread) -> list[Policy]:
+def knownRecipients(config: Config, runInThread: RunInThread, announce: bool = True) -> list[Policy]:
     """The RCPT check that refuses unknown local recipients, unless catch-all delivery
-    is on (then the start-up log says so)."""
+    is on (then the start-up log says so, once: ``announce`` is False for a second
+    listener built from the same configuration)."""
     if config.local.catchAll:
-        _log.info("Catch-all delivery: mail for any local part @{domains} is accepted and gets a Maildir "
-                  "of its own (set [local] catch_all = false to refuse unknown recipients)",
-                  domains=",".join(config.server.domains))
+        if announce:
+                _log.info("Catch-all delivery: mail for any local part @{domains} is accepted and gets a Maildir "
+                      "of its own (set [local] catch_all = false to refuse unknown recipients)",
+                      domains=",".join(config.server.domains))
         return []
     names = HashedPasswordFile(config.auth.passwordFile).userNames
     directory = RecipientDirectory(os.path.join(config.server.dataDir, "mail"), config.local,
@@ -312,7 +314,7 @@ class MailGateway(ThreadPoolService):
         if config.submit.socket:
             self.localSubmission = forGateway(config, funnel, self.reactor, self.threads("auth"),
                                               None if config.queue.program else self.queue.roomFor,
-                                              knownRecipients(config, self.threads("checks")))
+                                              knownRecipients(config, self.threads("checks"), announce=False))
             self.localSubmission.setServiceParent(self)
         if config.metrics.listen:
             from jsmail.ops.web import OperationsService  # prometheus_client only when asked for
