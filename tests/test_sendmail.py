@@ -19,9 +19,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 import jsmail
 from jsmail.qmail import sendmail
 from jsmail.qmail.sendmail import EX_CONFIG, EX_NOPERM, EX_NOUSER, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, main
-from jsmail.qmail.sendmailoptions import Invocation, UsageError, parse, usage, xtext
+from jsmail.qmail.sendmailoptions import Invocation, UsageError, parse, usage
 from jsmail.queue.admin import listQueue, openEntry
 from jsmail.queue.store import MaildirQueue
+from jsmail.smtp.params import encodeXtext
 from jsmail.submit.settings import WELL_KNOWN_SOCKET
 from tests.localgateway import LocalGateway
 from tests.systemuser import throwawayUser
@@ -113,7 +114,7 @@ class OptionTests(SynchronousTestCase):
                          (["BODY=8BITMIME", "RET=FULL", "ENVID=q1"], ["NOTIFY=FAILURE"]))
 
     def test_xtext(self) -> None:
-        self.assertEqual(xtext("a+b=c d\u00e9"), "a+2Bb+3Dc+20d+C3+A9")
+        self.assertEqual(encodeXtext("a+b=c d\u00e9"), "a+2Bb+3Dc+20d+C3+A9")
 
     def test_namesAsMailqAndNewaliases(self) -> None:
         self.assertEqual((parse([], "mailq").mode, parse([], "newaliases").mode), ("list", "aliases"))

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from jsmail.smtp.params import encodeXtext
+
 FLAG, VALUE, ATTACHED = "flag", "value", "attached"
 
 #: letter -> (how it takes a value, what jsmail-sendmail does with it)
@@ -121,13 +123,6 @@ class Invocation:
         return [f"NOTIFY={self.notify}"] if self.notify else []
 
 
-def xtext(text: str) -> str:
-    """``text`` as an RFC 3461 xtext (ENVID's form): "+", "=" and what is not
-    printable ASCII become "+HH"."""
-    return "".join(c if 33 <= ord(c) <= 126 and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode())
-                   for c in text)
-
-
 def parse(arguments: list[str], program: str = "sendmail") -> Invocation:
     """The :class:`Invocation` that ``arguments`` ask for (raises :class:`UsageError`).
     Run as ``mailq`` it lists the queue, as ``newaliases`` it has nothing to do."""
@@ -224,6 +219,6 @@ def _value(invocation: Invocation, letter: str, value: str) -> None:
     elif letter == "V":
         if not value or len(value) > 100:
             raise UsageError("-V: the envelope id is 1 to 100 characters")
-        invocation.envid = xtext(value)
+        invocation.envid = encodeXtext(value)
     else:
         invocation.ignored.append(f"-{letter}{value}")

@@ -43,6 +43,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 from jsmail.envelope import Envelope, Recipient
 from jsmail.headers import readHeader
+from jsmail.smtp.params import encodeXtext
 
 __all__ = ["Action", "BareLineEnd", "MAX_RETURNED_HEADERS", "Notice", "isInternational", "writeDSN", "xtext"]
 
@@ -99,10 +100,7 @@ def isInternational(envelope: Envelope) -> bool:
 def xtext(value: str) -> str:
     """``value`` in xtext (RFC 3461 section 4): as it is when it already is xtext, else
     with every octet outside printable ASCII, "+" and "=" written ``+XX``."""
-    if _XTEXT.fullmatch(value):
-        return value
-    return "".join(c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode("utf-8"))
-                   for c in value)
+    return value if _XTEXT.fullmatch(value) else encodeXtext(value)
 
 
 def _oneLine(text: str) -> str:

@@ -51,6 +51,13 @@ def isXtext(value: str | None, limit: int) -> bool:
     return bool(value) and len(value or "") <= limit and _XTEXT.fullmatch(value or "") is not None
 
 
+def encodeXtext(text: str) -> str:
+    """``text`` as xtext (RFC 3461 section 4): "+", "=" and every octet outside
+    printable ASCII written ``+XX``."""
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode("utf-8"))
+                   for c in text)
+
+
 def decodeXtext(value: str) -> str | None:
     """The text an xtext value stands for, when it is printable ASCII (RFC 3461 section
     4: ENVID and an ORCPT address are printable); None when it is not, as when ``+0D``
