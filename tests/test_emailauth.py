@@ -10,7 +10,6 @@ dmarc= results.
 from __future__ import annotations
 
 import email
-import glob
 import os
 import re
 import smtplib
@@ -18,7 +17,7 @@ import ssl
 from typing import Any
 
 import trustme
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
@@ -28,7 +27,7 @@ from jsmail.auth import setPassword
 from jsmail.config import loadConfig
 from jsmail.policy.dkim import DKIMSigner, DKIMVerifier, SigningKey, generateKey, keyRecord
 from jsmail.service import MailGateway
-from jsmail.testing import DNSServer
+from jsmail.testing import DNSServer, delivered
 
 CLIENT_TIMEOUT = 10
 
@@ -113,14 +112,8 @@ class EmailAuthenticationTests(TestCase):
     @defer.inlineCallbacks
     def delivered(self) -> Any:
         """The one message delivered to x@localhost (a bounded wait)."""
-        pattern = os.path.join(self.data, "mail", "localhost", "x", "new", "*")
-        for _ in range(200):
-            files = glob.glob(pattern)
-            if files:
-                with open(files[0], "rb") as f:
-                    return f.read()
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.fail("nothing was delivered to x@localhost")
+        [message] = yield delivered(os.path.join(self.data, "mail", "localhost", "x"))
+        return message
 
     @defer.inlineCallbacks
     def test_passing_message_carries_one_authentication_results_field(self) -> Any:

@@ -11,7 +11,6 @@ key is then refused unparsed (RFC 8301), which the stored Authentication-Results
 from __future__ import annotations
 
 import email
-import glob
 import os
 from typing import Any
 
@@ -21,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from jsmail.config import loadConfig
 from jsmail.service import MailGateway
-from jsmail.testing import DNSServer
+from jsmail.testing import DNSServer, delivered
 from tests.test_authresults import folded
 from tests.test_dkim import MESSAGE, keyData
 from tests.test_dkimcheck import HUGE_RSA_REFUSED, hugeKey, refusePurePythonRSA, signedWith
@@ -117,14 +116,8 @@ class ReactorStallTests(TestCase):
 
     @defer.inlineCallbacks
     def delivered(self) -> Any:
-        pattern = os.path.join(self.data, "mail", "localhost", "x", "new", "*")
-        for _ in range(200):
-            files = glob.glob(pattern)
-            if files:
-                with open(files[0], "rb") as f:
-                    return f.read()
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.fail("nothing was delivered to x@localhost")
+        [message] = yield delivered(os.path.join(self.data, "mail", "localhost", "x"))
+        return message
 
     @defer.inlineCallbacks
     def test_hugeKeysAndNestedCommentsDoNotStallOtherSessions(self) -> Any:

@@ -3,7 +3,6 @@ stdlib smtplib, the STARTTLS injection against a running gateway, certificate re
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import smtplib
@@ -11,8 +10,7 @@ import socket
 import ssl
 
 import trustme
-from twisted.internet import defer, task, utils
-from twisted.internet import reactor as _reactor
+from twisted.internet import defer, utils
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.names import dns
@@ -22,7 +20,7 @@ from jsmail.auth import setPassword
 from jsmail.config import loadConfig
 from jsmail.service import MailGateway
 from jsmail.smtp.tls import ServerTLS, TLSError
-from jsmail.testing import DNSServer
+from jsmail.testing import DNSServer, delivered
 
 CLIENT_TIMEOUT = 10
 
@@ -68,39 +66,9 @@ class GatewayTestCase(TestCase):
     def smtp(self, kind: str) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.ports[kind], local_hostname="client.test", timeout=CLIENT_TIMEOUT)
 
-    @defer.inlineCallbacks
     def delivered(self, domain: str, local: str, count: int = 1):  # type: ignore[no-untyped-def]
         """The delivered files for a mailbox, waiting (bounded) for ``count`` of them."""
-        pattern = os.path.join(self.data, "mail", domain, local, "new", "*")
-        for _ in range(200):
-            files = glob.glob(pattern)
-            if len(files) >= count:
-                contents = []
-                for name in sorted(files):
-                    with open(name, "rb") as f:
-                        contents.append(f.read())
-                return contents
-            yield task.deferLater(_reactor, 0.05, lambda: None)
-        self.fail(f"no delivery to {local}@{domain}")
-
-
-class StartTLSTests(GatewayTestCase):
-    @defer.inlineCallbacks
-    def test_starttls_on_port_25_records_tls_in_received(self):  # type: ignore[no-untyped-def]
-        def send() -> set[str]:
-            with self.smtp("smtp") as client:
-                client.ehlo()
-                self.assertTrue(client.has_extn("starttls"))
-                self.assertFalse(client.has_extn("auth"))
-                client.starttls(context=self.clientContext())
-                client.ehlo()
-                self.assertFalse(client.has_extn("starttls"))
-                client.sendmail("a@example.org", ["x@localhost"], b"Subject: tls\r\n\r\nhello\r\n")
-                return set(client.esmtp_features)
-
-        yield deferToThread(send)
-        [message] = yield self.delivered("localhost", "x")
-        self.assertRegex(message, rb"\(using TLSv1\.[23] with cipher [A-Z0-9_-]+\)\n\tby mx\.test \(jsmail\) with ESMTPS id ")
+        return delivered(os.path.join(self.data, "mail", domain, local), count)
 
     @defer.inlineCallbacks
     def test_submission_login_and_relay(self):  # type: ignore[no-untyped-def]

@@ -8,18 +8,22 @@
   :class:`RecordingTransport`, returning exact reply bytes; STARTTLS is recorded, not
   performed (test real handshakes over loopback).
 - :func:`runNow`: a ``runInThread`` that runs the work at once, for tests without threads.
+- :func:`delivered`: the messages a Maildir's ``new/`` holds, once there are enough of
+  them (a bounded wait, for tests of a running gateway).
 - :func:`freePort`: a TCP port on 127.0.0.1 nothing listens on now, for configurations
   and programs that must be told a port before they bind it.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from twisted.cred.portal import Portal
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
@@ -38,7 +42,26 @@ from jsmail.reply import Reply
 from jsmail.smtp.server import ESMTPServer, Listener, ServerSettings
 
 __all__ = ["Delivery", "Dialog", "DNSServer", "MemoryQueue", "RecordingAgent", "RecordingTransport", "freePort",
-           "runNow"]
+           "delivered", "runNow"]
+
+
+@defer.inlineCallbacks
+def delivered(maildir: str, count: int = 1, reactor: Any = None) -> Any:
+    """Fires with the contents of the files in ``maildir``/new, by name, once there are
+    at least ``count`` of them; fails after about ten seconds without them."""
+    if reactor is None:
+        from twisted.internet import reactor
+    pattern = os.path.join(maildir, "new", "*")
+    for _ in range(200):
+        files = sorted(glob.glob(pattern))
+        if len(files) >= count:
+            contents = []
+            for name in files:
+                with open(name, "rb") as f:
+                    contents.append(f.read())
+            return contents
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"{count} message(s) expected in {maildir}/new, {len(glob.glob(pattern))} there")
 
 
 def freePort() -> int:
