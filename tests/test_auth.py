@@ -291,6 +291,16 @@ class CheckerTests(TestCase):
         yield self.refused(checker, b"u", b"a\x00b")
 
     @defer.inlineCallbacks
+    def test_unreadablePasswordFileIsATemporaryFailure(self):  # type: ignore[no-untyped-def]
+        """Read in the checking thread, not on the reactor: an error there is 454, not 535."""
+        path = self.mktemp()
+        os.mkdir(path)  # reading it fails with IsADirectoryError
+        checker = HashedPasswordFile(path, runNow)
+        failure = yield self.assertFailure(checker.requestAvatarId(UsernamePassword(b"u", b"p")),
+                                           TemporaryAuthFailure)
+        self.assertIn(f"cannot read {path}", str(failure))
+
+    @defer.inlineCallbacks
     def test_hashesOfLongPasswordsMadeBeforeBcrypt5StillWork(self):  # type: ignore[no-untyped-def]
         """bcrypt before 5.0 hashed the first 72 octets of a longer password."""
         import bcrypt

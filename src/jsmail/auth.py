@@ -22,7 +22,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import bcrypt
 from twisted.cred import credentials, error
@@ -32,6 +32,7 @@ from twisted.cred.strcred import ICheckerFactory
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from jsmail._disk import openNew
@@ -205,24 +206,30 @@ class HashedPasswordFile:
             return frozenset()
 
     def requestAvatarId(self, creds: credentials.IUsernamePassword) -> defer.Deferred[bytes | tuple[()]]:
-        try:
-            hashed = self._current().get(creds.username)
-        except OSError as e:
-            return defer.fail(TemporaryAuthFailure(f"cannot read {self.path}: {e.strerror}"))
-        usable = hashed if hashed is not None and _BCRYPT_HASH.match(hashed) else None
         runInThread = self._runInThread
         if runInThread is None:
             from twisted.internet import reactor
 
             runInThread = reactorThreads(reactor)
-        d = runInThread(checkPassword, creds.password, usable)
+
+        def check() -> bool:
+            """In a thread: the file's stat (and reading, when it changed) as well as
+            bcrypt stay off the reactor."""
+            hashed = self._current().get(creds.username)
+            usable = hashed if hashed is not None and _BCRYPT_HASH.match(hashed) else None
+            return checkPassword(creds.password, usable)
 
         def checked(ok: bool) -> bytes:
             if ok:
                 return creds.username
             raise error.UnauthorizedLogin()
 
-        return d.addCallback(checked)
+        def unreadable(failure: Failure) -> NoReturn:
+            failure.trap(OSError)
+            assert isinstance(failure.value, OSError)
+            raise TemporaryAuthFailure(f"cannot read {self.path}: {failure.value.strerror}")
+
+        return runInThread(check).addCallbacks(checked, unreadable)
 
 
 #: What bcrypt makes (``$2b$``, cost, 22 octets of salt and 31 of hash); anything else
