@@ -76,13 +76,15 @@ class EndpointTests(GatewayTestCase):
 
     @defer.inlineCallbacks
     def test_refusals_and_check_verdicts(self) -> Any:
-        """Relaying refused to an unknown client: RelayControl's verdict is counted,
+        """Relaying refused to an unknown client: RelayControl's verdicts are counted,
         the reply too, and the status page lists the refusal with its public reply."""
         yield self.startWithMetrics()
         [replies] = yield self.send(("a@example.org", ["x@example.net"], b"Subject: r\r\n\r\nhi\r\n", []))
         self.assertEqual(replies[1], (550, b"5.7.1 Relaying to <x@example.net> denied: example.net is not a local domain"))
         code, _, text = yield httpGet(self.metricsPort, "/metrics")
         self.assertEqual(sample(text, "jsmail_policy_verdicts_total", check="RelayControl", verdict="reject"), 1)
+        # connect, EHLO and MAIL: counted, though a bare accept has no log line
+        self.assertEqual(sample(text, "jsmail_policy_verdicts_total", check="RelayControl", verdict="accept"), 3)
         self.assertEqual(sample(text, "jsmail_smtpd_replies_total", command="RCPT", code="550", enhanced="5.7.1"), 1)
         code, contentType, page = yield httpGet(self.metricsPort, "/")
         self.assertEqual((code, contentType), (200, "text/html; charset=utf-8"))

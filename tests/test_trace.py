@@ -42,7 +42,13 @@ def jsmail(*arguments: str) -> tuple[int, list[str]]:
 
 class TraceTests(GatewayTestCase):
     """A gateway delivering in its own process logs to a text and a JSON file; the
-    trace from either says the same."""
+    trace from either says the same.  By default only the refusal has a check line."""
+
+    settings: dict[str, Any] = {}
+    #: The session's check lines before ``queued``, without their time stamps.
+    REFUSAL = ("550 5.7.1 Relaying to <x@example.net> denied: example.net is not a local domain "
+               "(relay attempt from untrusted 127.0.0.1 to x@example.net)")
+    checks = [f"  check RelayControl at RCPT x@example.net: reject: {REFUSAL}", f"  refused RCPT: {REFUSAL}"]
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
@@ -62,7 +68,7 @@ class TraceTests(GatewayTestCase):
                 f.close()
 
         self.addCleanup(stop)
-        yield self.startGateway()
+        yield self.startGateway(**self.settings)
         self.queueId = yield deferToThread(sendOne, self.port)
         deadline = time.monotonic() + DELIVERY_TIMEOUT
         while f"removed id={self.queueId}" not in open(self.text, encoding="utf-8").read():
@@ -72,27 +78,19 @@ class TraceTests(GatewayTestCase):
             f.flush()
 
     def assertTrace(self, lines: list[str]) -> None:
-        """The whole story, in order: the session with each check's verdict and the
+        """The whole story, in order: the session with its check lines and the
         refusal, the message queued, the delivery process's attempt and result."""
         self.assertEqual(lines[0], f"== message {self.queueId}")
         self.assertRegex(lines[1], r"^\S+  session [0-9a-f]{12}: \[127\.0\.0\.1\]:\d+ connected to the smtp listener$")
-        refusal = ("550 5.7.1 Relaying to <x@example.net> denied: example.net is not a local domain "
-                   "(relay attempt from untrusted 127.0.0.1 to x@example.net)")
         body = [line.partition("  ")[2] for line in lines[2:-1]]  # without the time stamps
-        self.assertEqual(body[:6], [
-            "  check RelayControl at CONNECT: accept",
-            "  check RelayControl at HELO client.test: accept",
-            "  check RelayControl at MAIL a@example.org: accept",
-            f"  check RelayControl at RCPT x@example.net: reject: {refusal}",
-            f"  refused RCPT: {refusal}",
-            "  check RelayControl at RCPT someone@localhost: accept",
-        ])
-        self.assertRegex(body[6], rf"^queued as {self.queueId}: from <a@example\.org>, 1 recipient\(s\), \d+ octets, "
+        checks, body = body[:len(self.checks)], body[len(self.checks):]
+        self.assertEqual(checks, self.checks)
+        self.assertRegex(body[0], rf"^queued as {self.queueId}: from <a@example\.org>, 1 recipient\(s\), \d+ octets, "
                                   r"Message-ID <trace-1@example\.org>$")
-        self.assertRegex(body[7], r"^attempt by the local agent \(\d+\.\d{3} s\): 1 delivered, "
+        self.assertRegex(body[1], r"^attempt by the local agent \(\d+\.\d{3} s\): 1 delivered, "
                                   r"0 temporary failure\(s\), 0 permanent failure\(s\)$")
-        self.assertTrue(body[8].startswith("  delivered <someone@localhost>: 250 2.0.0 Delivered (maildir "), body[8])
-        self.assertEqual(body[9:], ["removed from the queue"])
+        self.assertTrue(body[2].startswith("  delivered <someone@localhost>: 250 2.0.0 Delivered (maildir "), body[2])
+        self.assertEqual(body[3:], ["removed from the queue"])
         self.assertEqual(lines[-1], "outcome: left the queue; <someone@localhost> delivered")
 
     def test_by_queue_id_from_the_text_log(self) -> None:
@@ -122,6 +120,20 @@ class TraceTests(GatewayTestCase):
         status, lines = jsmail("trace", "0000nosuchid", "--log", self.text)
         self.assertEqual(status, 1)
         self.assertEqual(lines, [f"jsmail trace: nothing about 0000nosuchid in {self.text}"])
+
+
+class EveryVerdictTraceTests(TraceTests):
+    """With ``[log] checks = "all"`` each check's accept has its line too, and the
+    trace shows it in its place."""
+
+    settings = {"log__checks": "all"}
+    checks = [
+        "  check RelayControl at CONNECT: accept",
+        "  check RelayControl at HELO client.test: accept",
+        "  check RelayControl at MAIL a@example.org: accept",
+        *TraceTests.checks,
+        "  check RelayControl at RCPT someone@localhost: accept",
+    ]
 
 
 class RotationTests(unittest.TestCase):
@@ -155,3 +167,21 @@ class RotationTests(unittest.TestCase):
                           "command='RCPT' reply=\"550 5.7.1 it's <x> denied\" reason='a \\'b\\''")
         assert event is not None
         self.assertEqual((event.fields["reply"], event.fields["reason"]), ("550 5.7.1 it's <x> denied", "a 'b'"))
+
+    def test_an_accept_with_a_reason_shows_it(self) -> None:
+        """An accept is logged by default only when it says why (a check on the
+        client's trust, say); the trace shows the why."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        stamp = "2025-01-01T00:00:00+0000 [jsmail.maillog#info] "
+        with open(os.path.join(directory, "twistd.log"), "w") as f:
+            f.write(stamp + "connect client=[::1]:1 listener=smtp session=s1\n")
+            f.write(stamp + "check id=- session=s1 phase=rcpt check=Access verdict=accept argument='c@d' reply='' "
+                            "reason='allowed by allow_senders'\n")
+            f.write(stamp + "queued id=Q1 from=<a@b> nrcpt=1 size=5 client=[::1]:1 session=s1 listener=smtp\n")
+        status, out = jsmail("trace", "Q1", "--log", os.path.join(directory, "twistd.log"))
+        self.assertEqual(status, 0)
+        self.assertEqual([line[26:] for line in out[1:3]], [
+            "session s1: [::1]:1 connected to the smtp listener",
+            "  check Access at RCPT c@d: accept (allowed by allow_senders)",
+        ])

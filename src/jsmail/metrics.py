@@ -1,8 +1,9 @@
 """The gateway's Prometheus series, and the few hooks where no log event says enough.
 
 Most series are counted from the operator log (:mod:`jsmail.ops.observer` watches the
-``jsmail.maillog`` events, the delivery process's included).  Three things have no
+``jsmail.maillog`` events, the delivery process's included).  Four things have no
 event, so the code calls a hook here: :func:`replySent` (each SMTP reply),
+:func:`checked` (each policy check's answer: an accept is not logged by default),
 :func:`committed` (a group commit's latency) and :func:`resolved` (a DNS lookup's).
 A hook costs one call and one test while metrics are off.
 
@@ -42,6 +43,8 @@ class Recorder(Protocol):
 
     def reply(self, command: str, code: int, enhanced: str) -> None: ...
 
+    def verdict(self, check: str, verdict: str) -> None: ...
+
     def commit(self, seconds: float) -> None: ...
 
     def dns(self, seconds: float) -> None: ...
@@ -63,6 +66,12 @@ def replySent(command: str, code: int, enhanced: str) -> None:
         _recorder.reply(command, code, enhanced)
 
 
+def checked(check: str, verdict: str) -> None:
+    """A policy check (named by its class) answered accept, reject or tempfail."""
+    if _recorder is not None:
+        _recorder.verdict(check, verdict)
+
+
 def committed(seconds: float) -> None:
     """A group commit (one ``syncfs``) took ``seconds``."""
     if _recorder is not None:
@@ -77,12 +86,15 @@ def resolved(seconds: float) -> None:
 
 class Forwarder:
     """The delivery process's recorder: each measurement becomes a log event without
-    text, which the parent republishes and counts (replies never happen there)."""
+    text, which the parent republishes and counts (replies and checks never happen there)."""
 
     def __init__(self) -> None:
         self._log = Logger(namespace=NAMESPACE)
 
     def reply(self, command: str, code: int, enhanced: str) -> None:
+        pass
+
+    def verdict(self, check: str, verdict: str) -> None:
         pass
 
     def commit(self, seconds: float) -> None:
@@ -139,6 +151,9 @@ class Metrics:
         if child is None:
             child = self._children[key] = self.replies.labels(key[1], str(code), enhanced or "")
         child.inc()
+
+    def verdict(self, check: str, verdict: str) -> None:
+        self.child(self.verdicts, check, verdict).inc()
 
     def commit(self, seconds: float) -> None:
         self.commitSeconds.observe(seconds)

@@ -261,6 +261,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("smtp", "authservId", "policy", "authserv_id", _optionalString),
     Option("smtp", "maxChecksPerClient", "policy", "max_checks_per_client", _integer(1)),
     Option("smtp", "maxCheckMemory", "policy", "max_check_memory", _integer(1)),
+    Option("smtp", "logAccepts", "log", "checks", _either("refusals", "all")),
     Option("relay", "rcptHosts", "smtp", "rcpt_hosts", _listOf(_string)),
     Option("relay", "moreRcptHosts", "smtp", "more_rcpt_hosts", _optionalString),
     Option("relay", "badMailFrom", "smtp", "bad_mail_from", _listOf(_string)),

@@ -77,7 +77,7 @@ class MaillogObserver:
         self.history = History()
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "connect": self._connect, "tls": self._tls, "tls-failed": self._tlsFailed, "auth": self._auth,
-            "check": self._check, "reject": self._reject, "queued": self._queued, "attempt": self._attempt,
+            "reject": self._reject, "queued": self._queued, "attempt": self._attempt,
             "remote": self._remote, "delivered": self._delivery, "deferred": self._delivery,
             "failed": self._delivery,
         }
@@ -111,9 +111,6 @@ class MaillogObserver:
     def _auth(self, event: dict[str, Any]) -> None:
         if event.get("outcome") != "ok":
             self.metrics.authFailures.inc()
-
-    def _check(self, event: dict[str, Any]) -> None:
-        self.metrics.child(self.metrics.verdicts, event.get("check", "-"), event.get("verdict", "-")).inc()
 
     def _reject(self, event: dict[str, Any]) -> None:
         replyText = str(event.get("reply", ""))

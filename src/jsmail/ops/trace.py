@@ -3,10 +3,14 @@
 It reads twistd's log, text or JSON lines (``--log-format json``), each file with its
 rotated predecessors (``twistd.log.2``, ``twistd.log.1``, then ``twistd.log``), keeps
 the ``jsmail.maillog`` events, and follows a message: its SMTP session (client, TLS,
-AUTH, each check's verdict, refusals) through the session id, then its queue id
+AUTH, the checks' lines, refusals) through the session id, then its queue id
 (each delivery attempt, the remote host and TLS, each recipient's reply, retries,
 bounces) to its end.  A message is found by queue id, session id, Message-ID or
 recipient.
+
+A check's accept has a line only when it says something (a reason, something added)
+or under ``[log] checks = "all"``; the trace shows the lines there are, and needs none
+of them to join a session to its message (``queued`` names both).
 """
 
 from __future__ import annotations
@@ -189,7 +193,10 @@ def _describe(e: Event) -> str:
         return f"  AUTH as {g('user')!r}: {g('outcome')}"
     if e.name == "check":
         about = f" {g('argument')}" if g("argument") else ""
-        why = f": {g('reply')} ({g('reason')})" if g("verdict") != "accept" else ""
+        if g("verdict") != "accept":
+            why = f": {g('reply')} ({g('reason')})"
+        else:
+            why = f" ({g('reason')})" if g("reason") else ""
         return f"  check {g('check')} at {g('phase').upper()}{about}: {g('verdict')}{why}"
     if e.name == "reject":
         return f"  refused {g('command')}: {g('reply')} ({g('reason')})"

@@ -17,7 +17,7 @@ from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 
 import jsmail.plugins
-from jsmail import maillog
+from jsmail import maillog, metrics
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import IMessagePolicy, IModifier, IPolicy, ISession
 from jsmail.policy.plugin import IPolicyPlugin, PluginError, PolicyContext
@@ -77,8 +77,10 @@ class Additions:
         self._byPhase: dict[str, list[Verdict]] = {}
 
     def keep(self, phase: str, verdicts: list[Verdict]) -> None:
-        earlier = [] if phase == "checkHelo" else self._byPhase.get(phase, [])
-        self._byPhase[phase] = earlier + verdicts
+        if phase == "checkHelo":
+            self._byPhase[phase] = verdicts
+        elif verdicts:
+            self._byPhase[phase] = self._byPhase.get(phase, []) + verdicts
 
     def forgetTransaction(self) -> None:
         for phase in TRANSACTION_PHASES:
@@ -97,50 +99,86 @@ class PhaseRunner:
     refusal wins (raised as :class:`~jsmail.error.SMTPReplyError`); any other exception
     propagates for smtpd to answer 451.  What accepting verdicts add goes into the
     session's :class:`Additions` only once the whole phase has said yes.
-    Each check's answer goes to the operator log (``check``), named by its class.
+
+    Each check's answer that says something (a refusal, or an accept with a reason or
+    with something to add) goes to the operator log (``check``), named by its class; a
+    bare accept only with ``logAccepts`` (``[log] checks = "all"``), since it was most of
+    the log's lines and a sixth of the receiving process's CPU.  Every answer is
+    counted in the metrics.
     """
 
-    def __init__(self, checks: Iterable[object], inFlight: InFlight | None = None) -> None:
+    def __init__(self, checks: Iterable[object], inFlight: InFlight | None = None, logAccepts: bool = False) -> None:
         checks = tuple(checks)
         self.policies = tuple(c for c in checks if IPolicy.providedBy(c))
         self.messagePolicies = tuple(c for c in checks if IMessagePolicy.providedBy(c))
         self.inFlight = inFlight
+        self.logAccepts = logAccepts
 
     def run(self, phase: str, session: ISession, additions: Additions, accept: Callable[[], Any], *args: Any) -> Any:
         """``accept()``'s result once every check of ``phase`` has said yes, now or
         through a Deferred."""
         checks = self.messagePolicies if phase == "checkMessage" else self.policies
-        kept: list[Verdict] = []
+        return self._next(checks, 0, [], (session, *args), phase, additions, accept)
 
-        def accepted() -> Any:
-            additions.keep(phase, kept)
-            return accept()
-
-        return self._next([(c, getattr(c, phase)) for c in checks], kept, accepted, (session, *args),
-                          _PHASES.get(phase, phase))
-
-    def _next(self, pending: list[tuple[object, Callable[..., Any]]], kept: list[Verdict], accept: Callable[[], Any],
-              args: tuple[Any, ...], phase: str, granted: bool = False) -> Any:
-        while pending:
-            turn = self.inFlight.turn(args[0]) if self.inFlight is not None and not granted else None
+    def _next(self, checks: tuple[object, ...], index: int, kept: list[Verdict], args: tuple[Any, ...], phase: str,
+              additions: Additions, accept: Callable[[], Any], granted: bool = False) -> Any:
+        inFlight = self.inFlight
+        while index < len(checks):
+            turn = inFlight.turn(args[0]) if inFlight is not None and not granted else None
             if turn is not None:  # this client has its fill of checks waiting on something
-                return turn.addCallback(lambda _: self._next(pending, kept, accept, args, phase, True))
+                return turn.addCallback(self._resume, checks, index, kept, args, phase, additions, accept, True)
             granted = False
-            check, method = pending.pop(0)
-            logged = (args[0], phase, type(check).__name__, args[1] if len(args) > 1 and phase != "data" else "")
+            check = checks[index]
+            index += 1
             try:
-                answer = method(*args)
+                answer = getattr(check, phase)(*args)
             except SMTPReplyError as e:
-                _logRefusal(e, logged)
+                self._logRefusal(e, check, args, phase)
                 raise
             if isinstance(answer, defer.Deferred):
-                if self.inFlight is not None:
-                    answer = self.inFlight.started(args[0], answer)
-                answer.addErrback(_logFailure, logged)
-                return answer.addCallback(_keep, kept, logged).addCallback(
-                    lambda _: self._next(pending, kept, accept, args, phase))
-            _keep(answer, kept, logged)
+                if inFlight is not None:
+                    answer = inFlight.started(args[0], answer)
+                answer.addErrback(self._logFailure, check, args, phase)
+                return answer.addCallback(self._keep, kept, check, args, phase).addCallback(
+                    self._resume, checks, index, kept, args, phase, additions, accept)
+            self._keep(answer, kept, check, args, phase)
+        additions.keep(phase, kept)
         return accept()
+
+    def _resume(self, _: object, *state: Any) -> Any:
+        """Go on with the phase's checks once the one that waited is done."""
+        return self._next(*state)
+
+    def _keep(self, answer: object, kept: list[Verdict], check: object, args: tuple[Any, ...], phase: str) -> None:
+        verdict = asVerdict(answer)
+        self._log(verdict, check, args, phase)
+        verdict.raiseIfRefused()
+        if verdict.headers or verdict.results:
+            kept.append(verdict)
+
+    def _log(self, verdict: Verdict, check: object, args: tuple[Any, ...], phase: str) -> None:
+        """Count the answer; log it if it says something, or if every answer is logged."""
+        refusal, name = verdict.refusal, type(check).__name__
+        outcome = "accept" if refusal is None else "tempfail" if refusal.code < 500 else "reject"
+        metrics.checked(name, outcome)
+        if refusal is None and not (self.logAccepts or verdict.reason or verdict.headers or verdict.results):
+            return
+        session = args[0]
+        about = args[1] if len(args) > 1 and phase != "checkMessage" else ""
+        maillog.check(getattr(session, "sessionId", "-"), _PHASES.get(phase, phase), name, outcome,
+                      "" if about is None else str(about), refusal or "", verdict.reason,
+                      getattr(session, "queueId", "-"))
+
+    def _logRefusal(self, error: SMTPReplyError, check: object, args: tuple[Any, ...], phase: str) -> None:
+        """A check that raised its refusal instead of answering it."""
+        reply = error.reply
+        verdict = Verdict(reply, error.reason) if reply.code >= 400 else Verdict(reason=error.reason)
+        self._log(verdict, check, args, phase)
+
+    def _logFailure(self, failure: Failure, check: object, args: tuple[Any, ...], phase: str) -> Failure:
+        if isinstance(failure.value, SMTPReplyError):
+            self._logRefusal(failure.value, check, args, phase)
+        return failure
 
 
 class InFlight:
@@ -158,6 +196,8 @@ class InFlight:
     def turn(self, session: Any) -> defer.Deferred[None] | None:
         """None when the session's client may start a check now, else a Deferred that
         fires when it may: then it goes ahead without asking again."""
+        if not self._running:  # no check of anyone's in flight: no need to know who this is
+            return None
         key = self.keyOf(session)
         if self._running.get(key, 0) < self.limit and key not in self._waiting:
             return None
@@ -192,36 +232,3 @@ class InFlight:
 #: The operator log's names for the phases.
 _PHASES = {"checkConnect": "connect", "checkHelo": "helo", "checkSender": "mail", "checkRecipient": "rcpt",
            "checkMessage": "data"}
-
-
-#: What a check's answer is logged with: the session, the phase, the check's name and
-#: what the phase is about (the HELO name, the sender or the recipient).
-_Logged = tuple[Any, str, str, object]
-
-
-def _log(logged: _Logged, verdict: Verdict) -> None:
-    session, phase, name, about = logged
-    refusal = verdict.refusal
-    outcome = "accept" if refusal is None else "tempfail" if refusal.code < 500 else "reject"
-    maillog.check(getattr(session, "sessionId", "-"), phase, name, outcome, "" if about is None else str(about),
-                  refusal or "", verdict.reason, getattr(session, "queueId", "-"))
-
-
-def _logRefusal(error: SMTPReplyError, logged: _Logged) -> None:
-    """A check that raised its refusal instead of answering it."""
-    reply = error.reply
-    _log(logged, Verdict(reply, error.reason) if reply.code >= 400 else Verdict(reason=error.reason))
-
-
-def _logFailure(failure: Failure, logged: _Logged) -> Failure:
-    if isinstance(failure.value, SMTPReplyError):
-        _logRefusal(failure.value, logged)
-    return failure
-
-
-def _keep(answer: object, kept: list[Verdict], logged: _Logged) -> None:
-    verdict = asVerdict(answer)
-    _log(logged, verdict)
-    verdict.raiseIfRefused()
-    if verdict.headers or verdict.results:
-        kept.append(verdict)

@@ -54,7 +54,7 @@ class Listener:
         def client(session: Any) -> str:
             return clientKey(session.clientAddress, settings.clientPrefix6)
 
-        return PhaseRunner(self.checks, InFlight(settings.maxChecksPerClient, client))
+        return PhaseRunner(self.checks, InFlight(settings.maxChecksPerClient, client), settings.logAccepts)
 
     @cached_property
     def assembler(self) -> Assembler:
