@@ -18,6 +18,7 @@ Every event and field is listed in ``docs/operations.rst``.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import string
 from typing import TYPE_CHECKING, Any
@@ -42,13 +43,22 @@ def shown(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+@functools.lru_cache(maxsize=64)
+def _plainFields(format: str) -> frozenset[str]:
+    """The fields ``format`` shows without a conversion: parsed once per format (the
+    formats are this module's own, a few dozen)."""
+    return frozenset(name for _, name, _, conversion in _FORMATTER.parse(format) if name and conversion is None)
+
+
 def _info(format: str, **fields: Any) -> None:
     """Log one event: its line shows the text fields through :func:`shown` (those
     given with ``!r`` are escaped by repr), while the event keeps every value as it
     is, for programs (JSON logs, :class:`jsmail.service.Outcomes`)."""
-    plain = {name for _, name, _, conversion in _FORMATTER.parse(format) if name and conversion is None}
+    plain = _plainFields(format)
     line = format.format(**{k: shown(v) if k in plain and isinstance(v, str) else v for k, v in fields.items()})
-    _log.info(line.replace("{", "{{").replace("}", "}}"), **fields)
+    if "{" in line or "}" in line:
+        line = line.replace("{", "{{").replace("}", "}}")
+    _log.info(line, **fields)
 
 
 def newSessionId() -> str:
