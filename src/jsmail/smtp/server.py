@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsmail import maillog, metrics, reply
-from jsmail._transport import StreamTransport
+from jsmail._transport import StreamTransport, writeNow
 from jsmail.address import normaliseDomain, parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
@@ -248,12 +248,12 @@ class ESMTPServer(Protocol):
         elif self._currentCommand in _JUNK:
             self._junk += 1
             self._errors += self._junk > self.settings.maxJunkCommands
-        self.transport.write(result.wire)
+        writeNow(self.transport, result.wire)
         metrics.replySent(self._currentCommand, result.code, result.enhanced)
         if result.code == 421 or (self._currentCommand == "CONNECT" and result.code >= 400):
             self._close()
         elif self._errors >= self.settings.maxErrors:
-            self.transport.write(reply.TOO_MANY_ERRORS.wire)
+            writeNow(self.transport, reply.TOO_MANY_ERRORS.wire)
             self._close()
 
     def checked(self, phase: str, accept: Callable[[], Result], *args: Any) -> Result:
@@ -431,7 +431,7 @@ class ESMTPServer(Protocol):
         return reply.HELP
 
     def smtp_QUIT(self, argument: str) -> Result:
-        self.transport.write(reply.CLOSING.wire)
+        writeNow(self.transport, reply.CLOSING.wire)
         self._close()
         return NO_REPLY
 
