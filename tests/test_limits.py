@@ -59,6 +59,36 @@ class TimeLimitsTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.expired, [reply.SESSION_TOO_LONG])
 
+    def test_session_time_runs_while_a_reply_is_pending(self) -> None:
+        """A commit that never ends does not keep the session past its life."""
+        self.limits.setTimeout(None)
+        self.clock.advance(599)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(1)
+        self.assertEqual(self.expired, [reply.SESSION_TOO_LONG])
+
+    def test_idle_time_out_runs_again_after_the_reply(self) -> None:
+        self.clock.advance(10)
+        self.limits.setTimeout(None)  # a reply is pending for 100 s
+        self.clock.advance(100)
+        self.limits.setTimeout(30.0)  # it is sent
+        self.clock.advance(29.9)
+        self.assertEqual(self.expired, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.expired, [reply.IDLE_TIMEOUT])
+
+    def test_a_session_has_one_timer(self) -> None:
+        """Restarting the idle time-out per command, stopping it for a reply and the
+        session's life share one timer, not a timer set and cancelled per command."""
+        for _ in range(100):
+            self.clock.advance(1)
+            self.limits.resetTimeout()
+            self.limits.setTimeout(None)
+            self.limits.setTimeout(30.0)
+            self.limits.credit(100)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.expired, [])
+
     def test_stop(self) -> None:
         self.limits.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])

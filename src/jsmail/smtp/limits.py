@@ -19,7 +19,6 @@ from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
-from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from jsmail import reply
@@ -46,55 +45,87 @@ class ReplyBackPressure:
         pass
 
 
-class TimeLimits(TimeoutMixin):
-    """One session's clocks: TimeoutMixin's idle time-out, which the server restarts
-    as each command line starts and stops while a reply is pending; the credit that
-    message data buys; and the session's whole life.  When one runs out, ``expired`` is
-    called with the 421 that says which."""
+class TimeLimits:
+    """One session's clocks: the idle time-out, which the server restarts as each
+    command line starts and stops while a reply is pending; the credit that message
+    data buys; and the session's whole life.  When one runs out, ``expired`` is called
+    with the 421 that says which.
+
+    All three run on one timer, moved only when a deadline comes sooner: restarting
+    the idle time-out sets a number, and a timer that fires before a deadline that
+    moved later is set again.  A session so costs one timer, not a timer set and
+    cancelled per command and a second one for its whole life."""
+
+    #: A deadline this close counts as reached (the timer's time is a sum of floats).
+    _ROUNDING = 1e-6
 
     def __init__(self, clock: IReactorTime, settings: ServerSettings, expired: Callable[[Reply], None]) -> None:
         self.clock = clock
         self.settings = settings
         self.expired = expired
-        self._deadline = 0.0  # when the idle time-out fires, as last set
-        self._sessionTimer: IDelayedCall | None = None
+        self._idleEnds: float | None = None  # None: no idle time-out runs (a reply is pending, or stopped)
+        self._sessionEnds = 0.0
+        self._timer: IDelayedCall | None = None
+        self._stopped = False
 
     def start(self) -> None:
         """The session has begun."""
-        self._sessionTimer = self.clock.callLater(self.settings.maxSessionTime, self._sessionTooLong)
-        self.setTimeout(self.settings.idleTimeout)
+        now = self.clock.seconds()
+        self._sessionEnds = now + self.settings.maxSessionTime
+        self._idleEnds = now + self.settings.idleTimeout
+        self._arm(now)
 
     def stop(self) -> None:
         """The session has ended: no clock runs any more."""
-        self.setTimeout(None)
-        if self._sessionTimer is not None and self._sessionTimer.active():
-            self._sessionTimer.cancel()
+        self._stopped, self._idleEnds = True, None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
-    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
-        """TimeoutMixin's timer runs on the given clock."""
-        return self.clock.callLater(period, func)
+    def resetTimeout(self) -> None:
+        """A command line starts: the idle time-out, if it runs, starts again."""
+        if self._idleEnds is not None:
+            self._idleEnds = self.clock.seconds() + self.settings.idleTimeout
 
-    def setTimeout(self, period: float | None) -> float | None:
-        """TimeoutMixin's, remembering when it fires (for the data-rate credit)."""
-        if period is not None:
-            self._deadline = self.clock.seconds() + period
-        return super().setTimeout(period)
+    def setTimeout(self, period: float | None) -> None:
+        """Run the idle time-out for ``period`` seconds from now, or stop it (None)."""
+        if period is None:
+            self._idleEnds = None
+            return
+        now = self.clock.seconds()
+        self._idleEnds = now + period
+        self._arm(now)
 
     def credit(self, octets: int) -> None:
         """Message data buys time at ``minDataRate``: a client trickling data runs out
         of it, one sending at the rate or faster never does (capped at the idle
         time-out)."""
-        if self.timeOut is None:
+        if self._idleEnds is None:
             return
-        remaining = self._deadline - self.clock.seconds()
-        self.setTimeout(min(self.settings.idleTimeout, remaining + octets / self.settings.minDataRate))
+        now = self.clock.seconds()
+        remaining = self._idleEnds - now
+        self._idleEnds = now + min(self.settings.idleTimeout, remaining + octets / self.settings.minDataRate)
 
-    def timeoutConnection(self) -> None:
-        self.expired(reply.IDLE_TIMEOUT)
+    def _arm(self, now: float) -> None:
+        """Have the timer fire by the sooner deadline."""
+        if self._stopped:
+            return
+        due = self._sessionEnds if self._idleEnds is None else min(self._idleEnds, self._sessionEnds)
+        if self._timer is None or not self._timer.active():
+            self._timer = self.clock.callLater(max(0.0, due - now), self._due)
+        elif due < self._timer.getTime():
+            self._timer.reset(max(0.0, due - now))
 
-    def _sessionTooLong(self) -> None:
-        self._sessionTimer = None
-        self.expired(reply.SESSION_TOO_LONG)
+    def _due(self) -> None:
+        now = self.clock.seconds() + self._ROUNDING
+        if now >= self._sessionEnds:
+            self._timer = None
+            self.expired(reply.SESSION_TOO_LONG)
+        elif self._idleEnds is not None and now >= self._idleEnds:
+            self._timer = None
+            self.expired(reply.IDLE_TIMEOUT)
+        else:
+            self._arm(now - self._ROUNDING)
 
 
 def clientKey(host: str, prefix6: int) -> str:
