@@ -39,11 +39,13 @@ class Reply:
 
     def withText(self, text: str) -> Reply:
         """The same codes with another text."""
+        if type(self) is Reply:  # made directly: half the time of dataclasses.replace, three times a session
+            return Reply(self.code, self.enhanced, text, private=self.private)
         return replace(self, text=text)
 
     def format(self, *values: object) -> Reply:
         """The same codes, with ``values`` filled into the text's ``{}`` places."""
-        return replace(self, text=self.text.format(*values))
+        return self.withText(self.text.format(*values))
 
     def lines(self) -> list[bytes]:
         """The reply as wire lines (CRLF-terminated), multi-line when the text has newlines."""

@@ -11,10 +11,12 @@ from typing import Any, Callable, Sequence
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IReactorTime
 
+from jsmail import reply
 from jsmail._threads import RunInThread, runNow
 from jsmail.interfaces import IMessageSink, IModifier
 from jsmail.policy.chain import InFlight, PhaseRunner
 from jsmail.queue.funnel import NOTHING, Owed
+from jsmail.reply import Reply
 from jsmail.smtp.assembly import Assembler, MemoryBudget
 from jsmail.smtp.limits import clientKey
 from jsmail.smtp.sasl import FailureCounter
@@ -55,6 +57,13 @@ class Listener:
             return clientKey(session.clientAddress, settings.clientPrefix6)
 
         return PhaseRunner(self.checks, InFlight(settings.maxChecksPerClient, client), settings.logAccepts)
+
+    @cached_property
+    def greeting(self) -> Reply:
+        """The 220 every session starts with, made (and its wire form) once."""
+        if self.settings.greeting:
+            return reply.OWN_GREETING.format(self.settings.greeting)
+        return reply.SERVICE_READY.format(self.settings.hostname)
 
     @cached_property
     def assembler(self) -> Assembler:

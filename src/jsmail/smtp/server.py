@@ -92,18 +92,13 @@ class ESMTPServer(Protocol):
         if not self.listener.implicitTLS:  # over TLS from the first byte: once the handshake is done
             self._watchUnsentReplies()
         self._timeLimits.start()
-        self._runCommand(lambda: self.checked("checkConnect", self._greeting))
+        self._runCommand(lambda: self.checked("checkConnect", lambda: self.listener.greeting))
 
     def clientOf(self, transport: Any) -> tuple[str, int]:
         """The client's address and port (a UCSPI server takes them from tcpserver's
         environment instead)."""
         peer = transport.getPeer()
         return getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
-
-    def _greeting(self) -> Reply:
-        if self.settings.greeting:
-            return reply.OWN_GREETING.format(self.settings.greeting)
-        return reply.SERVICE_READY.format(self.settings.hostname)
 
     def _watchUnsentReplies(self) -> None:
         registerProducer = getattr(self.transport, "registerProducer", None)
