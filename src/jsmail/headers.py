@@ -201,7 +201,7 @@ class FieldDropper:
             split = self._scanner.feed(data)
             if split is None:
                 return
-            self._write(dropFields(split.header, self._drop))
+            self._write(_keptFields(split.header, self._drop))
             data = split.rest
             if split.whole:
                 self._scanner = None
@@ -217,7 +217,7 @@ class FieldDropper:
         if self._scanner is not None:
             header = self._scanner.close().header
             self._scanner = None
-            self._write(dropFields(header, self._drop))
+            self._write(_keptFields(header, self._drop))
 
     def _restOfLongField(self, data: bytes) -> bytes | None:
         """Drop or pass the long field's octets in ``data``; what follows the field, or
@@ -314,9 +314,13 @@ def dropFields(message: bytes, drop: Callable[[bytes], bool]) -> bytes:
     """``message`` without the header fields ``drop`` picks; everything else, line ends
     included, is left as it was."""
     split = splitHeader(iter([message]), len(message))
-    header = split.header
-    kept = (header[start:end] for start, end in _spans(header) if not drop(_withoutLineEnd(header[start:end])))
-    return b"".join(kept) + split.rest
+    return _keptFields(split.header, drop) + split.rest
+
+
+def _keptFields(header: bytes, drop: Callable[[bytes], bool]) -> bytes:
+    """``header``, whole fields and no empty line (a :class:`Split`'s), without the
+    fields ``drop`` picks."""
+    return b"".join(header[start:end] for start, end in _spans(header) if not drop(_withoutLineEnd(header[start:end])))
 
 
 def fromDomain(message: bytes) -> str | None:
