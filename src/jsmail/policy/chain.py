@@ -196,7 +196,7 @@ class InFlight:
     def turn(self, session: Any) -> defer.Deferred[None] | None:
         """None when the session's client may start a check now, else a Deferred that
         fires when it may: then it goes ahead without asking again."""
-        if not self._running:  # no check of anyone's in flight: no need to know who this is
+        if not self._running and not self._waiting:  # none in flight or waiting: no need to know who this is
             return None
         key = self.keyOf(session)
         if self._running.get(key, 0) < self.limit and key not in self._waiting:
