@@ -21,6 +21,7 @@ from jsmail.auth import IMailUser, MailUser
 from jsmail.envelope import Envelope, Recipient
 from jsmail.local.agent import LocalDelivery
 from jsmail.local.directory import RecipientDirectory
+from jsmail.local.session import SessionDelivery
 from jsmail.local.settings import LocalSettings
 from jsmail.policy.access import AccessLists
 from jsmail.policy.base import MessagePolicy, Policy
@@ -48,6 +49,14 @@ INTERFACES = [v for v in vars(interfaces).values() if isinstance(v, InterfaceCla
     IMailUser, IPolicyPlugin]
 
 
+def _inSession(test: TestCase, queue: MaildirQueue, clock: Clock) -> SessionDelivery:
+    """A sink for delivery during the session that knows ENVELOPE's recipient's plan."""
+    local = LocalDelivery(test.mktemp(), runNow, "mx.test", reactor=clock)
+    sink = SessionDelivery(queue, local, Router(["localhost"], local), clock)
+    sink.newMessage(ENVELOPE).abort()  # looks at the plan, at once with runNow
+    return sink
+
+
 def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
     """One way to make an instance of each provider (by class)."""
     clock = Clock()
@@ -70,6 +79,9 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         type(ProgramQueue("/bin/true", clock).newMessage(ENVELOPE)): lambda: ProgramQueue(
             "/bin/true", clock).newMessage(ENVELOPE),
         LocalDelivery: lambda: LocalDelivery(test.mktemp(), runNow, "mx.test", reactor=clock),
+        SessionDelivery: lambda: _inSession(test, maildir, clock),
+        type(_inSession(test, maildir, clock).newMessage(ENVELOPE)): lambda: _inSession(test, maildir, clock).newMessage(
+            ENVELOPE),
         RemoteDelivery: lambda: RemoteDelivery(clock, runNow, object(), RemoteSettings()),
         NoRemoteDelivery: NoRemoteDelivery,
         RecordingAgent: RecordingAgent,

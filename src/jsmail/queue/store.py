@@ -49,8 +49,10 @@ def newQueueId() -> str:
 
 
 @implementer(IIncomingMessage)
-class _IncomingFile:
+class QueueFile:
     """A message streaming into ``tmp/``; committed into ``active/``."""
+
+    deliveredInSession = None  # queued, never delivered during the session
 
     def __init__(self, queue: MaildirQueue, queueId: str, envelope: Envelope) -> None:
         self._queue = queue
@@ -65,14 +67,27 @@ class _IncomingFile:
         self._file.write(data)
 
     _file: BinaryIO | None
+    _written = False  # closed by finishWriting, not yet committed or aborted
+
+    def finishWriting(self) -> str:
+        """Close the file (what is still buffered goes to the page cache, not to disk)
+        and return its path in ``tmp/``, for delivery during the session
+        (:mod:`jsmail.local.session`) to read; :meth:`commit` or :meth:`abort` follow."""
+        f, self._file = self._file, None
+        assert f is not None, "finishWriting after commit or abort"
+        self._written = True
+        f.close()
+        return self._tmpPath
 
     def commit(self) -> defer.Deferred[str]:
         f, self._file = self._file, None
-        assert f is not None, "commit after commit or abort"
+        assert f is not None or self._written, "commit after commit or abort"
+        self._written = False
         queue = self._queue
         finalPath = os.path.join(queue.activeDir, self.queueId)
         try:
-            f.close()  # writes what is still buffered: page cache, not disk
+            if f is not None:
+                f.close()  # writes what is still buffered: page cache, not disk
             os.rename(self._tmpPath, finalPath)
         except OSError:
             unlinkQuietly(self._tmpPath)
@@ -85,9 +100,10 @@ class _IncomingFile:
         return queue.syncer.sync(queue.activeDir).addCallbacks(lambda _: self.queueId, failed)
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._file is not None or self._written:
+            if self._file is not None:
+                self._file.close()
+            self._file, self._written = None, False
             unlinkQuietly(self._tmpPath)
 
 
@@ -158,8 +174,8 @@ class MaildirQueue:
         self.spares = _SpareFiles(self.tmpDir, runInThread, spares)
         self._free, self._freeAt = 0, -1.0
 
-    def newMessage(self, envelope: Envelope) -> IIncomingMessage:
-        return _IncomingFile(self, newQueueId(), envelope)
+    def newMessage(self, envelope: Envelope) -> QueueFile:
+        return QueueFile(self, newQueueId(), envelope)
 
     def roomFor(self, octets: int) -> bool:
         """Whether the queue's file system has ``octets`` free for unprivileged writers

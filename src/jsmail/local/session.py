@@ -1,0 +1,207 @@
+"""Delivery during the SMTP session: a message for one recipient whose mail goes to its
+own default Maildir is written straight into that Maildir as it arrives, and synced,
+before the client hears 250, instead of being queued and copied there by the delivery
+process afterwards (as an LMTP server, or twisted.mail's Maildir delivery, does).  One
+file written, one rename, one sync: what queueing it would cost, and nothing after.
+
+The guarantees are the queue's: 250 only once the file is in ``new/`` and a sync that
+started after the rename has finished (the same group commit, :mod:`jsmail._disk`);
+nothing is lost, since the client retries after any refusal.  It is done only where
+the queue gives the message nothing more:
+
+- one recipient, local (:class:`jsmail.route.Router`), not rewritten by a virtual
+  domain, and not asking for a success notice (NOTIFY=SUCCESS, which the scheduler
+  writes);
+- whose plan, looked at in a thread by :meth:`LocalDelivery.plainMaildir` no longer
+  than :data:`PLAN_SECONDS` ago, is the default Maildir: no alias, no ``.qmail`` file,
+  no home followed as its owner.  A recipient with no plan known yet goes through the
+  queue while its plan is looked at, so the next one need not;
+- and that does not loop: a header with the recipient's own Delivered-To line, or
+  :data:`MAX_DELIVERED_TO` of them, gets 5.4.6 at the end of DATA instead of a bounce.
+
+The file is one of the queue's spare files (made ahead by a thread, so no file is
+created on the reactor thread), renamed from ``queue/tmp/`` into the Maildir, which
+therefore must be on the queue's file system (checked at start).  It is written as
+local delivery writes it: ``Return-Path:`` and ``Delivered-To:`` first, LF line ends.
+The operator log gets the lines a delivery from the queue gives (``attempt``,
+``delivered``, ``removed``), after the ``queued`` line, through
+:attr:`IIncomingMessage.deliveredInSession`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, BinaryIO, Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from jsmail import maillog, reply
+from jsmail._bounded import LRU
+from jsmail._disk import GroupSync, unlinkQuietly
+from jsmail.envelope import Envelope
+from jsmail.error import SMTPReplyError
+from jsmail.headers import FieldWatcher, fieldValue
+from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff, IIncomingMessage, IMessageSink
+from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery
+from jsmail.local.maildir import uniqueName
+from jsmail.queue.store import MaildirQueue, newQueueId
+from jsmail.route import Router
+
+_log = Logger()
+
+PLAN_SECONDS = 5.0  # how long a recipient's plan is trusted (as long as the recipients check's answers)
+PLANS_KEPT = 10_000
+
+
+def _asksForSuccess(params: dict[str, str | None]) -> bool:
+    return "SUCCESS" in (params.get("NOTIFY") or "").upper().split(",")
+
+
+@implementer(IMessageSink)
+class SessionDelivery:
+    """A sink in front of ``queue``: a message it can deliver during the session (see
+    the module docstring) goes into its recipient's Maildir, the rest into the queue."""
+
+    def __init__(self, queue: MaildirQueue, local: LocalDelivery, router: Router, clock: Any) -> None:
+        self.queue = queue
+        self.local = local
+        self.router = router
+        self.clock = clock
+        self.syncer: GroupSync = queue.syncer
+        self._plans: LRU[str, tuple[float, str | None]] = LRU(PLANS_KEPT)  # address -> (when, its Maildir or None)
+        self._planning: set[str] = set()
+
+    def newMessage(self, envelope: Envelope) -> IIncomingMessage:
+        maildir = self._maildirFor(envelope)
+        if maildir is None:
+            return self.queue.newMessage(envelope)
+        path, f = self.queue.spares.take()
+        return _MaildirFile(self, envelope, maildir, path, f)
+
+    def _maildirFor(self, envelope: Envelope) -> str | None:
+        """The one recipient's Maildir if the message may be delivered now, else None."""
+        if len(envelope.recipients) != 1:
+            return None
+        recipient = envelope.recipients[0]
+        address = recipient.address
+        if self.router.agentFor(address) is not self.local or _asksForSuccess(recipient.params):
+            return None
+        key = address.lower()
+        known = self._plans.get(key)
+        if known is not None and self.clock.seconds() - known[0] < PLAN_SECONDS:
+            return known[1]
+        if key not in self._planning:
+            self._planning.add(key)
+            self.local.runInThread(self._plan, address).addBoth(self._planned, key)
+        return None
+
+    def _plan(self, address: str) -> str | None:
+        if self.local.localAddress(address)[0] != address:
+            return None  # a virtual domain's user: delivered under another name
+        return self.local.plainMaildir(address)
+
+    def _planned(self, outcome: str | None | Failure, key: str) -> None:
+        self._planning.discard(key)
+        if isinstance(outcome, Failure):
+            _log.failure("Cannot look at the delivery plan of {address}", outcome, address=key)
+            outcome = None
+        self._plans[key] = (self.clock.seconds(), outcome)
+
+    def forget(self, address: str) -> None:
+        """Look at ``address``'s plan again before the next delivery during a session."""
+        self._plans.forget(address.lower())
+
+
+@implementer(IIncomingMessage)
+class _MaildirFile:
+    """A message streaming into a spare file, to be renamed into ``maildir/new/``."""
+
+    deliveredInSession: Callable[[], None] | None = None
+
+    def __init__(self, sink: SessionDelivery, envelope: Envelope, maildir: str, path: str, f: BinaryIO) -> None:
+        self._sink = sink
+        self._maildir = maildir
+        self._path = path
+        self._file: BinaryIO | None = f
+        self._address = envelope.recipients[0].address
+        self._dtline = f"Delivered-To: {self._address}".encode("utf-8", "replace")
+        self._started = sink.clock.seconds()
+        self._cr = False  # the last octet written was a CR, held back
+        self._header: FieldWatcher | None = FieldWatcher(("delivered-to",), limit=64 * 1024)
+        self.queueId = newQueueId()
+        self.size = 0
+        f.write(b"Return-Path: <" + envelope.sender.encode("utf-8", "replace").replace(b"\n", b"_") + b">\n"
+                + self._dtline.replace(b"\n", b"_") + b"\n")
+
+    def write(self, data: bytes) -> None:
+        """CR LF made LF, as local delivery writes Maildir files (a CR LF may be split
+        between two writes)."""
+        assert self._file is not None, "write after commit or abort"
+        self.size += len(data)
+        if self._header is not None:
+            self._header.feed(data)
+        if self._cr:
+            data = b"\r" + data
+        self._cr = data.endswith(b"\r")
+        self._file.write((data[:-1] if self._cr else data).replace(b"\r\n", b"\n"))
+
+    def commit(self) -> defer.Deferred[str]:
+        f, self._file = self._file, None
+        assert f is not None, "commit after commit or abort"
+        sink = self._sink
+        try:
+            self._refuseLoop()
+            if self._cr:
+                f.write(b"\r")
+            f.close()
+            newDir = os.path.join(self._maildir, "new")
+            final = os.path.join(newDir, uniqueName(sink.local.hostname))
+            os.rename(self._path, final)
+        except SMTPReplyError:
+            f.close()
+            unlinkQuietly(self._path)
+            return defer.fail()
+        except OSError as e:
+            unlinkQuietly(self._path)
+            sink.forget(self._address)  # the Maildir went away, say: looked at again next time
+            return defer.fail(SMTPReplyError(reply.DELIVERY_ERROR, f"maildir {self._maildir}: {e}"))
+
+        def synced(_: object) -> str:
+            result = DeliveryResult(self._address, DeliveryStatus.DELIVERED, reply.DELIVERED,
+                                    f"maildir {self._maildir}", handoff=Handoff.DELIVERED)
+            seconds = sink.clock.seconds() - self._started
+            self.deliveredInSession = lambda: _report(self.queueId, seconds, result)
+            return self.queueId
+
+        def notSynced(failure: Failure) -> Failure:
+            unlinkQuietly(final)  # not known to be on disk: the client will try again
+            return failure
+
+        return sink.syncer.sync(newDir).addCallbacks(synced, notSynced)
+
+    def _refuseLoop(self) -> None:
+        """Refuse what local delivery would fail as a loop (qmail-local, section 9.4)."""
+        header, self._header = self._header, None
+        assert header is not None
+        header.close()
+        found = [fieldValue(field).strip() for field in header.kept]
+        if header.overflow or len(found) >= MAX_DELIVERED_TO:
+            raise SMTPReplyError(reply.TOO_MANY_DELIVERED_TO, f"{len(found)} Delivered-To lines")
+        if self._dtline.partition(b": ")[2] in found:
+            raise SMTPReplyError(reply.LOOPING, self._dtline.decode("utf-8", "replace"))
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            unlinkQuietly(self._path)
+
+
+def _report(queueId: str, seconds: float, result: DeliveryResult) -> None:
+    """The operator log's lines for a delivery from the queue, after ``queued``."""
+    maillog.attempt(queueId, "local", seconds, [result])
+    maillog.delivered(queueId, result)
+    maillog.removed(queueId)
