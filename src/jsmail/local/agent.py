@@ -225,9 +225,8 @@ class LocalDelivery:
             maildir = self.maildirFor(recipient)
         except BadMailbox:
             return None  # the queue fails it, with the bounce it is owed
-        if maildir not in self._made:
-            makeMaildir(maildir)
-            self._made[maildir] = None
+        makeMaildir(maildir)  # made again should it have been removed since it was last looked at
+        self._made[maildir] = None
         return maildir
 
     def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
