@@ -6,9 +6,11 @@ and a fake clock, then through a whole gateway over a real socket."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import smtplib
 import stat
+import tempfile
 from typing import Any
 
 from twisted.internet import defer
@@ -134,6 +136,20 @@ class SessionDeliveryTests(unittest.TestCase):
         os.makedirs(home)
         with open(os.path.join(home, ".qmail"), "w") as f:
             f.write("./Maildir/\n")
+        self.known("user@localhost")
+        message, d = self.send(envelope("user@localhost"))
+        self.assertIsInstance(message, QueueFile)
+        self.assertEqual(self.queued(), [message.queueId])
+
+    def test_maildirOnAnotherFileSystemIsQueued(self) -> None:
+        """A spare file cannot be renamed across file systems: such a Maildir (here a
+        link into /dev/shm, a tmpfs) is left to the queue, which copies."""
+        elsewhere = tempfile.mkdtemp(dir="/dev/shm") if os.path.isdir("/dev/shm") else ""
+        if not elsewhere or os.stat(elsewhere).st_dev == os.stat(self.queue.tmpDir).st_dev:
+            raise unittest.SkipTest("no second file system at /dev/shm")
+        self.addCleanup(shutil.rmtree, elsewhere)
+        os.makedirs(os.path.join(self.root, "localhost"))
+        os.symlink(elsewhere, os.path.join(self.root, "localhost", "user"))
         self.known("user@localhost")
         message, d = self.send(envelope("user@localhost"))
         self.assertIsInstance(message, QueueFile)

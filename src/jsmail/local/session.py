@@ -20,8 +20,8 @@ the queue gives the message nothing more:
   :data:`MAX_DELIVERED_TO` of them, gets 5.4.6 at the end of DATA instead of a bounce.
 
 The file is one of the queue's spare files (made ahead by a thread, so no file is
-created on the reactor thread), renamed from ``queue/tmp/`` into the Maildir, which
-therefore must be on the queue's file system (checked at start).  It is written as
+created on the reactor thread), renamed from ``queue/tmp/`` into the Maildir; a
+Maildir on another file system is left to the queue (checked with the plan).  It is written as
 local delivery writes it: ``Return-Path:`` and ``Delivered-To:`` first, LF line ends.
 The operator log gets the lines a delivery from the queue gives (``attempt``,
 ``delivered``, ``removed``), after the ``queued`` line, through
@@ -101,7 +101,10 @@ class SessionDelivery:
     def _plan(self, address: str) -> str | None:
         if self.local.localAddress(address)[0] != address:
             return None  # a virtual domain's user: delivered under another name
-        return self.local.plainMaildir(address)
+        maildir = self.local.plainMaildir(address)
+        if maildir is not None and os.stat(os.path.join(maildir, "new")).st_dev != os.stat(self.queue.tmpDir).st_dev:
+            return None  # on another file system: a spare file cannot be renamed there
+        return maildir
 
     def _planned(self, outcome: str | None | Failure, key: str) -> None:
         self._planning.discard(key)
