@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
 from typing import Any, Callable
 
@@ -51,7 +52,10 @@ INTERFACES = [v for v in vars(interfaces).values() if isinstance(v, InterfaceCla
 
 def _inSession(test: TestCase, queue: MaildirQueue, clock: Clock) -> SessionDelivery:
     """A sink for delivery during the session that knows ENVELOPE's recipient's plan."""
-    local = LocalDelivery(test.mktemp(), runNow, "mx.test", reactor=clock)
+    root = test.mktemp()
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(root, "localhost", "x", sub))
+    local = LocalDelivery(root, runNow, "mx.test", reactor=clock)
     sink = SessionDelivery(queue, local, Router(["localhost"], local), clock)
     sink.newMessage(ENVELOPE).abort()  # looks at the plan, at once with runNow
     return sink

@@ -57,8 +57,12 @@ class SessionDeliveryTests(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def known(self, *recipients: str) -> None:
-        """Have the sink look at the recipients' plans (at once: runNow)."""
+        """Have the sink look at the recipients' plans (at once: runNow), their Maildirs
+        made as a first delivery would."""
         for recipient in recipients:
+            local, _, domain = recipient.rpartition("@")
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(self.root, domain, local, sub), exist_ok=True)
             self.sink.newMessage(envelope(recipient)).abort()
 
     def send(self, env: Envelope, *chunks: bytes) -> Any:
@@ -107,6 +111,8 @@ class SessionDeliveryTests(unittest.TestCase):
         self.assertEqual([e["agent"] for e in self.events if e.get("event") == "attempt"], ["local"])
 
     def test_firstMessageToARecipientIsQueuedWhileItsPlanIsLookedAt(self) -> None:
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.root, "localhost", "user", sub))
         message, d = self.send(envelope("user@localhost"))
         self.assertIsInstance(message, QueueFile)
         self.assertEqual(self.successResultOf(d), message.queueId)
@@ -190,10 +196,18 @@ class SessionDeliveryTests(unittest.TestCase):
         self.assertEqual(self.failureResultOf(d, SMTPReplyError).value.reply, reply.DELIVERY_ERROR)
         self.assertEqual(os.listdir(self.queue.tmpDir), [])
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)  # looked at again, which makes the Maildir again
+        self.assertIsInstance(message, QueueFile)  # looked at again: no Maildir, the queue makes it
         message, d = self.send(envelope("user@localhost"))
-        self.successResultOf(d)
-        self.assertEqual(len(self.inbox()), 1)
+        self.assertIsInstance(message, QueueFile)
+
+    def test_noMaildirYetIsQueuedAndNoneIsMade(self) -> None:
+        """Delivery from the queue makes a Maildir, on the first delivery: looking at a
+        plan makes none (a message refused at its end leaves no trace)."""
+        self.sink.newMessage(envelope("new@localhost")).abort()  # the plan looked at
+        message, d = self.send(envelope("new@localhost"))
+        self.assertIsInstance(message, QueueFile)
+        message.abort()
+        self.assertFalse(os.path.exists(os.path.join(self.root, "localhost", "new")))
 
     def test_failedSyncTakesTheFileBack(self) -> None:
         """Not known to be on disk: the file is removed, and the commit fails (451)."""
@@ -223,6 +237,8 @@ class GatewaySessionDeliveryTests(GatewayTestCase):
     @defer.inlineCallbacks
     def stoppedDelivery(self, **settings: Any) -> Any:
         gateway = yield self.startGateway(**settings)
+        for sub in ("tmp", "new", "cur"):  # an existing mailbox
+            os.makedirs(os.path.join(self.dataDir, "mail", "localhost", "user", sub))
         [replies] = yield self.send(("a@example.org", ["user@localhost"], MESSAGE, ()))
         yield self.queueDrained()  # the first goes through the queue, while the plan is looked at
         child = gateway.delivery.child.transport.pid

@@ -215,9 +215,10 @@ class LocalDelivery:
     def plainMaildir(self, recipient: str) -> str | None:
         """For delivery during the SMTP session (:mod:`jsmail.local.session`): the
         Maildir of ``recipient`` (an address local delivery is given, after any virtual
-        domain's rewriting), made if missing, when it has no instructions and is not
-        followed as its owner; else None.  Blocking."""
-        local, _, domain = recipient.rpartition("@")
+        domain's rewriting) when it has no instructions, is not followed as its owner,
+        and exists (a first delivery from the queue makes it: a message refused at its
+        end makes nothing); else None.  Blocking."""
+        domain = recipient.rpartition("@")[2]
         plan = self._plan("", recipient, domain)
         if plan.instructions is not None or plan.asOwner:
             return None
@@ -225,9 +226,7 @@ class LocalDelivery:
             maildir = self.maildirFor(recipient)
         except BadMailbox:
             return None  # the queue fails it, with the bounce it is owed
-        makeMaildir(maildir)  # made again should it have been removed since it was last looked at
-        self._made[maildir] = None
-        return maildir
+        return maildir if os.path.isdir(os.path.join(maildir, "new")) else None
 
     def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
         """Into the recipient's own Maildir, apart from the plan (the owner had no

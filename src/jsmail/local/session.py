@@ -14,8 +14,9 @@ the queue gives the message nothing more:
   writes);
 - whose plan, looked at in a thread by :meth:`LocalDelivery.plainMaildir` no longer
   than :data:`PLAN_SECONDS` ago, is the default Maildir: no alias, no ``.qmail`` file,
-  no home followed as its owner.  A recipient with no plan known yet goes through the
-  queue while its plan is looked at, so the next one need not;
+  no home followed as its owner, and a Maildir already made.  A recipient with no plan
+  known yet goes through the queue while its plan is looked at, so the next one need
+  not;
 - and that does not loop: a header with the recipient's own Delivered-To line, or
   :data:`MAX_DELIVERED_TO` of them, gets 5.4.6 at the end of DATA instead of a bounce.
 
@@ -131,7 +132,6 @@ class _MaildirFile:
         self._file: BinaryIO | None = f
         self._address = envelope.recipients[0].address
         self._dtline = f"Delivered-To: {self._address}".encode("utf-8", "replace")
-        self._started = sink.clock.seconds()
         self._cr = False  # the last octet written was a CR, held back
         self._header: FieldWatcher | None = FieldWatcher(("delivered-to",), limit=64 * 1024)
         self.queueId = newQueueId()
@@ -155,6 +155,7 @@ class _MaildirFile:
         f, self._file = self._file, None
         assert f is not None, "commit after commit or abort"
         sink = self._sink
+        started = sink.clock.seconds()
         try:
             self._refuseLoop()
             if self._cr:
@@ -175,7 +176,7 @@ class _MaildirFile:
         def synced(_: object) -> str:
             result = DeliveryResult(self._address, DeliveryStatus.DELIVERED, reply.DELIVERED,
                                     f"maildir {self._maildir}", handoff=Handoff.DELIVERED)
-            seconds = sink.clock.seconds() - self._started
+            seconds = sink.clock.seconds() - started
             self.deliveredInSession = lambda: _report(self.queueId, seconds, result)
             return self.queueId
 
