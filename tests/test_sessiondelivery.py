@@ -23,7 +23,8 @@ from jsmail import reply
 from jsmail._disk import GroupSync
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
-from jsmail.local.agent import LocalDelivery
+from jsmail.interfaces import DeliveryStatus, QueuedMessage
+from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery
 from jsmail.local.session import PLAN_SECONDS, SessionDelivery
 from jsmail.local.settings import LocalSettings
 from jsmail.queue.store import MaildirQueue, QueueFile
@@ -96,6 +97,66 @@ class SessionDeliveryTests(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(mode), 0o600)
         self.assertEqual(self.queued(), [])
         self.assertEqual(os.listdir(self.queue.tmpDir), [])
+
+    def fromQueue(self, env: Envelope, data: bytes) -> bytes:
+        """What local delivery writes for ``data`` queued with ``env`` (the file is
+        taken out of the Maildir again)."""
+        incoming = self.queue.newMessage(env)
+        incoming.write(data)
+        queueId = self.successResultOf(incoming.commit())
+        message = QueuedMessage(queueId, env, lambda: self.queue.openMessage(queueId))
+        [result] = self.successResultOf(self.local.deliver(message, env.recipients))
+        self.assertEqual(result.status, DeliveryStatus.DELIVERED, result.detail)
+        os.unlink(os.path.join(self.queue.activeDir, queueId))
+        path = result.detail.removeprefix("maildir ") + "/new"
+        [name] = os.listdir(path)
+        with open(os.path.join(path, name), "rb") as f:
+            written = f.read()
+        os.unlink(os.path.join(path, name))
+        return written
+
+    def test_sameFileAsDeliveryFromTheQueue(self) -> None:
+        """Byte for byte what local delivery writes from the queue: bare CRs, a CR
+        before CR LF, a message not ending in CR LF or ending in a lone CR, 8-bit
+        content and UTF-8 addresses, each cut into two writes at every octet."""
+        contents = (MESSAGE, b"Subject: a\rb\r\n\r\nbare\rCR\r\r\nend\r\n", b"Subject: x\r\n\r\nno end",
+                    b"Subject: x\r\n\r\nlone CR at the end\r", "Subject: caf\u00e9\r\n\r\n\u00e9t\u00e9\r\n".encode())
+        envelopes = (envelope("user@localhost"),
+                     Envelope("jos\u00e9@example.org", (Recipient("\u00fcser@localhost"),), arrival=0.0),
+                     Envelope("", (Recipient("User@LOCALHOST"),), arrival=0.0))
+        self.known("user@localhost", "\u00fcser@localhost")
+        for env in envelopes:
+            self.sink.newMessage(env).abort()  # its plan looked at
+            for data in contents:
+                expected = self.fromQueue(env, data)
+                for cut in range(len(data) + 1):
+                    message, d = self.send(env, data[:cut], data[cut:])
+                    self.assertNotIsInstance(message, QueueFile)
+                    self.successResultOf(d)
+                    [name] = os.listdir(message._maildir + "/new")
+                    path = os.path.join(message._maildir, "new", name)
+                    with open(path, "rb") as f:
+                        self.assertEqual((cut, f.read()), (cut, expected))
+                    os.unlink(path)
+
+    def test_deliveredToLimitIsTheQueuesLimit(self) -> None:
+        """MAX_DELIVERED_TO - 1 Delivered-To lines of other addresses are delivered, as
+        from the queue; one more is refused, where the queue would bounce."""
+        self.known("user@localhost")
+        hops = b"".join(b"Delivered-To: hop%d@example.org\r\n" % i for i in range(MAX_DELIVERED_TO - 1))
+        expected = self.fromQueue(envelope("user@localhost"), hops + MESSAGE)
+        message, d = self.send(envelope("user@localhost"), hops + MESSAGE)
+        self.successResultOf(d)
+        self.assertEqual(self.inbox(), [expected])
+        more = b"Delivered-To: one@example.org\r\n" + hops + MESSAGE
+        message, d = self.send(envelope("user@localhost"), more)
+        self.assertEqual(self.failureResultOf(d, SMTPReplyError).value.reply, reply.TOO_MANY_DELIVERED_TO)
+        incoming = self.queue.newMessage(envelope("user@localhost"))
+        incoming.write(more)
+        queueId = self.successResultOf(incoming.commit())
+        queued = QueuedMessage(queueId, envelope("user@localhost"), lambda: self.queue.openMessage(queueId))
+        [result] = self.successResultOf(self.local.deliver(queued, [Recipient("user@localhost")]))
+        self.assertEqual(result.reply, reply.TOO_MANY_DELIVERED_TO)
 
     def test_logLinesComeWhenTheReceiverAsks(self) -> None:
         """The delivery's operator-log lines (attempt, delivered, removed) are written
