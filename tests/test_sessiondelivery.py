@@ -198,6 +198,66 @@ class SessionDeliveryTests(unittest.TestCase):
         self.assertIsInstance(message, QueueFile)
         self.assertEqual(self.inbox(), [])
 
+    def test_dotQmailMadeDuringASlowDataIsFollowed(self) -> None:
+        """A forward set up while a message trickles in (a DATA may last as long as the
+        client keeps sending) is not bypassed: the plan is looked at again at the final
+        dot; the client hears 451 and, trying again, is queued."""
+        self.known("user@localhost")
+        message = self.sink.newMessage(envelope("user@localhost"))
+        message.write(MESSAGE[:10])
+        home = os.path.join(self.usersDir, "localhost", "user")
+        os.makedirs(home)
+        with open(os.path.join(home, ".qmail"), "w") as f:
+            f.write("&someone@example.org\n")
+        message.write(MESSAGE[10:])
+        error = self.failureResultOf(message.commit(), SMTPReplyError).value
+        self.assertEqual(error.reply, reply.DELIVERY_ERROR)
+        self.assertIn("plan changed", error.reason)
+        self.assertEqual((self.inbox(), os.listdir(self.queue.tmpDir)), ([], []))
+        message, d = self.send(envelope("user@localhost"))
+        self.assertIsInstance(message, QueueFile)
+
+    def test_aliasMadeWithinThePlansTimeIsFollowed(self) -> None:
+        """An alias added a moment after the plan was looked at (well within
+        PLAN_SECONDS) takes effect for the next message's final dot."""
+        aliases = os.path.abspath(self.mktemp())
+        with open(aliases, "w") as f:
+            f.write("")
+        settings = LocalSettings(usersDir=self.usersDir, localDomains=("localhost",), aliases=aliases)
+        self.local = LocalDelivery(self.root, runNow, "mx.test", self.queue.syncer, reactor=self.clock,
+                                   settings=settings)
+        self.sink = SessionDelivery(self.queue, self.local, Router(["localhost"], self.local), self.clock)
+        self.known("user@localhost")
+        with open(aliases, "w") as f:
+            f.write("user: someone@example.org\n")
+        os.utime(aliases, (1, 1))  # another stamp, whatever the clock's resolution
+        message, d = self.send(envelope("user@localhost"))
+        self.assertNotIsInstance(message, QueueFile)  # the plan known a moment ago
+        self.assertEqual(self.failureResultOf(d, SMTPReplyError).value.reply, reply.DELIVERY_ERROR)
+        self.assertEqual(self.inbox(), [])
+
+    def test_planSlowToLookAtIsAsOldAsItsStart(self) -> None:
+        """A plan looked at on a slow disk is trusted PLAN_SECONDS from when the look
+        began, not from when it ended."""
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.root, "localhost", "user", sub))
+        looks: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def slowly(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            looks.append((d, f, args))
+            return d
+
+        self.local.runInThread = slowly
+        self.sink.newMessage(envelope("user@localhost")).abort()
+        self.clock.advance(PLAN_SECONDS)
+        [(d, f, args)] = looks
+        d.callback(f(*args))
+        message = self.sink.newMessage(envelope("user@localhost"))
+        self.assertIsInstance(message, QueueFile)
+        message.abort()
+        self.assertEqual(len(looks), 2)  # looked at again
+
     def test_userWithADotQmailFileIsQueued(self) -> None:
         home = os.path.join(self.usersDir, "localhost", "user")
         os.makedirs(home)

@@ -16,7 +16,9 @@ the queue gives the message nothing more:
   than :data:`PLAN_SECONDS` ago, is the default Maildir: no alias, no ``.qmail`` file,
   no home followed as its owner, and a Maildir already made.  A recipient with no plan
   known yet goes through the queue while its plan is looked at, so the next one need
-  not;
+  not.  The plan is looked at again at the final dot, in the thread that renames the file into ``new/``: an
+  alias or ``.qmail`` file made meanwhile gets the message 451 (the client tries
+  again, and is queued), never a delivery its instructions would not make;
 - and that does not loop: a header with the recipient's own Delivered-To line, or
   :data:`MAX_DELIVERED_TO` of them, gets 5.4.6 at the end of DATA instead of a bounce.
 
@@ -96,10 +98,13 @@ class SessionDelivery:
             return known[1]
         if key not in self._planning:
             self._planning.add(key)
-            self.local.runInThread(self._plan, address).addBoth(self._planned, key)
+            started = self.clock.seconds()  # a plan is as old as the look that began then
+            self.local.runInThread(self._plan, address).addBoth(self._planned, key, started)
         return None
 
     def _plan(self, address: str) -> str | None:
+        """The Maildir to deliver ``address``'s mail into during the session, or None
+        (blocking)."""
         if self.local.localAddress(address)[0] != address:
             return None  # a virtual domain's user: delivered under another name
         maildir = self.local.plainMaildir(address)
@@ -107,16 +112,20 @@ class SessionDelivery:
             return None  # on another file system: a spare file cannot be renamed there
         return maildir
 
-    def _planned(self, outcome: str | None | Failure, key: str) -> None:
+    def _planned(self, outcome: str | None | Failure, key: str, started: float) -> None:
         self._planning.discard(key)
         if isinstance(outcome, Failure):
             _log.failure("Cannot look at the delivery plan of {address}", outcome, address=key)
             outcome = None
-        self._plans[key] = (self.clock.seconds(), outcome)
+        self._plans[key] = (started, outcome)
 
     def forget(self, address: str) -> None:
         """Look at ``address``'s plan again before the next delivery during a session."""
         self._plans.forget(address.lower())
+
+
+class _Replanned(Exception):
+    """The recipient's plan is no longer this Maildir."""
 
 
 @implementer(IIncomingMessage)
@@ -158,33 +167,51 @@ class _MaildirFile:
         started = sink.clock.seconds()
         try:
             self._refuseLoop()
-            if self._cr:
-                f.write(b"\r")
-            f.close()
-            newDir = os.path.join(self._maildir, "new")
-            final = os.path.join(newDir, uniqueName(sink.local.hostname))
-            os.rename(self._path, final)
         except SMTPReplyError:
             f.close()
             unlinkQuietly(self._path)
             return defer.fail()
-        except OSError as e:
+        if self._cr:
+            f.write(b"\r")
+
+        def placed(final: str) -> defer.Deferred[str]:
+            def synced(_: object) -> str:
+                result = DeliveryResult(self._address, DeliveryStatus.DELIVERED, reply.DELIVERED,
+                                        f"maildir {self._maildir}", handoff=Handoff.DELIVERED)
+                seconds = sink.clock.seconds() - started
+                self.deliveredInSession = lambda: _report(self.queueId, seconds, result)
+                return self.queueId
+
+            def notSynced(failure: Failure) -> Failure:
+                unlinkQuietly(final)  # not known to be on disk: the client will try again
+                return failure
+
+            return sink.syncer.sync(os.path.dirname(final)).addCallbacks(synced, notSynced)
+
+        def notPlaced(failure: Failure) -> Failure:
+            sink.forget(self._address)  # the Maildir went away, or the plan changed: looked at again next time
+            why = f"maildir {self._maildir}: {failure.getErrorMessage()}"
+            return Failure(SMTPReplyError(reply.DELIVERY_ERROR, why))
+
+        d: defer.Deferred[str] = sink.local.runInThread(self._place, f)
+        return d.addCallbacks(placed, notPlaced)
+
+    def _place(self, f: BinaryIO) -> str:
+        """Close the file and rename it into ``new/``, once the plan, looked at again
+        now, still names this Maildir: an alias or ``.qmail`` file made while the
+        message came in (a DATA may last long) is followed.  Blocking; returns the
+        path in ``new/``."""
+        try:
+            f.close()
+            now = self._sink._plan(self._address)
+            if now != self._maildir:
+                raise _Replanned(f"its plan changed during the message: now {now or 'queued'}")
+            final = os.path.join(self._maildir, "new", uniqueName(self._sink.local.hostname))
+            os.rename(self._path, final)
+        except BaseException:
             unlinkQuietly(self._path)
-            sink.forget(self._address)  # the Maildir went away, say: looked at again next time
-            return defer.fail(SMTPReplyError(reply.DELIVERY_ERROR, f"maildir {self._maildir}: {e}"))
-
-        def synced(_: object) -> str:
-            result = DeliveryResult(self._address, DeliveryStatus.DELIVERED, reply.DELIVERED,
-                                    f"maildir {self._maildir}", handoff=Handoff.DELIVERED)
-            seconds = sink.clock.seconds() - started
-            self.deliveredInSession = lambda: _report(self.queueId, seconds, result)
-            return self.queueId
-
-        def notSynced(failure: Failure) -> Failure:
-            unlinkQuietly(final)  # not known to be on disk: the client will try again
-            return failure
-
-        return sink.syncer.sync(newDir).addCallbacks(synced, notSynced)
+            raise
+        return final
 
     def _refuseLoop(self) -> None:
         """Refuse what local delivery would fail as a loop (qmail-local, section 9.4)."""
