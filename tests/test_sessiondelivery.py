@@ -25,7 +25,7 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
 from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery
-from jsmail.local.session import PLAN_SECONDS, SessionDelivery
+from jsmail.local.session import PLAN_SECONDS, PLANNING_AT_ONCE, SessionDelivery
 from jsmail.local.settings import LocalSettings
 from jsmail.queue.store import MaildirQueue, QueueFile
 from jsmail.route import Router
@@ -257,6 +257,28 @@ class SessionDeliveryTests(unittest.TestCase):
         self.assertIsInstance(message, QueueFile)
         message.abort()
         self.assertEqual(len(looks), 2)  # looked at again
+
+    def test_floodOfNewRecipientsLooksAtFewPlansAtOnce(self) -> None:
+        """Messages to thousands of distinct recipients (a catch-all domain) while the
+        disk is slow start at most PLANNING_AT_ONCE looks, not a thread job each; they
+        are all queued, and looks start again once those end."""
+        looks: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def slowly(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            looks.append((d, f, args))
+            return d
+
+        self.local.runInThread = slowly
+        for n in range(2000):
+            message = self.sink.newMessage(envelope(f"user{n}@localhost"))
+            self.assertIsInstance(message, QueueFile)
+            message.abort()
+        self.assertEqual(len(looks), PLANNING_AT_ONCE)
+        for d, f, args in looks:
+            d.callback(f(*args))
+        self.sink.newMessage(envelope("another@localhost")).abort()
+        self.assertEqual(len(looks), PLANNING_AT_ONCE + 1)
 
     def test_userWithADotQmailFileIsQueued(self) -> None:
         home = os.path.join(self.usersDir, "localhost", "user")

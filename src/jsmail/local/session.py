@@ -15,8 +15,9 @@ the queue gives the message nothing more:
 - whose plan, looked at in a thread by :meth:`LocalDelivery.plainMaildir` no longer
   than :data:`PLAN_SECONDS` ago, is the default Maildir: no alias, no ``.qmail`` file,
   no home followed as its owner, and a Maildir already made.  A recipient with no plan
-  known yet goes through the queue while its plan is looked at, so the next one need
-  not.  The plan is looked at again at the final dot, in the thread that renames the file into ``new/``: an
+  known yet goes through the queue while its plan is looked at (at most
+  :data:`PLANNING_AT_ONCE` at a time), so the next one need not.  The plan is looked
+  at again at the final dot, in the thread that renames the file into ``new/``: an
   alias or ``.qmail`` file made meanwhile gets the message 451 (the client tries
   again, and is queued), never a delivery its instructions would not make;
 - and that does not loop: a header with the recipient's own Delivered-To line, or
@@ -57,6 +58,7 @@ _log = Logger()
 
 PLAN_SECONDS = 5.0  # how long a recipient's plan is trusted (as long as the recipients check's answers)
 PLANS_KEPT = 10_000
+PLANNING_AT_ONCE = 16  # plans looked at together: a flood of new recipients is queued, not looked at
 
 
 def _asksForSuccess(params: dict[str, str | None]) -> bool:
@@ -96,7 +98,7 @@ class SessionDelivery:
         known = self._plans.get(key)
         if known is not None and self.clock.seconds() - known[0] < PLAN_SECONDS:
             return known[1]
-        if key not in self._planning:
+        if key not in self._planning and len(self._planning) < PLANNING_AT_ONCE:
             self._planning.add(key)
             started = self.clock.seconds()  # a plan is as old as the look that began then
             self.local.runInThread(self._plan, address).addBoth(self._planned, key, started)
