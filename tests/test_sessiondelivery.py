@@ -10,6 +10,7 @@ import shutil
 import signal
 import smtplib
 import stat
+import subprocess
 import tempfile
 from typing import Any
 
@@ -303,6 +304,32 @@ class SessionDeliveryTests(unittest.TestCase):
         message, d = self.send(envelope("user@localhost"))
         self.assertIsInstance(message, QueueFile)
         self.assertEqual(self.queued(), [message.queueId])
+
+    def test_maildirOnABindMountIsDeliveredNotRefused(self) -> None:
+        """A Maildir reached through a bind mount of the queue's own file system has
+        the queue's st_dev, yet a rename into it fails (EXDEV): the message is copied
+        in, rather than the client hearing 451 on every other try."""
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            raise unittest.SkipTest("a bind mount needs root")
+        base = os.path.dirname(self.root)
+        source = os.path.join(base, "elsewhere")
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(source, sub))
+        target = os.path.join(self.root, "localhost", "user")
+        os.makedirs(target)
+        if subprocess.run(["mount", "--bind", source, target], capture_output=True).returncode != 0:
+            raise unittest.SkipTest("cannot bind-mount here")
+        self.addCleanup(subprocess.run, ["umount", target], check=True)
+        self.assertEqual(os.stat(target).st_dev, os.stat(self.queue.tmpDir).st_dev)
+        self.known()
+        self.sink.newMessage(envelope("user@localhost")).abort()  # its plan looked at
+        for _ in range(2):
+            message, d = self.send(envelope("user@localhost"))
+            self.assertNotIsInstance(message, QueueFile)
+            self.assertEqual(self.successResultOf(d), message.queueId)
+        expected = b"Return-Path: <a@example.org>\nDelivered-To: user@localhost\n" + MESSAGE.replace(b"\r\n", b"\n")
+        self.assertEqual(self.inbox(), [expected, expected])
+        self.assertEqual((os.listdir(os.path.join(target, "tmp")), os.listdir(self.queue.tmpDir)), ([], []))
 
     def test_messagesTheQueueOwesMoreAreQueued(self) -> None:
         """Two recipients, a remote one, or a success notice asked for: queued."""

@@ -25,7 +25,8 @@ the queue gives the message nothing more:
 
 The file is one of the queue's spare files (made ahead by a thread, so no file is
 created on the reactor thread), renamed from ``queue/tmp/`` into the Maildir; a
-Maildir on another file system is left to the queue (checked with the plan).  It is written as
+Maildir on another file system is left to the queue (checked with the plan), and one
+on another mount of the same file system (a bind mount) is copied into.  It is written as
 local delivery writes it: ``Return-Path:`` and ``Delivered-To:`` first, LF line ends.
 The operator log gets the lines a delivery from the queue gives (``attempt``,
 ``delivered``, ``removed``), after the ``queued`` line, through
@@ -34,7 +35,9 @@ The operator log gets the lines a delivery from the queue gives (``attempt``,
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from typing import Any, BinaryIO, Callable
 
 from twisted.internet import defer
@@ -50,7 +53,7 @@ from jsmail.error import SMTPReplyError
 from jsmail.headers import FieldWatcher, fieldValue
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff, IIncomingMessage, IMessageSink
 from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery
-from jsmail.local.maildir import uniqueName
+from jsmail.local.maildir import uniqueName, writeMaildirMessage
 from jsmail.queue.store import MaildirQueue, newQueueId
 from jsmail.route import Router
 
@@ -208,8 +211,18 @@ class _MaildirFile:
             now = self._sink._plan(self._address)
             if now != self._maildir:
                 raise _Replanned(f"its plan changed during the message: now {now or 'queued'}")
-            final = os.path.join(self._maildir, "new", uniqueName(self._sink.local.hostname))
-            os.rename(self._path, final)
+            hostname = self._sink.local.hostname
+            final = os.path.join(self._maildir, "new", uniqueName(hostname))
+            try:
+                os.rename(self._path, final)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                # Another mount of the same file system (a bind mount: the same st_dev,
+                # yet no rename across it): copied in, as delivery from the queue would.
+                with open(self._path, "rb") as source:
+                    final = writeMaildirMessage(self._maildir, b"", source, hostname, copy=shutil.copyfileobj)
+                os.unlink(self._path)
         except BaseException:
             unlinkQuietly(self._path)
             raise
