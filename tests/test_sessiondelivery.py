@@ -379,6 +379,18 @@ class SessionDeliveryTests(unittest.TestCase):
         message.abort()
         self.assertFalse(os.path.exists(os.path.join(self.root, "localhost", "new")))
 
+    def test_maildirMissingCurIsLeftToTheQueue(self) -> None:
+        """A Maildir whose cur/ (or tmp/) was removed is queued, and delivery from the
+        queue makes it whole again, rather than a message going into a Maildir readers
+        cannot move it out of new/ in."""
+        self.known("user@localhost")
+        os.rmdir(os.path.join(self.root, "localhost", "user", "cur"))
+        self.clock.advance(PLAN_SECONDS)
+        self.sink.newMessage(envelope("user@localhost")).abort()  # its plan looked at again
+        message, d = self.send(envelope("user@localhost"))
+        self.assertIsInstance(message, QueueFile)
+        self.assertEqual(self.inbox(), [])
+
     def test_failedSyncTakesTheFileBack(self) -> None:
         """Not known to be on disk: the file is removed, and the commit fails (451)."""
         self.known("user@localhost")

@@ -216,8 +216,9 @@ class LocalDelivery:
         """For delivery during the SMTP session (:mod:`jsmail.local.session`): the
         Maildir of ``recipient`` (an address local delivery is given, after any virtual
         domain's rewriting) when it has no instructions, is not followed as its owner,
-        and exists (a first delivery from the queue makes it: a message refused at its
-        end makes nothing); else None.  Blocking."""
+        and exists whole, ``tmp``, ``new`` and ``cur`` (a delivery from the queue makes
+        what is missing: a message refused at its end makes nothing); else None.
+        Blocking."""
         domain = recipient.rpartition("@")[2]
         plan = self._plan("", recipient, domain)
         if plan.instructions is not None or plan.asOwner:
@@ -226,7 +227,8 @@ class LocalDelivery:
             maildir = self.maildirFor(recipient)
         except BadMailbox:
             return None  # the queue fails it, with the bounce it is owed
-        return maildir if os.path.isdir(os.path.join(maildir, "new")) else None
+        whole = all(os.path.isdir(os.path.join(maildir, sub)) for sub in ("tmp", "new", "cur"))
+        return maildir if whole else None
 
     def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
         """Into the recipient's own Maildir, apart from the plan (the owner had no
