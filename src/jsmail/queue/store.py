@@ -67,27 +67,14 @@ class QueueFile:
         self._file.write(data)
 
     _file: BinaryIO | None
-    _written = False  # closed by finishWriting, not yet committed or aborted
-
-    def finishWriting(self) -> str:
-        """Close the file (what is still buffered goes to the page cache, not to disk)
-        and return its path in ``tmp/``, for delivery during the session
-        (:mod:`jsmail.local.session`) to read; :meth:`commit` or :meth:`abort` follow."""
-        f, self._file = self._file, None
-        assert f is not None, "finishWriting after commit or abort"
-        self._written = True
-        f.close()
-        return self._tmpPath
 
     def commit(self) -> defer.Deferred[str]:
         f, self._file = self._file, None
-        assert f is not None or self._written, "commit after commit or abort"
-        self._written = False
+        assert f is not None, "commit after commit or abort"
         queue = self._queue
         finalPath = os.path.join(queue.activeDir, self.queueId)
         try:
-            if f is not None:
-                f.close()  # writes what is still buffered: page cache, not disk
+            f.close()  # writes what is still buffered: page cache, not disk
             os.rename(self._tmpPath, finalPath)
         except OSError:
             unlinkQuietly(self._tmpPath)
@@ -100,10 +87,9 @@ class QueueFile:
         return queue.syncer.sync(queue.activeDir).addCallbacks(lambda _: self.queueId, failed)
 
     def abort(self) -> None:
-        if self._file is not None or self._written:
-            if self._file is not None:
-                self._file.close()
-            self._file, self._written = None, False
+        if self._file is not None:
+            self._file.close()
+            self._file = None
             unlinkQuietly(self._tmpPath)
 
 
