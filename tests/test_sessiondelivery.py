@@ -218,6 +218,39 @@ class SessionDeliveryTests(unittest.TestCase):
         message, d = self.send(envelope("user@localhost"))
         self.assertIsInstance(message, QueueFile)
 
+    def test_lookBegunBeforeAForwardDoesNotUndoIt(self) -> None:
+        """A slow look at the plan, begun before a .qmail forward was made, ends after a
+        final dot found the forward: what the dot found stands, and the next message
+        is queued, not refused with 451 once more."""
+        self.known("user@localhost")
+        self.clock.advance(PLAN_SECONDS - 1)
+        trickling = self.sink.newMessage(envelope("user@localhost"))  # the plan still trusted
+        trickling.write(MESSAGE)
+        self.clock.advance(1)
+        looks: list[tuple[defer.Deferred[Any], Any]] = []
+        now = self.local.runInThread
+
+        def slowLooks(f: Any, *args: Any) -> Any:
+            if f != self.sink._plan:
+                return now(f, *args)
+            d: defer.Deferred[Any] = defer.Deferred()
+            looks.append((d, f(*args)))  # the disk as it is now, the answer later
+            return d
+
+        self.local.runInThread = slowLooks
+        self.sink.newMessage(envelope("user@localhost")).abort()  # the plan is old: a look begins
+        home = os.path.join(self.usersDir, "localhost", "user")
+        os.makedirs(home)
+        with open(os.path.join(home, ".qmail"), "w") as f:
+            f.write("&someone@example.org\n")
+        self.clock.advance(1)
+        self.assertEqual(self.failureResultOf(trickling.commit(), SMTPReplyError).value.reply, reply.DELIVERY_ERROR)
+        [(d, answer)] = looks
+        d.callback(answer)  # the Maildir, as it was
+        message = self.sink.newMessage(envelope("user@localhost"))
+        self.assertIsInstance(message, QueueFile)
+        message.abort()
+
     def test_aliasMadeWithinThePlansTimeIsFollowed(self) -> None:
         """An alias added a moment after the plan was looked at (well within
         PLAN_SECONDS) takes effect for the next message's final dot."""

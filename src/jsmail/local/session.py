@@ -122,15 +122,22 @@ class SessionDelivery:
         if isinstance(outcome, Failure):
             _log.failure("Cannot look at the delivery plan of {address}", outcome, address=key)
             outcome = None
-        self._plans[key] = (started, outcome)
+        self._remember(key, started, outcome)
 
-    def forget(self, address: str) -> None:
-        """Look at ``address``'s plan again before the next delivery during a session."""
-        self._plans.forget(address.lower())
+    def _remember(self, key: str, started: float, maildir: str | None) -> None:
+        """Keep the plan of a look begun at ``started``, unless one begun later is
+        known: a slow look must not undo what the final dot found."""
+        known = self._plans.get(key)
+        if known is None or known[0] <= started:
+            self._plans[key] = (started, maildir)
 
 
 class _Replanned(Exception):
-    """The recipient's plan is no longer this Maildir."""
+    """The recipient's plan, looked at again, is no longer this Maildir."""
+
+    def __init__(self, maildir: str | None) -> None:
+        super().__init__(f"its plan changed during the message: now {maildir or 'queued'}")
+        self.maildir = maildir
 
 
 @implementer(IIncomingMessage)
@@ -194,7 +201,10 @@ class _MaildirFile:
             return sink.syncer.sync(os.path.dirname(final)).addCallbacks(synced, notSynced)
 
         def notPlaced(failure: Failure) -> Failure:
-            sink.forget(self._address)  # the Maildir went away, or the plan changed: looked at again next time
+            # The plan changed, or the Maildir went away: the next messages are queued
+            # (and the plan looked at again once PLAN_SECONDS have passed).
+            now = failure.value.maildir if isinstance(failure.value, _Replanned) else None
+            sink._remember(self._address.lower(), started, now)
             why = f"maildir {self._maildir}: {failure.getErrorMessage()}"
             return Failure(SMTPReplyError(reply.DELIVERY_ERROR, why))
 
@@ -210,7 +220,7 @@ class _MaildirFile:
             f.close()
             now = self._sink._plan(self._address)
             if now != self._maildir:
-                raise _Replanned(f"its plan changed during the message: now {now or 'queued'}")
+                raise _Replanned(now)
             hostname = self._sink.local.hostname
             final = os.path.join(self._maildir, "new", uniqueName(hostname))
             try:
