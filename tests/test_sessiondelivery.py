@@ -468,8 +468,9 @@ class GatewaySessionDeliveryTests(GatewayTestCase):
         queueId = queuedId(replies[-1])
         self.assertEqual(len(self.mailbox("user@localhost")), 2)
         self.assertEqual(os.listdir(os.path.join(self.dataDir, "queue", "active")), [])
-        self.assertDelivered(self.mailbox("user@localhost")[1], "a@example.org", "user@localhost", MESSAGE, "ESMTP",
-                             queueId)
+        # Found by its id: Maildir names do not sort in time (their microseconds are not padded).
+        [delivered] = [m for m in self.mailbox("user@localhost") if queueId.encode() in m]
+        self.assertDelivered(delivered, "a@example.org", "user@localhost", MESSAGE, "ESMTP", queueId)
 
     @defer.inlineCallbacks
     def test_turnedOffEverythingIsQueued(self) -> Any:

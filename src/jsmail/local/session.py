@@ -56,16 +56,13 @@ from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery
 from jsmail.local.maildir import uniqueName, writeMaildirMessage
 from jsmail.queue.store import MaildirQueue, newQueueId
 from jsmail.route import Router
+from jsmail.send.bounce import wantsNotice
 
 _log = Logger()
 
 PLAN_SECONDS = 5.0  # how long a recipient's plan is trusted (as long as the recipients check's answers)
 PLANS_KEPT = 10_000
 PLANNING_AT_ONCE = 16  # plans looked at together: a flood of new recipients is queued, not looked at
-
-
-def _asksForSuccess(params: dict[str, str | None]) -> bool:
-    return "SUCCESS" in (params.get("NOTIFY") or "").upper().split(",")
 
 
 @implementer(IMessageSink)
@@ -95,7 +92,7 @@ class SessionDelivery:
             return None
         recipient = envelope.recipients[0]
         address = recipient.address
-        if self.router.agentFor(address) is not self.local or _asksForSuccess(recipient.params):
+        if self.router.agentFor(address) is not self.local or wantsNotice(recipient, "SUCCESS"):
             return None
         key = address.lower()
         known = self._plans.get(key)
