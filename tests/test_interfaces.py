@@ -50,14 +50,16 @@ INTERFACES = [v for v in vars(interfaces).values() if isinstance(v, InterfaceCla
     IMailUser, IPolicyPlugin]
 
 
-def _inSession(test: TestCase, queue: MaildirQueue, clock: Clock) -> SessionDelivery:
-    """A sink for delivery during the session that knows ENVELOPE's recipient's plan."""
+def _inSession(test: TestCase, queue: MaildirQueue, clock: Clock, known: bool = True) -> SessionDelivery:
+    """A sink for delivery during the session that knows ENVELOPE's recipient's plan
+    (else its first message for that recipient is queued)."""
     root = test.mktemp()
     for sub in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(root, "localhost", "x", sub))
     local = LocalDelivery(root, runNow, "mx.test", reactor=clock)
     sink = SessionDelivery(queue, local, Router(["localhost"], local), clock)
-    sink.newMessage(ENVELOPE).abort()  # looks at the plan, at once with runNow
+    if known:
+        sink.newMessage(ENVELOPE).abort()  # looks at the plan, at once with runNow
     return sink
 
 
@@ -86,6 +88,8 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         SessionDelivery: lambda: _inSession(test, maildir, clock),
         type(_inSession(test, maildir, clock).newMessage(ENVELOPE)): lambda: _inSession(test, maildir, clock).newMessage(
             ENVELOPE),
+        type(_inSession(test, maildir, clock, known=False).newMessage(ENVELOPE)): lambda: _inSession(
+            test, maildir, clock, known=False).newMessage(ENVELOPE),
         RemoteDelivery: lambda: RemoteDelivery(clock, runNow, object(), RemoteSettings()),
         NoRemoteDelivery: NoRemoteDelivery,
         RecordingAgent: RecordingAgent,

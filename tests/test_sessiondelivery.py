@@ -26,14 +26,19 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
 from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery
-from jsmail.local.session import PLAN_SECONDS, PLANNING_AT_ONCE, SessionDelivery
+from jsmail.local.session import PLAN_SECONDS, PLANNING_AT_ONCE, SessionDelivery, _MaildirFile
 from jsmail.local.settings import LocalSettings
-from jsmail.queue.store import MaildirQueue, QueueFile
+from jsmail.queue.store import MaildirQueue
 from jsmail.route import Router
 from jsmail.testing import runNow
 from tests.test_integration import GatewayTestCase, queuedId
 
 MESSAGE = b"Subject: hello\r\nFrom: <a@example.org>\r\n\r\nline one\r\nline two\r\n"
+
+
+def inSession(message: object) -> bool:
+    """Whether ``message`` is being delivered during the session (else it is queued)."""
+    return isinstance(message, _MaildirFile)
 
 
 def envelope(*recipients: str, **params: str) -> Envelope:
@@ -132,7 +137,7 @@ class SessionDeliveryTests(unittest.TestCase):
                 expected = self.fromQueue(env, data)
                 for cut in range(len(data) + 1):
                     message, d = self.send(env, data[:cut], data[cut:])
-                    self.assertNotIsInstance(message, QueueFile)
+                    self.assertTrue(inSession(message))
                     self.successResultOf(d)
                     [name] = os.listdir(message._maildir + "/new")
                     path = os.path.join(message._maildir, "new", name)
@@ -176,7 +181,7 @@ class SessionDeliveryTests(unittest.TestCase):
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(self.root, "localhost", "user", sub))
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         self.assertEqual(self.successResultOf(d), message.queueId)
         self.assertEqual(self.queued(), [message.queueId])
         self.assertIsNone(message.deliveredInSession)
@@ -194,9 +199,9 @@ class SessionDeliveryTests(unittest.TestCase):
             f.write("&someone@example.org\n")
         self.clock.advance(PLAN_SECONDS)
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         self.assertEqual(self.inbox(), [])
 
     def test_dotQmailMadeDuringASlowDataIsFollowed(self) -> None:
@@ -216,7 +221,7 @@ class SessionDeliveryTests(unittest.TestCase):
         self.assertIn("plan changed", error.reason)
         self.assertEqual((self.inbox(), os.listdir(self.queue.tmpDir)), ([], []))
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
 
     def test_lookBegunBeforeAForwardDoesNotUndoIt(self) -> None:
         """A slow look at the plan, begun before a .qmail forward was made, ends after a
@@ -248,7 +253,7 @@ class SessionDeliveryTests(unittest.TestCase):
         [(d, answer)] = looks
         d.callback(answer)  # the Maildir, as it was
         message = self.sink.newMessage(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         message.abort()
 
     def test_aliasMadeWithinThePlansTimeIsFollowed(self) -> None:
@@ -266,7 +271,7 @@ class SessionDeliveryTests(unittest.TestCase):
             f.write("user: someone@example.org\n")
         os.utime(aliases, (1, 1))  # another stamp, whatever the clock's resolution
         message, d = self.send(envelope("user@localhost"))
-        self.assertNotIsInstance(message, QueueFile)  # the plan known a moment ago
+        self.assertTrue(inSession(message))  # the plan known a moment ago
         self.assertEqual(self.failureResultOf(d, SMTPReplyError).value.reply, reply.DELIVERY_ERROR)
         self.assertEqual(self.inbox(), [])
 
@@ -288,7 +293,7 @@ class SessionDeliveryTests(unittest.TestCase):
         [(d, f, args)] = looks
         d.callback(f(*args))
         message = self.sink.newMessage(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         message.abort()
         self.assertEqual(len(looks), 2)  # looked at again
 
@@ -306,7 +311,7 @@ class SessionDeliveryTests(unittest.TestCase):
         self.local.runInThread = slowly
         for n in range(2000):
             message = self.sink.newMessage(envelope(f"user{n}@localhost"))
-            self.assertIsInstance(message, QueueFile)
+            self.assertFalse(inSession(message))
             message.abort()
         self.assertEqual(len(looks), PLANNING_AT_ONCE)
         for d, f, args in looks:
@@ -321,7 +326,7 @@ class SessionDeliveryTests(unittest.TestCase):
             f.write("./Maildir/\n")
         self.known("user@localhost")
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         self.assertEqual(self.queued(), [message.queueId])
 
     def test_maildirOnAnotherFileSystemIsQueued(self) -> None:
@@ -335,7 +340,7 @@ class SessionDeliveryTests(unittest.TestCase):
         os.symlink(elsewhere, os.path.join(self.root, "localhost", "user"))
         self.known("user@localhost")
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         self.assertEqual(self.queued(), [message.queueId])
 
     def test_maildirOnABindMountIsDeliveredNotRefused(self) -> None:
@@ -358,7 +363,7 @@ class SessionDeliveryTests(unittest.TestCase):
         self.sink.newMessage(envelope("user@localhost")).abort()  # its plan looked at
         for _ in range(2):
             message, d = self.send(envelope("user@localhost"))
-            self.assertNotIsInstance(message, QueueFile)
+            self.assertTrue(inSession(message))
             self.assertEqual(self.successResultOf(d), message.queueId)
         expected = b"Return-Path: <a@example.org>\nDelivered-To: user@localhost\n" + MESSAGE.replace(b"\r\n", b"\n")
         self.assertEqual(self.inbox(), [expected, expected])
@@ -370,7 +375,7 @@ class SessionDeliveryTests(unittest.TestCase):
         for env in (envelope("user@localhost", "other@localhost"), envelope("someone@example.org"),
                     envelope("user@localhost", NOTIFY="SUCCESS,FAILURE")):
             message, d = self.send(env)
-            self.assertIsInstance(message, QueueFile)
+            self.assertFalse(inSession(message))
             self.successResultOf(d)
         self.assertEqual(len(self.queued()), 3)
         self.assertEqual(self.inbox(), [])
@@ -389,6 +394,26 @@ class SessionDeliveryTests(unittest.TestCase):
         self.assertEqual(self.failureResultOf(d, SMTPReplyError).value.reply, reply.TOO_MANY_DELIVERED_TO)
         self.assertEqual((self.inbox(), os.listdir(self.queue.tmpDir)), ([], []))
 
+    def test_forwardedTooOftenToARecipientWithInstructionsIsRefusedAlike(self) -> None:
+        """A message with MAX_DELIVERED_TO Delivered-To lines gets the same 554 at the
+        dot whether its recipient's mail is delivered during the session or queued (it
+        has a .qmail file): a reply that differed would tell a client who forwards
+        mail, and the queue would only bounce it."""
+        home = os.path.join(self.usersDir, "localhost", "fwd")
+        os.makedirs(home)
+        with open(os.path.join(home, ".qmail"), "w") as f:
+            f.write("&someone@example.org\n")
+        self.known("user@localhost", "fwd@localhost")
+        hops = b"".join(b"Delivered-To: hop%d@example.org\r\n" % i for i in range(MAX_DELIVERED_TO))
+        refused = []
+        for recipient in ("user@localhost", "fwd@localhost"):
+            message, d = self.send(envelope(recipient), hops + MESSAGE)
+            refused.append((inSession(message), self.failureResultOf(d, SMTPReplyError).value.reply))
+        self.assertEqual(refused, [(True, reply.TOO_MANY_DELIVERED_TO), (False, reply.TOO_MANY_DELIVERED_TO)])
+        self.assertEqual((self.queued(), os.listdir(self.queue.tmpDir)), ([], []))
+        message, d = self.send(envelope("fwd@localhost"), hops[hops.index(b"\n") + 1:] + MESSAGE)
+        self.assertEqual(self.queued(), [self.successResultOf(d)])
+
     def test_maildirRemovedMeanwhileIsATemporaryFailure(self) -> None:
         """The client hears 451 and tries again; the plan is looked at again then."""
         self.known("user@localhost")
@@ -399,16 +424,16 @@ class SessionDeliveryTests(unittest.TestCase):
         self.assertEqual(self.failureResultOf(d, SMTPReplyError).value.reply, reply.DELIVERY_ERROR)
         self.assertEqual(os.listdir(self.queue.tmpDir), [])
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)  # looked at again: no Maildir, the queue makes it
+        self.assertFalse(inSession(message))  # looked at again: no Maildir, the queue makes it
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
 
     def test_noMaildirYetIsQueuedAndNoneIsMade(self) -> None:
         """Delivery from the queue makes a Maildir, on the first delivery: looking at a
         plan makes none (a message refused at its end leaves no trace)."""
         self.sink.newMessage(envelope("new@localhost")).abort()  # the plan looked at
         message, d = self.send(envelope("new@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         message.abort()
         self.assertFalse(os.path.exists(os.path.join(self.root, "localhost", "new")))
 
@@ -421,7 +446,7 @@ class SessionDeliveryTests(unittest.TestCase):
         self.clock.advance(PLAN_SECONDS)
         self.sink.newMessage(envelope("user@localhost")).abort()  # its plan looked at again
         message, d = self.send(envelope("user@localhost"))
-        self.assertIsInstance(message, QueueFile)
+        self.assertFalse(inSession(message))
         self.assertEqual(self.inbox(), [])
 
     def test_failedSyncTakesTheFileBack(self) -> None:

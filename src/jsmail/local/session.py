@@ -22,6 +22,8 @@ the queue gives the message nothing more:
   again, and is queued), never a delivery its instructions would not make;
 - and that does not loop: a header with the recipient's own Delivered-To line, or
   :data:`MAX_DELIVERED_TO` of them, gets 5.4.6 at the end of DATA instead of a bounce.
+  So does a message with that many for one local recipient that is queued, whatever
+  its plan, so that the reply tells a client nothing of the recipient's instructions.
 
 The file is one of the queue's spare files (made ahead by a thread, so no file is
 created on the reactor thread), renamed from ``queue/tmp/`` into the Maildir; a
@@ -48,7 +50,7 @@ from zope.interface import implementer
 from jsmail import maillog, reply
 from jsmail._bounded import LRU
 from jsmail._disk import GroupSync, unlinkQuietly
-from jsmail.envelope import Envelope
+from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.headers import FieldWatcher, fieldValue
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff, IIncomingMessage, IMessageSink
@@ -80,19 +82,19 @@ class SessionDelivery:
         self._planning: set[str] = set()
 
     def newMessage(self, envelope: Envelope) -> IIncomingMessage:
-        maildir = self._maildirFor(envelope)
-        if maildir is None:
+        if len(envelope.recipients) != 1 or self.router.agentFor(envelope.recipients[0].address) is not self.local:
             return self.queue.newMessage(envelope)
+        maildir = self._maildirFor(envelope.recipients[0])
+        if maildir is None:
+            return _Counted(self.queue.newMessage(envelope))
         path, f = self.queue.spares.take()
         return _MaildirFile(self, envelope, maildir, path, f)
 
-    def _maildirFor(self, envelope: Envelope) -> str | None:
-        """The one recipient's Maildir if the message may be delivered now, else None."""
-        if len(envelope.recipients) != 1:
-            return None
-        recipient = envelope.recipients[0]
+    def _maildirFor(self, recipient: Recipient) -> str | None:
+        """The one local recipient's Maildir if the message may be delivered now, else
+        None."""
         address = recipient.address
-        if self.router.agentFor(address) is not self.local or wantsNotice(recipient, "SUCCESS"):
+        if wantsNotice(recipient, "SUCCESS"):
             return None
         key = address.lower()
         known = self._plans.get(key)
@@ -151,7 +153,7 @@ class _MaildirFile:
         self._address = envelope.recipients[0].address
         self._dtline = f"Delivered-To: {self._address}".encode("utf-8", "replace")
         self._cr = False  # the last octet written was a CR, held back
-        self._header: FieldWatcher | None = FieldWatcher(("delivered-to",), limit=64 * 1024)
+        self._header: FieldWatcher | None = _hops()
         self.queueId = newQueueId()
         self.size = 0
         f.write(b"Return-Path: <" + envelope.sender.encode("utf-8", "replace").replace(b"\n", b"_") + b">\n"
@@ -175,7 +177,9 @@ class _MaildirFile:
         sink = self._sink
         started = sink.clock.seconds()
         try:
-            self._refuseLoop()
+            header, self._header = self._header, None
+            assert header is not None
+            _refuseLoop(header, self._dtline)
         except SMTPReplyError:
             f.close()
             unlinkQuietly(self._path)
@@ -235,22 +239,62 @@ class _MaildirFile:
             raise
         return final
 
-    def _refuseLoop(self) -> None:
-        """Refuse what local delivery would fail as a loop (qmail-local, section 9.4)."""
-        header, self._header = self._header, None
-        assert header is not None
-        header.close()
-        found = [fieldValue(field).strip() for field in header.kept]
-        if header.overflow or len(found) >= MAX_DELIVERED_TO:
-            raise SMTPReplyError(reply.TOO_MANY_DELIVERED_TO, f"{len(found)} Delivered-To lines")
-        if self._dtline.partition(b": ")[2] in found:
-            raise SMTPReplyError(reply.LOOPING, self._dtline.decode("utf-8", "replace"))
-
     def abort(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
             unlinkQuietly(self._path)
+
+
+@implementer(IIncomingMessage)
+class _Counted:
+    """A message for one local recipient that goes into the queue, refused at its end
+    when local delivery would bounce it as looping (:data:`MAX_DELIVERED_TO`
+    Delivered-To lines): so are those delivered during the session, and a reply that
+    differed would tell a client which recipients have instructions."""
+
+    deliveredInSession = None  # queued
+
+    def __init__(self, message: IIncomingMessage) -> None:
+        self._message = message
+        self._header = _hops()
+        self.queueId = message.queueId
+
+    @property
+    def size(self) -> int:
+        return int(self._message.size)
+
+    def write(self, data: bytes) -> None:
+        self._header.feed(data)
+        self._message.write(data)
+
+    def commit(self) -> defer.Deferred[str]:
+        try:
+            _refuseLoop(self._header, None)
+        except SMTPReplyError:
+            self._message.abort()
+            return defer.fail()
+        return self._message.commit()
+
+    def abort(self) -> None:
+        self._message.abort()
+
+
+def _hops() -> FieldWatcher:
+    """A watcher of the Delivered-To fields going by (all of them kept: at most
+    :data:`MAX_DELIVERED_TO`, in 64 KiB)."""
+    return FieldWatcher(("delivered-to",), limit=64 * 1024)
+
+
+def _refuseLoop(header: FieldWatcher, dtline: bytes | None) -> None:
+    """Refuse what local delivery would fail as a loop (qmail-local, section 9.4):
+    ``dtline`` among the Delivered-To fields (when known), or too many of them."""
+    header.close()
+    found = [fieldValue(field).strip() for field in header.kept]
+    if header.overflow or len(found) >= MAX_DELIVERED_TO:
+        raise SMTPReplyError(reply.TOO_MANY_DELIVERED_TO, f"{len(found)} Delivered-To lines")
+    if dtline is not None and dtline.partition(b": ")[2] in found:
+        raise SMTPReplyError(reply.LOOPING, dtline.decode("utf-8", "replace"))
 
 
 def _report(queueId: str, seconds: float, result: DeliveryResult) -> None:
