@@ -2,7 +2,8 @@
 own default Maildir is written straight into that Maildir as it arrives, and synced,
 before the client hears 250, instead of being queued and copied there by the delivery
 process afterwards (as an LMTP server, or twisted.mail's Maildir delivery, does).  One
-file written, one rename, one sync: what queueing it would cost, and nothing after.
+file written, one look at the plan (some 60 microseconds: a few stats), one rename, one
+sync: what queueing it would cost, and nothing after.
 
 The guarantees are the queue's: 250 only once the file is in ``new/`` and a sync that
 started after the rename has finished (the same group commit, :mod:`jsmail._disk`);
@@ -28,8 +29,9 @@ the queue gives the message nothing more:
 The file is one of the queue's spare files (made ahead by a thread, so no file is
 created on the reactor thread), renamed from ``queue/tmp/`` into the Maildir; a
 Maildir on another file system is left to the queue (checked with the plan), and one
-on another mount of the same file system (a bind mount) is copied into.  It is written as
-local delivery writes it: ``Return-Path:`` and ``Delivered-To:`` first, LF line ends.
+on another mount of the same file system (a bind mount) is copied into.  It is
+written as local delivery writes it: ``Return-Path:`` and ``Delivered-To:`` first, LF
+line ends.
 The operator log gets the lines a delivery from the queue gives (``attempt``,
 ``delivered``, ``removed``), after the ``queued`` line, through
 :attr:`IIncomingMessage.deliveredInSession`.
