@@ -207,6 +207,16 @@ class SessionAttackTests(SessionSinkCase):
         message, d = self.send(envelope("fwd@localhost"), hops[hops.index(b"\n") + 1:] + MESSAGE)
         self.assertEqual(self.queued(), [self.successResultOf(d)])
 
+    def test_hugeDeliveredToFieldsAreLeftToTheQueue(self) -> None:
+        """Delivered-To fields past what is kept (64 KiB), fewer than the limit, do not
+        get a queued message refused: delivery from the queue counts them."""
+        self.known("fwd@localhost")
+        fold = b"\r\n " + b"x" * 70
+        huge = b"".join(b"Delivered-To: hop%d@example.org" % i + fold * 400 + b"\r\n" for i in range(3))
+        message, d = self.send(envelope("new@localhost"), huge + MESSAGE)
+        self.assertFalse(inSession(message))
+        self.assertEqual(self.queued(), [self.successResultOf(d)])
+
     def test_maildirMissingCurIsLeftToTheQueue(self) -> None:
         """A Maildir whose cur/ (or tmp/) was removed is queued, and delivery from the
         queue makes it whole again, rather than a message going into a Maildir readers

@@ -272,7 +272,7 @@ class _Counted:
 
     def commit(self) -> defer.Deferred[str]:
         try:
-            _refuseLoop(self._header, None)
+            _refuseLoop(self._header, None, overflow=False)  # past 64 KiB the queue counts on
         except SMTPReplyError:
             self._message.abort()
             return defer.fail()
@@ -288,12 +288,13 @@ def _hops() -> FieldWatcher:
     return FieldWatcher(("delivered-to",), limit=64 * 1024)
 
 
-def _refuseLoop(header: FieldWatcher, dtline: bytes | None) -> None:
+def _refuseLoop(header: FieldWatcher, dtline: bytes | None, overflow: bool = True) -> None:
     """Refuse what local delivery would fail as a loop (qmail-local, section 9.4):
-    ``dtline`` among the Delivered-To fields (when known), or too many of them."""
+    ``dtline`` among the Delivered-To fields (when known), or too many of them; and,
+    with ``overflow``, Delivered-To fields past the 64 KiB kept (no mail has them)."""
     header.close()
     found = [fieldValue(field).strip() for field in header.kept]
-    if header.overflow or len(found) >= MAX_DELIVERED_TO:
+    if (overflow and header.overflow) or len(found) >= MAX_DELIVERED_TO:
         raise SMTPReplyError(reply.TOO_MANY_DELIVERED_TO, f"{len(found)} Delivered-To lines")
     if dtline is not None and dtline.partition(b": ")[2] in found:
         raise SMTPReplyError(reply.LOOPING, dtline.decode("utf-8", "replace"))
