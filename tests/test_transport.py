@@ -1,0 +1,96 @@
+"""writeNow: a reply sent at once on a plain TCP connection, over real sockets on
+127.0.0.1; what the socket does not take, and anything on another transport, goes
+through Twisted's buffered write."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from jsmail._transport import writeNow
+
+
+class _Writer(protocol.Protocol):
+    """Writes ``payload`` with writeNow as the connection is made, and notes whether the
+    reactor was left watching for writability."""
+
+    payload = b""
+    sendBuffer = 0
+    watched: bool | None = None
+
+    def connectionMade(self) -> None:
+        if self.sendBuffer:
+            self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sendBuffer)  # type: ignore[union-attr]
+        writeNow(self.transport, self.payload)
+        self.watched = self.transport in reactor.getWriters()  # type: ignore[attr-defined]
+        self.factory.made.callback(self)  # type: ignore[attr-defined]
+
+
+class _Reader(protocol.Protocol):
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.received = bytearray()
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.expected and not self.done.called:
+            self.done.callback(bytes(self.received))
+
+
+class WriteNowTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def exchange(self, payload: bytes, sendBuffer: int = 0) -> Any:
+        """Serve one connection whose protocol writes ``payload``; fire with the
+        server protocol and what the client received."""
+        factory = protocol.Factory.forProtocol(_Writer)
+        factory.made = defer.Deferred()  # type: ignore[attr-defined]
+        _Writer.payload, _Writer.sendBuffer = payload, sendBuffer
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        reader = _Reader(len(payload))
+        client = yield protocol.ClientCreator(reactor, lambda: reader).connectTCP(
+            "127.0.0.1", port.getHost().port)
+        self.addCleanup(client.transport.loseConnection)
+        server = yield factory.made  # type: ignore[attr-defined]
+        self.addCleanup(server.transport.loseConnection)
+        received = yield reader.done
+        return server, received
+
+    @defer.inlineCallbacks
+    def test_replyIsSentWithoutAskingTheReactor(self) -> Any:
+        server, received = yield self.exchange(b"220 mx.test ESMTP\r\n")
+        self.assertEqual(received, b"220 mx.test ESMTP\r\n")
+        self.assertFalse(server.watched)
+
+    @defer.inlineCallbacks
+    def test_whatTheSocketDoesNotTakeIsBufferedAndArrives(self) -> Any:
+        """4 MiB against a small send buffer: the rest is written by the reactor, whole
+        and in order."""
+        payload = bytes(range(256)) * (4 * 4096)
+        server, received = yield self.exchange(payload, sendBuffer=4096)
+        self.assertTrue(server.watched)
+        self.assertEqual(received, payload)
+
+    def test_otherTransportsGetAnOrdinaryWrite(self) -> None:
+        transport = StringTransport()
+        writeNow(transport, b"250 ok\r\n")
+        self.assertEqual(transport.value(), b"250 ok\r\n")
+
+    def test_tlsGetsAnOrdinaryWrite(self) -> None:
+        """TLS has its own buffering: never the socket underneath."""
+        written = []
+
+        class TLSConnection:
+            TLS = True
+            connected = True
+
+            def write(self, data: bytes) -> None:
+                written.append(data)
+
+        writeNow(TLSConnection(), b"250 ok\r\n")
+        self.assertEqual(written, [b"250 ok\r\n"])
