@@ -42,6 +42,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from functools import partial
 from typing import Any, BinaryIO, Callable
 
 from twisted.internet import defer
@@ -52,6 +53,7 @@ from zope.interface import implementer
 from jsmail import maillog, reply
 from jsmail._bounded import LRU
 from jsmail._disk import GroupSync, unlinkQuietly
+from jsmail._threads import Batches
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.headers import FieldWatcher, fieldValue
@@ -80,6 +82,7 @@ class SessionDelivery:
         self.router = router
         self.clock = clock
         self.syncer: GroupSync = queue.syncer
+        self.placing = Batches(local.runInThread)  # the renames into new/, with the plan looked at again
         self._plans: LRU[str, tuple[float, str | None]] = LRU(PLANS_KEPT)  # address -> (when, its Maildir or None)
         self._planning: set[str] = set()
 
@@ -211,7 +214,7 @@ class _MaildirFile:
             why = f"maildir {self._maildir}: {failure.getErrorMessage()}"
             return Failure(SMTPReplyError(reply.DELIVERY_ERROR, why))
 
-        d: defer.Deferred[str] = sink.local.runInThread(self._place, f)
+        d: defer.Deferred[str] = sink.placing.run(partial(self._place, f))
         return d.addCallbacks(placed, notPlaced)
 
     def _place(self, f: BinaryIO) -> str:
