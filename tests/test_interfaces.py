@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from jsmail.auth import IMailUser, MailUser
 from jsmail.envelope import Envelope, Recipient
 from jsmail.local.agent import LocalDelivery
 from jsmail.local.directory import RecipientDirectory
+from jsmail.local.session import SessionDelivery
 from jsmail.local.settings import LocalSettings
 from jsmail.policy.access import AccessLists
 from jsmail.policy.base import MessagePolicy, Policy
@@ -48,6 +50,19 @@ INTERFACES = [v for v in vars(interfaces).values() if isinstance(v, InterfaceCla
     IMailUser, IPolicyPlugin]
 
 
+def _inSession(test: TestCase, queue: MaildirQueue, clock: Clock, known: bool = True) -> SessionDelivery:
+    """A sink for delivery during the session that knows ENVELOPE's recipient's plan
+    (else its first message for that recipient is queued)."""
+    root = test.mktemp()
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(root, "localhost", "x", sub))
+    local = LocalDelivery(root, runNow, "mx.test", reactor=clock)
+    sink = SessionDelivery(queue, local, Router(["localhost"], local), clock)
+    if known:
+        sink.newMessage(ENVELOPE).abort()  # looks at the plan, at once with runNow
+    return sink
+
+
 def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
     """One way to make an instance of each provider (by class)."""
     clock = Clock()
@@ -70,6 +85,11 @@ def _builders(test: TestCase) -> dict[type, Callable[[], Any]]:
         type(ProgramQueue("/bin/true", clock).newMessage(ENVELOPE)): lambda: ProgramQueue(
             "/bin/true", clock).newMessage(ENVELOPE),
         LocalDelivery: lambda: LocalDelivery(test.mktemp(), runNow, "mx.test", reactor=clock),
+        SessionDelivery: lambda: _inSession(test, maildir, clock),
+        type(_inSession(test, maildir, clock).newMessage(ENVELOPE)): lambda: _inSession(test, maildir, clock).newMessage(
+            ENVELOPE),
+        type(_inSession(test, maildir, clock, known=False).newMessage(ENVELOPE)): lambda: _inSession(
+            test, maildir, clock, known=False).newMessage(ENVELOPE),
         RemoteDelivery: lambda: RemoteDelivery(clock, runNow, object(), RemoteSettings()),
         NoRemoteDelivery: NoRemoteDelivery,
         RecordingAgent: RecordingAgent,

@@ -9,6 +9,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
 from typing import Any
 
 from twisted.internet import defer
@@ -18,7 +19,7 @@ from twisted.trial import unittest
 
 from jsmail import maillog, reply
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
-from jsmail.ops.logformat import _SecondsCache, classicLine
+from jsmail.ops.logformat import HELD_MOST, HeldLines, _SecondsCache, classicLine
 from tests.test_plugin import twistdEnvironment
 
 TIMEOUT = 30.0
@@ -236,3 +237,79 @@ class DetailTests(unittest.TestCase):
         [event] = [e for e in events if e.get("event") == "delivered"]
         self.assertEqual(formatEvent(event),
                          "delivered id=Q1 to=<joe@localhost> detail='250 2.0.0 Delivered (did 0+1+0; qp Q2)'")
+
+
+class _Reactor:
+    """What HeldLines uses of a reactor, recording what it is asked."""
+
+    def __init__(self) -> None:
+        self.running = True
+        self.later: list[Any] = []
+        self.fromThread: list[Any] = []
+        self.triggers: list[Any] = []
+
+    def callLater(self, delay: float, f: Any) -> None:
+        self.later.append(f)
+
+    def callFromThread(self, f: Any) -> None:
+        self.fromThread.append(f)
+
+    def addSystemEventTrigger(self, phase: str, event: str, f: Any) -> None:
+        self.triggers.append((phase, event, f))
+
+
+class _File:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+        self.flushes = 0
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class HeldLinesTests(unittest.TestCase):
+    """A pass of the reactor's lines go to the file in one write and one flush."""
+
+    def setUp(self) -> None:
+        self.reactor, self.file = _Reactor(), _File()
+        self.lines = HeldLines(self.file, self.reactor)
+
+    def test_linesOfOnePassAreWrittenTogether(self) -> None:
+        for n in range(5):
+            self.lines.write(f"line {n}\n")
+            self.lines.flush()  # as Twisted's observer does after every event
+        self.assertEqual((self.file.writes, len(self.reactor.later)), ([], 1))
+        self.reactor.later.pop()()
+        self.assertEqual(self.file.writes, ["line 0\nline 1\nline 2\nline 3\nline 4\n"])
+        self.assertEqual(self.file.flushes, 1)
+        self.lines.write("next\n")
+        self.assertEqual(len(self.reactor.later), 1)  # the next pass writes it
+
+    def test_notRunningWritesAtOnce(self) -> None:
+        self.reactor.running = False
+        self.lines.write("starting\n")
+        self.assertEqual((self.file.writes, self.file.flushes), (["starting\n"], 1))
+
+    def test_manyLinesAreNotHeldLong(self) -> None:
+        big = "x" * (HELD_MOST // 2) + "\n"
+        self.lines.write(big)
+        self.lines.write(big)
+        self.assertEqual(self.file.writes, [big + big])
+
+    def test_lineFromAnotherThreadIsWrittenByTheReactorThread(self) -> None:
+        thread = threading.Thread(target=self.lines.write, args=("from a thread\n",))
+        thread.start()
+        thread.join()
+        self.assertEqual((self.file.writes, len(self.reactor.fromThread)), ([], 1))
+        self.reactor.fromThread.pop()()
+        self.assertEqual(self.file.writes, ["from a thread\n"])
+
+    def test_heldLinesAreWrittenAtShutdown(self) -> None:
+        self.lines.write("last words\n")
+        [(phase, event, trigger)] = self.reactor.triggers
+        self.assertEqual((phase, event), ("after", "shutdown"))
+        trigger()
+        self.assertEqual(self.file.writes, ["last words\n"])

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from jsmail._threads import ThreadPoolService
+from jsmail._threads import Batches, ThreadPoolService
 
 
 class LastWrite(ThreadPoolService):
@@ -36,3 +36,54 @@ class ShutdownTests(TestCase):
         yield service.stopService()
         self.assertEqual(service.written, ["policy"])
         self.assertFalse(any(pool.started for pool in service.pools.values()))
+
+
+class BatchesTests(TestCase):
+    """Jobs run a batch at a time: what comes while one runs makes the next."""
+
+    def setUp(self) -> None:
+        self.hops: list[tuple[Any, tuple[Any, ...]]] = []  # what was sent to the "thread", not yet run
+        self.batches = Batches(self.runInThread)
+
+    def runInThread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.hops.append((d, (f, *args)))
+        return d
+
+    def runHop(self) -> None:
+        d, (f, *args) = self.hops.pop(0)
+        d.callback(f(*args))
+
+    def test_jobsThatComeWhileABatchRunsMakeTheNext(self) -> None:
+        ran: list[int] = []
+        first = self.batches.run(lambda: ran.append(1) or "one")
+        second = self.batches.run(lambda: ran.append(2) or "two")
+        third = self.batches.run(lambda: ran.append(3) or "three")
+        self.assertEqual(len(self.hops), 1)  # one hop for the first; the others wait for it
+        self.runHop()
+        self.assertEqual((ran, self.successResultOf(first)), ([1], "one"))
+        self.assertEqual(len(self.hops), 1)  # one hop for the two that waited
+        self.runHop()
+        self.assertEqual(ran, [1, 2, 3])
+        self.assertEqual((self.successResultOf(second), self.successResultOf(third)), ("two", "three"))
+        self.assertEqual(self.hops, [])
+
+    def test_aJobsErrorIsItsOwn(self) -> None:
+        def fails() -> None:
+            raise OSError("disk on fire")
+
+        bad = self.batches.run(fails)
+        good = self.batches.run(lambda: "fine")
+        self.runHop()
+        self.runHop()
+        self.failureResultOf(bad, OSError)
+        self.assertEqual(self.successResultOf(good), "fine")
+
+    def test_aFailedHopFailsItsBatchAndTheNextRuns(self) -> None:
+        first = self.batches.run(lambda: "never run")
+        second = self.batches.run(lambda: "runs")
+        d, _ = self.hops.pop(0)
+        d.errback(RuntimeError("pool stopped"))
+        self.failureResultOf(first, RuntimeError)
+        self.runHop()
+        self.assertEqual(self.successResultOf(second), "runs")

@@ -80,3 +80,51 @@ class ThreadPoolService(MultiService):
         """Called once every child has stopped; the pools stop once what it returns
         has fired (work that still needs a pool, such as a last write, ends first)."""
         return None
+
+
+class Batches:
+    """Runs blocking jobs a batch at a time, one batch in a thread at once: the jobs
+    that come while a batch runs make up the next.  For many small jobs from many
+    sessions (a rename per message): one thread hop per batch instead of per job, and
+    no threads of a pool taking the GIL from the reactor thread, and each other, in
+    turns."""
+
+    def __init__(self, runInThread: RunInThread) -> None:
+        self._runInThread = runInThread
+        self._pending: list[tuple[Callable[[], Any], defer.Deferred[Any]]] = []
+        self._running = False
+
+    def run(self, job: Callable[[], Any]) -> defer.Deferred[Any]:
+        """Fires with what ``job()`` returns, or fails with what it raised."""
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._pending.append((job, d))
+        if not self._running:
+            self._start()
+        return d
+
+    def _start(self) -> None:
+        batch, self._pending = self._pending, []
+        self._running = True
+        self._runInThread(_runEach, [job for job, _ in batch]).addBoth(self._done, batch)
+
+    def _done(self, outcomes: list[Any] | Failure, batch: list[tuple[Callable[[], Any], defer.Deferred[Any]]]) -> None:
+        self._running = False
+        if self._pending:
+            self._start()
+        for i, (_, d) in enumerate(batch):
+            outcome = outcomes if isinstance(outcomes, Failure) else outcomes[i]
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+
+
+def _runEach(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Each job's result, or its Failure: one job's error is its own."""
+    outcomes: list[Any] = []
+    for job in jobs:
+        try:
+            outcomes.append(job())
+        except BaseException:
+            outcomes.append(Failure())
+    return outcomes

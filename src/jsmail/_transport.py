@@ -36,6 +36,9 @@ def writeNow(transport: Any, data: bytes) -> None:
     Whatever the socket does not take (a client that does not read), and anything
     written over TLS, behind queued data or on a closing connection, goes Twisted's
     way, so the order of what is written and the back-pressure on the sender hold.
+    The test is the transport's class, not its attributes: the TLS layer of an smtps
+    listener passes every attribute it lacks (``TLS``, ``socket``) on to the TCP
+    connection under it, which would send the reply there in plain text.
     """
     if (isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._writeDisconnected

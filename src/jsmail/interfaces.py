@@ -29,6 +29,11 @@ class IIncomingMessage(Interface):
 
     queueId = Attribute("The id the message will have in the queue.")
     size = Attribute("Octets written so far.")
+    deliveredInSession = Attribute(
+        "None, or once commit has fired for a message delivered during the session "
+        "(jsmail.local.session) instead of queued: a callable that writes its delivery's "
+        "operator-log lines, for the receiver to call after its own 'queued' line.  Optional: "
+        "read with getattr(message, 'deliveredInSession', None).")
 
     def write(data: bytes) -> None:
         """Append message bytes (buffered; durable only after commit)."""

@@ -317,6 +317,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("local", "rememberedMailboxes", "local", "remembered_mailboxes", _integer(1)),
     Option("local", "minimumUid", "local", "minimum_uid", _integer(1)),
     Option("local", "allowedPaths", "local", "allowed_paths", _directories),
+    Option("local", "inSession", "local", "deliver_in_session", _boolean),
     Option("submit", "socket", "submit", "socket", _optionalString),
     Option("submit", "trustedUsers", "submit", "trusted_users", _listOf(_string)),
     Option("submit", "senders", "submit", "senders", senderPatterns),

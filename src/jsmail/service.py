@@ -40,7 +40,9 @@ from jsmail.datadir import DataTreeError, prepareDataTree
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus
 from jsmail.listen import ListenerService, ListeningError
+from jsmail.local.agent import LocalDelivery
 from jsmail.local.directory import RecipientDirectory
+from jsmail.local.session import SessionDelivery
 from jsmail.local.spawner import Spawner, SpawnerSettings
 from jsmail.policy.base import Policy
 from jsmail.policy.chain import Chain, buildChain
@@ -52,6 +54,7 @@ from jsmail.qmail.queuesink import ProgramQueue
 from jsmail.queue.funnel import NOTHING, Funnel, Owed
 from jsmail.queue.store import MaildirQueue
 from jsmail.reply import PeerReply, Reply
+from jsmail.route import Router
 from jsmail.send.process import SendProcess
 from jsmail.send.service import DeliveryService
 from jsmail.smtp.commands import withCRLF
@@ -289,6 +292,12 @@ class MailGateway(ThreadPoolService):
         # of its own (nothing to tell the delivery process).
         funnel = Funnel(ProgramQueue(config.queue.program, self.reactor), lambda *_: None) \
             if config.queue.program else self.funnel
+        smtpFunnel = funnel
+        if config.local.inSession and not config.queue.program:
+            local = LocalDelivery(self.mailRoot, runInThread, server.hostname, self.queue.syncer,
+                                  reactor=self.reactor, settings=config.local)
+            router = Router(server.domains, local, None, config.local.virtualDomains)
+            smtpFunnel = Funnel(SessionDelivery(self.queue, local, router, self.reactor), self.funnel.onQueued)
         self.delivery.setServiceParent(self)
         self.standalone = standalone
         self.tls = makeTLS(config)
@@ -298,7 +307,7 @@ class MailGateway(ThreadPoolService):
         self.listeners: list[ListenerService] = []
         authFailures = authFailureCounter(config)  # one count for all listeners
         for kind in LISTENER_KINDS:
-            listener = makeListener(config, kind, funnel, self.reactor, (*always, *self.chains[kind].policies),
+            listener = makeListener(config, kind, smtpFunnel, self.reactor, (*always, *self.chains[kind].policies),
                                     self.chains[kind].modifiers, self.tls, portal, runInThread,
                                     None if config.queue.program else self.queue.roomFor, authFailures)
             implicitTLS = listener.implicitTLS

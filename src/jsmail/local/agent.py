@@ -190,7 +190,7 @@ class LocalDelivery:
         with message.open() as source:
             start = source.tell()
             checkLoop(source, dtline)
-            plan = self._plan(message, recipient, usersDomain)
+            plan = self._plan(message.envelope.sender, recipient, usersDomain)
             if plan.instructions is not None or plan.asOwner:
                 return plan, None
             source.seek(start)
@@ -211,6 +211,24 @@ class LocalDelivery:
         except OSError as e:
             self._made.forget(maildir)  # made again next time, should it have been removed
             raise DeliveryError(reply.DELIVERY_ERROR, False, f"maildir {maildir}: {e}") from None
+
+    def plainMaildir(self, recipient: str) -> str | None:
+        """For delivery during the SMTP session (:mod:`jsmail.local.session`): the
+        Maildir of ``recipient`` (an address local delivery is given, after any virtual
+        domain's rewriting) when it has no instructions, is not followed as its owner,
+        and exists whole, ``tmp``, ``new`` and ``cur`` (a delivery from the queue makes
+        what is missing: a message refused at its end makes nothing); else None.
+        Blocking."""
+        domain = recipient.rpartition("@")[2]
+        plan = self._plan("", recipient, domain)
+        if plan.instructions is not None or plan.asOwner:
+            return None
+        try:
+            maildir = self.maildirFor(recipient)
+        except BadMailbox:
+            return None  # the queue fails it, with the bounce it is owed
+        whole = all(os.path.isdir(os.path.join(maildir, sub)) for sub in ("tmp", "new", "cur"))
+        return maildir if whole else None
 
     def _deliverDefault(self, message: QueuedMessage, recipient: str, headers: bytes) -> defer.Deferred[str]:
         """Into the recipient's own Maildir, apart from the plan (the owner had no
@@ -236,10 +254,9 @@ class LocalDelivery:
 
         return self.syncer.sync(os.path.dirname(path)).addErrback(failed)
 
-    def _plan(self, message: QueuedMessage, recipient: str, usersDomain: str) -> _Plan:
+    def _plan(self, sender: str, recipient: str, usersDomain: str) -> _Plan:
         """The instructions to follow (blocking)."""
         local, _, domain = recipient.rpartition("@")
-        sender = message.envelope.sender
         separators = self.settings.separators
         targets = self.aliases.lookup(local, domain, separators) if self.aliases is not None else None
         if targets is not None:

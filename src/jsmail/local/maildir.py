@@ -16,7 +16,7 @@ _COPY_CHUNK = 65536
 _deliveries = itertools.count()
 
 
-def _uniqueName(hostname: str) -> str:
+def uniqueName(hostname: str) -> str:
     """A Maildir unique name: ``<seconds>.M<usec>P<pid>Q<n>.<host>`` (maildir spec)."""
     now = time.time()
     host = hostname.replace("/", r"\057").replace(":", r"\072")
@@ -45,7 +45,7 @@ def writeMaildirMessage(maildir: str, headers: bytes, source: BinaryIO, hostname
     """Deliver into an existing ``maildir`` (the message file 0600): ``headers``, then
     ``source`` as ``copy`` writes it (CR LF made LF by default); return the path in
     ``new/``.  Blocking; durable only after a sync."""
-    name = _uniqueName(hostname)
+    name = uniqueName(hostname)
     tmpPath = os.path.join(maildir, "tmp", name)
     with os.fdopen(os.open(tmpPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as f:
         try:

@@ -26,6 +26,7 @@ class LocalSettings:
     rememberedMailboxes: int = 10_000  # Maildirs known to exist, and their file systems (least recent go first)
     minimumUid: int = 1000  # system users below it (and root) are never delivered to as themselves
     allowedPaths: tuple[str, ...] = ()  # where virtual users' mbox and Maildir lines may go besides their home
+    inSession: bool = True  # a message for default Maildirs only is delivered before the 250 (local/session.py)
 
     @property
     def separators(self) -> str:

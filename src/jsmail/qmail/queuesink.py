@@ -65,6 +65,8 @@ def replyFor(code: int, custom: bytes = b"") -> Reply | None:
 
 @implementer(IIncomingMessage)
 class _ProgramMessage:
+    deliveredInSession = None  # handed to the program, never delivered during the session
+
     def __init__(self, sink: ProgramQueue, envelope: Envelope) -> None:
         self.queueId = newQueueId()
         self.size = 0

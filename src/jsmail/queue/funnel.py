@@ -90,9 +90,14 @@ class _Announced:
     def write(self, data: bytes) -> None:
         self._message.write(data)
 
+    @property
+    def deliveredInSession(self) -> object:
+        return getattr(self._message, "deliveredInSession", None)
+
     def commit(self) -> defer.Deferred[str]:
         def announce(queueId: str) -> str:
-            self._onQueued(queueId, self._envelope)
+            if self.deliveredInSession is None:  # delivered already: nothing to schedule
+                self._onQueued(queueId, self._envelope)
             return queueId
 
         return self._message.commit().addCallback(announce)
@@ -117,6 +122,10 @@ class _Completed:
     @property
     def size(self) -> int:
         return self._message.size + self._held
+
+    @property
+    def deliveredInSession(self) -> object:
+        return getattr(self._message, "deliveredInSession", None)
 
     def write(self, data: bytes) -> None:
         if self._scanner is None:

@@ -15,6 +15,8 @@ from jsmail.queue.store import newQueueId
 
 @implementer(IIncomingMessage)
 class _IncomingMemory:
+    deliveredInSession = None  # queued, never delivered during the session
+
     def __init__(self, queue: MemoryQueue, queueId: str, envelope: Envelope) -> None:
         self._queue = queue
         self.queueId = queueId

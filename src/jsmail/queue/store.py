@@ -49,8 +49,10 @@ def newQueueId() -> str:
 
 
 @implementer(IIncomingMessage)
-class _IncomingFile:
+class QueueFile:
     """A message streaming into ``tmp/``; committed into ``active/``."""
+
+    deliveredInSession = None  # queued, never delivered during the session
 
     def __init__(self, queue: MaildirQueue, queueId: str, envelope: Envelope) -> None:
         self._queue = queue
@@ -158,8 +160,8 @@ class MaildirQueue:
         self.spares = _SpareFiles(self.tmpDir, runInThread, spares)
         self._free, self._freeAt = 0, -1.0
 
-    def newMessage(self, envelope: Envelope) -> IIncomingMessage:
-        return _IncomingFile(self, newQueueId(), envelope)
+    def newMessage(self, envelope: Envelope) -> QueueFile:
+        return QueueFile(self, newQueueId(), envelope)
 
     def roomFor(self, octets: int) -> bool:
         """Whether the queue's file system has ``octets`` free for unprivileged writers

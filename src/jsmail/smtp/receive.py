@@ -279,6 +279,9 @@ class Transaction:
 
         def queued(queueId: str) -> Reply:
             maillog.queued(queueId, sender, count, size, client, *logged)
+            delivered = getattr(message, "deliveredInSession", None)
+            if delivered is not None:
+                delivered()
             return reply.QUEUED.format(queueId)
 
         def notQueued(failure: Failure) -> Reply:
