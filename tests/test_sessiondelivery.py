@@ -20,7 +20,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from jsmail import reply
-from jsmail._disk import GroupSync
+from jsmail._threads import Batches
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import DeliveryStatus, QueuedMessage
@@ -257,10 +257,10 @@ class SessionDeliveryTests(SessionSinkCase):
         """Not known to be on disk: the file is removed, and the commit fails (451)."""
         self.known("user@localhost")
 
-        def failingSync(path: str) -> None:
+        def failingSync() -> None:
             raise OSError(5, "Input/output error")
 
-        self.sink.syncer = GroupSync(lambda f, *a: defer.maybeDeferred(failingSync, *a))
+        self.sink.placing = Batches(runNow, failingSync)
         message, d = self.send(envelope("user@localhost"))
         self.failureResultOf(d, OSError)
         self.assertEqual(self.inbox(), [])

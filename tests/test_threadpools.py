@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from jsmail._threads import Batches, ThreadPoolService
+from jsmail._threads import Batches, BatchNotFinished, ThreadPoolService
 
 
 class LastWrite(ThreadPoolService):
@@ -87,3 +87,44 @@ class BatchesTests(TestCase):
         self.failureResultOf(first, RuntimeError)
         self.runHop()
         self.assertEqual(self.successResultOf(second), "runs")
+
+    def test_finishRunsOnceAfterEachBatchInTheThread(self) -> None:
+        """A sync of what the batch wrote, before any of its jobs is answered."""
+        ran: list[str] = []
+        self.batches = Batches(self.runInThread, lambda: ran.append("sync"))
+        first = self.batches.run(lambda: ran.append("a") or "a")
+        second = self.batches.run(lambda: ran.append("b") or "b")
+        third = self.batches.run(lambda: ran.append("c") or "c")
+        self.runHop()
+        self.runHop()
+        self.assertEqual(ran, ["a", "sync", "b", "c", "sync"])
+        self.assertEqual([self.successResultOf(d) for d in (first, second, third)], ["a", "b", "c"])
+
+    def test_failedFinishFailsTheJobsThatSucceeded(self) -> None:
+        def sync() -> None:
+            raise OSError(5, "Input/output error")
+
+        def fails() -> None:
+            raise ValueError("its own")
+
+        self.batches = Batches(self.runInThread, sync)
+        written = self.batches.run(lambda: "/maildir/new/1")
+        failed = self.batches.run(fails)
+        self.runHop()
+        self.runHop()
+        notFinished = self.failureResultOf(written, BatchNotFinished).value
+        self.assertEqual(notFinished.result, "/maildir/new/1")
+        self.assertTrue(notFinished.failure.check(OSError))
+        self.failureResultOf(failed, ValueError)
+
+    def test_noFinishWhenEveryJobFailed(self) -> None:
+        ran: list[str] = []
+        self.batches = Batches(self.runInThread, lambda: ran.append("sync"))
+
+        def fails() -> None:
+            raise ValueError("nothing written")
+
+        d = self.batches.run(fails)
+        self.runHop()
+        self.failureResultOf(d, ValueError)
+        self.assertEqual(ran, [])

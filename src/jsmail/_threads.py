@@ -89,8 +89,12 @@ class Batches:
     no threads of a pool taking the GIL from the reactor thread, and each other, in
     turns."""
 
-    def __init__(self, runInThread: RunInThread) -> None:
+    def __init__(self, runInThread: RunInThread, finish: Callable[[], None] | None = None) -> None:
+        """``finish``: run in the thread after each batch in which a job succeeded (a
+        sync of what the jobs wrote); if it raises, those jobs fail with
+        :class:`BatchNotFinished`, which carries what each one returned."""
         self._runInThread = runInThread
+        self._finish = finish
         self._pending: list[tuple[Callable[[], Any], defer.Deferred[Any]]] = []
         self._running = False
 
@@ -105,7 +109,7 @@ class Batches:
     def _start(self) -> None:
         batch, self._pending = self._pending, []
         self._running = True
-        self._runInThread(_runEach, [job for job, _ in batch]).addBoth(self._done, batch)
+        self._runInThread(_runEach, [job for job, _ in batch], self._finish).addBoth(self._done, batch)
 
     def _done(self, outcomes: list[Any] | Failure, batch: list[tuple[Callable[[], Any], defer.Deferred[Any]]]) -> None:
         self._running = False
@@ -119,7 +123,17 @@ class Batches:
                 d.callback(outcome)
 
 
-def _runEach(jobs: list[Callable[[], Any]]) -> list[Any]:
+class BatchNotFinished(Exception):
+    """The job succeeded, with ``result``, but the batch's ``finish`` then failed
+    (``failure``)."""
+
+    def __init__(self, result: Any, failure: Failure) -> None:
+        super().__init__(failure.getErrorMessage())
+        self.result = result
+        self.failure = failure
+
+
+def _runEach(jobs: list[Callable[[], Any]], finish: Callable[[], None] | None) -> list[Any]:
     """Each job's result, or its Failure: one job's error is its own."""
     outcomes: list[Any] = []
     for job in jobs:
@@ -127,4 +141,10 @@ def _runEach(jobs: list[Callable[[], Any]]) -> list[Any]:
             outcomes.append(job())
         except BaseException:
             outcomes.append(Failure())
+    if finish is not None and not all(isinstance(outcome, Failure) for outcome in outcomes):
+        try:
+            finish()
+        except BaseException:
+            failed = Failure()
+            outcomes = [o if isinstance(o, Failure) else Failure(BatchNotFinished(o, failed)) for o in outcomes]
     return outcomes

@@ -5,8 +5,10 @@ process afterwards (as an LMTP server, or twisted.mail's Maildir delivery, does)
 file written, one look at the plan (some 60 microseconds: a few stats), one rename, one
 sync: what queueing it would cost, and nothing after.
 
-The guarantees are the queue's: 250 only once the file is in ``new/`` and a sync that
-started after the rename has finished (the same group commit, :mod:`jsmail._disk`);
+The guarantees are the queue's: 250 only once the file is in ``new/`` and a sync of
+the file system that started after the rename has finished (a group commit of its
+own: the messages that reach their final dot while a batch is placed are placed, and
+synced with one ``syncfs``, in the next, all in one thread job);
 nothing is lost, since the client retries after any refusal.  It is done only where
 the queue gives the message nothing more:
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 from functools import partial
 from typing import Any, BinaryIO, Callable
 
@@ -50,10 +53,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail import maillog, reply
+from jsmail import maillog, metrics, reply
 from jsmail._bounded import LRU
-from jsmail._disk import GroupSync, unlinkQuietly
-from jsmail._threads import Batches
+from jsmail._disk import syncFileSystem, unlinkQuietly
+from jsmail._threads import Batches, BatchNotFinished
 from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.headers import FieldWatcher, fieldValue
@@ -81,8 +84,10 @@ class SessionDelivery:
         self.local = local
         self.router = router
         self.clock = clock
-        self.syncer: GroupSync = queue.syncer
-        self.placing = Batches(local.runInThread)  # the renames into new/, with the plan looked at again
+        # The renames into new/ (each with its plan looked at again), then one sync of
+        # the file system they are on (the plans make sure it is the queue's), in one
+        # thread job for each batch.
+        self.placing = Batches(local.runInThread, self._sync)
         self._plans: LRU[str, tuple[float, str | None]] = LRU(PLANS_KEPT)  # address -> (when, its Maildir or None)
         self._planning: set[str] = set()
 
@@ -110,6 +115,11 @@ class SessionDelivery:
             started = self.clock.seconds()  # a plan is as old as the look that began then
             self.local.runInThread(self._plan, address).addBoth(self._planned, key, started)
         return None
+
+    def _sync(self) -> None:
+        started = time.monotonic()
+        syncFileSystem(self.queue.tmpDir)
+        metrics.committed(time.monotonic() - started)
 
     def _plan(self, address: str) -> str | None:
         """The Maildir to deliver ``address``'s mail into during the session, or None
@@ -192,21 +202,17 @@ class _MaildirFile:
         if self._cr:
             f.write(b"\r")
 
-        def placed(final: str) -> defer.Deferred[str]:
-            def synced(_: object) -> str:
-                result = DeliveryResult(self._address, DeliveryStatus.DELIVERED, reply.DELIVERED,
-                                        f"maildir {self._maildir}", handoff=Handoff.DELIVERED)
-                seconds = sink.clock.seconds() - started
-                self.deliveredInSession = lambda: _report(self.queueId, seconds, result)
-                return self.queueId
-
-            def notSynced(failure: Failure) -> Failure:
-                unlinkQuietly(final)  # not known to be on disk: the client will try again
-                return failure
-
-            return sink.syncer.sync(os.path.dirname(final)).addCallbacks(synced, notSynced)
+        def placed(final: str) -> str:
+            result = DeliveryResult(self._address, DeliveryStatus.DELIVERED, reply.DELIVERED,
+                                    f"maildir {self._maildir}", handoff=Handoff.DELIVERED)
+            seconds = sink.clock.seconds() - started
+            self.deliveredInSession = lambda: _report(self.queueId, seconds, result)
+            return self.queueId
 
         def notPlaced(failure: Failure) -> Failure:
+            if isinstance(failure.value, BatchNotFinished):
+                unlinkQuietly(failure.value.result)  # not known to be on disk: the client will try again
+                return failure.value.failure
             # The plan changed, or the Maildir went away: the next messages are queued
             # (and the plan looked at again once PLAN_SECONDS have passed).
             now = failure.value.maildir if isinstance(failure.value, _Replanned) else None
