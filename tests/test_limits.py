@@ -99,12 +99,20 @@ class TimeLimitsTests(SynchronousTestCase):
 class ReplyBackPressureTests(SynchronousTestCase):
     def test_the_transport_pauses_and_resumes_reading(self) -> None:
         calls: list[str] = []
-        producer = ReplyBackPressure(lambda: calls.append("pause"), lambda: calls.append("resume"))
+
+        class Reader:
+            def pauseReading(self, why: str) -> None:
+                calls.append(f"pause {why}")
+
+            def resumeReading(self, why: str) -> None:
+                calls.append(f"resume {why}")
+
+        producer = ReplyBackPressure(Reader())
         verifyObject(IPushProducer, producer)
         producer.pauseProducing()
         producer.resumeProducing()
         producer.stopProducing()
-        self.assertEqual(calls, ["pause", "resume"])
+        self.assertEqual(calls, ["pause replies", "resume replies"])
 
 
 class ClientKeyTests(SynchronousTestCase):

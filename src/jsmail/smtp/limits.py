@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import typing
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
@@ -26,20 +27,30 @@ from jsmail.reply import Reply
 from jsmail.smtp.settings import ServerSettings
 
 
+class Reader(typing.Protocol):
+    """What :class:`ReplyBackPressure` pauses: the server's reading of commands."""
+
+    def pauseReading(self, why: str) -> None: ...
+
+    def resumeReading(self, why: str) -> None: ...
+
+
 @implementer(IPushProducer)
 class ReplyBackPressure:
     """Registered with the transport: when the replies written but not yet sent fill
-    its buffer, the transport pauses us, and we ``pause`` reading the client's commands."""
+    its buffer, the transport pauses us, and we pause ``reader``'s reading of the
+    client's commands.  One small object per session (slots, no bound callables)."""
 
-    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
-        self._pause = pause
-        self._resume = resume
+    __slots__ = ("_reader",)
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
 
     def pauseProducing(self) -> None:
-        self._pause()
+        self._reader.pauseReading("replies")
 
     def resumeProducing(self) -> None:
-        self._resume()
+        self._reader.resumeReading("replies")
 
     def stopProducing(self) -> None:
         pass

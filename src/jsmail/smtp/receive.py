@@ -66,6 +66,10 @@ def _once(recipients: list[Recipient]) -> tuple[Recipient, ...]:
 _WATCHED = ("delivered-to", "from", "sender", "message-id")
 _MESSAGE_ID = re.compile(rb"^[ \t]*(<[^<>\s]{1,250}>)")
 
+#: The header watcher of a transaction with no message yet: never fed (:meth:`Transaction.write`
+#: drops octets until a message is open), so sessions share it.
+_NO_HEADER = FieldWatcher()
+
 #: What a command answers when its reply comes later, or was already written.
 NO_REPLY = Reply(0, "", "")
 
@@ -84,7 +88,7 @@ class Transaction:
         self._out: Spool | FieldDropper | None = None  # where content octets go
         self._tooBig = False
         self._size = 0
-        self._header = FieldWatcher()
+        self._header = _NO_HEADER  # a watcher of its own once a message starts
 
     @property
     def queueId(self) -> str:

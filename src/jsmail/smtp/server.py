@@ -70,7 +70,7 @@ class ESMTPServer(Protocol):
         self._auth: AuthExchange | None = None
         self._buffer = b""
         self._discardingLongLine = False
-        self._paused: set[str] = set()  # why reading is paused: a pending reply, unsent replies
+        self._paused: frozenset[str] = frozenset()  # why reading is paused: a pending reply, unsent replies
         self._errors = 0
         self._junk = 0
         self._closing = False
@@ -103,8 +103,7 @@ class ESMTPServer(Protocol):
     def _watchUnsentReplies(self) -> None:
         registerProducer = getattr(self.transport, "registerProducer", None)
         if registerProducer is not None:
-            registerProducer(ReplyBackPressure(partial(self.pauseReading, "replies"),
-                                               partial(self.resumeReading, "replies")), True)
+            registerProducer(ReplyBackPressure(self), True)
 
     def handshakeCompleted(self) -> None:
         if self.listener.implicitTLS:
@@ -148,12 +147,12 @@ class ESMTPServer(Protocol):
     def pauseReading(self, why: str) -> None:
         if not self._paused:
             self.transport.pauseProducing()
-        self._paused.add(why)
+        self._paused |= {why}  # a new frozenset: an idle session shares the empty one
 
     def resumeReading(self, why: str) -> None:
         if why not in self._paused:
             return
-        self._paused.discard(why)
+        self._paused -= {why}
         if not self._paused and not self._closing:
             self.transport.resumeProducing()
             self._process()
