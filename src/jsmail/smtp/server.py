@@ -79,6 +79,9 @@ class ESMTPServer(Protocol):
     # -- connection -----------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Each reply goes out as soon as it is written: Nagle's algorithm would hold
+        # the reply after a pipelined group until the client's delayed ACK (40 ms).
+        getattr(self.transport, "setTcpNoDelay", lambda enabled: None)(True)
         clientAddress, clientPort = self.clientOf(self.transport)
         self.session = Session(clientAddress=clientAddress, clientPort=clientPort, listener=self.listener.name,
                                tls=self.listener.implicitTLS, sessionId=maillog.newSessionId())
@@ -242,7 +245,10 @@ class ESMTPServer(Protocol):
         elif self._currentCommand in _JUNK:
             self._junk += 1
             self._errors += self._junk > self.settings.maxJunkCommands
-        writeNow(self.transport, result.wire)
+        if self._buffer:  # pipelined commands follow: their replies go out with this one (RFC 2920)
+            self.transport.write(result.wire)
+        else:
+            writeNow(self.transport, result.wire)
         metrics.replySent(self._currentCommand, result.code, result.enhanced)
         if result.code == 421 or (self._currentCommand == "CONNECT" and result.code >= 400):
             self._close()
