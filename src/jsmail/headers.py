@@ -24,6 +24,7 @@ thousands deep costs what its length costs.
 
 from __future__ import annotations
 
+import functools
 from typing import IO, Callable, Iterable, Iterator, NamedTuple
 
 from jsmail.address import normaliseDomain
@@ -92,6 +93,13 @@ class HeaderScanner:
         return Split(bytes(held[:at]), bytes(held[at:]), whole)
 
 
+@functools.lru_cache(maxsize=32)
+def _names(names: tuple[str, ...]) -> frozenset[bytes]:
+    """Field names as a watcher compares them: made once for each list of names (a
+    watcher is made for every message)."""
+    return frozenset(n.lower().encode("ascii") for n in names)
+
+
 class FieldWatcher:
     """Watches the header section go by, piece by piece: counts its Received fields
     (the hop count of RFC 5321 section 6.3) and keeps whole the fields named in
@@ -105,7 +113,7 @@ class FieldWatcher:
         self.count = 0  # Received fields
         self.kept: list[bytes] = []  # whole fields, line ends inside them as they came, the last one left off
         self.overflow = False
-        self._keep = frozenset(n.lower().encode("ascii") for n in keep)
+        self._keep = _names(tuple(keep))
         self._room = limit
         self._inHeader = True
         self._head = b""  # the start of the current line, while its field name is not known
