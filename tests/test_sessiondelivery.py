@@ -152,7 +152,7 @@ class SessionDeliveryTests(SessionSinkCase):
         self.assertEqual(self.maillog(), ["attempt", "delivered", "removed"])
         delivered = [e for e in self.events if e.get("event") == "delivered"][0]
         self.assertEqual((delivered["queueId"], delivered["recipient"]), (message.queueId, "user@localhost"))
-        self.assertEqual([e["agent"] for e in self.events if e.get("event") == "attempt"], ["local"])
+        self.assertEqual([e["agent"] for e in self.events if e.get("event") == "attempt"], ["session"])
 
     def test_firstMessageToARecipientIsQueuedWhileItsPlanIsLookedAt(self) -> None:
         for sub in ("tmp", "new", "cur"):

@@ -185,3 +185,30 @@ class RotationTests(unittest.TestCase):
             "session s1: [::1]:1 connected to the smtp listener",
             "  check Access at RCPT c@d: accept (allowed by allow_senders)",
         ])
+
+
+class SessionDeliveryTraceTests(GatewayTestCase):
+    """A message delivered during the SMTP session: the trace says so."""
+
+    @defer.inlineCallbacks
+    def test_deliveredDuringTheSessionIsSaidSo(self) -> Any:
+        text = os.path.abspath(self.mktemp()) + ".log"
+        f = open(text, "w", encoding="utf-8")
+        observer = textFileLogObserver(f)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(f.close)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        yield self.startGateway()
+        for sub in ("tmp", "new", "cur"):  # an existing mailbox
+            os.makedirs(os.path.join(self.dataDir, "mail", "localhost", "someone", sub))
+        yield deferToThread(sendOne, self.port)  # queued, while the plan is looked at
+        yield self.queueDrained()
+        queueId = yield deferToThread(sendOne, self.port)
+        f.flush()
+        status, lines = jsmail("trace", queueId, "--log", text)
+        self.assertEqual(status, 0, lines)
+        body = [line.partition("  ")[2] for line in lines]
+        self.assertIn("delivered during the SMTP session, before its 250", "\n".join(body))
+        self.assertRegex(body[-4], r"^delivered during the SMTP session, before its 250 \(\d+\.\d{3} s from the "
+                                   r"final dot\): never waited in the queue$")
+        self.assertEqual(lines[-1], "outcome: left the queue; <someone@localhost> delivered")

@@ -69,6 +69,8 @@ from jsmail.send.bounce import wantsNotice
 
 _log = Logger()
 
+#: The agent named in the operator log (and the delivery metrics) for these deliveries.
+SESSION_AGENT = "session"
 PLAN_SECONDS = 5.0  # how long a recipient's plan is trusted (as long as the recipients check's answers)
 PLANS_KEPT = 10_000
 PLANNING_AT_ONCE = 16  # plans looked at together: a flood of new recipients is queued, not looked at
@@ -311,6 +313,6 @@ def _refuseLoop(header: FieldWatcher, dtline: bytes | None, overflow: bool = Tru
 
 def _report(queueId: str, seconds: float, result: DeliveryResult) -> None:
     """The operator log's lines for a delivery from the queue, after ``queued``."""
-    maillog.attempt(queueId, "local", seconds, [result])
+    maillog.attempt(queueId, SESSION_AGENT, seconds, [result])
     maillog.delivered(queueId, result)
     maillog.removed(queueId)

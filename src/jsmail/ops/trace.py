@@ -204,6 +204,9 @@ def _describe(e: Event) -> str:
         messageId = f", Message-ID {g('messageId')}" if g("messageId") else ""
         return (f"queued as {g('queueId')}: from <{g('sender')}>, {g('recipients')} recipient(s), "
                 f"{g('size')} octets{messageId}")
+    if e.name == "attempt" and g("agent") == "session":
+        return (f"delivered during the SMTP session, before its 250 ({float(g('seconds', 0)):.3f} s from the "
+                f"final dot): never waited in the queue")
     if e.name == "attempt":
         return (f"attempt by the {g('agent')} agent ({float(g('seconds', 0)):.3f} s): {g('delivered')} delivered, "
                 f"{g('temporary')} temporary failure(s), {g('permanent')} permanent failure(s)")
