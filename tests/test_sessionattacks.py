@@ -18,7 +18,7 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.interfaces import QueuedMessage
 from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery
-from jsmail.local.session import PLAN_SECONDS, PLANNING_AT_ONCE, SessionDelivery
+from jsmail.local.session import PLAN_SECONDS, SessionDelivery
 from jsmail.local.settings import LocalSettings
 from jsmail.route import Router
 from jsmail.testing import runNow
@@ -148,18 +148,18 @@ class SessionAttackTests(SessionSinkCase):
 
     def test_floodOfNewRecipientsLooksAtFewPlansAtOnce(self) -> None:
         """Messages to thousands of distinct recipients (a catch-all domain) while the
-        disk is slow start at most PLANNING_AT_ONCE looks, not a thread job each; they
+        disk is slow start at most [local] concurrency looks, not a thread job each; they
         are all queued, and looks start again once those end."""
         looks = self.heldLooks()
         for n in range(2000):
             message = self.sink.newMessage(envelope(f"user{n}@localhost"))
             self.assertFalse(inSession(message))
             message.abort()
-        self.assertEqual(len(looks), PLANNING_AT_ONCE)
+        self.assertEqual(len(looks), self.local.settings.concurrency)
         for d, f, args in looks:
             d.callback(f(*args))
         self.sink.newMessage(envelope("another@localhost")).abort()
-        self.assertEqual(len(looks), PLANNING_AT_ONCE + 1)
+        self.assertEqual(len(looks), self.local.settings.concurrency + 1)
 
     def test_maildirOnABindMountIsDeliveredNotRefused(self) -> None:
         """A Maildir reached through a bind mount of the queue's own file system has

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
@@ -111,19 +111,28 @@ class WriteNowTests(unittest.TestCase):
         writeNow(TLSLayer(), b"250 ok\r\n")
         self.assertEqual((written, sent), ([b"250 ok\r\n"], []))
 
-    def test_tlsGetsAnOrdinaryWrite(self) -> None:
-        """TLS has its own buffering: never the socket underneath."""
-        written = []
+    def test_startedTLSGetsAnOrdinaryWrite(self) -> None:
+        """After STARTTLS the TCP connection itself is in TLS mode: its write encrypts,
+        its socket must not be written to directly."""
+        written: list[bytes] = []
+        sent: list[bytes] = []
 
-        class TLSConnection:
-            TLS = True
-            connected = True
+        class Socket:
+            def send(self, data: bytes) -> int:
+                sent.append(data)
+                return len(data)
+
+        class StartedTLS(tcp.Connection):
+            def __init__(self) -> None:  # none of a real connection's set-up: only what writeNow reads
+                self.TLS, self.connected, self.disconnecting, self._writeDisconnected = True, True, False, False
+                self._tempDataBuffer, self._tempDataLen, self.dataBuffer, self.offset = [], 0, b"", 0
+                self.socket = Socket()
 
             def write(self, data: bytes) -> None:
                 written.append(data)
 
-        writeNow(TLSConnection(), b"250 ok\r\n")
-        self.assertEqual(written, [b"250 ok\r\n"])
+        writeNow(StartedTLS(), b"250 ok\r\n")
+        self.assertEqual((written, sent), ([b"250 ok\r\n"], []))
 
 
 #: More than loopback's socket buffers hold, so the later writes have to wait.

@@ -39,8 +39,6 @@ class Reply:
 
     def withText(self, text: str) -> Reply:
         """The same codes with another text."""
-        if type(self) is Reply:  # made directly: half the time of dataclasses.replace, three times a session
-            return Reply(self.code, self.enhanced, text, private=self.private)
         return replace(self, text=text)
 
     def format(self, *values: object) -> Reply:

@@ -83,7 +83,9 @@ class _Plan:
     asOwner: bool = False
 
 
-def _line(text: str) -> bytes:
+def headerLine(text: str) -> bytes:
+    """A trace line local delivery writes atop a message (``Return-Path:``,
+    ``Delivered-To:``): one LF-ended line, whatever the address holds."""
     return (text.replace("\n", "_") + "\n").encode("utf-8", "replace")
 
 
@@ -154,8 +156,8 @@ class LocalDelivery:
         for every local message)."""
         sender = message.envelope.sender
         address, usersDomain = self.localAddress(recipient)
-        dtline = _line(f"Delivered-To: {address}")
-        rpline = _line(f"Return-Path: <{sender}>")
+        dtline = headerLine(f"Delivered-To: {address}")
+        rpline = headerLine(f"Return-Path: <{sender}>")
 
         def planned(answer: tuple[_Plan, tuple[str, str] | None]) -> Any:
             plan, written = answer

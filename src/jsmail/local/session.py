@@ -18,8 +18,8 @@ the queue gives the message nothing more:
 - whose plan, looked at in a thread by :meth:`LocalDelivery.plainMaildir` no longer
   than :data:`PLAN_SECONDS` ago, is the default Maildir: no alias, no ``.qmail`` file,
   no home followed as its owner, and a Maildir already made.  A recipient with no plan
-  known yet goes through the queue while its plan is looked at (at most
-  :data:`PLANNING_AT_ONCE` at a time), so the next one need not.  The plan is looked
+  known yet goes through the queue while its plan is looked at (at most ``[local]
+  concurrency`` at a time), so the next one need not.  The plan is looked
   at again at the final dot, in the thread that renames the file into ``new/``: an
   alias or ``.qmail`` file made meanwhile gets the message 451 (the client tries
   again, and is queued), never a delivery its instructions would not make;
@@ -61,7 +61,7 @@ from jsmail.envelope import Envelope, Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.headers import FieldWatcher, fieldValue
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, Handoff, IIncomingMessage, IMessageSink
-from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery
+from jsmail.local.agent import MAX_DELIVERED_TO, LocalDelivery, headerLine
 from jsmail.local.maildir import uniqueName, writeMaildirMessage
 from jsmail.queue.store import MaildirQueue, newQueueId
 from jsmail.route import Router
@@ -72,8 +72,6 @@ _log = Logger()
 #: The agent named in the operator log (and the delivery metrics) for these deliveries.
 SESSION_AGENT = "session"
 PLAN_SECONDS = 5.0  # how long a recipient's plan is trusted (as long as the recipients check's answers)
-PLANS_KEPT = 10_000
-PLANNING_AT_ONCE = 16  # plans looked at together: a flood of new recipients is queued, not looked at
 
 
 @implementer(IMessageSink)
@@ -90,7 +88,8 @@ class SessionDelivery:
         # the file system they are on (the plans make sure it is the queue's), in one
         # thread job for each batch.
         self.placing = Batches(local.runInThread, self._sync)
-        self._plans: LRU[str, tuple[float, str | None]] = LRU(PLANS_KEPT)  # address -> (when, its Maildir or None)
+        # address -> (when, its Maildir or None), for as many as local delivery remembers Maildirs
+        self._plans: LRU[str, tuple[float, str | None]] = LRU(local.settings.rememberedMailboxes)
         self._planning: set[str] = set()
 
     def newMessage(self, envelope: Envelope) -> IIncomingMessage:
@@ -112,7 +111,9 @@ class SessionDelivery:
         known = self._plans.get(key)
         if known is not None and self.clock.seconds() - known[0] < PLAN_SECONDS:
             return known[1]
-        if key not in self._planning and len(self._planning) < PLANNING_AT_ONCE:
+        # At most as many looks at once as local deliveries ([local] concurrency): a
+        # flood of new recipients is queued, not looked at.
+        if key not in self._planning and len(self._planning) < self.local.settings.concurrency:
             self._planning.add(key)
             started = self.clock.seconds()  # a plan is as old as the look that began then
             self.local.runInThread(self._plan, address).addBoth(self._planned, key, started)
@@ -173,8 +174,7 @@ class _MaildirFile:
         self._header: FieldWatcher | None = _hops()
         self.queueId = newQueueId()
         self.size = 0
-        f.write(b"Return-Path: <" + envelope.sender.encode("utf-8", "replace").replace(b"\n", b"_") + b">\n"
-                + self._dtline.replace(b"\n", b"_") + b"\n")
+        f.write(headerLine(f"Return-Path: <{envelope.sender}>") + headerLine(f"Delivered-To: {self._address}"))
 
     def write(self, data: bytes) -> None:
         """CR LF made LF, as local delivery writes Maildir files (a CR LF may be split
