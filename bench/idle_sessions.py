@@ -25,26 +25,13 @@ import time
 from pathlib import Path
 
 from loadgen import Messages, reply
-from memory import pss_kib, rss_kib
+from memory import open_idle_session, pss_kib, rss_kib
 from servers import RECIPIENT, JSMail, free_port
 
 SENDER = "from@localhost"
 
 
 Session = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-async def _open(port: int, gate: asyncio.Semaphore) -> Session:
-    async with gate:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            await reply(reader, 220)
-            writer.write(b"EHLO idle.localhost\r\n")
-            await reply(reader, 250)
-        except BaseException:
-            writer.close()
-            raise
-        return reader, writer
 
 
 async def _sendOne(port: int) -> float:
@@ -88,7 +75,8 @@ async def run(server: JSMail, sessions: int, burst: int) -> dict[str, float]:
     rss0, pss0 = rss_kib(pids), pss_kib(pids)
     gate = asyncio.Semaphore(burst)
     started = time.monotonic()
-    results = await asyncio.gather(*(_open(server.port, gate) for _ in range(sessions)), return_exceptions=True)
+    results = await asyncio.gather(*(open_idle_session(server.port, gate) for _ in range(sessions)),
+                                   return_exceptions=True)
     held = [r for r in results if isinstance(r, tuple)]
     figures: dict[str, float] = {"opened": len(held), "open_seconds": time.monotonic() - started}
     try:

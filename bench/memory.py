@@ -87,7 +87,10 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-async def _open_session(port: int, gate: asyncio.Semaphore) -> asyncio.StreamWriter:
+async def open_idle_session(port: int,
+                            gate: asyncio.Semaphore) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """One session on ``port`` that has read the greeting and had its EHLO answered
+    (at most ``gate``'s count being opened at once)."""
     async with gate:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
@@ -97,7 +100,7 @@ async def _open_session(port: int, gate: asyncio.Semaphore) -> asyncio.StreamWri
         except BaseException:
             writer.close()
             raise
-        return writer
+        return reader, writer
 
 
 async def _measure(port: int, sessions: int,
@@ -105,7 +108,7 @@ async def _measure(port: int, sessions: int,
     before = pids()
     rss_before, pss_before = rss_kib(before), pss_kib(before)
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    tasks = [asyncio.ensure_future(_open_session(port, gate)) for _ in range(sessions)]
+    tasks = [asyncio.ensure_future(open_idle_session(port, gate)) for _ in range(sessions)]
     try:
         await asyncio.gather(*tasks)
         after = pids()
@@ -114,7 +117,7 @@ async def _measure(port: int, sessions: int,
     finally:
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is None:
-                task.result().close()
+                task.result()[1].close()
             else:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
