@@ -42,6 +42,17 @@ class _Reader(protocol.Protocol):
             self.done.callback(bytes(self.received))
 
 
+class _Socket:
+    """A socket that takes everything sent to it, into ``sent``."""
+
+    def __init__(self, sent: list[bytes]) -> None:
+        self.sent = sent
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+
 class WriteNowTests(unittest.TestCase):
     @defer.inlineCallbacks
     def exchange(self, payload: bytes, sendBuffer: int = 0) -> Any:
@@ -88,15 +99,10 @@ class WriteNowTests(unittest.TestCase):
         written: list[bytes] = []
         sent: list[bytes] = []
 
-        class Socket:
-            def send(self, data: bytes) -> int:
-                sent.append(data)
-                return len(data)
-
         class Connection:
             TLS, connected, disconnecting, _writeDisconnected = False, True, False, False
             _tempDataBuffer: list[bytes] = []
-            _tempDataLen, dataBuffer, offset, socket = 0, b"", 0, Socket()
+            _tempDataLen, dataBuffer, offset, socket = 0, b"", 0, _Socket(sent)
 
         class TLSLayer:
             def __init__(self) -> None:
@@ -117,16 +123,11 @@ class WriteNowTests(unittest.TestCase):
         written: list[bytes] = []
         sent: list[bytes] = []
 
-        class Socket:
-            def send(self, data: bytes) -> int:
-                sent.append(data)
-                return len(data)
-
         class StartedTLS(tcp.Connection):
             def __init__(self) -> None:  # none of a real connection's set-up: only what writeNow reads
                 self.TLS, self.connected, self.disconnecting, self._writeDisconnected = True, True, False, False
                 self._tempDataBuffer, self._tempDataLen, self.dataBuffer, self.offset = [], 0, b"", 0
-                self.socket = Socket()
+                self.socket = _Socket(sent)
 
             def write(self, data: bytes) -> None:
                 written.append(data)
