@@ -137,7 +137,26 @@ def loadConfig(path: str | None = None, overrides: Mapping[str, Any] | None = No
     if credentials is not None:
         origin = raw.get(credentials[0]) or raw["remote.smarthost"]  # a smarthost's problem may be a default
         raise ConfigError(origin[1], *credentials)
+    handOff = _handOffProblem(parts)
+    if handOff is not None:
+        raise ConfigError(raw.get(handOff[0], raw.get("smtp.processes", ("", "configuration")))[1], *handOff)
     return _derive(Config(**parts, source=tables))
+
+
+def _handOffProblem(parts: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What keeps ``smtp.processes`` above 1 from working: the receiving processes tell
+    the delivery process of new mail through the main one, and take their connections
+    from it, which it can hand over only from TCP and UNIX listeners."""
+    if parts["smtp"].processes == 1:
+        return None
+    if not parts["queue"].deliveryProcess:
+        return "queue.delivery_process", "smtp.processes above 1 needs the delivery process"
+    for kind, key in (("smtp", "smtp.listen"), ("submission", "smtp.submission"), ("smtps", "smtp.smtps")):
+        for description in getattr(parts["listen"], kind):
+            if description.split(":", 1)[0].lower() not in ("tcp", "tcp6", "unix"):
+                return key, (f"{description!r}: with smtp.processes above 1 every listener must be a tcp, tcp6 or "
+                             "unix endpoint (its connections are handed to the receiving processes)")
+    return None
 
 
 def _derive(config: Config) -> Config:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -117,8 +117,14 @@ class ListenerService(Service):
     An endpoint that fails later reports to :meth:`whenListening` and to the log.
     """
 
-    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory, kind: str = "smtp") -> None:
+    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory, kind: str = "smtp",
+                 handOff: Callable[[IListeningPort], Callable[[], None]] | None = None) -> None:
+        """``handOff``: given the port once it listens, takes over accepting its
+        connections (:meth:`jsmail.smtp.handoff.ReceivingProcesses.takeOver`), and
+        returns what gives it back before the port stops."""
         self.kind = kind
+        self.handOff = handOff
+        self._giveBack: Callable[[], None] | None = None
         self.description = withBacklog(description)
         self.endpoint = serverFromString(reactor, self.description)
         self.factory = factory
@@ -142,6 +148,8 @@ class ListenerService(Service):
                 _log.failure("Cannot listen on {description}", result, description=self.description)
         else:
             self.port = result
+            if self.handOff is not None:
+                self._giveBack = self.handOff(result)
             host = result.getHost()
             where = (f"{host.host}:{host.port}" if isinstance(host, IPv4Address | IPv6Address)
                      else getattr(host, "name", host))
@@ -169,6 +177,9 @@ class ListenerService(Service):
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
+        if self._giveBack is not None:
+            self._giveBack()
+            self._giveBack = None
         if self.port is not None:
             port, self.port = self.port, None
             # maybeDeferred's overloads miss a function returning a Deferred or None

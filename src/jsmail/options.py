@@ -24,7 +24,7 @@ from jsmail.submit.settings import senderPatterns
 # -- value checkers: each takes the raw value and returns it typed, or raises ValueError --
 
 
-def _integer(minimum: int) -> Callable[[Any], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)
@@ -32,6 +32,8 @@ def _integer(minimum: int) -> Callable[[Any], int]:
             raise ValueError(f"expected a whole number, got {value!r}")
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}, got {value}")
         return value
 
     return check
@@ -262,6 +264,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("smtp", "maxChecksPerClient", "policy", "max_checks_per_client", _integer(1)),
     Option("smtp", "maxCheckMemory", "policy", "max_check_memory", _integer(1)),
     Option("smtp", "logAccepts", "log", "checks", _either("refusals", "all")),
+    Option("smtp", "processes", "smtp", "processes", _integer(1, 64)),
     Option("relay", "rcptHosts", "smtp", "rcpt_hosts", _listOf(_string)),
     Option("relay", "moreRcptHosts", "smtp", "more_rcpt_hosts", _optionalString),
     Option("relay", "badMailFrom", "smtp", "bad_mail_from", _listOf(_string)),

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from dataclasses import replace
+from functools import partial
 from typing import Any, Sequence
 
 from twisted.cred import strcred
@@ -58,6 +59,7 @@ from jsmail.route import Router
 from jsmail.send.process import SendProcess
 from jsmail.send.service import DeliveryService
 from jsmail.smtp.commands import withCRLF
+from jsmail.smtp.handoff import ReceivingProcesses
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.server import ESMTPServerFactory, Listener
 from jsmail.smtp.tls import ServerTLS, ensureSelfSigned
@@ -131,7 +133,8 @@ def makeListener(config: Config, kind: str, funnel: Funnel, reactor: Any, checks
                     failures, owed)
 
 
-def builtInChecks(config: Config, runInThread: RunInThread, relayControl: bool = True) -> list[Policy]:
+def builtInChecks(config: Config, runInThread: RunInThread, relayControl: bool = True,
+                  announce: bool = True) -> list[Policy]:
     """The checks every listener runs before its plugins: no open relay (left out only
     where tcpserver's RELAYCLIENT has said the client may relay), no unknown local
     recipient, and qmail's badmailfrom."""
@@ -142,7 +145,7 @@ def builtInChecks(config: Config, runInThread: RunInThread, relayControl: bool =
                                    relay.rcptHostsCheck()))
     else:
         checks.append(TrustedClient())
-    checks += knownRecipients(config, runInThread)
+    checks += knownRecipients(config, runInThread, announce)
     if relay.badMailFrom:
         checks.append(BadMailFrom(relay.badMailFrom))
     return checks
@@ -259,6 +262,7 @@ class MailGateway(ThreadPoolService):
         reactor: Any = None,
         extraCheckers: Sequence[ICredentialsChecker] = (),
         standalone: bool = False,
+        receiving: Any = None,
     ) -> None:
         config = checkedConfig(config)  # one built in code is checked as a file is
         super().__init__(reactor or _globalReactor(),
@@ -273,17 +277,27 @@ class MailGateway(ThreadPoolService):
         except (DataTreeError, OSError) as e:
             raise ConfigError("configuration", "server.data", str(e)) from None
         runInThread = self.threads("disk")
-        self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), runInThread)
+        self.receiving = receiving
+        self.queue = MaildirQueue(os.path.join(self.dataDir, "queue"), runInThread, sweep=receiving is None)
         # Started before the delivery side, so that it is stopped after it.
         self.spawner: Spawner | None = None
-        if isRoot() and (config.local.homeDotQmail or os.path.isdir(config.local.usersDir)):
+        if receiving is None and isRoot() and (config.local.homeDotQmail or os.path.isdir(config.local.usersDir)):
             self.spawner = Spawner(SpawnerSettings.of(config.local), self.reactor)
             self.spawner.setServiceParent(self)
         connect = self.spawner.connection if self.spawner is not None else lambda: None
-        self.delivery: DeliveryService | SendProcess
-        if config.queue.deliveryProcess:
+        self.delivery: DeliveryService | SendProcess | None = None
+        self.receivers: ReceivingProcesses | None = None
+        if receiving is not None:  # a receiving process: the main one tells the delivery process
+            self.funnel = Funnel(self.queue, lambda queueId, envelope: receiving.queued(queueId))
+        elif config.queue.deliveryProcess:
             sendProcess = self.delivery = SendProcess(config, self.reactor, connect)
             self.funnel = Funnel(self.queue, lambda queueId, envelope: sendProcess.notify(queueId))
+            if config.smtp.processes > 1:
+                if extraCheckers:
+                    raise ConfigError("command line", "--auth", "checkers given on the command line cannot reach "
+                                      "the receiving processes (smtp.processes above 1): set [auth] checkers")
+                self.receivers = ReceivingProcesses(config, self.reactor, sendProcess.notify, runInThread,
+                                                    self.queue.tmpDir)
         else:
             self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone, spawner=connect)
             self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
@@ -298,34 +312,45 @@ class MailGateway(ThreadPoolService):
                                   reactor=self.reactor, settings=config.local)
             router = Router(server.domains, local, None, config.local.virtualDomains)
             smtpFunnel = Funnel(SessionDelivery(self.queue, local, router, self.reactor), self.funnel.onQueued)
-        self.delivery.setServiceParent(self)
+        if self.delivery is not None:
+            self.delivery.setServiceParent(self)
+        if self.receivers is not None:
+            self.receivers.setServiceParent(self)
         self.standalone = standalone
         self.tls = makeTLS(config)
         self.portal = portal = makePortal(config, extraCheckers, self.threads("auth"))
-        always = builtInChecks(config, self.threads("checks"))
+        always = builtInChecks(config, self.threads("checks"), announce=receiving is None)
         self.chains = policyChains(config, self.reactor, self.threads("checks"))
         self.listeners: list[ListenerService] = []
-        authFailures = authFailureCounter(config)  # one count for all listeners
+        # One count for all listeners (and, in receiving processes, shared between them).
+        authFailures = authFailureCounter(config) if receiving is None else receiving.sharedFailures(
+            config.smtp.authFailureWindow, config.smtp.authRememberedKeys)
+        #: Each kind's listener, which a receiving process's sessions take their rules from.
+        self.smtpListeners: dict[str, Listener] = {}
         for kind in LISTENER_KINDS:
-            listener = makeListener(config, kind, smtpFunnel, self.reactor, (*always, *self.chains[kind].policies),
-                                    self.chains[kind].modifiers, self.tls, portal, runInThread,
-                                    None if config.queue.program else self.queue.roomFor, authFailures)
-            implicitTLS = listener.implicitTLS
-            factory: IProtocolFactory = ESMTPServerFactory(listener)
-            if implicitTLS:
-                factory = TLSMemoryBIOFactory(self.tls, False, factory)
+            listener = self.smtpListeners[kind] = makeListener(
+                config, kind, smtpFunnel, self.reactor, (*always, *self.chains[kind].policies),
+                self.chains[kind].modifiers, self.tls, portal, runInThread,
+                None if config.queue.program else self.queue.roomFor, authFailures)
+            if receiving is not None:
+                continue  # connections come from the main process
+            counting = ESMTPServerFactory(listener)
+            factory: IProtocolFactory = TLSMemoryBIOFactory(self.tls, False, counting) if listener.implicitTLS \
+                else counting
+            handOff = None if self.receivers is None else \
+                partial(self.receivers.takeOver, kind, counting, self.tls if listener.implicitTLS else None)
             for description in getattr(config.listen, kind):
-                service = ListenerService(self.reactor, description, factory, kind)
+                service = ListenerService(self.reactor, description, factory, kind, handOff)
                 service.setServiceParent(self)
                 self.listeners.append(service)
         #: Local users' mail, from jsmail-sendmail (jsmail.submit); not among the TCP ``listeners``.
         self.localSubmission: ListenerService | None = None
-        if config.submit.socket:
+        if config.submit.socket and receiving is None:
             self.localSubmission = forGateway(config, funnel, self.reactor, self.threads("auth"),
                                               None if config.queue.program else self.queue.roomFor,
                                               knownRecipients(config, self.threads("checks"), announce=False))
             self.localSubmission.setServiceParent(self)
-        if config.metrics.listen:
+        if config.metrics.listen and receiving is None:
             from jsmail.ops.web import OperationsService  # prometheus_client only when asked for
 
             self.operations = OperationsService(self, config.metrics.listen)
@@ -367,6 +392,9 @@ class MailGateway(ThreadPoolService):
                     if hasattr(c, "reload")]
         for reloadable in (*checks.values(), *checkers):
             reloadable.reload()
+        if self.receivers is not None:
+            self.receivers.reload()
+            done.append("the same in each receiving process")
         done += [f"{type(c).__name__} lists" for c in checks.values()]
         done += [f"password file {c.path}" for c in checkers]
         _log.info("SIGHUP: reloaded {what}", what=", ".join(done))
@@ -393,14 +421,15 @@ class MailGateway(ThreadPoolService):
             signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     def privilegedStartService(self) -> None:
-        _log.info(
-            "jsmail {version}: host name {hostname}; data under {data}; queue in {data}{sep}queue; "
-            "mail for {domains} is delivered to the Maildirs {mail}{sep}<domain>{sep}<local-part>{sep}; "
-            "TLS certificate {certificate}; AUTH users in {passwd} (add one with: jsmail passwd --data {data} USER)",
-            version=__version__, hostname=self.config.server.hostname, data=self.dataDir, sep=os.sep,
-            domains=", ".join(self.config.server.domains), mail=self.mailRoot, certificate=self.tls.certificatePath,
-            passwd=self.config.auth.passwordFile,
-        )
+        if self.receiving is None:  # a receiving process is one of the main process's parts
+            _log.info(
+                "jsmail {version}: host name {hostname}; data under {data}; queue in {data}{sep}queue; "
+                "mail for {domains} is delivered to the Maildirs {mail}{sep}<domain>{sep}<local-part>{sep}; "
+                "TLS certificate {certificate}; AUTH users in {passwd} (add one with: jsmail passwd --data {data} "
+                "USER)", version=__version__, hostname=self.config.server.hostname, data=self.dataDir, sep=os.sep,
+                domains=", ".join(self.config.server.domains), mail=self.mailRoot,
+                certificate=self.tls.certificatePath, passwd=self.config.auth.passwordFile,
+            )
         self._privileged = True
         if self.standalone and self.umask is not None:
             os.umask(self.umask)
@@ -420,6 +449,8 @@ class MailGateway(ThreadPoolService):
     def _becomeUser(self) -> None:
         """Give up root, now that the ports are bound and the spawner runs; then check
         that what the rest of the run needs is still within reach."""
+        if self.receiving is not None:
+            return  # started by the main process as its user, which it checked
         if self.identity is None:
             if isRoot():
                 _log.warn("jsmail runs as root: set [server] user (or twistd --uid) to run as a user of its own")

@@ -9,6 +9,7 @@ import re
 from typing import Iterable
 
 from jsmail import reply
+from jsmail.address import normaliseDomain
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
 
@@ -135,3 +136,12 @@ def checkRcptParams(params: dict[str, str | None], utf8: bool = False) -> None:
             _checkOrcpt(value, utf8)
         else:
             raise SMTPReplyError(reply.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {key}"))
+
+
+def isHeloName(name: str) -> bool:
+    """Whether an EHLO/HELO argument is a domain or an address literal (RFC 5321 4.1.4)."""
+    try:
+        normaliseDomain(name)
+    except SMTPReplyError:
+        return False
+    return True

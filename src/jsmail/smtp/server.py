@@ -37,14 +37,14 @@ from zope.interface import implementer
 
 from jsmail import maillog, metrics, reply
 from jsmail._transport import StreamTransport, writeNow
-from jsmail.address import normaliseDomain, parsePath
+from jsmail.address import parsePath
 from jsmail.envelope import Recipient
 from jsmail.error import SMTPReplyError
 from jsmail.reply import Reply
 from jsmail.smtp.assembly import sanitise
 from jsmail.smtp.limits import Refuse, ReplyBackPressure, TimeLimits, clientKey
 from jsmail.smtp.listener import Listener, ServerSettings
-from jsmail.smtp.params import checkMailParams, checkRcptParams, ehloKeywords, octets
+from jsmail.smtp.params import checkMailParams, checkRcptParams, ehloKeywords, isHeloName, octets
 from jsmail.smtp.receive import NO_REPLY, Result, Transaction
 from jsmail.smtp.sasl import MECHANISMS, AuthExchange
 from jsmail.smtp.session import Session
@@ -289,7 +289,7 @@ class ESMTPServer(Protocol):
         name = argument.strip()
         if not name or " " in name or any(ord(c) < 32 for c in name):
             return reply.HELO_SYNTAX
-        if self.settings.strictHelo and not _isHeloName(name):
+        if self.settings.strictHelo and not isHeloName(name):
             return reply.BAD_HELO_NAME
         self.resetTransaction()
 
@@ -454,17 +454,24 @@ class ESMTPServerFactory(Factory):
         self.connections = 0
         self.perClient: dict[str, int] = {}
 
-    def buildProtocol(self, addr: Any) -> Protocol:
-        host = getattr(addr, "host", "unknown")
+    def admit(self, host: str) -> tuple[str, Reply | None]:
+        """Count a connection from ``host``: its client key, and its (logged) refusal past
+        a limit.  Asked before a hand-over to a receiving process, so limits span them all."""
         key = clientKey(host, self.settings.clientPrefix6)
         if self.connections >= self.settings.maxConnections:
             maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_CONNECTIONS, "connection limit reached")
-            return Refuse(reply.TOO_MANY_CONNECTIONS)
+            return key, reply.TOO_MANY_CONNECTIONS
         if self.perClient.get(key, 0) >= self.settings.maxConnectionsPerClient:
             maillog.reject(f"[{host}]", "CONNECT", reply.TOO_MANY_FROM_ADDRESS, "per-client connection limit reached")
-            return Refuse(reply.TOO_MANY_FROM_ADDRESS)
+            return key, reply.TOO_MANY_FROM_ADDRESS
         self.connections += 1
         self.perClient[key] = self.perClient.get(key, 0) + 1
+        return key, None
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        key, refusal = self.admit(getattr(addr, "host", "unknown"))
+        if refusal is not None:
+            return Refuse(refusal)
         protocol = _CountedServer(self.listener)
         protocol.factory = self
         protocol.countedHost = key
@@ -489,12 +496,3 @@ class _CountedServer(ESMTPServer):
             super().connectionLost(reason)
         finally:
             self.factory.released(self.countedHost)
-
-
-def _isHeloName(name: str) -> bool:
-    """Whether an EHLO/HELO argument is a domain or an address literal (RFC 5321 4.1.4)."""
-    try:
-        normaliseDomain(name)
-    except SMTPReplyError:
-        return False
-    return True

@@ -47,4 +47,5 @@ class ServerSettings:
     allowNul: bool = False  # NUL octets in content (RFC 5322 section 2.3 forbids them): refused unless allowed
     strictHelo: bool = False  # refuse an EHLO/HELO argument that is no domain or address literal
     minFreeSpace: int = 64 * 1024 * 1024  # MAIL gets 452 4.3.1 when the queue has less room than this
+    processes: int = 1  # processes running the sessions; past 1 the main one hands each connection to one of them
     logAccepts: bool = False  # log every check's accept too ([log] checks = "all"), not only what says something

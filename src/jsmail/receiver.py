@@ -1,0 +1,226 @@
+"""A receiving process: SMTP sessions on connections the main process hands over.
+
+The main process (:mod:`jsmail.smtp.handoff`) starts ``python -m jsmail.receiver``
+when ``[smtp] processes`` is above 1, writes the configuration (JSON) to descriptor 3
+and closes it, and gives it its end of the channel on descriptor 4.  This process
+builds the gateway's listeners as the main one would, without listening and without
+any delivery (:class:`jsmail.service.MailGateway` with ``receiving``), takes each
+connection handed over, and stops at the channel's end of file.  It logs through the
+main process, one JSON event per line on its standard output.  The configuration holds
+secrets, so it never travels in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocolFactory, IWriteDescriptor
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from jsmail.smtp.handoff import CHANNEL_FD, CONFIG_FD, ChannelReader, packet
+from jsmail.smtp.listener import Listener
+from jsmail.smtp.sasl import FailureCounter
+from jsmail.smtp.server import ESMTPServer
+
+_log = Logger()
+
+
+
+@implementer(IWriteDescriptor)
+class ParentChannel:
+    """A receiving process's end of the channel: adopts the connections handed over,
+    and says what the main process must know.  Packets that do not fit in the channel
+    at once wait here, in order, until it drains."""
+
+    def __init__(self, channel: socket.socket, reactor: Any) -> None:
+        channel.setblocking(False)
+        self.channel = channel
+        self.reactor = reactor
+        self.factories: dict[str, Callable[[int], IProtocolFactory]] = {}
+        self.failures: SharedFailures | None = None  # set by the gateway that counts them
+        self._unsent: list[bytes] = []
+        self._reader = ChannelReader(channel, self._heard, None)
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def start(self, factories: dict[str, Callable[[int], IProtocolFactory]]) -> None:
+        """Take connections for each kind of listener from now on."""
+        self.factories = factories
+        self.reactor.addReader(self._reader)
+        self._send(packet("ready"))
+
+    def released(self, connectionId: int) -> None:
+        self._send(packet("R", connectionId))
+
+    def queued(self, queueId: str) -> None:
+        self._send(packet("Q", queueId))
+
+    def sharedFailures(self, window: float, maxKeys: int) -> FailureCounter:
+        """The count of failed logins this process shares with the others."""
+        self.failures = SharedFailures(window, maxKeys, self._failedAuth)
+        return self.failures
+
+    def _failedAuth(self, key: str, now: float) -> None:
+        self._send(packet("A", key, now))
+
+    def _send(self, packet: bytes) -> None:
+        if self._unsent:
+            self._unsent.append(packet)
+            return
+        try:
+            self.channel.send(packet)
+        except BlockingIOError:
+            self._unsent.append(packet)
+            self.reactor.addWriter(self)
+        except OSError:
+            pass  # the main process is gone: this one is stopping
+
+    def doWrite(self) -> None:
+        while self._unsent:
+            try:
+                self.channel.send(self._unsent[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self._unsent.clear()
+                break
+            del self._unsent[0]
+        self.reactor.removeWriter(self)
+
+    def _heard(self, message: list[Any] | None, fds: list[int], context: Any) -> None:
+        if message is None:
+            self.reactor.removeReader(self._reader)
+            if not self.lost.called:
+                self.lost.callback(None)
+            return
+        if message[0] == "C" and len(message) == 3 and message[2] in self.factories and len(fds) == 1:
+            self._adopt(fds[0], self.factories[message[2]](message[1]))
+            return
+        for fd in fds:
+            os.close(fd)
+        if message[0] == "A" and len(message) == 3 and isinstance(message[1], str) \
+                and isinstance(message[2], (int, float)) and self.failures is not None:
+            self.failures.heard(message[1], float(message[2]))
+
+    def _adopt(self, fd: int, factory: IProtocolFactory) -> None:
+        connection = socket.socket(fileno=fd)
+        try:
+            connection.setblocking(False)
+            self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
+        except Exception:
+            _log.failure("Cannot take a connection handed over")
+        finally:
+            connection.close()  # the reactor has its own descriptor now
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "jsmail-channel"
+
+
+class SharedFailures(FailureCounter):
+    """A receiving process's count of failed logins: what it counts is told to the
+    others too (through the main process), and what they count is :meth:`heard`, so a
+    guesser gains nothing from being spread over several processes."""
+
+    def __init__(self, window: float, maxKeys: int, tell: Callable[[str, float], None]) -> None:
+        super().__init__(window, maxKeys)
+        self.tell = tell
+
+    def add(self, key: str, now: float) -> None:
+        super().add(key, now)
+        self.tell(key, now)
+
+    def heard(self, key: str, now: float) -> None:
+        super().add(key, now)
+
+
+class HandedIn(Factory):
+    """Sessions of one listener on connections handed over: each tells the main
+    process when it ends, so that its slot is free again."""
+
+    noisy = False
+
+    def __init__(self, listener: Listener, connectionId: int, released: Callable[[int], None]) -> None:
+        self.listener = listener
+        self.connectionId = connectionId
+        self.released = released
+
+    def buildProtocol(self, addr: Any) -> ESMTPServer:
+        session = _HandedInServer(self.listener)
+        session.factory = self
+        return session
+
+
+class _HandedInServer(ESMTPServer):
+    factory: HandedIn
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.released(self.factory.connectionId)
+
+
+def handedInFactories(listeners: dict[str, Listener], tls: Any,
+                      released: Callable[[int], None]) -> dict[str, Callable[[int], IProtocolFactory]]:
+    """For each kind of listener, what makes the factory of a connection handed over
+    (inside TLS for an implicit-TLS listener)."""
+
+    def maker(listener: Listener) -> Callable[[int], IProtocolFactory]:
+        if listener.implicitTLS:
+            return lambda connectionId: TLSMemoryBIOFactory(tls, False, HandedIn(listener, connectionId, released))
+        return lambda connectionId: HandedIn(listener, connectionId, released)
+
+    return {kind: maker(listener) for kind, listener in listeners.items()}
+
+
+def main() -> None:
+    from twisted.internet import reactor as globalReactor
+    from twisted.logger import globalLogBeginner
+
+    from jsmail import metrics
+    from jsmail._process import EventWriter
+    from jsmail.config import fromJSON
+    from jsmail.ops.logformat import HeldLines
+    from jsmail.privileges import PrivilegeError, becomeUser, identityOf
+    from jsmail.service import MailGateway
+
+    reactor: Any = globalReactor
+    os.umask(0o077)
+    # a message's lines leave in one write, as the main process writes them (HeldLines)
+    globalLogBeginner.beginLoggingTo([EventWriter(HeldLines(sys.stdout, reactor))], redirectStandardIO=False)
+    with os.fdopen(CONFIG_FD, "rb") as f:
+        config = fromJSON(f.read().decode("utf-8"))
+    if os.geteuid() == 0 and config.server.user:
+        try:
+            becomeUser(identityOf(config.server.user, config.server.group))
+        except PrivilegeError as e:
+            sys.stderr.write(f"jsmail receiving process: {e}\n")
+            sys.exit(111)
+    if config.metrics.listen:  # the main process counts what this one measures
+        metrics.install(metrics.Forwarder())
+    channel = ParentChannel(socket.socket(fileno=CHANNEL_FD), reactor)
+    gateway = MailGateway(config, reactor, receiving=channel)
+    gateway.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))
+    channel.lost.addCallback(lambda _: reactor.stop() if reactor.running else None)
+    channel.start(handedInFactories(gateway.smtpListeners, gateway.tls, channel.released))
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
