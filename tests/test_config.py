@@ -9,6 +9,7 @@ import re
 from twisted.trial.unittest import TestCase
 
 from jsmail.config import OPTIONS, Config, ConfigError, loadConfig
+from jsmail.smtp.tls import ensureSelfSigned
 
 
 class ConfigTests(TestCase):
@@ -55,6 +56,20 @@ class ConfigTests(TestCase):
 
     def test_too_small(self) -> None:
         self.assertError("[smtp]\nmax_command_line = 100\n", "smtp.max_command_line: must be at least 512, got 100")
+
+    def test_too_many_processes(self) -> None:
+        self.assertError("[smtp]\nprocesses = 65\n", "smtp.processes: must be at most 64, got 65")
+
+    def test_processes_need_the_delivery_process(self) -> None:
+        self.assertError("[smtp]\nprocesses = 2\n[queue]\ndelivery_process = false\n",
+                         "queue.delivery_process: smtp.processes above 1 needs the delivery process")
+
+    def test_processes_need_listeners_that_can_be_handed_over(self) -> None:
+        certificate, key = ensureSelfSigned(os.path.abspath(self.mktemp()), "mx.test")
+        endpoint = f"ssl:2587:privateKey={key}:certKey={certificate}"
+        self.assertError(f'[smtp]\nprocesses = 2\nsubmission = ["{endpoint}"]\n',
+                         f"smtp.submission: {endpoint!r}: with smtp.processes above 1 every listener must be a tcp, "
+                         "tcp6 or unix endpoint (its connections are handed to the receiving processes)")
 
     def test_unknown_key(self) -> None:
         self.assertError("[smtp]\nmax_mesage_size = 1\n", "smtp.max_mesage_size: unknown setting")

@@ -19,42 +19,34 @@ import sys
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolFactory, IWriteDescriptor
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from jsmail.smtp.handoff import CHANNEL_FD, CONFIG_FD, ChannelReader, packet
-from jsmail.smtp.listener import Listener
+from jsmail.smtp.handoff import CHANNEL_FD, CONFIG_FD, ChannelEnd, SharedFailures, handedInFactories, packet
 from jsmail.smtp.sasl import FailureCounter
-from jsmail.smtp.server import ESMTPServer
 
 _log = Logger()
 
 
 
-@implementer(IWriteDescriptor)
 class ParentChannel:
     """A receiving process's end of the channel: adopts the connections handed over,
     and says what the main process must know.  Packets that do not fit in the channel
     at once wait here, in order, until it drains."""
 
     def __init__(self, channel: socket.socket, reactor: Any) -> None:
-        channel.setblocking(False)
         self.channel = channel
         self.reactor = reactor
         self.factories: dict[str, Callable[[int], IProtocolFactory]] = {}
         self.failures: SharedFailures | None = None  # set by the gateway that counts them
         self._unsent: list[bytes] = []
-        self._reader = ChannelReader(channel, self._heard, None)
+        self._end = ChannelEnd(channel, self._heard, self._drained)
         self.lost: defer.Deferred[None] = defer.Deferred()
 
     def start(self, factories: dict[str, Callable[[int], IProtocolFactory]]) -> None:
         """Take connections for each kind of listener from now on."""
         self.factories = factories
-        self.reactor.addReader(self._reader)
+        self.reactor.addReader(self._end)
         self._send(packet("ready"))
 
     def released(self, connectionId: int) -> None:
@@ -79,11 +71,11 @@ class ParentChannel:
             self.channel.send(packet)
         except BlockingIOError:
             self._unsent.append(packet)
-            self.reactor.addWriter(self)
+            self.reactor.addWriter(self._end)
         except OSError:
             pass  # the main process is gone: this one is stopping
 
-    def doWrite(self) -> None:
+    def _drained(self) -> None:
         while self._unsent:
             try:
                 self.channel.send(self._unsent[0])
@@ -93,11 +85,12 @@ class ParentChannel:
                 self._unsent.clear()
                 break
             del self._unsent[0]
-        self.reactor.removeWriter(self)
+        self.reactor.removeWriter(self._end)
 
-    def _heard(self, message: list[Any] | None, fds: list[int], context: Any) -> None:
+    def _heard(self, message: list[Any] | None, fds: list[int]) -> None:
         if message is None:
-            self.reactor.removeReader(self._reader)
+            self.reactor.removeReader(self._end)
+            self.reactor.removeWriter(self._end)
             if not self.lost.called:
                 self.lost.callback(None)
             return
@@ -120,72 +113,6 @@ class ParentChannel:
         finally:
             connection.close()  # the reactor has its own descriptor now
 
-    def fileno(self) -> int:
-        return self.channel.fileno()
-
-    def connectionLost(self, reason: Failure) -> None:
-        pass
-
-    def logPrefix(self) -> str:
-        return "jsmail-channel"
-
-
-class SharedFailures(FailureCounter):
-    """A receiving process's count of failed logins: what it counts is told to the
-    others too (through the main process), and what they count is :meth:`heard`, so a
-    guesser gains nothing from being spread over several processes."""
-
-    def __init__(self, window: float, maxKeys: int, tell: Callable[[str, float], None]) -> None:
-        super().__init__(window, maxKeys)
-        self.tell = tell
-
-    def add(self, key: str, now: float) -> None:
-        super().add(key, now)
-        self.tell(key, now)
-
-    def heard(self, key: str, now: float) -> None:
-        super().add(key, now)
-
-
-class HandedIn(Factory):
-    """Sessions of one listener on connections handed over: each tells the main
-    process when it ends, so that its slot is free again."""
-
-    noisy = False
-
-    def __init__(self, listener: Listener, connectionId: int, released: Callable[[int], None]) -> None:
-        self.listener = listener
-        self.connectionId = connectionId
-        self.released = released
-
-    def buildProtocol(self, addr: Any) -> ESMTPServer:
-        session = _HandedInServer(self.listener)
-        session.factory = self
-        return session
-
-
-class _HandedInServer(ESMTPServer):
-    factory: HandedIn
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        try:
-            super().connectionLost(reason)
-        finally:
-            self.factory.released(self.factory.connectionId)
-
-
-def handedInFactories(listeners: dict[str, Listener], tls: Any,
-                      released: Callable[[int], None]) -> dict[str, Callable[[int], IProtocolFactory]]:
-    """For each kind of listener, what makes the factory of a connection handed over
-    (inside TLS for an implicit-TLS listener)."""
-
-    def maker(listener: Listener) -> Callable[[int], IProtocolFactory]:
-        if listener.implicitTLS:
-            return lambda connectionId: TLSMemoryBIOFactory(tls, False, HandedIn(listener, connectionId, released))
-        return lambda connectionId: HandedIn(listener, connectionId, released)
-
-    return {kind: maker(listener) for kind, listener in listeners.items()}
-
 
 def main() -> None:
     from twisted.internet import reactor as globalReactor
@@ -201,7 +128,8 @@ def main() -> None:
     reactor: Any = globalReactor
     os.umask(0o077)
     # a message's lines leave in one write, as the main process writes them (HeldLines)
-    globalLogBeginner.beginLoggingTo([EventWriter(HeldLines(sys.stdout, reactor))], redirectStandardIO=False)
+    held: Any = HeldLines(sys.stdout, reactor)  # a text file to EventWriter
+    globalLogBeginner.beginLoggingTo([EventWriter(held)], redirectStandardIO=False)
     with os.fdopen(CONFIG_FD, "rb") as f:
         config = fromJSON(f.read().decode("utf-8"))
     if os.geteuid() == 0 and config.server.user:

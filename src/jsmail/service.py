@@ -59,7 +59,7 @@ from jsmail.route import Router
 from jsmail.send.process import SendProcess
 from jsmail.send.service import DeliveryService
 from jsmail.smtp.commands import withCRLF
-from jsmail.smtp.handoff import ReceivingProcesses
+from jsmail.smtp.handoff import ReceivingProcesses, SharedFailures
 from jsmail.smtp.sasl import FailureCounter
 from jsmail.smtp.server import ESMTPServerFactory, Listener
 from jsmail.smtp.tls import ServerTLS, ensureSelfSigned
@@ -296,8 +296,10 @@ class MailGateway(ThreadPoolService):
                 if extraCheckers:
                     raise ConfigError("command line", "--auth", "checkers given on the command line cannot reach "
                                       "the receiving processes (smtp.processes above 1): set [auth] checkers")
-                self.receivers = ReceivingProcesses(config, self.reactor, sendProcess.notify, runInThread,
-                                                    self.queue.tmpDir)
+                shared = SharedFailures(config.smtp.authFailureWindow, config.smtp.authRememberedKeys,
+                                        lambda key, now: receivers.failedAuth(key, now))
+                receivers = self.receivers = ReceivingProcesses(config, self.reactor, sendProcess.notify,
+                                                                runInThread, self.queue.tmpDir, shared)
         else:
             self.delivery = DeliveryService(config, self.reactor, flushOnSignal=standalone, spawner=connect)
             self.funnel = Funnel(self.queue, self.delivery.scheduler.schedule)
@@ -323,8 +325,10 @@ class MailGateway(ThreadPoolService):
         self.chains = policyChains(config, self.reactor, self.threads("checks"))
         self.listeners: list[ListenerService] = []
         # One count for all listeners (and, in receiving processes, shared between them).
-        authFailures = authFailureCounter(config) if receiving is None else receiving.sharedFailures(
-            config.smtp.authFailureWindow, config.smtp.authRememberedKeys)
+        if receiving is not None:
+            authFailures = receiving.sharedFailures(config.smtp.authFailureWindow, config.smtp.authRememberedKeys)
+        else:
+            authFailures = self.receivers.failures if self.receivers is not None else authFailureCounter(config)
         #: Each kind's listener, which a receiving process's sessions take their rules from.
         self.smtpListeners: dict[str, Listener] = {}
         for kind in LISTENER_KINDS:

@@ -1,20 +1,22 @@
-"""SMTP sessions in several processes: the main process accepts, receiving processes talk.
+"""SMTP sessions in several processes: the main process accepts, and shares the sessions.
 
 One Python process runs at most one core's worth of SMTP sessions.  With ``[smtp]
-processes`` above 1 the gateway starts that many receiving processes
+processes`` at N above 1, the gateway starts N - 1 receiving processes
 (``python -m jsmail.receiver``) and accepts every connection itself.  It counts each
 against the connection limits, so ``max_connections`` and ``max_connections_per_client``
 hold across all the processes as they do in one (Postfix's smtpd processes ask its
-anvil server the same question), and hands it over as a file descriptor (SCM_RIGHTS)
-to the ready process with the fewest connections.  A connection past a limit gets its
-421 from the main process and is never handed over.
+anvil server the same question), and runs its session in the process with the fewest
+sessions: itself, or a receiving process it hands the connection to as a file
+descriptor (SCM_RIGHTS).  A connection past a limit gets its 421 from the main process.
+A receiving process too busy to read its channel (full) gets no more until it reads:
+the main process runs those sessions itself, so nothing waits on a stuck process.
 
 The channel between the main process and each receiving process is a SOCK_SEQPACKET
 socket pair: one JSON list per packet, so no framing and no partial messages.
 
 - main to receiving: ``["C", id, kind]`` with the connection's descriptor (``kind`` is
   "smtp", "submission" or "smtps"); ``["A", key, time]``, a failed AUTH another
-  process counted, so each process's count of failures (:class:`FailureCounter`) sees
+  process counted, so each process's count of failures (:class:`SharedFailures`) sees
   them all.  End of file: stop.
 - receiving to main: ``["ready"]`` once it can take connections; ``["R", id]`` when
   that connection ended (its slot is free again); ``["Q", queueId]`` for a message it
@@ -38,21 +40,22 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReadDescriptor
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReadDescriptor, IWriteDescriptor
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail import reply
 from jsmail._disk import unlinkQuietly
 from jsmail._process import LogLines
 from jsmail._threads import RunInThread
 from jsmail.config import Config, toJSON
 from jsmail.reply import Reply
 from jsmail.smtp.limits import Refuse
-from jsmail.smtp.server import ESMTPServerFactory
+from jsmail.smtp.listener import Listener
+from jsmail.smtp.sasl import FailureCounter
+from jsmail.smtp.server import ESMTPServer, ESMTPServerFactory
 
 _log = Logger()
 
@@ -93,7 +96,7 @@ class _RefuseFactory(Factory):
 @implementer(IReadDescriptor)
 class _Acceptor:
     """Takes the connections of one listening port in place of Twisted's own reading
-    of it, and gives each to :meth:`ReceivingProcesses.place`."""
+    of it, and gives each to ``place``, which owns it from then on."""
 
     def __init__(self, port: Any, place: Callable[[socket.socket, Any], None]) -> None:
         self.socket: socket.socket = port.socket
@@ -112,10 +115,7 @@ class _Acceptor:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     _log.error("Cannot accept a connection: {error}", error=e.strerror)
                 return  # ECONNABORTED and the like: that connection is gone
-            try:
-                self.place(connection, address)
-            finally:
-                connection.close()
+            self.place(connection, address)
 
     def connectionLost(self, reason: Failure) -> None:
         pass
@@ -145,7 +145,7 @@ class _Receiver(protocol.ProcessProtocol):
         self.ready = False
         self.connections: dict[int, tuple[ESMTPServerFactory, str]] = {}
         self.ended: defer.Deferred[None] = defer.Deferred()
-        self.reader = ChannelReader(channel, self.parent.heard, self)
+        self.end = ChannelEnd(channel, lambda message, fds: parent.heard(message, fds, self), lambda: None)
 
     def outReceived(self, data: bytes) -> None:
         self.log.received(data)
@@ -155,16 +155,19 @@ class _Receiver(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
-@implementer(IReadDescriptor)
-class ChannelReader:
-    """Reads the packets of a channel end (non-blocking) and gives each message to
-    ``heard(message, fds, context)``; end of file gives ``heard(None, [], context)``."""
+@implementer(IReadDescriptor, IWriteDescriptor)
+class ChannelEnd:
+    """One end of a channel in the reactor (non-blocking): each packet read goes to
+    ``heard(message, fds)``, end of file to ``heard(None, [])``; ``writable()`` is
+    called when the reactor is asked to watch for room to write (one object for both,
+    as the reactor keeps one per descriptor)."""
 
-    def __init__(self, channel: socket.socket, heard: Callable[[list[Any] | None, list[int], Any], None],
-                 context: Any) -> None:
+    def __init__(self, channel: socket.socket, heard: Callable[[list[Any] | None, list[int]], None],
+                 writable: Callable[[], None]) -> None:
+        channel.setblocking(False)
         self.channel = channel
         self.heard = heard
-        self.context = context
+        self.writable = writable
 
     def fileno(self) -> int:
         return self.channel.fileno()
@@ -180,14 +183,17 @@ class ChannelReader:
             if not data:
                 for fd in fds:
                     os.close(fd)
-                self.heard(None, [], self.context)
+                self.heard(None, [])
                 return
             message = _message(data)
             if message is None:
                 for fd in fds:
                     os.close(fd)
                 continue
-            self.heard(message, fds, self.context)
+            self.heard(message, fds)
+
+    def doWrite(self) -> None:
+        self.writable()
 
     def connectionLost(self, reason: Failure) -> None:
         pass
@@ -201,18 +207,22 @@ class ReceivingProcesses(Service):
     running and hands them the connections of the ports given to :meth:`takeOver`."""
 
     def __init__(self, config: Config, reactor: Any, notify: Callable[[str], None], runInThread: RunInThread,
-                 tmpDir: str) -> None:
+                 tmpDir: str, failures: SharedFailures) -> None:
         """``notify(queueId)`` tells the delivery process of a message a receiving
-        process queued; ``tmpDir`` is the queue's ``tmp/``, cleaned after a crash."""
+        process queued; ``tmpDir`` is the queue's ``tmp/``, cleaned after a crash;
+        ``failures`` is this process's count of failed logins (its ``tell`` is
+        :meth:`failedAuth`)."""
         self.config = config
         self.reactor = reactor
         self.notify = notify
         self.runInThread = runInThread
         self.tmpDir = tmpDir
+        self.failures = failures
         self.receivers: dict[int, _Receiver] = {}
         self.ports: list[_Port] = []
+        #: The sessions this process runs itself, as the receiving processes' are counted.
+        self.local: dict[int, tuple[ESMTPServerFactory, str]] = {}
         self._ids = itertools.count(1)
-        self._reading = False
         self._restarts: dict[int, Any] = {}
 
     # -- ports
@@ -223,8 +233,7 @@ class ReceivingProcesses(Service):
         port.stopReading()  # type: ignore[attr-defined]  # a tcp.Port or unix.Port: a FileDescriptor
         handled = _Port(kind, factory, tls, _Acceptor(port, lambda c, a: self.place(handled, c, a)))
         self.ports.append(handled)
-        if self._reading:
-            self.reactor.addReader(handled.acceptor)
+        self.reactor.addReader(handled.acceptor)
 
         def giveBack() -> None:
             if handled in self.ports:
@@ -233,50 +242,71 @@ class ReceivingProcesses(Service):
 
         return giveBack
 
-    def _read(self, reading: bool) -> None:
-        """Accept while some receiving process is ready; else leave connections in the
-        kernel's listen queue until one is (at start, or after a crash)."""
-        if reading == self._reading:
-            return
-        self._reading = reading
-        for port in self.ports:
-            (self.reactor.addReader if reading else self.reactor.removeReader)(port.acceptor)
-
     def place(self, port: _Port, connection: socket.socket, address: Any) -> None:
-        """Count ``connection`` against its listener's limits and hand it to the ready
-        process with the fewest connections (refused with 421 past a limit, or when
-        every channel is full)."""
-        host = address[0] if isinstance(address, tuple) else "unknown"
-        key, refusal = port.factory.admit(host)
-        if refusal is None:
+        """Count ``connection`` against its listener's limits, and run its session in
+        the process with the fewest (past a limit it gets the 421 here)."""
+        try:
+            host = address[0] if isinstance(address, tuple) else "unknown"
+            key, refusal = port.factory.admit(host)
             connectionId = next(self._ids)
-            handOver = packet("C", connectionId, port.kind)
-            for receiver in sorted((r for r in self.receivers.values() if r.ready), key=lambda r: len(r.connections)):
-                try:
-                    socket.send_fds(receiver.channel, [handOver], [connection.fileno()])
-                except OSError:
-                    continue  # its channel is full (a stuck process) or closed: the next one
-                receiver.connections[connectionId] = (port.factory, key)
+            if refusal is None and self._handOver(port, connection, connectionId, key):
                 return
-            port.factory.released(key)
-            refusal = reply.RECEIVERS_BUSY
-        connection.setblocking(False)
-        factory: IProtocolFactory = _RefuseFactory(refusal)
-        if port.tls is not None:
-            factory = TLSMemoryBIOFactory(port.tls, False, factory)
-        self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
+            factory: IProtocolFactory
+            if refusal is None:
+                self.local[connectionId] = (port.factory, key)
+                factory = HandedIn(port.factory.listener, connectionId, self._localEnded)
+            else:
+                factory = _RefuseFactory(refusal)
+            if port.tls is not None:
+                factory = TLSMemoryBIOFactory(port.tls, False, factory)
+            connection.setblocking(False)
+            self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
+        finally:
+            connection.close()  # a receiving process or the reactor has its own descriptor now
+
+    def _handOver(self, port: _Port, connection: socket.socket, connectionId: int, key: str) -> bool:
+        """Give ``connection`` to the ready receiving process with the fewest sessions,
+        if it has fewer than this one; False to keep it here (also when every channel
+        is full: a busy or stuck process reads it no sooner for waiting)."""
+        handOver = packet("C", connectionId, port.kind)
+        ready = sorted((r for r in self.receivers.values() if r.ready and len(r.connections) < len(self.local)),
+                       key=lambda r: len(r.connections))
+        for receiver in ready:
+            try:
+                socket.send_fds(receiver.channel, [handOver], [connection.fileno()])
+            except OSError:
+                continue  # its channel is full or closed: the next one
+            receiver.connections[connectionId] = (port.factory, key)
+            return True
+        return False
+
+    def _localEnded(self, connectionId: int) -> None:
+        factory, key = self.local.pop(connectionId)
+        factory.released(key)
+
+    def failedAuth(self, key: str, now: float) -> None:
+        """A failed login in this process: the receiving processes count it too."""
+        self._relay(packet("A", key, now), None)
+
+    def _relay(self, message: bytes, source: _Receiver | None) -> None:
+        for receiver in self.receivers.values():
+            if receiver is not source and receiver.ready:
+                try:
+                    receiver.channel.send(message)
+                except OSError:
+                    _log.warn("Cannot tell receiving process {number} of a failed AUTH (its channel is full)",
+                              number=receiver.number)
 
     # -- receiving processes
 
     def startService(self) -> None:
         super().startService()
-        for number in range(1, self.config.smtp.processes + 1):
+        for number in range(1, self.config.smtp.processes):  # this process is one of them
             self._spawn(number)
 
     def _spawn(self, number: int) -> None:
         self._restarts.pop(number, None)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
         receiver = _Receiver(self, number, ours)
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         argv = [sys.executable, "-m", "jsmail.receiver"]
@@ -292,7 +322,7 @@ class ReceivingProcesses(Service):
         transport.writeToChild(CONFIG_FD, toJSON(self.config).encode("utf-8"))
         transport.closeChildFD(CONFIG_FD)
         self.receivers[number] = receiver
-        self.reactor.addReader(receiver.reader)
+        self.reactor.addReader(receiver.end)
 
     def heard(self, message: list[Any] | None, fds: list[int], receiver: _Receiver) -> None:
         """A message from a receiving process (None: its channel ended)."""
@@ -308,25 +338,19 @@ class ReceivingProcesses(Service):
                 counted[0].released(counted[1])
         elif kind == "Q" and len(message) == 2 and isinstance(message[1], str):
             self.notify(message[1])
-        elif kind == "A" and len(message) == 3:
-            relayed = packet(*message)
-            for other in self.receivers.values():
-                if other is not receiver and other.ready:
-                    try:
-                        other.channel.send(relayed)
-                    except OSError:
-                        _log.warn("Cannot tell receiving process {number} of a failed AUTH (its channel is full)",
-                                  number=other.number)
+        elif kind == "A" and len(message) == 3 and isinstance(message[1], str) \
+                and isinstance(message[2], (int, float)):
+            self.failures.heard(message[1], float(message[2]))
+            self._relay(packet(*message), receiver)
         elif kind == "ready":
             receiver.ready = True
-            self._read(True)
 
     def _closeChannel(self, receiver: _Receiver) -> None:
         if receiver.channel.fileno() != -1:
-            self.reactor.removeReader(receiver.reader)
+            self.reactor.removeReader(receiver.end)
+            self.reactor.removeWriter(receiver.end)
             receiver.channel.close()
         receiver.ready = False
-        self._read(any(r.ready for r in self.receivers.values()))
 
     def ended(self, receiver: _Receiver, reason: Failure) -> None:
         """A receiving process ended: its connections ended with it."""
@@ -353,7 +377,6 @@ class ReceivingProcesses(Service):
 
     def stopService(self) -> defer.Deferred[Any] | None:
         super().stopService()
-        self._read(False)
         for restart in self._restarts.values():
             if restart.active():
                 restart.cancel()
@@ -385,3 +408,60 @@ def _removeLeftovers(tmpDir: str, pid: int) -> None:
     for name in os.listdir(tmpDir):
         if name.removeprefix("spare.")[13:18] == tag:
             unlinkQuietly(os.path.join(tmpDir, name))
+
+
+class SharedFailures(FailureCounter):
+    """A receiving process's count of failed logins: what it counts is told to the
+    others too (through the main process), and what they count is :meth:`heard`, so a
+    guesser gains nothing from being spread over several processes."""
+
+    def __init__(self, window: float, maxKeys: int, tell: Callable[[str, float], None]) -> None:
+        super().__init__(window, maxKeys)
+        self.tell = tell
+
+    def add(self, key: str, now: float) -> None:
+        super().add(key, now)
+        self.tell(key, now)
+
+    def heard(self, key: str, now: float) -> None:
+        super().add(key, now)
+
+
+class HandedIn(Factory):
+    """Sessions of one listener on connections handed over: each tells the main
+    process when it ends, so that its slot is free again."""
+
+    noisy = False
+
+    def __init__(self, listener: Listener, connectionId: int, released: Callable[[int], None]) -> None:
+        self.listener = listener
+        self.connectionId = connectionId
+        self.released = released
+
+    def buildProtocol(self, addr: Any) -> ESMTPServer:
+        session = _HandedInServer(self.listener)
+        session.factory = self
+        return session
+
+
+class _HandedInServer(ESMTPServer):
+    factory: HandedIn
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.released(self.factory.connectionId)
+
+
+def handedInFactories(listeners: dict[str, Listener], tls: Any,
+                      released: Callable[[int], None]) -> dict[str, Callable[[int], IProtocolFactory]]:
+    """For each kind of listener, what makes the factory of a connection handed over
+    (inside TLS for an implicit-TLS listener)."""
+
+    def maker(listener: Listener) -> Callable[[int], IProtocolFactory]:
+        if listener.implicitTLS:
+            return lambda connectionId: TLSMemoryBIOFactory(tls, False, HandedIn(listener, connectionId, released))
+        return lambda connectionId: HandedIn(listener, connectionId, released)
+
+    return {kind: maker(listener) for kind, listener in listeners.items()}

@@ -1,0 +1,195 @@
+"""Sessions in receiving processes ([smtp] processes): real child processes, real
+sockets on 127.0.0.1, and the attacks that spreading sessions over processes invites."""
+
+from __future__ import annotations
+
+import base64
+import glob
+import os
+import signal
+import smtplib
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from jsmail.config import loadConfig
+from jsmail.service import MailGateway
+
+NONE: list[str] = []
+
+
+def greeting(connection: socket.socket) -> bytes:
+    """The server's first reply line (blocking, with the socket's time-out)."""
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = connection.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def command(connection: socket.socket, line: bytes) -> bytes:
+    """Send one command line and read its whole reply (the last line has a space after the code)."""
+    connection.sendall(line + b"\r\n")
+    data = b""
+    while True:
+        chunk = connection.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+        lines = data.split(b"\r\n")
+        if len(lines) > 1 and len(lines[-2]) >= 4 and lines[-2][3:4] == b" ":
+            return data
+
+
+class ReceivingProcessesTests(TestCase):
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def startGateway(self, perClient: int = 3) -> Any:
+        self.data = os.path.abspath(self.mktemp())
+        config = loadConfig(settings={
+            "server": {"hostname": "mx.test", "data": self.data},
+            "smtp": {"listen": "tcp:0:interface=127.0.0.1", "submission": NONE, "smtps": NONE, "processes": 2,
+                     "max_connections_per_client": perClient},
+            "auth": {"allow_plaintext": True, "max_client_failures": 2, "failure_delay": 0},
+            "queue": {"delivery_process": True}})
+        self.gateway = MailGateway(config)
+        self.gateway.privilegedStartService()
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        port = yield self.gateway.listeners[0].whenListening()
+        self.port = port.getHost().port
+        yield self.waitFor(lambda: len(self.ready()) == 1, "the receiving process")
+
+    def ready(self) -> list[Any]:
+        assert self.gateway.receivers is not None
+        return [r for r in self.gateway.receivers.receivers.values() if r.ready]
+
+    def connect(self) -> socket.socket:
+        connection = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        self.addCleanup(connection.close)
+        return connection
+
+    @defer.inlineCallbacks
+    def waitFor(self, predicate, what: str):  # type: ignore[no-untyped-def]
+        for _ in range(600):
+            if predicate():
+                return
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"timed out waiting for {what}")
+
+    def counted(self) -> list[int]:
+        """Sessions in the main process, then in each ready receiving process, as the main process counts them."""
+        assert self.gateway.receivers is not None
+        return [len(self.gateway.receivers.local), *(len(r.connections) for r in self.ready())]
+
+    def delivered(self, local: str) -> int:
+        return len(glob.glob(os.path.join(self.data, "mail", "localhost", local, "new", "*")))
+
+    @defer.inlineCallbacks
+    def test_sessions_go_to_the_process_with_fewest_and_mail_is_delivered(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway()
+        first = self.connect()  # both run none: the main process takes it
+        yield deferToThread(greeting, first)
+
+        def send() -> list[int]:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                code, _ = client.ehlo("client.test")
+                held = self.counted()
+                client.sendmail("a@example.org", ["x@localhost"], b"Subject: x\r\n\r\nhi\r\n")
+            return [code, *held]
+
+        code, *held = yield deferToThread(send)
+        self.assertEqual(code, 250)
+        self.assertEqual(held, [1, 1])  # the second session ran in the receiving process
+        yield self.waitFor(lambda: self.delivered("x") == 1, "the delivery")
+
+    @defer.inlineCallbacks
+    def test_connections_spread_over_processes_still_meet_the_per_client_limit(self):  # type: ignore[no-untyped-def]
+        """An attacker's connections land in different processes; the limit counts them all."""
+        yield self.startGateway(perClient=3)
+        held = [self.connect() for _ in range(3)]
+        replies = yield deferToThread(lambda: [greeting(c) for c in held])
+        self.assertEqual([r[:4] for r in replies], [b"220 "] * 3)
+        self.assertEqual(self.counted(), [2, 1])  # spread over both processes
+        refused = yield deferToThread(lambda: greeting(self.connect()))
+        self.assertTrue(refused.startswith(b"421 4.7.0 "), refused)
+        held[0].close()
+        yield self.waitFor(lambda: self.counted() == [1, 1], "the slot to be given back")
+        again = yield deferToThread(lambda: greeting(self.connect()))
+        self.assertEqual(again[:4], b"220 ")
+
+    @defer.inlineCallbacks
+    def test_auth_guessing_spread_over_processes_is_counted_in_all_of_them(self):  # type: ignore[no-untyped-def]
+        """One failure in each process is two failures from the client, wherever it tries next."""
+        yield self.startGateway(perClient=4)
+        wrong = b"AUTH PLAIN " + base64.b64encode(b"\0someone\0wrong")
+
+        def guess(connection: socket.socket) -> bytes:
+            command(connection, b"EHLO client.test")
+            return command(connection, wrong)
+
+        first, second = self.connect(), self.connect()
+        yield deferToThread(lambda: [greeting(first), greeting(second)])
+        self.assertEqual(self.counted(), [1, 1])  # one session in each process
+        replies = yield deferToThread(lambda: [guess(first), guess(second)])
+        self.assertEqual([r[:9] for r in replies], [b"535 5.7.8"] * 2)
+        yield task.deferLater(reactor, 0.5, lambda: None)  # the counts travel through the main process
+        third, fourth = self.connect(), self.connect()
+        yield deferToThread(lambda: [greeting(third), greeting(fourth)])
+        self.assertEqual(self.counted(), [2, 2])  # one more session in each
+        replies = yield deferToThread(lambda: [guess(third), guess(fourth)])
+        for refused in replies:
+            self.assertTrue(refused.startswith(b"421 4.7.0 "), refused)
+
+    @defer.inlineCallbacks
+    def test_killed_receiving_process_frees_its_slots_and_is_started_again(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway(perClient=3)
+        held = [self.connect() for _ in range(3)]
+        yield deferToThread(lambda: [greeting(c) for c in held])
+        self.assertEqual(self.counted(), [2, 1])
+        victim = self.ready()[0]
+        os.kill(victim.transport.pid, signal.SIGKILL)
+        yield self.waitFor(lambda: self.ready() and victim not in self.ready(), "a new receiving process")
+        self.assertEqual(self.counted(), [2, 0])  # the killed process's session is gone, and its slot free
+        assert self.gateway.receivers is not None
+        self.assertEqual(sum(self.gateway.receivers.ports[0].factory.perClient.values()), 2)
+
+        def send() -> dict:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                return client.sendmail("a@example.org", ["y@localhost"], b"Subject: y\r\n\r\nhi\r\n")
+
+        yield deferToThread(send)  # in the new receiving process, which has fewest
+        yield self.waitFor(lambda: self.delivered("y") == 1, "the delivery")
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_stuck_receiving_process_gets_no_more_sessions(self):  # type: ignore[no-untyped-def]
+        """A flood while the receiving process cannot read its channel: once the channel
+        is full the main process runs the sessions itself; none is refused or lost."""
+        yield self.startGateway(perClient=100)
+        receiver = self.ready()[0]
+        receiver.channel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the smallest the kernel allows
+        os.kill(receiver.transport.pid, signal.SIGSTOP)
+        try:
+            flood = [self.connect() for _ in range(60)]
+            yield self.waitFor(lambda: sum(self.counted()) == 60, "every connection to be placed")
+            local, handed = self.counted()
+            self.assertLess(handed, 20)  # what fitted in its channel; the main process took the rest
+        finally:
+            os.kill(receiver.transport.pid, signal.SIGCONT)
+        replies = yield deferToThread(lambda: [greeting(c)[:4] for c in flood])
+        self.assertEqual(replies, [b"220 "] * 60)
+
+    @defer.inlineCallbacks
+    def test_stopping_the_gateway_stops_the_receiving_processes(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway()
+        pids = [r.transport.pid for r in self.ready()]
+        yield self.gateway.stopService()
+        for pid in pids:
+            self.assertRaises(ProcessLookupError, os.kill, pid, 0)
