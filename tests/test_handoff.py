@@ -9,6 +9,7 @@ import os
 import signal
 import smtplib
 import socket
+import struct
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -193,3 +194,37 @@ class ReceivingProcessesTests(TestCase):
         yield self.gateway.stopService()
         for pid in pids:
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+    @defer.inlineCallbacks
+    def test_connections_reset_before_the_hand_over_neither_stop_the_port_nor_keep_their_slots(self):  # type: ignore[no-untyped-def]
+        """A client that connects and resets (SO_LINGER 0) before the gateway reads the
+        accept: its sockets have no peer any more.  Each must give its slot back, and the
+        port must go on accepting (an exception there once stopped it for good)."""
+        yield self.startGateway(perClient=3)
+        for _ in range(4):
+            reset = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            reset.close()  # RST, and nothing has run the reactor yet
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        replies = yield deferToThread(lambda: [greeting(c) for c in [self.connect() for _ in range(3)]])
+        self.assertEqual([r[:4] for r in replies], [b"220 "] * 3)
+
+    @defer.inlineCallbacks
+    def test_connection_reset_during_the_hand_over_gives_its_slot_back_from_the_receiving_process(self):  # type: ignore[no-untyped-def]
+        """The reset connection goes to the receiving process (the main one already runs a
+        session), which cannot take it: it must say so, or the slot is counted for good."""
+        yield self.startGateway(perClient=3)
+        held = self.connect()
+        yield deferToThread(greeting, held)  # the main process runs this one
+        receivers = self.gateway.receivers
+        assert receivers is not None
+        heard: list[Any] = []
+        realHeard = receivers.heard
+        receivers.heard = lambda message, fds, receiver: (heard.append(message), realHeard(message, fds, receiver))
+        reset = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()
+        yield self.waitFor(lambda: any(m[0] == "R" for m in heard), "the receiving process to give the slot back")
+        self.assertEqual(self.counted(), [1, 0])
+        replies = yield deferToThread(lambda: [greeting(c) for c in [self.connect() for _ in range(2)]])
+        self.assertEqual([r[:4] for r in replies], [b"220 "] * 2)

@@ -95,7 +95,7 @@ class ParentChannel:
                 self.lost.callback(None)
             return
         if message[0] == "C" and len(message) == 3 and message[2] in self.factories and len(fds) == 1:
-            self._adopt(fds[0], self.factories[message[2]](message[1]))
+            self._adopt(fds[0], message[1], self.factories[message[2]](message[1]))
             return
         for fd in fds:
             os.close(fd)
@@ -103,13 +103,17 @@ class ParentChannel:
                 and isinstance(message[2], (int, float)) and self.failures is not None:
             self.failures.heard(message[1], float(message[2]))
 
-    def _adopt(self, fd: int, factory: IProtocolFactory) -> None:
+    def _adopt(self, fd: int, connectionId: Any, factory: IProtocolFactory) -> None:
         connection = socket.socket(fileno=fd)
         try:
             connection.setblocking(False)
             self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
+        except OSError as e:  # reset during the hand-over (ENOTCONN): no session began
+            _log.info("A connection handed over had ended: {error}", error=e.strerror)
+            self.released(connectionId)  # else the main process counts it for good
         except Exception:
             _log.failure("Cannot take a connection handed over")
+            self.released(connectionId)
         finally:
             connection.close()  # the reactor has its own descriptor now
 

@@ -260,7 +260,12 @@ class ReceivingProcesses(Service):
             if port.tls is not None:
                 factory = TLSMemoryBIOFactory(port.tls, False, factory)
             connection.setblocking(False)
-            self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
+            try:
+                self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
+            except OSError as e:  # reset before we got to it (ENOTCONN): no session, no slot
+                _log.info("A connection ended before its session began: {error}", error=e.strerror)
+                if connectionId in self.local:
+                    self._localEnded(connectionId)
         finally:
             connection.close()  # a receiving process or the reactor has its own descriptor now
 
