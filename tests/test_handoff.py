@@ -228,3 +228,20 @@ class ReceivingProcessesTests(TestCase):
         self.assertEqual(self.counted(), [1, 0])
         replies = yield deferToThread(lambda: [greeting(c) for c in [self.connect() for _ in range(2)]])
         self.assertEqual([r[:4] for r in replies], [b"220 "] * 2)
+
+    @defer.inlineCallbacks
+    def test_bogus_queue_ids_from_a_compromised_receiving_process_do_not_reach_the_delivery_process(self):  # type: ignore[no-untyped-def]
+        """A queue id goes to the delivery process as one line and names a file: a new
+        line, a path or a non-ASCII id (which raised in the reactor) is dropped; so is a
+        connection id that is not a number (a list raised TypeError)."""
+        yield self.startGateway()
+        receivers = self.gateway.receivers
+        assert receivers is not None
+        told: list[str] = []
+        receivers.notify = told.append
+        receiver = self.ready()[0]
+        for bogus in ["0000000000000ABCDE001\nX", "../../../etc/passwd", "\u00e9" * 21, ["x"], 7]:
+            receivers.heard(["Q", bogus], [], receiver)
+        receivers.heard(["R", ["x"]], [], receiver)
+        receivers.heard(["Q", "0000000000000ABCDE001"], [], receiver)
+        self.assertEqual(told, ["0000000000000ABCDE001"])

@@ -34,6 +34,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import socket
 import sys
 from typing import Any, Callable
@@ -64,6 +65,7 @@ CHANNEL_FD = 4  # its end of the channel
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 30.0
 ACCEPTS_PER_READ = 64  # connections taken per wake-up, so one busy port cannot starve the rest
+_QUEUE_ID = re.compile(r"[0-9A-F]{21}", re.ASCII)  # newQueueId's: a line to the delivery process, and a file name
 PACKET = 4096  # no message is longer: a key is an address or a user name of at most 255 octets
 
 
@@ -337,11 +339,11 @@ class ReceivingProcesses(Service):
             self._closeChannel(receiver)
             return
         kind = message[0]
-        if kind == "R" and len(message) == 2:
+        if kind == "R" and len(message) == 2 and isinstance(message[1], int):
             counted = receiver.connections.pop(message[1], None)
             if counted is not None:
                 counted[0].released(counted[1])
-        elif kind == "Q" and len(message) == 2 and isinstance(message[1], str):
+        elif kind == "Q" and len(message) == 2 and isinstance(message[1], str) and _QUEUE_ID.fullmatch(message[1]):
             self.notify(message[1])
         elif kind == "A" and len(message) == 3 and isinstance(message[1], str) \
                 and isinstance(message[2], (int, float)):
