@@ -9,6 +9,7 @@ import os
 import signal
 import smtplib
 import socket
+import struct
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -185,6 +186,41 @@ class ReceivingProcessesTests(TestCase):
             os.kill(receiver.transport.pid, signal.SIGCONT)
         replies = yield deferToThread(lambda: [greeting(c)[:4] for c in flood])
         self.assertEqual(replies, [b"220 "] * 60)
+
+    def reset(self) -> socket.socket:
+        """A connection the client resets (RST) as soon as it is made, before the server reads it."""
+        connection = self.connect()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return connection
+
+    @defer.inlineCallbacks
+    def test_client_reset_before_the_main_process_reads_it_leaks_no_slot(self):  # type: ignore[no-untyped-def]
+        """A connection reset while it waits to be accepted: nothing is counted for it,
+        and the port goes on accepting (an error there once stopped it for good)."""
+        yield self.startGateway(perClient=1)
+        self.reset().close()  # the reactor has not run since: it is reset in the listen queue
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(self.counted(), [0, 0])
+        again = yield deferToThread(lambda: greeting(self.connect()))
+        self.assertEqual(again[:4], b"220 ")
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_client_reset_before_the_receiving_process_reads_it_leaks_no_slot(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway(perClient=2)
+        held = self.connect()  # runs in the main process, so the next one goes to the receiving process
+        yield deferToThread(greeting, held)
+        receiver = self.ready()[0]
+        os.kill(receiver.transport.pid, signal.SIGSTOP)
+        try:
+            handedOver = self.reset()
+            yield self.waitFor(lambda: self.counted() == [1, 1], "the hand-over")
+            handedOver.close()
+        finally:
+            os.kill(receiver.transport.pid, signal.SIGCONT)
+        yield self.waitFor(lambda: self.counted() == [1, 0], "the slot to be given back")
+        again = yield deferToThread(lambda: greeting(self.connect()))
+        self.assertEqual(again[:4], b"220 ")  # within the limit of 2 again
 
     @defer.inlineCallbacks
     def test_stopping_the_gateway_stops_the_receiving_processes(self):  # type: ignore[no-untyped-def]

@@ -95,7 +95,7 @@ class ParentChannel:
                 self.lost.callback(None)
             return
         if message[0] == "C" and len(message) == 3 and message[2] in self.factories and len(fds) == 1:
-            self._adopt(fds[0], self.factories[message[2]](message[1]))
+            self._adopt(fds[0], message[1], message[2])
             return
         for fd in fds:
             os.close(fd)
@@ -103,13 +103,19 @@ class ParentChannel:
                 and isinstance(message[2], (int, float)) and self.failures is not None:
             self.failures.heard(message[1], float(message[2]))
 
-    def _adopt(self, fd: int, factory: IProtocolFactory) -> None:
+    def _adopt(self, fd: int, connectionId: int, kind: str) -> None:
+        """Run a session on the connection handed over; if none can begin (the client
+        is gone already), its slot is given back at once."""
         connection = socket.socket(fileno=fd)
         try:
             connection.setblocking(False)
-            self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
+            self.reactor.adoptStreamConnection(connection.fileno(), connection.family,
+                                               self.factories[kind](connectionId))
+        except OSError:  # ENOTCONN: reset between the main process's accept and now
+            self.released(connectionId)
         except Exception:
             _log.failure("Cannot take a connection handed over")
+            self.released(connectionId)
         finally:
             connection.close()  # the reactor has its own descriptor now
 
