@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from jsmail.config import loadConfig
 from jsmail.service import MailGateway
+from tests.test_metrics import httpGet, sample
 
 NONE: list[str] = []
 
@@ -51,14 +52,15 @@ class ReceivingProcessesTests(TestCase):
     timeout = 90
 
     @defer.inlineCallbacks
-    def startGateway(self, perClient: int = 3) -> Any:
+    def startGateway(self, perClient: int = 3, metrics: bool = False) -> Any:
         self.data = os.path.abspath(self.mktemp())
         config = loadConfig(settings={
             "server": {"hostname": "mx.test", "data": self.data},
             "smtp": {"listen": "tcp:0:interface=127.0.0.1", "submission": NONE, "smtps": NONE, "processes": 2,
                      "max_connections_per_client": perClient},
             "auth": {"allow_plaintext": True, "max_client_failures": 2, "failure_delay": 0},
-            "queue": {"delivery_process": True}})
+            "queue": {"delivery_process": True},
+            "metrics": {"listen": "tcp:0:interface=127.0.0.1" if metrics else ""}})
         self.gateway = MailGateway(config)
         self.gateway.privilegedStartService()
         self.gateway.startService()
@@ -221,6 +223,19 @@ class ReceivingProcessesTests(TestCase):
         yield self.waitFor(lambda: self.counted() == [1, 0], "the slot to be given back")
         again = yield deferToThread(lambda: greeting(self.connect()))
         self.assertEqual(again[:4], b"220 ")  # within the limit of 2 again
+
+    @defer.inlineCallbacks
+    def test_metrics_count_the_sessions_of_every_process(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway(metrics=True)
+        metricsPort = (yield self.gateway.operations.listener.whenListening()).getHost().port
+        held = [self.connect() for _ in range(2)]
+        yield deferToThread(lambda: [command(c, b"QUIT") for c in held if greeting(c)])
+        yield self.waitFor(lambda: self.counted() == [0, 0], "both sessions to end")
+        yield task.deferLater(reactor, 1.5, lambda: None)  # the receiving process sends its counts once a second
+        _, _, text = yield httpGet(metricsPort, "/metrics")
+        self.assertEqual(sample(text, "jsmail_smtpd_connections_total", listener="smtp"), 2)
+        # each process's reply hook: the receiving process's reach the main one through its log
+        self.assertEqual(sample(text, "jsmail_smtpd_replies_total", command="CONNECT", code="220", enhanced=""), 2)
 
     @defer.inlineCallbacks
     def test_stopping_the_gateway_stops_the_receiving_processes(self):  # type: ignore[no-untyped-def]

@@ -122,6 +122,7 @@ class ParentChannel:
 
 def main() -> None:
     from twisted.internet import reactor as globalReactor
+    from twisted.internet.task import LoopingCall
     from twisted.logger import globalLogBeginner
 
     from jsmail import metrics
@@ -145,7 +146,10 @@ def main() -> None:
             sys.stderr.write(f"jsmail receiving process: {e}\n")
             sys.exit(111)
     if config.metrics.listen:  # the main process counts what this one measures
-        metrics.install(metrics.Forwarder())
+        forwarder = metrics.Forwarder()
+        metrics.install(forwarder)
+        LoopingCall(forwarder.flush).start(1.0, now=False)
+        reactor.addSystemEventTrigger("after", "shutdown", forwarder.flush)
     channel = ParentChannel(socket.socket(fileno=CHANNEL_FD), reactor)
     gateway = MailGateway(config, reactor, receiving=channel)
     gateway.startService()
