@@ -12,11 +12,12 @@ import socket
 import struct
 from typing import Any
 
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from jsmail.config import loadConfig
+from jsmail.config import ConfigError, loadConfig
 from jsmail.service import MailGateway
 from tests.test_metrics import httpGet, sample
 
@@ -244,3 +245,15 @@ class ReceivingProcessesTests(TestCase):
         yield self.gateway.stopService()
         for pid in pids:
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+
+class CommandLineCheckersTests(TestCase):
+    def test_checkers_from_the_command_line_are_refused_with_receiving_processes(self) -> None:
+        """``twistd jsmail --auth`` makes checkers in the gateway's memory, which no
+        receiving process could use: refused at start rather than AUTH failing there."""
+        config = loadConfig(settings={
+            "server": {"hostname": "mx.test", "data": os.path.abspath(self.mktemp())},
+            "smtp": {"listen": "tcp:0:interface=127.0.0.1", "submission": NONE, "smtps": NONE, "processes": 2}})
+        with self.assertRaises(ConfigError) as caught:
+            MailGateway(config, extraCheckers=[InMemoryUsernamePasswordDatabaseDontUse(u=b"p")])
+        self.assertIn("set [auth] checkers", str(caught.exception))
