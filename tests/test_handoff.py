@@ -12,12 +12,14 @@ import socket
 import struct
 from typing import Any
 
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from jsmail.config import loadConfig
+from jsmail.config import ConfigError, loadConfig
 from jsmail.service import MailGateway
+from tests.test_metrics import httpGet, sample
 
 NONE: list[str] = []
 
@@ -51,14 +53,15 @@ class ReceivingProcessesTests(TestCase):
     timeout = 90
 
     @defer.inlineCallbacks
-    def startGateway(self, perClient: int = 3) -> Any:
+    def startGateway(self, perClient: int = 3, metrics: bool = False) -> Any:
         self.data = os.path.abspath(self.mktemp())
         config = loadConfig(settings={
             "server": {"hostname": "mx.test", "data": self.data},
             "smtp": {"listen": "tcp:0:interface=127.0.0.1", "submission": NONE, "smtps": NONE, "processes": 2,
                      "max_connections_per_client": perClient},
             "auth": {"allow_plaintext": True, "max_client_failures": 2, "failure_delay": 0},
-            "queue": {"delivery_process": True}})
+            "queue": {"delivery_process": True},
+            "metrics": {"listen": "tcp:0:interface=127.0.0.1" if metrics else ""}})
         self.gateway = MailGateway(config)
         self.gateway.privilegedStartService()
         self.gateway.startService()
@@ -187,6 +190,54 @@ class ReceivingProcessesTests(TestCase):
         replies = yield deferToThread(lambda: [greeting(c)[:4] for c in flood])
         self.assertEqual(replies, [b"220 "] * 60)
 
+    def reset(self) -> socket.socket:
+        """A connection the client resets (RST) as soon as it is made, before the server reads it."""
+        connection = self.connect()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return connection
+
+    @defer.inlineCallbacks
+    def test_client_reset_before_the_main_process_reads_it_leaks_no_slot(self):  # type: ignore[no-untyped-def]
+        """A connection reset while it waits to be accepted: nothing is counted for it,
+        and the port goes on accepting (an error there once stopped it for good)."""
+        yield self.startGateway(perClient=1)
+        self.reset().close()  # the reactor has not run since: it is reset in the listen queue
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(self.counted(), [0, 0])
+        again = yield deferToThread(lambda: greeting(self.connect()))
+        self.assertEqual(again[:4], b"220 ")
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_client_reset_before_the_receiving_process_reads_it_leaks_no_slot(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway(perClient=2)
+        held = self.connect()  # runs in the main process, so the next one goes to the receiving process
+        yield deferToThread(greeting, held)
+        receiver = self.ready()[0]
+        os.kill(receiver.transport.pid, signal.SIGSTOP)
+        try:
+            handedOver = self.reset()
+            yield self.waitFor(lambda: self.counted() == [1, 1], "the hand-over")
+            handedOver.close()
+        finally:
+            os.kill(receiver.transport.pid, signal.SIGCONT)
+        yield self.waitFor(lambda: self.counted() == [1, 0], "the slot to be given back")
+        again = yield deferToThread(lambda: greeting(self.connect()))
+        self.assertEqual(again[:4], b"220 ")  # within the limit of 2 again
+
+    @defer.inlineCallbacks
+    def test_metrics_count_the_sessions_of_every_process(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway(metrics=True)
+        metricsPort = (yield self.gateway.operations.listener.whenListening()).getHost().port
+        held = [self.connect() for _ in range(2)]
+        yield deferToThread(lambda: [command(c, b"QUIT") for c in held if greeting(c)])
+        yield self.waitFor(lambda: self.counted() == [0, 0], "both sessions to end")
+        yield task.deferLater(reactor, 1.5, lambda: None)  # the receiving process sends its counts once a second
+        _, _, text = yield httpGet(metricsPort, "/metrics")
+        self.assertEqual(sample(text, "jsmail_smtpd_connections_total", listener="smtp"), 2)
+        # each process's reply hook: the receiving process's reach the main one through its log
+        self.assertEqual(sample(text, "jsmail_smtpd_replies_total", command="CONNECT", code="220", enhanced=""), 2)
+
     @defer.inlineCallbacks
     def test_stopping_the_gateway_stops_the_receiving_processes(self):  # type: ignore[no-untyped-def]
         yield self.startGateway()
@@ -194,40 +245,6 @@ class ReceivingProcessesTests(TestCase):
         yield self.gateway.stopService()
         for pid in pids:
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
-
-    @defer.inlineCallbacks
-    def test_connections_reset_before_the_hand_over_neither_stop_the_port_nor_keep_their_slots(self):  # type: ignore[no-untyped-def]
-        """A client that connects and resets (SO_LINGER 0) before the gateway reads the
-        accept: its sockets have no peer any more.  Each must give its slot back, and the
-        port must go on accepting (an exception there once stopped it for good)."""
-        yield self.startGateway(perClient=3)
-        for _ in range(4):
-            reset = socket.create_connection(("127.0.0.1", self.port), timeout=30)
-            reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            reset.close()  # RST, and nothing has run the reactor yet
-        yield task.deferLater(reactor, 0.2, lambda: None)
-        replies = yield deferToThread(lambda: [greeting(c) for c in [self.connect() for _ in range(3)]])
-        self.assertEqual([r[:4] for r in replies], [b"220 "] * 3)
-
-    @defer.inlineCallbacks
-    def test_connection_reset_during_the_hand_over_gives_its_slot_back_from_the_receiving_process(self):  # type: ignore[no-untyped-def]
-        """The reset connection goes to the receiving process (the main one already runs a
-        session), which cannot take it: it must say so, or the slot is counted for good."""
-        yield self.startGateway(perClient=3)
-        held = self.connect()
-        yield deferToThread(greeting, held)  # the main process runs this one
-        receivers = self.gateway.receivers
-        assert receivers is not None
-        heard: list[Any] = []
-        realHeard = receivers.heard
-        receivers.heard = lambda message, fds, receiver: (heard.append(message), realHeard(message, fds, receiver))
-        reset = socket.create_connection(("127.0.0.1", self.port), timeout=30)
-        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        reset.close()
-        yield self.waitFor(lambda: any(m[0] == "R" for m in heard), "the receiving process to give the slot back")
-        self.assertEqual(self.counted(), [1, 0])
-        replies = yield deferToThread(lambda: [greeting(c) for c in [self.connect() for _ in range(2)]])
-        self.assertEqual([r[:4] for r in replies], [b"220 "] * 2)
 
     @defer.inlineCallbacks
     def test_bogus_queue_ids_from_a_compromised_receiving_process_do_not_reach_the_delivery_process(self):  # type: ignore[no-untyped-def]
@@ -245,3 +262,15 @@ class ReceivingProcessesTests(TestCase):
         receivers.heard(["R", ["x"]], [], receiver)
         receivers.heard(["Q", "0000000000000ABCDE001"], [], receiver)
         self.assertEqual(told, ["0000000000000ABCDE001"])
+
+
+class CommandLineCheckersTests(TestCase):
+    def test_checkers_from_the_command_line_are_refused_with_receiving_processes(self) -> None:
+        """``twistd jsmail --auth`` makes checkers in the gateway's memory, which no
+        receiving process could use: refused at start rather than AUTH failing there."""
+        config = loadConfig(settings={
+            "server": {"hostname": "mx.test", "data": os.path.abspath(self.mktemp())},
+            "smtp": {"listen": "tcp:0:interface=127.0.0.1", "submission": NONE, "smtps": NONE, "processes": 2}})
+        with self.assertRaises(ConfigError) as caught:
+            MailGateway(config, extraCheckers=[InMemoryUsernamePasswordDatabaseDontUse(u=b"p")])
+        self.assertIn("set [auth] checkers", str(caught.exception))

@@ -85,17 +85,29 @@ def resolved(seconds: float) -> None:
 
 
 class Forwarder:
-    """The delivery process's recorder: each measurement becomes a log event without
-    text, which the parent republishes and counts (replies and checks never happen there)."""
+    """The recorder of a child process (delivery, or receiving with ``[smtp]
+    processes``): each measurement becomes a log event without text, which the parent
+    republishes and counts.  Replies and check answers, several per message, are
+    counted here and sent as one event of counts at most once a second (``flush``,
+    called by whoever made this with a reactor)."""
 
     def __init__(self) -> None:
         self._log = Logger(namespace=NAMESPACE)
+        self._counts: dict[tuple[str, ...], int] = {}
 
     def reply(self, command: str, code: int, enhanced: str) -> None:
-        pass
+        key = ("reply", command if command in COMMANDS else "other", str(code), enhanced)
+        self._counts[key] = self._counts.get(key, 0) + 1
 
     def verdict(self, check: str, verdict: str) -> None:
-        pass
+        key = ("verdict", check, verdict)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def flush(self) -> None:
+        """Send what was counted since the last flush, as one event."""
+        if self._counts:
+            counts, self._counts = self._counts, {}
+            self._log.info(None, metric="counts", counts=[[*key, n] for key, n in counts.items()])
 
     def commit(self, seconds: float) -> None:
         self._log.info(None, metric="commit", seconds=seconds)
@@ -154,6 +166,16 @@ class Metrics:
 
     def verdict(self, check: str, verdict: str) -> None:
         self.child(self.verdicts, check, verdict).inc()
+
+    def counted(self, counts: list[list[Any]]) -> None:
+        """A child's :meth:`Forwarder.flush`: replies and verdicts, each with how many."""
+        for *key, n in counts:
+            if not isinstance(n, int) or n < 1:
+                continue
+            if key[:1] == ["reply"] and len(key) == 4 and str(key[2]).isdigit():
+                self.child(self.replies, key[1] if key[1] in COMMANDS else "other", key[2], str(key[3])).inc(n)
+            elif key[:1] == ["verdict"] and len(key) == 3:
+                self.child(self.verdicts, str(key[1]), str(key[2])).inc(n)
 
     def commit(self, seconds: float) -> None:
         self.commitSeconds.observe(seconds)

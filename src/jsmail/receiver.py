@@ -95,7 +95,7 @@ class ParentChannel:
                 self.lost.callback(None)
             return
         if message[0] == "C" and len(message) == 3 and message[2] in self.factories and len(fds) == 1:
-            self._adopt(fds[0], message[1], self.factories[message[2]](message[1]))
+            self._adopt(fds[0], message[1], message[2])
             return
         for fd in fds:
             os.close(fd)
@@ -103,14 +103,16 @@ class ParentChannel:
                 and isinstance(message[2], (int, float)) and self.failures is not None:
             self.failures.heard(message[1], float(message[2]))
 
-    def _adopt(self, fd: int, connectionId: Any, factory: IProtocolFactory) -> None:
+    def _adopt(self, fd: int, connectionId: int, kind: str) -> None:
+        """Run a session on the connection handed over; if none can begin (the client
+        is gone already), its slot is given back at once."""
         connection = socket.socket(fileno=fd)
         try:
             connection.setblocking(False)
-            self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
-        except OSError as e:  # reset during the hand-over (ENOTCONN): no session began
-            _log.info("A connection handed over had ended: {error}", error=e.strerror)
-            self.released(connectionId)  # else the main process counts it for good
+            self.reactor.adoptStreamConnection(connection.fileno(), connection.family,
+                                               self.factories[kind](connectionId))
+        except OSError:  # ENOTCONN: reset between the main process's accept and now
+            self.released(connectionId)
         except Exception:
             _log.failure("Cannot take a connection handed over")
             self.released(connectionId)
@@ -120,6 +122,7 @@ class ParentChannel:
 
 def main() -> None:
     from twisted.internet import reactor as globalReactor
+    from twisted.internet.task import LoopingCall
     from twisted.logger import globalLogBeginner
 
     from jsmail import metrics
@@ -143,7 +146,10 @@ def main() -> None:
             sys.stderr.write(f"jsmail receiving process: {e}\n")
             sys.exit(111)
     if config.metrics.listen:  # the main process counts what this one measures
-        metrics.install(metrics.Forwarder())
+        forwarder = metrics.Forwarder()
+        metrics.install(forwarder)
+        LoopingCall(forwarder.flush).start(1.0, now=False)
+        reactor.addSystemEventTrigger("after", "shutdown", forwarder.flush)
     channel = ParentChannel(socket.socket(fileno=CHANNEL_FD), reactor)
     gateway = MailGateway(config, reactor, receiving=channel)
     gateway.startService()

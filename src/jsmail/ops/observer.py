@@ -94,6 +94,8 @@ class MaillogObserver:
                 self.metrics.commit(event["seconds"])
             elif metric == "dns":
                 self.metrics.dns(event["seconds"])
+            elif metric == "counts" and isinstance(event.get("counts"), list):
+                self.metrics.counted(event["counts"])
 
     def _when(self, event: dict[str, Any]) -> float:
         return float(event.get("log_time") or time.time())

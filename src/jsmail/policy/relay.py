@@ -7,6 +7,7 @@ RFC 5321 section 3.9).  :class:`RcptHosts` is qmail-smtpd's rcpthosts test and
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -23,6 +24,21 @@ TRUSTED_CLIENT = "trustedClient"
 
 
 def isTrusted(clientAddress: str, networks: Iterable[Network]) -> bool:
+    """Whether the client's address is in one of ``networks`` (an IPv4-mapped IPv6
+    address counts as its IPv4 address)."""
+    if isinstance(networks, tuple):
+        return _trustedIn(clientAddress, networks)
+    return _trusted(clientAddress, networks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _trustedIn(clientAddress: str, networks: tuple[Network, ...]) -> bool:
+    """:func:`isTrusted`, remembered for the last clients: parsing the address took
+    about 1 % of a session's CPU, for every MAIL and RCPT."""
+    return _trusted(clientAddress, networks)
+
+
+def _trusted(clientAddress: str, networks: Iterable[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(clientAddress)
     except ValueError:

@@ -117,7 +117,10 @@ class _Acceptor:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     _log.error("Cannot accept a connection: {error}", error=e.strerror)
                 return  # ECONNABORTED and the like: that connection is gone
-            self.place(connection, address)
+            try:
+                self.place(connection, address)
+            except Exception:  # one connection's trouble must not stop the port (the reactor would drop it)
+                _log.failure("Cannot place a connection from {address}", address=address)
 
     def connectionLost(self, reason: Failure) -> None:
         pass
@@ -261,12 +264,11 @@ class ReceivingProcesses(Service):
                 factory = _RefuseFactory(refusal)
             if port.tls is not None:
                 factory = TLSMemoryBIOFactory(port.tls, False, factory)
-            connection.setblocking(False)
             try:
+                connection.setblocking(False)
                 self.reactor.adoptStreamConnection(connection.fileno(), connection.family, factory)
-            except OSError as e:  # reset before we got to it (ENOTCONN): no session, no slot
-                _log.info("A connection ended before its session began: {error}", error=e.strerror)
-                if connectionId in self.local:
+            except OSError:  # the client is gone already (ENOTCONN): no session began
+                if refusal is None:
                     self._localEnded(connectionId)
         finally:
             connection.close()  # a receiving process or the reactor has its own descriptor now
@@ -288,8 +290,9 @@ class ReceivingProcesses(Service):
         return False
 
     def _localEnded(self, connectionId: int) -> None:
-        factory, key = self.local.pop(connectionId)
-        factory.released(key)
+        counted = self.local.pop(connectionId, None)
+        if counted is not None:
+            counted[0].released(counted[1])
 
     def failedAuth(self, key: str, now: float) -> None:
         """A failed login in this process: the receiving processes count it too."""
