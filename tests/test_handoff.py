@@ -15,6 +15,7 @@ from typing import Any
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from jsmail.config import ConfigError, loadConfig
@@ -237,6 +238,39 @@ class ReceivingProcessesTests(TestCase):
         self.assertEqual(sample(text, "jsmail_smtpd_connections_total", listener="smtp"), 2)
         # each process's reply hook: the receiving process's reach the main one through its log
         self.assertEqual(sample(text, "jsmail_smtpd_replies_total", command="CONNECT", code="220", enhanced=""), 2)
+
+    @defer.inlineCallbacks
+    def test_sighup_reloads_in_the_receiving_processes_too(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway()
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.gateway.reload()  # what SIGHUP calls under twistd
+        yield self.waitFor(lambda: len([e for e in events if e.get("log_format", "").startswith("SIGHUP: reloaded")])
+                           == 2, "the gateway's and the receiving process's reload lines")
+
+    @defer.inlineCallbacks
+    def test_an_error_acting_on_a_message_does_not_stop_the_channel(self):  # type: ignore[no-untyped-def]
+        """The gateway keeps reading a receiving process's channel after one message
+        raised (the reactor drops a reader whose doRead raises, and with it every slot
+        that process would give back)."""
+        yield self.startGateway()
+        assert self.gateway.receivers is not None
+
+        def broken(queueId: str) -> None:
+            raise RuntimeError("the delivery process cannot be told")
+
+        self.gateway.receivers.notify = broken
+        held = self.connect()  # in the main process: the message goes to the receiving process
+        yield deferToThread(greeting, held)
+
+        def send() -> dict:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:  # queued: the mailbox is new
+                return client.sendmail("a@example.org", ["z@localhost"], b"Subject: z\r\n\r\nhi\r\n")
+
+        yield deferToThread(send)
+        yield self.waitFor(lambda: self.counted() == [1, 0], "the ended session's slot (read after the error)")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @defer.inlineCallbacks
     def test_stopping_the_gateway_stops_the_receiving_processes(self):  # type: ignore[no-untyped-def]

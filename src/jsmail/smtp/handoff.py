@@ -148,6 +148,7 @@ class _Receiver(protocol.ProcessProtocol):
         self.channel = channel
         self.log = LogLines(f"receiving process {number}")
         self.ready = False
+        self.relayFailed = False  # the last failed AUTH could not be told to it
         self.connections: dict[int, tuple[ESMTPServerFactory, str]] = {}
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.end = ChannelEnd(channel, lambda message, fds: parent.heard(message, fds, self), lambda: None)
@@ -195,7 +196,10 @@ class ChannelEnd:
                 for fd in fds:
                     os.close(fd)
                 continue
-            self.heard(message, fds)
+            try:
+                self.heard(message, fds)
+            except Exception:  # one message's trouble must not stop the channel (the reactor would drop it)
+                _log.failure("Cannot act on {message!r} from a process channel", message=message[:3])
 
     def doWrite(self) -> None:
         self.writable()
@@ -304,8 +308,12 @@ class ReceivingProcesses(Service):
                 try:
                     receiver.channel.send(message)
                 except OSError:
-                    _log.warn("Cannot tell receiving process {number} of a failed AUTH (its channel is full)",
-                              number=receiver.number)
+                    if not receiver.relayFailed:  # once until one gets through, however many guesses come
+                        _log.warn("Cannot tell receiving process {number} of a failed AUTH (its channel is full)",
+                                  number=receiver.number)
+                    receiver.relayFailed = True
+                else:
+                    receiver.relayFailed = False
 
     # -- receiving processes
 
