@@ -9,6 +9,7 @@ import os
 import signal
 import smtplib
 import socket
+import ssl
 import struct
 from typing import Any
 
@@ -54,11 +55,12 @@ class ReceivingProcessesTests(TestCase):
     timeout = 90
 
     @defer.inlineCallbacks
-    def startGateway(self, perClient: int = 3, metrics: bool = False) -> Any:
+    def startGateway(self, perClient: int = 3, metrics: bool = False, smtps: bool = False) -> Any:
         self.data = os.path.abspath(self.mktemp())
         config = loadConfig(settings={
             "server": {"hostname": "mx.test", "data": self.data},
-            "smtp": {"listen": "tcp:0:interface=127.0.0.1", "submission": NONE, "smtps": NONE, "processes": 2,
+            "smtp": {"listen": "tcp:0:interface=127.0.0.1", "submission": NONE, "processes": 2,
+                     "smtps": "tcp:0:interface=127.0.0.1" if smtps else NONE,
                      "max_connections_per_client": perClient},
             "auth": {"allow_plaintext": True, "max_client_failures": 2, "failure_delay": 0},
             "queue": {"delivery_process": True},
@@ -271,6 +273,39 @@ class ReceivingProcessesTests(TestCase):
         yield deferToThread(send)
         yield self.waitFor(lambda: self.counted() == [1, 0], "the ended session's slot (read after the error)")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @defer.inlineCallbacks
+    def test_implicit_tls_sessions_are_handed_over_too(self):  # type: ignore[no-untyped-def]
+        """An smtps connection is handed over as TCP; the receiving process does the TLS."""
+        yield self.startGateway(smtps=True)
+        smtpsPort = (yield self.gateway.listeners[1].whenListening()).getHost().port
+        held = self.connect()  # in the main process: the next goes to the receiving process
+        yield deferToThread(greeting, held)
+
+        def overTLS() -> tuple[bytes, list[int]]:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the self-signed certificate
+            with socket.create_connection(("127.0.0.1", smtpsPort), timeout=30) as raw, \
+                    context.wrap_socket(raw) as connection:
+                return greeting(connection), self.counted()
+
+        first, held = yield deferToThread(overTLS)
+        self.assertEqual(first[:4], b"220 ")
+        self.assertEqual(held, [1, 1])
+
+    @defer.inlineCallbacks
+    def test_no_descriptor_is_left_behind_by_sessions_handed_over(self):  # type: ignore[no-untyped-def]
+        yield self.startGateway(perClient=100)
+        held = self.connect()
+        yield deferToThread(greeting, held)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            batch = [self.connect() for _ in range(20)]
+            yield deferToThread(lambda b=batch: [command(c, b"QUIT") for c in b if greeting(c)])
+            for connection in batch:
+                connection.close()
+        yield self.waitFor(lambda: self.counted() == [1, 0], "every session to end")
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
 
     @defer.inlineCallbacks
     def test_stopping_the_gateway_stops_the_receiving_processes(self):  # type: ignore[no-untyped-def]
