@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 
-from jsmail.smtp.handoff import CHANNEL_FD, CONFIG_FD, ChannelEnd, SharedFailures, handedInFactories, packet
+from jsmail.smtp.handoff import CHANNEL_FD, ChannelEnd, SharedFailures, handedInFactories, packet
 from jsmail.smtp.sasl import FailureCounter
 
 _log = Logger()
@@ -123,31 +122,13 @@ class ParentChannel:
 def main() -> None:
     from twisted.internet import reactor as globalReactor
     from twisted.internet.task import LoopingCall
-    from twisted.logger import globalLogBeginner
 
-    from jsmail import metrics
-    from jsmail._process import EventWriter
-    from jsmail.config import fromJSON
-    from jsmail.ops.logformat import HeldLines
-    from jsmail.privileges import PrivilegeError, becomeUser, identityOf
+    from jsmail._child import startChild
     from jsmail.service import MailGateway
 
     reactor: Any = globalReactor
-    os.umask(0o077)
-    # a message's lines leave in one write, as the main process writes them (HeldLines)
-    held: Any = HeldLines(sys.stdout, reactor)  # a text file to EventWriter
-    globalLogBeginner.beginLoggingTo([EventWriter(held)], redirectStandardIO=False)
-    with os.fdopen(CONFIG_FD, "rb") as f:
-        config = fromJSON(f.read().decode("utf-8"))
-    if os.geteuid() == 0 and config.server.user:
-        try:
-            becomeUser(identityOf(config.server.user, config.server.group))
-        except PrivilegeError as e:
-            sys.stderr.write(f"jsmail receiving process: {e}\n")
-            sys.exit(111)
-    if config.metrics.listen:  # the main process counts what this one measures
-        forwarder = metrics.Forwarder()
-        metrics.install(forwarder)
+    config, forwarder = startChild("receiving process", reactor)
+    if forwarder is not None:
         LoopingCall(forwarder.flush).start(1.0, now=False)
         reactor.addSystemEventTrigger("after", "shutdown", forwarder.flush)
     channel = ParentChannel(socket.socket(fileno=CHANNEL_FD), reactor)

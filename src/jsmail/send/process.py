@@ -35,12 +35,12 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from jsmail._process import EventWriter, LogLines
+from jsmail._child import CONFIG_FD
+from jsmail._process import LogLines
 from jsmail.config import Config, toJSON
 
 _log = Logger()
 
-CONFIG_FD = 3  # where the child reads its configuration
 SPAWNER_FD = 4  # where it finds its connection to the local spawner, if any
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 30.0
@@ -143,25 +143,11 @@ class _Notices(LineOnlyReceiver):
 
 def main() -> None:
     from twisted.internet import reactor, stdio
-    from twisted.logger import globalLogBeginner
 
-    from jsmail import metrics
-    from jsmail.config import fromJSON
-    from jsmail.privileges import PrivilegeError, becomeUser, identityOf
+    from jsmail._child import startChild
     from jsmail.send.service import DeliveryService
 
-    os.umask(0o077)
-    globalLogBeginner.beginLoggingTo([EventWriter(sys.stdout)], redirectStandardIO=False)
-    with os.fdopen(CONFIG_FD, "rb") as f:
-        config = fromJSON(f.read().decode("utf-8"))
-    if os.geteuid() == 0 and config.server.user:
-        try:
-            becomeUser(identityOf(config.server.user, config.server.group))
-        except PrivilegeError as e:
-            sys.stderr.write(f"jsmail delivery process: {e}\n")
-            sys.exit(111)
-    if config.metrics.listen:  # the parent counts what this process measures
-        metrics.install(metrics.Forwarder())
+    config, _ = startChild("delivery process", reactor)
     spawner: list[socket.socket] = []
     if sys.argv[1:3] == ["--spawner-fd", str(SPAWNER_FD)]:
         spawner.append(socket.socket(fileno=SPAWNER_FD))

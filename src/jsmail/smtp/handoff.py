@@ -48,6 +48,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from jsmail._child import CONFIG_FD
 from jsmail._disk import unlinkQuietly
 from jsmail._process import LogLines
 from jsmail._threads import RunInThread
@@ -60,7 +61,6 @@ from jsmail.smtp.server import ESMTPServer, ESMTPServerFactory
 
 _log = Logger()
 
-CONFIG_FD = 3  # where a receiving process reads its configuration
 CHANNEL_FD = 4  # its end of the channel
 RESTART_DELAY = 1.0
 STOP_TIMEOUT = 30.0
