@@ -282,6 +282,11 @@ class ReceivingProcesses(Service):
         if it has fewer than this one; False to keep it here (also when every channel
         is full: a busy or stuck process reads it no sooner for waiting)."""
         handOver = packet("C", connectionId, port.kind)
+        for receiver in list(self.receivers.values()):
+            # Read the sessions it has ended first: counts that lag behind a busy gateway
+            # would send it ever more sessions of its own, and slow it down further.
+            if receiver.ready:
+                receiver.end.doRead()
         ready = sorted((r for r in self.receivers.values() if r.ready and len(r.connections) < len(self.local)),
                        key=lambda r: len(r.connections))
         for receiver in ready:
