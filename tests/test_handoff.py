@@ -156,22 +156,30 @@ class ReceivingProcessesTests(TestCase):
 
     @defer.inlineCallbacks
     def test_killed_receiving_process_frees_its_slots_and_is_started_again(self):  # type: ignore[no-untyped-def]
-        yield self.startGateway(perClient=3)
+        yield self.startGateway(perClient=4)
         held = [self.connect() for _ in range(3)]
         yield deferToThread(lambda: [greeting(c) for c in held])
         self.assertEqual(self.counted(), [2, 1])
         victim = self.ready()[0]
-        os.kill(victim.transport.pid, signal.SIGKILL)
+        tmp = os.path.join(self.data, "queue", "tmp")
+        tag = f"{victim.pid & 0xFFFFF:05X}"  # the pid part of its queue ids, and of its spare files' names
+
+        def itsFiles() -> list[str]:
+            return [name for name in os.listdir(tmp) if name.removeprefix("spare.")[13:18] == tag]
+
+        def send(local: str) -> dict:
+            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                return client.sendmail("a@example.org", [f"{local}@localhost"], b"Subject: y\r\n\r\nhi\r\n")
+
+        yield deferToThread(send, "w")  # in the receiving process (1 session against 2): it makes spare files
+        yield self.waitFor(lambda: itsFiles(), "the receiving process's spare files")
+        os.kill(victim.pid, signal.SIGKILL)
         yield self.waitFor(lambda: self.ready() and victim not in self.ready(), "a new receiving process")
+        yield self.waitFor(lambda: not itsFiles(), "its files in queue/tmp/ to be removed")
         self.assertEqual(self.counted(), [2, 0])  # the killed process's session is gone, and its slot free
         assert self.gateway.receivers is not None
         self.assertEqual(sum(self.gateway.receivers.ports[0].factory.perClient.values()), 2)
-
-        def send() -> dict:
-            with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
-                return client.sendmail("a@example.org", ["y@localhost"], b"Subject: y\r\n\r\nhi\r\n")
-
-        yield deferToThread(send)  # in the new receiving process, which has fewest
+        yield deferToThread(send, "y")  # in the new receiving process, which has fewest
         yield self.waitFor(lambda: self.delivered("y") == 1, "the delivery")
         self.flushLoggedErrors()
 

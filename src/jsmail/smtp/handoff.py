@@ -149,6 +149,7 @@ class _Receiver(protocol.ProcessProtocol):
         self.log = LogLines(f"receiving process {number}")
         self.ready = False
         self.relayFailed = False  # the last failed AUTH could not be told to it
+        self.pid: int | None = None
         self.connections: dict[int, tuple[ESMTPServerFactory, str]] = {}
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.end = ChannelEnd(channel, lambda message, fds: parent.heard(message, fds, self), lambda: None)
@@ -344,6 +345,7 @@ class ReceivingProcesses(Service):
             theirs.close()
         transport.writeToChild(CONFIG_FD, toJSON(self.config).encode("utf-8"))
         transport.closeChildFD(CONFIG_FD)
+        receiver.pid = transport.pid  # the transport forgets it once the process has ended
         self.receivers[number] = receiver
         self.reactor.addReader(receiver.end)
 
@@ -383,9 +385,8 @@ class ReceivingProcesses(Service):
         receiver.connections.clear()
         if self.receivers.get(receiver.number) is receiver:
             del self.receivers[receiver.number]
-        pid = getattr(receiver.transport, "pid", None)
-        if pid is not None:
-            self.runInThread(_removeLeftovers, self.tmpDir, pid).addErrback(
+        if receiver.pid is not None:
+            self.runInThread(_removeLeftovers, self.tmpDir, receiver.pid).addErrback(
                 lambda f: _log.failure("Cannot clean the queue's tmp/ after a receiving process", f))
         if self.running:
             _log.error("Receiving process {number} ended ({reason}); starting it again in {delay:g} s",
