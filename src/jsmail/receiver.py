@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -27,7 +28,6 @@ from jsmail.smtp.sasl import FailureCounter
 _log = Logger()
 
 
-
 class ParentChannel:
     """A receiving process's end of the channel: adopts the connections handed over,
     and says what the main process must know.  Packets that do not fit in the channel
@@ -38,7 +38,7 @@ class ParentChannel:
         self.reactor = reactor
         self.factories: dict[str, Callable[[int], IProtocolFactory]] = {}
         self.failures: SharedFailures | None = None  # set by the gateway that counts them
-        self._unsent: list[bytes] = []
+        self._unsent: deque[bytes] = deque()
         self._end = ChannelEnd(channel, self._heard, self._drained)
         self.lost: defer.Deferred[None] = defer.Deferred()
 
@@ -62,14 +62,14 @@ class ParentChannel:
     def _failedAuth(self, key: str, now: float) -> None:
         self._send(packet("A", key, now))
 
-    def _send(self, packet: bytes) -> None:
+    def _send(self, data: bytes) -> None:
         if self._unsent:
-            self._unsent.append(packet)
+            self._unsent.append(data)
             return
         try:
-            self.channel.send(packet)
+            self.channel.send(data)
         except BlockingIOError:
-            self._unsent.append(packet)
+            self._unsent.append(data)
             self.reactor.addWriter(self._end)
         except OSError:
             pass  # the main process is gone: this one is stopping
@@ -83,7 +83,7 @@ class ParentChannel:
             except OSError:
                 self._unsent.clear()
                 break
-            del self._unsent[0]
+            self._unsent.popleft()
         self.reactor.removeWriter(self._end)
 
     def _heard(self, message: list[Any] | None, fds: list[int]) -> None:
