@@ -176,6 +176,24 @@ class SeriesTests(unittest.TestCase):
         self.assertEqual(m.registry.get_sample_value("jsmail_commit_seconds_count"), 1)
         self.assertEqual(m.registry.get_sample_value("jsmail_dns_seconds_sum"), 0.02)
 
+    def test_counts_from_a_hostile_child_cannot_grow_the_registry(self) -> None:
+        """A compromised receiving process sends counts with labels of its choosing:
+        well-formed ones are counted, the rest dropped, and new series stop at the cap."""
+        m = Metrics()
+        observer = MaillogObserver(m)
+        hostile = [["reply", "MAIL", str(code), "2.1.0", 1] for code in range(1000, 1100)]  # not reply codes
+        hostile += [["reply", "MAIL", "250", "x" * 10_000, 1], ["verdict", "c" * 65, "accept", 1], ["reply", 5]]
+        hostile += [["verdict", f"check{i}", "accept", 1] for i in range(metrics.MOST_FORWARDED_SERIES + 50)]
+        observer({"log_namespace": metrics.NAMESPACE, "metric": "counts",
+                  "counts": [["reply", "MAIL", "250", "2.1.0", 3], *hostile]})
+        self.assertEqual(m.registry.get_sample_value(
+            "jsmail_smtpd_replies_total", {"command": "MAIL", "code": "250", "enhanced": "2.1.0"}), 3)
+        self.assertIsNone(m.registry.get_sample_value(
+            "jsmail_smtpd_replies_total", {"command": "MAIL", "code": "1000", "enhanced": "2.1.0"}))
+        verdicts = [s for metric in m.registry.collect() if metric.name == "jsmail_policy_verdicts"
+                    for s in metric.samples if s.name == "jsmail_policy_verdicts_total"]
+        self.assertLess(len(verdicts), metrics.MOST_FORWARDED_SERIES)
+
     def test_tls_versions(self) -> None:
         m = Metrics()
         observer = MaillogObserver(m)

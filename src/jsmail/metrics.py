@@ -18,6 +18,7 @@ the child's log; the parent's observer counts it there.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
@@ -35,6 +36,10 @@ COMMANDS = frozenset({"CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT",
 
 DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Label sets a child process's counts may add (see :meth:`Metrics.counted`).
+MOST_FORWARDED_SERIES = 10_000
+_ENHANCED = re.compile(r"(?:[245]\.\d{1,3}\.\d{1,3})?", re.ASCII)
+
 DNS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -168,14 +173,23 @@ class Metrics:
         self.child(self.verdicts, check, verdict).inc()
 
     def counted(self, counts: list[list[Any]]) -> None:
-        """A child's :meth:`Forwarder.flush`: replies and verdicts, each with how many."""
+        """A child's :meth:`Forwarder.flush`: replies and verdicts, each with how many.
+        A child is trusted no further than its labels' shapes: a reply code of three
+        digits, an enhanced code of RFC 3463's form, names of at most 64 characters,
+        and no new series past :data:`MOST_FORWARDED_SERIES`, so no child can grow the
+        registry without bound."""
         for *key, n in counts:
-            if not isinstance(n, int) or n < 1:
+            if not isinstance(n, int) or n < 1 or not all(isinstance(k, str) and len(k) <= 64 for k in key):
                 continue
-            if key[:1] == ["reply"] and len(key) == 4 and str(key[2]).isdigit():
-                self.child(self.replies, key[1] if key[1] in COMMANDS else "other", key[2], str(key[3])).inc(n)
+            if key[:1] == ["reply"] and len(key) == 4 and len(key[2]) == 3 and key[2].isdigit() \
+                    and _ENHANCED.fullmatch(key[3]):
+                labels: tuple[Any, ...] = (self.replies, key[1] if key[1] in COMMANDS else "other", key[2], key[3])
             elif key[:1] == ["verdict"] and len(key) == 3:
-                self.child(self.verdicts, str(key[1]), str(key[2])).inc(n)
+                labels = (self.verdicts, key[1], key[2])
+            else:
+                continue
+            if (id(labels[0]), *labels[1:]) in self._children or len(self._children) < MOST_FORWARDED_SERIES:
+                self.child(*labels).inc(n)
 
     def commit(self, seconds: float) -> None:
         self.commitSeconds.observe(seconds)
