@@ -100,6 +100,30 @@ class BatchesTests(TestCase):
         self.assertEqual(ran, ["a", "sync", "b", "c", "sync"])
         self.assertEqual([self.successResultOf(d) for d in (first, second, third)], ["a", "b", "c"])
 
+    def test_prepareRunsBeforeEachBatchInTheThread(self) -> None:
+        """To forget what the last batch learned; its error fails the whole batch."""
+        ran: list[str] = []
+        self.batches = Batches(self.runInThread, prepare=lambda: ran.append("prepare"))
+        first = self.batches.run(lambda: ran.append("a") or "a")
+        second = self.batches.run(lambda: ran.append("b") or "b")
+        self.runHop()
+        self.runHop()
+        self.assertEqual(ran, ["prepare", "a", "prepare", "b"])
+        self.assertEqual([self.successResultOf(d) for d in (first, second)], ["a", "b"])
+
+        def broken() -> None:
+            raise OSError("no memory to forget with")
+
+        self.batches = Batches(self.runInThread, prepare=broken)
+        third = self.batches.run(lambda: ran.append("c"))
+        d, (f, *args) = self.hops.pop(0)
+        try:
+            f(*args)
+        except OSError as e:
+            d.errback(e)
+        self.failureResultOf(third, OSError)
+        self.assertNotIn("c", ran)
+
     def test_failedFinishFailsTheJobsThatSucceeded(self) -> None:
         def sync() -> None:
             raise OSError(5, "Input/output error")

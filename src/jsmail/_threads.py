@@ -89,12 +89,16 @@ class Batches:
     no threads of a pool taking the GIL from the reactor thread, and each other, in
     turns."""
 
-    def __init__(self, runInThread: RunInThread, finish: Callable[[], None] | None = None) -> None:
+    def __init__(self, runInThread: RunInThread, finish: Callable[[], None] | None = None,
+                 prepare: Callable[[], None] | None = None) -> None:
         """``finish``: run in the thread after each batch in which a job succeeded (a
         sync of what the jobs wrote); if it raises, those jobs fail with
-        :class:`BatchNotFinished`, which carries what each one returned."""
+        :class:`BatchNotFinished`, which carries what each one returned.  ``prepare``:
+        run in the thread before each batch's jobs (to forget what the last batch
+        learned); if it raises, every job of the batch fails with its error."""
         self._runInThread = runInThread
         self._finish = finish
+        self._prepare = prepare
         self._pending: list[tuple[Callable[[], Any], defer.Deferred[Any]]] = []
         self._running = False
 
@@ -109,7 +113,7 @@ class Batches:
     def _start(self) -> None:
         batch, self._pending = self._pending, []
         self._running = True
-        self._runInThread(_runEach, [job for job, _ in batch], self._finish).addBoth(self._done, batch)
+        self._runInThread(_runEach, [job for job, _ in batch], self._finish, self._prepare).addBoth(self._done, batch)
 
     def _done(self, outcomes: list[Any] | Failure, batch: list[tuple[Callable[[], Any], defer.Deferred[Any]]]) -> None:
         self._running = False
@@ -133,8 +137,11 @@ class BatchNotFinished(Exception):
         self.failure = failure
 
 
-def _runEach(jobs: list[Callable[[], Any]], finish: Callable[[], None] | None) -> list[Any]:
+def _runEach(jobs: list[Callable[[], Any]], finish: Callable[[], None] | None,
+             prepare: Callable[[], None] | None = None) -> list[Any]:
     """Each job's result, or its Failure: one job's error is its own."""
+    if prepare is not None:
+        prepare()  # its error fails the whole batch
     outcomes: list[Any] = []
     for job in jobs:
         try:

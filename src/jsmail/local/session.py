@@ -84,13 +84,18 @@ class SessionDelivery:
         self.local = local
         self.router = router
         self.clock = clock
+        # The plans looked at again for the batch being placed (by its thread only): the
+        # batch's messages all reached their final dot before it began, so one look at a
+        # recipient's plan, made during the batch, is as fresh as each needs.
+        self._batchPlans: dict[str, str | None] = {}
         # The renames into new/ (each with its plan looked at again), then one sync of
         # the file system they are on (the plans make sure it is the queue's), in one
         # thread job for each batch.
-        self.placing = Batches(local.runInThread, self._sync)
+        self.placing = Batches(local.runInThread, self._sync, self._batchPlans.clear)
         # address -> (when, its Maildir or None), for as many as local delivery remembers Maildirs
         self._plans: LRU[str, tuple[float, str | None]] = LRU(local.settings.rememberedMailboxes)
         self._planning: set[str] = set()
+        self._queueDevice: int | None = None  # the queue's file system, once looked at
 
     def newMessage(self, envelope: Envelope) -> IIncomingMessage:
         if len(envelope.recipients) != 1 or self.router.agentFor(envelope.recipients[0].address) is not self.local:
@@ -130,9 +135,20 @@ class SessionDelivery:
         if self.local.localAddress(address)[0] != address:
             return None  # a virtual domain's user: delivered under another name
         maildir = self.local.plainMaildir(address)
-        if maildir is not None and os.stat(os.path.join(maildir, "new")).st_dev != os.stat(self.queue.tmpDir).st_dev:
+        if self._queueDevice is None:
+            self._queueDevice = os.stat(self.queue.tmpDir).st_dev
+        if maildir is not None and os.stat(os.path.join(maildir, "new")).st_dev != self._queueDevice:
             return None  # on another file system: a spare file cannot be renamed there
         return maildir
+
+    def _planForBatch(self, address: str) -> str | None:
+        """:meth:`_plan`, looked at once for each recipient of the batch being placed
+        (blocking; in the batch's thread)."""
+        try:
+            return self._batchPlans[address]
+        except KeyError:
+            maildir = self._batchPlans[address] = self._plan(address)
+            return maildir
 
     def _planned(self, outcome: str | None | Failure, key: str, started: float) -> None:
         self._planning.discard(key)
@@ -232,7 +248,7 @@ class _MaildirFile:
         path in ``new/``."""
         try:
             f.close()
-            now = self._sink._plan(self._address)
+            now = self._sink._planForBatch(self._address)
             if now != self._maildir:
                 raise _Replanned(now)
             hostname = self._sink.local.hostname
