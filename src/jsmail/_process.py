@@ -85,7 +85,10 @@ def eventLine(event: dict[str, Any]) -> str:
     fields = dict(event)
     for key in _UNSENT:
         fields.pop(key, None)
-    name = _LEVEL_NAMES.get(fields.get("log_level"))  # None and anything else: no level
+    try:
+        name = _LEVEL_NAMES.get(fields.get("log_level"))  # None and anything else: no level
+    except TypeError:  # not even hashable
+        name = None
     if name is not None and _REQUIRED <= fields.keys():
         fields["log_level"] = name
         try:
