@@ -37,6 +37,7 @@ _VERSION_1_STATUS = re.compile(r"\b([45]\.\d{1,3}\.\d{1,3})\b")  # as version 1'
 
 #: A JSON escape of a UTF-16 surrogate (U+D800 to U+DFFF).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # made once, not each call
 
 
 class EnvelopeFormatError(ValueError):
@@ -124,7 +125,7 @@ class Envelope:
             "helo": self.helo, "protocol": self.protocol, "attempts": self.attempts, "nextAttempt": self.nextAttempt,
             "delayWarned": self.delayWarned, "trusted": self.trusted,
         }
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _encode(data).encode("utf-8")
 
     @classmethod
     def fromBytes(cls, raw: bytes) -> Envelope:

@@ -69,8 +69,11 @@ _QUEUE_ID = re.compile(r"[0-9A-F]{21}", re.ASCII)  # newQueueId's: a line to the
 PACKET = 4096  # no message is longer: a key is an address or a user name of at most 255 octets
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # made once: json.dumps with options makes one a call
+
+
 def packet(*message: Any) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+    return _encode(message).encode("utf-8")
 
 
 def _message(data: bytes) -> list[Any] | None:
