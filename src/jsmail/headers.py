@@ -136,7 +136,8 @@ class FieldWatcher:
                 self._mode = "copy" if self._current is not None else "skip"
                 continue
             piece = data[pos : pos + self._NAME + 1 - len(self._head)]
-            cut = min((i for i in (piece.find(b"\n"), piece.find(b":")) if i >= 0), default=-1)
+            lf, colon = piece.find(b"\n"), piece.find(b":")
+            cut = lf if colon < 0 or 0 <= lf < colon else colon  # the first of the two, or -1
             if cut >= 0:
                 piece = piece[: cut + 1]
             pos += len(piece)
