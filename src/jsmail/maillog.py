@@ -21,9 +21,10 @@ from __future__ import annotations
 import functools
 import secrets
 import string
+import time
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 if TYPE_CHECKING:
     from jsmail.interfaces import DeliveryResult
@@ -58,7 +59,11 @@ def _info(format: str, **fields: Any) -> None:
     line = format.format(**{k: shown(v) if k in plain and isinstance(v, str) else v for k, v in fields.items()})
     if "{" in line or "}" in line:
         line = line.replace("{", "{{").replace("}", "}}")
-    _log.info(line, **fields)
+    # Logger.info's event, made here: Logger.emit first looks for the level among
+    # LogLevel's constants, sorted anew each time, a sixth of the cost of an event.
+    fields.update(log_logger=_log, log_level=LogLevel.info, log_namespace=_log.namespace, log_source=_log.source,
+                  log_format=line, log_time=time.time())
+    _log.observer(fields)
 
 
 def newSessionId() -> str:
