@@ -20,9 +20,11 @@ the queue gives the message nothing more:
   no home followed as its owner, and a Maildir already made.  A recipient with no plan
   known yet goes through the queue while its plan is looked at (at most ``[local]
   concurrency`` at a time), so the next one need not.  The plan is looked
-  at again at the final dot, in the thread that renames the file into ``new/``: an
-  alias or ``.qmail`` file made meanwhile gets the message 451 (the client tries
-  again, and is queued), never a delivery its instructions would not make;
+  at again after the final dot, in the thread that renames the file into ``new/``
+  (once for each recipient of a batch, whose messages all reached their final dot
+  before it began): an alias or ``.qmail`` file made meanwhile gets the message 451
+  (the client tries again, and is queued), never a delivery its instructions would
+  not make;
 - and that does not loop: a header with the recipient's own Delivered-To line, or
   :data:`MAX_DELIVERED_TO` of them, gets 5.4.6 at the end of DATA instead of a bounce.
   So does a message with that many for one local recipient that is queued, whatever
