@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import smtplib
@@ -174,6 +175,13 @@ class EventLineTests(SynchronousTestCase):
         self.assertIs(event["log_level"], LogLevel.critical)
         self.assertIn("disk on fire", event["log_failure"].getTraceback())
         self.assertIn("Delivery attempt for Q2 failed", formatEvent(event))
+
+    def test_event_with_a_level_that_is_no_level_still_goes_as_a_line(self) -> None:
+        """The observer must not raise (an unhashable level, from code that built its
+        own event): Twisted's encoding takes it."""
+        line = eventLine({"log_level": ["loud"], "log_namespace": "x", "log_format": "odd {n}", "log_time": 1.0,
+                          "n": 1})
+        self.assertEqual(json.loads(line)["log_format"], "odd {n}")
 
     def test_garbage_from_the_child_is_not_an_event(self) -> None:
         for line in ("[1, 2]", '{"log_level": "loud"}', "not json"):
