@@ -1,5 +1,6 @@
-"""What jsmail's own child processes do first: the delivery process
-(:mod:`jsmail.send.process`) and the receiving processes (:mod:`jsmail.receiver`).
+"""How jsmail starts its own child processes, the delivery process
+(:mod:`jsmail.send.process`) and the receiving processes (:mod:`jsmail.receiver`)
+(:func:`spawnChild`), and what each does first (:func:`startChild`).
 
 Each logs through its parent, one JSON event per line on its standard output, the
 lines of one reactor pass in one write; reads its configuration from a descriptor the
@@ -12,15 +13,32 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from jsmail import metrics
 from jsmail._process import EventWriter
-from jsmail.config import Config, fromJSON
+from jsmail.config import Config, fromJSON, toJSON
 from jsmail.ops.logformat import HeldLines
 from jsmail.privileges import PrivilegeError, becomeUser, identityOf
 
 CONFIG_FD = 3  # where a child reads its configuration
+
+
+def spawnChild(reactor: Any, child: Any, module: str, config: Config, arguments: Sequence[str] = (),
+               descriptors: Mapping[int, int] = {}) -> Any:
+    """Start ``python -m module arguments`` with this process's environment and import
+    path: its standard input a pipe for the parent's notices, its standard output a
+    pipe of log events (:class:`jsmail._process.LogLines`), standard error shared,
+    ``descriptors`` (child's number: ours) given, and ``config`` written to
+    :data:`CONFIG_FD` and closed.  Returns the process transport (``child``, a
+    ProcessProtocol, gets it too); raises what ``spawnProcess`` raises."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    argv = [sys.executable, "-m", module, *arguments]
+    childFDs: dict[int, Any] = {0: "w", 1: "r", 2: 2, CONFIG_FD: "w", **descriptors}
+    transport = reactor.spawnProcess(child, sys.executable, argv, env=environment, childFDs=childFDs)
+    transport.writeToChild(CONFIG_FD, toJSON(config).encode("utf-8"))
+    transport.closeChildFD(CONFIG_FD)
+    return transport
 
 
 def startChild(who: str, reactor: Any) -> tuple[Config, metrics.Forwarder | None]:

@@ -35,9 +35,9 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from jsmail._child import CONFIG_FD
+from jsmail._child import spawnChild
 from jsmail._process import LogLines
-from jsmail.config import Config, toJSON
+from jsmail.config import Config
 
 _log = Logger()
 
@@ -79,20 +79,16 @@ class SendProcess(Service):
     def _spawn(self) -> None:
         self._restart = None
         child = _ChildProtocol(self)
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        argv = [sys.executable, "-m", "jsmail.send.process"]
-        childFDs: dict[int, Any] = {0: "w", 1: "r", 2: 2, CONFIG_FD: "w"}
         connection = self.spawner()
+        arguments: list[str] = []
+        descriptors: dict[int, int] = {}
         if connection is not None:
-            argv += ["--spawner-fd", str(SPAWNER_FD)]
-            childFDs[SPAWNER_FD] = connection.fileno()
+            arguments, descriptors = ["--spawner-fd", str(SPAWNER_FD)], {SPAWNER_FD: connection.fileno()}
         try:
-            transport = self.reactor.spawnProcess(child, sys.executable, argv, env=environment, childFDs=childFDs)
+            spawnChild(self.reactor, child, "jsmail.send.process", self.config, arguments, descriptors)
         finally:
             if connection is not None:
                 connection.close()
-        transport.writeToChild(CONFIG_FD, toJSON(self.config).encode("utf-8"))
-        transport.closeChildFD(CONFIG_FD)
         self.child = child
 
     def notify(self, queueId: str) -> None:

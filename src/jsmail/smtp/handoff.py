@@ -36,7 +36,6 @@ import json
 import os
 import re
 import socket
-import sys
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -48,11 +47,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail._child import CONFIG_FD
+from jsmail._child import spawnChild
 from jsmail._disk import unlinkQuietly
 from jsmail._process import LogLines
 from jsmail._threads import RunInThread
-from jsmail.config import Config, toJSON
+from jsmail.config import Config
 from jsmail.reply import Reply
 from jsmail.smtp.limits import Refuse
 from jsmail.smtp.listener import Listener
@@ -335,19 +334,14 @@ class ReceivingProcesses(Service):
         self._restarts.pop(number, None)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         receiver = _Receiver(self, number, ours)
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        argv = [sys.executable, "-m", "jsmail.receiver"]
-        childFDs: dict[int, Any] = {0: "w", 1: "r", 2: 2, CONFIG_FD: "w", CHANNEL_FD: theirs.fileno()}
         try:
-            transport = self.reactor.spawnProcess(receiver, sys.executable, argv, env=environment,
-                                                  childFDs=childFDs)
+            transport = spawnChild(self.reactor, receiver, "jsmail.receiver", self.config,
+                                   descriptors={CHANNEL_FD: theirs.fileno()})
         except Exception:
             ours.close()
             raise
         finally:
             theirs.close()
-        transport.writeToChild(CONFIG_FD, toJSON(self.config).encode("utf-8"))
-        transport.closeChildFD(CONFIG_FD)
         receiver.pid = transport.pid  # the transport forgets it once the process has ended
         self.receivers[number] = receiver
         self.reactor.addReader(receiver.end)
