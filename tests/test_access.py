@@ -4,9 +4,11 @@ allow beating deny, re-reading changed files, and the replies a client sees."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import cdblib
-from twisted.internet import task
+from twisted.internet import defer, task
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from jsmail.policy import access
@@ -245,6 +247,66 @@ class RereadTests(ListTestCase):
         policy.reload()
         self.assertIn("b@x.example", lists["deny_senders"])
         self.assertIn("two.example", lists["deny_helo"])
+
+
+class RereadInAThreadTests(ListTestCase):
+    """With a thread to read in, the reactor thread never reads a list file after the
+    first time: the list as it was answers until the thread has read the new one."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = ManualClock()
+        self.hops: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def runInThread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.hops.append((d, f, args))
+        return d
+
+    def runHop(self) -> None:
+        d, f, args = self.hops.pop(0)
+        try:
+            result = f(*args)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def test_a_changed_file_is_read_in_the_thread_and_the_old_list_answers_meanwhile(self) -> None:
+        path = self.writeText("senders", "one@bad.example\n")
+        senders = access.AccessList(path, access.addressKeys, self.clock, self.runInThread)
+        self.assertEqual(self.hops, [])  # the first read is at once
+        self.writeText("senders", "two@bad.example\n")
+        self.clock.now += 1
+        self.assertIn("one@bad.example", senders)
+        self.clock.now += 1
+        self.assertIn("one@bad.example", senders)
+        self.assertEqual(len(self.hops), 1)  # one read at a time
+        self.runHop()
+        self.assertNotIn("one@bad.example", senders)
+        self.assertIn("two@bad.example", senders)
+
+    def test_an_unreadable_file_leaves_the_list_as_it_was_and_says_so(self) -> None:
+        path = self.writeText("clients", "192.0.2.0/24\n")
+        clients = access.AccessList(path, access.clientKeys, self.clock, self.runInThread)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        os.unlink(path)
+        os.mkdir(path)  # a directory where the file was: it cannot be read
+        self.clock.now += 1
+        self.assertIn("192.0.2.1", clients)
+        self.runHop()
+        self.assertIn("192.0.2.1", clients)
+        [event] = [e for e in events if e.get("log_level") == LogLevel.error]
+        self.assertIn("Cannot read the access list", formatEvent(event))
+        os.rmdir(path)
+        self.writeText("clients", "203.0.113.0/24\n")
+        self.clock.now += 1
+        self.assertIn("192.0.2.1", clients)
+        self.runHop()  # read again once it can be
+        self.assertNotIn("192.0.2.1", clients)
+        self.assertIn("203.0.113.1", clients)
 
 
 class DialogTests(ListTestCase):

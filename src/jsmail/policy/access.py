@@ -2,8 +2,8 @@
 
 Each list is a text file (one entry per line, ``#`` comments) or a CDB file (a name
 ending in ``.cdb``: its keys are the entries, as qmail's ``morercpthosts.cdb`` and
-tcprules databases are built).  A file is read again when it changes (checked at
-most once a second) and on SIGHUP.  An allow list wins over the deny list of the same
+tcprules databases are built).  A file is read again, in a thread, when it changes
+(checked at most once a second) and on SIGHUP.  An allow list wins over the deny list of the same
 kind.  Entries:
 
 - client addresses: an address or a network (``192.0.2.0/24``, ``2001:db8::/32``); in
@@ -23,8 +23,11 @@ import time
 from typing import Any, Callable, Iterator, Mapping
 
 import cdblib
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from jsmail import reply
+from jsmail._threads import RunInThread
 from jsmail.address import Address
 from jsmail.policy.base import Policy
 from jsmail.policy.plugin import Options, PolicyContext
@@ -32,41 +35,51 @@ from jsmail.policy.verdict import Verdict
 
 _RECHECK = 1.0  # seconds between looks at a list file's modification time
 
+_log = Logger()
+
 
 class AccessList:
     """One list file, matched by ``keys``: the candidate entries for a value, most
-    specific first (see :func:`addressKeys`, :func:`clientKeys`, :func:`heloKeys`)."""
+    specific first (see :func:`addressKeys`, :func:`clientKeys`, :func:`heloKeys`).
 
-    def __init__(self, path: str, keys: Callable[[str], Iterator[str]], clock: Callable[[], float] = time.monotonic):
+    Given ``runInThread``, a changed file is read in a thread (a list may be large,
+    and the reactor thread must not wait on a disk), the list as it was answering
+    meanwhile; without it, it is read at once.  The first read is always at once, so
+    a bad file is a configuration error at start."""
+
+    def __init__(self, path: str, keys: Callable[[str], Iterator[str]], clock: Callable[[], float] = time.monotonic,
+                 runInThread: RunInThread | None = None) -> None:
         self.path, self.keys, self._clock = path, keys, clock
+        self._runInThread = runInThread
+        self._reading = False
         self._stamp: tuple[int, int, int] | None = None
-        self._checked = float("-inf")
         self._entries: set[str] = set()
         self._networks: list[Any] = []
         self._cdb: cdblib.Reader | None = None
-        self.reload()
+        self._checked = self._clock()
+        self._apply(_read(path, None))
 
     def reload(self) -> None:
-        """Read the file now (a missing file is an empty list, so one can be added later)."""
+        """Read the file again if it changed (a missing file is an empty list, so one
+        can be added later)."""
         self._checked = self._clock()
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self._stamp, self._entries, self._networks, self._cdb = None, set(), [], None
-            return
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if stamp == self._stamp:
-            return
-        with open(self.path, "rb") as f:
-            data = f.read()
-        if self.path.endswith(".cdb"):
-            self._cdb, self._entries, self._networks = cdblib.Reader(data), set(), []
-        else:
-            lines = (line.split(b"#", 1)[0].strip().decode("utf-8", "replace").lower() for line in data.splitlines())
-            self._entries = {line for line in lines if line}
-            self._networks = [n for n in map(_network, self._entries) if n is not None]  # any IPv6 spelling
-            self._cdb = None
-        self._stamp = stamp
+        if self._runInThread is None:
+            self._apply(_read(self.path, self._stamp))
+        elif not self._reading:
+            self._reading = True
+            d = self._runInThread(_read, self.path, self._stamp)
+            d.addCallbacks(self._apply, self._readFailed).addBoth(self._readDone)
+
+    def _apply(self, contents: _Contents | None) -> None:
+        if contents is not None:
+            self._stamp, self._entries, self._networks, self._cdb = contents
+
+    def _readFailed(self, failure: Failure) -> None:
+        _log.error("Cannot read the access list {path}, so it stays as it was: {error}", path=self.path,
+                   error=failure.getErrorMessage())
+
+    def _readDone(self, _: object) -> None:
+        self._reading = False
 
     def __contains__(self, value: str) -> bool:
         if self._clock() - self._checked >= _RECHECK:
@@ -78,6 +91,29 @@ class AccessList:
             elif key in self._entries:
                 return True
         return self._cdb is None and bool(self._networks) and _inNetworks(value, self._networks)
+
+
+#: A list file's (identity, entries, networks, CDB reader), as :func:`_read` finds it.
+_Contents = tuple[tuple[int, int, int] | None, set[str], list[Any], cdblib.Reader | None]
+
+
+def _read(path: str, stamp: tuple[int, int, int] | None) -> _Contents | None:
+    """The list in the file at ``path``, or None when it is still the one read as
+    ``stamp`` (its inode, size and modification time).  Blocking."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None, set(), [], None
+    now = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if now == stamp:
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".cdb"):
+        return now, set(), [], cdblib.Reader(data)
+    lines = (line.split(b"#", 1)[0].strip().decode("utf-8", "replace").lower() for line in data.splitlines())
+    entries = {line for line in lines if line}
+    return now, entries, [n for n in map(_network, entries) if n is not None], None  # any IPv6 spelling
 
 
 def _network(entry: str) -> Any:
@@ -181,7 +217,7 @@ def build(options: Mapping[str, Any], context: PolicyContext) -> AccessLists:
             if path:
                 path = os.path.join(context.dataDir, path)
                 try:
-                    lists[f"{which}_{kind}"] = AccessList(path, keys)
+                    lists[f"{which}_{kind}"] = AccessList(path, keys, runInThread=context.runInThread)
                 except OSError as e:  # unreadable, or not a CDB: say so at start, not in a traceback
                     raise ValueError(f"{which}_{kind}: cannot read {path}: {e.strerror or e}") from None
     o.done()
