@@ -74,7 +74,9 @@ _LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 _LEVEL_NAMES = {level: level.name for level in LogLevel.iterconstants()}
 _UNSENT = ("log_logger", "log_source")  # objects of the child's, which the parent has no use for
 _REQUIRED = frozenset(("log_level", "log_namespace", "log_format", "log_time"))
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # made once: json.dumps with options makes one a call
+#: JSON with no spaces, by an encoder made once (``json.dumps`` with options makes one
+#: each call): the child processes' log events, and the hand-over channel's packets.
+compactJSON = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def eventLine(event: dict[str, Any]) -> str:
@@ -92,7 +94,7 @@ def eventLine(event: dict[str, Any]) -> str:
     if name is not None and _REQUIRED <= fields.keys():
         fields["log_level"] = name
         try:
-            return _encode(fields)
+            return compactJSON(fields)
         except (TypeError, ValueError):  # an object JSON cannot hold (a failure), or a loop
             pass
     return eventAsJSON(event)

@@ -3,8 +3,8 @@
 Each list is a text file (one entry per line, ``#`` comments) or a CDB file (a name
 ending in ``.cdb``: its keys are the entries, as qmail's ``morercpthosts.cdb`` and
 tcprules databases are built).  A file is read again, in a thread, when it changes
-(checked at most once a second) and on SIGHUP.  An allow list wins over the deny list of the same
-kind.  Entries:
+(checked at most once a second) and on SIGHUP.  An allow list wins over the deny list
+of the same kind.  Entries:
 
 - client addresses: an address or a network (``192.0.2.0/24``, ``2001:db8::/32``); in
   a CDB, the address or a tcprules-style prefix (``192.0.2.``);

@@ -49,7 +49,7 @@ from zope.interface import implementer
 
 from jsmail._child import spawnChild
 from jsmail._disk import unlinkQuietly
-from jsmail._process import LogLines
+from jsmail._process import LogLines, compactJSON
 from jsmail._threads import RunInThread
 from jsmail.config import Config
 from jsmail.reply import Reply
@@ -68,11 +68,8 @@ _QUEUE_ID = re.compile(r"[0-9A-F]{21}", re.ASCII)  # newQueueId's: a line to the
 PACKET = 4096  # no message is longer: a key is an address or a user name of at most 255 octets
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # made once: json.dumps with options makes one a call
-
-
 def packet(*message: Any) -> bytes:
-    return _encode(message).encode("utf-8")
+    return compactJSON(message).encode("utf-8")
 
 
 def _message(data: bytes) -> list[Any] | None:
