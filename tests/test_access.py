@@ -300,6 +300,10 @@ class RereadInAThreadTests(ListTestCase):
         self.assertIn("192.0.2.1", clients)
         [event] = [e for e in events if e.get("log_level") == LogLevel.error]
         self.assertIn("Cannot read the access list", formatEvent(event))
+        self.clock.now += 1
+        self.assertIn("192.0.2.1", clients)
+        self.runHop()  # the same error again: not said again (a read is tried every second)
+        self.assertEqual(len([e for e in events if e.get("log_level") == LogLevel.error]), 1)
         os.rmdir(path)
         self.writeText("clients", "203.0.113.0/24\n")
         self.clock.now += 1
@@ -307,6 +311,46 @@ class RereadInAThreadTests(ListTestCase):
         self.runHop()  # read again once it can be
         self.assertNotIn("192.0.2.1", clients)
         self.assertIn("203.0.113.1", clients)
+        self.assertIn("can be read again", formatEvent(events[-1]))
+
+    def test_a_fifo_in_place_of_the_list_cannot_hold_the_thread(self) -> None:
+        """A FIFO where the list was: opening it to read would wait for a writer for
+        ever, holding a pool thread (and the shutdown that joins it)."""
+        path = self.writeText("helo", "bad.example\n")
+        helos = access.AccessList(path, access.heloKeys, self.clock, self.runInThread)
+        os.unlink(path)
+        os.mkfifo(path)
+        self.clock.now += 1
+        self.assertIn("bad.example", helos)
+        self.runHop()  # returns at once: not a regular file, so the list stays
+        self.assertIn("bad.example", helos)
+        e = self.assertRaises(OSError, access.AccessList, path, access.heloKeys)
+        self.assertEqual(e.strerror, "not a regular file")
+
+    def test_a_file_replaced_while_it_is_opened_is_remembered_as_the_file_read(self) -> None:
+        """The stamp that says whether the file changed is the opened file's, not that of
+        the name looked at just before: a list renamed into place in between is not
+        read twice, nor taken for the one before it."""
+        path = self.writeText("senders", "one@bad.example\n")
+        senders = access.AccessList(path, access.addressKeys, self.clock, self.runInThread)
+        self.writeText("senders.new", "two@bad.example\n")
+        realOpen = os.open
+
+        def renameFirst(name: str, *args: Any) -> int:
+            if name == path:
+                os.rename(self.path("senders.new"), path)
+            return realOpen(name, *args)
+
+        self.patch(access.os, "open", renameFirst)
+        self.writeText("senders", "one@bad.example\nthree@bad.example\n")  # changed: it is read again
+        self.clock.now += 1
+        self.assertIn("one@bad.example", senders)
+        self.runHop()
+        self.assertIn("two@bad.example", senders)
+        self.clock.now += 1
+        self.assertIn("two@bad.example", senders)
+        [(_, read, args)] = self.hops
+        self.assertIsNone(read(*args))  # the same file as read: not read again
 
 
 class DialogTests(ListTestCase):

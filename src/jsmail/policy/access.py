@@ -17,8 +17,10 @@ of the same kind.  Entries:
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import stat
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -52,6 +54,7 @@ class AccessList:
         self.path, self.keys, self._clock = path, keys, clock
         self._runInThread = runInThread
         self._reading = False
+        self._failing = ""  # why the last read in a thread failed, said once
         self._stamp: tuple[int, int, int] | None = None
         self._entries: set[str] = set()
         self._networks: list[Any] = []
@@ -73,10 +76,18 @@ class AccessList:
     def _apply(self, contents: _Contents | None) -> None:
         if contents is not None:
             self._stamp, self._entries, self._networks, self._cdb = contents
+        if self._failing:
+            self._failing = ""
+            _log.info("The access list {path} can be read again", path=self.path)
 
     def _readFailed(self, failure: Failure) -> None:
-        _log.error("Cannot read the access list {path}, so it stays as it was: {error}", path=self.path,
-                   error=failure.getErrorMessage())
+        """Say why, once for as long as the same error lasts (a read is tried every
+        second while mail comes in)."""
+        error = failure.getErrorMessage()
+        if error != self._failing:
+            self._failing = error
+            _log.error("Cannot read the access list {path}, so it stays as it was: {error}", path=self.path,
+                       error=error)
 
     def _readDone(self, _: object) -> None:
         self._reading = False
@@ -99,15 +110,29 @@ _Contents = tuple[tuple[int, int, int] | None, set[str], list[Any], cdblib.Reade
 
 def _read(path: str, stamp: tuple[int, int, int] | None) -> _Contents | None:
     """The list in the file at ``path``, or None when it is still the one read as
-    ``stamp`` (its inode, size and modification time).  Blocking."""
+    ``stamp`` (its inode, size and modification time).  Only a regular file is read,
+    opened without waiting (a FIFO or a device put there cannot hold the thread), and
+    its stamp is that of the file opened.  Blocking."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None, set(), [], None
-    now = (st.st_ino, st.st_size, st.st_mtime_ns)
-    if now == stamp:
+    if (st.st_ino, st.st_size, st.st_mtime_ns) == stamp:
         return None
-    with open(path, "rb") as f:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:  # removed since the look
+        return None, set(), [], None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        now = (st.st_ino, st.st_size, st.st_mtime_ns)
+        f = open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         data = f.read()
     if path.endswith(".cdb"):
         return now, set(), [], cdblib.Reader(data)
