@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jsmail._process import eventFromLine, eventLine
+from jsmail._process import LogLines, eventFromLine, eventLine
 from jsmail.config import loadConfig
 from jsmail.send.service import SendLock
 from jsmail.service import MailGateway
@@ -186,3 +186,56 @@ class EventLineTests(SynchronousTestCase):
     def test_garbage_from_the_child_is_not_an_event(self) -> None:
         for line in ("[1, 2]", '{"log_level": "loud"}', "not json"):
             self.assertRaises(ValueError, eventFromLine, line)
+
+    def test_not_a_number_from_the_child_is_not_an_event(self) -> None:
+        """NaN would make a metric's sum NaN for good (a commit of NaN seconds)."""
+        for number in ("NaN", "Infinity", "-Infinity"):
+            line = ('{"log_level":"info","log_namespace":"jsmail.metrics","log_format":"","log_time":1.0,'
+                    f'"metric":"commit","seconds":{number}}}')
+            self.assertRaises(ValueError, eventFromLine, line)
+
+
+class LogLinesTests(SynchronousTestCase):
+    """A child's log lines, however they are cut into reads, as the parent publishes
+    them."""
+
+    def setUp(self) -> None:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def line(self, **fields: object) -> bytes:
+        event = {"log_level": LogLevel.info, "log_namespace": "jsmail.maillog", "log_format": "deferred {detail!r}",
+                 "log_time": 1.0, **fields}
+        return eventLine(event).encode() + b"\n"
+
+    def feed(self, lines: LogLines, data: bytes, piece: int = 8192) -> None:
+        for start in range(0, len(data), piece):  # as Twisted reads a child's pipe
+            lines.received(data[start:start + piece])
+
+    def published(self) -> list[dict]:
+        return [e for e in self.events if e.get("log_namespace") == "jsmail.maillog"]
+
+    def warnings(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.warn]
+
+    def test_a_remote_servers_long_reply_does_not_lose_the_delivery_event(self) -> None:
+        """A remote server's reply may be 64 KiB, and a delivery event carries it in
+        four fields: the parent kept only a line's last 64 KiB, so the event was lost
+        (from the log, the metrics and what ``submit`` reports)."""
+        reply = "4" * 60_000
+        data = self.line(detail=reply, text=reply, reason=reply) + self.line(detail="next")
+        self.feed(LogLines("delivery process"), data)
+        self.assertEqual([e["detail"] for e in self.published()], [reply, "next"])
+        self.assertEqual(self.warnings(), [])
+
+    def test_a_line_past_the_limit_is_dropped_whole_and_the_next_one_kept(self) -> None:
+        lines = LogLines("delivery process", limit=1000)
+        self.feed(lines, self.line(detail="x" * 3000) + self.line(detail="next"), piece=700)  # over several reads
+        lines.received(self.line(detail="z" * 2000))  # whole in one read
+        self.feed(lines, self.line(detail="y" * 1500)[:-1], piece=700)
+        lines.received(b"\n" + self.line(detail="last"))  # its end, and the next line, in one read
+        self.assertEqual([e["detail"] for e in self.published()], ["next", "last"])
+        sizes = [len(self.line(detail=c * n)) - 1 for c, n in (("x", 3000), ("z", 2000), ("y", 1500))]
+        self.assertEqual(self.warnings(), [f"delivery process wrote a log line of {size} octets, past the 1000 "
+                                           "taken: dropped" for size in sizes])

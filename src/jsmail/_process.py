@@ -100,10 +100,19 @@ def eventLine(event: dict[str, Any]) -> str:
     return eventAsJSON(event)
 
 
+def _notANumber(name: str) -> Any:
+    raise ValueError(f"{name} is no number an event carries")
+
+
+#: A JSON reader that refuses NaN and Infinity, which no event of jsmail's carries (a
+#: measurement of NaN seconds would make a metric's sum NaN for good).
+_strictJSON = json.JSONDecoder(parse_constant=_notANumber).decode
+
+
 def eventFromLine(line: str) -> dict[str, Any]:
     """An event from :func:`eventLine` or Twisted's ``eventAsJSON`` (raises
     ValueError if it is neither)."""
-    event = json.loads(line)
+    event = _strictJSON(line)
     if not isinstance(event, dict):
         raise ValueError("not an event")
     level = event.get("log_level")
@@ -128,27 +137,61 @@ class EventWriter:
         self.out.flush()
 
 
+#: The longest line taken from a child's log: far past its longest event (a delivery
+#: event carries a remote server's reply, at most 64 KiB, in four fields, each escaped
+#: for JSON); a longer line is dropped whole, and said so.
+LINE_LIMIT = 4 * 1024 * 1024
+
+
 class LogLines:
     """Log events a child process writes as JSON lines (:class:`EventWriter`, or
     Twisted's ``jsonFileLogObserver``), published in this process's log, so the
     operator log stays one stream."""
 
-    def __init__(self, who: str) -> None:
+    def __init__(self, who: str, limit: int = LINE_LIMIT) -> None:
         self.who = who
-        self._partial = b""
+        self.limit = limit
+        self._pieces: list[bytes] = []  # the line begun, as it came (joined once, at its end)
+        self._size = 0  # its length so far, also once past the limit (when no more is kept)
 
     def received(self, data: bytes) -> None:
-        *lines, self._partial = (self._partial + data).split(b"\n")
-        self._partial = self._partial[-65536:]
+        *lines, rest = data.split(b"\n")
+        if lines and self._size:
+            lines[0] = self._ended(lines[0])
         for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = eventFromLine(line.decode("utf-8"))
-            except ValueError:
-                _log.warn("{who} said: {line!r}", who=self.who, line=line[:1000])
-                continue
-            globalLogPublisher(event)
+            if len(line) > self.limit:
+                self._tooLong(len(line))
+            elif line.strip():
+                self._publish(line)
+        if rest:
+            self._size += len(rest)
+            if self._size <= self.limit:
+                self._pieces.append(rest)
+            else:
+                self._pieces.clear()
+
+    def _ended(self, end: bytes) -> bytes:
+        """The line begun in earlier data, ``end`` being its last piece: the whole of
+        it, or, when it is past the limit, nothing (and the log says so)."""
+        size, self._size = self._size + len(end), 0
+        pieces, self._pieces = self._pieces, []
+        if size > self.limit:
+            self._tooLong(size)
+            return b""
+        pieces.append(end)
+        return b"".join(pieces)
+
+    def _tooLong(self, size: int) -> None:
+        _log.warn("{who} wrote a log line of {size} octets, past the {limit} taken: dropped", who=self.who,
+                  size=size, limit=self.limit)
+
+    def _publish(self, line: bytes) -> None:
+        try:
+            event = eventFromLine(line.decode("utf-8"))
+        except ValueError:
+            _log.warn("{who} said: {line!r}", who=self.who, line=line[:1000])
+            return
+        globalLogPublisher(event)
 
 
 def allowedEnvironment(source: Mapping[str, str] = os.environ) -> dict[str, str]:
