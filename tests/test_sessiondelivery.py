@@ -322,6 +322,19 @@ class SessionDeliveryTests(SessionSinkCase):
         self.assertEqual(self.inbox(), [])
         self.assertIsNone(message.deliveredInSession)
 
+    def test_aBatchThatCannotBeginLeavesNoFileBehind(self) -> None:
+        """Its prepare step failed, so no job ran to take its file back: the client
+        hears 451 and nothing is left in the queue's tmp/."""
+        self.known("user@localhost")
+
+        def failingPrepare() -> None:
+            raise MemoryError("no room to begin")
+
+        self.sink.placing = Batches(runNow, self.sink._sync, failingPrepare)
+        message, d = self.send(envelope("user@localhost"))
+        self.assertEqual(self.failureResultOf(d, SMTPReplyError).value.reply, reply.DELIVERY_ERROR)
+        self.assertEqual((self.inbox(), os.listdir(self.queue.tmpDir)), ([], []))
+
     def test_abortLeavesNothing(self) -> None:
         self.known("user@localhost")
         message = self.sink.newMessage(envelope("user@localhost"))

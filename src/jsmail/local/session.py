@@ -233,6 +233,9 @@ class _MaildirFile:
             if isinstance(failure.value, BatchNotFinished):
                 unlinkQuietly(failure.value.result)  # not known to be on disk: the client will try again
                 return failure.value.failure
+            # The job took its file back when it failed; a batch that could not begin
+            # (its prepare step failed) never ran it, so the spare file goes here.
+            _discard(f, self._path)
             # The plan changed, or the Maildir went away: the next messages are queued
             # (and the plan looked at again once PLAN_SECONDS have passed).
             now = failure.value.maildir if isinstance(failure.value, _Replanned) else None
@@ -275,6 +278,15 @@ class _MaildirFile:
             self._file.close()
             self._file = None
             unlinkQuietly(self._path)
+
+
+def _discard(f: BinaryIO, path: str) -> None:
+    """Close ``f`` (written to the page cache, not synced) and remove it."""
+    try:
+        f.close()
+    except OSError:
+        pass  # what it held is thrown away anyway
+    unlinkQuietly(path)
 
 
 @implementer(IIncomingMessage)
