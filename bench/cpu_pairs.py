@@ -25,6 +25,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from memory import process_tree
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -33,25 +35,6 @@ class Server:
     name: str
     port: int
     pid: int
-
-
-def treeOf(pid: int) -> list[int]:
-    """``pid`` and all its descendants, now."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rpartition(")")[2].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
 
 
 def cpuSeconds(pids: list[int]) -> float:
@@ -77,7 +60,7 @@ def send(server: Server, count: int, args: argparse.Namespace) -> float:
 
 def measure(server: Server, args: argparse.Namespace) -> tuple[float, float]:
     """(µs of CPU per message, messages per second) of one run."""
-    pids = treeOf(server.pid)
+    pids = process_tree(server.pid)
     before = cpuSeconds(pids)
     seconds = send(server, args.messages, args)
     used = cpuSeconds(pids) - before
