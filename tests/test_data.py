@@ -6,7 +6,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jsmail.smtp.data import ChunkReader, ContentScanner, DataReader
+from jsmail.smtp.data import _NOT_CLEAN, ChunkReader, ContentScanner, DataReader
 
 
 def dotStuff(content: bytes) -> bytes:
@@ -88,3 +88,54 @@ class ChunkReaderTests(SynchronousTestCase):
         scanner.finish()
         self.assertTrue(scanner.problems.bareLineEnding)
         self.assertEqual(b"".join(out), b"a\r")
+
+
+class CleanChunkTests(SynchronousTestCase):
+    """A clean chunk is read with a few scans instead of a step per line: what comes
+    out, and the reader's state after, must be what the step-by-step reading gives."""
+
+    def read(self, wire: bytes, sizes: list[int], maxLine: int, normalise: bool, dotStuffed: bool,
+            quick: bool) -> tuple[bytes, list[bytes | None], tuple[object, ...]]:
+        out: list[bytes] = []
+        scanner = ContentScanner(out.append, maxLine, normalise, dotStuffed)
+        if not quick:
+            scanner._feedClean = lambda data: _NOT_CLEAN  # type: ignore[method-assign]
+        returned, pos = [], 0
+        for size in sizes:
+            returned.append(scanner.feed(wire[pos : pos + size]))
+            pos += size
+        scanner.finish()
+        state = (scanner.lineStart, scanner._lineLength, scanner._held, scanner.problems.bareLineEnding,
+                 scanner.problems.longLine)
+        return b"".join(out), returned, state
+
+    def test_random_content_reads_the_same_either_way(self) -> None:
+        rng = random.Random(15)
+        pieces = [b"a", b"b", b"\r\n", b"\r\n", b"\r\n", b".", b"\r", b"\n", b"\r\n.\r\n", b"x" * 9]
+        for _ in range(4000):
+            wire = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+            sizes, left = [], len(wire)
+            while left > 0:
+                sizes.append(rng.choice([1, 2, 3, 5, 8, 13, 64]))
+                left -= sizes[-1]
+            options = (rng.choice([*range(2, 16), 1000]), rng.random() < 0.5, rng.random() < 0.5)
+            quick = self.read(wire, sizes, *options, quick=True)
+            slow = self.read(wire, sizes, *options, quick=False)
+            self.assertEqual(quick, slow, (wire, sizes, options))
+
+    def test_a_clean_message_passes_in_one_piece(self) -> None:
+        """A 100 KiB message in one read: one write to the sink, the terminator found."""
+        line = b"x" * 70 + b"\r\n"
+        out: list[bytes] = []
+        reader = DataReader(out.append)
+        self.assertEqual(reader.feed(line * 1400 + b".\r\nQUIT\r\n"), b"QUIT\r\n")
+        self.assertEqual(out, [line * 1400])
+        self.assertFalse(reader.problems)
+
+    def test_a_long_unfinished_last_line_is_found_in_a_clean_chunk(self) -> None:
+        """BDAT content may end without a line end: its last line is measured too."""
+        for last, long in [(b"x" * 8, False), (b"x" * 9, True)]:
+            scanner = ContentScanner(lambda _: None, maxLine=8)
+            scanner.feed(b"ab\r\n" + last)
+            scanner.finish()
+            self.assertEqual(scanner.problems.longLine, long)

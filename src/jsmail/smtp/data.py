@@ -21,12 +21,15 @@ The rules, and why:
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Callable
 
 # Where the next byte stands relative to a line start.
 _MID_LINE = 0
 _AFTER_BARE_LF = 1  # a line start, but one a dot line cannot end the message from
 _AFTER_CRLF = 2
+
+_NOT_CLEAN = object()  # ContentScanner._feedClean: the slow way is needed
 
 
 class ContentProblems:
@@ -62,6 +65,9 @@ class ContentScanner:
     def feed(self, chunk: bytes) -> bytes | None:
         """Scan ``chunk``; for DATA, return what follows the terminator once it is found."""
         data = self._held + chunk if self._held else chunk
+        clean = self._feedClean(data)
+        if clean is not _NOT_CLEAN:
+            return clean  # type: ignore[return-value]  # bytes or None
         self._held = b""
         pos, size, run = 0, len(data), 0  # run: where the bytes not yet passed on start
         while pos < size:
@@ -89,6 +95,40 @@ class ContentScanner:
             pos = lf + 1
         self._pass(data, run, size)
         return None
+
+    def _feedClean(self, data: bytes) -> bytes | None | object:
+        """What :meth:`feed` does with ``data`` when it is clean (every line ending a
+        CR LF, no line too long, no dot beginning a line but the terminator's), found
+        with a few scans written in C instead of a step per line (a 100 KiB message has
+        some 1,400 lines); else :data:`_NOT_CLEAN`, and nothing is done."""
+        content, rest = data, None
+        if self.dotStuffed:
+            dot = data.find(b"\r\n.")  # a dot after a bare LF: the bare LF is found below
+            if dot >= 0:  # only the terminator may begin a line with a dot here
+                if not data.startswith(b".\r\n", dot + 2):
+                    return _NOT_CLEAN
+                content, rest = data[: dot + 2], data[dot + 5 :]
+            if self.lineStart != _MID_LINE and data[:1] == b".":
+                return _NOT_CLEAN
+        held = b""
+        if rest is None and content.endswith(b"\r"):
+            content, held = content[:-1], b"\r"  # a CR that may precede an LF
+        lines = content.split(b"\r\n")
+        ends = len(lines) - 1
+        if content.count(b"\n") != ends or content.count(b"\r") != ends:
+            return _NOT_CLEAN  # a bare LF or CR
+        tail = len(lines[-1])  # the line still open at the end
+        if self._lineLength + len(content) > self.maxLine:
+            if not ends or tail > self.maxLine or self._lineLength + len(lines[0]) + 2 > self.maxLine:
+                return _NOT_CLEAN
+            if max(map(len, islice(lines, 1, ends)), default=0) + 2 > self.maxLine:
+                return _NOT_CLEAN
+        self._held = held
+        if content:
+            self.lineStart = _AFTER_CRLF if ends and not tail else _MID_LINE
+            self._lineLength = tail if ends else self._lineLength + tail
+            self.sink(content)
+        return rest
 
     def finish(self) -> None:
         """The content has ended (BDAT LAST): a CR still waiting for its LF was bare."""
