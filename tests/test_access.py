@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import cdblib
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,7 +16,7 @@ from jsmail.policy.chain import buildChain
 from jsmail.policy.plugin import PluginError, PolicyContext, PolicyPlugin
 from jsmail.queue.memory import MemoryQueue
 from jsmail.smtp.server import ServerSettings
-from jsmail.testing import Dialog
+from jsmail.testing import Dialog, HeldThreads
 
 PLUGINS = {"access": PolicyPlugin("access", "allow and deny lists", access.build)}
 QUEUED = rb"^250 2\.0\.0 Queued as [0-9A-F]{21}\r\n$"
@@ -256,21 +256,9 @@ class RereadInAThreadTests(ListTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.clock = ManualClock()
-        self.hops: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def runInThread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.hops.append((d, f, args))
-        return d
-
-    def runHop(self) -> None:
-        d, f, args = self.hops.pop(0)
-        try:
-            result = f(*args)
-        except Exception as e:
-            d.errback(e)
-        else:
-            d.callback(result)
+        self.runInThread = HeldThreads()
+        self.hops = self.runInThread.held
+        self.runHop = self.runInThread.runNext
 
     def test_a_changed_file_is_read_in_the_thread_and_the_old_list_answers_meanwhile(self) -> None:
         path = self.writeText("senders", "one@bad.example\n")

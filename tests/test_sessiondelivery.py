@@ -29,7 +29,7 @@ from jsmail.local.session import PLAN_SECONDS, SessionDelivery, _MaildirFile
 from jsmail.local.settings import LocalSettings
 from jsmail.queue.store import MaildirQueue
 from jsmail.route import Router
-from jsmail.testing import runNow
+from jsmail.testing import HeldThreads, runNow
 from tests.test_integration import GatewayTestCase, queuedId
 
 MESSAGE = b"Subject: hello\r\nFrom: <a@example.org>\r\n\r\nline one\r\nline two\r\n"
@@ -244,39 +244,26 @@ class SessionDeliveryTests(SessionSinkCase):
         message, d = self.send(envelope("user@localhost"))
         self.assertFalse(inSession(message))
 
-    def heldBatches(self) -> list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]]:
-        """A new sink whose batches of placings are held (a busy thread): each is
-        listed, to be run by :meth:`runBatch`; other blocking work still runs at once."""
-        hops: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-        now = self.local.runInThread
-
-        def held(f: Any, *args: Any) -> defer.Deferred[Any]:
-            if f is not _runEach:
-                return now(f, *args)
-            d: defer.Deferred[Any] = defer.Deferred()
-            hops.append((d, f, args))
-            return d
-
-        self.local.runInThread = held
+    def heldBatches(self) -> HeldThreads:
+        """A new sink whose batches of placings are held (a busy thread), to be run one
+        by one (``runNext``); other blocking work still runs at once."""
+        held, now = HeldThreads(), self.local.runInThread
+        self.local.runInThread = lambda f, *args: (held if f is _runEach else now)(f, *args)
         self.sink = SessionDelivery(self.queue, self.local, Router(["localhost"], self.local), self.clock)
-        return hops
-
-    def runBatch(self, hops: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]]) -> None:
-        d, f, args = hops.pop(0)
-        d.callback(f(*args))
+        return held
 
     def test_aBatchLooksAtEachRecipientsPlanOnce(self) -> None:
         """Messages whose final dots came together are placed together, after one new
         look at their recipient's plan (made after every one of those dots)."""
-        hops = self.heldBatches()
+        batches = self.heldBatches()
         self.known("user@localhost")
         looks: list[str] = []
         plainMaildir = self.local.plainMaildir
         self.local.plainMaildir = lambda address: looks.append(address) or plainMaildir(address)  # type: ignore[method-assign]
         first = self.send(envelope("user@localhost"))[1]  # the first batch: alone
         rest = [self.send(envelope("user@localhost"))[1] for _ in range(3)]  # the next: three together
-        self.runBatch(hops)
-        self.runBatch(hops)
+        batches.runNext()
+        batches.runNext()
         for d in (first, *rest):
             self.successResultOf(d)
         self.assertEqual((len(self.inbox()), looks), (4, ["user@localhost"] * 2))
@@ -284,17 +271,17 @@ class SessionDeliveryTests(SessionSinkCase):
     def test_planChangedBetweenBatchesIsFollowed(self) -> None:
         """What one batch looked at is forgotten before the next: a ``.qmail`` file made
         after a batch is followed by the messages of the next (451, then queued)."""
-        hops = self.heldBatches()
+        batches = self.heldBatches()
         self.known("user@localhost")
         before = self.send(envelope("user@localhost"))[1]
-        self.runBatch(hops)
+        batches.runNext()
         self.successResultOf(before)
         home = os.path.join(self.usersDir, "localhost", "user")
         os.makedirs(home)
         with open(os.path.join(home, ".qmail"), "w") as f:
             f.write("&someone@example.org\n")
         after = self.send(envelope("user@localhost"))[1]
-        self.runBatch(hops)
+        batches.runNext()
         self.assertEqual(self.failureResultOf(after, SMTPReplyError).value.reply, reply.DELIVERY_ERROR)
         self.assertEqual(len(self.inbox()), 1)
         message, d = self.send(envelope("user@localhost"))

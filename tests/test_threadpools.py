@@ -8,6 +8,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from jsmail._threads import Batches, BatchNotFinished, ThreadPoolService
+from jsmail.testing import HeldThreads
 
 
 class LastWrite(ThreadPoolService):
@@ -42,17 +43,10 @@ class BatchesTests(TestCase):
     """Jobs run a batch at a time: what comes while one runs makes the next."""
 
     def setUp(self) -> None:
-        self.hops: list[tuple[Any, tuple[Any, ...]]] = []  # what was sent to the "thread", not yet run
+        self.runInThread = HeldThreads()  # what was sent to the "thread", not yet run
+        self.hops = self.runInThread.held
         self.batches = Batches(self.runInThread)
-
-    def runInThread(self, f: Any, *args: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.hops.append((d, (f, *args)))
-        return d
-
-    def runHop(self) -> None:
-        d, (f, *args) = self.hops.pop(0)
-        d.callback(f(*args))
+        self.runHop = self.runInThread.runNext
 
     def test_jobsThatComeWhileABatchRunsMakeTheNext(self) -> None:
         ran: list[int] = []
@@ -82,7 +76,7 @@ class BatchesTests(TestCase):
     def test_aFailedHopFailsItsBatchAndTheNextRuns(self) -> None:
         first = self.batches.run(lambda: "never run")
         second = self.batches.run(lambda: "runs")
-        d, _ = self.hops.pop(0)
+        d, _, _ = self.hops.pop(0)
         d.errback(RuntimeError("pool stopped"))
         self.failureResultOf(first, RuntimeError)
         self.runHop()
@@ -116,11 +110,7 @@ class BatchesTests(TestCase):
 
         self.batches = Batches(self.runInThread, prepare=broken)
         third = self.batches.run(lambda: ran.append("c"))
-        d, (f, *args) = self.hops.pop(0)
-        try:
-            f(*args)
-        except OSError as e:
-            d.errback(e)
+        self.runHop()
         self.failureResultOf(third, OSError)
         self.assertNotIn("c", ran)
 

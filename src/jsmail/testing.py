@@ -64,6 +64,30 @@ def delivered(maildir: str, count: int = 1, reactor: Any = None) -> Any:
     raise AssertionError(f"{count} message(s) expected in {maildir}/new, {len(glob.glob(pattern))} there")
 
 
+class HeldThreads:
+    """A :data:`jsmail._threads.RunInThread` that holds each job until the test runs it
+    (:meth:`runNext`), to see what code does while its blocking work waits for a thread."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[defer.Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.held.append((d, f, args))
+        return d
+
+    def runNext(self) -> None:
+        """Run the oldest job held, as a thread would: its Deferred fires with what the
+        job returns, or fails with what it raised."""
+        d, f, args = self.held.pop(0)
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback()
+        else:
+            d.callback(result)
+
+
 def freePort() -> int:
     """A port on 127.0.0.1 free at the time of asking (another process may take it
     before it is used: for tests, where that is rare, not for production)."""
