@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -236,6 +237,46 @@ class FieldWatcherTests(SynchronousTestCase):
     def test_headerWithoutEnd(self) -> None:
         for watcher in self.watch(b"Received: a\r\nFrom: a@x.test"):
             self.assertEqual((watcher.count, watcher.kept), (1, [b"From: a@x.test"]))
+
+    def watchStepwise(self, message: bytes, sizes: list[int], keep: tuple[str, ...], limit: int,
+                      quick: bool) -> tuple[object, ...]:
+        watcher = FieldWatcher(keep, limit)
+        if not quick:
+            watcher.feed = watcher._feedStepwise  # type: ignore[method-assign]
+        pos = 0
+        for size in sizes:
+            watcher.feed(message[pos : pos + size])
+            pos += size
+        watcher.close()
+        return watcher.count, watcher.kept, watcher.overflow
+
+    def test_randomHeadersReadTheSameAtOnceAndStepwise(self) -> None:
+        """A header section that ends in the piece fed is read with a few scans; what
+        they find must be what the steps find, however the input is cut."""
+        rng = random.Random(5322)
+        pieces = [b"Received", b"from", b"FROM", b"Delivered-To", b"x", b":", b" ", b"\t", b"\r\n", b"\r\n",
+                  b"\n", b"\r", b"\r\n ", b"\r\n\t", b"y" * 20, b"Sender \t:", b"received:",
+                  b"From" + b" " * 28 + b":", b"From" + b" " * 29 + b":"]  # the longest name read, and one more
+        for _ in range(4000):
+            message = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+            if rng.random() < 0.7:
+                message += rng.choice([b"\r\n\r\n", b"\n\n", b"\r\n"]) + b"Received: body\r\n"
+            sizes, left = [], len(message)
+            while left > 0:
+                sizes.append(rng.choice([1, 2, 5, 13, 64, 1000]))
+                left -= sizes[-1]
+            keep = rng.choice([(), ("from",), ("delivered-to", "from", "sender"), ("received", "x")])
+            limit = rng.choice([0, 10, 40, 1000])
+            quick = self.watchStepwise(message, sizes, keep, limit, quick=True)
+            slow = self.watchStepwise(message, sizes, keep, limit, quick=False)
+            self.assertEqual(quick, slow, (message, sizes, keep, limit))
+
+    def test_aHeaderInOnePieceIsReadAtOnce(self) -> None:
+        """The usual case: the whole header section in the first piece fed."""
+        watcher = FieldWatcher(("from",), 1024)
+        watcher._feedStepwise = None  # type: ignore[assignment,method-assign]  # the steps are not taken
+        watcher.feed(b"Received: a\r\nFrom: A\r\n b\r\nSubject: s\r\n\r\nFrom: body\r\n")
+        self.assertEqual((watcher.count, watcher.kept, watcher._inHeader), (1, [b"From: A\r\n b"], False))
 
 
 class FieldDropperTests(SynchronousTestCase):

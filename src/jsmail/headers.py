@@ -25,6 +25,7 @@ thousands deep costs what its length costs.
 from __future__ import annotations
 
 import functools
+import re
 from typing import IO, Callable, Iterable, Iterator, NamedTuple
 
 from jsmail.address import normaliseDomain
@@ -34,6 +35,7 @@ MAX_HEADER = 256 * 1024  # octets of header section held to find its end
 MAX_FROM_FIELD = 8192  # octets: a longer From field is no usable author (no real one comes near)
 _READ = 65536
 _WSP = b" \t"
+_NAME_OCTETS = bytes(range(33, 127))  # what a field name is made of: printable US-ASCII
 
 
 class Split(NamedTuple):
@@ -94,10 +96,28 @@ class HeaderScanner:
 
 
 @functools.lru_cache(maxsize=32)
-def _names(names: tuple[str, ...]) -> frozenset[bytes]:
-    """Field names as a watcher compares them: made once for each list of names (a
-    watcher is made for every message)."""
-    return frozenset(n.lower().encode("ascii") for n in names)
+def _names(names: tuple[str, ...]) -> tuple[frozenset[bytes], re.Pattern[bytes]]:
+    """Field names as a watcher compares them, and a pattern that finds the lines
+    starting a Received field or one of them (the name, white space, then the line's
+    first colon within :attr:`FieldWatcher._NAME` octets): made once for each list of
+    names (a watcher is made for every message)."""
+    keep = frozenset(n.lower().encode("ascii") for n in names)
+    alternatives = b"|".join(re.escape(name) for name in sorted(keep | {b"received"}))
+    limit = FieldWatcher._NAME
+    pattern = re.compile(rb"^(?=[^\n:]{0,%d}:)(%s)[ \t]*:" % (limit, alternatives), re.MULTILINE | re.IGNORECASE)
+    return keep, pattern
+
+
+_FIELD_END = re.compile(rb"\n(?![ \t])")  # a line end not followed by a folded line
+
+
+def _emptyLine(data: bytes) -> int:
+    """Where the first empty line of ``data``, which starts at a line's start, begins;
+    -1 if there is none."""
+    if data.startswith((b"\n", b"\r\n")):
+        return 0
+    ends = [at + 1 for at in (data.find(b"\n\n"), data.find(b"\n\r\n")) if at >= 0]
+    return min(ends) if ends else -1
 
 
 class FieldWatcher:
@@ -113,7 +133,7 @@ class FieldWatcher:
         self.count = 0  # Received fields
         self.kept: list[bytes] = []  # whole fields, line ends inside them as they came, the last one left off
         self.overflow = False
-        self._keep = _names(tuple(keep))
+        self._keep, self._watched = _names(tuple(keep))
         self._room = limit
         self._inHeader = True
         self._head = b""  # the start of the current line, while its field name is not known
@@ -121,6 +141,31 @@ class FieldWatcher:
         self._current: bytearray | None = None  # the kept field being read
 
     def feed(self, data: bytes) -> None:
+        if self._inHeader and not self._head and self._current is None and self._mode == "head":
+            end = _emptyLine(data)
+            if end >= 0:  # the header section's rest, whole: what the steps below find, at once
+                self._feedRest(data, end)
+                return
+        self._feedStepwise(data)
+
+    def _feedRest(self, data: bytes, end: int) -> None:
+        """Read ``data[:end]``, the rest of the header section from a line's start, with
+        scans written in C; a message's header usually comes in one piece."""
+        for match in self._watched.finditer(data, 0, end):
+            name = match.group(1).lower()
+            self.count += name == b"received"
+            if name in self._keep and not self.overflow:
+                fieldEnd = _FIELD_END.search(data, match.end(), end)
+                assert fieldEnd is not None  # the empty line at ``end`` follows every field
+                field = data[match.start() : fieldEnd.end()]
+                if len(field) > self._room:
+                    self.overflow = True
+                else:
+                    self._room -= len(field)
+                    self.kept.append(_withoutLineEnd(field))
+        self._inHeader = False
+
+    def _feedStepwise(self, data: bytes) -> None:
         pos, size = 0, len(data)
         while self._inHeader and pos < size:
             if self._mode != "head":
@@ -304,7 +349,7 @@ def fieldName(field: bytes) -> bytes | None:
     section 4.5.3); None when the field has no well-formed name."""
     name, colon, _ = field.partition(b":")
     name = name.rstrip(_WSP)
-    if not colon or not name or any(c < 33 or c > 126 for c in name):
+    if not colon or not name or name.translate(None, _NAME_OCTETS):
         return None
     return name.lower()
 
