@@ -5,6 +5,7 @@ and a fake clock, then through a whole gateway over a real socket."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -33,6 +34,21 @@ from jsmail.testing import HeldThreads, runNow
 from tests.test_integration import GatewayTestCase, queuedId
 
 MESSAGE = b"Subject: hello\r\nFrom: <a@example.org>\r\n\r\nline one\r\nline two\r\n"
+
+
+class _FullDisk:
+    """A file whose octets held in memory can no longer be written out: the file
+    system filled up."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        self._f.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def inSession(message: object) -> bool:
@@ -229,6 +245,27 @@ class SessionDeliveryTests(SessionSinkCase):
         message, d = self.send(envelope("user@localhost"), hops + MESSAGE)
         self.assertEqual(self.failureResultOf(d, SMTPReplyError).value.reply, reply.TOO_MANY_DELIVERED_TO)
         self.assertEqual((self.inbox(), os.listdir(self.queue.tmpDir)), ([], []))
+
+    def test_aLoopOnAFullDiskIsStillRefused(self) -> None:
+        """Writing out what the file held fails (a full disk) as a looping message is
+        thrown away: the client hears the refusal, nothing is left, nothing raises."""
+        self.known("user@localhost")
+        message = self.sink.newMessage(envelope("user@localhost"))
+        message.write(b"Delivered-To: user@localhost\r\n" + MESSAGE)
+        message._file = _FullDisk(message._file)
+        error = self.failureResultOf(message.commit(), SMTPReplyError).value
+        self.assertEqual(error.reply, reply.LOOPING)
+        self.assertEqual((self.inbox(), self.queued(), os.listdir(self.queue.tmpDir)), ([], [], []))
+
+    def test_aFullDiskAtTheEndIsAFailureNotAnError(self) -> None:
+        """The last CR, held back in case an LF follows, cannot be written: the commit
+        fails (the client hears 451), and the file is removed."""
+        self.known("user@localhost")
+        message = self.sink.newMessage(envelope("user@localhost"))
+        message.write(MESSAGE + b"last line\r")
+        message._file = _FullDisk(message._file)
+        self.failureResultOf(message.commit(), OSError)
+        self.assertEqual((self.inbox(), self.queued(), os.listdir(self.queue.tmpDir)), ([], [], []))
 
     def test_maildirRemovedMeanwhileIsATemporaryFailure(self) -> None:
         """The client hears 451 and tries again; the plan is looked at again then."""

@@ -215,12 +215,11 @@ class _MaildirFile:
             header, self._header = self._header, None
             assert header is not None
             _refuseLoop(header, self._dtline)
-        except SMTPReplyError:
-            f.close()
-            unlinkQuietly(self._path)
+            if self._cr:
+                f.write(b"\r")
+        except (SMTPReplyError, OSError):  # a loop; or a full disk, writing what was held back
+            _discard(f, self._path)
             return defer.fail()
-        if self._cr:
-            f.write(b"\r")
 
         def placed(final: str) -> str:
             result = DeliveryResult(self._address, DeliveryStatus.DELIVERED, reply.DELIVERED,
