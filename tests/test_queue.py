@@ -16,6 +16,7 @@ from jsmail.interfaces import IQueue
 from jsmail.queue.memory import MemoryQueue
 from jsmail.queue.store import MaildirQueue
 from jsmail.send.dsn import Action, Notice, writeDSN
+from jsmail.testing import HeldThreads
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -145,6 +146,31 @@ class MaildirQueueTests(QueueContract, TestCase):
         yield self.assertFailure(incoming.commit(), OSError)
         self.assertEqual(os.listdir(self.path("active")), [])
         self.flushLoggedErrors(OSError)  # making spare files failed the same way
+
+    @defer.inlineCallbacks
+    def test_spare_files_are_made_ahead_and_removed_at_close(self):  # type: ignore[no-untyped-def]
+        """Files for new messages are made by a thread ahead of need; a message takes
+        one, and what is left is removed when the queue closes."""
+        threads = HeldThreads()
+        queue = MaildirQueue(self.directory, threads, spares=4)
+        first = queue.newMessage(ENVELOPE)  # none ready: one made on the spot, and four asked for
+        self.assertEqual(len(os.listdir(self.path("tmp"))), 1)
+        threads.runNext()
+        self.assertEqual(len(os.listdir(self.path("tmp"))), 5)
+        second = queue.newMessage(ENVELOPE)  # a ready one
+        second.write(b"Subject: second\r\n\r\nbody\r\n")
+        first.abort()
+        self.assertEqual(len(os.listdir(self.path("tmp"))), 4)
+        committed = second.commit()
+        while threads.held:  # the sync (the file system looked at first)
+            threads.runNext()
+        queueId = yield committed
+        with open(self.path("active", queueId), "rb") as f:
+            self.assertTrue(f.read().endswith(b"\nSubject: second\r\n\r\nbody\r\n"))
+        self.assertEqual(len(os.listdir(self.path("tmp"))), 3)
+        self.assertEqual(threads.held, [])
+        queue.close()
+        self.assertEqual(os.listdir(self.path("tmp")), [])
 
 
 class EnvelopeFormatTests(TestCase):
