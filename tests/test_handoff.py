@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer, reactor, task
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -95,6 +95,12 @@ class ReceivingProcessesTests(TestCase):
         assert self.gateway.receivers is not None
         return [len(self.gateway.receivers.local), *(len(r.connections) for r in self.ready())]
 
+    def countedFromThread(self) -> list[int]:
+        """:meth:`counted`, asked from a client's thread: read on the reactor thread, so
+        never halfway through a hand-over (the session's reply can reach the client
+        while the reactor thread waits for the GIL back from sending the descriptor)."""
+        return list(blockingCallFromThread(reactor, self.counted))
+
     def delivered(self, local: str) -> int:
         return len(glob.glob(os.path.join(self.data, "mail", "localhost", local, "new", "*")))
 
@@ -107,7 +113,7 @@ class ReceivingProcessesTests(TestCase):
         def send() -> list[int]:
             with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
                 code, _ = client.ehlo("client.test")
-                held = self.counted()
+                held = self.countedFromThread()
                 client.sendmail("a@example.org", ["x@localhost"], b"Subject: x\r\n\r\nhi\r\n")
             return [code, *held]
 
@@ -295,7 +301,7 @@ class ReceivingProcessesTests(TestCase):
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the self-signed certificate
             with socket.create_connection(("127.0.0.1", smtpsPort), timeout=30) as raw, \
                     context.wrap_socket(raw) as connection:
-                return greeting(connection), self.counted()
+                return greeting(connection), self.countedFromThread()
 
         first, held = yield deferToThread(overTLS)
         self.assertEqual(first[:4], b"220 ")
