@@ -238,8 +238,10 @@ class FieldWatcherTests(SynchronousTestCase):
         for watcher in self.watch(b"Received: a\r\nFrom: a@x.test"):
             self.assertEqual((watcher.count, watcher.kept), (1, [b"From: a@x.test"]))
 
-    def watchStepwise(self, message: bytes, sizes: list[int], keep: tuple[str, ...], limit: int,
+    def watchInPieces(self, message: bytes, sizes: list[int], keep: tuple[str, ...], limit: int,
                       quick: bool) -> tuple[object, ...]:
+        """What a watcher finds in ``message`` fed in pieces of ``sizes``: read at once
+        where it can (``quick``), or always step by step."""
         watcher = FieldWatcher(keep, limit)
         if not quick:
             watcher.feed = watcher._feedStepwise  # type: ignore[method-assign]
@@ -267,8 +269,8 @@ class FieldWatcherTests(SynchronousTestCase):
                 left -= sizes[-1]
             keep = rng.choice([(), ("from",), ("delivered-to", "from", "sender"), ("received", "x")])
             limit = rng.choice([0, 10, 40, 1000])
-            quick = self.watchStepwise(message, sizes, keep, limit, quick=True)
-            slow = self.watchStepwise(message, sizes, keep, limit, quick=False)
+            quick = self.watchInPieces(message, sizes, keep, limit, quick=True)
+            slow = self.watchInPieces(message, sizes, keep, limit, quick=False)
             self.assertEqual(quick, slow, (message, sizes, keep, limit))
 
     def test_aHeaderInOnePieceIsReadAtOnce(self) -> None:
