@@ -30,7 +30,7 @@ from jsmail.local.session import PLAN_SECONDS, SessionDelivery, _MaildirFile
 from jsmail.local.settings import LocalSettings
 from jsmail.queue.store import MaildirQueue
 from jsmail.route import Router
-from jsmail.testing import HeldThreads, runNow
+from jsmail.testing import Dialog, HeldThreads, runNow
 from tests.test_integration import GatewayTestCase, queuedId
 
 MESSAGE = b"Subject: hello\r\nFrom: <a@example.org>\r\n\r\nline one\r\nline two\r\n"
@@ -250,11 +250,24 @@ class SessionDeliveryTests(SessionSinkCase):
         """Writing out what the file held fails (a full disk) as a looping message is
         thrown away: the client hears the refusal, nothing is left, nothing raises."""
         self.known("user@localhost")
-        message = self.sink.newMessage(envelope("user@localhost"))
-        message.write(b"Delivered-To: user@localhost\r\n" + MESSAGE)
-        message._file = _FullDisk(message._file)
-        error = self.failureResultOf(message.commit(), SMTPReplyError).value
-        self.assertEqual(error.reply, reply.LOOPING)
+        newMessage = self.sink.newMessage
+
+        def fillingUp(env: Envelope) -> Any:
+            message = newMessage(env)
+            commit = message.commit
+
+            def commitOnAFullDisk() -> Any:
+                message._file = _FullDisk(message._file)
+                return commit()
+
+            message.commit = commitOnAFullDisk
+            return message
+
+        self.sink.newMessage = fillingUp  # type: ignore[method-assign]
+        dialog = Dialog(sink=self.sink, clock=self.clock)
+        dialog.send(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<user@localhost>\r\nDATA\r\n")
+        hops = b"".join(b"Delivered-To: hop%d@example.org\r\n" % i for i in range(20))
+        self.assertEqual(dialog.send(hops + MESSAGE + b".\r\n"), reply.TOO_MANY_DELIVERED_TO.wire)
         self.assertEqual((self.inbox(), self.queued(), os.listdir(self.queue.tmpDir)), ([], [], []))
 
     def test_aFullDiskAtTheEndIsAFailureNotAnError(self) -> None:
