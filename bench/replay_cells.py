@@ -6,9 +6,9 @@ per session at the cell's concurrency.  By default a cell is cut off after
 ``--seconds`` by SIGTERM, in the middle of its sessions, and its rate is the files that
 reached ``new/`` after the first half second (the harness takes the slope of
 ``smtp-source``'s counter instead); with ``--messages`` (one count, or one per cell) a
-cell sends that many messages and its rate is their count over the time taken.  Used to ask whether a server's
-50-session cells are slower after cells of 1 and 10 sessions than after 50-session
-cells alone::
+cell sends that many messages and its rate is their count over the time taken.  Used
+to ask whether a server's 50-session cells are slower after cells of 1 and 10
+sessions than after 50-session cells alone::
 
     python3 bench/replay_cells.py --port 2575 --maildir DATA/mail/example.test/to --cells 1,10,50
     python3 bench/replay_cells.py --port 2575 --maildir DATA/mail/example.test/to --cells 50
