@@ -20,6 +20,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from jsmail.config import ConfigError, loadConfig
+from jsmail.datadir import filesInTmp
 from jsmail.service import MailGateway
 from tests.test_metrics import httpGet, sample
 
@@ -171,7 +172,7 @@ class ReceivingProcessesTests(TestCase):
         tag = f"{victim.pid & 0xFFFFF:05X}"  # the pid part of its queue ids, and of its spare files' names
 
         def itsFiles() -> list[str]:
-            return [name for name in os.listdir(tmp) if name.removeprefix("spare.")[13:18] == tag]
+            return [path for path in filesInTmp(tmp) if os.path.basename(path).removeprefix("spare.")[13:18] == tag]
 
         def send(local: str) -> dict:
             with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:

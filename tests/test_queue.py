@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
 import io
 import json
 import os
 from dataclasses import asdict, fields, replace
 
 from twisted.internet import defer
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
+from jsmail._disk import spreadBelow
+from jsmail.datadir import SPARE_DIRECTORIES, filesInTmp
 from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.interfaces import IQueue
 from jsmail.queue.memory import MemoryQueue
@@ -127,8 +131,11 @@ class MaildirQueueTests(QueueContract, TestCase):
             f.write(updated.toBytes())
         with open(self.path("active", "BROKEN"), "wb") as f:
             f.write(b"not json\nbody")
+        with open(self.path("tmp", "3", "spare.LEFT"), "wb") as f:
+            f.write(b"")
         restarted = MaildirQueue(self.directory, runNow)
-        self.assertEqual(os.listdir(self.path("tmp")), [])
+        self.assertEqual(filesInTmp(self.path("tmp")), [])
+        self.assertEqual(sorted(os.listdir(self.path("tmp"))), sorted(SPARE_DIRECTORIES))
         found = yield restarted.recover()
         self.assertEqual(found, [(queued, ENVELOPE), (inDelivery, updated)])
         self.assertEqual(sorted(os.listdir(self.path("active"))), sorted([queued, inDelivery, inDelivery + ".env"]))
@@ -154,23 +161,71 @@ class MaildirQueueTests(QueueContract, TestCase):
         threads = HeldThreads()
         queue = MaildirQueue(self.directory, threads, spares=4)
         first = queue.newMessage(ENVELOPE)  # none ready: one made on the spot, and four asked for
-        self.assertEqual(len(os.listdir(self.path("tmp"))), 1)
+        self.assertEqual(len(filesInTmp(self.path("tmp"))), 1)
         threads.runNext()
-        self.assertEqual(len(os.listdir(self.path("tmp"))), 5)
+        self.assertEqual(len(filesInTmp(self.path("tmp"))), 5)
         second = queue.newMessage(ENVELOPE)  # a ready one
         second.write(b"Subject: second\r\n\r\nbody\r\n")
         first.abort()
-        self.assertEqual(len(os.listdir(self.path("tmp"))), 4)
+        self.assertEqual(len(filesInTmp(self.path("tmp"))), 4)
         committed = second.commit()
         while threads.held:  # the sync (the file system looked at first)
             threads.runNext()
         queueId = yield committed
         with open(self.path("active", queueId), "rb") as f:
             self.assertTrue(f.read().endswith(b"\nSubject: second\r\n\r\nbody\r\n"))
-        self.assertEqual(len(os.listdir(self.path("tmp"))), 3)
+        self.assertEqual(len(filesInTmp(self.path("tmp"))), 3)
         self.assertEqual(threads.held, [])
         queue.close()
-        self.assertEqual(os.listdir(self.path("tmp")), [])
+        self.assertEqual(filesInTmp(self.path("tmp")), [])
+
+    def test_spare_files_are_made_in_each_spare_directory_in_turn(self) -> None:
+        """Each batch of spare files goes into the next directory under tmp/, so that
+        the files are spread over the file system's block groups (see spreadBelow)."""
+        threads = HeldThreads()
+        queue = MaildirQueue(self.directory, threads, spares=2)
+        batches: list[str] = []
+        while len(batches) <= len(SPARE_DIRECTORIES):
+            before = set(filesInTmp(self.path("tmp")))
+            queue.newMessage(ENVELOPE).abort()  # takes one, and asks for a batch when none is left
+            if threads.held:
+                threads.runNext()
+                made = set(filesInTmp(self.path("tmp"))) - before
+                self.assertEqual(len({os.path.dirname(p) for p in made}), 1, made)  # a batch in one directory
+                batches.append(os.path.basename(os.path.dirname(made.pop())))
+        queue.close()
+        self.assertEqual(batches, [*SPARE_DIRECTORIES, SPARE_DIRECTORIES[0]])  # each in turn, and round again
+
+
+class SpreadDirectoryTests(TestCase):
+    """The queue's spare directories are made in block groups of their own, where the
+    file system can (ext2, ext3, ext4: ``chattr +T``)."""
+
+    def test_spare_directories_are_spread_where_the_file_system_can(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        MaildirQueue(directory, runNow)
+        tmp = os.path.join(directory, "tmp")
+        if not spreadBelow(tmp):
+            raise SkipTest("this file system has no Orlov allocator to tell (not ext2, ext3 or ext4)")
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            flags = array.array("i", [0])
+            fcntl.ioctl(fd, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+        finally:
+            os.close(fd)
+        self.assertTrue(flags[0] & 0x00020000)  # FS_TOPDIR_FL, set before the directories were made
+        inodes = [os.stat(os.path.join(tmp, name)).st_ino for name in SPARE_DIRECTORIES]
+        # Made one after another in one group, their inodes would be neighbours.
+        self.assertGreater(max(inodes) - min(inodes), 1000, inodes)
+
+    def test_nothing_but_a_directory_is_marked(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        self.assertFalse(spreadBelow(path))  # missing
+        with open(path, "wb"):
+            pass
+        self.assertFalse(spreadBelow(path))  # a file
+        os.symlink(os.path.dirname(path), path + ".link")
+        self.assertFalse(spreadBelow(path + ".link"))  # a link is not followed
 
 
 class EnvelopeFormatTests(TestCase):

@@ -27,7 +27,7 @@ from twisted.trial import unittest
 from jsmail._disk import writeAndRename
 from jsmail.auth import setPassword
 from jsmail.config import loadConfig
-from jsmail.datadir import prepareDataTree
+from jsmail.datadir import filesInTmp, prepareDataTree
 from jsmail.interfaces import DeliveryStatus
 from jsmail.service import MailGateway
 from tests.privileged import openDirectory, ownerOf, pythonEnvironment, requireRoot, systemUser, userPython, writeAs
@@ -59,7 +59,7 @@ class DataTreeTests(unittest.TestCase):
                      os.path.join(data, "queue"), os.path.join(data, "tls")):
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o700, path)
         for path in [*glob.glob(os.path.join(mailbox, "new", "*")), *glob.glob(os.path.join(data, "tls", "*")),
-                     *glob.glob(os.path.join(data, "queue", "tmp", "*"))]:
+                     *filesInTmp(os.path.join(data, "queue", "tmp"))]:
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
         if os.geteuid() == 0:  # and as another local user, for real
             entry = systemUser(self)

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail._disk import createNew, writeAndRename
 from jsmail.cli import main as jsmailMain
+from jsmail.datadir import filesInTmp
 from jsmail.envelope import Envelope, Recipient
 from jsmail.queue.admin import listQueue, wakeDelivery
 from jsmail.queue.store import MaildirQueue
@@ -144,5 +145,5 @@ class TemporaryFileTests(SynchronousTestCase):
         with open(final, "rb") as f:
             self.assertEqual(f.read(), b"data")
         self.assertEqual(os.stat(final).st_mode & 0o777, 0o600)
-        self.assertEqual([n for n in os.listdir(os.path.join(self.queueDir, "tmp")) if not n.startswith("spare.")],
-                         [])
+        self.assertEqual([p for p in filesInTmp(os.path.join(self.queueDir, "tmp"))
+                          if not os.path.basename(p).startswith("spare.")], [])

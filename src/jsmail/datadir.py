@@ -14,15 +14,19 @@ from __future__ import annotations
 import os
 import stat
 
-from jsmail._disk import makeDirectories
+from jsmail._disk import makeDirectories, spreadBelow
 
 DEFAULT = "jsmail-data"
 #: The gateway's configuration where no ``--config``/``-C`` or ``$JSMAIL_CONFIG`` names
 #: one: jsmail-sendmail and the ``jsmail`` command both look here.
 DEFAULT_CONFIG = "/etc/jsmail/jsmail.toml"
 
+#: Directories under ``queue/tmp/`` for the queue's spare files, made in turn in each:
+#: the directories are spread over the file system's block groups (:func:`spreadBelow`).
+SPARE_DIRECTORIES = tuple(str(i) for i in range(8))
 #: What the gateway writes, relative to the data directory; each made 0700.
-TREE = ("queue", "queue/tmp", "queue/active", "queue/corrupt", "mail", "tls")
+TREE = ("queue", "queue/tmp", *(f"queue/tmp/{name}" for name in SPARE_DIRECTORIES), "queue/active",
+        "queue/corrupt", "mail", "tls")
 #: Handed over whole to the gateway's user (the queue is bounded; ``tls`` and
 #: ``passwd`` are a few files); ``mail`` only when it was not the user's already.
 WHOLE = ("queue", "tls", "passwd")
@@ -31,6 +35,19 @@ WHOLE = ("queue", "tls", "passwd")
 class DataTreeError(Exception):
     """The data tree cannot be used by the user jsmail runs as; the message says how
     to fix it, in one line."""
+
+
+def filesInTmp(tmpDir: str) -> list[str]:
+    """The paths of the files in the queue's ``tmpDir`` and in its spare directories
+    (nothing else: a directory or a link there is not jsmail's to remove)."""
+    found: list[str] = []
+    for directory in (tmpDir, *(os.path.join(tmpDir, name) for name in SPARE_DIRECTORIES)):
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        found.extend(entry.path for entry in entries if entry.is_file(follow_symlinks=False))
+    return found
 
 
 def dataDirectory(argument: str | None, default: str = DEFAULT) -> str:
@@ -51,6 +68,8 @@ def prepareDataTree(dataDir: str, owner: tuple[int, int] | None = None) -> int:
     makeDirectories(os.path.dirname(os.path.abspath(dataDir)), 0o755)
     for name in ("", *TREE):
         makeDirectories(os.path.join(dataDir, name))
+        if name == "queue/tmp":
+            spreadBelow(os.path.join(dataDir, name))  # before the spare directories in it are made
     handedOver = 0
     if owner is not None and os.geteuid() == 0 and owner[0] != 0:
         handedOver = _handOverTree(dataDir, *owner)

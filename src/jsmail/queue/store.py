@@ -16,15 +16,16 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail._disk import GroupSync, createNew, makeDirectories, unlinkQuietly, writeAndRename
+from jsmail._disk import GroupSync, createNew, makeDirectories, spreadBelow, unlinkQuietly, writeAndRename
 from jsmail._threads import RunInThread
+from jsmail.datadir import SPARE_DIRECTORIES, filesInTmp
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
 
@@ -94,35 +95,45 @@ class QueueFile:
 
 
 class _SpareFiles:
-    """Empty files made in ``tmp/`` ahead of need, by a thread.
+    """Empty files made ahead of need, by a thread, each batch in the next of
+    ``directories`` (under ``tmp/``, spread over the file system's block groups).
 
     Creating a file can block for a while when the file system is busy syncing (a
-    journal commit holds the directory); taking a ready file keeps that off the reactor
-    thread.  When none is ready (a burst), one is made on the spot.
+    journal commit holds the directory), or, on an ext4 without a journal, just after
+    many files were removed (it passes over the inodes freed in the last minute);
+    taking a ready file keeps that off the reactor thread, and making the batches in
+    block groups in turn spreads the inodes to pass over.  When none is ready (a
+    burst), one is made on the spot, in ``directory``.
     """
 
-    def __init__(self, directory: str, runInThread: RunInThread, target: int = 32) -> None:
+    def __init__(self, directory: str, runInThread: RunInThread, target: int = 32,
+                 directories: Sequence[str] = ()) -> None:
         self.directory = directory
+        self.directories = list(directories) or [directory]
         self.runInThread = runInThread
         self.target = target
         self._ready: list[tuple[str, BinaryIO]] = []
         self._making = False
         self._closed = False
+        self._next = 0
 
     def take(self) -> tuple[str, BinaryIO]:
-        spare = self._ready.pop() if self._ready else self._make()
+        spare = self._ready.pop() if self._ready else self._make(self.directory)
         if self.target and len(self._ready) < self.target // 2 and not self._making:
             self._making = True
-            self.runInThread(self._makeMany, self.target - len(self._ready)).addCallbacks(
+            directory = self.directories[self._next]
+            self._next = (self._next + 1) % len(self.directories)
+            self.runInThread(self._makeMany, directory, self.target - len(self._ready)).addCallbacks(
                 self._made, lambda f: _log.failure("Cannot make spare queue files", f))
         return spare
 
-    def _make(self) -> tuple[str, BinaryIO]:
-        path = os.path.join(self.directory, f"spare.{newQueueId()}")
+    @staticmethod
+    def _make(directory: str) -> tuple[str, BinaryIO]:
+        path = os.path.join(directory, f"spare.{newQueueId()}")
         return path, createNew(path, buffering=65536)
 
-    def _makeMany(self, count: int) -> list[tuple[str, BinaryIO]]:
-        return [self._make() for _ in range(count)]
+    def _makeMany(self, directory: str, count: int) -> list[tuple[str, BinaryIO]]:
+        return [self._make(directory) for _ in range(count)]
 
     def _made(self, spares: list[tuple[str, BinaryIO]]) -> None:
         self._making = False
@@ -155,9 +166,14 @@ class MaildirQueue:
         self.syncer = GroupSync(runInThread)
         for d in (self.tmpDir, self.activeDir, self.corruptDir):
             makeDirectories(d)
+        spareDirs = [os.path.join(self.tmpDir, name) for name in SPARE_DIRECTORIES] if spares else []
+        if spareDirs and not all(os.path.isdir(d) for d in spareDirs):
+            spreadBelow(self.tmpDir)  # before the directories are made (the gateway's data tree has them)
+            for d in spareDirs:
+                makeDirectories(d)
         if sweep:
             self._sweepTmp()
-        self.spares = _SpareFiles(self.tmpDir, runInThread, spares)
+        self.spares = _SpareFiles(self.tmpDir, runInThread, spares, spareDirs)
         self._free, self._freeAt = 0, -1.0
 
     def newMessage(self, envelope: Envelope) -> QueueFile:
@@ -180,12 +196,14 @@ class MaildirQueue:
         return self.runInThread(self._recover)
 
     def _sweepTmp(self) -> None:
-        """Nothing in tmp/ was ever acknowledged: a crash left it; remove it.  Done when
-        the queue is made, before any listener can start a new message there."""
-        for name in os.listdir(self.tmpDir):
+        """Nothing in tmp/ (or its spare directories) was ever acknowledged: a crash
+        left it; remove it.  Done when the queue is made, before any listener can start
+        a new message there."""
+        for path in filesInTmp(self.tmpDir):
+            name = os.path.basename(path)
             if not name.startswith("spare."):
                 _log.info("queue recovery: removing unfinished {name}", name=name)
-            unlinkQuietly(os.path.join(self.tmpDir, name))
+            unlinkQuietly(path)
 
     def _recover(self) -> list[tuple[str, Envelope]]:
         """Every queued message with its envelope.  Nothing one file does stops the

@@ -52,6 +52,7 @@ from jsmail._disk import unlinkQuietly
 from jsmail._process import LogLines, compactJSON
 from jsmail._threads import RunInThread
 from jsmail.config import Config
+from jsmail.datadir import filesInTmp
 from jsmail.reply import Reply
 from jsmail.smtp.limits import Refuse
 from jsmail.smtp.listener import Listener
@@ -423,9 +424,9 @@ def _removeLeftovers(tmpDir: str, pid: int) -> None:
     """Remove the files a receiving process with ``pid`` left in ``tmp/``: spare files
     and messages never acknowledged (their names carry the pid, see ``newQueueId``)."""
     tag = f"{pid & 0xFFFFF:05X}"
-    for name in os.listdir(tmpDir):
-        if name.removeprefix("spare.")[13:18] == tag:
-            unlinkQuietly(os.path.join(tmpDir, name))
+    for path in filesInTmp(tmpDir):
+        if os.path.basename(path).removeprefix("spare.")[13:18] == tag:
+            unlinkQuietly(path)
 
 
 class SharedFailures(FailureCounter):
