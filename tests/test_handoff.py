@@ -20,8 +20,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from jsmail.config import ConfigError, loadConfig
-from jsmail.datadir import filesInTmp
 from jsmail.service import MailGateway
+from jsmail.testing import filesInTmp
 from tests.test_metrics import httpGet, sample
 
 NONE: list[str] = []

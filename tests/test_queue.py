@@ -14,13 +14,13 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from jsmail._disk import spreadBelow
-from jsmail.datadir import SPARE_DIRECTORIES, filesInTmp
+from jsmail.datadir import SPARE_DIRECTORIES
 from jsmail.envelope import Envelope, EnvelopeFormatError, Recipient, RecipientState
 from jsmail.interfaces import IQueue
 from jsmail.queue.memory import MemoryQueue
 from jsmail.queue.store import MaildirQueue
 from jsmail.send.dsn import Action, Notice, writeDSN
-from jsmail.testing import HeldThreads
+from jsmail.testing import HeldThreads, filesInTmp
 
 
 def runNow(f, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -178,6 +178,21 @@ class MaildirQueueTests(QueueContract, TestCase):
         self.assertEqual(threads.held, [])
         queue.close()
         self.assertEqual(filesInTmp(self.path("tmp")), [])
+
+    def test_sweep_does_not_follow_a_spare_directory_swapped_for_a_link(self) -> None:
+        """The gateway's user may replace ``tmp/3`` with a link to a directory of root's
+        between two starts: root's sweep removes nothing through it."""
+        victims = os.path.abspath(self.mktemp())
+        os.mkdir(victims)
+        with open(os.path.join(victims, "authorized_keys"), "wb") as f:
+            f.write(b"precious")
+        with open(self.path("tmp", "4", "spare.LEFT"), "wb"):
+            pass
+        os.rmdir(self.path("tmp", "3"))
+        os.symlink(victims, self.path("tmp", "3"))
+        MaildirQueue(self.directory, runNow)
+        self.assertEqual(os.listdir(victims), ["authorized_keys"])
+        self.assertFalse(os.path.exists(self.path("tmp", "4", "spare.LEFT")))  # the real directories are swept
 
     def test_spare_files_are_made_in_each_spare_directory_in_turn(self) -> None:
         """Each batch of spare files goes into the next directory under tmp/, so that

@@ -27,9 +27,10 @@ from twisted.trial import unittest
 from jsmail._disk import writeAndRename
 from jsmail.auth import setPassword
 from jsmail.config import loadConfig
-from jsmail.datadir import filesInTmp, prepareDataTree
+from jsmail.datadir import prepareDataTree
 from jsmail.interfaces import DeliveryStatus
 from jsmail.service import MailGateway
+from jsmail.testing import filesInTmp
 from tests.privileged import openDirectory, ownerOf, pythonEnvironment, requireRoot, systemUser, userPython, writeAs
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"

@@ -14,11 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsmail._disk import createNew, writeAndRename
 from jsmail.cli import main as jsmailMain
-from jsmail.datadir import filesInTmp
 from jsmail.envelope import Envelope, Recipient
 from jsmail.queue.admin import listQueue, wakeDelivery
 from jsmail.queue.store import MaildirQueue
 from jsmail.queue.trigger import TriggerReader, pull
+from jsmail.testing import filesInTmp
 
 
 def jsmail(*argv: str) -> tuple[int, str, str]:

@@ -11,8 +11,10 @@ command and the qmail programs) and depends on nothing.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+from typing import Callable
 
 from jsmail._disk import makeDirectories, spreadBelow
 
@@ -37,17 +39,40 @@ class DataTreeError(Exception):
     to fix it, in one line."""
 
 
-def filesInTmp(tmpDir: str) -> list[str]:
-    """The paths of the files in the queue's ``tmpDir`` and in its spare directories
-    (nothing else: a directory or a link there is not jsmail's to remove)."""
-    found: list[str] = []
-    for directory in (tmpDir, *(os.path.join(tmpDir, name) for name in SPARE_DIRECTORIES)):
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            continue
-        found.extend(entry.path for entry in entries if entry.is_file(follow_symlinks=False))
-    return found
+def removeFromTmp(tmpDir: str, chosen: Callable[[str], bool]) -> list[str]:
+    """Remove what ``chosen`` picks by name among the files in the queue's ``tmpDir``
+    and in its spare directories; returns their names.  Root runs this in a tree the
+    gateway's user writes, so each directory is opened without following a link and
+    each file removed relative to it: a directory swapped for a link meanwhile cannot
+    point the removal elsewhere (``/root/.ssh``, say)."""
+    removed: list[str] = []
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        top = os.open(tmpDir, flags)
+    except FileNotFoundError:
+        return removed
+    try:
+        directories = [top]
+        for name in SPARE_DIRECTORIES:
+            try:
+                directories.append(os.open(name, flags, dir_fd=top))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                if e.errno != errno.ELOOP:  # a link in its place: not ours to look into
+                    raise
+        for fd in directories:
+            for entry in os.scandir(fd):
+                if not entry.is_dir(follow_symlinks=False) and chosen(entry.name):
+                    try:
+                        os.unlink(entry.name, dir_fd=fd)
+                    except FileNotFoundError:
+                        continue
+                    removed.append(entry.name)
+    finally:
+        for fd in directories:
+            os.close(fd)
+    return removed
 
 
 def dataDirectory(argument: str | None, default: str = DEFAULT) -> str:

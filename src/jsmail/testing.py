@@ -35,6 +35,7 @@ from twisted.names.server import DNSServerFactory
 from zope.interface import implementer
 
 from jsmail._threads import runNow
+from jsmail.datadir import SPARE_DIRECTORIES
 from jsmail.envelope import Envelope, Recipient
 from jsmail.interfaces import DeliveryResult, DeliveryStatus, IDeliveryAgent, IMessageSink, IModifier, QueuedMessage
 from jsmail.queue.memory import MemoryQueue
@@ -95,6 +96,13 @@ def freePort() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
+
+
+def filesInTmp(tmpDir: str) -> list[str]:
+    """The paths of the files in a queue's ``tmp/`` and its spare directories."""
+    return sorted(path for directory in (tmpDir, *(os.path.join(tmpDir, name) for name in SPARE_DIRECTORIES))
+                  if os.path.isdir(directory)
+                  for path in glob.glob(os.path.join(glob.escape(directory), "*")) if os.path.isfile(path))
 
 @dataclass(frozen=True)
 class Delivery:

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from jsmail._disk import GroupSync, createNew, makeDirectories, spreadBelow, unlinkQuietly, writeAndRename
 from jsmail._threads import RunInThread
-from jsmail.datadir import SPARE_DIRECTORIES, filesInTmp
+from jsmail.datadir import SPARE_DIRECTORIES, removeFromTmp
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
 
@@ -199,11 +199,9 @@ class MaildirQueue:
         """Nothing in tmp/ (or its spare directories) was ever acknowledged: a crash
         left it; remove it.  Done when the queue is made, before any listener can start
         a new message there."""
-        for path in filesInTmp(self.tmpDir):
-            name = os.path.basename(path)
+        for name in removeFromTmp(self.tmpDir, lambda name: True):
             if not name.startswith("spare."):
                 _log.info("queue recovery: removing unfinished {name}", name=name)
-            unlinkQuietly(path)
 
     def _recover(self) -> list[tuple[str, Envelope]]:
         """Every queued message with its envelope.  Nothing one file does stops the

@@ -48,11 +48,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from jsmail._child import spawnChild
-from jsmail._disk import unlinkQuietly
 from jsmail._process import LogLines, compactJSON
 from jsmail._threads import RunInThread
 from jsmail.config import Config
-from jsmail.datadir import filesInTmp
+from jsmail.datadir import removeFromTmp
 from jsmail.reply import Reply
 from jsmail.smtp.limits import Refuse
 from jsmail.smtp.listener import Listener
@@ -424,9 +423,7 @@ def _removeLeftovers(tmpDir: str, pid: int) -> None:
     """Remove the files a receiving process with ``pid`` left in ``tmp/``: spare files
     and messages never acknowledged (their names carry the pid, see ``newQueueId``)."""
     tag = f"{pid & 0xFFFFF:05X}"
-    for path in filesInTmp(tmpDir):
-        if os.path.basename(path).removeprefix("spare.")[13:18] == tag:
-            unlinkQuietly(path)
+    removeFromTmp(tmpDir, lambda name: name.removeprefix("spare.")[13:18] == tag)
 
 
 class SharedFailures(FailureCounter):
