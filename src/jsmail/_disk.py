@@ -99,10 +99,10 @@ def spreadBelow(path: str) -> bool:
     """Mark the directory ``path`` so that the directories made in it afterwards are
     spread over the file system's block groups, and the files made in each of them
     with it (``chattr +T``).  An ext4 without a journal passes over every inode freed
-    in the last minute or so when it makes a file, so a group where many files were
-    just removed makes each new file cost up to a millisecond; files made in several
-    groups in turn pass over fewer.  True if the flag is set; on another file system,
-    or without the right, nothing changes."""
+    in the last minute or so when it makes a file, so in a group where many files
+    were just removed each new file costs half a millisecond or more; files made in
+    several groups in turn pass over fewer.  True if the flag is set; on another file
+    system, or without the right, nothing changes."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
