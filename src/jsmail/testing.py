@@ -97,12 +97,12 @@ def freePort() -> int:
         return int(s.getsockname()[1])
 
 
-
 def filesInTmp(tmpDir: str) -> list[str]:
     """The paths of the files in a queue's ``tmp/`` and its spare directories."""
     return sorted(path for directory in (tmpDir, *(os.path.join(tmpDir, name) for name in SPARE_DIRECTORIES))
                   if os.path.isdir(directory)
                   for path in glob.glob(os.path.join(glob.escape(directory), "*")) if os.path.isfile(path))
+
 
 @dataclass(frozen=True)
 class Delivery:
