@@ -26,9 +26,9 @@ DEFAULT_CONFIG = "/etc/jsmail/jsmail.toml"
 #: Directories under ``queue/tmp/`` for the queue's spare files, made in turn in each:
 #: the directories are spread over the file system's block groups (:func:`spreadBelow`).
 SPARE_DIRECTORIES = tuple(str(i) for i in range(8))
-#: What the gateway writes, relative to the data directory; each made 0700.
-TREE = ("queue", "queue/tmp", *(f"queue/tmp/{name}" for name in SPARE_DIRECTORIES), "queue/active",
-        "queue/corrupt", "mail", "tls")
+#: What the gateway writes, relative to the data directory; each made 0700 (and, in
+#: ``queue/tmp``, the spare directories: :func:`makeSpareDirectories`).
+TREE = ("queue", "queue/tmp", "queue/active", "queue/corrupt", "mail", "tls")
 #: Handed over whole to the gateway's user (the queue is bounded; ``tls`` and
 #: ``passwd`` are a few files); ``mail`` only when it was not the user's already.
 WHOLE = ("queue", "tls", "passwd")
@@ -37,6 +37,18 @@ WHOLE = ("queue", "tls", "passwd")
 class DataTreeError(Exception):
     """The data tree cannot be used by the user jsmail runs as; the message says how
     to fix it, in one line."""
+
+
+def makeSpareDirectories(tmpDir: str) -> list[str]:
+    """The spare directories in the queue's ``tmpDir``; those missing are made 0700,
+    after ``tmpDir`` is marked to spread them over block groups (:func:`spreadBelow`:
+    a directory keeps the group it was made in)."""
+    paths = [os.path.join(tmpDir, name) for name in SPARE_DIRECTORIES]
+    if not all(os.path.isdir(path) for path in paths):
+        spreadBelow(tmpDir)
+        for path in paths:
+            makeDirectories(path)
+    return paths
 
 
 def removeFromTmp(tmpDir: str, chosen: Callable[[str], bool]) -> list[str]:
@@ -94,7 +106,7 @@ def prepareDataTree(dataDir: str, owner: tuple[int, int] | None = None) -> int:
     for name in ("", *TREE):
         makeDirectories(os.path.join(dataDir, name))
         if name == "queue/tmp":
-            spreadBelow(os.path.join(dataDir, name))  # before the spare directories in it are made
+            makeSpareDirectories(os.path.join(dataDir, name))
     handedOver = 0
     if owner is not None and os.geteuid() == 0 and owner[0] != 0:
         handedOver = _handOverTree(dataDir, *owner)

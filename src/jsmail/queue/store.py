@@ -23,9 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from jsmail._disk import GroupSync, createNew, makeDirectories, spreadBelow, unlinkQuietly, writeAndRename
+from jsmail._disk import GroupSync, createNew, makeDirectories, unlinkQuietly, writeAndRename
 from jsmail._threads import RunInThread
-from jsmail.datadir import SPARE_DIRECTORIES, removeFromTmp
+from jsmail.datadir import makeSpareDirectories, removeFromTmp
 from jsmail.envelope import Envelope, EnvelopeFormatError
 from jsmail.interfaces import IIncomingMessage, IQueue, NotQueued
 
@@ -166,11 +166,7 @@ class MaildirQueue:
         self.syncer = GroupSync(runInThread)
         for d in (self.tmpDir, self.activeDir, self.corruptDir):
             makeDirectories(d)
-        spareDirs = [os.path.join(self.tmpDir, name) for name in SPARE_DIRECTORIES] if spares else []
-        if spareDirs and not all(os.path.isdir(d) for d in spareDirs):
-            spreadBelow(self.tmpDir)  # before the directories are made (the gateway's data tree has them)
-            for d in spareDirs:
-                makeDirectories(d)
+        spareDirs = makeSpareDirectories(self.tmpDir) if spares else []  # the gateway's data tree has them
         if sweep:
             self._sweepTmp()
         self.spares = _SpareFiles(self.tmpDir, runInThread, spares, spareDirs)
